@@ -1,0 +1,3 @@
+"""sparsejax: sparsity as a first-class, composable JAX transform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,13 @@
+"""``sparsejax demo``: the library's transforms at work on scikit-learn's embedded digits data.
+
+Each stage is a module with ``run(ctx: DemoContext) -> dict``; ``STAGES`` lists them in order.
+"""
+
+from sparsejax.demo.context import DemoContext, make_context
+
+STAGES: dict[str, str] = {
+    # name -> module path holding ``run(ctx) -> dict``
+    "pruning": "sparsejax.demo.pruning",
+}
+
+__all__ = ["STAGES", "DemoContext", "make_context"]

@@ -1,0 +1,181 @@
+"""Shared state of the demo: the digits data, a small MLP, its training loop.
+
+Every demo stage is a function ``run(ctx: DemoContext) -> dict`` that prints its own section
+and returns JSON-able results. The context holds the data and the trained dense model so each
+stage reuses them instead of training its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params = dict[str, Any]
+
+
+def load_digits_split(seed: int = 0, test_fraction: float = 0.25):
+    """Load scikit-learn's embedded 8x8 digits (no download) and split it.
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)``: float32 features in ``[0, 1]`` of shape ``[n, 64]``
+        and int32 labels in ``[0, 10)``.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "sparsejax demo needs scikit-learn for its embedded data: "
+            "pip install 'sparsejax[demo]'"
+        ) from err
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    y = data.target.astype(np.int32)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(round(len(x) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def init_mlp(key: jax.Array, sizes: tuple[int, ...] = (64, 256, 256, 10)) -> Params:
+    """He-initialised MLP params ``{"dense_i": {"kernel": [in, out], "bias": [out]}}`` (Flax layout)."""
+    params = {}
+    keys = jax.random.split(key, len(sizes) - 1)
+    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+        kernel = jax.random.normal(k, (n_in, n_out), jnp.float32) * jnp.sqrt(2.0 / n_in)
+        params[f"dense_{i}"] = {"kernel": kernel, "bias": jnp.zeros((n_out,), jnp.float32)}
+    return params
+
+
+def mlp_apply(params: Params, x: jax.Array, *, return_hidden: bool = False):
+    """Forward pass: ReLU hidden layers, linear logits. ``return_hidden`` also returns the last
+    hidden activations ``[batch, hidden]``."""
+    n = len(params)
+    h = x
+    for i in range(n):
+        layer = params[f"dense_{i}"]
+        z = h @ layer["kernel"] + layer["bias"]
+        if i < n - 1:
+            h = jax.nn.relu(z)
+        else:
+            logits = z
+    return (logits, h) if return_hidden else logits
+
+
+def accuracy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array) -> float:
+    """Top-1 accuracy of ``apply_fn(params, x)`` against integer labels ``y``."""
+    return float(jnp.mean(jnp.argmax(apply_fn(params, x), -1) == y))
+
+
+def train(
+    params: Params,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    steps: int,
+    key: jax.Array,
+    apply_fn: Callable = mlp_apply,
+    masks: Any = None,
+    learning_rate: float = 1e-3,
+    batch_size: int = 128,
+    progress: bool = True,
+    desc: str = "train",
+) -> Params:
+    """Adam on softmax cross-entropy; with ``masks`` (a mask tree) the masked-out weights are held at
+    zero: gradients are masked and the params re-masked after each step."""
+    from tqdm.auto import tqdm
+
+    from sparsejax.demo._masking import apply_masks_or_identity
+
+    opt = optax.adam(learning_rate)
+    state = opt.init(params)
+    params = apply_masks_or_identity(params, masks)
+
+    @jax.jit
+    def step(params, state, xb, yb):
+        def loss_fn(p):
+            logits = apply_fn(p, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        grads = apply_masks_or_identity(grads, masks)
+        updates, state = opt.update(grads, state, params)
+        params = apply_masks_or_identity(optax.apply_updates(params, updates), masks)
+        return params, state, loss
+
+    n = x.shape[0]
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        key, sub = jax.random.split(key)
+        idx = jax.random.choice(sub, n, (min(batch_size, n),), replace=False)
+        params, state, loss = step(params, state, x[idx], y[idx])
+        if progress:
+            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+    return params
+
+
+@dataclasses.dataclass
+class DemoContext:
+    """What every demo stage receives.
+
+    Attributes:
+        x_train, y_train, x_test, y_test: the digits split (``[n, 64]`` float32, ``[n]`` int32).
+        params: the trained dense MLP (Flax layout, kernels ``[in, out]``).
+        dense_accuracy: its test accuracy.
+        key: a PRNG key for the stage to split.
+        steps: training steps for the dense model; fine-tuning stages use ``finetune_steps``.
+        finetune_steps: steps for a stage's brief fine-tune.
+        quick: tiny settings (used by the tests): stages should shrink their work.
+        progress: show progress bars.
+    """
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    params: Params
+    dense_accuracy: float
+    key: jax.Array
+    steps: int
+    finetune_steps: int
+    quick: bool = False
+    progress: bool = True
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def accuracy(self, params: Params, apply_fn: Callable = mlp_apply) -> float:
+        """Test accuracy of ``params`` under ``apply_fn``."""
+        return accuracy(apply_fn, params, self.x_test, self.y_test)
+
+    def finetune(self, params: Params, masks: Any = None, *, steps: int | None = None,
+                 desc: str = "finetune", apply_fn: Callable = mlp_apply) -> Params:
+        """Briefly fine-tune ``params`` on the training split with ``masks`` held fixed."""
+        self.key, sub = jax.random.split(self.key)
+        return train(params, self.x_train, self.y_train,
+                     steps=self.finetune_steps if steps is None else steps, key=sub,
+                     apply_fn=apply_fn, masks=masks, progress=self.progress, desc=desc)
+
+    def next_key(self) -> jax.Array:
+        """A fresh PRNG key."""
+        self.key, sub = jax.random.split(self.key)
+        return sub
+
+
+def make_context(*, seed: int = 0, steps: int = 1500, finetune_steps: int = 300,
+                 quick: bool = False, progress: bool = True, options: dict | None = None
+                 ) -> DemoContext:
+    """Load the data and train the dense MLP that every stage starts from."""
+    x_tr, y_tr, x_te, y_te = load_digits_split(seed)
+    key = jax.random.PRNGKey(seed)
+    key, k_init, k_train = jax.random.split(key, 3)
+    params = init_mlp(k_init)
+    params = train(params, jnp.asarray(x_tr), jnp.asarray(y_tr), steps=steps, key=k_train,
+                   progress=progress, desc="dense")
+    ctx = DemoContext(jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te),
+                      params, 0.0, key, steps, finetune_steps, quick, progress, options or {})
+    ctx.dense_accuracy = ctx.accuracy(params)
+    return ctx
