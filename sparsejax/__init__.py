@@ -1,3 +1,26 @@
-"""sparsejax: sparsity as a first-class, composable JAX transform."""
+"""sparsejax: sparsity as a first-class, composable JAX transform.
+
+A mask is *pattern x score x allocation x schedule*: :mod:`sparsejax.masks` (patterns),
+:mod:`sparsejax.scores`, :mod:`sparsejax.allocation`, :mod:`sparsejax.schedules`, combined over any
+pytree by :func:`compute_masks` / :func:`apply_masks` (:mod:`sparsejax.tree`).
+"""
+
+from sparsejax import allocation, masks, schedules, scores
+from sparsejax.select import path_str, select
+from sparsejax.tree import Sparsity, apply_masks, compute_masks, sparsity, summary
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Sparsity",
+    "allocation",
+    "apply_masks",
+    "compute_masks",
+    "masks",
+    "path_str",
+    "schedules",
+    "scores",
+    "select",
+    "sparsity",
+    "summary",
+]

@@ -1,0 +1,141 @@
+"""Allocation: how a global sparsity budget is split across the leaves of any pytree.
+
+Each function returns a tree mirroring ``params`` with a per-leaf sparsity (a Python float, or a
+float32 scalar when the target is traced) for selected leaves and ``None`` elsewhere. Leaves are
+selected by ``where`` (see :mod:`sparsejax.tree`; default: float arrays with ``ndim >= 2``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import tree_map_with_path
+
+from sparsejax import masks as _masks
+from sparsejax._checks import check_sparsity, is_concrete
+from sparsejax.select import select
+
+__all__ = ["er", "erk", "global_topk", "uniform"]
+
+
+def _chosen_leaves(params, where):
+    chosen = select(where)
+    flat, treedef = jax.tree.flatten_with_path(params, is_leaf=lambda x: x is None)
+    picked = [chosen(p, x) if x is not None else False for p, x in flat]
+    return flat, treedef, picked
+
+
+def uniform(params: Any, sparsity: float, *, where: Any = None) -> Any:
+    """The same ``sparsity`` for every selected leaf."""
+    check_sparsity(sparsity)
+    chosen = select(where)
+    return tree_map_with_path(lambda p, x: sparsity if x is not None and chosen(p, x) else None,
+                              params, is_leaf=lambda x: x is None)
+
+
+def _erdos_renyi(params, sparsity, raw_fn, where):
+    check_sparsity(sparsity)
+    flat, treedef, picked = _chosen_leaves(params, where)
+    sizes = {i: int(np.prod(x.shape)) for i, ((_, x), c) in enumerate(zip(flat, picked)) if c}
+    raw = {i: raw_fn(flat[i][1].shape) for i in sizes}
+    density = 1.0 - sparsity
+    if not is_concrete(density):
+        raise TypeError("erk/er need a concrete sparsity (the dense-layer resolution is a host "
+                        "loop); compute the allocation outside jit and pass the tree")
+    density = float(density)
+    dense: set[int] = set()
+    while True:
+        # kept budget: sum_l n_l * density; dense layers keep all n_l, the rest eps * raw_l * n_l
+        rhs = sum(n * density for n in sizes.values()) - sum(sizes[i] for i in dense)
+        divisor = sum(raw[i] * sizes[i] for i in sizes if i not in dense)
+        eps = rhs / divisor if divisor > 0 else 0.0
+        over = [i for i in sizes if i not in dense and eps * raw[i] > 1.0]
+        if not over:
+            break
+        top = max(raw[i] for i in over)
+        dense |= {i for i in sizes if i not in dense and raw[i] == top}
+    out = []
+    for i in range(len(flat)):
+        if i not in sizes:
+            out.append(None)
+        elif i in dense:
+            out.append(0.0)
+        else:
+            out.append(float(min(max(1.0 - eps * raw[i], 0.0), 1.0)))
+    return jax.tree.unflatten(treedef, out)
+
+
+def erk(params: Any, sparsity: float, *, power: float = 1.0, where: Any = None) -> Any:
+    """Erdos-Renyi-Kernel allocation (RigL's ``get_sparsities_erdos_renyi``).
+
+    Each selected leaf gets density ``eps * raw_l`` with ``raw_l = (sum(shape) / prod(shape))**power``
+    and ``eps`` chosen so the total kept count equals ``(1 - sparsity) * sum_l n_l``. A leaf whose
+    ``eps * raw_l`` would exceed 1 is made dense (the leaves with the largest ``raw_l`` first) and
+    ``eps`` is solved again, until every leaf fits.
+
+    Args:
+        params: any pytree.
+        sparsity: global target in ``[0, 1]`` (concrete).
+        power: exponent on the raw ratio (RigL's ``erk_power_scale``).
+        where: leaf selector.
+
+    Returns:
+        tree of per-leaf sparsities (``None`` for unselected leaves).
+    """
+    return _erdos_renyi(params, sparsity,
+                        lambda shape: (sum(shape) / float(np.prod(shape))) ** power, where)
+
+
+def er(params: Any, sparsity: float, *, where: Any = None) -> Any:
+    """Erdos-Renyi allocation: like :func:`erk` with ``raw_l = (n_in + n_out) / (n_in * n_out)``
+    from the last two dimensions only (RigL's ER for kernels), resolved the same way."""
+
+    def raw(shape):
+        n_in, n_out = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[-1])
+        return (n_in + n_out) / float(n_in * n_out)
+
+    return _erdos_renyi(params, sparsity, raw, where)
+
+
+def global_topk(params: Any, sparsity: float, *, scores: Any = None, where: Any = None) -> Any:
+    """Per-leaf sparsities realised by one top-k over all selected leaves' scores together.
+
+    Exactly ``max(1, round(N * (1 - sparsity)))`` entries are kept over the ``N`` selected entries;
+    each leaf's sparsity is then ``1 - kept_l / n_l``. To get the masks themselves use
+    ``compute_masks(..., allocation="global")``, which applies the same top-k directly.
+
+    Args:
+        params: any pytree.
+        sparsity: global target in ``[0, 1]`` (may be traced).
+        scores: a tree of scores mirroring ``params``; default ``|params|``.
+        where: leaf selector.
+
+    Returns:
+        tree of per-leaf float32 sparsities (``None`` for unselected leaves).
+    """
+    check_sparsity(sparsity)
+    flat, treedef, picked = _chosen_leaves(params, where)
+    if scores is None:
+        score_leaves = [jnp.abs(x) if c else None for (_, x), c in zip(flat, picked)]
+    else:
+        score_leaves = jax.tree.leaves(scores, is_leaf=lambda x: x is None)
+        if len(score_leaves) != len(flat):
+            raise ValueError(f"scores must mirror params ({len(flat)} leaves), got "
+                             f"{len(score_leaves)} leaves")
+    arrays = [s for s, c in zip(score_leaves, picked) if c]
+    if not arrays:
+        return jax.tree.unflatten(treedef, [None] * len(flat))
+    keep = _masks.unstructured(
+        jnp.concatenate([a.reshape(-1).astype(jnp.float32) for a in arrays]), sparsity)
+    out, offset = [], 0
+    for (_, x), c in zip(flat, picked):
+        if not c:
+            out.append(None)
+            continue
+        kept = jnp.sum(keep[offset:offset + x.size], dtype=jnp.int32)
+        out.append(1.0 - kept.astype(jnp.float32) / x.size)
+        offset += x.size
+    return jax.tree.unflatten(treedef, out)

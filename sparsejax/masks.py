@@ -1,0 +1,355 @@
+"""Pattern functions: a score array in, a bool mask of the same shape out.
+
+Every function here is pure and works under ``jit`` (with ``sparsity`` a *traced* scalar, which
+schedules need), under ``vmap`` and on any float dtype, bfloat16 included. ``True`` means *kept*.
+
+Ranking convention, shared by all patterns:
+
+* higher score = kept first;
+* ties are broken by position: among equal scores the one with the lower (row-major, flattened)
+  index is kept first, so kept counts are exact and masks are deterministic;
+* ``NaN`` scores rank below ``-inf`` (kept last); ``-0.0`` and ``0.0`` are equal.
+
+No full sort is used. The exact ``k``-th largest score is found by a bitwise search over an
+order-preserving integer image of the floats (32 counting passes for 16- and 32-bit floats, 64 for
+float64), then ties at the threshold are resolved by index. N:M masks rank entries inside each group
+of ``m`` by pairwise comparison, with no sort at all.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+from sparsejax._checks import (
+    check_float_array,
+    check_int,
+    check_sparsity,
+    is_concrete,
+    normalize_axis,
+)
+
+__all__ = [
+    "block",
+    "channel",
+    "kept_count",
+    "magnitude",
+    "nm",
+    "random",
+    "topk",
+    "unstructured",
+]
+
+Reduce = Literal["mean", "sum", "max", "l2"]
+
+
+def _order_keys(scores: jax.Array) -> jax.Array:
+    """Unsigned integers whose order is the float order of ``scores`` (NaN lowest, -0.0 == 0.0)."""
+    x = scores
+    if x.dtype == jnp.float64:
+        int_dtype, nbits = jnp.uint64, 64
+    else:
+        x = x.astype(jnp.float32)
+        int_dtype, nbits = jnp.uint32, 32
+    nan = jnp.isnan(x)
+    x = jnp.where(nan | (x == 0), jnp.zeros((), x.dtype), x)
+    bits = lax.bitcast_convert_type(x, int_dtype)
+    sign = bits >> (nbits - 1)
+    top = jnp.asarray(1, int_dtype) << (nbits - 1)
+    keys = jnp.where(sign == 1, ~bits, bits | top)
+    # NaN gets key 0, below the key of -inf (0x007fffff or its 64-bit analogue)
+    return jnp.where(nan, jnp.zeros((), int_dtype), keys)
+
+
+def _digit_select(digits: jax.Array, valid: jax.Array, k: jax.Array, nbins: int):
+    """Among ``valid`` entries, the digit value holding the ``k``-th largest, and the rank left.
+
+    Returns ``(d, k_left, n_at_d)``: the ``k``-th largest valid entry has digit ``d``; ``k_left`` of
+    the entries with digit ``d`` are needed to complete the top ``k``; ``n_at_d`` entries have it.
+    """
+    hist = jnp.zeros(nbins + 1, jnp.int32).at[jnp.where(valid, digits, nbins)].add(1)[:nbins]
+    at_or_above = jnp.cumsum(hist[::-1])[::-1]  # [d] = #{valid entries with digit >= d}
+    d = jnp.maximum(jnp.sum(at_or_above >= k) - 1, 0).astype(jnp.int32)
+    n_at_d = hist[d]
+    return d, k - (at_or_above[d] - n_at_d), n_at_d
+
+
+def _first_true(flags: jax.Array, count: jax.Array) -> jax.Array:
+    """Mask of the first ``count`` ``True`` entries of a 1-D bool array (by position)."""
+    size = flags.shape[0]
+    width = min(size, 4096)
+    n_rows = -(-size // width)
+    rows = jnp.pad(flags, (0, n_rows * width - size)).reshape(n_rows, width)
+    per_row = jnp.sum(rows, axis=1, dtype=jnp.int32)
+    cum = jnp.cumsum(per_row)
+    row = jnp.minimum(jnp.sum(cum < count), n_rows - 1).astype(jnp.int32)
+    left = count - (cum[row] - per_row[row])
+    local = jnp.cumsum(lax.dynamic_index_in_dim(rows, row, keepdims=False).astype(jnp.int32))
+    cut = row * width + jnp.argmax(local >= left).astype(jnp.int32)
+    positions = jnp.arange(size, dtype=jnp.int32)
+    return flags & (positions <= cut) & (count > 0)
+
+
+def _topk_flat(keys: jax.Array, k: jax.Array) -> jax.Array:
+    """Mask of the ``k`` largest entries of a 1-D key array, ties by lower index.
+
+    Radix select with 16-bit digits (two histogram passes for 32-bit keys, four for 64-bit) finds
+    the exact ``k``-th largest key; ties at that key are resolved by position.
+    """
+    size = keys.shape[0]
+    nbits = jnp.iinfo(keys.dtype).bits
+    k = jnp.clip(k, 0, size).astype(jnp.int32)
+    digit_bits = 16
+    valid = jnp.ones(size, bool)
+    threshold = jnp.zeros((), keys.dtype)
+    need, n_tied = jnp.maximum(k, 1), jnp.int32(size)
+    for shift in range(nbits - digit_bits, -1, -digit_bits):
+        digits = ((keys >> shift) & ((1 << digit_bits) - 1)).astype(jnp.int32)
+        d, need, n_tied = _digit_select(digits, valid, need, 1 << digit_bits)
+        threshold = threshold | (d.astype(keys.dtype) << shift)
+        valid = valid & (digits == d)
+    # `valid` is now keys == threshold; keep all above it and the first `need` tied ones
+    tied = lax.cond(need >= n_tied, lambda: valid, lambda: _first_true(valid, need))
+    return ((keys > threshold) | tied) & (k > 0)
+
+
+def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
+    """Number of entries an unstructured mask keeps: ``max(1, round(size * (1 - sparsity)))``.
+
+    The product is evaluated in float32 (the same arithmetic eagerly and under ``jit``, so traced and
+    concrete sparsities give the same masks) and rounded half to even, as ``numpy.round``.
+    ``sparsity`` is clipped to ``[0, 1]`` when traced (a concrete value outside raises).
+
+    Args:
+        size: number of entries ranked.
+        sparsity: fraction of entries to drop, scalar in ``[0, 1]``.
+
+    Returns:
+        int32 scalar in ``[1, size]`` (``0`` only when ``size == 0``).
+    """
+    s = jnp.clip(jnp.asarray(sparsity, jnp.float32), 0.0, 1.0)
+    k = jnp.round(jnp.float32(size) * (jnp.float32(1.0) - s)).astype(jnp.int32)
+    return jnp.clip(k, min(1, size), size)
+
+
+def topk(scores: Float[Array, "*shape"], k: int | Int[Array, ""]) -> Bool[Array, "*shape"]:
+    """Keep exactly the ``k`` highest scores of the whole array (ties by lower flattened index).
+
+    Args:
+        scores: float array of any shape.
+        k: number kept, a Python int or a traced int scalar; clipped to ``[0, size]`` when traced.
+
+    Returns:
+        bool mask of ``scores.shape`` with exactly ``k`` ``True`` entries.
+    """
+    scores = check_float_array(scores, "scores")
+    if is_concrete(k):
+        k = check_int(k, "k", minimum=0) if not hasattr(k, "dtype") else int(k)
+        if not 0 <= k <= scores.size:
+            raise ValueError(f"k must be in [0, {scores.size}] for scores of shape "
+                             f"{scores.shape}, got {k}")
+    if scores.size == 0:
+        return jnp.zeros(scores.shape, bool)
+    return _topk(scores, jnp.asarray(k, jnp.int32))
+
+
+@jax.jit
+def _topk(scores: jax.Array, k: jax.Array) -> jax.Array:
+    return _topk_flat(_order_keys(scores).reshape(-1), k).reshape(scores.shape)
+
+
+def unstructured(
+    scores: Float[Array, "*shape"],
+    sparsity: float | Float[Array, ""],
+    *,
+    axis: int | None = None,
+) -> Bool[Array, "*shape"]:
+    """Keep the highest scores: exactly ``max(1, round(size * (1 - sparsity)))`` of them.
+
+    Args:
+        scores: float array (any float dtype, bf16 included).
+        sparsity: fraction dropped, scalar in ``[0, 1]``; may be traced under ``jit``.
+        axis: ``None`` ranks the whole array. An int ranks each 1-D fibre along ``axis``
+            independently, keeping ``max(1, round(scores.shape[axis] * (1 - sparsity)))`` per fibre
+            (Wanda's per-output comparison group: ``axis=0`` for a Flax ``[in, out]`` kernel).
+
+    Returns:
+        bool mask of ``scores.shape``, ``True`` = kept. The count rule is :func:`kept_count`.
+
+    Raises:
+        TypeError: ``scores`` is not floating point.
+        ValueError: ``sparsity`` outside ``[0, 1]`` or ``axis`` out of range.
+    """
+    scores = check_float_array(scores, "scores")
+    check_sparsity(sparsity)
+    if axis is not None:
+        axis = normalize_axis(axis, scores.ndim)
+    if scores.size == 0:
+        return jnp.zeros(scores.shape, bool)
+    return _unstructured(scores, jnp.asarray(sparsity, jnp.float32), axis)
+
+
+@partial(jax.jit, static_argnums=2)
+def _unstructured(scores: jax.Array, sparsity: jax.Array, axis: int | None) -> jax.Array:
+    if axis is None:
+        keys = _order_keys(scores).reshape(-1)
+        return _topk_flat(keys, kept_count(scores.size, sparsity)).reshape(scores.shape)
+    moved = jnp.moveaxis(scores, axis, -1)
+    keys = _order_keys(moved.reshape(-1, moved.shape[-1]))
+    mask = jax.vmap(_topk_flat, in_axes=(0, None))(keys, kept_count(moved.shape[-1], sparsity))
+    return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
+
+
+def magnitude(x: Float[Array, "*shape"], sparsity: float | Float[Array, ""]) -> Bool[Array, "*shape"]:
+    """Unstructured magnitude mask: :func:`unstructured` on ``|x|``."""
+    x = check_float_array(x, "x")
+    return unstructured(jnp.abs(x), sparsity)
+
+
+def random(
+    key: jax.Array, shape: tuple[int, ...], sparsity: float | Float[Array, ""]
+) -> Bool[Array, "*shape"]:
+    """Uniformly random unstructured mask of ``shape`` with the exact kept count of
+    :func:`unstructured`."""
+    shape = tuple(check_int(d, "shape", minimum=0) for d in shape)
+    return unstructured(jax.random.uniform(key, shape), sparsity)
+
+
+def nm(scores: Float[Array, "*shape"], n: int, m: int, axis: int = -1) -> Bool[Array, "*shape"]:
+    """N:M mask: keep the ``n`` highest of every ``m`` consecutive entries along ``axis``.
+
+    ``n`` counts *kept* entries, as in jaxpruner and SR-STE (Wanda/SparseGPT's ``prune_n`` counts
+    zeroed ones: their ``prune_n=2, prune_m=4`` is ``n=2, m=4`` here too only because 2 = 4 - 2).
+
+    Which axis: NVIDIA's 2:4 sparse tensor cores group along the *reduction* dimension of the sparse
+    operand. A Flax ``nnx.Linear``/``linen.Dense`` kernel is ``[in, out]`` and reduces over ``in``, so
+    use ``axis=0`` for hardware 2:4 (a torch ``[out, in]`` weight uses ``axis=1``). jaxpruner's
+    default ``axis=-1`` is the wrong axis for Flax kernels.
+
+    Args:
+        scores: float array; ``scores.shape[axis]`` must be divisible by ``m``.
+        n: kept per group, ``0 <= n <= m``.
+        m: group size, ``m >= 1``.
+        axis: the grouping axis.
+
+    Returns:
+        bool mask of ``scores.shape`` with exactly ``n`` ``True`` in every group.
+    """
+    scores = check_float_array(scores, "scores")
+    m = check_int(m, "m", minimum=1)
+    n = check_int(n, "n")
+    if not 0 <= n <= m:
+        raise ValueError(f"n must satisfy 0 <= n <= m (n counts kept entries), got n={n}, m={m}")
+    if scores.ndim == 0:
+        raise ValueError("scores must have at least one dimension for an N:M mask, got a scalar")
+    axis = normalize_axis(axis, scores.ndim)
+    length = scores.shape[axis]
+    if length % m:
+        raise ValueError(f"scores.shape[{axis}] = {length} must be divisible by m = {m} "
+                         f"(shape {scores.shape})")
+    return _nm(scores, n, m, axis)
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _nm(scores: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+    moved = jnp.moveaxis(scores, axis, -1)
+    groups = _order_keys(moved).reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    if m <= 32:
+        idx = jnp.arange(m)
+        mine, other = groups[..., :, None], groups[..., None, :]
+        beats = (other > mine) | ((other == mine) & (idx[None, :] < idx[:, None]))
+        rank = jnp.sum(beats, axis=-1, dtype=jnp.int32)
+    else:
+        order = jnp.argsort(~groups, axis=-1, stable=True)
+        rank = jnp.argsort(order, axis=-1, stable=True)
+    keep = (rank < n).reshape(moved.shape)
+    return jnp.moveaxis(keep, -1, axis)
+
+
+def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str) -> jax.Array:
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if reduce == "mean":
+        return jnp.mean(x, axis=axes)
+    if reduce == "sum":
+        return jnp.sum(x, axis=axes)
+    if reduce == "max":
+        return jnp.max(x, axis=axes)
+    if reduce == "l2":
+        return jnp.sqrt(jnp.sum(x * x, axis=axes))
+    raise ValueError(f"reduce must be one of 'mean', 'sum', 'max', 'l2', got {reduce!r}")
+
+
+def block(
+    scores: Float[Array, "*shape"],
+    block_shape: tuple[int, ...],
+    sparsity: float | Float[Array, ""],
+    reduce: Reduce = "mean",
+) -> Bool[Array, "*shape"]:
+    """Block mask: whole tiles kept or dropped, tiles ranked by a pooled score.
+
+    Args:
+        scores: float array; its trailing ``len(block_shape)`` dimensions are tiled (leading
+            dimensions, if any, are tiled with size 1).
+        block_shape: tile shape, each dimension dividing the corresponding one of ``scores``.
+        sparsity: fraction of *tiles* dropped; exactly ``max(1, round(n_tiles * (1 - sparsity)))``
+            tiles are kept (ties by lower tile index).
+        reduce: how a tile's scores are pooled: ``"mean"``, ``"sum"``, ``"max"`` or ``"l2"``.
+
+    Returns:
+        bool mask of ``scores.shape``, constant on every tile.
+    """
+    scores = check_float_array(scores, "scores")
+    check_sparsity(sparsity)
+    block_shape = tuple(check_int(b, "block_shape", minimum=1) for b in block_shape)
+    if not 1 <= len(block_shape) <= scores.ndim:
+        raise ValueError(f"block_shape must have between 1 and {scores.ndim} dimensions for scores "
+                         f"of shape {scores.shape}, got {block_shape}")
+    full = (1,) * (scores.ndim - len(block_shape)) + block_shape
+    bad = [(d, b) for d, b in zip(scores.shape, full) if d % b]
+    if bad:
+        raise ValueError(f"scores.shape {scores.shape} must be divisible by block_shape "
+                         f"{block_shape}; not divisible: {bad}")
+    split = []
+    for d, b in zip(scores.shape, full):
+        split += [d // b, b]
+    tiles = _pool(scores.reshape(split), tuple(range(1, 2 * scores.ndim, 2)), reduce)
+    keep = unstructured(tiles, sparsity)
+    for i, b in enumerate(full):
+        keep = jnp.repeat(keep, b, axis=i)
+    return keep
+
+
+def channel(
+    scores: Float[Array, "*shape"],
+    sparsity: float | Float[Array, ""],
+    axis: int = -1,
+    reduce: Reduce = "mean",
+) -> Bool[Array, "*shape"]:
+    """Channel mask: whole slices along ``axis`` kept or dropped (structured pruning).
+
+    Each channel (index along ``axis``) is scored by pooling over all other axes; exactly
+    ``max(1, round(n_channels * (1 - sparsity)))`` channels are kept. For a Flax ``[in, out]``
+    kernel, ``axis=-1`` prunes output units and ``axis=0`` input features.
+
+    Args:
+        scores: float array.
+        sparsity: fraction of channels dropped.
+        axis: the channel axis.
+        reduce: pooling over the other axes: ``"mean"``, ``"sum"``, ``"max"`` or ``"l2"``.
+
+    Returns:
+        bool mask of ``scores.shape``, constant along every axis but ``axis``.
+    """
+    scores = check_float_array(scores, "scores")
+    check_sparsity(sparsity)
+    axis = normalize_axis(axis, scores.ndim)
+    others = tuple(i for i in range(scores.ndim) if i != axis)
+    keep = unstructured(_pool(scores, others, reduce), sparsity)
+    shape = [1] * scores.ndim
+    shape[axis] = scores.shape[axis]
+    return jnp.broadcast_to(keep.reshape(shape), scores.shape)
