@@ -7,7 +7,7 @@ pytree by :func:`compute_masks` / :func:`apply_masks` (:mod:`sparsejax.tree`).
 
 from sparsejax import allocation, masks, schedules, scores
 from sparsejax.select import path_str, select
-from sparsejax.tree import Sparsity, apply_masks, compute_masks, sparsity, summary
+from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsity, summary
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "apply_masks",
     "compute_masks",
     "masks",
+    "nbytes",
     "path_str",
     "schedules",
     "scores",

@@ -41,6 +41,7 @@ __all__ = [
     "magnitude",
     "nm",
     "random",
+    "satisfies_nm",
     "topk",
     "unstructured",
 ]
@@ -353,3 +354,21 @@ def channel(
     shape = [1] * scores.ndim
     shape[axis] = scores.shape[axis]
     return jnp.broadcast_to(keep.reshape(shape), scores.shape)
+
+
+def satisfies_nm(x: Array, n: int, m: int, axis: int = -1) -> Bool[Array, ""]:
+    """Whether every group of ``m`` consecutive entries along ``axis`` has at most ``n`` nonzeros.
+
+    Works on masks (``True`` counts as nonzero) and on weights (the hardware 2:4 check).
+
+    Returns:
+        bool scalar; ``False`` too when ``x.shape[axis]`` is not divisible by ``m``.
+    """
+    m = check_int(m, "m", minimum=1)
+    n = check_int(n, "n", minimum=0)
+    axis = normalize_axis(axis, jnp.ndim(x))
+    if x.shape[axis] % m:
+        return jnp.asarray(False)
+    moved = jnp.moveaxis(x != 0, axis, -1)
+    counts = jnp.sum(moved.reshape(*moved.shape[:-1], -1, m), axis=-1)
+    return jnp.all(counts <= n)

@@ -49,7 +49,8 @@ def select(where: Where = None) -> Callable[[tuple, Any], bool]:
         return lambda path, leaf: _is_float_array(leaf) and leaf.ndim >= 2
     if callable(where):
         return lambda path, leaf: _is_float_array(leaf) and bool(where(path, leaf))
-    patterns = [where] if isinstance(where, str) else list(where)
+    patterns = [where] if isinstance(where, str) else (
+        list(where) if isinstance(where, list | tuple) else [])
     if not patterns or not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"where must be None, a callable (path, leaf) -> bool, a glob string or a "
                         f"sequence of glob strings, got {where!r}")

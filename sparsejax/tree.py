@@ -31,6 +31,7 @@ __all__ = [
     "Sparsity",
     "apply_masks",
     "compute_masks",
+    "nbytes",
     "path_str",
     "select",
     "sparsity",
@@ -267,6 +268,42 @@ def _detect_pattern(mask: np.ndarray) -> tuple[str, int | None]:
     return "unstructured", None
 
 
+def _leaf_nbytes(x, m) -> tuple[int, int]:
+    item = np.dtype(x.dtype).itemsize
+    dense = x.size * item
+    if m is None:
+        return dense, dense
+    mk = np.asarray(m)
+    kept = int(mk.sum())
+    pattern, group = _detect_pattern(mk)
+    if pattern == "dense":
+        return dense, dense
+    if group is not None:
+        return dense, kept * (item + 1)
+    return dense, kept * item + math.ceil(x.size / 8)
+
+
+def nbytes(params: PyTree, masks: PyTree | None = None) -> tuple[int, int]:
+    """``(dense_bytes, compressed_bytes)`` of the array leaves of ``params`` under ``masks``.
+
+    The compressed size follows :func:`summary`: N:M-masked leaves in the
+    :class:`sparsejax.formats.NMSparse` layout (kept values + one uint8 index each), other masked
+    leaves as kept values + a one-bit-per-entry bitmap, unmasked leaves dense.
+    """
+    if masks is None:
+        leaves = [(x, None) for x in jax.tree.leaves(params)]
+    else:
+        _check_same_structure(params, masks, "masks")
+        leaves = [r.value for r in jax.tree.leaves(
+            jax.tree.map(lambda x, m: _Record((x, m)), params, masks, is_leaf=_is_none))]
+    dense = sparse = 0
+    for x, m in leaves:
+        if isinstance(x, jax.Array | np.ndarray):
+            d, s = _leaf_nbytes(x, m)
+            dense, sparse = dense + d, sparse + s
+    return dense, sparse
+
+
 def summary(params: PyTree, masks: PyTree | None = None, *, print_fn: Callable | None = print
             ) -> str:
     """Print (and return) a table of every array leaf: path, shape, dtype, pattern, density, bytes.
@@ -294,25 +331,17 @@ def summary(params: PyTree, masks: PyTree | None = None, *, print_fn: Callable |
     for path, x, m in pairs:
         if not isinstance(x, jax.Array | np.ndarray):
             continue
-        item = np.dtype(x.dtype).itemsize
         size = x.size
         if m is None:
             kept = int(np.count_nonzero(np.asarray(x))) if masks is None else size
-            pattern, sparse_b = ("dense" if masks is not None else "-"), size * item
+            pattern = "dense" if masks is not None else "-"
         else:
-            mk = np.asarray(m)
-            kept = int(mk.sum())
-            pattern, group = _detect_pattern(mk)
-            if pattern == "dense":
-                sparse_b = size * item
-            elif group is not None:
-                sparse_b = kept * (item + 1)
-            else:
-                sparse_b = kept * item + math.ceil(size / 8)
+            kept = int(np.asarray(m).sum())
+            pattern = _detect_pattern(np.asarray(m))[0]
+        dense_b, sparse_b = _leaf_nbytes(x, m)
         rows.append((path_str(path), str(tuple(x.shape)), str(x.dtype), pattern,
-                     f"{kept / max(size, 1):.3f}", str(size * item), str(sparse_b)))
-        totals = [totals[0] + kept, totals[1] + size, totals[2] + size * item,
-                  totals[3] + sparse_b]
+                     f"{kept / max(size, 1):.3f}", str(dense_b), str(sparse_b)))
+        totals = [totals[0] + kept, totals[1] + size, totals[2] + dense_b, totals[3] + sparse_b]
     header = ("path", "shape", "dtype", "pattern", "density", "dense B", "sparse B")
     rows.append(("total", "", "", "", f"{totals[0] / max(totals[1], 1):.3f}", str(totals[2]),
                  str(totals[3])))

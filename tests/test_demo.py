@@ -1,0 +1,33 @@
+"""The demo runs end to end with tiny settings and prints its table."""
+
+import json
+
+import pytest
+
+from sparsejax.cli import main
+
+
+def test_demo_quick(capsys, tmp_path):
+    code = main(["demo", "--quick", "--no-progress", "--steps", "60", "--finetune-steps", "5",
+                 "--stages", "pruning", "--sparsities", "0.5,0.9", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dense model: test accuracy" in out
+    assert "one-shot magnitude pruning" in out
+    lines = [line for line in out.splitlines() if line.startswith(("unstructured ", "2:4 ", "dense  "))]
+    assert len(lines) == 4  # dense, 0.5, 0.9, 2:4
+    nm_line = [line for line in lines if line.startswith("2:4")][0]
+    assert " yes " in nm_line
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["stages"]["pruning"]["rows"]
+    assert [r["sparsity"] for r in rows[1:3]] == [0.5, 0.9]
+    assert rows[2]["density"] == pytest.approx(0.1, abs=1e-3)
+    assert (tmp_path / "accuracy_vs_sparsity.png").stat().st_size > 1000
+
+
+def test_demo_bad_arguments(capsys):
+    assert main(["demo", "--stages", "nope"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--sparsities", "1.5"])
+    assert main(["demo", "--steps", "0"]) == 2
