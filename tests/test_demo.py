@@ -31,3 +31,9 @@ def test_demo_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--sparsities", "1.5"])
     assert main(["demo", "--steps", "0"]) == 2
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "sparsejax 0.1.0" in out and "backend cpu" in out
