@@ -1,8 +1,8 @@
 """sparsejax: sparsity as a first-class, composable JAX transform.
 
-A mask is *pattern x score x allocation x schedule*: :mod:`sparsejax.masks` (patterns),
-:mod:`sparsejax.scores`, :mod:`sparsejax.allocation`, :mod:`sparsejax.schedules`, combined over any
-pytree by :func:`compute_masks` / :func:`apply_masks` (:mod:`sparsejax.tree`).
+A mask is *pattern x score x allocation x schedule*: `sparsejax.masks` (patterns),
+`sparsejax.scores`, `sparsejax.allocation`, `sparsejax.schedules`, combined over any
+pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
 from sparsejax import allocation, masks, schedules, scores

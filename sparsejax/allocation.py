@@ -2,7 +2,7 @@
 
 Each function returns a tree mirroring ``params`` with a per-leaf sparsity (a Python float, or a
 float32 scalar when the target is traced) for selected leaves and ``None`` elsewhere. Leaves are
-selected by ``where`` (see :mod:`sparsejax.tree`; default: float arrays with ``ndim >= 2``).
+selected by ``where`` (see `sparsejax.tree`; default: float arrays with ``ndim >= 2``).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def erk(params: Any, sparsity: float, *, power: float = 1.0, where: Any = None) 
 
 
 def er(params: Any, sparsity: float, *, where: Any = None) -> Any:
-    """Erdos-Renyi allocation: like :func:`erk` with ``raw_l = (n_in + n_out) / (n_in * n_out)``
+    """Erdos-Renyi allocation: like `erk` with ``raw_l = (n_in + n_out) / (n_in * n_out)``
     from the last two dimensions only (RigL's ER for kernels), resolved the same way."""
 
     def raw(shape):

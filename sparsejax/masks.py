@@ -10,10 +10,10 @@ Ranking convention, shared by all patterns:
   index is kept first, so kept counts are exact and masks are deterministic;
 * ``NaN`` scores rank below ``-inf`` (kept last); ``-0.0`` and ``0.0`` are equal.
 
-No full sort is used. The exact ``k``-th largest score is found by a bitwise search over an
-order-preserving integer image of the floats (32 counting passes for 16- and 32-bit floats, 64 for
-float64), then ties at the threshold are resolved by index. N:M masks rank entries inside each group
-of ``m`` by pairwise comparison, with no sort at all.
+No full sort is used. The exact ``k``-th largest score is found by a radix select over an
+order-preserving integer image of the floats (16-bit digits: two histogram passes for 16- and
+32-bit floats, four for float64), then ties at the threshold are resolved by position. N:M masks
+rank entries inside each group of ``m`` by pairwise comparison, with no sort at all.
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def topk(scores: Float[Array, "*shape"], k: int | Int[Array, ""]) -> Bool[Array,
     """
     scores = check_float_array(scores, "scores")
     if is_concrete(k):
-        k = check_int(k, "k", minimum=0) if not hasattr(k, "dtype") else int(k)
+        if hasattr(k, "dtype") and jnp.ndim(k) == 0 and jnp.issubdtype(k.dtype, jnp.integer):
+            k = int(k)
+        k = check_int(k, "k", minimum=0)
         if not 0 <= k <= scores.size:
             raise ValueError(f"k must be in [0, {scores.size}] for scores of shape "
                              f"{scores.shape}, got {k}")
@@ -180,7 +182,7 @@ def unstructured(
             (Wanda's per-output comparison group: ``axis=0`` for a Flax ``[in, out]`` kernel).
 
     Returns:
-        bool mask of ``scores.shape``, ``True`` = kept. The count rule is :func:`kept_count`.
+        bool mask of ``scores.shape``, ``True`` = kept. The count rule is `kept_count`.
 
     Raises:
         TypeError: ``scores`` is not floating point.
@@ -207,7 +209,7 @@ def _unstructured(scores: jax.Array, sparsity: jax.Array, axis: int | None) -> j
 
 
 def magnitude(x: Float[Array, "*shape"], sparsity: float | Float[Array, ""]) -> Bool[Array, "*shape"]:
-    """Unstructured magnitude mask: :func:`unstructured` on ``|x|``."""
+    """Unstructured magnitude mask: `unstructured` on ``|x|``."""
     x = check_float_array(x, "x")
     return unstructured(jnp.abs(x), sparsity)
 
@@ -216,7 +218,7 @@ def random(
     key: jax.Array, shape: tuple[int, ...], sparsity: float | Float[Array, ""]
 ) -> Bool[Array, "*shape"]:
     """Uniformly random unstructured mask of ``shape`` with the exact kept count of
-    :func:`unstructured`."""
+    `unstructured`."""
     shape = tuple(check_int(d, "shape", minimum=0) for d in shape)
     return unstructured(jax.random.uniform(key, shape), sparsity)
 

@@ -1,6 +1,6 @@
 """Scores: what ranks entries. Each is a pure function returning a float array shaped like the weight.
 
-Higher score = kept first by every pattern in :mod:`sparsejax.masks`.
+Higher score = kept first by every pattern in `sparsejax.masks`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def wanda(
     Args:
         w: weight matrix.
         inputs: calibration inputs ``[..., features]`` feeding this layer; or give ``norms``.
-        norms: precomputed :func:`feature_norms`, ``[features]``.
+        norms: precomputed `feature_norms`, ``[features]``.
         in_axis: the input-feature axis of ``w``.
 
     Returns:

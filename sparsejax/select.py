@@ -31,9 +31,15 @@ def _is_float_array(x: Any) -> bool:
 
 
 def path_str(path: tuple) -> str:
-    """Slash-joined key path: ``(DictKey('dense_0'), DictKey('kernel'))`` -> ``"dense_0/kernel"``."""
+    """Slash-joined key path: ``(DictKey('dense_0'), DictKey('kernel'))`` -> ``"dense_0/kernel"``.
+
+    The ``.value`` attribute of Flax NNX variables is left out, so NNX state paths read
+    ``"linear/kernel"`` like their Linen/dict counterparts.
+    """
     parts = []
     for entry in path:
+        if isinstance(entry, jax.tree_util.GetAttrKey) and entry.name == "value":
+            continue  # Flax NNX Variable payloads: "l1/kernel", not "l1/kernel/value"
         for attr in ("key", "name", "idx"):
             if hasattr(entry, attr):
                 parts.append(str(getattr(entry, attr)))

@@ -7,7 +7,7 @@ Flax NNX ``State``, Equinox modules. Leaves are chosen by a ``where`` selector:
 * ``None`` (default): float arrays with ``ndim >= 2`` (kernels, not biases or norms);
 * a callable ``where(path, leaf) -> bool`` with ``path`` a ``jax.tree_util`` key path;
 * a glob string (or a sequence of globs, any of which may match) tested with ``fnmatch`` against
-  the leaf's slash path (``"dense_0/kernel"``, see :func:`path_str`) and against
+  the leaf's slash path (``"dense_0/kernel"``, see `path_str`) and against
   ``jax.tree_util.keystr(path)`` (``"['dense_0']['kernel']"``). Only float arrays are ever selected.
 """
 
@@ -114,7 +114,7 @@ def compute_masks(
             callable ``(scores, sparsity, **pattern_kwargs) -> bool mask``.
         sparsity: a scalar target (may be traced) split across the selected leaves by
             ``allocation``, or a tree of per-leaf sparsities mirroring ``params`` (``None`` where
-            unselected), e.g. from :func:`sparsejax.allocation.erk`. Ignored by ``"nm"``.
+            unselected), e.g. from `sparsejax.allocation.erk`. Ignored by ``"nm"``.
         scores: ``"magnitude"``, ``"random"`` (needs ``key``), a tree of score arrays mirroring
             ``params``, or a callable ``(path, leaf) -> scores``.
         where: leaf selector (see the module docstring).
@@ -220,7 +220,7 @@ class _Record:
 
 
 class Sparsity(NamedTuple):
-    """Result of :func:`sparsity`: the overall fraction of zeros and a per-leaf tree."""
+    """Result of `sparsity`: the overall fraction of zeros and a per-leaf tree."""
 
     overall: jax.Array
     per_leaf: PyTree
@@ -233,7 +233,7 @@ def sparsity(tree: PyTree) -> Sparsity:
     ``None`` and non-array leaves are skipped (``None`` in ``per_leaf``).
 
     Returns:
-        :class:`Sparsity` with ``overall`` (float32 scalar) and ``per_leaf`` (a tree mirroring
+        `Sparsity` with ``overall`` (float32 scalar) and ``per_leaf`` (a tree mirroring
         ``tree`` with float32 scalars or ``None``).
     """
     def zeros(x):
@@ -286,8 +286,8 @@ def _leaf_nbytes(x, m) -> tuple[int, int]:
 def nbytes(params: PyTree, masks: PyTree | None = None) -> tuple[int, int]:
     """``(dense_bytes, compressed_bytes)`` of the array leaves of ``params`` under ``masks``.
 
-    The compressed size follows :func:`summary`: N:M-masked leaves in the
-    :class:`sparsejax.formats.NMSparse` layout (kept values + one uint8 index each), other masked
+    The compressed size follows `summary`: N:M-masked leaves in the
+    `sparsejax.formats.NMSparse` layout (kept values + one uint8 index each), other masked
     leaves as kept values + a one-bit-per-entry bitmap, unmasked leaves dense.
     """
     if masks is None:
@@ -309,7 +309,7 @@ def summary(params: PyTree, masks: PyTree | None = None, *, print_fn: Callable |
     """Print (and return) a table of every array leaf: path, shape, dtype, pattern, density, bytes.
 
     ``dense B`` is the leaf's dense size. ``sparse B`` is its compressed size: for an N:M leaf the
-    :class:`sparsejax.formats.NMSparse` layout (kept values + one uint8 index each); for other
+    `sparsejax.formats.NMSparse` layout (kept values + one uint8 index each); for other
     masked leaves a bitmap layout (kept values + one bit per entry); unmasked leaves stay dense.
 
     Args:

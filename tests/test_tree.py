@@ -125,3 +125,16 @@ def test_summary_and_nbytes():
 def test_errors(call, err, match):
     with pytest.raises(err, match=match):
         call(params())
+
+
+def test_nnx_paths_and_topk_k_type():
+    from flax import nnx
+
+    model = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    m = sj.compute_masks(state, sparsity=0.5, where="*/kernel")
+    text = sj.summary(state, m, print_fn=None)
+    assert "kernel " in text and "value" not in text
+    assert sum(int(x.sum()) for x in jax.tree.leaves(m)) == 16
+    with pytest.raises(TypeError, match="k must be a Python int"):
+        masks.topk(jnp.ones(4), jnp.float32(2.7))
