@@ -317,14 +317,21 @@ def block(
     if bad:
         raise ValueError(f"scores.shape {scores.shape} must be divisible by block_shape "
                          f"{block_shape}; not divisible: {bad}")
+    if reduce not in ("mean", "sum", "max", "l2"):
+        raise ValueError(f"reduce must be one of 'mean', 'sum', 'max', 'l2', got {reduce!r}")
+    return _block(scores, jnp.asarray(sparsity, jnp.float32), full, reduce)
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _block(scores: jax.Array, sparsity: jax.Array, full: tuple[int, ...], reduce: str) -> jax.Array:
     split = []
     for d, b in zip(scores.shape, full):
         split += [d // b, b]
     tiles = _pool(scores.reshape(split), tuple(range(1, 2 * scores.ndim, 2)), reduce)
-    keep = unstructured(tiles, sparsity)
-    for i, b in enumerate(full):
-        keep = jnp.repeat(keep, b, axis=i)
-    return keep
+    keep = _unstructured(tiles, sparsity, None)
+    # broadcast each tile's decision over its block (one write of the full mask, no repeats)
+    expanded = keep.reshape([n for d, b in zip(scores.shape, full) for n in (d // b, 1)])
+    return jnp.broadcast_to(expanded, split).reshape(scores.shape)
 
 
 def channel(
@@ -351,8 +358,15 @@ def channel(
     scores = check_float_array(scores, "scores")
     check_sparsity(sparsity)
     axis = normalize_axis(axis, scores.ndim)
+    if reduce not in ("mean", "sum", "max", "l2"):
+        raise ValueError(f"reduce must be one of 'mean', 'sum', 'max', 'l2', got {reduce!r}")
+    return _channel(scores, jnp.asarray(sparsity, jnp.float32), axis, reduce)
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _channel(scores: jax.Array, sparsity: jax.Array, axis: int, reduce: str) -> jax.Array:
     others = tuple(i for i in range(scores.ndim) if i != axis)
-    keep = unstructured(_pool(scores, others, reduce), sparsity)
+    keep = _unstructured(_pool(scores, others, reduce), sparsity, None)
     shape = [1] * scores.ndim
     shape[axis] = scores.shape[axis]
     return jnp.broadcast_to(keep.reshape(shape), scores.shape)
