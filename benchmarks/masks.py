@@ -184,13 +184,19 @@ def _run_compress(w, scores, modes, repeats) -> tuple[list[dict], str | None]:
         return [], f"sparsejax.formats not importable ({e}); compression not timed"
     specs = []
     for axis in (-1, 0):
+        # without a mask, from_dense keeps the 2 largest |w| of every 4 (its own N:M selection)
         specs.append((f"NMSparse.from_dense_2:4_axis{axis}",
                       lambda x, a=axis: NMSparse.from_dense(x, 2, 4, axis=a),
                       np.asarray(w) * np.asarray(masks.nm(scores, 2, 4, axis))))
     for bs in ((128, 128), (32, 32)):
+        # the element-level mask of masks.block; the static slot count S (max kept blocks per
+        # block row) is taken from the concrete mask, as a user would, and passed in both modes
         bmask = masks.block(scores, bs, 0.5)
+        per_row = np.asarray(bmask).reshape(w.shape[0] // bs[0], bs[0], -1, bs[1]).any((1, 3)).sum(1)
+        slots = max(1, int(per_row.max()))
         specs.append((f"BlockSparse.from_dense_{bs[0]}x{bs[1]}_s0.5",
-                      lambda x, b=bs, mk=bmask: BlockSparse.from_dense(x, b, mask=mk),
+                      lambda x, b=bs, mk=bmask, sl=slots: BlockSparse.from_dense(
+                          x, b, mask=mk, max_blocks_per_row=sl),
                       np.asarray(w) * np.asarray(bmask)))
     results = []
     for name, fn, want in specs:
