@@ -1,0 +1,579 @@
+"""Compressed sparse formats as registered pytrees: N:M (:class:`NMSparse`) and block-sparse
+rows (:class:`BlockSparse`, BSR).
+
+Both classes are JAX pytrees: their arrays are leaves (they pass through ``jit``, ``vmap``,
+``grad`` and ``tree.map``) and their structural parameters (``n``, ``m``, ``axis``, ``shape``,
+``block_shape``) are static auxiliary data, so changing them retraces a jitted function while
+changing the stored values does not.
+
+Conventions:
+
+* **N:M** follows jaxpruner / SR-STE: ``n`` is the number of entries *kept* in every group of
+  ``m`` consecutive entries along ``axis``. Hardware 2:4 sparsity (NVIDIA sparse tensor cores)
+  groups along the *reduction* axis of the sparse operand: for a Flax ``Dense`` kernel
+  ``[in, out]`` that is ``axis=0`` (the default here), for a torch-style ``[out, in]`` weight it is
+  ``axis=1``.
+* **BSR** stores, per block row, the kept blocks packed to the left and the sorted block-column
+  index of each, padded to a static ``max_blocks_per_row``; this is exactly the metadata a Pallas
+  kernel scalar-prefetches (see :class:`BlockSparse`). Shapes not divisible by the block shape are
+  *rejected* here with a ``ValueError``; the ops in :mod:`sparsejax.ops` never pad silently either.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = ["BlockSparse", "NMSparse"]
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _is_concrete(x: Any) -> bool:
+    """True when ``x`` holds concrete values (not a tracer inside ``jit``/``vmap``/``grad``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_float(x: Any, name: str) -> None:
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array (float32, bfloat16, ...); "
+                        f"got dtype {dtype}.")
+
+
+def _check_bool(x: Any, name: str) -> None:
+    dtype = jnp.result_type(x)
+    if dtype != jnp.bool_:
+        raise TypeError(f"`{name}` must be a bool array; got dtype {dtype}.")
+
+
+def _check_nm(n: Any, m: Any) -> tuple[int, int]:
+    for name, v in (("n", n), ("m", m)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise TypeError(f"`{name}` must be a Python int; got {v!r} of type {type(v).__name__}.")
+    n, m = int(n), int(m)
+    if m < 1 or m > 256:
+        raise ValueError(f"`m` must satisfy 1 <= m <= 256 (indices are uint8); got m={m}.")
+    if n < 0 or n > m:
+        raise ValueError(f"`n` (entries kept per group) must satisfy 0 <= n <= m={m}; got n={n}.")
+    return n, m
+
+
+def _normalize_axis(axis: Any, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise TypeError(f"`axis` must be an int; got {axis!r}.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"`axis`={axis} is out of range for an array of ndim {ndim}; "
+                         f"allowed: {-ndim} <= axis < {ndim}.")
+    return int(axis) % ndim
+
+
+def _check_block_shape(block_shape: Any) -> tuple[int, int]:
+    try:
+        bm, bn = (int(b) for b in block_shape)
+        ok = all(isinstance(b, int | np.integer) and not isinstance(b, bool) for b in block_shape)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise TypeError(f"`block_shape` must be a pair of ints (bm, bn); got {block_shape!r}.")
+    if bm < 1 or bn < 1:
+        raise ValueError(f"`block_shape` entries must be >= 1; got {block_shape!r}.")
+    return bm, bn
+
+
+# --------------------------------------------------------------------------------------------
+# N:M
+# --------------------------------------------------------------------------------------------
+
+
+def _nm_keep_mask(x: Array, n: int, m: int) -> Array:
+    """Bool mask keeping the ``n`` largest ``|x|`` of each group of ``m`` along the last axis.
+
+    Ties are broken by position (lower index wins), so every group keeps exactly ``n``. No sort:
+    each entry's rank is the number of group members that beat it (O(m^2) compares per group).
+    """
+    g = jnp.abs(x.astype(jnp.float32)).reshape(*x.shape[:-1], -1, m)
+    a, b = g[..., :, None], g[..., None, :]  # a: entry i, b: competitor j
+    pos = jnp.arange(m)
+    earlier = pos[None, :] < pos[:, None]  # [i, j]: j before i
+    beats = (b > a) | ((b == a) & earlier)
+    rank = jnp.sum(beats, axis=-1)
+    return (rank < n).reshape(x.shape)
+
+
+@jax.tree_util.register_pytree_node_class
+class NMSparse:
+    """An N:M-sparse array compressed along one axis: kept values + their positions in each group.
+
+    Along ``axis`` (length ``K``, a multiple of ``m``) every group of ``m`` consecutive entries
+    keeps ``n`` of them. ``values`` has the dense shape with ``K`` replaced by ``K * n // m``: the
+    kept entries of each group in ascending position order; ``indices`` (``uint8``, same shape)
+    holds each kept entry's position ``0 <= p < m`` inside its group. A group with fewer than ``n``
+    nonzeros (only possible with an explicit ``mask``) is filled with zero values at unused
+    positions, so the layout is always exactly ``n`` per group.
+
+    ``axis`` is stored as a negative number, so leaves that gain leading batch axes (e.g. an
+    ``NMSparse`` built under ``vmap``) still describe the right axis; :attr:`shape` is derived
+    from ``values``.
+
+    Attributes:
+        values: ``[..., K*n/m, ...]`` kept values (the dense dtype).
+        indices: ``uint8 [..., K*n/m, ...]`` position of each kept value within its group.
+        n: entries kept per group (jaxpruner / SR-STE convention).
+        m: group size.
+        axis: the compressed (reduction) axis, negative.
+    """
+
+    def __init__(self, values: Array, indices: Array, n: int, m: int, axis: int):
+        self.values = values
+        self.indices = indices
+        self.n = n
+        self.m = m
+        self.axis = axis
+
+    # -- pytree ---------------------------------------------------------------------------
+    def tree_flatten(self):
+        return (self.values, self.indices), (self.n, self.m, self.axis)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
+
+    def __repr__(self) -> str:
+        return (f"NMSparse(shape={self.shape}, n={self.n}, m={self.m}, axis={self.axis}, "
+                f"dtype={self.dtype})")
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_dense(
+        cls,
+        x: Float[Array, "..."],
+        n: int,
+        m: int,
+        axis: int = 0,
+        *,
+        mask: Bool[Array, "..."] | None = None,
+    ) -> NMSparse:
+        """Compress ``x`` to N:M along ``axis``.
+
+        Args:
+            x: a float array; ``x.shape[axis]`` must be a multiple of ``m``.
+            n: entries kept in every group of ``m`` (``0 <= n <= m``).
+            m: group size (``1 <= m <= 256``).
+            axis: the grouped axis. Default 0: the reduction (input) axis of a Flax ``Dense``
+                kernel ``[in, out]``, which is the axis hardware 2:4 sparsity groups along.
+            mask: optional bool array of ``x``'s shape giving the kept entries; it must keep at
+                most ``n`` of every group (checked eagerly when the mask is concrete; under
+                ``jit`` a violating mask silently keeps only the first ``n`` kept positions of a
+                group). Without a mask the ``n`` largest ``|x|`` of each group are kept, ties
+                broken by position (lower index wins).
+
+        Returns:
+            The compressed array; ``to_dense()`` equals ``x * mask``.
+
+        Raises:
+            TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m``/``axis``.
+            ValueError: ``n`` outside ``[0, m]``, ``x.shape[axis]`` not divisible by ``m``, a mask
+                of the wrong shape or one keeping more than ``n`` of some group.
+        """
+        n, m = _check_nm(n, m)
+        x = jnp.asarray(x)
+        _check_float(x, "x")
+        if x.ndim < 1:
+            raise ValueError(f"`x` must have at least one axis; got shape {x.shape}.")
+        ax = _normalize_axis(axis, x.ndim)
+        k = x.shape[ax]
+        if k % m:
+            raise ValueError(f"`x.shape[axis]` = {k} (axis={axis}) must be divisible by m={m}; "
+                             f"got shape {x.shape}.")
+        xt = jnp.moveaxis(x, ax, -1)
+        if mask is None:
+            keep = _nm_keep_mask(xt, n, m)
+        else:
+            mask = jnp.asarray(mask)
+            _check_bool(mask, "mask")
+            if mask.shape != x.shape:
+                raise ValueError(f"`mask` must have x's shape {x.shape}; got {mask.shape}.")
+            keep = jnp.moveaxis(mask, ax, -1)
+            if _is_concrete(keep):
+                per_group = np.asarray(keep).reshape(*keep.shape[:-1], -1, m).sum(-1)
+                if per_group.size and per_group.max() > n:
+                    raise ValueError(f"`mask` keeps {int(per_group.max())} entries in some group "
+                                     f"of m={m} along axis {axis}; allowed: at most n={n}.")
+        g_keep = keep.reshape(*keep.shape[:-1], -1, m)
+        g_x = jnp.where(g_keep, xt.reshape(g_keep.shape), 0).astype(x.dtype)
+        # positions ordered: kept ones first (ascending), then the rest (ascending).
+        order = jnp.argsort(~g_keep, axis=-1, stable=True)[..., :n]
+        pos = jnp.sort(order, axis=-1)  # ascending positions among the chosen n
+        vals = jnp.take_along_axis(g_x, pos, axis=-1)
+        new_shape = (*xt.shape[:-1], k // m * n)
+        values = jnp.moveaxis(vals.reshape(new_shape), -1, ax)
+        indices = jnp.moveaxis(pos.astype(jnp.uint8).reshape(new_shape), -1, ax)
+        return cls(values, indices, n, m, ax - x.ndim)
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The dense shape."""
+        s = list(self.values.shape)
+        if self.n == 0:
+            raise ValueError("the dense shape of an NMSparse with n=0 cannot be derived from its "
+                             "(empty) values; use to_dense on the original shape instead.")
+        s[self.axis] = s[self.axis] * self.m // self.n
+        return tuple(s)
+
+    @property
+    def dtype(self):
+        """Dtype of the values."""
+        return self.values.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dense axes."""
+        return self.values.ndim
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: values plus one ``uint8`` index per kept value.
+
+        Packing each index into ``ceil(log2(m))`` bits (2 bits for 2:4, as cuSPARSELt does) would
+        store :attr:`packed_nbytes` instead.
+        """
+        return int(self.values.size * self.values.dtype.itemsize + self.indices.size)
+
+    @property
+    def packed_nbytes(self) -> int:
+        """Bytes with indices bit-packed to ``ceil(log2(m))`` bits each (2 bits for 2:4)."""
+        bits = max(1, math.ceil(math.log2(self.m))) if self.m > 1 else 0
+        return int(self.values.size * self.values.dtype.itemsize
+                   + math.ceil(self.indices.size * bits / 8))
+
+    # -- conversion -----------------------------------------------------------------------
+    def to_dense(self) -> Float[Array, "..."]:
+        """The dense array (zeros at pruned positions)."""
+        v = jnp.moveaxis(self.values, self.axis, -1)
+        i = jnp.moveaxis(self.indices, self.axis, -1)
+        v = v.reshape(*v.shape[:-1], -1, self.n)
+        i = i.reshape(v.shape).astype(jnp.int32)
+        onehot = i[..., None] == jnp.arange(self.m)  # [..., G, n, m]
+        dense = jnp.sum(jnp.where(onehot, v[..., None], jnp.zeros((), v.dtype)), axis=-2)
+        dense = dense.reshape(*dense.shape[:-2], -1).astype(self.values.dtype)
+        return jnp.moveaxis(dense, -1, self.axis)
+
+    def mask(self) -> Bool[Array, "..."]:
+        """Bool mask of the stored positions (``n`` per group), dense shape."""
+        ones = NMSparse(jnp.ones(self.values.shape, jnp.bool_), self.indices, self.n, self.m,
+                        self.axis)
+        return ones.to_dense()
+
+    # -- products -------------------------------------------------------------------------
+    def matmul(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+        """``self @ x`` via :func:`sparsejax.ops.nm_matmul` (XLA gather path on CPU)."""
+        from sparsejax.ops import nm_matmul
+
+        return nm_matmul(self, x)
+
+    def __matmul__(self, x):
+        return self.matmul(x)
+
+    def __rmatmul__(self, x):
+        from sparsejax.ops import dense_nm_matmul
+
+        return dense_nm_matmul(x, self)
+
+
+# --------------------------------------------------------------------------------------------
+# BSR
+# --------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_pytree_node_class
+class BlockSparse:
+    """A block-sparse matrix in BSR layout, the metadata Pallas kernels scalar-prefetch.
+
+    For a dense ``[M, K]`` matrix cut into ``bm x bn`` blocks (``R = M/bm`` block rows,
+    ``C = K/bn`` block columns) and ``S = max_blocks_per_row``:
+
+    * ``data [R, S, bm, bn]``: the kept blocks of each block row, packed to the left in
+      ascending block-column order; padded slots are zero.
+    * ``indices int32 [R, S]``: the block column of each kept block, sorted ascending; a padded
+      slot repeats the row's last valid index (``0`` for an empty row) so a kernel that visits it
+      fetches nothing new.
+    * ``counts int32 [R]``: kept blocks per block row (``<= S``).
+
+    Static auxiliary data: ``shape = (M, K)`` and ``block_shape = (bm, bn)``. ``S`` is a static
+    array dimension. Leaves may carry leading batch axes (e.g. built under ``vmap``); ``shape``
+    then describes each matrix.
+
+    Attributes:
+        data: ``[R, S, bm, bn]`` kept blocks.
+        indices: ``int32 [R, S]`` block columns.
+        counts: ``int32 [R]`` kept blocks per block row.
+        shape: dense shape ``(M, K)``.
+        block_shape: ``(bm, bn)``.
+    """
+
+    def __init__(self, data: Array, indices: Array, counts: Array, shape: tuple[int, int],
+                 block_shape: tuple[int, int]):
+        self.data = data
+        self.indices = indices
+        self.counts = counts
+        self.shape = tuple(shape)
+        self.block_shape = tuple(block_shape)
+
+    # -- pytree ---------------------------------------------------------------------------
+    def tree_flatten(self):
+        return (self.data, self.indices, self.counts), (self.shape, self.block_shape)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
+
+    def __repr__(self) -> str:
+        return (f"BlockSparse(shape={self.shape}, block_shape={self.block_shape}, "
+                f"max_blocks_per_row={self.max_blocks_per_row}, dtype={self.dtype})")
+
+    def replace(self, **kwargs) -> BlockSparse:
+        """A copy with some fields replaced (e.g. ``a.replace(data=new_data)``)."""
+        fields = dict(data=self.data, indices=self.indices, counts=self.counts, shape=self.shape,
+                      block_shape=self.block_shape)
+        fields.update(kwargs)
+        return BlockSparse(**fields)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_dense(
+        cls,
+        x: Float[Array, "M K"],
+        block_shape: tuple[int, int],
+        mask: Bool[Array, "R C"] | Bool[Array, "M K"] | None = None,
+        max_blocks_per_row: int | None = None,
+    ) -> BlockSparse:
+        """Compress a dense matrix into BSR.
+
+        Args:
+            x: ``[M, K]`` float matrix; ``M % bm == 0`` and ``K % bn == 0`` (otherwise
+                ``ValueError``: pad ``x`` yourself, the format never pads silently).
+            block_shape: ``(bm, bn)``.
+            mask: which entries to keep. A block-level bool ``[M/bm, K/bn]`` keeps whole blocks;
+                an element-level bool of ``x``'s shape keeps the blocks holding any ``True`` and
+                zeroes the ``False`` entries inside them. ``None`` keeps the blocks holding any
+                nonzero of ``x``. In every case ``to_dense()`` equals ``x * mask``.
+            max_blocks_per_row: the static slot count ``S`` (``>= 1``). ``None`` computes
+                ``max(1, max kept blocks in a row)`` from a concrete mask; under ``jit``/``vmap``
+                (a traced mask or traced ``x`` with ``mask=None``) it must be given. A concrete
+                row with more kept blocks raises ``ValueError``; under ``jit`` the extra blocks
+                of such a row would be dropped, so choose it as an upper bound.
+
+        Returns:
+            The BSR matrix.
+
+        Raises:
+            TypeError: non-float ``x``, non-bool ``mask``, bad ``block_shape``.
+            ValueError: non-2-D ``x``, shape not divisible by ``block_shape``, mask of the wrong
+                shape, missing or too small ``max_blocks_per_row``.
+        """
+        x = jnp.asarray(x)
+        _check_float(x, "x")
+        if x.ndim != 2:
+            raise ValueError(f"`x` must be a 2-D matrix [M, K]; got shape {x.shape} "
+                             "(use jax.vmap for stacks).")
+        bm, bn = _check_block_shape(block_shape)
+        mdim, kdim = x.shape
+        if mdim % bm or kdim % bn:
+            raise ValueError(f"`x.shape` {x.shape} must be divisible by `block_shape` "
+                             f"{(bm, bn)}; pad x to a multiple of the block first.")
+        r, c = mdim // bm, kdim // bn
+        if mask is None:
+            xb = x.reshape(r, bm, c, bn)
+            block_mask = jnp.any(xb != 0, axis=(1, 3))
+        else:
+            mask = jnp.asarray(mask)
+            _check_bool(mask, "mask")
+            if mask.shape == (r, c):
+                block_mask = mask
+            elif mask.shape == x.shape:
+                x = jnp.where(mask, x, jnp.zeros((), x.dtype))
+                block_mask = jnp.any(mask.reshape(r, bm, c, bn), axis=(1, 3))
+            else:
+                raise ValueError(f"`mask` must be block-level {(r, c)} or element-level "
+                                 f"{x.shape}; got shape {mask.shape}.")
+        return cls._from_block_mask(x, block_mask, (bm, bn), max_blocks_per_row)
+
+    @classmethod
+    def _from_block_mask(cls, x: Array, block_mask: Array, block_shape: tuple[int, int],
+                         max_blocks_per_row: int | None) -> BlockSparse:
+        bm, bn = block_shape
+        mdim, kdim = x.shape
+        r, c = block_mask.shape
+        counts = jnp.sum(block_mask, axis=1, dtype=jnp.int32)
+        concrete = _is_concrete(block_mask)
+        if max_blocks_per_row is None:
+            if not concrete:
+                raise ValueError(
+                    "`max_blocks_per_row` must be given when the block mask is traced (under "
+                    "jit/vmap/grad): the slot count is a static array dimension. Pass an int "
+                    f"in [1, {c}], e.g. the max kept blocks per row of your pattern.")
+            s = max(1, int(np.max(np.asarray(counts), initial=0)))
+        else:
+            if isinstance(max_blocks_per_row, bool) or not isinstance(
+                    max_blocks_per_row, int | np.integer):
+                raise TypeError(f"`max_blocks_per_row` must be an int; got {max_blocks_per_row!r}.")
+            s = int(max_blocks_per_row)
+            if s < 1:
+                raise ValueError(f"`max_blocks_per_row` must be >= 1; got {s}.")
+            if concrete:
+                most = int(np.max(np.asarray(counts), initial=0))
+                if most > s:
+                    raise ValueError(f"`max_blocks_per_row`={s} is smaller than the {most} kept "
+                                     "blocks of some block row; allowed: >= that count.")
+        # A row with more than S kept blocks (only possible when traced) keeps its first S.
+        counts = jnp.minimum(counts, s)
+        order = jnp.argsort(~block_mask, axis=1, stable=True).astype(jnp.int32)  # kept first
+        if s > c:
+            order = jnp.concatenate([order, jnp.zeros((r, s - c), jnp.int32)], axis=1)
+        order = order[:, :s]
+        slot = jnp.arange(s, dtype=jnp.int32)
+        valid = slot[None, :] < counts[:, None]
+        last = jnp.take_along_axis(order, jnp.maximum(counts - 1, 0)[:, None], axis=1)
+        last = jnp.where(counts[:, None] > 0, last, 0)
+        indices = jnp.where(valid, order, last).astype(jnp.int32)
+        xb = x.reshape(r, bm, c, bn).transpose(0, 2, 1, 3)  # [R, C, bm, bn]
+        data = jnp.take_along_axis(xb, indices[:, :, None, None], axis=1)
+        data = jnp.where(valid[:, :, None, None], data, jnp.zeros((), x.dtype))
+        return cls(data, indices, counts, (mdim, kdim), (bm, bn))
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def dtype(self):
+        """Dtype of the blocks."""
+        return self.data.dtype
+
+    @property
+    def n_block_rows(self) -> int:
+        """``R = M / bm``."""
+        return self.shape[0] // self.block_shape[0]
+
+    @property
+    def n_block_cols(self) -> int:
+        """``C = K / bn``."""
+        return self.shape[1] // self.block_shape[1]
+
+    @property
+    def max_blocks_per_row(self) -> int:
+        """The static slot count ``S``."""
+        return self.indices.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: data (including padded slots) + indices + counts."""
+        return int(self.data.nbytes + self.indices.nbytes + self.counts.nbytes)
+
+    @property
+    def nnz_blocks(self) -> Int[Array, ""]:
+        """Number of kept blocks (a scalar array; works under ``jit``)."""
+        return jnp.sum(self.counts)
+
+    @property
+    def density(self) -> Float[Array, ""]:
+        """Fraction of blocks kept: ``sum(counts) / (R * C)`` (a scalar array)."""
+        return jnp.sum(self.counts) / (self.n_block_rows * self.n_block_cols)
+
+    def valid_slots(self) -> Bool[Array, "R S"]:
+        """Bool ``[R, S]``: which slots hold a kept block."""
+        s = jnp.arange(self.max_blocks_per_row, dtype=jnp.int32)
+        return s < self.counts[..., None]
+
+    def block_mask(self) -> Bool[Array, "R C"]:
+        """The block-level mask ``[R, C]`` of kept blocks."""
+        if self.data.ndim > 4:
+            return jax.vmap(BlockSparse.block_mask)(self)
+        rows = jnp.broadcast_to(jnp.arange(self.n_block_rows)[:, None], self.indices.shape)
+        return jnp.zeros((self.n_block_rows, self.n_block_cols), jnp.bool_).at[
+            rows, self.indices].max(self.valid_slots())
+
+    # -- conversion -----------------------------------------------------------------------
+    def to_dense(self) -> Float[Array, "M K"]:
+        """The dense ``[M, K]`` matrix (zeros outside kept blocks)."""
+        if self.data.ndim > 4:
+            return jax.vmap(BlockSparse.to_dense)(self)
+        r, c = self.n_block_rows, self.n_block_cols
+        bm, bn = self.block_shape
+        rows = jnp.broadcast_to(jnp.arange(r)[:, None], self.indices.shape)
+        data = jnp.where(self.valid_slots()[:, :, None, None], self.data,
+                         jnp.zeros((), self.data.dtype))
+        blocks = jnp.zeros((r, c, bm, bn), self.data.dtype).at[rows, self.indices].add(data)
+        return blocks.transpose(0, 2, 1, 3).reshape(self.shape)
+
+    def transpose(self, max_blocks_per_row: int | None = None) -> BlockSparse:
+        """The BSR of the transpose ``[K, M]`` with block shape ``(bn, bm)``.
+
+        Costs ``O(R * C + kept blocks)``; no dense matrix is formed.
+
+        Args:
+            max_blocks_per_row: slot count of the result (kept blocks per block *column* of
+                ``self``). ``None``: computed when ``self`` is concrete, otherwise ``R`` (always
+                enough, but the slots then do not shrink with density).
+        """
+        if self.data.ndim > 4:
+            return jax.vmap(lambda a: a.transpose(max_blocks_per_row))(self)
+        r, c = self.n_block_rows, self.n_block_cols
+        valid = self.valid_slots()
+        s_old = self.max_blocks_per_row
+        rows = jnp.broadcast_to(jnp.arange(r)[:, None], self.indices.shape)
+        slots = jnp.broadcast_to(jnp.arange(s_old)[None, :], self.indices.shape)
+        # table[r, c] = slot of block (r, c) in row r, or -1
+        table = jnp.full((r, c), -1, jnp.int32).at[rows, self.indices].max(
+            jnp.where(valid, slots, -1))
+        t_mask = (table >= 0).T  # [C, R]
+        if max_blocks_per_row is None and not _is_concrete(table):
+            max_blocks_per_row = r
+        t_counts = jnp.sum(t_mask, axis=1, dtype=jnp.int32)
+        if max_blocks_per_row is None:
+            s = max(1, int(np.max(np.asarray(t_counts), initial=0)))
+        else:
+            s = int(max_blocks_per_row)
+            if s < 1:
+                raise ValueError(f"`max_blocks_per_row` must be >= 1; got {s}.")
+            if _is_concrete(t_counts) and int(np.max(np.asarray(t_counts), initial=0)) > s:
+                raise ValueError(f"`max_blocks_per_row`={s} is smaller than the kept blocks of "
+                                 "some block column.")
+        t_counts = jnp.minimum(t_counts, s)
+        order = jnp.argsort(~t_mask, axis=1, stable=True).astype(jnp.int32)
+        if s > r:
+            order = jnp.concatenate([order, jnp.zeros((c, s - r), jnp.int32)], axis=1)
+        order = order[:, :s]
+        t_valid = jnp.arange(s)[None, :] < t_counts[:, None]
+        last = jnp.take_along_axis(order, jnp.maximum(t_counts - 1, 0)[:, None], axis=1)
+        last = jnp.where(t_counts[:, None] > 0, last, 0)
+        t_idx = jnp.where(t_valid, order, last).astype(jnp.int32)
+        src_slot = table[t_idx, jnp.arange(c)[:, None]]  # [C, s]
+        blocks = self.data[t_idx, jnp.maximum(src_slot, 0)]  # [C, s, bm, bn]
+        blocks = jnp.where(t_valid[:, :, None, None], blocks, jnp.zeros((), self.data.dtype))
+        bm, bn = self.block_shape
+        return BlockSparse(blocks.transpose(0, 1, 3, 2), t_idx, t_counts,
+                           (self.shape[1], self.shape[0]), (bn, bm))
+
+    @property
+    def T(self) -> BlockSparse:  # noqa: N802
+        """Shorthand for :meth:`transpose`."""
+        return self.transpose()
+
+    # -- products -------------------------------------------------------------------------
+    def __matmul__(self, b):
+        from sparsejax.ops import bsr_matmul
+
+        return bsr_matmul(self, b)
+
+    def __rmatmul__(self, x):
+        from sparsejax.ops import dense_bsr_matmul
+
+        return dense_bsr_matmul(x, self)
