@@ -115,15 +115,10 @@ def _geometry(a: Any) -> tuple[int, int, int, int, int, int, int, int]:
 
 
 def _with_data(like: Any, data: jax.Array) -> Any:
-    """A BlockSparse with ``like``'s structure and new ``data`` (private adapter)."""
-    if dataclasses.is_dataclass(like):
-        return dataclasses.replace(like, data=data)
-    if hasattr(like, "_replace"):
-        return like._replace(data=data)
-    leaves, treedef = jax.tree_util.tree_flatten(like)
-    idx = next(i for i, leaf in enumerate(leaves) if leaf is like.data)
-    leaves[idx] = data
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    """A BlockSparse with ``like``'s structure and new ``data``."""
+    if hasattr(like, "replace"):
+        return like.replace(data=data)
+    return dataclasses.replace(like, data=data)
 
 
 # --------------------------------------------------------------------------------------------
