@@ -279,6 +279,25 @@ def test_through_public_api_with_gradients(backend):
     assert np.any(np.asarray(ga))  # a non-trivial kept-block gradient
 
 
+@pytest.mark.parametrize("backend", MODULES)
+def test_on_device(backend):
+    # Runs the compiled kernels (interpret=False) only on a host of the matching platform.
+    platform = {"tpu": "tpu", "gpu": "gpu"}[backend]
+    if jax.default_backend() != platform:
+        pytest.skip(f"needs a {platform.upper()}; this host runs {jax.default_backend()}")
+    mod = BACKENDS[backend][0]
+    # Loose tolerance for f32 too: device f32 matmuls may use bf16 passes (TPU) or TF32 (GPU).
+    tol = jnp.bfloat16
+    for dtype in (jnp.float32, jnp.bfloat16):
+        a, dense = _make_bsr(27, (512, 384), (128, 128), 0.5, (1,), dtype=dtype)
+        b, x = _normal(28, (384, 256), dtype), _normal(29, (128, 512), dtype)
+        u, v = _normal(30, (512, 256), dtype), _normal(31, (256, 384), dtype)
+        _assert_close(jax.jit(mod.bsr_matmul)(a, b), dense @ _f64(b), tol)
+        _assert_close(jax.jit(mod.dense_bsr_matmul)(x, a), _f64(x) @ dense, tol)
+        s = jax.jit(lambda u, v, a: mod.sddmm(u, v, a).data)(u, v, a)
+        _assert_close(s, _sddmm_reference(_f64(u), _f64(v), a), tol)
+
+
 # ------------------------------------------------------------------------------------------
 # real lowering (no device): Pallas -> Mosaic TPU, Pallas -> Triton
 # ------------------------------------------------------------------------------------------
