@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.experimental.pallas import tpu as pltpu
 
-from sparsejax.formats import BlockSparse
+from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.ops import pallas_gpu, pallas_tpu
 
 TPU_INTERPRET = pltpu.InterpretParams()
@@ -299,6 +299,42 @@ def test_on_device(backend):
 
 
 # ------------------------------------------------------------------------------------------
+# N:M (GPU only)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n,m,dtype",
+    [(2, 4, jnp.float32), (1, 8, jnp.float32), (2, 4, jnp.bfloat16)],
+)
+def test_nm_matmul_gpu(n, m, dtype):
+    w = _normal(32, (48, 96), dtype)  # M=48, K=96: both padded to the 32-tiles below
+    ws = NMSparse.from_dense(w, n, m, axis=1)
+    x = _normal(33, (96, 40), dtype)
+    out = jax.jit(
+        lambda ws, x: pallas_gpu.nm_matmul(
+            ws, x, block_m=32, block_n=32, block_k=32, interpret=True
+        )
+    )(ws, x)
+    assert out.shape == (48, 40) and out.dtype == dtype
+    _assert_close(out, _f64(ws.to_dense()) @ _f64(x), dtype)
+
+
+def test_nm_matmul_gpu_errors():
+    ws = NMSparse.from_dense(_normal(34, (32, 48)), 2, 4, axis=1)
+    with pytest.raises(TypeError, match="w must be a sparsejax.formats.NMSparse"):
+        pallas_gpu.nm_matmul(jnp.ones((32, 48)), jnp.ones((48, 8)), interpret=True)
+    with pytest.raises(ValueError, match=r"x.shape\[0\]=32 must equal K=48"):
+        pallas_gpu.nm_matmul(ws, jnp.ones((32, 8)), interpret=True)
+    w0 = NMSparse.from_dense(_normal(35, (48, 32)), 2, 4, axis=0)
+    with pytest.raises(ValueError, match="w.axis=-2: nm_matmul needs w"):
+        pallas_gpu.nm_matmul(w0, jnp.ones((32, 8)), interpret=True)
+    w3 = NMSparse.from_dense(_normal(36, (16, 48)), 1, 3, axis=1)
+    with pytest.raises(ValueError, match="must be a multiple of m=3"):
+        pallas_gpu.nm_matmul(w3, jnp.ones((48, 8)), interpret=True)
+
+
+# ------------------------------------------------------------------------------------------
 # real lowering (no device): Pallas -> Mosaic TPU, Pallas -> Triton
 # ------------------------------------------------------------------------------------------
 
@@ -336,6 +372,7 @@ def test_gpu_kernels_lower_to_triton(dtype):
         (pallas_gpu.bsr_matmul, (a, b)),
         (pallas_gpu.dense_bsr_matmul, (x, a)),
         (lambda u, v, a: pallas_gpu.sddmm(u, v, a).data, (u, v, a)),
+        (pallas_gpu.nm_matmul, (NMSparse.from_dense(u, 2, 4, axis=1), jnp.ones((96, 200), dtype))),
     ]:
         assert "xla.gpu.triton" in _lower(fn, *args, platform="cuda")
 

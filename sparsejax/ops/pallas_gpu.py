@@ -11,6 +11,10 @@ metadata, written for the Pallas **Triton** lowering (`jax.experimental.pallas.t
   ``(P_pad // tp, n_block_cols)``, each program loops over the kept blocks of its block column.
 - `sddmm(a, b, like)`: grid ``(n_block_rows, max_blocks_per_row)``; a kept slot loops over the
   reduction in ``td`` tiles, a padded slot writes zeros.
+- `nm_matmul(w, x)`: N:M ``W [M, K]`` (compressed along K) times dense ``x [K, N]``; grid
+  ``(M_pad // tm, N_pad // tn)``, each program loads only the kept values and their uint8
+  in-group positions of a ``[tm, tk]`` tile of ``W``, expands the tile in registers and runs a
+  dense ``tl.dot`` (it saves ``W``'s memory traffic, not FLOPs: Triton has no 2:4 ``mma.sp``).
 
 Why Triton and not Mosaic GPU: with jax 0.10.2 the Triton lowering is the one that can be checked
 without a GPU (``interpret=True`` runs the kernel body on CPU, and ``lower(lowering_platforms=
@@ -44,9 +48,9 @@ from sparsejax.ops.pallas_tpu import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
-    from sparsejax.formats import BlockSparse
+    from sparsejax.formats import BlockSparse, NMSparse
 
-__all__ = ["bsr_matmul", "dense_bsr_matmul", "sddmm"]
+__all__ = ["bsr_matmul", "dense_bsr_matmul", "nm_matmul", "sddmm"]
 
 
 def _check_pow2(value: int, name: str) -> None:
@@ -346,3 +350,116 @@ def sddmm(
         name="sparsejax_sddmm_gpu",
     )(like.indices.reshape(-1).astype(jnp.int32), like.counts.astype(jnp.int32), ap, bp)
     return _with_data(like, data)
+
+
+# --------------------------------------------------------------------------------------------
+# N:M sparse x dense
+# --------------------------------------------------------------------------------------------
+
+
+def _nm_matmul_kernel(v_ref, i_ref, x_ref, o_ref, *, n, m, tm, tn, tk, nk):
+    q = lax.broadcasted_iota(jnp.int32, (tm, tk), 1)
+    rows = lax.broadcasted_iota(jnp.int32, (tm, tk), 0)
+    group, pos = q // m, q % m
+    tkc = tk // m * n
+
+    def body(c, acc):
+        w_tile = jnp.zeros((tm, tk), jnp.float32)
+        for t in range(n):  # the t-th kept entry of each group, gathered to every dense column
+            cols = c * tkc + group * n + t
+            vals = v_ref[rows, cols].astype(jnp.float32)
+            where = i_ref[rows, cols].astype(jnp.int32)
+            w_tile = w_tile + jnp.where(where == pos, vals, 0.0)
+        x_tile = x_ref[pl.ds(c * tk, tk), :]
+        return acc + jnp.dot(w_tile.astype(x_ref.dtype), x_tile, preferred_element_type=jnp.float32)
+
+    acc = lax.fori_loop(0, nk, body, jnp.zeros((tm, tn), jnp.float32))
+    o_ref[...] = acc.astype(o_ref.dtype)
+
+
+def nm_matmul(
+    w: NMSparse,
+    x: Float[Array, "K N"],
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+    block_k: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    interpret: Any = False,
+) -> Float[Array, "M N"]:
+    """N:M-sparse ``w [M, K]`` (compressed along ``K``) times dense ``x [K, N]``, Pallas Triton.
+
+    Each program owns a ``[tm, tn]`` output tile and loops over ``K`` in ``tk`` steps: it gathers
+    the ``tk * n / m`` kept values of each of its rows and their uint8 positions, expands them to
+    a dense ``[tm, tk]`` register tile (``n`` masked selects) and accumulates
+    ``tile @ x[k-step, :]`` in f32.
+
+    Args:
+      w: 2-D `NMSparse` of dense shape ``[M, K]`` grouped along its last axis (``axis=-1``, the
+        torch ``[out, in]`` layout), with ``m`` a power of two dividing ``block_k``.
+      x: Dense ``[K, N]``.
+      block_m: Row tile ``tm`` (power of two >= 16).
+      block_n: Column tile ``tn`` (power of two >= 16).
+      block_k: Reduction step ``tk`` (power of two >= 16, a multiple of ``m``).
+      num_warps: Triton warps per program.
+      num_stages: Triton software-pipelining stages.
+      interpret: ``False`` on GPU; ``True`` to run on CPU.
+
+    Returns:
+      Dense ``[M, N]`` in the common dtype of ``w`` and ``x`` (f32 accumulation).
+
+    Raises:
+      TypeError: If ``w`` is not an NMSparse or a dtype is not float32/bfloat16/float16.
+      ValueError: If ``w`` is not 2-D or not grouped along its last axis, ``x.shape[0] != K``,
+        ``m`` does not divide ``block_k``, or a tile is not a power of two >= 16.
+    """
+    for attr in ("values", "indices", "n", "m", "axis"):
+        if not hasattr(w, attr):
+            raise TypeError(
+                f"w must be a sparsejax.formats.NMSparse, got {type(w).__name__} "
+                f"(missing attribute {attr!r})."
+            )
+    _check_dense(x, "x")
+    if w.values.ndim != 2:
+        raise ValueError(f"w must be 2-D, got values of shape {tuple(w.values.shape)}.")
+    if w.axis not in (-1, 1):
+        raise ValueError(
+            f"w.axis={w.axis}: nm_matmul needs w [M, K] grouped along its reduction axis "
+            "(axis=-1); for a [K, N] kernel grouped along axis 0 use x @ w (dense_nm_matmul)."
+        )
+    n, m = int(w.n), int(w.m)
+    mdim, kc = (int(d) for d in w.values.shape)
+    k = kc // n * m if n else int(x.shape[0])
+    if x.shape[0] != k:
+        raise ValueError(f"x.shape[0]={x.shape[0]} must equal K={k} (w is {mdim}x{k} {n}:{m}).")
+    dtype = _result_dtype("nm_matmul", w.values.dtype, x.dtype)
+    nn = int(x.shape[1])
+    tm, mp = _gpu_tile(mdim, _check_tile(block_m, "block_m"), "block_m")
+    tn, np_ = _gpu_tile(nn, _check_tile(block_n, "block_n"), "block_n")
+    tk, kp = _gpu_tile(k, _check_tile(block_k, "block_k"), "block_k")
+    if tk % m:
+        raise ValueError(
+            f"block_k={block_k} (tile {tk}) must be a multiple of m={m}; m must be a power of two."
+        )
+    if n == 0 or mdim == 0 or nn == 0 or k == 0:
+        return jnp.zeros((mdim, nn), dtype)
+    values = _pad_to(w.values.astype(dtype), (mp, kp // m * n))
+    indices = _pad_to(w.indices, (mp, kp // m * n))
+    xp = _pad_to(x.astype(dtype), (kp, np_))
+    kcp = kp // m * n
+    out = pl.pallas_call(
+        functools.partial(_nm_matmul_kernel, n=n, m=m, tm=tm, tn=tn, tk=tk, nk=kp // tk),
+        grid=(mp // tm, np_ // tn),
+        in_specs=[
+            pl.BlockSpec((tm, kcp), lambda i, j: (i, 0)),
+            pl.BlockSpec((tm, kcp), lambda i, j: (i, 0)),
+            pl.BlockSpec((kp, tn), lambda i, j: (0, j)),
+        ],
+        out_specs=pl.BlockSpec((tm, tn), lambda i, j: (i, j)),
+        out_shape=jax.ShapeDtypeStruct((mp, np_), dtype),
+        compiler_params=_compiler_params(num_warps, num_stages),
+        interpret=interpret,
+        name="sparsejax_nm_matmul_gpu",
+    )(values, indices, xp)
+    return out[:mdim, :nn]
