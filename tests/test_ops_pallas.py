@@ -1,11 +1,12 @@
 """Pallas TPU / GPU block-sparse kernels against plain numpy references (interpret mode on CPU).
 
-The TPU kernels run under `pltpu.InterpretParams()`, the Mosaic TPU simulator: it fills
-uninitialised buffers with NaN (so an output block the kernel forgets to write, e.g. for an empty
-row, shows up), raises on out-of-bounds reads (so a bad index map fails) and permutes the
-"parallel" grid dimensions. The GPU (Triton) kernels run under ``interpret=True``. The
-``*_lowers_*`` tests additionally run the real Pallas -> Mosaic / Triton lowering for TPU / CUDA at
-128x128 blocks (no device needed; the device-side compilation is not exercised here).
+For the empty, empty-row and rectangular-block cases the TPU kernels run under
+`pltpu.InterpretParams()`, the Mosaic TPU simulator: it fills uninitialised buffers with NaN (so
+an output block the kernel forgets to write, e.g. for an empty row, shows up), raises on
+out-of-bounds reads (so a bad index map fails) and permutes the "parallel" grid dimensions; the
+other TPU cases use the cheaper generic ``interpret=True``, as do the GPU (Triton) kernels. The
+``test_*_lower*`` tests additionally run the real Pallas -> Mosaic / Triton lowering for TPU / CUDA
+at 128x128 (TPU) / 64x32 (GPU) blocks: no device needed, device-side compilation not exercised.
 """
 
 from __future__ import annotations
@@ -94,6 +95,25 @@ def _make_bsr(
         block_shape=(bm, bn),
     )
     return a, dense
+
+
+def test_hand_built_layout_matches_from_dense():
+    # The tests' builder follows the agreed layout exactly as sparsejax.formats produces it.
+    a, dense = _make_bsr(37, (64, 96), (16, 32), 0.5, (1,))
+    nbr, maxb = a.indices.shape
+    block_mask = np.zeros((nbr, 3), bool)
+    for i in range(nbr):
+        block_mask[i, np.asarray(a.indices[i, : a.counts[i]])] = True
+    b = BlockSparse.from_dense(
+        jnp.asarray(dense, jnp.float32),
+        (16, 32),
+        mask=jnp.asarray(block_mask),
+        max_blocks_per_row=maxb,
+    )
+    np.testing.assert_array_equal(b.indices, a.indices)
+    np.testing.assert_array_equal(b.counts, a.counts)
+    np.testing.assert_array_equal(b.data, a.data)
+    assert (b.shape, b.block_shape) == (a.shape, a.block_shape)
 
 
 def _pad_slots(a: BlockSparse, maxb: int) -> BlockSparse:
