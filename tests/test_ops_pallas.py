@@ -344,7 +344,7 @@ def _nm_zeros(shape: tuple[int, int], n: int, m: int, axis: int) -> NMSparse:
     """An all-zero NMSparse built directly from its fields (cheap: no from_dense)."""
     cshape = list(shape)
     cshape[axis] = cshape[axis] // m * n
-    return NMSparse(jnp.zeros(cshape), jnp.zeros(cshape, jnp.uint8), n, m, axis - 2)
+    return NMSparse(jnp.zeros(cshape), jnp.zeros(cshape, jnp.uint8), n, m, axis - 2, shape[axis])
 
 
 def test_nm_matmul_gpu_errors():
@@ -450,6 +450,8 @@ def test_errors(backend):
         mod.bsr_matmul(a, jnp.ones((64, 8), jnp.int32), interpret=True)
     with pytest.raises(ValueError, match="block_n must be a positive int, got 0"):
         mod.bsr_matmul(a, jnp.ones((64, 8)), block_n=0, interpret=True)
+    with pytest.raises(TypeError, match="block_p must be a positive int, got 8.0 of type float"):
+        mod.dense_bsr_matmul(jnp.ones((8, 64)), a, block_p=8.0, interpret=True)
     with pytest.raises(ValueError, match=r"x.shape\[1\]=32 must equal a.shape\[0\]=64"):
         mod.dense_bsr_matmul(jnp.ones((8, 32)), a, interpret=True)
     with pytest.raises(TypeError, match="like must be a sparsejax.formats.BlockSparse"):

@@ -115,7 +115,8 @@ def bsr_matmul(
       Dense ``[M, N]`` in the common dtype of ``a.data`` and ``b`` (f32 accumulation).
 
     Raises:
-      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16.
+      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16,
+        or a tile is not an int.
       ValueError: If shapes do not match, or a block dim or ``block_n`` is not a power of two
         >= 16.
     """
@@ -226,7 +227,8 @@ def dense_bsr_matmul(
       Dense ``[P, K]`` in the common dtype of ``x`` and ``a.data`` (f32 accumulation).
 
     Raises:
-      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16.
+      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16,
+        or a tile is not an int.
       ValueError: If shapes do not match, or a block dim or ``block_p`` is not a power of two
         >= 16.
     """
@@ -312,7 +314,8 @@ def sddmm(
       blocks of ``a @ b`` (common dtype of ``a`` and ``b``; padded slots zero).
 
     Raises:
-      TypeError: If ``like`` is not a BlockSparse or a dtype is not float32/bfloat16/float16.
+      TypeError: If ``like`` is not a BlockSparse or a dtype is not float32/bfloat16/float16,
+        or a tile is not an int.
       ValueError: If shapes do not match, or a block dim or ``block_d`` is not a power of two
         >= 16.
     """
@@ -320,7 +323,7 @@ def sddmm(
     _check_dense(a, "a")
     _check_dense(b, "b")
     block_d = _check_tile(block_d, "block_d")
-    m, n, nbr, maxb, bm, bn, mp, np_ = _geometry(like)
+    m, n, nbr, maxb, bm, bn, mp, np_ = _geometry(like, "like")
     _check_pow2(bm, "like.block_shape[0]")
     _check_pow2(bn, "like.block_shape[1]")
     if a.shape[1] != b.shape[0]:
@@ -410,7 +413,8 @@ def nm_matmul(
       Dense ``[M, N]`` in the common dtype of ``w`` and ``x`` (f32 accumulation).
 
     Raises:
-      TypeError: If ``w`` is not an NMSparse or a dtype is not float32/bfloat16/float16.
+      TypeError: If ``w`` is not an NMSparse or a dtype is not float32/bfloat16/float16,
+        or a tile is not an int.
       ValueError: If ``w`` is not 2-D or not grouped along its last axis, ``x.shape[0] != K``,
         ``m`` does not divide ``block_k``, or a tile is not a power of two >= 16.
     """
@@ -430,7 +434,7 @@ def nm_matmul(
         )
     n, m = int(w.n), int(w.m)
     mdim, kc = (int(d) for d in w.values.shape)
-    k = kc // n * m if n else int(x.shape[0])
+    k = int(w.shape[-1])
     if x.shape[0] != k:
         raise ValueError(f"x.shape[0]={x.shape[0]} must equal K={k} (w is {mdim}x{k} {n}:{m}).")
     dtype = _result_dtype("nm_matmul", w.values.dtype, x.dtype)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Float
@@ -78,9 +79,13 @@ def _result_dtype(name: str, *dtypes: Any) -> jnp.dtype:
 
 
 def _check_tile(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"{name} must be a positive int, got {value!r} of type {type(value).__name__}."
+        )
+    if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return value
+    return int(value)
 
 
 def _tile_and_padded(length: int, tile: int) -> tuple[int, int]:
@@ -97,18 +102,19 @@ def _pad_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return x
 
 
-def _geometry(a: Any) -> tuple[int, int, int, int, int, int, int, int]:
+def _geometry(a: Any, name: str = "a") -> tuple[int, int, int, int, int, int, int, int]:
     """``(M, K, nbr, maxb, bm, bn, Mp, Kp)`` of a BlockSparse; Mp, Kp are block-padded sizes."""
     m, k = (int(d) for d in a.shape)
     nbr, maxb, bm, bn = (int(d) for d in a.data.shape)
     if tuple(int(d) for d in a.block_shape) != (bm, bn):
         raise ValueError(
-            f"a.block_shape={tuple(a.block_shape)} does not match a.data.shape[2:]={(bm, bn)}."
+            f"{name}.block_shape={tuple(a.block_shape)} does not match "
+            f"{name}.data.shape[2:]={(bm, bn)}."
         )
     nbc = -(-k // bn)
     if nbr != -(-m // bm):
         raise ValueError(
-            f"a.data.shape[0]={nbr} block rows does not match shape {(m, k)} with block "
+            f"{name}.data.shape[0]={nbr} block rows does not match shape {(m, k)} with block "
             f"{(bm, bn)} (expected {-(-m // bm)})."
         )
     return m, k, nbr, maxb, bm, bn, nbr * bm, nbc * bn
@@ -169,8 +175,9 @@ def bsr_matmul(
       Dense ``[M, N]`` in the common dtype of ``a.data`` and ``b`` (f32 accumulation).
 
     Raises:
-      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16.
-      ValueError: If ``b`` is not 2-D, ``b.shape[0] != K`` or ``block_n`` is not a positive int.
+      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16,
+        or a tile is not an int.
+      ValueError: If ``b`` is not 2-D, ``b.shape[0] != K``, or ``block_n < 1``.
     """
     _check_block_sparse(a, "a")
     _check_dense(b, "b")
@@ -274,8 +281,9 @@ def dense_bsr_matmul(
       Dense ``[P, K]`` in the common dtype of ``x`` and ``a.data`` (f32 accumulation).
 
     Raises:
-      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16.
-      ValueError: If ``x`` is not 2-D, ``x.shape[1] != M`` or ``block_p`` is not a positive int.
+      TypeError: If ``a`` is not a BlockSparse or a dtype is not float32/bfloat16/float16,
+        or a tile is not an int.
+      ValueError: If ``x`` is not 2-D, ``x.shape[1] != M``, or ``block_p < 1``.
     """
     _check_block_sparse(a, "a")
     _check_dense(x, "x")
@@ -380,15 +388,16 @@ def sddmm(
       blocks of ``a @ b`` (common dtype of ``a`` and ``b``; padded slots zero).
 
     Raises:
-      TypeError: If ``like`` is not a BlockSparse or a dtype is not float32/bfloat16/float16.
+      TypeError: If ``like`` is not a BlockSparse or a dtype is not float32/bfloat16/float16,
+        or a tile is not an int.
       ValueError: If ``a``/``b`` are not 2-D, their shapes do not match ``like.shape`` or
-        each other, or ``block_d`` is not a positive int.
+        each other, or ``block_d < 1``.
     """
     _check_block_sparse(like, "like")
     _check_dense(a, "a")
     _check_dense(b, "b")
     block_d = _check_tile(block_d, "block_d")
-    m, n, nbr, maxb, bm, bn, mp, np_ = _geometry(like)
+    m, n, nbr, maxb, bm, bn, mp, np_ = _geometry(like, "like")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"a.shape[1]={a.shape[1]} must equal b.shape[0]={b.shape[0]}.")
     if (a.shape[0], b.shape[1]) != (m, n):
