@@ -388,6 +388,15 @@ def test_tpu_kernels_lower_for_tpu_under_vmap():
     bs = jnp.ones((2, 256, 512), jnp.bfloat16)
     txt = _lower(jax.vmap(lambda b: pallas_tpu.bsr_matmul(a, b)), bs, platform="tpu")
     assert "tpu_custom_call" in txt
+    # batched scalar-prefetch metadata: a stack of two BlockSparse with their own structure
+    a1 = _pad_slots(_make_bsr(38, (256, 256), (128, 128), 1.0)[0], a.data.shape[1])
+    a0 = _pad_slots(a, a1.data.shape[1])
+    stacked = jax.tree.map(lambda u, v: jnp.stack([u, v]), a0, a1)
+    for fn, args in [
+        (jax.vmap(pallas_tpu.bsr_matmul), (stacked, bs.astype(jnp.float32))),
+        (jax.vmap(pallas_tpu.dense_bsr_matmul), (bs.astype(jnp.float32)[:, :, :256], stacked)),
+    ]:
+        assert "tpu_custom_call" in _lower(fn, *args, platform="tpu")
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
