@@ -122,7 +122,7 @@ class NMSparse:
 
     ``axis`` is stored as a negative number, so leaves that gain leading batch axes (e.g. an
     ``NMSparse`` built under ``vmap``) still describe the right axis; :attr:`shape` is derived
-    from ``values``.
+    from ``values`` and the static dense ``length`` of ``axis``.
 
     Attributes:
         values: ``[..., K*n/m, ...]`` kept values (the dense dtype).
@@ -130,18 +130,20 @@ class NMSparse:
         n: entries kept per group (jaxpruner / SR-STE convention).
         m: group size.
         axis: the compressed (reduction) axis, negative.
+        length: the dense length ``K`` of ``axis``.
     """
 
-    def __init__(self, values: Array, indices: Array, n: int, m: int, axis: int):
+    def __init__(self, values: Array, indices: Array, n: int, m: int, axis: int, length: int):
         self.values = values
         self.indices = indices
         self.n = n
         self.m = m
         self.axis = axis
+        self.length = length
 
     # -- pytree ---------------------------------------------------------------------------
     def tree_flatten(self):
-        return (self.values, self.indices), (self.n, self.m, self.axis)
+        return (self.values, self.indices), (self.n, self.m, self.axis, self.length)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
@@ -217,17 +219,14 @@ class NMSparse:
         new_shape = (*xt.shape[:-1], k // m * n)
         values = jnp.moveaxis(vals.reshape(new_shape), -1, ax)
         indices = jnp.moveaxis(pos.astype(jnp.uint8).reshape(new_shape), -1, ax)
-        return cls(values, indices, n, m, ax - x.ndim)
+        return cls(values, indices, n, m, ax - x.ndim, k)
 
     # -- properties -----------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
         """The dense shape."""
         s = list(self.values.shape)
-        if self.n == 0:
-            raise ValueError("the dense shape of an NMSparse with n=0 cannot be derived from its "
-                             "(empty) values; use to_dense on the original shape instead.")
-        s[self.axis] = s[self.axis] * self.m // self.n
+        s[self.axis] = self.length
         return tuple(s)
 
     @property
@@ -261,17 +260,17 @@ class NMSparse:
         """The dense array (zeros at pruned positions)."""
         v = jnp.moveaxis(self.values, self.axis, -1)
         i = jnp.moveaxis(self.indices, self.axis, -1)
-        v = v.reshape(*v.shape[:-1], -1, self.n)
+        v = v.reshape(*v.shape[:-1], self.length // self.m, self.n)
         i = i.reshape(v.shape).astype(jnp.int32)
         onehot = i[..., None] == jnp.arange(self.m)  # [..., G, n, m]
         dense = jnp.sum(jnp.where(onehot, v[..., None], jnp.zeros((), v.dtype)), axis=-2)
-        dense = dense.reshape(*dense.shape[:-2], -1).astype(self.values.dtype)
+        dense = dense.reshape(*dense.shape[:-2], self.length).astype(self.values.dtype)
         return jnp.moveaxis(dense, -1, self.axis)
 
     def mask(self) -> Bool[Array, "..."]:
         """Bool mask of the stored positions (``n`` per group), dense shape."""
         ones = NMSparse(jnp.ones(self.values.shape, jnp.bool_), self.indices, self.n, self.m,
-                        self.axis)
+                        self.axis, self.length)
         return ones.to_dense()
 
     # -- products -------------------------------------------------------------------------

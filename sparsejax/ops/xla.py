@@ -124,7 +124,7 @@ def nm_matmul(w: NMSparse, x: Float[Array, "K N"]) -> Float[Array, "M N"]:
     """``W @ x`` for ``W [M, K]`` compressed along axis 1 (torch ``[out, in]`` layout): a gather
     of the kept rows of ``x``."""
     out_dtype = jnp.result_type(x, w.values)
-    wt = NMSparse(w.values.T, w.indices.T, w.n, w.m, -2)
+    wt = NMSparse(w.values.T, w.indices.T, w.n, w.m, -2, w.length)
     rows = _nm_rows(wt)  # [Kc, M]
     xg = x[rows]  # [Kc, M, N]
     out = jnp.einsum("km,kmn->mn", wt.values, xg, preferred_element_type=jnp.float32,

@@ -1,0 +1,282 @@
+"""Tests for sparsejax.formats: NMSparse and BlockSparse against numpy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsejax.formats import BlockSparse, NMSparse
+
+SETTINGS = dict(max_examples=25, deadline=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy references
+# ---------------------------------------------------------------------------------------------
+
+
+def np_nm_mask(x: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """Keep the n largest |x| of every m along axis; ties by lower index (stable sort)."""
+    xt = np.moveaxis(np.abs(x.astype(np.float32)), axis, -1)
+    g = xt.reshape(*xt.shape[:-1], -1, m)
+    order = np.argsort(-g, axis=-1, kind="stable")
+    keep = np.zeros(g.shape, bool)
+    np.put_along_axis(keep, order[..., :n], True, axis=-1)
+    return np.moveaxis(keep.reshape(xt.shape), -1, axis)
+
+
+def expand(block_mask: np.ndarray, block_shape) -> np.ndarray:
+    return np.kron(np.asarray(block_mask, np.int32), np.ones(block_shape, np.int32)).astype(bool)
+
+
+def check_bsr_layout(a: BlockSparse, block_mask: np.ndarray) -> None:
+    """The documented layout: sorted indices, padded slots repeat the last index, zero data."""
+    idx, counts, data = np.asarray(a.indices), np.asarray(a.counts), np.asarray(a.data)
+    assert a.indices.dtype == jnp.int32 and a.counts.dtype == jnp.int32
+    np.testing.assert_array_equal(counts, block_mask.sum(1))
+    for r in range(block_mask.shape[0]):
+        c = counts[r]
+        np.testing.assert_array_equal(idx[r, :c], np.flatnonzero(block_mask[r]))
+        pad = idx[r, c - 1] if c > 0 else 0
+        np.testing.assert_array_equal(idx[r, c:], pad)
+        assert not data[r, c:].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# NMSparse
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def nm_case(draw):
+    m = draw(st.sampled_from([1, 2, 4, 8]))
+    n = draw(st.integers(0, m))
+    ndim = draw(st.integers(1, 3))
+    axis = draw(st.integers(-ndim, ndim - 1))
+    shape = [draw(st.integers(1, 4)) for _ in range(ndim)]
+    shape[axis] = m * draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**16))
+    ties = draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape) if ties else rng.standard_normal(shape)
+    return x.astype(np.float32), n, m, axis
+
+
+@settings(**SETTINGS)
+@given(nm_case())
+def test_nm_roundtrip_keeps_largest_n_per_group(case):
+    x, n, m, axis = case
+    w = NMSparse.from_dense(jnp.asarray(x), n, m, axis)
+    mask = np_nm_mask(x, n, m, axis)
+    np.testing.assert_array_equal(np.asarray(w.to_dense()), x * mask)
+    np.testing.assert_array_equal(np.asarray(w.mask()), mask)
+    # exactly n stored per group along `axis`
+    per_group = np.moveaxis(np.asarray(w.mask()), axis, -1).reshape(-1, m).sum(-1)
+    assert (per_group == n).all()
+    assert w.indices.dtype == jnp.uint8
+    assert w.values.shape[axis] == x.shape[axis] * n // m
+    assert w.shape == x.shape
+
+
+@settings(**SETTINGS)
+@given(nm_case())
+def test_nm_jit_matches_eager_and_explicit_mask(case):
+    x, n, m, axis = case
+    eager = NMSparse.from_dense(jnp.asarray(x), n, m, axis)
+    jitted = jax.jit(lambda x: NMSparse.from_dense(x, n, m, axis))(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(eager.values), np.asarray(jitted.values))
+    np.testing.assert_array_equal(np.asarray(eager.indices), np.asarray(jitted.indices))
+    mask = np_nm_mask(-x, n, m, axis) & (np.abs(x) > 0.5)  # a different, sparser valid mask
+    w = NMSparse.from_dense(jnp.asarray(x), n, m, axis, mask=jnp.asarray(mask))
+    np.testing.assert_array_equal(np.asarray(w.to_dense()), x * mask)
+
+
+def test_nm_flax_kernel_groups_along_axis0():
+    # Flax Dense kernel [in, out]: 2:4 groups run down each column (the reduction axis).
+    x = jnp.asarray(np.arange(1, 25, dtype=np.float32).reshape(8, 3))
+    w = NMSparse.from_dense(x, 2, 4)  # axis=0 default
+    expected = np.zeros((8, 3), np.float32)
+    expected[[2, 3, 6, 7]] = np.asarray(x)[[2, 3, 6, 7]]
+    np.testing.assert_array_equal(np.asarray(w.to_dense()), expected)
+    np.testing.assert_array_equal(np.asarray(w.indices), np.array([[2] * 3, [3] * 3] * 2))
+    assert w.axis == -2 and w.values.shape == (4, 3)
+
+
+def test_nm_tie_break_and_short_group():
+    x = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 5.0, 0.0])
+    w = NMSparse.from_dense(x, 2, 4, axis=0)
+    np.testing.assert_array_equal(np.asarray(w.to_dense()), [1, 1, 0, 0, 0, 0, 5, 0])
+    # a mask with one kept entry in the second group: filled with a zero value
+    mask = jnp.array([0, 1, 1, 0, 0, 0, 1, 0], bool)
+    w = NMSparse.from_dense(x, 2, 4, axis=0, mask=mask)
+    np.testing.assert_array_equal(np.asarray(w.to_dense()), [0, 1, 1, 0, 0, 0, 5, 0])
+    assert w.values.shape == (4,)
+
+
+def test_nm_vmap_bf16_and_nbytes():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 8)).astype(jnp.bfloat16)
+    w = jax.vmap(lambda x: NMSparse.from_dense(x, 2, 4))(x)
+    assert w.values.shape == (3, 8, 8) and w.dtype == jnp.bfloat16 and w.shape == (3, 16, 8)
+    for i in range(3):
+        mask = np_nm_mask(np.asarray(x[i], np.float32), 2, 4, 0)
+        np.testing.assert_array_equal(np.asarray(w.to_dense()[i]), np.asarray(x[i]) * mask)
+    w32 = NMSparse.from_dense(jnp.ones((16, 8)), 2, 4)
+    assert w32.nbytes == 8 * 8 * 4 + 8 * 8  # f32 values + one uint8 per kept value
+    assert w32.packed_nbytes == 8 * 8 * 4 + 8 * 8 * 2 // 8  # 2-bit indices
+    assert w32.nbytes < 16 * 8 * 4
+
+
+def test_nm_pytree_static_aux():
+    w = NMSparse.from_dense(jnp.ones((8, 2)), 2, 4)
+    leaves, treedef = jax.tree.flatten(w)
+    assert len(leaves) == 2
+    w2 = jax.tree.unflatten(treedef, leaves)
+    assert (w2.n, w2.m, w2.axis, w2.length) == (2, 4, -2, 8)
+    doubled = jax.tree.map(lambda v: v * 2 if v.dtype == jnp.float32 else v, w)
+    np.testing.assert_array_equal(np.asarray(doubled.to_dense()), 2 * np.asarray(w.to_dense()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(n=5, m=4), ValueError, r"`n`.*0 <= n <= m=4.*n=5"),
+        (dict(n=-1, m=4), ValueError, r"`n`.*n=-1"),
+        (dict(n=2.0, m=4), TypeError, r"`n` must be a Python int"),
+        (dict(n=2, m=0), ValueError, r"`m` must satisfy"),
+        (dict(n=2, m=3), ValueError, r"x.shape\[axis\]` = 8.*divisible by m=3"),
+        (dict(n=2, m=4, axis=2), ValueError, r"`axis`=2 is out of range"),
+    ],
+)
+def test_nm_errors(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        NMSparse.from_dense(jnp.ones((8, 4)), **kwargs)
+
+
+def test_nm_errors_dtype_and_mask():
+    with pytest.raises(TypeError, match="`x` must be a floating-point array.*int32"):
+        NMSparse.from_dense(jnp.ones((8, 4), jnp.int32), 2, 4)
+    with pytest.raises(TypeError, match="`mask` must be a bool array"):
+        NMSparse.from_dense(jnp.ones((8, 4)), 2, 4, mask=jnp.ones((8, 4)))
+    with pytest.raises(ValueError, match=r"`mask` must have x's shape \(8, 4\)"):
+        NMSparse.from_dense(jnp.ones((8, 4)), 2, 4, mask=jnp.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="`mask` keeps 3 entries.*at most n=2"):
+        NMSparse.from_dense(jnp.ones((8, 4)), 2, 4, mask=jnp.ones((8, 4), bool).at[3:].set(False))
+
+
+# ---------------------------------------------------------------------------------------------
+# BlockSparse
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def bsr_case(draw):
+    bm, bn = draw(st.sampled_from([1, 2, 3])), draw(st.sampled_from([1, 2, 4]))
+    r, c = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((r * bm, c * bn)).astype(np.float32)
+    block_mask = rng.random((r, c)) < density
+    return x, (bm, bn), block_mask
+
+
+@settings(**SETTINGS)
+@given(bsr_case())
+def test_bsr_roundtrip_and_layout(case):
+    x, bs, block_mask = case
+    a = BlockSparse.from_dense(jnp.asarray(x), bs, jnp.asarray(block_mask))
+    np.testing.assert_array_equal(np.asarray(a.to_dense()), x * expand(block_mask, bs))
+    check_bsr_layout(a, block_mask)
+    assert a.max_blocks_per_row == max(1, block_mask.sum(1).max())
+    np.testing.assert_array_equal(np.asarray(a.block_mask()), block_mask)
+    np.testing.assert_allclose(float(a.density), block_mask.mean())
+    t = a.transpose()
+    assert t.shape == x.shape[::-1] and t.block_shape == bs[::-1]
+    np.testing.assert_array_equal(np.asarray(t.to_dense()), (x * expand(block_mask, bs)).T)
+    check_bsr_layout(t, block_mask.T)
+
+
+@settings(**SETTINGS)
+@given(bsr_case())
+def test_bsr_element_mask_and_none(case):
+    x, bs, block_mask = case
+    rng = np.random.default_rng(0)
+    elem = expand(block_mask, bs) & (rng.random(x.shape) < 0.6)
+    a = BlockSparse.from_dense(jnp.asarray(x), bs, jnp.asarray(elem))
+    np.testing.assert_array_equal(np.asarray(a.to_dense()), x * elem)
+    kept = elem.reshape(x.shape[0] // bs[0], bs[0], -1, bs[1]).any((1, 3))
+    check_bsr_layout(a, kept)
+    # mask=None keeps exactly the blocks holding a nonzero
+    b = BlockSparse.from_dense(jnp.asarray(x * elem), bs)
+    check_bsr_layout(b, kept)
+    np.testing.assert_array_equal(np.asarray(b.to_dense()), x * elem)
+
+
+@settings(**SETTINGS)
+@given(bsr_case())
+def test_bsr_jit_matches_eager(case):
+    x, bs, block_mask = case
+    s = max(1, int(block_mask.sum(1).max()))
+    eager = BlockSparse.from_dense(jnp.asarray(x), bs, jnp.asarray(block_mask))
+    f = jax.jit(lambda x, m: BlockSparse.from_dense(x, bs, m, max_blocks_per_row=s))
+    jitted = f(jnp.asarray(x), jnp.asarray(block_mask))
+    for u, v in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    t = jax.jit(lambda a: a.transpose())(eager)  # traced: R slots, same dense result
+    np.testing.assert_array_equal(np.asarray(t.to_dense()), np.asarray(eager.to_dense()).T)
+
+
+def test_bsr_explicit_slots_pad_layout():
+    x = jnp.arange(1.0, 33.0).reshape(4, 8)
+    mask = jnp.array([[False, True, False, True], [False, False, False, False]])
+    a = BlockSparse.from_dense(x, (2, 2), mask, max_blocks_per_row=4)
+    np.testing.assert_array_equal(np.asarray(a.indices), [[1, 3, 3, 3], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(a.counts), [2, 0])
+    assert a.data.shape == (2, 4, 2, 2)
+    np.testing.assert_array_equal(np.asarray(a.data[0, 0]), [[3, 4], [11, 12]])
+    assert a.nbytes == 2 * 4 * 2 * 2 * 4 + 2 * 4 * 4 + 2 * 4
+
+
+def test_bsr_all_masked_vmap_bf16():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8)).astype(jnp.bfloat16)
+    none = BlockSparse.from_dense(x[0], (4, 4), jnp.zeros((2, 2), bool))
+    assert none.max_blocks_per_row == 1 and none.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(none.counts), [0, 0])
+    np.testing.assert_array_equal(np.asarray(none.indices), [[0], [0]])
+    assert not np.asarray(none.to_dense()).any() and float(none.density) == 0.0
+    masks = jnp.array([[[True, False], [False, False]], [[True, True], [False, True]]])
+    batched = jax.vmap(lambda x, m: BlockSparse.from_dense(x, (4, 4), m, max_blocks_per_row=2))(
+        x, masks)
+    assert batched.data.shape == (2, 2, 2, 4, 4)
+    dense = np.asarray(batched.to_dense(), np.float32)  # leading batch axis handled
+    for i in range(2):
+        want = np.asarray(x[i], np.float32) * expand(np.asarray(masks[i]), (4, 4))
+        np.testing.assert_array_equal(dense[i], want)
+
+
+def test_bsr_traced_needs_static_slots():
+    with pytest.raises(ValueError, match="`max_blocks_per_row` must be given"):
+        jax.jit(lambda x: BlockSparse.from_dense(x, (2, 2)))(jnp.ones((4, 4)))
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, err, match",
+    [
+        (np.ones((6, 8)), dict(block_shape=(4, 4)), ValueError, r"\(6, 8\) must be divisible"),
+        (np.ones((8,)), dict(block_shape=(4, 4)), ValueError, "must be a 2-D matrix"),
+        (np.ones((8, 8), np.int32), dict(block_shape=(4, 4)), TypeError, "floating-point.*int32"),
+        (np.ones((8, 8)), dict(block_shape=(4,)), TypeError, "pair of ints"),
+        (np.ones((8, 8)), dict(block_shape=(0, 4)), ValueError, "entries must be >= 1"),
+        (np.ones((8, 8)), dict(block_shape=(4, 4), mask=np.ones((2, 2))), TypeError, "bool"),
+        (np.ones((8, 8)), dict(block_shape=(4, 4), mask=np.ones((3, 2), bool)), ValueError,
+         r"block-level \(2, 2\) or element-level \(8, 8\)"),
+        (np.ones((8, 8)), dict(block_shape=(4, 4), max_blocks_per_row=1), ValueError,
+         "`max_blocks_per_row`=1 is smaller than the 2"),
+        (np.ones((8, 8)), dict(block_shape=(4, 4), max_blocks_per_row=0), ValueError, ">= 1"),
+    ],
+)
+def test_bsr_errors(x, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        BlockSparse.from_dense(jnp.asarray(x), **kwargs)
