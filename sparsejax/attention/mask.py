@@ -2,14 +2,15 @@
 
 A :class:`BlockMask` describes which keys each query may attend to, at two levels:
 
-* a **block map** ``int8[Bm, Hm, nq, nk]`` over ``(block_q, block_kv)`` tiles, per batch row and head
-  (``Bm``/``Hm`` are either the batch/head count or 1 for "broadcast"), with entries
-  :data:`EMPTY` (0, nothing kept: the kernel fetches nothing), :data:`PARTIAL` (1, some kept: the kernel
-  evaluates the token mask) and :data:`FULL` (2, everything kept: the kernel skips masking);
-* a lazy **token predicate** (a :class:`TokenPredicate`) consulted only inside partial blocks. It is
-  evaluated on broadcastable integer index arrays ``(batch, head, q, kv)`` so it costs nothing until a
-  kernel asks for one tile; it may be a position formula (causal, windows, ...), a materialised dense
-  token mask, a lookup into a block-level selection, or any ``|``/``&`` combination of those.
+* a **block map** ``int8[Bm, Hm, nq, nk]`` over ``(block_q, block_kv)`` tiles, per batch row and
+  head (``Bm``/``Hm`` are the batch/head count or 1 for "broadcast"), with entries :data:`EMPTY`
+  (0, nothing kept: the kernel fetches nothing), :data:`PARTIAL` (1, some kept: the kernel
+  evaluates the token mask) and :data:`FULL` (2, all kept: the kernel skips masking);
+* a lazy **token predicate** (a :class:`TokenPredicate`) consulted only inside partial blocks. It
+  is evaluated on broadcastable integer index arrays ``(batch, head, q, kv)``, so it costs nothing
+  until a kernel asks for one tile; it may be a position formula (causal, windows, ...), a
+  materialised dense token mask, a lookup into a block-level selection, or any ``|``/``&``
+  combination of those.
 
 The meaning of a mask (what :meth:`BlockMask.to_dense` returns and every backend computes) is::
 
@@ -17,21 +18,23 @@ The meaning of a mask (what :meth:`BlockMask.to_dense` returns and every backend
                        (block_map[b, h, i // block_q, j // block_kv] == FULL or
                         (block_map[...] == PARTIAL and predicate(b, h, i, j)))
 
-and every constructor keeps the predicate *consistent* with the block map (true on every valid token of
-a full block, false on every valid token of an empty block), which is what makes ``|`` and ``&``
-exact: the block maps combine with the rules of three-valued logic and the predicates with ``|``/``&``.
+Every constructor keeps the predicate *consistent* with the block map (true on every valid token
+of a full block, false on every valid token of an empty block). That is what makes ``|`` and
+``&`` exact: block maps combine by three-valued logic, predicates by ``|``/``&``.
 
 **Padding.** Sequence lengths need not be multiples of the block sizes: the block grid has
-``nq = ceil(seq_q / block_q)`` rows and ``nk = ceil(seq_kv / block_kv)`` columns, blocks are classified
-over their valid (in-range) tokens only, and kernels pad ``q``/``k``/``v`` internally, never attend to a
-padded key and drop padded query rows. A query row with no kept key gets a zero output (never NaN).
+``nq = ceil(seq_q / block_q)`` rows and ``nk = ceil(seq_kv / block_kv)`` columns, blocks are
+classified over their valid (in-range) tokens only, and kernels pad ``q``/``k``/``v`` internally,
+never attend to a padded key and drop padded query rows. A query row with no kept key gets a zero
+output (never NaN).
 
-**Static vs dynamic.** A mask whose arrays are all NumPy arrays is *static*: it is hashable, compares by
-value and computes its kernel metadata (:meth:`BlockMask.info`) once, exactly, in NumPy. A mask built
-from ``jax.Array`` values (e.g. computed from ``q`` and ``k`` under ``jit``) is *dynamic*; it is a
-registered pytree, so it can be returned from and passed into jitted functions. Kernel metadata has a
-static width ``max_kv_blocks`` (the most kept KV blocks in any query-block row): exact for static masks,
-an upper bound for dynamic ones (pattern functions that know their budget pass it).
+**Static vs dynamic.** A mask whose arrays are all NumPy arrays is *static*: it is hashable,
+compares by value and computes its kernel metadata (:meth:`BlockMask.info`) once, exactly, in
+NumPy. A mask built from ``jax.Array`` values (e.g. computed from ``q`` and ``k`` under ``jit``) is
+*dynamic*; it is a registered pytree, so it can be returned from and passed into jitted
+functions. Kernel metadata has a static width ``max_kv_blocks`` (the most kept KV blocks in any
+query-block row): exact for static masks, an upper bound for dynamic ones (pattern functions
+that know their budget pass it).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Int
+from jaxtyping import Array, Bool
 
 EMPTY = 0
 """Block-map value: no token of the block is kept."""
@@ -78,16 +81,18 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Token predicates
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 class TokenPredicate:
     """A lazy token-level mask: ``pred(b, h, q, kv) -> bool`` on broadcastable int32 index arrays.
 
-    Subclasses are frozen dataclasses registered as pytrees (array fields are pytree leaves, the rest is
-    static), so predicates travel through ``jit`` inside a :class:`BlockMask`. Indices may point past the
+    Subclasses are frozen dataclasses registered as pytrees (array fields are pytree leaves, the
+    rest is
+    static), so predicates travel through ``jit`` inside a :class:`BlockMask`. Indices may point
+    past the
     sequence (padding); the result there is ignored. Combine predicates with ``|`` and ``&``.
     """
 
@@ -106,7 +111,8 @@ def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()):
 
     Args:
         cls: The class.
-        data_fields: Names of the array fields (pytree leaves); every other field is static and must be
+        data_fields: Names of the array fields (pytree leaves); every other field is static and
+            must be
             hashable.
     """
 
@@ -147,7 +153,8 @@ def _bcast_index(idx, size):
 
 @register_predicate(data_fields=("mask",))
 class DenseTokens(TokenPredicate):
-    """A materialised token mask ``bool[B|1, H|1, seq_q, seq_kv]`` (indices are clipped into range)."""
+    """A materialised token mask ``bool[B|1, H|1, seq_q, seq_kv]`` (indices are clipped into
+    range)."""
 
     mask: ArrayLike
 
@@ -155,7 +162,10 @@ class DenseTokens(TokenPredicate):
         bm, hm, lq, lk = self.mask.shape
         m = jnp.asarray(self.mask)
         return m[
-            _bcast_index(b, bm), _bcast_index(h, hm), jnp.clip(q, 0, lq - 1), jnp.clip(kv, 0, lk - 1)
+            _bcast_index(b, bm),
+            _bcast_index(h, hm),
+            jnp.clip(q, 0, lq - 1),
+            jnp.clip(kv, 0, lk - 1),
         ]
 
 
@@ -191,13 +201,14 @@ class FunctionPredicate(TokenPredicate):
         return jnp.asarray(self.fn(b, h, q, kv), dtype=bool)
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Kernel metadata
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 class BlockMaskInfo(NamedTuple):
-    """Compressed per-row block lists a kernel scalar-prefetches (cf. splash attention's ``MaskInfo``).
+    """Compressed per-row block lists a kernel scalar-prefetches (cf. splash attention's
+    ``MaskInfo``).
 
     For every (batch-or-broadcast, head-or-broadcast, query block) the kept KV blocks in ascending
     order, padded to a static width ``K = max_kv_blocks``. Padding slots repeat the row's last kept
@@ -236,9 +247,9 @@ def _compress(block_map: ArrayLike, width: int) -> BlockMaskInfo:
     return BlockMaskInfo(idx, counts, kinds)
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # The block mask
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def _combine_maps(a: ArrayLike, b: ArrayLike, op: str) -> ArrayLike:
@@ -302,14 +313,17 @@ class BlockMask:
         """Validate and assemble a mask from a block map and a consistent predicate.
 
         Args:
-            block_map: ``int[Bm, Hm, nq, nk]`` with values in ``{0, 1, 2}``; NumPy for a static mask.
-            predicate: Token predicate; must be true on every valid token of a ``FULL`` block and false
+            block_map: ``int[Bm, Hm, nq, nk]`` with values in ``{0, 1, 2}``; NumPy for a static
+                mask.
+            predicate: Token predicate; must be true on every valid token of a ``FULL`` block and
+                false
                 on every valid token of an ``EMPTY`` block.
             seq_q: Query length; ``nq == ceil(seq_q / block_q)``.
             seq_kv: Key length; ``nk == ceil(seq_kv / block_kv)``.
             block_q: Query block size.
             block_kv: Key block size.
-            max_kv_blocks: Upper bound on kept KV blocks per query-block row; computed exactly when the
+            max_kv_blocks: Upper bound on kept KV blocks per query-block row; computed exactly when
+                the
                 block map is concrete, else defaults to ``nk``.
 
         Returns:
@@ -356,7 +370,8 @@ class BlockMask:
         Blocks are classified over their in-range tokens. A NumPy input gives a static mask.
 
         Args:
-            token_mask: Boolean token mask; a 2-D ``[seq_q, seq_kv]`` mask is broadcast to ``[1, 1, ...]``.
+            token_mask: Boolean token mask; a 2-D ``[seq_q, seq_kv]`` mask is broadcast to ``[1, 1,
+                ...]``.
             block_q: Query block size.
             block_kv: Key block size.
 
@@ -365,7 +380,7 @@ class BlockMask:
         """
         block_q = _check_block("block_q", block_q)
         block_kv = _check_block("block_kv", block_kv)
-        if getattr(token_mask, "dtype", None) != bool:
+        if getattr(token_mask, "dtype", None) != np.dtype(bool):
             raise TypeError(
                 f"token_mask must be a bool array, got dtype {getattr(token_mask, 'dtype', None)}"
             )
@@ -417,7 +432,8 @@ class BlockMask:
                 ``[B|1, H|1, seq_q, seq_kv]`` (blocks are then classified from it) or a
                 :class:`TokenPredicate` (kept blocks are then marked partial). ``None``: kept blocks
                 are full.
-            max_kv_blocks: Static bound on kept blocks per row for a dynamic ``block_bool`` (e.g. the
+            max_kv_blocks: Static bound on kept blocks per row for a dynamic ``block_bool`` (e.g.
+                the
                 ``k`` of a top-k); ignored (computed exactly) for concrete inputs.
 
         Returns:
@@ -425,7 +441,7 @@ class BlockMask:
         """
         block_q = _check_block("block_q", block_q)
         block_kv = _check_block("block_kv", block_kv)
-        if getattr(block_bool, "dtype", None) != bool:
+        if getattr(block_bool, "dtype", None) != np.dtype(bool):
             raise TypeError(
                 f"block_bool must be a bool array, got dtype {getattr(block_bool, 'dtype', None)}"
             )
@@ -445,7 +461,8 @@ class BlockMask:
             dense = cls.from_dense(token_mask, block_q, block_kv)
             if dense.seq_q != seq_q or dense.seq_kv != seq_kv:
                 raise ValueError(
-                    f"token_mask has seq ({dense.seq_q}, {dense.seq_kv}), expected ({seq_q}, {seq_kv})"
+                    f"token_mask has seq ({dense.seq_q}, {dense.seq_kv}), "
+                    f"expected ({seq_q}, {seq_kv})"
                 )
             xp = _xp(block_bool, dense.block_map)
             block_map = xp.where(block_bool, dense.block_map, EMPTY).astype(xp.int8)
@@ -474,7 +491,8 @@ class BlockMask:
     ) -> BlockMask:
         """A static mask from any predicate, classifying blocks by evaluating it on every token.
 
-        Costs ``O(batch * heads * seq_q * seq_kv)`` once; the pattern functions compute their block maps
+        Costs ``O(batch * heads * seq_q * seq_kv)`` once; the pattern functions compute their block
+        maps
         analytically instead.
 
         Args:
@@ -578,7 +596,8 @@ class BlockMask:
             a = tuple(getattr(self, g) for g in geom)
             b = tuple(getattr(other, g) for g in geom)
             raise ValueError(
-                f"cannot combine masks with different (seq_q, seq_kv, block_q, block_kv): {a} vs {b}"
+                "cannot combine masks with different (seq_q, seq_kv, block_q, block_kv): "
+                f"{a} vs {b}"
             )
         for i, name in ((0, "batch"), (1, "heads")):
             x, y = self.block_map.shape[i], other.block_map.shape[i]

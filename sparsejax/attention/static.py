@@ -32,9 +32,9 @@ from sparsejax.attention.mask import (
 DEFAULT_BLOCK = 128
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Position predicates (static, hashable) with analytic block classification
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def _ranges(seq: int, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +152,8 @@ def _primitive(pred: _Positional, seq_q, seq_kv, block_q, block_kv) -> BlockMask
 
 
 def refine(mask: BlockMask) -> BlockMask:
-    """Re-classify every ``PARTIAL`` block of a static mask exactly by evaluating its predicate there.
+    """Re-classify every ``PARTIAL`` block of a static mask exactly by evaluating its predicate
+    there.
 
     Args:
         mask: A static mask (NumPy block map).
@@ -205,9 +206,9 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Public patterns
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def full_mask(
@@ -335,7 +336,8 @@ def chunked_causal_mask(
     block_q: int = DEFAULT_BLOCK,
     block_kv: int = DEFAULT_BLOCK,
 ) -> BlockMask:
-    """Chunked causal attention (Llama 4 style): causal within consecutive chunks of ``chunk`` tokens.
+    """Chunked causal attention (Llama 4 style): causal within consecutive chunks of ``chunk``
+    tokens.
 
     Query ``i`` attends to ``j <= i`` with ``i // chunk == j // chunk``.
 
@@ -368,7 +370,8 @@ def global_band_mask(
 ) -> BlockMask:
     """Longformer / BigBird-style global + band attention.
 
-    Query ``i`` attends to ``j`` when ``|i - j| <= band`` (local band), or ``j < num_global`` (global
+    Query ``i`` attends to ``j`` when ``|i - j| <= band`` (local band), or ``j < num_global``
+    (global
     keys), or ``i < num_global`` (global queries see everything); with ``causal=True`` everything is
     further restricted to ``j <= i``.
 
@@ -405,7 +408,8 @@ def stack_heads(masks: Sequence[BlockMask]) -> BlockMask:
         masks: Static masks of identical geometry and head dim 1.
 
     Returns:
-        A static mask with block map ``[Bm, len(masks), nq, nk]`` and a :class:`HeadSwitch` predicate.
+        A static mask with block map ``[Bm, len(masks), nq, nk]`` and a :class:`HeadSwitch`
+        predicate.
     """
     masks = list(masks)
     if not masks:
