@@ -252,7 +252,8 @@ def vertical_slash_token_mask(
     *,
     coverage: str = "minference",
     block_size: int = 64,
-) -> Bool[Array, "*lead seq seq"]:
+    rows: Int[Array, " r"] | None = None,
+) -> Bool[Array, "*lead r seq"]:
     """Token mask ``[..., L, L]`` of a vertical-slash selection (causal).
 
     Args:
@@ -264,9 +265,10 @@ def vertical_slash_token_mask(
             extending them ``B`` keys at a time, and vertical columns beyond the last range are
             dropped); ``"exact"`` keeps ``j <= i`` with ``vertical[j] or slash[i - j]``.
         block_size: query/key block of the conversion (64).
+        rows: optional query rows to evaluate (int ``[R]``); default all ``L`` rows.
 
     Returns:
-        Bool ``[..., L, L]``.
+        Bool ``[..., L, L]`` (``[..., R, L]`` with ``rows``).
     """
     if vertical.shape != slash.shape:
         raise ValueError(f"vertical and slash must have the same shape, got {vertical.shape}, {slash.shape}")
@@ -274,14 +276,15 @@ def vertical_slash_token_mask(
         raise ValueError(f"coverage must be 'minference' or 'exact', got {coverage!r}")
     _check_int(block_size, "block_size", 1)
     lq = vertical.shape[-1]
-    i = jnp.arange(lq)[:, None]
+    rows = jnp.arange(lq) if rows is None else jnp.asarray(rows) % lq
+    i = rows[:, None]
     j = jnp.arange(lq)[None, :]
     causal = j <= i
     if coverage == "exact":
-        diag = jnp.take(slash, jnp.clip(i - j, 0, lq - 1), axis=-1)  # [..., L, L]
+        diag = jnp.take(slash, jnp.clip(i - j, 0, lq - 1), axis=-1)  # [..., R, L]
         return causal & (vertical[..., None, :] | diag)
     cover, final_end = _minference_cover(slash, lq, block_size)  # [..., nq, L], [..., nq]
-    qb = jnp.arange(lq) // block_size
+    qb = rows // block_size
     cover_rows = jnp.take(cover, qb, axis=-2)  # [..., L, L]
     end_rows = jnp.take(final_end, qb, axis=-1)  # [..., L]
     vert_rows = vertical[..., None, :] & (j < end_rows[..., :, None])
@@ -381,11 +384,13 @@ def block_topk_mask(
 ):
     """Block top-k prefill mask as a ``BlockMask`` (kept blocks AND causal)."""
     from sparsejax.attention.mask import BlockMask
+    from sparsejax.attention.static import causal_mask
 
     blocks = block_topk_select(q, k, block_size=block_size, top_k=top_k)
     lq = q.shape[2]
-    causal = jnp.tril(jnp.ones((lq, lq), bool))[None, None]
-    return BlockMask.from_blocks(blocks, block_size, block_size, lq, lq, token_mask=causal)
+    kept = BlockMask.from_blocks(blocks, block_size, block_size, lq, lq,
+                                 max_kv_blocks=min(top_k, blocks.shape[-1]))
+    return kept & causal_mask(lq, block_q=block_size, block_kv=block_size)
 
 
 def quest_select(

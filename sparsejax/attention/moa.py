@@ -217,12 +217,14 @@ def moa_mask(
         A ``BlockMask`` of shape ``[1, H, N, N]`` with blocks ``(block_size, block_size)``.
     """
     from sparsejax.attention.mask import BlockMask
+    from sparsejax.attention.static import causal_mask
 
-    tok = moa_token_mask(
+    layout = moa_block_layout(
         alphas, betas, seq_len, block_size=block_size, max_new_tokens=max_new_tokens,
         sink_size=sink_size, minimum_cache_size=minimum_cache_size, split_size=split_size,
     )
-    return BlockMask.from_dense(tok[None], block_size, block_size)
+    blocks = BlockMask.from_blocks(layout[None], block_size, block_size, seq_len, seq_len)
+    return blocks & causal_mask(seq_len, block_q=block_size, block_kv=block_size)
 
 
 def moa_decode_keep(
