@@ -35,6 +35,7 @@ Decoding:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -149,6 +150,12 @@ def vertical_slash_select(
     _check_int(forced_slash, "forced_slash", 0)
     vs, ss, lw = min(vertical_size, lq), min(slash_size, lq), min(last_q, lq)
     fv, fs = min(forced_vertical, vs), min(forced_slash, ss)
+    return _vertical_slash_core(q, k, vs=vs, ss=ss, lw=lw, fv=fv, fs=fs)
+
+
+@functools.partial(jax.jit, static_argnames=("vs", "ss", "lw", "fv", "fs"))
+def _vertical_slash_core(q, k, *, vs, ss, lw, fv, fs):
+    h, lq = q.shape[1], q.shape[2]
     a = _last_window_probs(q, _repeat_kv(k, h), lw)
     vert = a.sum(axis=2)
     vert = jnp.where(jnp.arange(lq) < fv, jnp.inf, vert)
@@ -189,17 +196,27 @@ def flexprefill_select(
         raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
     _check_int(approximation_size, "approximation_size", 1)
     _check_int(min_budget, "min_budget", 1)
+    _check_int(forced_vertical, "forced_vertical", 0)
+    _check_int(forced_slash, "forced_slash", 0)
     lw = min(approximation_size, lq)
+    return _flexprefill_core(q, k, alpha=float(alpha), lw=lw, min_budget=min_budget,
+                             fv=forced_vertical, fs=forced_slash)
+
+
+@functools.partial(jax.jit, static_argnames=("alpha", "lw", "min_budget", "fv", "fs"))
+def _flexprefill_core(q, k, *, alpha, lw, min_budget, fv, fs):
+    h, lq = q.shape[1], q.shape[2]
     a = _last_window_probs(q, _repeat_kv(k, h), lw)
     vert = a.mean(axis=2)
     v_size = jnp.minimum(jnp.maximum(min_budget, _cover_size(vert, alpha)), lq)
-    vert = jnp.where(jnp.arange(lq) < forced_vertical, jnp.inf, vert)
+    vert = jnp.where(jnp.arange(lq) < fv, jnp.inf, vert)
     slash = _diagonal_sums(a, lq) / lw
     s_size = jnp.minimum(jnp.maximum(min_budget, _cover_size(slash, alpha)), lq)
-    slash = jnp.where(jnp.arange(lq) < forced_slash, jnp.inf, slash)
+    slash = jnp.where(jnp.arange(lq) < fs, jnp.inf, slash)
     return _topk_bool(vert, v_size), _topk_bool(slash, s_size)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _minference_cover(slash: jnp.ndarray, seq_len: int, block: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Key coverage of the slashes per query block, as MInference's index conversion builds it.
 
@@ -277,6 +294,12 @@ def vertical_slash_token_mask(
     _check_int(block_size, "block_size", 1)
     lq = vertical.shape[-1]
     rows = jnp.arange(lq) if rows is None else jnp.asarray(rows) % lq
+    return _vs_token_core(vertical, slash, rows, coverage=coverage, block_size=block_size)
+
+
+@functools.partial(jax.jit, static_argnames=("coverage", "block_size"))
+def _vs_token_core(vertical, slash, rows, *, coverage, block_size):
+    lq = vertical.shape[-1]
     i = rows[:, None]
     j = jnp.arange(lq)[None, :]
     causal = j <= i
@@ -357,6 +380,12 @@ def block_topk_select(
     b, h, lq, d = _check_qk(q, k)
     _check_int(block_size, "block_size", 1)
     _check_int(top_k, "top_k", 3)
+    return _block_topk_core(q, k, block_size=block_size, top_k=top_k)
+
+
+@functools.partial(jax.jit, static_argnames=("block_size", "top_k"))
+def _block_topk_core(q, k, *, block_size, top_k):
+    b, h, lq, d = q.shape
     kk = _repeat_kv(k, h)
     nb = -(-lq // block_size)
     pad = nb * block_size - lq
@@ -426,6 +455,15 @@ def quest_select(
     cur = (lk - 1) // page_size
     if cur <= page_budget:
         return jnp.ones((b, h, lk), bool)
+    return _quest_core(q, k, page_size=page_size, page_budget=page_budget,
+                       share_pages=bool(share_pages))
+
+
+@functools.partial(jax.jit, static_argnames=("page_size", "page_budget", "share_pages"))
+def _quest_core(q, k, *, page_size, page_budget, share_pages):
+    b, h, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    cur = (lk - 1) // page_size
     g = h // hkv
     kp = k[:, :, : cur * page_size].astype(jnp.float32).reshape(b, hkv, cur, page_size, d)
     kmin, kmax = kp.min(axis=3), kp.max(axis=3)  # [B, Hkv, P, D]
@@ -507,6 +545,13 @@ def snapkv_select(
         raise ValueError(
             f"token_capacity (min with L: {cap}) must exceed local_window + prefix_tokens "
             f"({local_window} + {prefix_tokens})")
+    return _snap_core(q, k, window=window, kernel_size=kernel_size, local_window=local_window,
+                      prefix_tokens=prefix_tokens, cap=cap)
+
+
+@functools.partial(jax.jit, static_argnames=("window", "kernel_size", "local_window",
+                                             "prefix_tokens", "cap"))
+def _snap_core(q, k, *, window, kernel_size, local_window, prefix_tokens, cap):
     imp = _avg_pool(_snap_scores(q, k, window, "mean"), kernel_size)
     imp = _forced_importance(imp, local_window, prefix_tokens)
     return _topk_bool(imp, cap)
@@ -549,10 +594,17 @@ def ada_snapkv_select(
             f"token_capacity ({token_capacity}) must be >= local_window + prefix_tokens "
             f"({local_window} + {prefix_tokens})")
     m = max(int(token_capacity * min_head_capacity_ratio), local_window + prefix_tokens)
+    return _ada_core(q, k, window=window, kernel_size=kernel_size, local_window=local_window,
+                     prefix_tokens=prefix_tokens, m=m, rest=hkv * token_capacity - hkv * m)
+
+
+@functools.partial(jax.jit, static_argnames=("window", "kernel_size", "local_window",
+                                             "prefix_tokens", "m", "rest"))
+def _ada_core(q, k, *, window, kernel_size, local_window, prefix_tokens, m, rest):
+    b, hkv, lk = k.shape[0], k.shape[1], k.shape[2]
     imp = _avg_pool(_snap_scores(q, k, window, "max"), kernel_size)
     imp = _forced_importance(imp, local_window, prefix_tokens)
     sel = _topk_bool(imp, m)
-    rest = hkv * token_capacity - hkv * m
     if rest > 0:
         flat = jnp.where(sel, -jnp.inf, imp).reshape(b, hkv * lk)
         extra = _topk_bool(flat, rest).reshape(b, hkv, lk)

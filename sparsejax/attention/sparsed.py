@@ -22,6 +22,7 @@ Rules follow the reference (INV-WZQ/SparseD, ``models/Dream/modeling_dream.py`` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -153,6 +154,13 @@ def sparsed_block_select(
     new_generation = _check_int(new_generation, "new_generation", 0)
     if scale is None:
         scale = 1.0 / math.sqrt(d)
+    return _select_core(q, k, new_generation=new_generation, block_size=block_size, rho=rho,
+                        scale=float(scale))
+
+
+@functools.partial(jax.jit, static_argnames=("new_generation", "block_size", "rho", "scale"))
+def _select_core(q, k, *, new_generation, block_size, rho, scale):
+    b, h, lq, d = q.shape
     k = jnp.repeat(k, h // k.shape[1], axis=1)
     nb = -(-lq // block_size)
     pad = nb * block_size - lq
