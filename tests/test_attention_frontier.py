@@ -22,7 +22,7 @@ def _rand(seed, b=1, h=4, hkv=2, lq=150, d=16):
 def _window_probs(q, k, w):
     """Causal softmax of the last w query rows over all keys (float64), one head: [w, L]."""
     lq, d = q.shape
-    s = q[lq - w:] @ k.T / math.sqrt(d)
+    s = q[lq - w :] @ k.T / math.sqrt(d)
     qpos = np.arange(lq - w, lq)[:, None]
     s = np.where(np.arange(lq)[None, :] <= qpos, s, -np.inf)
     s = s - s.max(-1, keepdims=True)
@@ -49,8 +49,13 @@ def _top(x, k):
 @pytest.mark.parametrize("lq,vs,ss,lw", [(150, 20, 70, 32), (60, 512, 512, 256), (200, 8, 8, 200)])
 def test_vertical_slash_select(lq, vs, ss, lw):
     q, k = _rand(lq, lq=lq)
-    v, s = F.vertical_slash_select(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                                   vertical_size=vs, slash_size=ss, last_q=lw)
+    v, s = F.vertical_slash_select(
+        jnp.asarray(q, jnp.float32),
+        jnp.asarray(k, jnp.float32),
+        vertical_size=vs,
+        slash_size=ss,
+        last_q=lw,
+    )
     v, s = np.asarray(v), np.asarray(s)
     nv, ns, w = min(vs, lq), min(ss, lq), min(lw, lq)
     assert np.all(v.sum(-1) == nv) and np.all(s.sum(-1) == ns)
@@ -84,7 +89,7 @@ def _minference_ref(vert, slash, lq, bs):
         last_end = ranges[-1][1] if ranges else 0
         for i in range(m * bs, min(end, lq)):
             for a, b in ranges:
-                out[i, a:min(b, i + 1)] = True
+                out[i, a : min(b, i + 1)] = True
             for c in vcols:
                 if c < last_end and c <= i:
                     out[i, c] = True
@@ -98,30 +103,44 @@ def test_minference_coverage_matches_restated_rule(lq, seed, bs):
     vert = rng.random(lq) < 0.1
     slash = rng.random(lq) < 0.1
     slash[0] = True
-    got = np.asarray(F.vertical_slash_token_mask(jnp.asarray(vert), jnp.asarray(slash),
-                                                 block_size=bs))
+    got = np.asarray(
+        F.vertical_slash_token_mask(jnp.asarray(vert), jnp.asarray(slash), block_size=bs)
+    )
     np.testing.assert_array_equal(got, _minference_ref(vert, slash, lq, bs))
     # the conversion only ever adds keys to the exact pattern
-    exact = np.asarray(F.vertical_slash_token_mask(jnp.asarray(vert), jnp.asarray(slash),
-                                                   coverage="exact"))
+    exact = np.asarray(
+        F.vertical_slash_token_mask(jnp.asarray(vert), jnp.asarray(slash), coverage="exact")
+    )
     i, j = np.arange(lq)[:, None], np.arange(lq)[None, :]
-    np.testing.assert_array_equal(exact, (j <= i) & (vert[None, :] | slash[np.clip(i - j, 0, None)]))
+    np.testing.assert_array_equal(
+        exact, (j <= i) & (vert[None, :] | slash[np.clip(i - j, 0, None)])
+    )
     assert np.all(got | ~exact)
     rows = jnp.array([lq - 1, 3])
-    sub = F.vertical_slash_token_mask(jnp.asarray(vert), jnp.asarray(slash), block_size=bs,
-                                      rows=rows)
+    sub = F.vertical_slash_token_mask(
+        jnp.asarray(vert), jnp.asarray(slash), block_size=bs, rows=rows
+    )
     np.testing.assert_array_equal(np.asarray(sub), got[[lq - 1, 3]])
 
 
 def test_vertical_slash_mask_under_jit():
     q, k = _rand(0, lq=70)
-    fn = jax.jit(lambda q, k: F.vertical_slash_mask(q, k, vertical_size=16, slash_size=16,
-                                                    last_q=32, block_size=16))
+    fn = jax.jit(
+        lambda q, k: F.vertical_slash_mask(
+            q, k, vertical_size=16, slash_size=16, last_q=32, block_size=16
+        )
+    )
     mask = fn(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32))
-    v, s = F.vertical_slash_select(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                                   vertical_size=16, slash_size=16, last_q=32)
-    np.testing.assert_array_equal(np.asarray(mask.to_dense()),
-                                  np.asarray(F.vertical_slash_token_mask(v, s, block_size=16)))
+    v, s = F.vertical_slash_select(
+        jnp.asarray(q, jnp.float32),
+        jnp.asarray(k, jnp.float32),
+        vertical_size=16,
+        slash_size=16,
+        last_q=32,
+    )
+    np.testing.assert_array_equal(
+        np.asarray(mask.to_dense()), np.asarray(F.vertical_slash_token_mask(v, s, block_size=16))
+    )
 
 
 @pytest.mark.parametrize("alpha,min_budget", [(0.65, 8), (0.9, 4), (0.3, 100)])
@@ -129,8 +148,13 @@ def test_flexprefill_budgets(alpha, min_budget):
     lq = 120
     q, k = _rand(7, lq=lq)
     q[..., -40:, :] *= 3.0  # sharper last rows: budgets differ per head
-    v, s = F.flexprefill_select(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                                alpha=alpha, approximation_size=64, min_budget=min_budget)
+    v, s = F.flexprefill_select(
+        jnp.asarray(q, jnp.float32),
+        jnp.asarray(k, jnp.float32),
+        alpha=alpha,
+        approximation_size=64,
+        min_budget=min_budget,
+    )
     v, s = np.asarray(v), np.asarray(s)
     for h in range(4):
         a = _window_probs(q[0, h], k[0, h // 2], 64)
@@ -143,7 +167,7 @@ def test_flexprefill_budgets(alpha, min_budget):
             forced_score = score.copy()
             forced_score[:forced] = np.inf
             np.testing.assert_array_equal(got, _top(forced_score, size))
-            assert got[:min(forced, size)].all()
+            assert got[: min(forced, size)].all()
 
 
 def _pool(x, bs):
@@ -156,24 +180,31 @@ def _pool(x, bs):
 @pytest.mark.parametrize("lq,bs,top_k", [(100, 16, 3), (100, 16, 4), (64, 8, 5), (40, 16, 64)])
 def test_block_topk(lq, bs, top_k):
     q, k = _rand(lq + top_k, lq=lq)
-    got = np.asarray(F.block_topk_select(jnp.asarray(q, jnp.float32),
-                                         jnp.asarray(k, jnp.float32), block_size=bs, top_k=top_k))
+    got = np.asarray(
+        F.block_topk_select(
+            jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), block_size=bs, top_k=top_k
+        )
+    )
     nb = -(-lq // bs)
     m, n = np.arange(nb)[:, None], np.arange(nb)[None, :]
     assert np.all(got[..., n > m] == 0)
     assert np.all(got[..., np.arange(nb), np.arange(nb)])  # diagonal forced
     assert np.all(got[..., np.arange(1, nb), np.arange(nb - 1)])  # sub-diagonal forced
     assert np.all(got[..., 0])  # first block forced
-    np.testing.assert_array_equal(got.sum(-1), np.broadcast_to(np.minimum(top_k, np.arange(nb) + 1),
-                                                               got.shape[:-1]))
+    np.testing.assert_array_equal(
+        got.sum(-1), np.broadcast_to(np.minimum(top_k, np.arange(nb) + 1), got.shape[:-1])
+    )
     for h in range(4):
         p = _pool(q[0, h], bs) @ _pool(k[0, h // 2], bs).T
         p = np.where((n == m) | (n == m - 1) | (n == 0), np.inf, p)
         p = np.where(n <= m, p, -np.inf)
         for row in range(nb):
-            np.testing.assert_array_equal(got[0, h, row], _top(p[row], min(top_k, nb)) & (n[0] <= row))
-    mask = F.block_topk_mask(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                             block_size=bs, top_k=top_k)
+            np.testing.assert_array_equal(
+                got[0, h, row], _top(p[row], min(top_k, nb)) & (n[0] <= row)
+            )
+    mask = F.block_topk_mask(
+        jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), block_size=bs, top_k=top_k
+    )
     dense = np.asarray(mask.to_dense())
     i, j = np.arange(lq)[:, None], np.arange(lq)[None, :]
     np.testing.assert_array_equal(dense, got[:, :, i // bs, j // bs] & (j <= i))
@@ -186,11 +217,18 @@ def test_quest(share, lk):
     q = rng.normal(size=(2, 4, 16))
     k = rng.normal(size=(2, 2, lk, 16))
     ps, budget = 8, 64
-    got = np.asarray(F.quest_select(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                                    page_size=ps, token_budget=budget, share_pages=share))
+    got = np.asarray(
+        F.quest_select(
+            jnp.asarray(q, jnp.float32),
+            jnp.asarray(k, jnp.float32),
+            page_size=ps,
+            token_budget=budget,
+            share_pages=share,
+        )
+    )
     cur = (lk - 1) // ps
     assert np.all(got.sum(-1) == budget + (lk - cur * ps))
-    assert got[..., cur * ps:].all()  # current page kept
+    assert got[..., cur * ps :].all()  # current page kept
     for b in range(2):
         scores = np.zeros((4, cur))
         for h in range(4):
@@ -204,8 +242,12 @@ def test_quest(share, lk):
             np.testing.assert_array_equal(got[b, h, : cur * ps], np.repeat(pages, ps))
     if share:
         np.testing.assert_array_equal(got[:, 0], got[:, 1])
-    short = F.quest_select(jnp.asarray(q, jnp.float32), jnp.asarray(k[:, :, :60], jnp.float32),
-                           page_size=ps, token_budget=budget)
+    short = F.quest_select(
+        jnp.asarray(q, jnp.float32),
+        jnp.asarray(k[:, :, :60], jnp.float32),
+        page_size=ps,
+        token_budget=budget,
+    )
     assert np.asarray(short).all()
 
 
@@ -219,14 +261,22 @@ def _snap_importance(q, k, w, kernel, mode):
     imp = a.mean(1).sum(1) if mode == "mean" else a.max(2).max(1)
     pad = kernel // 2
     x = np.pad(imp, [(0, 0), (pad, pad)])
-    return np.stack([x[:, t:t + kernel].sum(-1) / kernel for t in range(lq)], axis=-1)
+    return np.stack([x[:, t : t + kernel].sum(-1) / kernel for t in range(lq)], axis=-1)
 
 
 def test_snapkv():
     q, k = _rand(11, b=2, lq=120)
-    got = np.asarray(F.snapkv_select(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                                     token_capacity=40, window=24, kernel_size=7,
-                                     local_window=16, prefix_tokens=4))
+    got = np.asarray(
+        F.snapkv_select(
+            jnp.asarray(q, jnp.float32),
+            jnp.asarray(k, jnp.float32),
+            token_capacity=40,
+            window=24,
+            kernel_size=7,
+            local_window=16,
+            prefix_tokens=4,
+        )
+    )
     assert got.shape == (2, 2, 120) and np.all(got.sum(-1) == 40)
     assert got[..., :4].all() and got[..., -16:].all()
     for b in range(2):
@@ -236,9 +286,15 @@ def test_snapkv():
         for h in range(2):
             np.testing.assert_array_equal(got[b, h], _top(imp[h], 40))
     # capacity above L keeps everything
-    all_kept = F.snapkv_select(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                               token_capacity=1024, window=24, kernel_size=7, local_window=16,
-                               prefix_tokens=4)
+    all_kept = F.snapkv_select(
+        jnp.asarray(q, jnp.float32),
+        jnp.asarray(k, jnp.float32),
+        token_capacity=1024,
+        window=24,
+        kernel_size=7,
+        local_window=16,
+        prefix_tokens=4,
+    )
     assert np.asarray(all_kept).all()
 
 
@@ -246,10 +302,18 @@ def test_ada_snapkv():
     q, k = _rand(12, b=2, h=8, hkv=4, lq=160)
     q[:, :4] *= 4.0  # make some heads peaky so budgets become uneven
     cap, local, prefix = 40, 8, 2
-    got = np.asarray(F.ada_snapkv_select(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                                         token_capacity=cap, window=24, kernel_size=5,
-                                         local_window=local, prefix_tokens=prefix,
-                                         min_head_capacity_ratio=0.5))
+    got = np.asarray(
+        F.ada_snapkv_select(
+            jnp.asarray(q, jnp.float32),
+            jnp.asarray(k, jnp.float32),
+            token_capacity=cap,
+            window=24,
+            kernel_size=5,
+            local_window=local,
+            prefix_tokens=prefix,
+            min_head_capacity_ratio=0.5,
+        )
+    )
     m = max(int(cap * 0.5), local + prefix)
     assert np.all(got.sum((-1, -2)) == cap * 4)
     assert np.all(got.sum(-1) >= m)
@@ -292,8 +356,9 @@ def test_errors():
     with pytest.raises(ValueError, match="divisible"):
         F.quest_select(q[:, :, 0], k, page_size=16, token_budget=40)
     with pytest.raises(ValueError, match="must exceed"):
-        F.snapkv_select(q, k, token_capacity=40, window=16, local_window=32, prefix_tokens=8,
-                        kernel_size=5)
+        F.snapkv_select(
+            q, k, token_capacity=40, window=16, local_window=32, prefix_tokens=8, kernel_size=5
+        )
     with pytest.raises(ValueError, match="odd"):
         F.snapkv_select(q, k, token_capacity=40, window=16, local_window=8, kernel_size=4)
     with pytest.raises(ValueError, match="window"):

@@ -34,8 +34,9 @@ def _layout_ref(sink_blocks, local_blocks, nb):
 
 
 def test_span_hand_computed():
-    span, sink, local = moa.moa_spans([100.0, -500.0, 3000.0, -0.5, 0.0],
-                                      [0.1, 0.01, 1.0, 0.0, 0.0421], 2048)
+    span, sink, local = moa.moa_spans(
+        [100.0, -500.0, 3000.0, -0.5, 0.0], [0.1, 0.01, 1.0, 0.0, 0.0421], 2048
+    )
     # 100 + 0.1 * 3072 = 407.2 -> 407 -> 448; -500 + 30.72 -> -469 -> 128; capped at 3072;
     # int(-0.5) = 0 -> 128; 0.0421 * 3072 = 129.3 -> 129 -> 192.
     np.testing.assert_array_equal(span, [448, 128, 3072, 128, 192])
@@ -44,8 +45,9 @@ def test_span_hand_computed():
 
 
 def test_span_small_sink_and_no_new_tokens():
-    span, sink, local = moa.moa_spans([0.0], [0.5], 100, max_new_tokens=0, sink_size=16,
-                                      minimum_cache_size=0, split_size=8)
+    span, sink, local = moa.moa_spans(
+        [0.0], [0.5], 100, max_new_tokens=0, sink_size=16, minimum_cache_size=0, split_size=8
+    )
     assert (span[0], sink[0], local[0]) == (56, 16, 40)
 
 
@@ -58,8 +60,11 @@ def test_span_matches_rule(alpha, beta, n, new):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.floats(-600, 900), st.floats(0, 1)), min_size=1, max_size=3),
-       st.integers(1, 700), st.sampled_from([0, 64, 200]))
+@given(
+    st.lists(st.tuples(st.floats(-600, 900), st.floats(0, 1)), min_size=1, max_size=3),
+    st.integers(1, 700),
+    st.sampled_from([0, 64, 200]),
+)
 def test_block_layout_matches_kernel_loop(rules, n, new):
     alphas, betas = zip(*rules)
     lay = moa.moa_block_layout(alphas, betas, n, max_new_tokens=new)
@@ -170,8 +175,10 @@ def _toy_model(n_heads=2, d=8):
 
 def test_profile_pools_abs_influence_per_length():
     probs_fn, loss_fn, make = _toy_model()
-    batches = {20: [make(jax.random.key(0), 2, 20), make(jax.random.key(1), 1, 20)],
-               16: [make(jax.random.key(2), 3, 16)]}
+    batches = {
+        20: [make(jax.random.key(0), 2, 20), make(jax.random.key(1), 1, 20)],
+        16: [make(jax.random.key(2), 3, 16)],
+    }
     prof = moa.moa_profile(loss_fn, probs_fn, batches, block_size=8)
     assert sorted(prof) == [16, 20]
     assert prof[20].shape == (2, 3, 3) and prof[16].shape == (2, 2, 2)
@@ -196,8 +203,12 @@ def test_candidates_reference_grid():
     a, b = moa.moa_candidates([2048, 4096, 8192], [16384])
     grid_a = np.linspace(-2048, 8192, 11)  # (8192 + 2048) // 1024 + 1 = 11 alphas
     grid_b = np.linspace(0, 1, 9)
-    expect = [(x, y) for x in grid_a for y in grid_b
-              if x + y * 8192 <= 8192 and x + y * 16384 <= 16384 and x + y * 2048 > 0]
+    expect = [
+        (x, y)
+        for x in grid_a
+        for y in grid_b
+        if x + y * 8192 <= 8192 and x + y * 16384 <= 16384 and x + y * 2048 > 0
+    ]
     assert len(a) == len(expect)
     assert sorted(zip(a.tolist(), b.tolist())) == sorted(expect)
     key = a + b * 16384
@@ -223,9 +234,10 @@ def _brute_force(prof, budgets, cands, block=64):
             cost[i, c] = _layout_ref(sink // block, local // block, nb).sum(1).max()
     best = (np.inf, None)
     for choice in itertools.product(range(len(alphas)), repeat=heads):
-        ok = all(cost[i, list(choice)].sum() <= math.floor(budgets[n] * (-(-n // block)) * heads
-                                                            + 1e-9)
-                 for i, n in enumerate(lens))
+        ok = all(
+            cost[i, list(choice)].sum() <= math.floor(budgets[n] * (-(-n // block)) * heads + 1e-9)
+            for i, n in enumerate(lens)
+        )
         val = loss[np.arange(heads), list(choice)].sum()
         if ok and val < best[0]:
             best = (val, choice)

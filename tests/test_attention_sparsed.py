@@ -41,30 +41,38 @@ def _sparsed_ref(q, k, new_generation, bs, rho):
             break
     mask = np.zeros((nb, nb), bool)
     for idx in range(nb):
-        qb = q[idx * bs:(idx + 1) * bs]
+        qb = q[idx * bs : (idx + 1) * bs]
         a = _softmax(qb @ k.T / math.sqrt(d))
         imp = _block_importance(a, bs)
         mask[idx] = _topk(imp, max(1, int(nb * rho) + 1))
     mask[:, last:] = False
-    kg = k[last * bs:]
+    kg = k[last * bs :]
     ng = -(-kg.shape[0] // bs)
     for idx in range(nb):
-        qb = q[idx * bs:(idx + 1) * bs]
+        qb = q[idx * bs : (idx + 1) * bs]
         a = _softmax(qb @ kg.T / math.sqrt(d))
         imp = _block_importance(a, bs)
         mask[idx, last:] |= _topk(imp, max(1, int(ng * rho) + 1))
     return mask, last
 
 
-@pytest.mark.parametrize("lq,bs,rho,gen,hkv", [(100, 16, 0.3, 30, 2), (96, 32, 0.5, 40, 4),
-                                              (70, 8, 0.1, 0, 1), (33, 16, 0.3, 200, 4)])
+@pytest.mark.parametrize(
+    "lq,bs,rho,gen,hkv",
+    [(100, 16, 0.3, 30, 2), (96, 32, 0.5, 40, 4), (70, 8, 0.1, 0, 1), (33, 16, 0.3, 200, 4)],
+)
 def test_selection_matches_reference_rule(lq, bs, rho, gen, hkv):
     rng = np.random.default_rng(lq)
     q = rng.normal(size=(2, 4, lq, 8))
     k = rng.normal(size=(2, hkv, lq, 8))
-    got = np.asarray(sparsed.sparsed_block_select(
-        jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), new_generation=gen,
-        block_size=bs, rho=rho))
+    got = np.asarray(
+        sparsed.sparsed_block_select(
+            jnp.asarray(q, jnp.float32),
+            jnp.asarray(k, jnp.float32),
+            new_generation=gen,
+            block_size=bs,
+            rho=rho,
+        )
+    )
     nb = -(-lq // bs)
     assert got.shape == (2, 4, nb, nb)
     for b in range(2):
@@ -111,8 +119,11 @@ def test_update_builds_once_and_reuses_under_jit():
     keys = jax.random.split(jax.random.key(0), 8)
     qs = [jax.random.normal(kk, (1, 2, 64, 8)) for kk in keys]
     init = jnp.ones((1, 2, 4, 4), bool)
-    step_fn = jax.jit(lambda t, q, c: sparsed.sparsed_update(
-        sched, t, q, q, c, new_generation=16, block_size=16, rho=0.3))
+    step_fn = jax.jit(
+        lambda t, q, c: sparsed.sparsed_update(
+            sched, t, q, q, c, new_generation=16, block_size=16, rho=0.3
+        )
+    )
     cache = init
     for t in range(8):
         dense, cache = step_fn(jnp.int32(t), qs[t], cache)
@@ -120,8 +131,9 @@ def test_update_builds_once_and_reuses_under_jit():
         if t < 3:
             np.testing.assert_array_equal(cache, init)
         if t == 3:
-            built = sparsed.sparsed_block_select(qs[3], qs[3], new_generation=16, block_size=16,
-                                                 rho=0.3)
+            built = sparsed.sparsed_block_select(
+                qs[3], qs[3], new_generation=16, block_size=16, rho=0.3
+            )
             np.testing.assert_array_equal(cache, built)
             assert not np.asarray(cache).all()
     np.testing.assert_array_equal(cache, built)  # reused, not recomputed from later steps
@@ -135,8 +147,9 @@ def test_mask_wrapper_and_bf16():
     dense = np.asarray(mask.to_dense())
     i, j = np.arange(50)[:, None] // 16, np.arange(50)[None, :] // 16
     np.testing.assert_array_equal(dense, np.asarray(blocks)[:, :, i, j])
-    ref = sparsed.sparsed_block_select(q.astype(jnp.float32), q.astype(jnp.float32),
-                                       new_generation=10, block_size=16)
+    ref = sparsed.sparsed_block_select(
+        q.astype(jnp.float32), q.astype(jnp.float32), new_generation=10, block_size=16
+    )
     assert (np.asarray(ref) == np.asarray(blocks)).mean() > 0.9
 
 

@@ -70,7 +70,9 @@ def _check_qk(q: jnp.ndarray, k: jnp.ndarray) -> tuple[int, int, int, int]:
         raise ValueError(f"q and k must be [B, H, L, D], got shapes {q.shape} and {k.shape}")
     b, h, lq, d = q.shape
     if k.shape[0] != b or k.shape[2] != lq or k.shape[3] != d:
-        raise ValueError(f"k must be [B, Hkv, L, D] matching q {q.shape} (square prefill), got {k.shape}")
+        raise ValueError(
+            f"k must be [B, Hkv, L, D] matching q {q.shape} (square prefill), got {k.shape}"
+        )
     if h % k.shape[1]:
         raise ValueError(f"q heads ({h}) must be a multiple of k heads ({k.shape[1]})")
     return b, h, lq, d
@@ -90,15 +92,14 @@ def _topk_bool(x: jnp.ndarray, k: int | jnp.ndarray) -> jnp.ndarray:
     """Bool mask of the ``k`` largest entries along the last axis (``k`` may be an array)."""
     if isinstance(k, int):
         _, idx = jax.lax.top_k(x, k)
-        return jnp.zeros(x.shape, bool).at[
-            tuple(jnp.indices(idx.shape)[:-1]) + (idx,)].set(True)
+        return jnp.zeros(x.shape, bool).at[tuple(jnp.indices(idx.shape)[:-1]) + (idx,)].set(True)
     return _rank_desc(x) < jnp.asarray(k)[..., None]
 
 
 def _last_window_probs(q: jnp.ndarray, k: jnp.ndarray, last_q: int) -> jnp.ndarray:
     """Softmax rows of the last ``last_q`` queries over all keys, causal. -> [B, H, last_q, L]."""
     lq, d = q.shape[2], q.shape[3]
-    qw = q[:, :, lq - last_q:].astype(jnp.float32) / math.sqrt(d)
+    qw = q[:, :, lq - last_q :].astype(jnp.float32) / math.sqrt(d)
     s = jnp.einsum("bhqd,bhkd->bhqk", qw, k.astype(jnp.float32))
     qpos = jnp.arange(lq - last_q, lq)[:, None]
     s = jnp.where(jnp.arange(lq)[None, :] <= qpos, s, -jnp.inf)
@@ -143,8 +144,11 @@ def vertical_slash_select(
         ``slash[s]`` keeps the diagonal ``i - j = s``. Exactly ``min(size, L)`` of each are True.
     """
     b, h, lq, _ = _check_qk(q, k)
-    for name, val in (("vertical_size", vertical_size), ("slash_size", slash_size),
-                      ("last_q", last_q)):
+    for name, val in (
+        ("vertical_size", vertical_size),
+        ("slash_size", slash_size),
+        ("last_q", last_q),
+    ):
         _check_int(val, name, 1)
     _check_int(forced_vertical, "forced_vertical", 0)
     _check_int(forced_slash, "forced_slash", 0)
@@ -199,8 +203,9 @@ def flexprefill_select(
     _check_int(forced_vertical, "forced_vertical", 0)
     _check_int(forced_slash, "forced_slash", 0)
     lw = min(approximation_size, lq)
-    return _flexprefill_core(q, k, alpha=float(alpha), lw=lw, min_budget=min_budget,
-                             fv=forced_vertical, fs=forced_slash)
+    return _flexprefill_core(
+        q, k, alpha=float(alpha), lw=lw, min_budget=min_budget, fv=forced_vertical, fs=forced_slash
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("alpha", "lw", "min_budget", "fv", "fs"))
@@ -217,7 +222,9 @@ def _flexprefill_core(q, k, *, alpha, lw, min_budget, fv, fs):
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _minference_cover(slash: jnp.ndarray, seq_len: int, block: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _minference_cover(
+    slash: jnp.ndarray, seq_len: int, block: int
+) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Key coverage of the slashes per query block, as MInference's index conversion builds it.
 
     slash: bool [..., L] over distances. Returns (cover [..., nq, L] bool, final_end [..., nq]).
@@ -288,7 +295,9 @@ def vertical_slash_token_mask(
         Bool ``[..., L, L]`` (``[..., R, L]`` with ``rows``).
     """
     if vertical.shape != slash.shape:
-        raise ValueError(f"vertical and slash must have the same shape, got {vertical.shape}, {slash.shape}")
+        raise ValueError(
+            f"vertical and slash must have the same shape, got {vertical.shape}, {slash.shape}"
+        )
     if coverage not in ("minference", "exact"):
         raise ValueError(f"coverage must be 'minference' or 'exact', got {coverage!r}")
     _check_int(block_size, "block_size", 1)
@@ -332,8 +341,9 @@ def vertical_slash_mask(
 ):
     """Vertical-slash prefill mask as a ``BlockMask`` (``block_size`` blocks), see
     :func:`vertical_slash_select` and :func:`vertical_slash_token_mask`."""
-    v, s = vertical_slash_select(q, k, vertical_size=vertical_size, slash_size=slash_size,
-                                 last_q=last_q)
+    v, s = vertical_slash_select(
+        q, k, vertical_size=vertical_size, slash_size=slash_size, last_q=last_q
+    )
     tok = vertical_slash_token_mask(v, s, coverage=coverage, block_size=block_size)
     return _as_block_mask(tok, block_size, block_size)
 
@@ -349,8 +359,9 @@ def flexprefill_mask(
     block_size: int = 64,
 ):
     """FlexPrefill prefill mask as a ``BlockMask``, see :func:`flexprefill_select`."""
-    v, s = flexprefill_select(q, k, alpha=alpha, approximation_size=approximation_size,
-                              min_budget=min_budget)
+    v, s = flexprefill_select(
+        q, k, alpha=alpha, approximation_size=approximation_size, min_budget=min_budget
+    )
     tok = vertical_slash_token_mask(v, s, coverage=coverage, block_size=block_size)
     return _as_block_mask(tok, block_size, block_size)
 
@@ -417,8 +428,9 @@ def block_topk_mask(
 
     blocks = block_topk_select(q, k, block_size=block_size, top_k=top_k)
     lq = q.shape[2]
-    kept = BlockMask.from_blocks(blocks, block_size, block_size, lq, lq,
-                                 max_kv_blocks=min(top_k, blocks.shape[-1]))
+    kept = BlockMask.from_blocks(
+        blocks, block_size, block_size, lq, lq, max_kv_blocks=min(top_k, blocks.shape[-1])
+    )
     return kept & causal_mask(lq, block_q=block_size, block_kv=block_size)
 
 
@@ -450,13 +462,16 @@ def quest_select(
     _check_int(page_size, "page_size", 1)
     _check_int(token_budget, "token_budget", page_size)
     if token_budget % page_size:
-        raise ValueError(f"token_budget ({token_budget}) must be divisible by page_size ({page_size})")
+        raise ValueError(
+            f"token_budget ({token_budget}) must be divisible by page_size ({page_size})"
+        )
     page_budget = token_budget // page_size
     cur = (lk - 1) // page_size
     if cur <= page_budget:
         return jnp.ones((b, h, lk), bool)
-    return _quest_core(q, k, page_size=page_size, page_budget=page_budget,
-                       share_pages=bool(share_pages))
+    return _quest_core(
+        q, k, page_size=page_size, page_budget=page_budget, share_pages=bool(share_pages)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("page_size", "page_budget", "share_pages"))
@@ -496,7 +511,7 @@ def _avg_pool(x: jnp.ndarray, kernel: int) -> jnp.ndarray:
     xp = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(p, p)])
     c = jnp.cumsum(jnp.pad(xp, [(0, 0)] * (x.ndim - 1) + [(1, 0)]), axis=-1)
     out_len = x.shape[-1] + 2 * p - kernel + 1
-    return (c[..., kernel:kernel + out_len] - c[..., :out_len]) / kernel
+    return (c[..., kernel : kernel + out_len] - c[..., :out_len]) / kernel
 
 
 def _check_snap(q, k, token_capacity, window, kernel_size, local_window, prefix_tokens):
@@ -507,7 +522,9 @@ def _check_snap(q, k, token_capacity, window, kernel_size, local_window, prefix_
     _check_int(window, "window", 1)
     _check_int(kernel_size, "kernel_size", 1)
     if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd (the pooled length must equal L), got {kernel_size}")
+        raise ValueError(
+            f"kernel_size must be odd (the pooled length must equal L), got {kernel_size}"
+        )
     _check_int(local_window, "local_window", 0)
     _check_int(prefix_tokens, "prefix_tokens", 0)
 
@@ -544,13 +561,22 @@ def snapkv_select(
     if cap <= local_window + prefix_tokens:
         raise ValueError(
             f"token_capacity (min with L: {cap}) must exceed local_window + prefix_tokens "
-            f"({local_window} + {prefix_tokens})")
-    return _snap_core(q, k, window=window, kernel_size=kernel_size, local_window=local_window,
-                      prefix_tokens=prefix_tokens, cap=cap)
+            f"({local_window} + {prefix_tokens})"
+        )
+    return _snap_core(
+        q,
+        k,
+        window=window,
+        kernel_size=kernel_size,
+        local_window=local_window,
+        prefix_tokens=prefix_tokens,
+        cap=cap,
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("window", "kernel_size", "local_window",
-                                             "prefix_tokens", "cap"))
+@functools.partial(
+    jax.jit, static_argnames=("window", "kernel_size", "local_window", "prefix_tokens", "cap")
+)
 def _snap_core(q, k, *, window, kernel_size, local_window, prefix_tokens, cap):
     imp = _avg_pool(_snap_scores(q, k, window, "mean"), kernel_size)
     imp = _forced_importance(imp, local_window, prefix_tokens)
@@ -583,8 +609,10 @@ def ada_snapkv_select(
     """
     _check_snap(q, k, token_capacity, window, kernel_size, local_window, prefix_tokens)
     if not 0.0 <= float(min_head_capacity_ratio) <= 1.0:
-        raise ValueError(f"min_head_capacity_ratio must be in [0, 1], got {min_head_capacity_ratio!r}")
-    b, hkv, lk = k.shape[0], k.shape[1], k.shape[2]
+        raise ValueError(
+            f"min_head_capacity_ratio must be in [0, 1], got {min_head_capacity_ratio!r}"
+        )
+    hkv, lk = k.shape[1], k.shape[2]
     if window >= lk:
         raise ValueError(f"window ({window}) must be smaller than the sequence length ({lk})")
     if token_capacity > lk:
@@ -592,14 +620,24 @@ def ada_snapkv_select(
     if token_capacity < local_window + prefix_tokens:
         raise ValueError(
             f"token_capacity ({token_capacity}) must be >= local_window + prefix_tokens "
-            f"({local_window} + {prefix_tokens})")
+            f"({local_window} + {prefix_tokens})"
+        )
     m = max(int(token_capacity * min_head_capacity_ratio), local_window + prefix_tokens)
-    return _ada_core(q, k, window=window, kernel_size=kernel_size, local_window=local_window,
-                     prefix_tokens=prefix_tokens, m=m, rest=hkv * token_capacity - hkv * m)
+    return _ada_core(
+        q,
+        k,
+        window=window,
+        kernel_size=kernel_size,
+        local_window=local_window,
+        prefix_tokens=prefix_tokens,
+        m=m,
+        rest=hkv * token_capacity - hkv * m,
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("window", "kernel_size", "local_window",
-                                             "prefix_tokens", "m", "rest"))
+@functools.partial(
+    jax.jit, static_argnames=("window", "kernel_size", "local_window", "prefix_tokens", "m", "rest")
+)
 def _ada_core(q, k, *, window, kernel_size, local_window, prefix_tokens, m, rest):
     b, hkv, lk = k.shape[0], k.shape[1], k.shape[2]
     imp = _avg_pool(_snap_scores(q, k, window, "max"), kernel_size)

@@ -10,7 +10,8 @@ span is ``S = alpha + beta * N``. The rules follow the reference implementation 
       sink = min(S, 64); local = S - sink
 
 * prefill (``kernels/block_sparse_attention_prefill.py``): block granular with 64 x 64 blocks;
-  query block ``m`` visits KV blocks ``[0, min(sink_blocks - 1, m)] U [max(0, m + 1 - local_blocks), m]``
+  query block ``m`` visits KV blocks
+  ``[0, min(sink_blocks - 1, m)] U [max(0, m + 1 - local_blocks), m]``
   (``sink_blocks = sink // 64``, ``local_blocks = local // 64``) plus the causal mask inside blocks;
 * decode (``StaticCircularCache``): token exact, the first ``sink`` tokens plus a circular window
   holding the last ``local`` tokens;
@@ -18,7 +19,8 @@ span is ``S = alpha + beta * N``. The rules follow the reference implementation 
   ``E = -A * (G - sum_k G * A) / (1 - A + eps)`` with ``G = dL/dA`` (the first query row uses
   ``E = -G * A``), ``|E|`` summed over 64 x 64 blocks and averaged over the calibration data;
 * search (``scripts/pipeline/elastic_generate.py``): candidate grid
-  ``alpha in linspace(-L_min, L_prof, (L_prof + L_min) // 1024 + 1)``, ``beta in linspace(0, 1, 9)``,
+  ``alpha in linspace(-L_min, L_prof, (L_prof + L_min) // 1024 + 1)``,
+  ``beta in linspace(0, 1, 9)``,
   one candidate per head, minimising the dropped influence summed over the profiled lengths subject
   to a KV density budget at every constrained length. The reference solves this MILP with
   Gurobi/CVXPY; here an exact dynamic program or a Lagrangian relaxation solves it.
@@ -37,7 +39,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 __all__ = [
     "moa_spans",
@@ -56,7 +58,9 @@ __all__ = [
 def _as_1d(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence (one value per head), got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be a non-empty 1-D sequence (one value per head), got shape {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got {arr}")
     return arr
@@ -148,8 +152,13 @@ def moa_block_layout(
     """
     block_size = _check_pos_int(block_size, "block_size")
     _, sink, local = moa_spans(
-        alphas, betas, seq_len, max_new_tokens=max_new_tokens, sink_size=sink_size,
-        minimum_cache_size=minimum_cache_size, split_size=split_size,
+        alphas,
+        betas,
+        seq_len,
+        max_new_tokens=max_new_tokens,
+        sink_size=sink_size,
+        minimum_cache_size=minimum_cache_size,
+        split_size=split_size,
     )
     nb = -(-seq_len // block_size)
     m = np.arange(nb)[:, None]
@@ -183,8 +192,14 @@ def moa_token_mask(
         Bool numpy array ``[H, N, N]``.
     """
     layout = moa_block_layout(
-        alphas, betas, seq_len, block_size=block_size, max_new_tokens=max_new_tokens,
-        sink_size=sink_size, minimum_cache_size=minimum_cache_size, split_size=split_size,
+        alphas,
+        betas,
+        seq_len,
+        block_size=block_size,
+        max_new_tokens=max_new_tokens,
+        sink_size=sink_size,
+        minimum_cache_size=minimum_cache_size,
+        split_size=split_size,
     )
     causal = np.tril(np.ones((seq_len, seq_len), dtype=bool))
     return _blocks_to_tokens(layout, seq_len, block_size) & causal[None]
@@ -220,8 +235,14 @@ def moa_mask(
     from sparsejax.attention.static import causal_mask
 
     layout = moa_block_layout(
-        alphas, betas, seq_len, block_size=block_size, max_new_tokens=max_new_tokens,
-        sink_size=sink_size, minimum_cache_size=minimum_cache_size, split_size=split_size,
+        alphas,
+        betas,
+        seq_len,
+        block_size=block_size,
+        max_new_tokens=max_new_tokens,
+        sink_size=sink_size,
+        minimum_cache_size=minimum_cache_size,
+        split_size=split_size,
     )
     blocks = BlockMask.from_blocks(layout[None], block_size, block_size, seq_len, seq_len)
     return blocks & causal_mask(seq_len, block_q=block_size, block_kv=block_size)
@@ -257,8 +278,13 @@ def moa_decode_keep(
     """
     kv_len = _check_pos_int(kv_len, "kv_len")
     _, sink, local = moa_spans(
-        alphas, betas, prompt_len, max_new_tokens=max_new_tokens, sink_size=sink_size,
-        minimum_cache_size=minimum_cache_size, split_size=split_size,
+        alphas,
+        betas,
+        prompt_len,
+        max_new_tokens=max_new_tokens,
+        sink_size=sink_size,
+        minimum_cache_size=minimum_cache_size,
+        split_size=split_size,
     )
     pos = np.arange(kv_len)[None, :]
     return (pos < sink[:, None]) | (pos >= kv_len - local[:, None])
@@ -314,7 +340,9 @@ def moa_influence(
         ``E`` with the shape of ``probs`` (signed; take ``abs`` to rank).
     """
     if probs.shape != grads.shape:
-        raise ValueError(f"probs and grads must have the same shape, got {probs.shape} and {grads.shape}")
+        raise ValueError(
+            f"probs and grads must have the same shape, got {probs.shape} and {grads.shape}"
+        )
     if probs.ndim < 2:
         raise ValueError(f"probs must be at least 2-D [..., Lq, Lk], got shape {probs.shape}")
     if eps is None:
@@ -361,7 +389,7 @@ def moa_profile(
         eps: see :func:`moa_influence`.
 
     Returns:
-        ``{N: E_block}`` with ``E_block`` a float32 numpy ``[H, nb, nb]``, ``nb = ceil(N / block_size)``.
+        ``{N: E_block}``: float32 numpy ``[H, nb, nb]`` with ``nb = ceil(N / block_size)``.
     """
     block_size = _check_pos_int(block_size, "block_size")
     if isinstance(batches, Mapping):
@@ -377,7 +405,9 @@ def moa_profile(
     for batch in items:
         probs = jnp.asarray(probs_fn(batch))
         if probs.ndim not in (3, 4) or probs.shape[-1] != probs.shape[-2]:
-            raise ValueError(f"probs_fn must return [B, H, N, N] or [H, N, N], got shape {probs.shape}")
+            raise ValueError(
+                f"probs_fn must return [B, H, N, N] or [H, N, N], got shape {probs.shape}"
+            )
         g = grad_fn(probs, batch)
         e = jnp.abs(moa_influence(probs, g, eps=eps))
         if e.ndim == 3:
@@ -422,12 +452,16 @@ def moa_candidates(
     Returns:
         ``(alphas, betas)`` float64 numpy arrays ``[C]``.
     """
-    prof = [_check_pos_int(int(x) if isinstance(x, np.integer) else x, "profile_lengths[i]")
-            for x in profile_lengths]
+    prof = [
+        _check_pos_int(int(x) if isinstance(x, np.integer) else x, "profile_lengths[i]")
+        for x in profile_lengths
+    ]
     if not prof:
         raise ValueError("profile_lengths must not be empty")
-    extra = [_check_pos_int(int(x) if isinstance(x, np.integer) else x, "extra_lengths[i]")
-             for x in extra_lengths]
+    extra = [
+        _check_pos_int(int(x) if isinstance(x, np.integer) else x, "extra_lengths[i]")
+        for x in extra_lengths
+    ]
     all_len = prof + extra
     l_prof, l_max, l_min = max(prof), max(all_len), min(all_len)
     num_betas = _check_pos_int(num_betas, "num_betas")
@@ -461,7 +495,8 @@ def _candidate_tables(
         nb = -(-n // block_size)
         if e.shape != (num_heads, nb, nb):
             raise ValueError(
-                f"profiles[{n}] must have shape [H, nb, nb] = {(num_heads, nb, nb)}, got {e.shape}")
+                f"profiles[{n}] must have shape [H, nb, nb] = {(num_heads, nb, nb)}, got {e.shape}"
+            )
         lay = moa_block_layout(alphas, betas, n, **layout_kwargs)  # [C, nb, nb]
         tril = np.tril(np.ones((nb, nb), dtype=bool))
         dropped = (~lay & tril[None]).reshape(c, -1).astype(np.float64)
@@ -475,7 +510,9 @@ def _candidate_tables(
     return loss, cost, nbs
 
 
-def _solve_exact(loss: np.ndarray, cost: np.ndarray, cap: np.ndarray, max_states: int) -> np.ndarray:
+def _solve_exact(
+    loss: np.ndarray, cost: np.ndarray, cap: np.ndarray, max_states: int
+) -> np.ndarray:
     """Exact multiple-choice knapsack with vector costs: DP over Pareto-optimal partial states."""
     num_heads, _ = loss.shape
     min_cost = cost.min(axis=1)  # [L]
@@ -505,14 +542,18 @@ def _solve_exact(loss: np.ndarray, cost: np.ndarray, cap: np.ndarray, max_states
             kept.append(k)
         if len(kept) > max_states:
             raise ValueError(
-                f"solver='exact' exceeded max_states={max_states} Pareto states; use solver='lagrangian'")
+                f"solver='exact' exceeded max_states={max_states} Pareto states; "
+                "use solver='lagrangian'"
+            )
         states = {k: new[k] for k in kept}
     best = min(states.values(), key=lambda s: s[0])
     return np.asarray(best[1], dtype=np.int64)
 
 
-def _solve_lagrangian(loss: np.ndarray, cost: np.ndarray, cap: np.ndarray, iters: int = 300) -> np.ndarray:
-    """Lagrangian relaxation (projected subgradient on one multiplier per budget) + repair/improve."""
+def _solve_lagrangian(
+    loss: np.ndarray, cost: np.ndarray, cap: np.ndarray, iters: int = 300
+) -> np.ndarray:
+    """Lagrangian relaxation (subgradient, one multiplier per budget) + repair/improve."""
     num_heads, _ = loss.shape
     scale = np.maximum(cap, 1).astype(np.float64)
     ncost = cost / scale[:, None]  # [L, C] normalised
@@ -548,7 +589,9 @@ def _solve_lagrangian(loss: np.ndarray, cost: np.ndarray, cap: np.ndarray, iters
                 if ratio[c] > best_r:
                     best_r, move = ratio[c], (h, c)
             if move is None:
-                raise ValueError("density_budget is infeasible: even the sparsest candidates exceed it")
+                raise ValueError(
+                    "density_budget is infeasible: even the sparsest candidates exceed it"
+                )
             ch[move[0]] = move[1]
         best = ch
     # greedy improvement: best feasible single-head switch until none improves
@@ -638,9 +681,15 @@ def moa_search(
         raise ValueError(
             f"candidates must be two equal-length non-empty 1-D arrays, got shapes {alphas.shape} "
             f"and {betas.shape} (for short lengths pass candidates=moa_candidates(lengths, "
-            "alpha_interval=...) with an interval below the reference's 1024)")
-    layout_kwargs = dict(block_size=block_size, max_new_tokens=0, sink_size=sink_size,
-                         minimum_cache_size=minimum_cache_size, split_size=split_size)
+            "alpha_interval=...) with an interval below the reference's 1024)"
+        )
+    layout_kwargs = dict(
+        block_size=block_size,
+        max_new_tokens=0,
+        sink_size=sink_size,
+        minimum_cache_size=minimum_cache_size,
+        split_size=split_size,
+    )
     loss, cost, nbs = _candidate_tables(profiles, budget_lengths, alphas, betas, layout_kwargs)
     num_heads = loss.shape[0]
     cap = np.floor(np.asarray([budgets[n] for n in budget_lengths]) * nbs * num_heads + 1e-9)
@@ -648,7 +697,8 @@ def moa_search(
     if np.any(cost.min(axis=1) * num_heads > cap):
         raise ValueError(
             f"density_budget {budgets} is infeasible: the sparsest candidate needs "
-            f"{(cost.min(axis=1) / nbs).tolist()} per head at lengths {budget_lengths}")
+            f"{(cost.min(axis=1) / nbs).tolist()} per head at lengths {budget_lengths}"
+        )
     if solver == "lagrangian":
         choice = _solve_lagrangian(loss, cost, cap)
     else:
@@ -658,7 +708,9 @@ def moa_search(
             if solver == "exact":
                 raise
             choice = _solve_lagrangian(loss, cost, cap)
-    dens = {n: float(cost[i, choice].sum() / (nbs[i] * num_heads)) for i, n in enumerate(budget_lengths)}
+    dens = {
+        n: float(cost[i, choice].sum() / (nbs[i] * num_heads)) for i, n in enumerate(budget_lengths)
+    }
     return {
         "alphas": alphas[choice],
         "betas": betas[choice],

@@ -87,9 +87,14 @@ def make_retrieval_task(
     Returns:
         A :class:`RetrievalTask`.
     """
-    for name, val, lo in (("batch", batch, 1), ("heads", heads, 1), ("seq_len", seq_len, 2),
-                          ("head_dim", head_dim, 1), ("num_queries", num_queries, 1),
-                          ("num_labels", num_labels, 2)):
+    for name, val, lo in (
+        ("batch", batch, 1),
+        ("heads", heads, 1),
+        ("seq_len", seq_len, 2),
+        ("head_dim", head_dim, 1),
+        ("num_queries", num_queries, 1),
+        ("num_labels", num_labels, 2),
+    ):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
     if min_depth is None:
@@ -97,7 +102,8 @@ def make_retrieval_task(
     if not num_queries < seq_len or not 0 < min_depth < seq_len:
         raise ValueError(
             f"need num_queries < seq_len and 0 < min_depth < seq_len, got num_queries="
-            f"{num_queries}, min_depth={min_depth}, seq_len={seq_len}")
+            f"{num_queries}, min_depth={min_depth}, seq_len={seq_len}"
+        )
     ks = jax.random.split(key, 8)
     shape = (batch, heads, seq_len, head_dim)
     k = jax.random.normal(ks[0], shape)
@@ -114,7 +120,7 @@ def make_retrieval_task(
     v = jnp.where(at_needle, codes[label][:, :, None, :], v)
     noise = jax.random.normal(ks[7], (batch, heads, num_queries, head_dim)) * query_noise
     qq = (u[:, :, None, :] + noise) * (strength / math.sqrt(head_dim))
-    q = q.at[:, :, seq_len - num_queries:].set(qq)
+    q = q.at[:, :, seq_len - num_queries :].set(qq)
     return RetrievalTask(q, k, v, codes, needle, label)
 
 
@@ -178,7 +184,7 @@ def retrieval_accuracy(task: RetrievalTask, keep: Bool[Array, "b h seq"] | None 
 
 
 def causal_density(token_mask: Bool[Array, "*lead seq seq"]) -> float:
-    """Kept fraction of the causal pairs ``j <= i`` of a square token mask (over all leading dims)."""
+    """Kept fraction of the causal pairs ``j <= i`` of a square token mask (all leading dims)."""
     m = np.asarray(token_mask)
     lq = m.shape[-1]
     tril = np.tril(np.ones((lq, lq), dtype=bool))

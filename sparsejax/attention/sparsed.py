@@ -101,8 +101,14 @@ def sparsed_generation_start(seq_len: int, new_generation: int, block_size: int)
     return min(first, nb - 1)
 
 
-def _block_scores(q_blk: jnp.ndarray, k: jnp.ndarray, kv_valid: jnp.ndarray, q_rows: jnp.ndarray,
-                  block_size: int, scale: float) -> jnp.ndarray:
+def _block_scores(
+    q_blk: jnp.ndarray,
+    k: jnp.ndarray,
+    kv_valid: jnp.ndarray,
+    q_rows: jnp.ndarray,
+    block_size: int,
+    scale: float,
+) -> jnp.ndarray:
     """Mean |softmax| per KV block for one query block. q_blk [B,H,bs,D], k [B,H,Lk,D]."""
     s = jnp.einsum("bhqd,bhkd->bhqk", q_blk.astype(jnp.float32), k.astype(jnp.float32)) * scale
     s = jnp.where(kv_valid[None, None, None, :], s, -jnp.inf)
@@ -154,8 +160,9 @@ def sparsed_block_select(
     new_generation = _check_int(new_generation, "new_generation", 0)
     if scale is None:
         scale = 1.0 / math.sqrt(d)
-    return _select_core(q, k, new_generation=new_generation, block_size=block_size, rho=rho,
-                        scale=float(scale))
+    return _select_core(
+        q, k, new_generation=new_generation, block_size=block_size, rho=rho, scale=float(scale)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("new_generation", "block_size", "rho", "scale"))
@@ -172,8 +179,8 @@ def _select_core(q, k, *, new_generation, block_size, rho, scale):
     keep_all = min(nb, max(1, int(nb * rho) + 1))
     n_gen = nb - last
     keep_gen = min(n_gen, max(1, int(n_gen * rho) + 1))
-    gen_valid = kv_valid[last * block_size:]
-    k_gen = kp[:, :, last * block_size:]
+    gen_valid = kv_valid[last * block_size :]
+    k_gen = kp[:, :, last * block_size :]
     q_blocks = qp.reshape(b, h, nb, block_size, d).transpose(2, 0, 1, 3, 4)
     row_valid = kv_valid.reshape(nb, block_size)
 
@@ -205,8 +212,9 @@ def sparsed_mask(
     """
     from sparsejax.attention.mask import BlockMask
 
-    blocks = sparsed_block_select(q, k, new_generation=new_generation, block_size=block_size,
-                                  rho=rho, scale=scale)
+    blocks = sparsed_block_select(
+        q, k, new_generation=new_generation, block_size=block_size, rho=rho, scale=scale
+    )
     lq = q.shape[2]
     return BlockMask.from_blocks(blocks, block_size, block_size, lq, lq)
 
@@ -237,9 +245,11 @@ def sparsed_update(
         the block mask to cache (recomputed at ``step == end``, otherwise ``cached`` unchanged),
         which the sparse steps (``step > end``) use.
     """
+
     def build(_):
-        return sparsed_block_select(q, k, new_generation=new_generation, block_size=block_size,
-                                    rho=rho, scale=scale)
+        return sparsed_block_select(
+            q, k, new_generation=new_generation, block_size=block_size, rho=rho, scale=scale
+        )
 
     mask = jax.lax.cond(jnp.asarray(schedule.builds_mask(step)), build, lambda _: cached, None)
     return jnp.asarray(schedule.is_dense(step)), mask
