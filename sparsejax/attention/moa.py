@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from sparsejax.attention.mask import BlockMask
+
 __all__ = [
     "moa_spans",
     "moa_block_layout",
@@ -145,7 +147,10 @@ def moa_block_layout(
         betas: ``[H]`` span slopes.
         seq_len: sequence length ``N`` (the prefill is square, ``N x N``).
         block_size: block edge (64 in the reference).
-        max_new_tokens, sink_size, minimum_cache_size, split_size: see :func:`moa_spans`.
+        max_new_tokens: generated tokens the span is sized for (see :func:`moa_spans`).
+        sink_size: maximum sink tokens (64).
+        minimum_cache_size: smallest span (128).
+        split_size: spans are multiples of this (64).
 
     Returns:
         Bool numpy array ``[H, nb, nb]`` with ``nb = ceil(N / block_size)``; lower block triangular.
@@ -215,7 +220,7 @@ def moa_mask(
     sink_size: int = 64,
     minimum_cache_size: int = 128,
     split_size: int = 64,
-):
+) -> BlockMask:
     """MoA prefill mask as a :class:`~sparsejax.attention.mask.BlockMask` (static, numpy backed).
 
     The block map is :func:`moa_block_layout` (``[1, H, nb, nb]``) and the token mask inside the
@@ -226,12 +231,14 @@ def moa_mask(
         betas: ``[H]`` span slopes.
         seq_len: sequence length ``N``.
         block_size: block edge of the layout and of the returned mask (64).
-        max_new_tokens, sink_size, minimum_cache_size, split_size: see :func:`moa_spans`.
+        max_new_tokens: generated tokens the span is sized for (see :func:`moa_spans`).
+        sink_size: maximum sink tokens (64).
+        minimum_cache_size: smallest span (128).
+        split_size: spans are multiples of this (64).
 
     Returns:
         A ``BlockMask`` of shape ``[1, H, N, N]`` with blocks ``(block_size, block_size)``.
     """
-    from sparsejax.attention.mask import BlockMask
     from sparsejax.attention.static import causal_mask
 
     layout = moa_block_layout(
@@ -271,7 +278,10 @@ def moa_decode_keep(
         betas: ``[H]`` span slopes.
         prompt_len: prompt length the cache was sized for.
         kv_len: number of tokens in the (uncompressed) sequence, current token included.
-        max_new_tokens, sink_size, minimum_cache_size, split_size: see :func:`moa_spans`.
+        max_new_tokens: generated tokens the span is sized for (see :func:`moa_spans`).
+        sink_size: maximum sink tokens (64).
+        minimum_cache_size: smallest span (128).
+        split_size: spans are multiples of this (64).
 
     Returns:
         Bool numpy array ``[H, kv_len]``.
@@ -647,7 +657,10 @@ def moa_search(
             only in the worst case), ``"lagrangian"`` (subgradient on one multiplier per length,
             then greedy repair and improvement; always feasible, not always optimal) or ``"auto"``
             (exact, falling back to Lagrangian beyond ``max_states``).
-        block_size, sink_size, minimum_cache_size, split_size: layout parameters.
+        block_size: layout block (64).
+        sink_size: maximum sink tokens (64).
+        minimum_cache_size: smallest span (128).
+        split_size: spans are multiples of this (64).
         max_states: state limit of the exact solver.
 
     Returns:

@@ -18,7 +18,7 @@ default strength).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +124,7 @@ def make_retrieval_task(
     return RetrievalTask(q, k, v, codes, needle, label)
 
 
-def mask_answer_row(mask, row: int = -1) -> Bool[Array, "b h seq_kv"]:
+def mask_answer_row(mask: Any, row: int = -1) -> Bool[Array, "b h seq_kv"]:
     """Keys kept for one query row of a mask, without materialising the whole mask.
 
     Args:

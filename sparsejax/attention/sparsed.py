@@ -236,9 +236,13 @@ def sparsed_update(
     Args:
         schedule: the :class:`SparseDSchedule`.
         step: current denoising step.
-        q, k: this step's queries and keys.
+        q: this step's queries ``[B, H, L, D]``.
+        k: this step's keys ``[B, Hkv, L, D]``.
         cached: the cached block mask (any value before step ``end``; e.g. all True).
-        new_generation, block_size, rho, scale: see :func:`sparsed_block_select`.
+        new_generation: generation tokens at the end of the sequence.
+        block_size: selection block.
+        rho: selection ratio.
+        scale: logit scale (default ``1 / sqrt(D)``).
 
     Returns:
         ``(dense, mask)``: ``dense`` is True when this step must use full attention; ``mask`` is
