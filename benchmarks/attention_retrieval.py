@@ -3,9 +3,10 @@
 Every method selects its mask from the task's ``q``/``k`` (or is static); the answer is decoded from
 the last query's attention output over the kept keys. Density is the kept fraction of the causal
 (query, key) pairs for prefill patterns (SparseD: of all pairs, it is bidirectional) and the kept
-fraction of the KV cache for the decoding methods (Quest, SnapKV, Ada-SnapKV). The reference
-defaults of each method are included in its sweep (marked ``default``). Selection time is the
-median over ``--repeats`` runs after one warm-up (the CPU may be shared: treat times as rough).
+fraction of the KV cache for the decoding methods (Quest, SnapKV, Ada-SnapKV). Vertical-slash
+and FlexPrefill densities (MInference kernel coverage) are averaged over the first 8 instances.
+The reference defaults of each method are included in its sweep (marked ``default``). Selection
+time is the median over ``--repeats`` runs after one warm-up (the CPU may be shared: rough).
 
     python benchmarks/attention_retrieval.py --seq-len 8192 --out results/attention_retrieval.json
 """

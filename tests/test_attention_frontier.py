@@ -365,3 +365,16 @@ def test_errors():
         F.ada_snapkv_select(q, k, token_capacity=40, window=64, local_window=8, kernel_size=5)
     with pytest.raises(ValueError, match="token_capacity"):
         F.ada_snapkv_select(q, k, token_capacity=100, window=16, local_window=8, kernel_size=5)
+
+
+def test_bf16_inputs_keep_exact_budgets():
+    q, k = _rand(5, lq=96)
+    qb, kb = jnp.asarray(q, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
+    v, s = F.vertical_slash_select(qb, kb, vertical_size=12, slash_size=20, last_q=16)
+    assert np.all(np.asarray(v).sum(-1) == 12) and np.all(np.asarray(s).sum(-1) == 20)
+    blocks = np.asarray(F.block_topk_select(qb, kb, block_size=16, top_k=3))
+    assert np.all(blocks.sum(-1) == np.minimum(3, np.arange(6) + 1))
+    keep = F.snapkv_select(qb, kb, token_capacity=40, window=16, kernel_size=5, local_window=8)
+    assert np.all(np.asarray(keep).sum(-1) == 40)
+    pages = F.quest_select(qb[:, :, -1], kb, page_size=8, token_budget=32)
+    assert np.all(np.asarray(pages).sum(-1) == 32 + 96 - 88)
