@@ -96,7 +96,7 @@ def _minference_ref(vert, slash, lq, bs):
     return out
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.sampled_from([37, 100]), st.integers(0, 10_000), st.sampled_from([8, 16]))
 def test_minference_coverage_matches_restated_rule(lq, seed, bs):
     rng = np.random.default_rng(seed)

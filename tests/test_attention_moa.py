@@ -244,7 +244,7 @@ def _brute_force(prof, budgets, cands, block=64):
     return best
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from([0.3, 0.45, 0.6, 0.8]))
 def test_search_exact_matches_brute_force(seed, budget):
     rng = np.random.default_rng(seed)

@@ -32,6 +32,7 @@ produces at inference (the reference's search approximates it by a BigBird band 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -372,6 +373,15 @@ def _block_sum(x: jnp.ndarray, block_size: int) -> jnp.ndarray:
     return x.sum(axis=(-3, -1))
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _pooled_influence(probs, g, block_size, causal, eps):
+    e = jnp.abs(moa_influence(probs, g, eps=eps))
+    n = probs.shape[-1]
+    if causal:
+        e = jnp.where(jnp.tril(jnp.ones((n, n), dtype=bool)), e, 0.0)
+    return _block_sum(e.astype(jnp.float32), block_size).sum(0)
+
+
 def moa_profile(
     loss_fn: Callable[[Array, Any], Array],
     probs_fn: Callable[[Any], Array],
@@ -390,7 +400,8 @@ def moa_profile(
     over ``block_size`` blocks and averaged over all sequences of the same length ``N``.
 
     Args:
-        loss_fn: ``(probs, batch) -> scalar``.
+        loss_fn: ``(probs, batch) -> scalar`` (differentiated under ``jit``, so ``batch`` must
+            be a pytree of arrays).
         probs_fn: ``batch -> probs`` ``[B, H, N, N]`` or ``[H, N, N]``.
         batches: calibration batches, either a sequence (grouped by the length ``N`` of their
             probabilities) or a mapping ``{length: [batch, ...]}``.
@@ -408,7 +419,7 @@ def moa_profile(
         items = list(batches)
     if not items:
         raise ValueError("batches must contain at least one calibration batch, got none")
-    grad_fn = jax.grad(loss_fn)
+    grad_fn = jax.jit(jax.grad(loss_fn))
 
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
@@ -419,13 +430,10 @@ def moa_profile(
                 f"probs_fn must return [B, H, N, N] or [H, N, N], got shape {probs.shape}"
             )
         g = grad_fn(probs, batch)
-        e = jnp.abs(moa_influence(probs, g, eps=eps))
-        if e.ndim == 3:
-            e, probs = e[None], probs[None]
+        if probs.ndim == 3:
+            probs, g = probs[None], g[None]
         n = probs.shape[-1]
-        if causal:
-            e = jnp.where(jnp.tril(jnp.ones((n, n), dtype=bool)), e, 0.0)
-        pooled = np.asarray(_block_sum(e.astype(jnp.float32), block_size).sum(0))
+        pooled = np.asarray(_pooled_influence(probs, g, block_size, causal, eps))
         sums[n] = sums.get(n, 0.0) + pooled
         counts[n] = counts.get(n, 0) + probs.shape[0]
     return {n: (sums[n] / counts[n]).astype(np.float32) for n in sorted(sums)}

@@ -17,6 +17,7 @@ default strength).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -104,6 +105,24 @@ def make_retrieval_task(
             f"need num_queries < seq_len and 0 < min_depth < seq_len, got num_queries="
             f"{num_queries}, min_depth={min_depth}, seq_len={seq_len}"
         )
+    return _make_task(
+        key,
+        batch,
+        heads,
+        seq_len,
+        head_dim,
+        num_queries,
+        num_labels,
+        float(strength),
+        float(query_noise),
+        min_depth,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(1, 10)))
+def _make_task(
+    key, batch, heads, seq_len, head_dim, num_queries, num_labels, strength, query_noise, min_depth
+):
     ks = jax.random.split(key, 8)
     shape = (batch, heads, seq_len, head_dim)
     k = jax.random.normal(ks[0], shape)
