@@ -48,9 +48,10 @@ class TrainResult(NamedTuple):
     history: dict[str, np.ndarray]
 
 
-def make_train_step(config: SAEConfig, optimizer: optax.GradientTransformation):
-    """A jitted ``step(params, opt_state, sae_state, x, y) -> (params, opt_state, sae_state,
-    metrics)``.
+def make_train_step(config: SAEConfig, optimizer: optax.GradientTransformation, *,
+                    jit: bool = True):
+    """A training step ``(params, opt_state, sae_state, x, y) -> (params, opt_state,
+    sae_state, metrics)``, jitted unless ``jit=False``.
 
     With ``config.normalize_decoder`` the optimiser must already remove the decoder-parallel
     gradient (:func:`.remove_decoder_parallel_grads` first in the chain, as :func:`train_sae`
@@ -58,7 +59,6 @@ def make_train_step(config: SAEConfig, optimizer: optax.GradientTransformation):
     """
     grad_fn = jax.value_and_grad(sae_loss, has_aux=True)
 
-    @jax.jit
     def step(params, opt_state, sae_state, x, y):
         (_, out), grads = grad_fn(params, x, config, sae_state, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -67,7 +67,26 @@ def make_train_step(config: SAEConfig, optimizer: optax.GradientTransformation):
             params = normalize_decoder(params)
         return params, opt_state, out.state, out.metrics
 
-    return step
+    return jax.jit(step) if jit else step
+
+
+def _make_chunk_runner(config: SAEConfig, optimizer: optax.GradientTransformation):
+    step = make_train_step(config, optimizer, jit=False)
+
+    @jax.jit
+    def run(params, opt_state, sae_state, data, targets, idx):
+        def body(carry, rows):
+            params, opt_state, sae_state = carry
+            yb = None if targets is None else targets[rows]
+            params, opt_state, sae_state, metrics = step(params, opt_state, sae_state,
+                                                         data[rows], yb)
+            return (params, opt_state, sae_state), metrics
+
+        (params, opt_state, sae_state), metrics = jax.lax.scan(
+            body, (params, opt_state, sae_state), idx)
+        return params, opt_state, sae_state, metrics
+
+    return run
 
 
 def train_sae(
@@ -83,12 +102,14 @@ def train_sae(
     params: Params | None = None,
     b_dec_init: str = "geometric_median",
     log_every: int = 1,
+    steps_per_call: int = 50,
     progress: bool = True,
     desc: str = "sae",
 ) -> TrainResult:
     """Train an SAE (or transcoder) on a fixed activation matrix with Adam.
 
-    Each step samples ``batch_size`` rows without replacement (a fresh key per step). The
+    Each epoch visits the rows in a fresh random order, ``batch_size`` rows a step (a last
+    partial batch is dropped). The
     default learning rate is sparsify's ``2e-4 / sqrt(d_sae / 2^14)``. With
     ``config.normalize_decoder`` the decoder-parallel gradient is removed before the optimiser and
     the rows are renormalised after each step.
@@ -106,6 +127,7 @@ def train_sae(
         b_dec_init: ``"geometric_median"`` (of up to 4096 target rows, SAELens), ``"mean"``
             (sparsify) or ``"zeros"``.
         log_every: record metrics every this many steps.
+        steps_per_call: steps run inside one jitted ``lax.scan`` call (the bar updates per call).
         progress: show a tqdm bar with the loss, FVU, L0 and dead fraction.
         desc: the bar's label.
 
@@ -123,6 +145,7 @@ def train_sae(
     steps = check_int(steps, "steps", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     log_every = check_int(log_every, "log_every", minimum=1)
+    steps_per_call = check_int(steps_per_call, "steps_per_call", minimum=1)
     check_choice(b_dec_init, "b_dec_init", ("geometric_median", "mean", "zeros"))
     if config.transcoder:
         if targets is None:
@@ -154,23 +177,35 @@ def train_sae(
     opt = optax.chain(remove_decoder_parallel_grads(), base) if config.normalize_decoder else base
     opt_state = opt.init(params)
     state = init_state(config)
-    step = make_train_step(config, opt)
-
-    history: dict[str, list] = {}
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for i in bar:
-        key, sub = jax.random.split(key)
-        idx = jax.random.choice(sub, n, (batch,), replace=False) if batch < n else jnp.arange(n)
-        xb = data[idx]
-        yb = None if targets is None else targets[idx]
-        params, opt_state, state, metrics = step(params, opt_state, state, xb, yb)
-        if i % log_every == 0 or i == steps - 1:
-            host: dict[str, Any] = jax.device_get(metrics)
-            history.setdefault("step", []).append(i)
-            for name, value in host.items():
-                history.setdefault(name, []).append(float(value))
-            if progress:
-                bar.set_postfix(loss=f"{host['loss']:.4f}", fvu=f"{host['fvu']:.3f}",
-                                l0=f"{host['l0']:.1f}", dead=f"{host['dead_fraction']:.2f}",
-                                refresh=False)
+    run = _make_chunk_runner(config, opt)
+    per_epoch = n // batch
+    chunk = min(steps, steps_per_call)
+    buffer = np.zeros((0,), np.int64)
+    history: dict[str, list] = {}
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    done = 0
+    while done < steps:
+        size = min(chunk, steps - done)
+        while buffer.size < size * batch:
+            key, sub = jax.random.split(key)
+            perm = np.asarray(jax.random.permutation(sub, n))[: per_epoch * batch]
+            buffer = np.concatenate([buffer, perm])
+        idx = jnp.asarray(buffer[: size * batch].reshape(size, batch), jnp.int32)
+        buffer = buffer[size * batch:]
+        params, opt_state, state, metrics = run(params, opt_state, state, data, targets, idx)
+        host: dict[str, Any] = jax.device_get(metrics)
+        for j in range(size):
+            i = done + j
+            if i % log_every == 0 or i == steps - 1:
+                history.setdefault("step", []).append(i)
+                for name, values in host.items():
+                    history.setdefault(name, []).append(float(values[j]))
+        done += size
+        bar.update(size)
+        if progress:
+            bar.set_postfix(loss=f"{host['loss'][-1]:.4f}", fvu=f"{host['fvu'][-1]:.3f}",
+                            l0=f"{host['l0'][-1]:.1f}", dead=f"{host['dead_fraction'][-1]:.2f}",
+                            refresh=False)
+    bar.close()
     return TrainResult(params, state, {k: np.asarray(v) for k, v in history.items()})
