@@ -146,7 +146,8 @@ class SAEConfig:
         check_int(self.d_in, "d_in", minimum=1)
         check_int(self.d_sae, "d_sae", minimum=1)
         check_choice(self.activation, "activation", ACTIVATIONS)
-        check_int(self.k, "k", minimum=1, maximum=self.d_sae)
+        uses_k = self.activation in _AUXK + _ZIPF
+        check_int(self.k, "k", minimum=1, maximum=self.d_sae if uses_k else None)
         if self.d_out is not None:
             check_int(self.d_out, "d_out", minimum=1)
             if self.d_out != self.d_in and not self.transcoder:
