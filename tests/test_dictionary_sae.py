@@ -14,6 +14,14 @@ from sparsejax.dictionary import sae as S
 
 RNG = np.random.default_rng(0)
 
+# jitted entry points: one compilation per config instead of one per eager primitive
+_init = jax.jit(S.init_sae, static_argnums=1)
+_encode = jax.jit(S.encode, static_argnums=2)
+_forward = jax.jit(S.forward, static_argnums=2)
+_decode = jax.jit(S.decode, static_argnums=2)
+_loss = jax.jit(S.sae_loss, static_argnums=2)
+_pre = jax.jit(S.pre_activation, static_argnums=2)
+
 
 def _np_topk_mask(a, k):
     """Reference: True at the k largest entries of each row (ties to the lower index)."""
@@ -186,13 +194,13 @@ def test_jumprelu_step_gradient_closed_form():
 
 def test_jumprelu_sae_threshold_gradient_matches_closed_form():
     cfg = S.SAEConfig(8, 16, activation="jumprelu", l0_coefficient=0.7, jumprelu_bandwidth=0.5)
-    params = S.init_sae(jax.random.PRNGKey(1), cfg)
+    params = _init(jax.random.PRNGKey(1), cfg)
     params["log_threshold"] = jnp.full((16,), jnp.log(0.3))
     x = jnp.asarray(RNG.normal(size=(64, 8)).astype(np.float32))
     state = S.init_state(cfg)
     g = jax.jit(jax.grad(lambda p: S.sae_loss(p, x, cfg, state)[0]))(params)["log_threshold"]
     # closed form: d/dtheta of mse through JumpReLU plus the L0 term, times dtheta/dlog = theta
-    pre = np.asarray(S.pre_activation(params, x, cfg))
+    pre = np.asarray(_pre(params, x, cfg))
     theta = np.full((16,), 0.3, np.float32)
     codes = np.where(pre > theta, pre, 0)
     recon = codes @ np.asarray(params["W_dec"]) + np.asarray(params["b_dec"])
@@ -299,7 +307,7 @@ def test_optax_transform_only_touches_decoder():
 
 def test_train_step_unit_norm_and_parallel_gradient_removed():
     cfg = S.SAEConfig(6, 12, activation="topk", k=3)
-    params = S.init_sae(jax.random.PRNGKey(0), cfg)
+    params = _init(jax.random.PRNGKey(0), cfg)
     x = jnp.asarray(RNG.normal(size=(32, 6)).astype(np.float32))
     state = S.init_state(cfg)
     lr = 0.1
@@ -414,11 +422,9 @@ def test_every_variant_shapes_loss_and_grads(activation):
     cfg = S.SAEConfig(12, 48, activation=activation, k=4, dead_tokens=0)
     params = S.init_sae(jax.random.PRNGKey(0), cfg)
     x = jnp.asarray(RNG.normal(size=(2, 16, 12)).astype(np.float32))
-    codes = S.encode(params, x, cfg)
-    assert codes.shape == (2, 16, 48)
-    recon, codes2 = S.forward(params, x, cfg)
-    assert recon.shape == x.shape
-    np.testing.assert_array_equal(codes, codes2)
+    recon, codes = S.forward(params, x, cfg)
+    assert codes.shape == (2, 16, 48) and recon.shape == x.shape
+    np.testing.assert_array_equal(codes, S.encode(params, x, cfg))
     state = S.init_state(cfg)
     state = state._replace(step=jnp.asarray(1), density=jnp.linspace(0.5, 0.0, 48),
                            tokens_since_fired=jnp.full((48,), 100, jnp.int32))
@@ -446,9 +452,9 @@ def test_every_variant_shapes_loss_and_grads(activation):
 
 def test_relu_loss_formula():
     cfg = S.SAEConfig(5, 9, activation="relu", l1_coefficient=0.3)
-    params = S.init_sae(jax.random.PRNGKey(3), cfg, b_dec=jnp.arange(5.0) / 10)
+    params = _init(jax.random.PRNGKey(3), cfg, b_dec=jnp.arange(5.0) / 10)
     x = RNG.normal(size=(7, 5)).astype(np.float32)
-    loss, _ = S.sae_loss(params, jnp.asarray(x), cfg, S.init_state(cfg))
+    loss, _ = _loss(params, jnp.asarray(x), cfg, S.init_state(cfg))
     p = {k: np.asarray(v) for k, v in params.items()}
     f = np.maximum((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"], 0)
     rec = f @ p["W_dec"] + p["b_dec"]
@@ -459,7 +465,7 @@ def test_relu_loss_formula():
 
 def test_gated_codes_and_frozen_decoder_aux():
     cfg = S.SAEConfig(6, 10, activation="gated", l1_coefficient=0.0)
-    params = S.init_sae(jax.random.PRNGKey(2), cfg)
+    params = _init(jax.random.PRNGKey(2), cfg)
     params["b_gate"] = jnp.asarray(RNG.normal(size=10).astype(np.float32))
     params["r_mag"] = jnp.asarray(RNG.normal(scale=0.1, size=10).astype(np.float32))
     x = jnp.asarray(RNG.normal(size=(8, 6)).astype(np.float32))
@@ -467,63 +473,63 @@ def test_gated_codes_and_frozen_decoder_aux():
     h = np.asarray(x) - p["b_dec"]
     gate = h @ p["W_enc"] + p["b_gate"]
     mag = h @ (p["W_enc"] * np.exp(p["r_mag"])) + p["b_mag"]
-    np.testing.assert_allclose(S.encode(params, x, cfg), (gate > 0) * np.maximum(mag, 0),
+    np.testing.assert_allclose(_encode(params, x, cfg), (gate > 0) * np.maximum(mag, 0),
                                rtol=1e-5, atol=1e-6)
     # the auxiliary reconstruction must not move the decoder: compare with the plain MSE grad
     state = S.init_state(cfg)
-    g_all = jax.grad(lambda q: S.sae_loss(q, x, cfg, state)[0])(params)["W_dec"]
-    g_mse = jax.grad(lambda q: jnp.mean(jnp.sum((S.forward(q, x, cfg)[0] - x) ** 2, -1)))(
+    g_all = jax.grad(lambda q: _loss(q, x, cfg, state)[0])(params)["W_dec"]
+    g_mse = jax.grad(lambda q: jnp.mean(jnp.sum((_forward(q, x, cfg)[0] - x) ** 2, -1)))(
         params)["W_dec"]
     np.testing.assert_allclose(g_all, g_mse, rtol=1e-5, atol=1e-6)
 
 
 def test_transcoder_and_skip():
     cfg = S.SAEConfig(6, 20, activation="topk", k=3, transcoder=True, d_out=4, skip=True)
-    params = S.init_sae(jax.random.PRNGKey(0), cfg)
+    params = _init(jax.random.PRNGKey(0), cfg)
     assert params["W_dec"].shape == (20, 4) and params["W_skip"].shape == (6, 4)
     x = jnp.asarray(RNG.normal(size=(10, 6)).astype(np.float32))
     y = jnp.asarray(RNG.normal(size=(10, 4)).astype(np.float32))
     params["W_skip"] = jnp.ones((6, 4))
-    codes = S.encode(params, x, cfg)
-    np.testing.assert_allclose(S.decode(params, codes, cfg, x),
+    codes = _encode(params, x, cfg)
+    np.testing.assert_allclose(_decode(params, codes, cfg, x),
                                codes @ params["W_dec"] + params["b_dec"] + x @ jnp.ones((6, 4)),
                                rtol=1e-5)
-    pre = S.pre_activation(params, x, cfg)  # transcoders do not subtract b_dec
+    pre = _pre(params, x, cfg)  # transcoders do not subtract b_dec
     np.testing.assert_allclose(pre, x @ params["W_enc"] + params["b_enc"], rtol=1e-6)
-    loss, out = S.sae_loss(params, x, cfg, S.init_state(cfg), y)
+    loss, out = _loss(params, x, cfg, S.init_state(cfg), y)
     assert out.reconstruction.shape == (10, 4) and np.isfinite(float(loss))
     with pytest.raises(ValueError, match="needs targets y"):
-        S.sae_loss(params, x, cfg, S.init_state(cfg))
+        _loss(params, x, cfg, S.init_state(cfg))
     with pytest.raises(ValueError, match="needs the inputs x"):
-        S.decode(params, codes, cfg)
+        _decode(params, codes, cfg)
     plain = S.SAEConfig(6, 20, k=3)
     with pytest.raises(ValueError, match="only used by transcoders"):
-        S.sae_loss(S.init_sae(jax.random.PRNGKey(0), plain), x, plain, S.init_state(plain), x)
+        _loss(_init(jax.random.PRNGKey(0), plain), x, plain, S.init_state(plain), x)
 
 
 def test_batch_topk_threshold_state_and_inference():
     cfg = S.SAEConfig(8, 32, activation="batch_topk", k=4, threshold_ema=0.25)
-    params = S.init_sae(jax.random.PRNGKey(0), cfg)
+    params = _init(jax.random.PRNGKey(0), cfg)
     x1 = jnp.asarray(RNG.normal(size=(16, 8)).astype(np.float32))
     x2 = jnp.asarray(RNG.normal(size=(16, 8)).astype(np.float32))
     state = S.init_state(cfg)
-    _, out1 = S.sae_loss(params, x1, cfg, state)
+    _, out1 = _loss(params, x1, cfg, state)
     c1 = np.asarray(out1.codes)
     assert int((c1 != 0).sum()) == 4 * 16
     np.testing.assert_allclose(out1.state.threshold, c1[c1 > 0].min(), rtol=1e-6)
-    _, out2 = S.sae_loss(params, x2, cfg, out1.state)
+    _, out2 = _loss(params, x2, cfg, out1.state)
     c2 = np.asarray(out2.codes)
     np.testing.assert_allclose(out2.state.threshold,
                                0.75 * c1[c1 > 0].min() + 0.25 * c2[c2 > 0].min(), rtol=1e-6)
     t = out2.state.threshold
-    pre = np.asarray(S.pre_activation(params, x1, cfg))
-    np.testing.assert_allclose(S.encode(params, x1, cfg, threshold=t),
+    pre = np.asarray(_pre(params, x1, cfg))
+    np.testing.assert_allclose(_encode(params, x1, cfg, threshold=t),
                                np.where(pre > float(t), np.maximum(pre, 0), 0), rtol=1e-6)
     # inference is per token: one row alone gives the same codes as in the batch
-    np.testing.assert_allclose(S.encode(params, x1[:1], cfg, threshold=t),
-                               S.encode(params, x1, cfg, threshold=t)[:1])
+    np.testing.assert_allclose(_encode(params, x1[:1], cfg, threshold=t),
+                               _encode(params, x1, cfg, threshold=t)[:1])
     with pytest.raises(ValueError, match="threshold is only used"):
-        S.encode(params, x1, S.SAEConfig(8, 32), threshold=t)
+        _encode(params, x1, S.SAEConfig(8, 32), threshold=t)
 
 
 def test_dead_latent_tracker():
