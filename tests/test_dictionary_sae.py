@@ -128,6 +128,24 @@ def test_mutual_choice_total_and_fewer_positives():
                                   S.batch_topk(jnp.asarray(pre), 2))
 
 
+_BATCH_OPS = {k: jax.jit(lambda p, k=k: (S.batch_topk(p, k), S.mutual_choice(p, 3 * k),
+                                          S.feature_choice(p, k)))
+              for k in (1, 2, 5)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([1, 2, 5]), st.integers(0, 2**31 - 1), st.floats(-1.5, 1.5))
+def test_batch_level_budgets_are_exact(k, seed, shift):
+    pre = (np.random.default_rng(seed).normal(size=(8, 12)) + shift).astype(np.float32)
+    bt, mc, fc = (np.asarray(a) for a in _BATCH_OPS[k](jnp.asarray(pre)))
+    n_pos = int((pre > 0).sum())
+    assert int((bt != 0).sum()) == min(8 * k, n_pos)
+    assert int((mc != 0).sum()) == min(3 * k, n_pos)
+    np.testing.assert_array_equal((fc != 0).sum(0), np.minimum((pre > 0).sum(0), k))
+    for codes in (bt, mc, fc):  # kept entries are the ReLU'd pre-activations
+        np.testing.assert_array_equal(codes[codes != 0], pre[codes != 0])
+
+
 def _np_feature_choice(pre, caps):
     acts = np.maximum(pre, 0)
     out = np.zeros_like(acts)
@@ -448,6 +466,29 @@ def test_every_variant_shapes_loss_and_grads(activation):
         assert bool(jnp.all(codes >= 0))
     if activation in ("topk", "batch_topk", "abs_topk", "mutual_choice", "feature_choice"):
         assert float(out.metrics["aux"]) > 0  # dead_tokens=0 / zipf densities make aux active
+
+
+@pytest.mark.parametrize("activation,order", [("topk", "relu_first"), ("topk", "topk_first"),
+                                              ("abs_topk", "relu_first")])
+def test_topk_loss_gather_decoder_matches_dense_decoder(activation, order):
+    cfg = S.SAEConfig(6, 24, activation=activation, k=3, topk_order=order, skip=True,
+                      aux_coefficient=0.0)
+    params = _init(jax.random.PRNGKey(4), cfg)
+    params["W_skip"] = jnp.full((6, 6), 0.1)
+    x = jnp.asarray(RNG.normal(size=(10, 6)).astype(np.float32))
+    state = S.init_state(cfg)
+
+    def dense(p):
+        recon = S.decode(p, S.encode(p, x, cfg), cfg, x)
+        return jnp.mean(jnp.sum((recon - x) ** 2, -1))
+
+    (loss, out), g = jax.jit(jax.value_and_grad(lambda p: S.sae_loss(p, x, cfg, state),
+                                                has_aux=True))(params)
+    ref, g_ref = jax.jit(jax.value_and_grad(dense))(params)
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+    np.testing.assert_allclose(out.codes, S.encode(params, x, cfg), rtol=1e-6)
+    for name in params:
+        np.testing.assert_allclose(g[name], g_ref[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_relu_loss_formula():

@@ -464,6 +464,27 @@ def update_state(state: SAEState, codes: Float[Array, "... d_sae"], config: SAEC
                     jnp.asarray(threshold, jnp.float32), state.step + 1)
 
 
+def _topk_sparse_forward(params: Params, pre: Array, x: Array, config: SAEConfig
+                         ) -> tuple[Array, Array]:
+    """Per-row top-k codes and their reconstruction by gathering the k decoder rows.
+
+    Same values as ``decode(params, topk(pre))`` but the decoder costs ``n * k * d_out`` instead
+    of ``n * d_sae * d_out`` (forward and backward); the dense codes are rebuilt by a scatter.
+    """
+    if config.activation == "abs_topk":
+        _, idx = jax.lax.top_k(jnp.abs(pre), config.k)
+        vals = jnp.take_along_axis(pre, idx, axis=-1)
+    else:
+        vals, idx = acts.topk_indices(pre, config.k, order=config.topk_order)
+    w_dec = params["W_dec"].astype(pre.dtype)
+    recon = jnp.einsum("nk,nkd->nd", vals, w_dec[idx]) + params["b_dec"].astype(pre.dtype)
+    if config.skip:
+        recon = recon + x @ params["W_skip"].astype(x.dtype)
+    rows = jnp.arange(pre.shape[0])[:, None]
+    codes = jnp.zeros_like(pre).at[rows, idx].set(vals)
+    return codes, recon
+
+
 def sae_loss(
     params: Params,
     x: Float[Array, "... d_in"],
@@ -508,11 +529,16 @@ def sae_loss(
     if config.activation == "gated":
         gate, pre = _gated_pre(params, xf, config)
         codes = _activate(params, pre, config, None, gate)
+        recon = decode(params, codes, config, xf)
+    elif config.activation in ("topk", "abs_topk"):
+        gate = None
+        pre = pre_activation(params, xf, config)
+        codes, recon = _topk_sparse_forward(params, pre, xf, config)
     else:
         gate = None
         pre = pre_activation(params, xf, config)
         codes = _activate(params, pre, config, None)
-    recon = decode(params, codes, config, xf)
+        recon = decode(params, codes, config, xf)
     e = yf - recon
     f32 = jnp.promote_types(yf.dtype, jnp.float32)
     mse = jnp.mean(jnp.sum(e.astype(f32) ** 2, axis=-1))

@@ -80,8 +80,11 @@ def auxk_loss(
         raise ValueError(f"dead_mask must have shape ({pre.shape[-1]},), got {dead_mask.shape}")
     n_dead = jnp.sum(dead_mask)
     scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
-    loss = _aux_reconstruction(pre, residual, w_dec, dead_mask, k_aux, signed)
-    return jnp.where(n_dead > 0, scale * loss, 0.0)
+    # skipped entirely (lax.cond) while no latent is dead
+    return jax.lax.cond(
+        n_dead > 0,
+        lambda: scale * _aux_reconstruction(pre, residual, w_dec, dead_mask, k_aux, signed),
+        lambda: jnp.zeros((), jnp.float32))
 
 
 def underutilised_mask(density: Float[Array, " d_sae"], *, fraction: float = 0.5
