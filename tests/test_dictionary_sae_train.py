@@ -85,6 +85,13 @@ def test_nnx_module_step_keeps_unit_decoder_and_updates_state():
         model.normalize_decoder_()
         return metrics
 
+    # the optax transform finds W_dec inside an NNX state and removes the parallel part
+    grads = nnx.grad(lambda m: m.loss(x)[0])(nnx.clone(model))
+    params = nnx.state(model, nnx.Param)
+    tx = S.remove_decoder_parallel_grads()
+    upd, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.abs(jnp.sum(grads["W_dec"][...] * model.W_dec[...], 1)).max()) > 1e-3
+    np.testing.assert_allclose(jnp.sum(upd["W_dec"][...] * model.W_dec[...], 1), 0, atol=1e-5)
     w0 = np.asarray(model.W_dec[...])
     for _ in range(3):
         metrics = step(model, opt, x)

@@ -26,6 +26,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from sparsejax.dictionary.sae._validation import (
@@ -224,8 +225,6 @@ def zipf_capacities(n_latents: int, total: int, *, exponent: float = 1.0) -> Int
     n_latents = check_int(n_latents, "n_latents", minimum=1)
     total = check_int(total, "total", minimum=0)
     exponent = check_float(exponent, "exponent", minimum=0.0)
-    import numpy as np
-
     w = np.arange(1, n_latents + 1, dtype=np.float64) ** (-exponent)
     raw = w / w.sum() * total
     base = np.floor(raw).astype(np.int64)
