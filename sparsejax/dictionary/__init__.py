@@ -1,0 +1,1 @@
+"""Sparse dictionary codes: classical solvers, dictionary learning and sparse autoencoders."""
