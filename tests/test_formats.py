@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from sparsejax.formats import BlockSparse, NMSparse
 
-SETTINGS = dict(max_examples=25, deadline=None)
+SETTINGS = dict(max_examples=15, deadline=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,12 +51,13 @@ def check_bsr_layout(a: BlockSparse, block_mask: np.ndarray) -> None:
 
 @st.composite
 def nm_case(draw):
-    m = draw(st.sampled_from([1, 2, 4, 8]))
+    # few distinct shapes, so the jit caches are reused across examples
+    m = draw(st.sampled_from([1, 4, 8]))
     n = draw(st.integers(0, m))
     ndim = draw(st.integers(1, 3))
     axis = draw(st.integers(-ndim, ndim - 1))
-    shape = [draw(st.integers(1, 4)) for _ in range(ndim)]
-    shape[axis] = m * draw(st.integers(1, 3))
+    shape = [draw(st.sampled_from([1, 3])) for _ in range(ndim)]
+    shape[axis] = m * draw(st.sampled_from([1, 2]))
     seed = draw(st.integers(0, 2**16))
     ties = draw(st.booleans())
     rng = np.random.default_rng(seed)
@@ -172,8 +173,8 @@ def test_nm_errors_dtype_and_mask():
 
 @st.composite
 def bsr_case(draw):
-    bm, bn = draw(st.sampled_from([1, 2, 3])), draw(st.sampled_from([1, 2, 4]))
-    r, c = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    bm, bn = draw(st.sampled_from([1, 3])), draw(st.sampled_from([2, 4]))
+    r, c = draw(st.sampled_from([1, 4])), draw(st.sampled_from([1, 3]))
     density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
