@@ -102,10 +102,11 @@ def _impl(backend: str, name: str, interpret: bool) -> Callable:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_bsr(a: Any, name: str) -> None:
+def _check_bsr(a: Any, name: str) -> BlockSparse:
     if not isinstance(a, BlockSparse):
         raise TypeError(f"`{name}` must be a sparsejax.formats.BlockSparse; got "
                         f"{type(a).__name__}.")
+    return jax.tree.map(jnp.asarray, a)
 
 
 def _check_dense(x: Any, name: str) -> Array:
@@ -140,7 +141,7 @@ def _bsr_mm_fwd(backend, interpret, a, b):
 
 def _bsr_mm_bwd(backend, interpret, res, g):
     a, b = res
-    g = g.astype(jnp.result_type(a.data, b))
+    g = jnp.asarray(g, jnp.result_type(a.data, b))
     da = _impl(backend, "sddmm", interpret)(g, b.T, a)
     db = _impl(backend, "dense_bsr_matmul", interpret)(g.T, a).T
     return _bsr_cotangent(a, da.data), db.astype(b.dtype)
@@ -160,7 +161,7 @@ def _dense_bsr_mm_fwd(backend, interpret, x, a):
 
 def _dense_bsr_mm_bwd(backend, interpret, res, g):
     x, a = res
-    g = g.astype(jnp.result_type(x, a.data))
+    g = jnp.asarray(g, jnp.result_type(x, a.data))
     dx = _impl(backend, "bsr_matmul", interpret)(a, g.T).T
     da = _impl(backend, "sddmm", interpret)(x.T, g, a)
     return dx.astype(x.dtype), _bsr_cotangent(a, da.data)
@@ -180,7 +181,7 @@ def _sddmm_fwd(backend, interpret, a, b, like):
 
 def _sddmm_bwd(backend, interpret, res, g):
     a, b, like = res
-    gs = like.replace(data=g.astype(jnp.result_type(a, b)))
+    gs = like.replace(data=jnp.asarray(g, jnp.result_type(a, b)))
     da = _impl(backend, "bsr_matmul", interpret)(gs, b.T)
     db = _impl(backend, "dense_bsr_matmul", interpret)(a.T, gs)
     return (da.astype(a.dtype), db.astype(b.dtype),
@@ -212,7 +213,7 @@ def bsr_matmul(
         TypeError: ``a`` not a ``BlockSparse``, non-float ``b``.
         ValueError: ``b.shape[0] != K``, ``b`` not 1-D/2-D, unknown backend.
     """
-    _check_bsr(a, "a")
+    a = _check_bsr(a, "a")
     b = _check_dense(b, "b")
     backend = resolve_backend(backend)
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[1]:
@@ -245,7 +246,7 @@ def dense_bsr_matmul(
         TypeError: ``a`` not a ``BlockSparse``, non-float ``x``.
         ValueError: ``x.shape[-1] != M``, unknown backend.
     """
-    _check_bsr(a, "a")
+    a = _check_bsr(a, "a")
     x = _check_dense(x, "x")
     backend = resolve_backend(backend)
     if x.ndim < 1 or x.shape[-1] != a.shape[0]:
@@ -282,7 +283,7 @@ def sddmm(
         TypeError: ``like`` not a ``BlockSparse``, non-float ``a``/``b``.
         ValueError: shapes that do not chain to ``like.shape``, unknown backend.
     """
-    _check_bsr(like, "like")
+    like = _check_bsr(like, "like")
     a = _check_dense(a, "a")
     b = _check_dense(b, "b")
     backend = resolve_backend(backend)
@@ -306,12 +307,13 @@ def _check_nm_backend(backend: str) -> str:
     return "xla" if backend == "auto" else backend
 
 
-def _check_nmsparse(w: Any) -> None:
+def _check_nmsparse(w: Any) -> NMSparse:
     if not isinstance(w, NMSparse):
         raise TypeError(f"`w` must be a sparsejax.formats.NMSparse; got {type(w).__name__}.")
     if w.values.ndim != 2:
         raise ValueError(f"`w` must be a 2-D NMSparse; got values of shape {w.values.shape} "
                          "(use jax.vmap for stacks).")
+    return jax.tree.map(jnp.asarray, w)
 
 
 def nm_matmul(
@@ -337,7 +339,7 @@ def nm_matmul(
         TypeError: ``w`` not an ``NMSparse``, non-float ``x``.
         ValueError: non-2-D ``w``, ``x.shape[0] != K``, unknown backend.
     """
-    _check_nmsparse(w)
+    w = _check_nmsparse(w)
     x = _check_dense(x, "x")
     backend = _check_nm_backend(backend)
     k = w.shape[1]
@@ -373,7 +375,7 @@ def dense_nm_matmul(
         TypeError: ``w`` not an ``NMSparse``, non-float ``x``.
         ValueError: non-2-D ``w``, ``x.shape[-1] != K``, unknown backend.
     """
-    _check_nmsparse(w)
+    w = _check_nmsparse(w)
     x = _check_dense(x, "x")
     backend = _check_nm_backend(backend)
     k = w.shape[0]
