@@ -61,24 +61,25 @@ def bsr_matmul(a: BlockSparse, b: Float[Array, "K N"]) -> Float[Array, "M N"]:
 
 
 def dense_bsr_matmul(x: Float[Array, "B M"], a: BlockSparse) -> Float[Array, "B N"]:
-    """``x @ A`` for dense ``x [B, M]`` and BSR ``A [M, N]``."""
+    """``x @ A`` for dense ``x [B, M]`` and BSR ``A [M, N]``.
+
+    Each step reads the column panel ``x[:, i-block]`` and updates the output column panel
+    ``out[:, j-block]`` in place (strided slices; no transposed copies of ``x`` or the output).
+    """
     out_dtype = jnp.result_type(x, a.data)
-    r, _ = a.indices.shape
     bm, bn = a.block_shape
-    c = a.n_block_cols
-    nb = x.shape[0]
-    xt = x.reshape(nb, r, bm).transpose(1, 0, 2)  # [R, B, bm], contiguous row panels
     rows, slots, nnz = _kept_blocks(a)
 
     def body(k, out):
         i, s = rows[k], slots[k]
         j = a.indices[i, s]
-        cur = jax.lax.dynamic_index_in_dim(out, j, axis=0, keepdims=False)
-        upd = cur + _bdot(xt[i], a.data[i, s])
-        return jax.lax.dynamic_update_index_in_dim(out, upd, j, axis=0)
+        xi = jax.lax.dynamic_slice_in_dim(x, i * bm, bm, axis=1)  # [B, bm]
+        cur = jax.lax.dynamic_slice_in_dim(out, j * bn, bn, axis=1)  # [B, bn]
+        upd = cur + _bdot(xi, a.data[i, s])
+        return jax.lax.dynamic_update_slice_in_dim(out, upd, j * bn, axis=1)
 
-    out = jax.lax.fori_loop(0, nnz, body, jnp.zeros((c, nb, bn), jnp.float32))
-    return out.transpose(1, 0, 2).reshape(nb, c * bn).astype(out_dtype)
+    out = jax.lax.fori_loop(0, nnz, body, jnp.zeros((x.shape[0], a.shape[1]), jnp.float32))
+    return out.astype(out_dtype)
 
 
 def sddmm(a: Float[Array, "M Kd"], b: Float[Array, "Kd N"], like: BlockSparse) -> BlockSparse:
