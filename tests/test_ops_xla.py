@@ -1,7 +1,9 @@
 """sparsejax.ops: every backend against the densify-and-jnp reference, gradients, errors.
 
-Pallas backends (``pallas_tpu``/``pallas_gpu``) are included in interpret mode when their modules
-are importable; shapes stay small because interpret mode is slow.
+The XLA backend gets the full matrix of densities, dtypes and transforms. The Pallas backends
+(``pallas_tpu``/``pallas_gpu``, tested in depth by ``tests/test_ops_pallas.py``) are checked here
+through the public dispatch and its custom VJPs, in interpret mode at one small shape (interpret
+mode is slow).
 """
 
 import importlib
@@ -20,8 +22,8 @@ BS = (8, 16)  # block shape of the sparse operand: 4 x 3 blocks
 R, C = M // BS[0], K // BS[1]
 
 
-def _available_backends() -> list[str]:
-    out = ["xla"]
+def _pallas_backends() -> list[str]:
+    out = []
     for name in ("pallas_tpu", "pallas_gpu"):
         try:
             importlib.import_module(f"sparsejax.ops.{name}")
@@ -31,7 +33,8 @@ def _available_backends() -> list[str]:
     return out
 
 
-BACKENDS = _available_backends()
+BACKENDS = ["xla"]
+PALLAS = _pallas_backends()
 
 
 def block_mask(kind: str, r: int = R, c: int = C, seed: int = 0) -> np.ndarray:
@@ -282,8 +285,54 @@ def test_errors():
         ops.dense_nm_matmul(jnp.ones((2, K)), jnp.ones((K, N)))
     with pytest.raises(ValueError, match=r"`x` must have shape \[..., K\] with K = 48"):
         ops.dense_nm_matmul(jnp.ones((2, N)), w)
-    with pytest.raises(ValueError, match="for N:M products must be one of.*'pallas_gpu'"):
-        ops.dense_nm_matmul(jnp.ones((2, K)), w, backend="pallas_gpu")
+    with pytest.raises(ValueError, match="for N:M products must be one of.*'pallas_tpu'"):
+        ops.dense_nm_matmul(jnp.ones((2, K)), w, backend="pallas_tpu")
     w3 = NMSparse.from_dense(jnp.ones((2, K, N)), 2, 4, axis=1)
     with pytest.raises(ValueError, match="`w` must be a 2-D NMSparse"):
         ops.dense_nm_matmul(jnp.ones((2, K)), w3)
+
+
+@pytest.mark.parametrize("backend", PALLAS)
+def test_pallas_dispatch_and_gradients(backend):
+    bs = (16, 16)  # the Triton kernels need power-of-two blocks >= 16
+    a = random_bsr("50%", shape=(32, 48), bs=bs)
+    mask = np.kron(np.asarray(a.block_mask()), np.ones(bs))
+    b = jax.random.normal(jax.random.PRNGKey(1), (48, 16))
+    x = jax.random.normal(jax.random.PRNGKey(2), (16, 32))
+    dense = np.asarray(a.to_dense())
+    np.testing.assert_allclose(run(ops.bsr_matmul, backend, a, b), dense @ np.asarray(b),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run(ops.dense_bsr_matmul, backend, x, a), np.asarray(x) @ dense,
+                               rtol=1e-4, atol=1e-4)
+    s = run(ops.sddmm, backend, x.T, b.T, a)
+    np.testing.assert_allclose(s.to_dense(), (np.asarray(x).T @ np.asarray(b).T) * mask,
+                               rtol=1e-4, atol=1e-4)
+
+    def loss(data, b):
+        return jnp.sum(jnp.tanh(run(ops.bsr_matmul, backend, a.replace(data=data), b)) ** 2)
+
+    gd, gb = jax.grad(loss, argnums=(0, 1))(a.data, b)
+    rd, rb = jax.grad(lambda w, b: jnp.sum(jnp.tanh(w @ b) ** 2), argnums=(0, 1))(
+        a.to_dense(), b)
+    np.testing.assert_allclose(a.replace(data=gd).to_dense(), np.asarray(rd) * mask, rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(gb, rb, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif("pallas_gpu" not in PALLAS, reason="no sparsejax.ops.pallas_gpu")
+def test_nm_pallas_gpu_dispatch_and_gradient():
+    w = NMSparse.from_dense(jax.random.normal(jax.random.PRNGKey(0), (64, 32)), 2, 4)  # [in, out]
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 64))
+    got = ops.dense_nm_matmul(x, w, "pallas_gpu", interpret=True)
+    np.testing.assert_allclose(got, np.asarray(x) @ np.asarray(w.to_dense()), rtol=1e-4,
+                               atol=1e-4)
+
+    def loss(values, x, backend):
+        wv = NMSparse(values, w.indices, 2, 4, -2, 64)
+        kw = {"interpret": True} if backend == "pallas_gpu" else {}
+        return jnp.sum(jnp.tanh(ops.dense_nm_matmul(x, wv, backend, **kw)))
+
+    got = jax.grad(loss, argnums=(0, 1))(w.values, x, "pallas_gpu")
+    want = jax.grad(loss, argnums=(0, 1))(w.values, x, "xla")
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)

@@ -18,7 +18,8 @@ Backends (``backend=``):
 * ``"auto"``: ``xla`` on CPU, ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU (by
   :func:`jax.default_backend`).
 
-N:M products have ``reference`` and ``xla`` backends (``auto`` is ``xla`` everywhere).
+N:M products have ``reference``, ``xla`` and ``pallas_gpu`` backends (``auto``: ``pallas_gpu`` on
+GPU, ``xla`` elsewhere); the Pallas kernel is forward-only and its VJP is the XLA gather path's.
 
 Gradients: the block-sparse products are ``jax.custom_vjp`` functions whose backward passes
 are the other products of the same backend: for ``y = A @ b``,
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
-_NM_BACKENDS = ("auto", "reference", "xla")
+_NM_BACKENDS = ("auto", "reference", "xla", "pallas_gpu")
 
 
 def resolve_backend(backend: str) -> str:
@@ -304,7 +305,33 @@ def _check_nm_backend(backend: str) -> str:
     if backend not in _NM_BACKENDS:
         raise ValueError(f"`backend` for N:M products must be one of {_NM_BACKENDS}; "
                          f"got {backend!r}.")
-    return "xla" if backend == "auto" else backend
+    if backend == "auto":
+        return "pallas_gpu" if resolve_backend("auto") == "pallas_gpu" else "xla"
+    return backend
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _nm_pallas_gpu(interpret: bool, w: NMSparse, x: Array) -> Array:
+    """``W @ x`` (``W`` grouped along its last axis) with the Pallas GPU kernel."""
+    return _impl("pallas_gpu", "nm_matmul", interpret)(w, x)
+
+
+def _nm_pallas_gpu_fwd(interpret, w, x):
+    return _nm_pallas_gpu(interpret, w, x), (w, x)
+
+
+def _nm_pallas_gpu_bwd(interpret, res, g):
+    w, x = res
+    _, vjp = jax.vjp(xla.nm_matmul, w, x)
+    return vjp(jnp.asarray(g, jnp.result_type(w.values, x)))
+
+
+_nm_pallas_gpu.defvjp(_nm_pallas_gpu_fwd, _nm_pallas_gpu_bwd)
+
+
+def _nm_transpose(w: NMSparse) -> NMSparse:
+    """The 2-D transpose of ``w`` (the grouped axis moves with it)."""
+    return NMSparse(w.values.T, w.indices.T, w.n, w.m, -1 if w.axis == -2 else -2, w.length)
 
 
 def _check_nmsparse(w: Any) -> NMSparse:
@@ -320,6 +347,8 @@ def nm_matmul(
     w: NMSparse,
     x: Float[Array, "K ..."],
     backend: str = "auto",
+    *,
+    interpret: bool = False,
 ) -> Float[Array, "M ..."]:
     """``W @ x`` for a 2-D N:M-compressed ``W [M, K]``.
 
@@ -330,7 +359,9 @@ def nm_matmul(
     Args:
         w: ``NMSparse`` of dense shape ``[M, K]``.
         x: dense ``[K, N]`` or ``[K]``.
-        backend: ``"auto"`` (= ``"xla"``), ``"xla"`` or ``"reference"``.
+        backend: ``"auto"`` (``"pallas_gpu"`` on GPU, else ``"xla"``), ``"xla"``,
+            ``"pallas_gpu"`` or ``"reference"``.
+        interpret: run the Pallas kernel in interpret mode (CPU testing).
 
     Returns:
         ``[M, N]`` (or ``[M]``) in ``result_type(w.dtype, x.dtype)``.
@@ -346,9 +377,11 @@ def nm_matmul(
     if x.ndim not in (1, 2) or x.shape[0] != k:
         raise ValueError(f"`x` must have shape [K] or [K, N] with K = {k}; got {x.shape}.")
     if x.ndim == 1:
-        return nm_matmul(w, x[:, None], backend)[:, 0]
+        return nm_matmul(w, x[:, None], backend, interpret=interpret)[:, 0]
     if backend == "reference" or w.axis != -1:
         return reference.nm_matmul(w, x)
+    if backend == "pallas_gpu":
+        return _nm_pallas_gpu(interpret, w, x)
     return xla.nm_matmul(w, x)
 
 
@@ -356,6 +389,8 @@ def dense_nm_matmul(
     x: Float[Array, "... K"],
     w: NMSparse,
     backend: str = "auto",
+    *,
+    interpret: bool = False,
 ) -> Float[Array, "... N"]:
     """``x @ W`` for a 2-D N:M-compressed ``W [K, N]`` (a Flax ``Dense`` kernel ``[in, out]``).
 
@@ -366,7 +401,9 @@ def dense_nm_matmul(
     Args:
         x: dense ``[..., K]``.
         w: ``NMSparse`` of dense shape ``[K, N]``.
-        backend: ``"auto"`` (= ``"xla"``), ``"xla"`` or ``"reference"``.
+        backend: ``"auto"`` (``"pallas_gpu"`` on GPU, else ``"xla"``), ``"xla"``,
+            ``"pallas_gpu"`` (runs ``(W.T @ x.T).T``) or ``"reference"``.
+        interpret: run the Pallas kernel in interpret mode (CPU testing).
 
     Returns:
         ``[..., N]`` in ``result_type(x.dtype, w.dtype)``.
@@ -385,6 +422,8 @@ def dense_nm_matmul(
     x2 = x.reshape(-1, k)
     if backend == "reference" or w.axis != -2:
         out = reference.dense_nm_matmul(x2, w)
+    elif backend == "pallas_gpu":
+        out = _nm_pallas_gpu(interpret, _nm_transpose(w), x2.T).T
     else:
         out = xla.dense_nm_matmul(x2, w)
     return out.reshape(*lead, w.shape[1])
