@@ -3,8 +3,9 @@
 CPU section: ``A @ B`` (``bsr_matmul``) and ``X @ A`` (``dense_bsr_matmul``) through the XLA backend
 at ``--size`` (default 4096) float32 with ``--block`` x ``--block`` blocks (default 128), block
 densities 1, 0.5, 0.25, 0.1, 0.05, each against the dense ``jnp.dot`` of the same shapes, median
-of ``--repeats`` runs after a warm-up, all in one run. Goal (issue 3): time <= 1.5 x density + 0.05
-of dense, and <= 1.2 x dense at density 1.
+of ``--repeats`` runs after a warm-up, all in one run; the dense and sparse runs are interleaved
+and each ratio is the median of per-pair ratios, so load changes on a shared machine cancel.
+Goal (issue 3): time <= 1.5 x density + 0.05 of dense, and <= 1.2 x dense at density 1.
 
 Accelerator section (only when JAX sees a GPU or TPU): the same sweep in bfloat16 at
 ``--accel-size`` (default 8192) through ``backend="auto"`` (``pallas_gpu`` / ``pallas_tpu``)
@@ -43,6 +44,22 @@ def median_time(fn, *args, repeats: int) -> float:
     return float(np.median(times))
 
 
+def paired_times(dense_fn, dense_args, sparse_fn, sparse_args, repeats: int
+                 ) -> tuple[float, float, float]:
+    """Interleaved timing (dense, sparse, dense, sparse, ...) so that load changes on a shared
+    machine hit both alike: median dense time, median sparse time, median of per-pair ratios."""
+    jax.block_until_ready(dense_fn(*dense_args))
+    jax.block_until_ready(sparse_fn(*sparse_args))
+    td, ts = [], []
+    for _ in range(repeats):
+        for fn, args, out in ((dense_fn, dense_args, td), (sparse_fn, sparse_args, ts)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            out.append(time.perf_counter() - t0)
+    ratios = np.asarray(ts) / np.asarray(td)
+    return float(np.median(td)), float(np.median(ts)), float(np.median(ratios))
+
+
 def random_block_mask(rng: np.random.Generator, r: int, c: int, density: float) -> np.ndarray:
     keep = max(1, int(round(density * r * c)))
     flat = np.zeros(r * c, bool)
@@ -64,21 +81,22 @@ def sweep(size: int, block: int, densities: list[float], dtype, backend: str, re
     print(f"\n{label}: {size}x{size} @ {size}x{size} {jnp.dtype(dtype).name}, {block}x{block} "
           f"blocks, backend={backend}; dense jnp.dot {t_dense * 1e3:.1f} ms "
           f"(median of {repeats})")
-    print(f"{'density':>8}{'kept blocks':>13}{'A@B ms':>10}{'A@B/dense':>11}{'X@A ms':>10}"
-          f"{'X@A/dense':>11}{'goal':>8}")
+    print("ratios: median over interleaved (dense, sparse) pairs; ms: medians")
+    print(f"{'density':>8}{'kept blocks':>13}{'dense ms':>10}{'A@B ms':>10}{'A@B/dense':>11}"
+          f"{'X@A ms':>10}{'X@A/dense':>11}{'goal':>8}")
     rows = []
     for d in densities:
         mask = random_block_mask(rng, r, r, d)
         a = BlockSparse.from_dense(w, (block, block), jnp.asarray(mask))
-        t_sd = median_time(sd, a, b, repeats=repeats)
-        t_ds = median_time(ds, b, a, repeats=repeats)
+        td1, t_sd, q_sd = paired_times(dense, (w, b), sd, (a, b), repeats)
+        td2, t_ds, q_ds = paired_times(dense, (b, w), ds, (b, a), repeats)
         goal = 1.2 if d == 1.0 else 1.5 * d + 0.05
-        row = {"density": d, "kept_blocks": int(mask.sum()), "bsr_matmul_s": t_sd,
-               "dense_bsr_matmul_s": t_ds, "bsr_matmul_ratio": t_sd / t_dense,
-               "dense_bsr_matmul_ratio": t_ds / t_dense, "goal_ratio": goal}
+        row = {"density": d, "kept_blocks": int(mask.sum()), "dense_s": (td1 + td2) / 2,
+               "bsr_matmul_s": t_sd, "dense_bsr_matmul_s": t_ds, "bsr_matmul_ratio": q_sd,
+               "dense_bsr_matmul_ratio": q_ds, "goal_ratio": goal}
         rows.append(row)
-        print(f"{d:>8.2f}{row['kept_blocks']:>13d}{t_sd * 1e3:>10.1f}{t_sd / t_dense:>11.3f}"
-              f"{t_ds * 1e3:>10.1f}{t_ds / t_dense:>11.3f}{goal:>8.2f}")
+        print(f"{d:>8.2f}{row['kept_blocks']:>13d}{row['dense_s'] * 1e3:>10.1f}"
+              f"{t_sd * 1e3:>10.1f}{q_sd:>11.3f}{t_ds * 1e3:>10.1f}{q_ds:>11.3f}{goal:>8.2f}")
     return {"size": size, "block": block, "dtype": jnp.dtype(dtype).name, "backend": backend,
             "repeats": repeats, "dense_s": t_dense, "rows": rows}
 
