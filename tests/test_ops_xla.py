@@ -336,3 +336,20 @@ def test_nm_pallas_gpu_dispatch_and_gradient():
     want = jax.grad(loss, argnums=(0, 1))(w.values, x, "xla")
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_xla_block_loop_and_dense_fallback_agree():
+    # above xla.DENSE_FALLBACK_DENSITY the XLA backend densifies; the block loop must agree there
+    from sparsejax.ops import xla
+
+    a = random_bsr("full")
+    assert float(a.density) > xla.DENSE_FALLBACK_DENSITY
+    b = jax.random.normal(jax.random.PRNGKey(1), (K, N))
+    x = jax.random.normal(jax.random.PRNGKey(2), (N, M))
+    dense = np.asarray(a.to_dense())
+    np.testing.assert_allclose(xla._bsr_matmul_loop(a, b), dense @ np.asarray(b), rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_allclose(xla._dense_bsr_matmul_loop(x, a), np.asarray(x) @ dense,
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(xla._sddmm_loop(x.T, b.T, a), xla._sddmm_dense(x.T, b.T, a),
+                               rtol=1e-5, atol=1e-4)
