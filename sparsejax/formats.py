@@ -162,6 +162,8 @@ class NMSparse:
         length: the dense length ``K`` of ``axis``.
     """
 
+    __array_priority__ = 100  # numpy defers ``ndarray @ NMSparse`` to ``__rmatmul__``
+
     def __init__(self, values: Array, indices: Array, n: int, m: int, axis: int, length: int):
         self.values = values
         self.indices = indices
@@ -409,6 +411,8 @@ class BlockSparse:
         shape: dense shape ``(M, K)``.
         block_shape: ``(bm, bn)``.
     """
+
+    __array_priority__ = 100  # numpy defers ``ndarray @ BlockSparse`` to ``__rmatmul__``
 
     def __init__(self, data: Array, indices: Array, counts: Array, shape: tuple[int, int],
                  block_shape: tuple[int, int]):

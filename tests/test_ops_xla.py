@@ -114,6 +114,8 @@ def test_matmul_operators_vector_and_batch_axes(backend):
                                np.asarray(x) @ dense, rtol=1e-5, atol=1e-4)
     if backend == "xla":  # operators dispatch with backend="auto" (= xla on CPU)
         np.testing.assert_allclose(x @ a, np.asarray(x) @ dense, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(x) @ a, np.asarray(x) @ dense, rtol=1e-5,
+                                   atol=1e-4)
         b = jax.random.normal(jax.random.PRNGKey(6), (K, 5))
         np.testing.assert_allclose(a @ b, dense @ np.asarray(b), rtol=1e-5, atol=1e-4)
 
