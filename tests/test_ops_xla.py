@@ -355,3 +355,17 @@ def test_xla_block_loop_and_dense_fallback_agree():
                                rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(xla._sddmm_loop(x.T, b.T, a), xla._sddmm_dense(x.T, b.T, a),
                                rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif("pallas_gpu" not in PALLAS, reason="no sparsejax.ops.pallas_gpu")
+def test_auto_on_gpu_falls_back_to_xla_for_untileable_blocks(monkeypatch):
+    # pretend to be on a GPU: 8x16 blocks are rejected by the Triton kernels -> xla
+    a = random_bsr("50%")
+    b = jax.random.normal(jax.random.PRNGKey(1), (K, N))
+    with pytest.raises(ValueError, match="power of two"):
+        ops.bsr_matmul(a, b, backend="pallas_gpu", interpret=True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert ops.resolve_backend("auto") == "pallas_gpu"
+    got = jax.grad(lambda d: jnp.sum(ops.bsr_matmul(a.replace(data=d), b) ** 2))(a.data)
+    want = jax.grad(lambda d: jnp.sum(ops.bsr_matmul(a.replace(data=d), b, "xla") ** 2))(a.data)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

@@ -16,7 +16,9 @@ Backends (``backend=``):
   ``sparsejax.ops.pallas_gpu``, imported lazily; ``interpret=True`` runs them in Pallas
   interpret mode on CPU;
 * ``"auto"``: ``xla`` on CPU, ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU (by
-  :func:`jax.default_backend`).
+  :func:`jax.default_backend`); when the chosen kernel rejects the operands (a block shape or
+  dtype it cannot tile, raised eagerly as ``ValueError``/``TypeError``) ``auto`` falls back to
+  ``xla``. Naming a Pallas backend explicitly raises instead.
 
 N:M products have ``reference``, ``xla`` and ``pallas_gpu`` backends (``auto``: ``pallas_gpu`` on
 GPU, ``xla`` elsewhere); the Pallas kernel is forward-only and its VJP is the XLA gather path's.
@@ -83,7 +85,26 @@ def resolve_backend(backend: str) -> str:
     return "xla"
 
 
+def _dispatch(backend: str) -> str:
+    """``resolve_backend``, except that an ``"auto"`` that picks a Pallas backend is marked
+    ``"auto:<backend>"``: such a call falls back to ``xla`` when the kernel rejects the operands'
+    geometry or dtype (e.g. blocks the Triton kernels cannot tile)."""
+    resolved = resolve_backend(backend)
+    return f"auto:{resolved}" if backend == "auto" and resolved.startswith("pallas") else resolved
+
+
 def _impl(backend: str, name: str, interpret: bool) -> Callable:
+    if backend.startswith("auto:"):
+        kernel = _impl(backend[len("auto:"):], name, interpret)
+        fallback = getattr(xla, name)
+
+        def with_fallback(*args):
+            try:
+                return kernel(*args)
+            except (ValueError, TypeError):
+                return fallback(*args)
+
+        return with_fallback
     if backend == "reference":
         return getattr(reference, name)
     if backend == "xla":
@@ -216,7 +237,7 @@ def bsr_matmul(
     """
     a = _check_bsr(a, "a")
     b = _check_dense(b, "b")
-    backend = resolve_backend(backend)
+    backend = _dispatch(backend)
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[1]:
         raise ValueError(f"`b` must have shape [K] or [K, N] with K = a.shape[1] = {a.shape[1]}; "
                          f"got {b.shape}.")
@@ -249,7 +270,7 @@ def dense_bsr_matmul(
     """
     a = _check_bsr(a, "a")
     x = _check_dense(x, "x")
-    backend = resolve_backend(backend)
+    backend = _dispatch(backend)
     if x.ndim < 1 or x.shape[-1] != a.shape[0]:
         raise ValueError(f"`x` must have shape [..., M] with M = a.shape[0] = {a.shape[0]}; "
                          f"got {x.shape}.")
@@ -287,7 +308,7 @@ def sddmm(
     like = _check_bsr(like, "like")
     a = _check_dense(a, "a")
     b = _check_dense(b, "b")
-    backend = resolve_backend(backend)
+    backend = _dispatch(backend)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or (
             a.shape[0], b.shape[1]) != like.shape:
         raise ValueError(f"`a` [M, Kd] and `b` [Kd, N] must chain to like.shape {like.shape}; "
@@ -306,7 +327,7 @@ def _check_nm_backend(backend: str) -> str:
         raise ValueError(f"`backend` for N:M products must be one of {_NM_BACKENDS}; "
                          f"got {backend!r}.")
     if backend == "auto":
-        return "pallas_gpu" if resolve_backend("auto") == "pallas_gpu" else "xla"
+        return "auto:pallas_gpu" if resolve_backend("auto") == "pallas_gpu" else "xla"
     return backend
 
 
@@ -314,6 +335,17 @@ def _check_nm_backend(backend: str) -> str:
 def _nm_pallas_gpu(interpret: bool, w: NMSparse, x: Array) -> Array:
     """``W @ x`` (``W`` grouped along its last axis) with the Pallas GPU kernel."""
     return _impl("pallas_gpu", "nm_matmul", interpret)(w, x)
+
+
+def _nm_gpu(backend: str, interpret: bool, w: NMSparse, x: Array) -> Array:
+    """``W @ x`` through the Pallas GPU kernel; with ``backend="auto:pallas_gpu"`` a geometry or
+    dtype the kernel rejects falls back to the XLA gather path."""
+    if backend == "pallas_gpu":
+        return _nm_pallas_gpu(interpret, w, x)
+    try:
+        return _nm_pallas_gpu(interpret, w, x)
+    except (ValueError, TypeError):
+        return xla.nm_matmul(w, x)
 
 
 def _nm_pallas_gpu_fwd(interpret, w, x):
@@ -380,8 +412,8 @@ def nm_matmul(
         return nm_matmul(w, x[:, None], backend, interpret=interpret)[:, 0]
     if backend == "reference" or w.axis != -1:
         return reference.nm_matmul(w, x)
-    if backend == "pallas_gpu":
-        return _nm_pallas_gpu(interpret, w, x)
+    if backend.endswith("pallas_gpu"):
+        return _nm_gpu(backend, interpret, w, x)
     return xla.nm_matmul(w, x)
 
 
@@ -422,8 +454,8 @@ def dense_nm_matmul(
     x2 = x.reshape(-1, k)
     if backend == "reference" or w.axis != -2:
         out = reference.dense_nm_matmul(x2, w)
-    elif backend == "pallas_gpu":
-        out = _nm_pallas_gpu(interpret, _nm_transpose(w), x2.T).T
+    elif backend.endswith("pallas_gpu"):
+        out = _nm_gpu(backend, interpret, _nm_transpose(w), x2.T).T
     else:
         out = xla.dense_nm_matmul(x2, w)
     return out.reshape(*lead, w.shape[1])
