@@ -21,6 +21,7 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -109,6 +110,34 @@ def _nm_keep_mask(x: Array, n: int, m: int) -> Array:
     return (rank < n).reshape(x.shape)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _nm_compress(x: Array, mask: Array | None, n: int, m: int, ax: int) -> tuple[Array, Array]:
+    xt = jnp.moveaxis(x, ax, -1)
+    keep = _nm_keep_mask(xt, n, m) if mask is None else jnp.moveaxis(mask, ax, -1)
+    g_keep = keep.reshape(*keep.shape[:-1], -1, m)
+    g_x = jnp.where(g_keep, xt.reshape(g_keep.shape), 0).astype(x.dtype)
+    # positions ordered: kept ones first (ascending), then the rest (ascending).
+    order = jnp.argsort(~g_keep, axis=-1, stable=True)[..., :n]
+    pos = jnp.sort(order, axis=-1)  # ascending positions among the chosen n
+    vals = jnp.take_along_axis(g_x, pos, axis=-1)
+    new_shape = (*xt.shape[:-1], xt.shape[-1] // m * n)
+    values = jnp.moveaxis(vals.reshape(new_shape), -1, ax)
+    indices = jnp.moveaxis(pos.astype(jnp.uint8).reshape(new_shape), -1, ax)
+    return values, indices
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _nm_to_dense(values: Array, indices: Array, n: int, m: int, axis: int, length: int) -> Array:
+    v = jnp.moveaxis(values, axis, -1)
+    i = jnp.moveaxis(indices, axis, -1)
+    v = v.reshape(*v.shape[:-1], length // m, n)
+    i = i.reshape(v.shape).astype(jnp.int32)
+    onehot = i[..., None] == jnp.arange(m)  # [..., G, n, m]
+    dense = jnp.sum(jnp.where(onehot, v[..., None], jnp.zeros((), v.dtype)), axis=-2)
+    dense = dense.reshape(*dense.shape[:-2], length).astype(values.dtype)
+    return jnp.moveaxis(dense, -1, axis)
+
+
 @jax.tree_util.register_pytree_node_class
 class NMSparse:
     """An N:M-sparse array compressed along one axis: kept values + their positions in each group.
@@ -132,6 +161,8 @@ class NMSparse:
         axis: the compressed (reduction) axis, negative.
         length: the dense length ``K`` of ``axis``.
     """
+
+    __array_priority__ = 100  # numpy defers ``ndarray @ NMSparse`` to ``__rmatmul__``
 
     def __init__(self, values: Array, indices: Array, n: int, m: int, axis: int, length: int):
         self.values = values
@@ -196,29 +227,18 @@ class NMSparse:
         if k % m:
             raise ValueError(f"`x.shape[axis]` = {k} (axis={axis}) must be divisible by m={m}; "
                              f"got shape {x.shape}.")
-        xt = jnp.moveaxis(x, ax, -1)
-        if mask is None:
-            keep = _nm_keep_mask(xt, n, m)
-        else:
+        if mask is not None:
             mask = jnp.asarray(mask)
             _check_bool(mask, "mask")
             if mask.shape != x.shape:
                 raise ValueError(f"`mask` must have x's shape {x.shape}; got {mask.shape}.")
-            keep = jnp.moveaxis(mask, ax, -1)
-            if _is_concrete(keep):
-                per_group = np.asarray(keep).reshape(*keep.shape[:-1], -1, m).sum(-1)
+            if _is_concrete(mask):
+                keep = np.moveaxis(np.asarray(mask), ax, -1)
+                per_group = keep.reshape(*keep.shape[:-1], -1, m).sum(-1)
                 if per_group.size and per_group.max() > n:
                     raise ValueError(f"`mask` keeps {int(per_group.max())} entries in some group "
                                      f"of m={m} along axis {axis}; allowed: at most n={n}.")
-        g_keep = keep.reshape(*keep.shape[:-1], -1, m)
-        g_x = jnp.where(g_keep, xt.reshape(g_keep.shape), 0).astype(x.dtype)
-        # positions ordered: kept ones first (ascending), then the rest (ascending).
-        order = jnp.argsort(~g_keep, axis=-1, stable=True)[..., :n]
-        pos = jnp.sort(order, axis=-1)  # ascending positions among the chosen n
-        vals = jnp.take_along_axis(g_x, pos, axis=-1)
-        new_shape = (*xt.shape[:-1], k // m * n)
-        values = jnp.moveaxis(vals.reshape(new_shape), -1, ax)
-        indices = jnp.moveaxis(pos.astype(jnp.uint8).reshape(new_shape), -1, ax)
+        values, indices = _nm_compress(x, mask, n, m, ax)
         return cls(values, indices, n, m, ax - x.ndim, k)
 
     # -- properties -----------------------------------------------------------------------
@@ -258,14 +278,7 @@ class NMSparse:
     # -- conversion -----------------------------------------------------------------------
     def to_dense(self) -> Float[Array, "..."]:
         """The dense array (zeros at pruned positions)."""
-        v = jnp.moveaxis(self.values, self.axis, -1)
-        i = jnp.moveaxis(self.indices, self.axis, -1)
-        v = v.reshape(*v.shape[:-1], self.length // self.m, self.n)
-        i = i.reshape(v.shape).astype(jnp.int32)
-        onehot = i[..., None] == jnp.arange(self.m)  # [..., G, n, m]
-        dense = jnp.sum(jnp.where(onehot, v[..., None], jnp.zeros((), v.dtype)), axis=-2)
-        dense = dense.reshape(*dense.shape[:-2], self.length).astype(self.values.dtype)
-        return jnp.moveaxis(dense, -1, self.axis)
+        return _nm_to_dense(self.values, self.indices, self.n, self.m, self.axis, self.length)
 
     def mask(self) -> Bool[Array, "..."]:
         """Bool mask of the stored positions (``n`` per group), dense shape."""
@@ -294,6 +307,85 @@ class NMSparse:
 # --------------------------------------------------------------------------------------------
 
 
+def _pack_rows(block_mask: Array, s: int) -> tuple[Array, Array, Array]:
+    """Sorted kept columns of each row padded to ``s`` slots (repeat last, 0 if empty)."""
+    r, c = block_mask.shape
+    # A row with more than s kept blocks (only possible when traced) keeps its first s.
+    counts = jnp.minimum(jnp.sum(block_mask, axis=1, dtype=jnp.int32), s)
+    order = jnp.argsort(~block_mask, axis=1, stable=True).astype(jnp.int32)  # kept first
+    if s > c:
+        order = jnp.concatenate([order, jnp.zeros((r, s - c), jnp.int32)], axis=1)
+    order = order[:, :s]
+    valid = jnp.arange(s, dtype=jnp.int32)[None, :] < counts[:, None]
+    last = jnp.take_along_axis(order, jnp.maximum(counts - 1, 0)[:, None], axis=1)
+    last = jnp.where(counts[:, None] > 0, last, 0)
+    return jnp.where(valid, order, last).astype(jnp.int32), counts, valid
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _bsr_block_mask(x: Array, mask: Array | None, bm: int, bn: int) -> tuple[Array, Array]:
+    r, c = x.shape[0] // bm, x.shape[1] // bn
+    if mask is None:
+        return x, jnp.any(x.reshape(r, bm, c, bn) != 0, axis=(1, 3))
+    if mask.shape == (r, c):
+        return x, mask
+    x = jnp.where(mask, x, jnp.zeros((), x.dtype))
+    return x, jnp.any(mask.reshape(r, bm, c, bn), axis=(1, 3))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _bsr_pack(x: Array, block_mask: Array, bm: int, bn: int, s: int
+              ) -> tuple[Array, Array, Array]:
+    r, c = block_mask.shape
+    indices, counts, valid = _pack_rows(block_mask, s)
+    xb = x.reshape(r, bm, c, bn).transpose(0, 2, 1, 3)  # [R, C, bm, bn]
+    data = jnp.take_along_axis(xb, indices[:, :, None, None], axis=1)
+    data = jnp.where(valid[:, :, None, None], data, jnp.zeros((), x.dtype))
+    return data, indices, counts
+
+
+def _valid(indices: Array, counts: Array) -> Array:
+    return jnp.arange(indices.shape[-1], dtype=jnp.int32) < counts[..., None]
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _bsr_block_mask_of(indices: Array, counts: Array, c: int) -> Array:
+    r = indices.shape[0]
+    rows = jnp.broadcast_to(jnp.arange(r)[:, None], indices.shape)
+    return jnp.zeros((r, c), jnp.bool_).at[rows, indices].max(_valid(indices, counts))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _bsr_to_dense(data: Array, indices: Array, counts: Array, shape: tuple[int, int]) -> Array:
+    r, _, bm, bn = data.shape
+    c = shape[1] // bn
+    rows = jnp.broadcast_to(jnp.arange(r)[:, None], indices.shape)
+    data = jnp.where(_valid(indices, counts)[:, :, None, None], data, jnp.zeros((), data.dtype))
+    blocks = jnp.zeros((r, c, bm, bn), data.dtype).at[rows, indices].add(data)
+    return blocks.transpose(0, 2, 1, 3).reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _bsr_slot_table(indices: Array, counts: Array, c: int) -> tuple[Array, Array]:
+    """``table[r, c]`` = slot of block ``(r, c)`` in row ``r`` or -1; kept blocks per column."""
+    r, s_old = indices.shape
+    rows = jnp.broadcast_to(jnp.arange(r)[:, None], indices.shape)
+    slots = jnp.broadcast_to(jnp.arange(s_old)[None, :], indices.shape)
+    table = jnp.full((r, c), -1, jnp.int32).at[rows, indices].max(
+        jnp.where(_valid(indices, counts), slots, -1))
+    return table, jnp.sum(table >= 0, axis=0, dtype=jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _bsr_transpose(data: Array, table: Array, s: int) -> tuple[Array, Array, Array]:
+    c = table.shape[1]
+    t_idx, t_counts, t_valid = _pack_rows((table >= 0).T, s)
+    src_slot = table[t_idx, jnp.arange(c)[:, None]]  # [C, s]
+    blocks = data[t_idx, jnp.maximum(src_slot, 0)]  # [C, s, bm, bn]
+    blocks = jnp.where(t_valid[:, :, None, None], blocks, jnp.zeros((), data.dtype))
+    return blocks.transpose(0, 1, 3, 2), t_idx, t_counts
+
+
 @jax.tree_util.register_pytree_node_class
 class BlockSparse:
     """A block-sparse matrix in BSR layout, the metadata Pallas kernels scalar-prefetch.
@@ -319,6 +411,8 @@ class BlockSparse:
         shape: dense shape ``(M, K)``.
         block_shape: ``(bm, bn)``.
     """
+
+    __array_priority__ = 100  # numpy defers ``ndarray @ BlockSparse`` to ``__rmatmul__``
 
     def __init__(self, data: Array, indices: Array, counts: Array, shape: tuple[int, int],
                  block_shape: tuple[int, int]):
@@ -391,20 +485,13 @@ class BlockSparse:
             raise ValueError(f"`x.shape` {x.shape} must be divisible by `block_shape` "
                              f"{(bm, bn)}; pad x to a multiple of the block first.")
         r, c = mdim // bm, kdim // bn
-        if mask is None:
-            xb = x.reshape(r, bm, c, bn)
-            block_mask = jnp.any(xb != 0, axis=(1, 3))
-        else:
+        if mask is not None:
             mask = jnp.asarray(mask)
             _check_bool(mask, "mask")
-            if mask.shape == (r, c):
-                block_mask = mask
-            elif mask.shape == x.shape:
-                x = jnp.where(mask, x, jnp.zeros((), x.dtype))
-                block_mask = jnp.any(mask.reshape(r, bm, c, bn), axis=(1, 3))
-            else:
+            if mask.shape not in ((r, c), x.shape):
                 raise ValueError(f"`mask` must be block-level {(r, c)} or element-level "
                                  f"{x.shape}; got shape {mask.shape}.")
+        x, block_mask = _bsr_block_mask(x, mask, bm, bn)
         return cls._from_block_mask(x, block_mask, (bm, bn), max_blocks_per_row)
 
     @classmethod
@@ -434,20 +521,7 @@ class BlockSparse:
                 if most > s:
                     raise ValueError(f"`max_blocks_per_row`={s} is smaller than the {most} kept "
                                      "blocks of some block row; allowed: >= that count.")
-        # A row with more than S kept blocks (only possible when traced) keeps its first S.
-        counts = jnp.minimum(counts, s)
-        order = jnp.argsort(~block_mask, axis=1, stable=True).astype(jnp.int32)  # kept first
-        if s > c:
-            order = jnp.concatenate([order, jnp.zeros((r, s - c), jnp.int32)], axis=1)
-        order = order[:, :s]
-        slot = jnp.arange(s, dtype=jnp.int32)
-        valid = slot[None, :] < counts[:, None]
-        last = jnp.take_along_axis(order, jnp.maximum(counts - 1, 0)[:, None], axis=1)
-        last = jnp.where(counts[:, None] > 0, last, 0)
-        indices = jnp.where(valid, order, last).astype(jnp.int32)
-        xb = x.reshape(r, bm, c, bn).transpose(0, 2, 1, 3)  # [R, C, bm, bn]
-        data = jnp.take_along_axis(xb, indices[:, :, None, None], axis=1)
-        data = jnp.where(valid[:, :, None, None], data, jnp.zeros((), x.dtype))
+        data, indices, counts = _bsr_pack(x, block_mask, bm, bn, s)
         return cls(data, indices, counts, (mdim, kdim), (bm, bn))
 
     # -- properties -----------------------------------------------------------------------
@@ -488,29 +562,20 @@ class BlockSparse:
 
     def valid_slots(self) -> Bool[Array, "R S"]:
         """Bool ``[R, S]``: which slots hold a kept block."""
-        s = jnp.arange(self.max_blocks_per_row, dtype=jnp.int32)
-        return s < self.counts[..., None]
+        return _valid(self.indices, self.counts)
 
     def block_mask(self) -> Bool[Array, "R C"]:
         """The block-level mask ``[R, C]`` of kept blocks."""
         if self.data.ndim > 4:
             return jax.vmap(BlockSparse.block_mask)(self)
-        rows = jnp.broadcast_to(jnp.arange(self.n_block_rows)[:, None], self.indices.shape)
-        return jnp.zeros((self.n_block_rows, self.n_block_cols), jnp.bool_).at[
-            rows, self.indices].max(self.valid_slots())
+        return _bsr_block_mask_of(self.indices, self.counts, self.n_block_cols)
 
     # -- conversion -----------------------------------------------------------------------
     def to_dense(self) -> Float[Array, "M K"]:
         """The dense ``[M, K]`` matrix (zeros outside kept blocks)."""
         if self.data.ndim > 4:
             return jax.vmap(BlockSparse.to_dense)(self)
-        r, c = self.n_block_rows, self.n_block_cols
-        bm, bn = self.block_shape
-        rows = jnp.broadcast_to(jnp.arange(r)[:, None], self.indices.shape)
-        data = jnp.where(self.valid_slots()[:, :, None, None], self.data,
-                         jnp.zeros((), self.data.dtype))
-        blocks = jnp.zeros((r, c, bm, bn), self.data.dtype).at[rows, self.indices].add(data)
-        return blocks.transpose(0, 2, 1, 3).reshape(self.shape)
+        return _bsr_to_dense(self.data, self.indices, self.counts, self.shape)
 
     def transpose(self, max_blocks_per_row: int | None = None) -> BlockSparse:
         """The BSR of the transpose ``[K, M]`` with block shape ``(bn, bm)``.
@@ -524,18 +589,10 @@ class BlockSparse:
         """
         if self.data.ndim > 4:
             return jax.vmap(lambda a: a.transpose(max_blocks_per_row))(self)
-        r, c = self.n_block_rows, self.n_block_cols
-        valid = self.valid_slots()
-        s_old = self.max_blocks_per_row
-        rows = jnp.broadcast_to(jnp.arange(r)[:, None], self.indices.shape)
-        slots = jnp.broadcast_to(jnp.arange(s_old)[None, :], self.indices.shape)
-        # table[r, c] = slot of block (r, c) in row r, or -1
-        table = jnp.full((r, c), -1, jnp.int32).at[rows, self.indices].max(
-            jnp.where(valid, slots, -1))
-        t_mask = (table >= 0).T  # [C, R]
+        r = self.n_block_rows
+        table, t_counts = _bsr_slot_table(self.indices, self.counts, self.n_block_cols)
         if max_blocks_per_row is None and not _is_concrete(table):
             max_blocks_per_row = r
-        t_counts = jnp.sum(t_mask, axis=1, dtype=jnp.int32)
         if max_blocks_per_row is None:
             s = max(1, int(np.max(np.asarray(t_counts), initial=0)))
         else:
@@ -545,21 +602,9 @@ class BlockSparse:
             if _is_concrete(t_counts) and int(np.max(np.asarray(t_counts), initial=0)) > s:
                 raise ValueError(f"`max_blocks_per_row`={s} is smaller than the kept blocks of "
                                  "some block column.")
-        t_counts = jnp.minimum(t_counts, s)
-        order = jnp.argsort(~t_mask, axis=1, stable=True).astype(jnp.int32)
-        if s > r:
-            order = jnp.concatenate([order, jnp.zeros((c, s - r), jnp.int32)], axis=1)
-        order = order[:, :s]
-        t_valid = jnp.arange(s)[None, :] < t_counts[:, None]
-        last = jnp.take_along_axis(order, jnp.maximum(t_counts - 1, 0)[:, None], axis=1)
-        last = jnp.where(t_counts[:, None] > 0, last, 0)
-        t_idx = jnp.where(t_valid, order, last).astype(jnp.int32)
-        src_slot = table[t_idx, jnp.arange(c)[:, None]]  # [C, s]
-        blocks = self.data[t_idx, jnp.maximum(src_slot, 0)]  # [C, s, bm, bn]
-        blocks = jnp.where(t_valid[:, :, None, None], blocks, jnp.zeros((), self.data.dtype))
+        blocks, t_idx, t_counts = _bsr_transpose(self.data, table, s)
         bm, bn = self.block_shape
-        return BlockSparse(blocks.transpose(0, 1, 3, 2), t_idx, t_counts,
-                           (self.shape[1], self.shape[0]), (bn, bm))
+        return BlockSparse(blocks, t_idx, t_counts, (self.shape[1], self.shape[0]), (bn, bm))
 
     @property
     def T(self) -> BlockSparse:  # noqa: N802

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from sparsejax.formats import BlockSparse, NMSparse
 
-SETTINGS = dict(max_examples=25, deadline=None)
+SETTINGS = dict(max_examples=15, deadline=None)
+JIT_SETTINGS = dict(max_examples=8, deadline=None)  # each example compiles: keep these few
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,12 +52,13 @@ def check_bsr_layout(a: BlockSparse, block_mask: np.ndarray) -> None:
 
 @st.composite
 def nm_case(draw):
-    m = draw(st.sampled_from([1, 2, 4, 8]))
+    # few distinct shapes, so the jit caches are reused across examples
+    m = draw(st.sampled_from([1, 4, 8]))
     n = draw(st.integers(0, m))
     ndim = draw(st.integers(1, 3))
     axis = draw(st.integers(-ndim, ndim - 1))
-    shape = [draw(st.integers(1, 4)) for _ in range(ndim)]
-    shape[axis] = m * draw(st.integers(1, 3))
+    shape = [draw(st.sampled_from([1, 3])) for _ in range(ndim)]
+    shape[axis] = m * draw(st.sampled_from([1, 2]))
     seed = draw(st.integers(0, 2**16))
     ties = draw(st.booleans())
     rng = np.random.default_rng(seed)
@@ -80,7 +82,7 @@ def test_nm_roundtrip_keeps_largest_n_per_group(case):
     assert w.shape == x.shape
 
 
-@settings(**SETTINGS)
+@settings(**JIT_SETTINGS)
 @given(nm_case())
 def test_nm_jit_matches_eager_and_explicit_mask(case):
     x, n, m, axis = case
@@ -172,8 +174,8 @@ def test_nm_errors_dtype_and_mask():
 
 @st.composite
 def bsr_case(draw):
-    bm, bn = draw(st.sampled_from([1, 2, 3])), draw(st.sampled_from([1, 2, 4]))
-    r, c = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    bm, bn = draw(st.sampled_from([1, 3])), draw(st.sampled_from([2, 4]))
+    r, c = draw(st.sampled_from([1, 4])), draw(st.sampled_from([1, 3]))
     density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
@@ -214,7 +216,7 @@ def test_bsr_element_mask_and_none(case):
     np.testing.assert_array_equal(np.asarray(b.to_dense()), x * elem)
 
 
-@settings(**SETTINGS)
+@settings(**JIT_SETTINGS)
 @given(bsr_case())
 def test_bsr_jit_matches_eager(case):
     x, bs, block_mask = case

@@ -16,9 +16,12 @@ Backends (``backend=``):
   ``sparsejax.ops.pallas_gpu``, imported lazily; ``interpret=True`` runs them in Pallas
   interpret mode on CPU;
 * ``"auto"``: ``xla`` on CPU, ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU (by
-  :func:`jax.default_backend`).
+  :func:`jax.default_backend`); when the chosen kernel rejects the operands (a block shape or
+  dtype it cannot tile, raised eagerly as ``ValueError``/``TypeError``) ``auto`` falls back to
+  ``xla``. Naming a Pallas backend explicitly raises instead.
 
-N:M products have ``reference`` and ``xla`` backends (``auto`` is ``xla`` everywhere).
+N:M products have ``reference``, ``xla`` and ``pallas_gpu`` backends (``auto``: ``pallas_gpu`` on
+GPU, ``xla`` elsewhere); the Pallas kernel is forward-only and its VJP is the XLA gather path's.
 
 Gradients: the block-sparse products are ``jax.custom_vjp`` functions whose backward passes
 are the other products of the same backend: for ``y = A @ b``,
@@ -61,7 +64,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
-_NM_BACKENDS = ("auto", "reference", "xla")
+_NM_BACKENDS = ("auto", "reference", "xla", "pallas_gpu")
 
 
 def resolve_backend(backend: str) -> str:
@@ -82,7 +85,26 @@ def resolve_backend(backend: str) -> str:
     return "xla"
 
 
+def _dispatch(backend: str) -> str:
+    """``resolve_backend``, except that an ``"auto"`` that picks a Pallas backend is marked
+    ``"auto:<backend>"``: such a call falls back to ``xla`` when the kernel rejects the operands'
+    geometry or dtype (e.g. blocks the Triton kernels cannot tile)."""
+    resolved = resolve_backend(backend)
+    return f"auto:{resolved}" if backend == "auto" and resolved.startswith("pallas") else resolved
+
+
 def _impl(backend: str, name: str, interpret: bool) -> Callable:
+    if backend.startswith("auto:"):
+        kernel = _impl(backend[len("auto:"):], name, interpret)
+        fallback = getattr(xla, name)
+
+        def with_fallback(*args):
+            try:
+                return kernel(*args)
+            except (ValueError, TypeError):
+                return fallback(*args)
+
+        return with_fallback
     if backend == "reference":
         return getattr(reference, name)
     if backend == "xla":
@@ -102,10 +124,11 @@ def _impl(backend: str, name: str, interpret: bool) -> Callable:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_bsr(a: Any, name: str) -> None:
+def _check_bsr(a: Any, name: str) -> BlockSparse:
     if not isinstance(a, BlockSparse):
         raise TypeError(f"`{name}` must be a sparsejax.formats.BlockSparse; got "
                         f"{type(a).__name__}.")
+    return jax.tree.map(jnp.asarray, a)
 
 
 def _check_dense(x: Any, name: str) -> Array:
@@ -140,7 +163,7 @@ def _bsr_mm_fwd(backend, interpret, a, b):
 
 def _bsr_mm_bwd(backend, interpret, res, g):
     a, b = res
-    g = g.astype(jnp.result_type(a.data, b))
+    g = jnp.asarray(g, jnp.result_type(a.data, b))
     da = _impl(backend, "sddmm", interpret)(g, b.T, a)
     db = _impl(backend, "dense_bsr_matmul", interpret)(g.T, a).T
     return _bsr_cotangent(a, da.data), db.astype(b.dtype)
@@ -160,7 +183,7 @@ def _dense_bsr_mm_fwd(backend, interpret, x, a):
 
 def _dense_bsr_mm_bwd(backend, interpret, res, g):
     x, a = res
-    g = g.astype(jnp.result_type(x, a.data))
+    g = jnp.asarray(g, jnp.result_type(x, a.data))
     dx = _impl(backend, "bsr_matmul", interpret)(a, g.T).T
     da = _impl(backend, "sddmm", interpret)(x.T, g, a)
     return dx.astype(x.dtype), _bsr_cotangent(a, da.data)
@@ -180,7 +203,7 @@ def _sddmm_fwd(backend, interpret, a, b, like):
 
 def _sddmm_bwd(backend, interpret, res, g):
     a, b, like = res
-    gs = like.replace(data=g.astype(jnp.result_type(a, b)))
+    gs = like.replace(data=jnp.asarray(g, jnp.result_type(a, b)))
     da = _impl(backend, "bsr_matmul", interpret)(gs, b.T)
     db = _impl(backend, "dense_bsr_matmul", interpret)(a.T, gs)
     return (da.astype(a.dtype), db.astype(b.dtype),
@@ -212,9 +235,9 @@ def bsr_matmul(
         TypeError: ``a`` not a ``BlockSparse``, non-float ``b``.
         ValueError: ``b.shape[0] != K``, ``b`` not 1-D/2-D, unknown backend.
     """
-    _check_bsr(a, "a")
+    a = _check_bsr(a, "a")
     b = _check_dense(b, "b")
-    backend = resolve_backend(backend)
+    backend = _dispatch(backend)
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[1]:
         raise ValueError(f"`b` must have shape [K] or [K, N] with K = a.shape[1] = {a.shape[1]}; "
                          f"got {b.shape}.")
@@ -245,9 +268,9 @@ def dense_bsr_matmul(
         TypeError: ``a`` not a ``BlockSparse``, non-float ``x``.
         ValueError: ``x.shape[-1] != M``, unknown backend.
     """
-    _check_bsr(a, "a")
+    a = _check_bsr(a, "a")
     x = _check_dense(x, "x")
-    backend = resolve_backend(backend)
+    backend = _dispatch(backend)
     if x.ndim < 1 or x.shape[-1] != a.shape[0]:
         raise ValueError(f"`x` must have shape [..., M] with M = a.shape[0] = {a.shape[0]}; "
                          f"got {x.shape}.")
@@ -282,10 +305,10 @@ def sddmm(
         TypeError: ``like`` not a ``BlockSparse``, non-float ``a``/``b``.
         ValueError: shapes that do not chain to ``like.shape``, unknown backend.
     """
-    _check_bsr(like, "like")
+    like = _check_bsr(like, "like")
     a = _check_dense(a, "a")
     b = _check_dense(b, "b")
-    backend = resolve_backend(backend)
+    backend = _dispatch(backend)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or (
             a.shape[0], b.shape[1]) != like.shape:
         raise ValueError(f"`a` [M, Kd] and `b` [Kd, N] must chain to like.shape {like.shape}; "
@@ -303,21 +326,61 @@ def _check_nm_backend(backend: str) -> str:
     if backend not in _NM_BACKENDS:
         raise ValueError(f"`backend` for N:M products must be one of {_NM_BACKENDS}; "
                          f"got {backend!r}.")
-    return "xla" if backend == "auto" else backend
+    if backend == "auto":
+        return "auto:pallas_gpu" if resolve_backend("auto") == "pallas_gpu" else "xla"
+    return backend
 
 
-def _check_nmsparse(w: Any) -> None:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _nm_pallas_gpu(interpret: bool, w: NMSparse, x: Array) -> Array:
+    """``W @ x`` (``W`` grouped along its last axis) with the Pallas GPU kernel."""
+    return _impl("pallas_gpu", "nm_matmul", interpret)(w, x)
+
+
+def _nm_gpu(backend: str, interpret: bool, w: NMSparse, x: Array) -> Array:
+    """``W @ x`` through the Pallas GPU kernel; with ``backend="auto:pallas_gpu"`` a geometry or
+    dtype the kernel rejects falls back to the XLA gather path."""
+    if backend == "pallas_gpu":
+        return _nm_pallas_gpu(interpret, w, x)
+    try:
+        return _nm_pallas_gpu(interpret, w, x)
+    except (ValueError, TypeError):
+        return xla.nm_matmul(w, x)
+
+
+def _nm_pallas_gpu_fwd(interpret, w, x):
+    return _nm_pallas_gpu(interpret, w, x), (w, x)
+
+
+def _nm_pallas_gpu_bwd(interpret, res, g):
+    w, x = res
+    _, vjp = jax.vjp(xla.nm_matmul, w, x)
+    return vjp(jnp.asarray(g, jnp.result_type(w.values, x)))
+
+
+_nm_pallas_gpu.defvjp(_nm_pallas_gpu_fwd, _nm_pallas_gpu_bwd)
+
+
+def _nm_transpose(w: NMSparse) -> NMSparse:
+    """The 2-D transpose of ``w`` (the grouped axis moves with it)."""
+    return NMSparse(w.values.T, w.indices.T, w.n, w.m, -1 if w.axis == -2 else -2, w.length)
+
+
+def _check_nmsparse(w: Any) -> NMSparse:
     if not isinstance(w, NMSparse):
         raise TypeError(f"`w` must be a sparsejax.formats.NMSparse; got {type(w).__name__}.")
     if w.values.ndim != 2:
         raise ValueError(f"`w` must be a 2-D NMSparse; got values of shape {w.values.shape} "
                          "(use jax.vmap for stacks).")
+    return jax.tree.map(jnp.asarray, w)
 
 
 def nm_matmul(
     w: NMSparse,
     x: Float[Array, "K ..."],
     backend: str = "auto",
+    *,
+    interpret: bool = False,
 ) -> Float[Array, "M ..."]:
     """``W @ x`` for a 2-D N:M-compressed ``W [M, K]``.
 
@@ -328,7 +391,9 @@ def nm_matmul(
     Args:
         w: ``NMSparse`` of dense shape ``[M, K]``.
         x: dense ``[K, N]`` or ``[K]``.
-        backend: ``"auto"`` (= ``"xla"``), ``"xla"`` or ``"reference"``.
+        backend: ``"auto"`` (``"pallas_gpu"`` on GPU, else ``"xla"``), ``"xla"``,
+            ``"pallas_gpu"`` or ``"reference"``.
+        interpret: run the Pallas kernel in interpret mode (CPU testing).
 
     Returns:
         ``[M, N]`` (or ``[M]``) in ``result_type(w.dtype, x.dtype)``.
@@ -337,16 +402,18 @@ def nm_matmul(
         TypeError: ``w`` not an ``NMSparse``, non-float ``x``.
         ValueError: non-2-D ``w``, ``x.shape[0] != K``, unknown backend.
     """
-    _check_nmsparse(w)
+    w = _check_nmsparse(w)
     x = _check_dense(x, "x")
     backend = _check_nm_backend(backend)
     k = w.shape[1]
     if x.ndim not in (1, 2) or x.shape[0] != k:
         raise ValueError(f"`x` must have shape [K] or [K, N] with K = {k}; got {x.shape}.")
     if x.ndim == 1:
-        return nm_matmul(w, x[:, None], backend)[:, 0]
+        return nm_matmul(w, x[:, None], backend, interpret=interpret)[:, 0]
     if backend == "reference" or w.axis != -1:
         return reference.nm_matmul(w, x)
+    if backend.endswith("pallas_gpu"):
+        return _nm_gpu(backend, interpret, w, x)
     return xla.nm_matmul(w, x)
 
 
@@ -354,6 +421,8 @@ def dense_nm_matmul(
     x: Float[Array, "... K"],
     w: NMSparse,
     backend: str = "auto",
+    *,
+    interpret: bool = False,
 ) -> Float[Array, "... N"]:
     """``x @ W`` for a 2-D N:M-compressed ``W [K, N]`` (a Flax ``Dense`` kernel ``[in, out]``).
 
@@ -364,7 +433,9 @@ def dense_nm_matmul(
     Args:
         x: dense ``[..., K]``.
         w: ``NMSparse`` of dense shape ``[K, N]``.
-        backend: ``"auto"`` (= ``"xla"``), ``"xla"`` or ``"reference"``.
+        backend: ``"auto"`` (``"pallas_gpu"`` on GPU, else ``"xla"``), ``"xla"``,
+            ``"pallas_gpu"`` (runs ``(W.T @ x.T).T``) or ``"reference"``.
+        interpret: run the Pallas kernel in interpret mode (CPU testing).
 
     Returns:
         ``[..., N]`` in ``result_type(x.dtype, w.dtype)``.
@@ -373,7 +444,7 @@ def dense_nm_matmul(
         TypeError: ``w`` not an ``NMSparse``, non-float ``x``.
         ValueError: non-2-D ``w``, ``x.shape[-1] != K``, unknown backend.
     """
-    _check_nmsparse(w)
+    w = _check_nmsparse(w)
     x = _check_dense(x, "x")
     backend = _check_nm_backend(backend)
     k = w.shape[0]
@@ -383,6 +454,8 @@ def dense_nm_matmul(
     x2 = x.reshape(-1, k)
     if backend == "reference" or w.axis != -2:
         out = reference.dense_nm_matmul(x2, w)
+    elif backend.endswith("pallas_gpu"):
+        out = _nm_gpu(backend, interpret, _nm_transpose(w), x2.T).T
     else:
         out = xla.dense_nm_matmul(x2, w)
     return out.reshape(*lead, w.shape[1])
