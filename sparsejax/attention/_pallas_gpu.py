@@ -58,8 +58,8 @@ def _kernel(
         jnp.zeros((bq,), jnp.float32),
         jnp.zeros((bq, dv), jnp.float32),
     )
-    _, l, acc = jax.lax.fori_loop(0, count_ref[0], body, init)
-    o_ref[...] = (acc / jnp.where(l > 0, l, 1.0)[:, None]).astype(o_ref.dtype)
+    _, denom, acc = jax.lax.fori_loop(0, count_ref[0], body, init)
+    o_ref[...] = (acc / jnp.where(denom > 0, denom, 1.0)[:, None]).astype(o_ref.dtype)
 
 
 def pallas_gpu_attention(

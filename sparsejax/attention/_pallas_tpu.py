@@ -75,8 +75,8 @@ def _kernel(
 
     @pl.when(j == width - 1)
     def _finish():
-        l = l_scr[...]
-        o_ref[...] = (acc_scr[...] / jnp.where(l > 0, l, 1.0)).astype(o_ref.dtype)
+        denom = l_scr[...]
+        o_ref[...] = (acc_scr[...] / jnp.where(denom > 0, denom, 1.0)).astype(o_ref.dtype)
 
     del counts_ref, mnext_ref
 

@@ -166,11 +166,11 @@ def xla_attention(
         m = jax.lax.stop_gradient(jnp.max(s, axis=(-2, -1), keepdims=True))
         m = jnp.where(jnp.isfinite(m), m, 0.0)
         p = jnp.exp(s - m)
-        l = jnp.sum(p, axis=(-2, -1))[..., None]
+        denom = jnp.sum(p, axis=(-2, -1))[..., None]
         o = jnp.einsum(
             "bxrkj,bxkjd->bxrd", p.astype(vg.dtype), vg, preferred_element_type=jnp.float32
         )
-        return (o / jnp.where(l > 0, l, 1.0)).astype(q.dtype)
+        return (o / jnp.where(denom > 0, denom, 1.0)).astype(q.dtype)
 
     out = jnp.zeros((batch, hx, nq, rows, dv), q.dtype)
     for b_r, h_r, i_r, idx_r, kind_r in _buckets(kernel_blocks(mask), max_buckets):
