@@ -48,16 +48,16 @@ def assert_consistent(mask):
 masks_shapes = st.tuples(
     st.sampled_from([1, 2]),  # batch
     st.sampled_from([1, 3]),  # heads
-    st.integers(1, 40),  # seq_q
-    st.integers(1, 40),  # seq_kv
-    st.sampled_from([1, 4, 8, 16]),  # block_q
-    st.sampled_from([1, 5, 8, 16]),  # block_kv
+    st.sampled_from([1, 16, 37]),  # seq_q (few shapes: keeps jit caches warm)
+    st.sampled_from([3, 16, 29]),  # seq_kv
+    st.sampled_from([1, 8, 16]),  # block_q
+    st.sampled_from([5, 8]),  # block_kv
     st.floats(0.0, 1.0),  # density
     st.integers(0, 2**16),  # seed
 )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(masks_shapes)
 def test_from_dense_roundtrip_and_block_map(args):
     b, h, lq, lk, bq, bk, density, seed = args
@@ -71,7 +71,7 @@ def test_from_dense_roundtrip_and_block_map(args):
     np.testing.assert_allclose(float(m.density), (m.block_map != EMPTY).mean())
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(masks_shapes, st.integers(0, 2**16))
 def test_or_and_match_dense_logic(args, seed2):
     b, h, lq, lk, bq, bk, density, seed = args
@@ -92,7 +92,7 @@ def test_or_and_match_dense_logic(args, seed2):
         assert_consistent(got)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(masks_shapes)
 def test_from_blocks(args):
     b, h, lq, lk, bq, bk, density, seed = args
@@ -134,7 +134,7 @@ def test_info_lists_kept_blocks_in_order():
     assert m.info() is m.info()  # static: computed once
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(masks_shapes)
 def test_info_dynamic_matches_static(args):
     b, h, lq, lk, bq, bk, density, seed = args
@@ -211,7 +211,8 @@ def test_static_patterns_match_formulas(lq, lk, bq, bk):
         np.testing.assert_array_equal(np.asarray(m.to_dense())[0, 0], want)
         assert_consistent(m)
         # exact classification: the block map equals the brute-force one
-        np.testing.assert_array_equal(m.block_map[0, 0], brute_block_map(want[None, None], bq, bk)[0, 0])
+        brute = brute_block_map(want[None, None], bq, bk)
+        np.testing.assert_array_equal(m.block_map, brute)
 
 
 def test_sliding_window_density_scales():

@@ -148,7 +148,15 @@ class AndPredicate(TokenPredicate):
 
 
 def _bcast_index(idx, size):
-    return jnp.zeros_like(idx) if size == 1 else idx
+    return idx * 0 if size == 1 else idx
+
+
+def array_namespace(*xs: Any):
+    """``numpy`` when every argument is a NumPy array or scalar, else ``jax.numpy``.
+
+    Predicates use it so that static masks evaluate in pure NumPy (no compilation) while the same
+    code traces under ``jit``."""
+    return jnp if any(isinstance(x, jax.Array) for x in xs) else np
 
 
 @register_predicate(data_fields=("mask",))
@@ -160,12 +168,13 @@ class DenseTokens(TokenPredicate):
 
     def __call__(self, b, h, q, kv):
         bm, hm, lq, lk = self.mask.shape
-        m = jnp.asarray(self.mask)
+        xp = array_namespace(self.mask, b, h, q, kv)
+        m = xp.asarray(self.mask)
         return m[
             _bcast_index(b, bm),
             _bcast_index(h, hm),
-            jnp.clip(q, 0, lq - 1),
-            jnp.clip(kv, 0, lk - 1),
+            xp.clip(q, 0, lq - 1),
+            xp.clip(kv, 0, lk - 1),
         ]
 
 
@@ -179,12 +188,13 @@ class BlockLookup(TokenPredicate):
 
     def __call__(self, b, h, q, kv):
         bm, hm, nq, nk = self.blocks.shape
-        m = jnp.asarray(self.blocks)
+        xp = array_namespace(self.blocks, b, h, q, kv)
+        m = xp.asarray(self.blocks)
         return m[
             _bcast_index(b, bm),
             _bcast_index(h, hm),
-            jnp.clip(q // self.block_q, 0, nq - 1),
-            jnp.clip(kv // self.block_kv, 0, nk - 1),
+            xp.clip(q // self.block_q, 0, nq - 1),
+            xp.clip(kv // self.block_kv, 0, nk - 1),
         ]
 
 
@@ -198,7 +208,8 @@ class FunctionPredicate(TokenPredicate):
     fn: Any
 
     def __call__(self, b, h, q, kv):
-        return jnp.asarray(self.fn(b, h, q, kv), dtype=bool)
+        out = self.fn(b, h, q, kv)
+        return array_namespace(out).asarray(out, dtype=bool)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -511,7 +522,8 @@ class BlockMask:
         seq_kv = _check_block("seq_kv", seq_kv)
         if not isinstance(predicate, TokenPredicate):
             raise TypeError(f"predicate must be a TokenPredicate, got {type(predicate).__name__}")
-        dense = _evaluate(predicate, batch, heads, seq_q, seq_kv)
+        xp = np if _leaves_static(predicate) else jnp
+        dense = _evaluate(predicate, batch, heads, seq_q, seq_kv, xp=xp)
         block_map = cls.from_dense(np.asarray(dense), block_q, block_kv).block_map
         return cls.create(
             block_map, predicate, seq_q=seq_q, seq_kv=seq_kv, block_q=block_q, block_kv=block_kv
@@ -553,12 +565,7 @@ class BlockMask:
 
     def to_dense(self) -> Bool[Array, "b h seq_q seq_kv"]:
         """The token mask ``bool[Bm, Hm, seq_q, seq_kv]`` this mask means (what kernels compute)."""
-        bm, hm = self.block_map.shape[:2]
-        tok = _evaluate(self.predicate, bm, hm, self.seq_q, self.seq_kv)
-        blocks = jnp.asarray(self.block_map)
-        blocks = jnp.repeat(jnp.repeat(blocks, self.block_q, axis=2), self.block_kv, axis=3)
-        blocks = blocks[:, :, : self.seq_q, : self.seq_kv]
-        return (blocks == FULL) | ((blocks == PARTIAL) & tok)
+        return _to_dense(self)
 
     def info(self) -> BlockMaskInfo:
         """The compressed per-row block lists (width :attr:`max_kv_blocks`, at least 1).
@@ -665,14 +672,28 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _evaluate(pred: TokenPredicate, batch: int, heads: int, seq_q: int, seq_kv: int) -> Array:
-    """Evaluate ``pred`` on the full grid: ``bool[batch, heads, seq_q, seq_kv]``."""
-    b = jnp.arange(batch, dtype=jnp.int32)[:, None, None, None]
-    h = jnp.arange(heads, dtype=jnp.int32)[None, :, None, None]
-    q = jnp.arange(seq_q, dtype=jnp.int32)[None, None, :, None]
-    kv = jnp.arange(seq_kv, dtype=jnp.int32)[None, None, None, :]
+def _to_dense(mask: BlockMask) -> Array:
+    bm, hm = mask.block_map.shape[:2]
+    xp = np if mask.is_static else jnp
+    tok = _evaluate(mask.predicate, bm, hm, mask.seq_q, mask.seq_kv, xp=xp)
+    blocks = xp.asarray(mask.block_map)
+    blocks = xp.repeat(xp.repeat(blocks, mask.block_q, axis=2), mask.block_kv, axis=3)
+    blocks = blocks[:, :, : mask.seq_q, : mask.seq_kv]
+    return (blocks == FULL) | ((blocks == PARTIAL) & tok)
+
+
+def _evaluate(
+    pred: TokenPredicate, batch: int, heads: int, seq_q: int, seq_kv: int, xp=jnp
+) -> Array:
+    """Evaluate ``pred`` on the full grid: ``bool[batch, heads, seq_q, seq_kv]``.
+
+    With ``xp=np`` (static predicates only) the evaluation is pure NumPy: no compilation."""
+    b = xp.arange(batch, dtype=xp.int32)[:, None, None, None]
+    h = xp.arange(heads, dtype=xp.int32)[None, :, None, None]
+    q = xp.arange(seq_q, dtype=xp.int32)[None, None, :, None]
+    kv = xp.arange(seq_kv, dtype=xp.int32)[None, None, None, :]
     out = pred(b, h, q, kv)
-    return jnp.broadcast_to(jnp.asarray(out, bool), (batch, heads, seq_q, seq_kv))
+    return xp.broadcast_to(xp.asarray(out, bool), (batch, heads, seq_q, seq_kv))
 
 
 def evaluate_predicate(
@@ -690,4 +711,5 @@ def evaluate_predicate(
     Returns:
         The dense token mask of the predicate alone (block map not consulted).
     """
-    return _evaluate(predicate, batch, heads, seq_q, seq_kv)
+    xp = np if _leaves_static(predicate) else jnp
+    return _evaluate(predicate, batch, heads, seq_q, seq_kv, xp=xp)
