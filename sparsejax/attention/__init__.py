@@ -1,5 +1,6 @@
 """Sparse attention: block masks, static patterns and a block-sparse attention kernel."""
 
+from sparsejax.attention.kernel import BACKENDS, attention, dense_attention
 from sparsejax.attention.mask import (
     EMPTY,
     FULL,
@@ -32,6 +33,9 @@ from sparsejax.attention.static import (
 )
 
 __all__ = [
+    "BACKENDS",
+    "attention",
+    "dense_attention",
     "EMPTY",
     "FULL",
     "PARTIAL",
