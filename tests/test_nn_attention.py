@@ -92,3 +92,15 @@ def test_errors():
         layer(jnp.ones((1, L, F)), np.ones((L, L), bool))
     with pytest.raises(TypeError, match="must return a BlockMask"):
         layer(jnp.ones((1, L, F)), lambda q, k: None)
+
+
+def test_demo_stage_runs_quick():
+    from sparsejax.demo import attention as stage
+    from sparsejax.demo.context import make_context
+
+    ctx = make_context(steps=50, finetune_steps=5, quick=True, progress=False)
+    out = stage.run(ctx)
+    assert set(out["patterns"]) == {"causal", "sliding_window", "sink_window", "global_band"}
+    for r in out["patterns"].values():
+        assert 0 < r["density"] <= 1 and r["max_abs_err"] < 1e-4
+    assert out["patterns"]["sliding_window"]["density"] < out["patterns"]["causal"]["density"]

@@ -22,6 +22,8 @@ gathered once per group.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,21 +76,53 @@ def _split_counts(counts: np.ndarray, max_buckets: int) -> list[tuple[int, int]]
     return ranges[::-1]
 
 
+def _pack(idx: np.ndarray, kinds: np.ndarray, keep: np.ndarray):
+    """Per row, the entries where ``keep`` (ascending slots), left-packed and padded."""
+    width = max(1, int(keep.sum(-1).max(initial=0)))
+    order = np.argsort(~keep, axis=-1, kind="stable")[:, :width]
+    valid = np.take_along_axis(keep, order, -1)
+    out_idx = np.where(valid, np.take_along_axis(idx, order, -1), 0)
+    out_kinds = np.where(valid, np.take_along_axis(kinds, order, -1), EMPTY)
+    return out_idx, out_kinds
+
+
 def _buckets(blocks, max_buckets: int):
-    """Row buckets: list of ``(bm, hm, i, kv_idx [N, K], kinds [N, K])``."""
+    """Row buckets ``(bm, hm, i, parts)``, ``parts`` a list of ``(kv_idx [N, K], kinds [N, K])``.
+
+    Static masks split each row's entries into a full part (no token masking) and a partial part
+    (token predicate evaluated on those slots only); dynamic masks use one mixed part.
+    """
     idx, counts, kinds = blocks
     bm, hm, nq, width = idx.shape
     grid = np.indices((bm, hm, nq)).reshape(3, -1)
     if not isinstance(idx, np.ndarray):
         flat = lambda a: jnp.asarray(a).reshape(-1, width)
-        return [(*(jnp.asarray(g) for g in grid), flat(idx), flat(kinds))]
+        return [(*(jnp.asarray(g) for g in grid), [(flat(idx), flat(kinds))])]
     flat_counts = counts.reshape(-1)
     flat_idx, flat_kinds = idx.reshape(-1, width), kinds.reshape(-1, width)
     out = []
     for lo, hi in _split_counts(flat_counts, max_buckets):
         rows = np.nonzero((flat_counts >= lo) & (flat_counts <= hi))[0]
-        out.append((*(g[rows] for g in grid), flat_idx[rows, :hi], flat_kinds[rows, :hi]))
+        r_idx, r_kinds = flat_idx[rows, :hi], flat_kinds[rows, :hi]
+        parts = []
+        for kind in (FULL, PARTIAL):
+            keep = r_kinds == kind
+            if keep.any():
+                parts.append(_pack(r_idx, r_kinds, keep))
+        out.append((*(g[rows] for g in grid), parts))
     return out
+
+
+def _bind_flags(row_fn, flags):
+    """Insert the static per-part ``has_partial`` flags into the mapped row arguments."""
+
+    def fn(args):
+        full = list(args[:3])
+        for p, flag in enumerate(flags):
+            full += [args[3 + 2 * p], args[4 + 2 * p], flag]
+        return row_fn(tuple(full))
+
+    return fn
 
 
 def xla_attention(
@@ -145,16 +179,43 @@ def xla_attention(
     all_b = jnp.arange(batch, dtype=jnp.int32)[:, None]
     all_h = jnp.arange(hx, dtype=jnp.int32)[None, :]
 
-    def one_row(args):
-        b_r, h_r, i, idx, kind = args  # [], [], [], [K], [K]
-        b_sel = all_b if bm == 1 else jnp.full((1, 1), b_r)
-        h_sel = all_h if hm == 1 else jnp.full((1, 1), h_r)
-        q_i = qx[b_sel, h_sel, i]  # [bb, hb, R, D]
+    static = isinstance(mask.block_map, np.ndarray)
+
+    def make_row(n_parts):
+        def one_row(args):
+            b_r, h_r, i = args[:3]
+            b_sel = all_b if bm == 1 else jnp.full((1, 1), b_r)
+            h_sel = all_h if hm == 1 else jnp.full((1, 1), h_r)
+            q_i = qx[b_sel, h_sel, i]  # [bb, hb, R, D]
+            parts = []
+            for p in range(n_parts):
+                idx, kind, has_partial = args[3 + 3 * p : 6 + 3 * p]
+                parts.append(
+                    logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, has_partial)
+                )
+            m = functools.reduce(
+                jnp.maximum, [jnp.max(s, axis=(-2, -1), keepdims=True) for s, _ in parts]
+            )
+            m = jax.lax.stop_gradient(m)
+            m = jnp.where(jnp.isfinite(m), m, 0.0)
+            denom, o = 0.0, 0.0
+            for s, vg in parts:
+                pr = jnp.exp(s - m)
+                denom = denom + jnp.sum(pr, axis=(-2, -1))[..., None]
+                o = o + jnp.einsum(
+                    "bxrkj,bxkjd->bxrd", pr.astype(vg.dtype), vg,
+                    preferred_element_type=jnp.float32,
+                )
+            return (o / jnp.where(denom > 0, denom, 1.0)).astype(q.dtype)
+
+        return one_row
+
+    def logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, has_partial):
         kg = kb[b_sel[..., None], h_sel[..., None], idx]  # [bb, hb, K, bk, D]
         vg = vb[b_sel[..., None], h_sel[..., None], idx]
         s = jnp.einsum("bxrd,bxkjd->bxrkj", q_i, kg, preferred_element_type=jnp.float32)
         s = s * scale
-        if check_tokens:
+        if has_partial:
             kv_pos = idx[:, None] * bk + jnp.arange(bk, dtype=jnp.int32)  # [K, bk]
             pred_b = jnp.zeros((bb, 1, 1, 1, 1), jnp.int32) if bm == 1 else b_r
             pred_h = jnp.zeros((1, hb, 1, 1, 1), jnp.int32) if hm == 1 else h_r
@@ -165,23 +226,23 @@ def xla_attention(
             keep = (kind == FULL) | ((kind == PARTIAL) & tok)
         else:
             keep = (kind != EMPTY)[None, :, None]
-        s = jnp.where(keep, s, -jnp.inf)
-        m = jax.lax.stop_gradient(jnp.max(s, axis=(-2, -1), keepdims=True))
-        m = jnp.where(jnp.isfinite(m), m, 0.0)
-        p = jnp.exp(s - m)
-        denom = jnp.sum(p, axis=(-2, -1))[..., None]
-        o = jnp.einsum(
-            "bxrkj,bxkjd->bxrd", p.astype(vg.dtype), vg, preferred_element_type=jnp.float32
-        )
-        return (o / jnp.where(denom > 0, denom, 1.0)).astype(q.dtype)
+        return jnp.where(keep, s, -jnp.inf), vg
 
     out = jnp.zeros((batch, hx, nq, rows, dv), q.dtype)
-    for b_r, h_r, i_r, idx_r, kind_r in _buckets(kernel_blocks(mask), max_buckets):
-        n, width = idx_r.shape
+    for b_r, h_r, i_r, parts in _buckets(kernel_blocks(mask), max_buckets):
+        n = len(i_r)
+        width = sum(p[0].shape[1] for p in parts)
         per_row = bb * hb * rows * width * bk * 4
         chunk = max(1, min(n, chunk_bytes // max(per_row, 1)))
-        xs = tuple(jnp.asarray(a, jnp.int32) for a in (b_r, h_r, i_r, idx_r, kind_r))
-        o = jax.lax.map(jax.checkpoint(one_row), xs, batch_size=chunk)  # [N, bb, hb, R, Dv]
+        xs = [jnp.asarray(a, jnp.int32) for a in (b_r, h_r, i_r)]
+        flags = []
+        for idx_p, kind_p in parts:
+            xs += [jnp.asarray(idx_p, jnp.int32), jnp.asarray(kind_p, jnp.int32)]
+            flags.append(
+                check_tokens and not (static and not bool(np.any(kind_p == PARTIAL)))
+            )
+        row_fn = _bind_flags(make_row(len(parts)), flags)
+        o = jax.lax.map(jax.checkpoint(row_fn), tuple(xs), batch_size=chunk)  # [N,bb,hb,R,Dv]
         o = jnp.moveaxis(o, 0, 2)  # [bb, hb, N, R, Dv]
         b_sel = all_b[..., None] if bm == 1 else xs[0][None, None, :]
         h_sel = all_h[..., None] if hm == 1 else xs[1][None, None, :]
