@@ -13,6 +13,7 @@ from sparsejax.attention.mask import (
     FunctionPredicate,
     OrPredicate,
     TokenPredicate,
+    array_namespace,
     evaluate_predicate,
     register_predicate,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "QueryPrefix",
     "SameChunk",
     "TokenPredicate",
+    "array_namespace",
     "causal_mask",
     "chunked_causal_mask",
     "evaluate_predicate",

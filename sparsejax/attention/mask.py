@@ -90,10 +90,10 @@ class TokenPredicate:
     """A lazy token-level mask: ``pred(b, h, q, kv) -> bool`` on broadcastable int32 index arrays.
 
     Subclasses are frozen dataclasses registered as pytrees (array fields are pytree leaves, the
-    rest is
-    static), so predicates travel through ``jit`` inside a :class:`BlockMask`. Indices may point
-    past the
-    sequence (padding); the result there is ignored. Combine predicates with ``|`` and ``&``.
+    rest is static), so predicates travel through ``jit`` inside a :class:`BlockMask`. Indices
+    may point past the sequence (padding); the result there is ignored. Combine predicates with
+    ``|`` and ``&``. Predicates should work on NumPy and JAX index arrays alike (use
+    :func:`array_namespace`), so static masks evaluate without compiling.
     """
 
     def __call__(self, b: Array, h: Array, q: Array, kv: Array) -> Array:
@@ -112,8 +112,7 @@ def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()):
     Args:
         cls: The class.
         data_fields: Names of the array fields (pytree leaves); every other field is static and
-            must be
-            hashable.
+            must be hashable.
     """
 
     def wrap(c):
@@ -161,8 +160,7 @@ def array_namespace(*xs: Any):
 
 @register_predicate(data_fields=("mask",))
 class DenseTokens(TokenPredicate):
-    """A materialised token mask ``bool[B|1, H|1, seq_q, seq_kv]`` (indices are clipped into
-    range)."""
+    """A materialised token mask ``bool[B|1, H|1, seq_q, seq_kv]`` (indices clipped into range)."""
 
     mask: ArrayLike
 
@@ -218,8 +216,7 @@ class FunctionPredicate(TokenPredicate):
 
 
 class BlockMaskInfo(NamedTuple):
-    """Compressed per-row block lists a kernel scalar-prefetches (cf. splash attention's
-    ``MaskInfo``).
+    """Compressed per-row block lists a kernel scalar-prefetches (cf. splash ``MaskInfo``).
 
     For every (batch-or-broadcast, head-or-broadcast, query block) the kept KV blocks in ascending
     order, padded to a static width ``K = max_kv_blocks``. Padding slots repeat the row's last kept
@@ -327,15 +324,13 @@ class BlockMask:
             block_map: ``int[Bm, Hm, nq, nk]`` with values in ``{0, 1, 2}``; NumPy for a static
                 mask.
             predicate: Token predicate; must be true on every valid token of a ``FULL`` block and
-                false
-                on every valid token of an ``EMPTY`` block.
+                false on every valid token of an ``EMPTY`` block.
             seq_q: Query length; ``nq == ceil(seq_q / block_q)``.
             seq_kv: Key length; ``nk == ceil(seq_kv / block_kv)``.
             block_q: Query block size.
             block_kv: Key block size.
             max_kv_blocks: Upper bound on kept KV blocks per query-block row; computed exactly when
-                the
-                block map is concrete, else defaults to ``nk``.
+                the block map is concrete, else defaults to ``nk``.
 
         Returns:
             The mask.
@@ -381,8 +376,8 @@ class BlockMask:
         Blocks are classified over their in-range tokens. A NumPy input gives a static mask.
 
         Args:
-            token_mask: Boolean token mask; a 2-D ``[seq_q, seq_kv]`` mask is broadcast to ``[1, 1,
-                ...]``.
+            token_mask: Boolean token mask; a 2-D ``[seq_q, seq_kv]`` mask is broadcast to
+                ``[1, 1, seq_q, seq_kv]``.
             block_q: Query block size.
             block_kv: Key block size.
 
@@ -444,8 +439,7 @@ class BlockMask:
                 :class:`TokenPredicate` (kept blocks are then marked partial). ``None``: kept blocks
                 are full.
             max_kv_blocks: Static bound on kept blocks per row for a dynamic ``block_bool`` (e.g.
-                the
-                ``k`` of a top-k); ignored (computed exactly) for concrete inputs.
+                the ``k`` of a top-k); ignored (computed exactly) for concrete inputs.
 
         Returns:
             The mask.
@@ -503,8 +497,7 @@ class BlockMask:
         """A static mask from any predicate, classifying blocks by evaluating it on every token.
 
         Costs ``O(batch * heads * seq_q * seq_kv)`` once; the pattern functions compute their block
-        maps
-        analytically instead.
+        maps analytically instead.
 
         Args:
             predicate: The token predicate (a :class:`TokenPredicate`).

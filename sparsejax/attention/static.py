@@ -369,9 +369,8 @@ def global_band_mask(
     """Longformer / BigBird-style global + band attention.
 
     Query ``i`` attends to ``j`` when ``|i - j| <= band`` (local band), or ``j < num_global``
-    (global
-    keys), or ``i < num_global`` (global queries see everything); with ``causal=True`` everything is
-    further restricted to ``j <= i``.
+    (global keys), or ``i < num_global`` (global queries see everything); with ``causal=True``
+    everything is further restricted to ``j <= i``.
 
     Args:
         seq_q: Query length.
