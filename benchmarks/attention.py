@@ -7,7 +7,8 @@ CPU section (always): for each sequence length, times
     keeps exactly ``round(density * n_kv_blocks)`` random KV blocks),
 and reports ``time(sparse) / time(dense)`` against the goal ``1.2 * density + 0.02``.
 Inputs: batch 1, ``--heads`` heads, ``--dim`` head dim, float32. Times are medians of
-``--repeats`` runs after one warm-up (compile) run.
+``--repeats`` rounds after one warm-up (compile) run; each round times every candidate once,
+so load drift on a shared machine affects them alike.
 
 GPU section (only when a GPU is present): bfloat16, ``--gpu-seqs`` up to 65536, the
 ``pallas_gpu`` and ``xla`` backends at 10% density against ``jax.nn.dot_product_attention``.
@@ -76,32 +77,49 @@ def jax_nn_dpa(q, k, v):
     return t(jax.nn.dot_product_attention(t(q), t(k), t(v)))
 
 
+def interleaved(fns: dict, args_: tuple, repeats: int) -> dict:
+    """Median wall time of each function, timing them in alternating rounds so that load drift on
+    a shared machine hits every candidate alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args_))  # compile + warm-up
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args_))
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def cpu_section(args) -> list[dict]:
     rows = []
     for seq in args.seqs:
-        key = jax.random.key(seq)
-        kq, kk, kv = jax.random.split(key, 3)
+        kq, kk, kv = jax.random.split(jax.random.key(seq), 3)
         shape = (1, args.heads, seq, args.dim)
         q, k, v = (jax.random.normal(x, shape, jnp.float32) for x in (kq, kk, kv))
         split = seq > args.split_heads_above
-        dense = {
+        full = full_mask(seq, block_q=args.block, block_kv=args.block)
+        fns = {
             "jax.nn.dot_product_attention": jax.jit(_per_head(jax_nn_dpa, split)),
             "einsum_softmax": jax.jit(_per_head(einsum_softmax, split)),
+            "xla_density_1": jax.jit(lambda q, k, v, m=full: attention(q, k, v, m, backend="xla")),
         }
-        full = full_mask(seq, block_q=args.block, block_kv=args.block)
-        dense["xla_density_1"] = jax.jit(
-            lambda q, k, v, m=full: attention(q, k, v, m, backend="xla")
-        )
-        dense_times = {}
-        for name, fn in dense.items():
-            dense_times[name] = timed(fn, q, k, v, repeats=args.repeats)
-            print(f"seq {seq:>6} dense {name:<30} {dense_times[name] * 1e3:10.1f} ms", flush=True)
-        best_name = min(dense_times, key=dense_times.get)
-        best = dense_times[best_name]
+        dense_names = list(fns)
+        masks = {}
         for density in args.densities:
             mask = random_block_mask(seq, args.block, density, seed=seq)
-            fn = jax.jit(lambda q, k, v, m=mask: attention(q, k, v, m, backend="xla"))
-            t = timed(fn, q, k, v, repeats=args.repeats)
+            masks[density] = mask
+            fns[f"xla_{density}"] = jax.jit(
+                lambda q, k, v, m=mask: attention(q, k, v, m, backend="xla")
+            )
+        times = interleaved(fns, (q, k, v), args.repeats)
+        dense_times = {n: times[n] for n in dense_names}
+        for name, t in dense_times.items():
+            print(f"seq {seq:>6} dense {name:<30} {t * 1e3:10.1f} ms", flush=True)
+        best_name = min(dense_times, key=dense_times.get)
+        best = dense_times[best_name]
+        for density, mask in masks.items():
+            t = times[f"xla_{density}"]
             ratio = t / best
             goal = 1.2 * float(mask.density) + 0.02
             rows.append(
