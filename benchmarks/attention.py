@@ -91,7 +91,7 @@ def interleaved(fns: dict, args_: tuple, repeats: int) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def cpu_section(args) -> list[dict]:
+def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
     rows = []
     for seq in args.seqs:
         kq, kk, kv = jax.random.split(jax.random.key(seq), 3)
@@ -143,6 +143,7 @@ def cpu_section(args) -> list[dict]:
                 f"{'ok' if ratio <= goal else 'MISSED'}",
                 flush=True,
             )
+        on_row(rows)  # partial results survive an interrupted long run
     return rows
 
 
@@ -203,12 +204,20 @@ def main() -> None:
         "devices": [str(d) for d in jax.devices()],
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "cpu": cpu_section(args) if jax.default_backend() == "cpu" else [],
-        "gpu": gpu_section(args) if jax.default_backend() == "gpu" else [],
+        "cpu": [],
+        "gpu": [],
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+
+    def save(section, rows):
+        result[section] = rows
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+    if jax.default_backend() == "cpu":
+        save("cpu", cpu_section(args, on_row=lambda rows: save("cpu", rows)))
+    if jax.default_backend() == "gpu":
+        save("gpu", gpu_section(args))
     print(f"wrote {args.out}")
 
 

@@ -256,3 +256,23 @@ def test_errors():
         attention(q, k, v, scale="big")
     with pytest.raises(TypeError, match="causal must be a bool"):
         attention(q, k, v, causal=1)
+
+
+@pytest.mark.parametrize("backend", ["pallas_tpu", "pallas_gpu"])
+def test_pallas_dynamic_mask_and_grad(backend):
+    """A mask built under jit (dynamic: jnp block map, padded metadata) through the Pallas path."""
+    q, k, v = qkv(1, 2, 1, 24, 24, 8, seed=5)
+    dense = jnp.asarray(np.random.default_rng(2).random((1, 2, 24, 24)) < 0.3)
+
+    def loss(backend, q, k, v, dense):
+        m = BlockMask.from_dense(dense, 8, 8)
+        out = attention(q, k, v, m, backend=backend, interpret=True)
+        return jnp.sum(out * jnp.arange(8.0)), out
+
+    f = jax.jit(jax.value_and_grad(functools.partial(loss, backend), (0, 1, 2), has_aux=True))
+    r = jax.jit(jax.value_and_grad(functools.partial(loss, "reference"), (0, 1, 2), has_aux=True))
+    (_, out), grads = f(q, k, v, dense)
+    (_, out_ref), grads_ref = r(q, k, v, dense)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(out_ref), atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, grads_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
