@@ -1,5 +1,19 @@
-"""Sparse attention: block masks, static patterns and a block-sparse attention kernel."""
+"""Sparse attention: block masks, a block-sparse attention kernel, static and learned patterns."""
 
+from sparsejax.attention.frontier import (
+    ada_snapkv_select,
+    block_topk_mask,
+    block_topk_select,
+    flexprefill_mask,
+    flexprefill_select,
+    keep_to_indices,
+    quest_select,
+    snapkv_select,
+    vertical_slash_mask,
+    vertical_slash_select,
+    vertical_slash_token_mask,
+)
+from sparsejax.attention.kernel import BACKENDS, attention, dense_attention
 from sparsejax.attention.mask import (
     EMPTY,
     FULL,
@@ -12,8 +26,36 @@ from sparsejax.attention.mask import (
     FunctionPredicate,
     OrPredicate,
     TokenPredicate,
+    array_namespace,
     evaluate_predicate,
     register_predicate,
+)
+from sparsejax.attention.moa import (
+    moa_block_layout,
+    moa_candidates,
+    moa_decode_indices,
+    moa_decode_keep,
+    moa_influence,
+    moa_mask,
+    moa_profile,
+    moa_search,
+    moa_spans,
+    moa_token_mask,
+)
+from sparsejax.attention.retrieval import (
+    RetrievalTask,
+    causal_density,
+    make_retrieval_task,
+    mask_answer_row,
+    retrieval_accuracy,
+    retrieval_predict,
+)
+from sparsejax.attention.sparsed import (
+    SparseDSchedule,
+    sparsed_block_select,
+    sparsed_generation_start,
+    sparsed_mask,
+    sparsed_update,
 )
 from sparsejax.attention.static import (
     Band,
@@ -32,6 +74,7 @@ from sparsejax.attention.static import (
 )
 
 __all__ = [
+    "BACKENDS",
     "EMPTY",
     "FULL",
     "PARTIAL",
@@ -46,16 +89,51 @@ __all__ = [
     "KeyPrefix",
     "OrPredicate",
     "QueryPrefix",
+    "RetrievalTask",
     "SameChunk",
+    "SparseDSchedule",
     "TokenPredicate",
+    "ada_snapkv_select",
+    "array_namespace",
+    "attention",
+    "block_topk_mask",
+    "block_topk_select",
+    "causal_density",
     "causal_mask",
     "chunked_causal_mask",
+    "dense_attention",
     "evaluate_predicate",
+    "flexprefill_mask",
+    "flexprefill_select",
     "full_mask",
     "global_band_mask",
+    "keep_to_indices",
+    "make_retrieval_task",
+    "mask_answer_row",
+    "moa_block_layout",
+    "moa_candidates",
+    "moa_decode_indices",
+    "moa_decode_keep",
+    "moa_influence",
+    "moa_mask",
+    "moa_profile",
+    "moa_search",
+    "moa_spans",
+    "moa_token_mask",
+    "quest_select",
     "refine",
     "register_predicate",
+    "retrieval_accuracy",
+    "retrieval_predict",
     "sink_window_mask",
     "sliding_window_mask",
+    "snapkv_select",
+    "sparsed_block_select",
+    "sparsed_generation_start",
+    "sparsed_mask",
+    "sparsed_update",
     "stack_heads",
+    "vertical_slash_mask",
+    "vertical_slash_select",
+    "vertical_slash_token_mask",
 ]

@@ -32,8 +32,8 @@ def masked_softmax_attention(
     m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(s - m)
-    l = jnp.sum(p, axis=-1, keepdims=True)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
     o = jnp.einsum(
         "bhqk,bhkd->bhqd", p, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
     )
-    return (o / jnp.where(l > 0, l, 1.0)).astype(q.dtype)
+    return (o / jnp.where(denom > 0, denom, 1.0)).astype(q.dtype)

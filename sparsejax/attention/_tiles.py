@@ -72,7 +72,8 @@ def partial_tiles(mask: BlockMask, blocks: KernelBlocks):
         total = int(np.prod(shape))
         entries = jnp.nonzero(flat_partial, size=total, fill_value=0)[0]
         rank = jnp.maximum(jnp.cumsum(flat_partial) - 1, 0).astype(jnp.int32)
-    bi, hi, qi, ji = (jnp.asarray(a) for a in np.unravel_index(np.arange(int(np.prod(shape))), shape))
+    grid = np.unravel_index(np.arange(int(np.prod(shape))), shape)
+    bi, hi, qi = (jnp.asarray(a) for a in grid[:3])
     e = jnp.asarray(entries)
     b, h, i = bi[e], hi[e], qi[e]
     kv_block = jnp.asarray(blocks.kv_indices).reshape(-1)[e]

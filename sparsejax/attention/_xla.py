@@ -1,13 +1,19 @@
 """XLA block-sparse attention: gathers only the kept KV blocks of each query block.
 
-For query block ``i`` the kernel metadata lists the ``K`` kept KV blocks; the path gathers those
-``K * block_kv`` keys and values, computes the ``[rows, K * block_kv]`` logits in one batched matmul,
-masks only where blocks are partial (or padding), and takes an exact softmax over them (all kept
-keys of a row are present at once, so no running rescaling is needed; the Pallas kernels use the
-online form). Work and memory scale with the kept blocks, not with ``seq_q * seq_kv``. Query
-blocks are processed in chunks with ``lax.map``; each chunk is rematerialised in the backward
-pass (``jax.checkpoint``), so gradients (through the gathers, as scatter-adds) never store the
-probability matrix of more than one chunk.
+For a query block (a *row* of the block map) the kernel metadata lists its ``n`` kept KV blocks;
+the path gathers those ``n * block_kv`` keys and values, computes the ``[rows, n * block_kv]``
+logits in one batched matmul, masks only where blocks are partial (or padding) and takes an exact
+softmax over them (all kept keys of a row are present at once, so no running rescaling is needed;
+the Pallas kernels use the online form). Work and memory scale with the kept blocks, not with
+``seq_q * seq_kv``.
+
+Rows have different numbers of kept blocks (causal masks: 1 to ``nq``). For a static mask the rows
+are sorted by count and split into at most ``max_buckets`` buckets, each padded only to its own
+largest count (bucket boundaries minimise the padded work, by dynamic programming over the
+distinct counts); a dynamic mask uses one bucket padded to ``max_kv_blocks``. Each bucket is
+processed in chunks of rows with ``lax.map``; each chunk is rematerialised in the backward pass
+(``jax.checkpoint``), so gradients (through the gathers, as scatter-adds) never store the
+probabilities of more than one chunk.
 
 When the mask does not vary over heads and there are fewer KV heads than query heads (GQA), the
 ``G`` query heads that share a KV head are stacked into ``G * block_q`` rows so each KV block is
@@ -16,9 +22,11 @@ gathered once per group.
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparsejax.attention._tiles import (
     EMPTY,
@@ -32,7 +40,89 @@ from sparsejax.attention._tiles import (
 from sparsejax.attention.mask import BlockMask
 
 # Target bytes of float32 logits per lax.map step.
-_CHUNK_BYTES = 48 * 2**20
+_CHUNK_BYTES = 4 * 2**20
+_MAX_BUCKETS = 8
+
+
+def _split_counts(counts: np.ndarray, max_buckets: int) -> list[tuple[int, int]]:
+    """Partition the distinct positive counts into <= max_buckets contiguous ranges minimising
+    ``sum(rows_in_range * max_count_in_range)`` (using the fewest ranges within 10% of the
+    optimum). Returns ``[(lo, hi)]`` count ranges."""
+    values, freq = np.unique(counts[counts > 0], return_counts=True)
+    nv = values.size
+    if nv == 0:
+        return []
+    nb = min(max_buckets, nv)
+    cum = np.concatenate([[0], np.cumsum(freq)])
+    inf = np.inf
+    # best[g][j]: min cost covering values[:j] with g groups; values sorted ascending.
+    best = np.full((nb + 1, nv + 1), inf)
+    arg = np.zeros((nb + 1, nv + 1), np.int64)
+    best[0, 0] = 0.0
+    for g in range(1, nb + 1):
+        for j in range(1, nv + 1):
+            starts = np.arange(j)
+            cost = best[g - 1, starts] + (cum[j] - cum[starts]) * values[j - 1]
+            s = int(np.argmin(cost))
+            best[g, j], arg[g, j] = cost[s], s
+    # Fewest buckets within 10% of the best padded work: each bucket is one more compiled loop.
+    costs = best[1:, nv]
+    g = int(np.nonzero(costs <= 1.1 * costs.min())[0][0]) + 1
+    ranges, j = [], nv
+    while g > 0:
+        s = arg[g, j]
+        ranges.append((int(values[s]), int(values[j - 1])))
+        j, g = s, g - 1
+    return ranges[::-1]
+
+
+def _pack(idx: np.ndarray, kinds: np.ndarray, keep: np.ndarray):
+    """Per row, the entries where ``keep`` (ascending slots), left-packed and padded."""
+    width = max(1, int(keep.sum(-1).max(initial=0)))
+    order = np.argsort(~keep, axis=-1, kind="stable")[:, :width]
+    valid = np.take_along_axis(keep, order, -1)
+    out_idx = np.where(valid, np.take_along_axis(idx, order, -1), 0)
+    out_kinds = np.where(valid, np.take_along_axis(kinds, order, -1), EMPTY)
+    return out_idx, out_kinds
+
+
+def _buckets(blocks, max_buckets: int):
+    """Row buckets ``(bm, hm, i, parts)``, ``parts`` a list of ``(kv_idx [N, K], kinds [N, K])``.
+
+    Static masks split each row's entries into a full part (no token masking) and a partial part
+    (token predicate evaluated on those slots only); dynamic masks use one mixed part.
+    """
+    idx, counts, kinds = blocks
+    bm, hm, nq, width = idx.shape
+    grid = np.indices((bm, hm, nq)).reshape(3, -1)
+    if not isinstance(idx, np.ndarray):
+        flat = lambda a: jnp.asarray(a).reshape(-1, width)
+        return [(*(jnp.asarray(g) for g in grid), [(flat(idx), flat(kinds))])]
+    flat_counts = counts.reshape(-1)
+    flat_idx, flat_kinds = idx.reshape(-1, width), kinds.reshape(-1, width)
+    out = []
+    for lo, hi in _split_counts(flat_counts, max_buckets):
+        rows = np.nonzero((flat_counts >= lo) & (flat_counts <= hi))[0]
+        r_idx, r_kinds = flat_idx[rows, :hi], flat_kinds[rows, :hi]
+        parts = []
+        for kind in (FULL, PARTIAL):
+            keep = r_kinds == kind
+            if keep.any():
+                parts.append(_pack(r_idx, r_kinds, keep))
+        out.append((*(g[rows] for g in grid), parts))
+    return out
+
+
+def _bind_flags(row_fn, flags):
+    """Insert the static per-part ``has_partial`` flags into the mapped row arguments."""
+
+    def fn(args):
+        full = list(args[:3])
+        for p, flag in enumerate(flags):
+            full += [args[3 + 2 * p], args[4 + 2 * p], flag]
+        return row_fn(tuple(full))
+
+    return fn
 
 
 def xla_attention(
@@ -43,6 +133,7 @@ def xla_attention(
     scale: float,
     *,
     chunk_bytes: int = _CHUNK_BYTES,
+    max_buckets: int = _MAX_BUCKETS,
 ) -> jax.Array:
     """Block-sparse attention in plain XLA (see the module docstring).
 
@@ -53,6 +144,7 @@ def xla_attention(
         mask: Block mask of geometry ``(Lq, Lk)`` with batch/head dims 1 or ``B``/``Hq``.
         scale: Logit scale.
         chunk_bytes: Approximate float32 logit bytes computed per ``lax.map`` step.
+        max_buckets: Most row buckets (compiled loops) for a static mask.
 
     Returns:
         ``[B, Hq, Lq, Dv]`` in ``q.dtype``.
@@ -63,8 +155,6 @@ def xla_attention(
     bq, bk = mask.block_q, mask.block_kv
     nq, nk = mask.num_q_blocks, mask.num_kv_blocks
     bm, hm = mask.block_map.shape[:2]
-    blocks = kernel_blocks(mask)
-    width = blocks.kv_indices.shape[-1]
     check_tokens = may_have_partial(mask)
 
     q = pad_axis(q, 2, nq * bq)
@@ -75,66 +165,90 @@ def xla_attention(
         qx = q.reshape(batch, hkv, groups, nq, bq, d).transpose(0, 1, 3, 2, 4, 5)
         qx = qx.reshape(batch, hkv, nq, rows, d)
         kx, vx = k, v
-        head_ids = jnp.zeros((hx,), jnp.int32)
         row_pos = jnp.tile(jnp.arange(bq, dtype=jnp.int32), groups)
     else:  # per-query-head masks: [B, Hq, nq, bq, D], KV heads repeated
         hx, rows = hq, bq
         qx = q.reshape(batch, hq, nq, bq, d)
         kx = jnp.repeat(k, groups, axis=1) if groups > 1 else k
         vx = jnp.repeat(v, groups, axis=1) if groups > 1 else v
-        head_ids = jnp.arange(hx, dtype=jnp.int32)
         row_pos = jnp.arange(bq, dtype=jnp.int32)
     kb = kx.reshape(batch, hx, nk, bk, d)
     vb = vx.reshape(batch, hx, nk, bk, dv)
-    batch_ids = jnp.arange(batch, dtype=jnp.int32) if bm > 1 else jnp.zeros((batch,), jnp.int32)
+    # Broadcast dims of the mask stay batch dims of the computation; varying dims go into rows.
+    bb, hb = (batch if bm == 1 else 1), (hx if hm == 1 else 1)
+    all_b = jnp.arange(batch, dtype=jnp.int32)[:, None]
+    all_h = jnp.arange(hx, dtype=jnp.int32)[None, :]
 
-    idx = jnp.broadcast_to(jnp.asarray(blocks.kv_indices), (batch, hx, nq, width))
-    kinds = jnp.broadcast_to(jnp.asarray(blocks.kinds), (batch, hx, nq, width))
-    b_idx = jnp.arange(batch)[:, None, None]
-    h_idx = jnp.arange(hx)[None, :, None]
+    static = isinstance(mask.block_map, np.ndarray)
 
-    def one_block(args):
-        i, q_i, idx_i, kind_i = args  # [], [B,Hx,R,D], [B,Hx,K], [B,Hx,K]
-        kg = kb[b_idx, h_idx, idx_i]  # [B, Hx, K, bk, D]
-        vg = vb[b_idx, h_idx, idx_i]
+    def make_row(n_parts):
+        def one_row(args):
+            b_r, h_r, i = args[:3]
+            b_sel = all_b if bm == 1 else jnp.full((1, 1), b_r)
+            h_sel = all_h if hm == 1 else jnp.full((1, 1), h_r)
+            q_i = qx[b_sel, h_sel, i]  # [bb, hb, R, D]
+            parts = []
+            for p in range(n_parts):
+                idx, kind, has_partial = args[3 + 3 * p : 6 + 3 * p]
+                parts.append(
+                    logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, has_partial)
+                )
+            m = functools.reduce(
+                jnp.maximum, [jnp.max(s, axis=(-2, -1), keepdims=True) for s, _ in parts]
+            )
+            m = jax.lax.stop_gradient(m)
+            m = jnp.where(jnp.isfinite(m), m, 0.0)
+            denom, o = 0.0, 0.0
+            for s, vg in parts:
+                pr = jnp.exp(s - m)
+                denom = denom + jnp.sum(pr, axis=(-2, -1))[..., None]
+                o = o + jnp.einsum(
+                    "bxrkj,bxkjd->bxrd", pr.astype(vg.dtype), vg,
+                    preferred_element_type=jnp.float32,
+                )
+            return (o / jnp.where(denom > 0, denom, 1.0)).astype(q.dtype)
+
+        return one_row
+
+    def logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, has_partial):
+        kg = kb[b_sel[..., None], h_sel[..., None], idx]  # [bb, hb, K, bk, D]
+        vg = vb[b_sel[..., None], h_sel[..., None], idx]
         s = jnp.einsum("bxrd,bxkjd->bxrkj", q_i, kg, preferred_element_type=jnp.float32)
         s = s * scale
-        if check_tokens:
-            kv_pos = idx_i[:, :, None, :, None] * bk + jnp.arange(bk, dtype=jnp.int32)
+        if has_partial:
+            kv_pos = idx[:, None] * bk + jnp.arange(bk, dtype=jnp.int32)  # [K, bk]
+            pred_b = jnp.zeros((bb, 1, 1, 1, 1), jnp.int32) if bm == 1 else b_r
+            pred_h = jnp.zeros((1, hb, 1, 1, 1), jnp.int32) if hm == 1 else h_r
             tok = tile_mask(
-                mask,
-                batch_ids[:, None, None, None, None],
-                head_ids[None, :, None, None, None],
-                (i * bq + row_pos)[None, None, :, None, None],
-                kv_pos,
+                mask, pred_b, pred_h, (i * bq + row_pos)[:, None, None], kv_pos[None]
             )
-            kind = kind_i[:, :, None, :, None]
+            kind = kind[None, :, None]
             keep = (kind == FULL) | ((kind == PARTIAL) & tok)
         else:
-            keep = (kind_i != EMPTY)[:, :, None, :, None]
-        s = jnp.where(keep, s, -jnp.inf)
-        m = jax.lax.stop_gradient(jnp.max(s, axis=(-2, -1), keepdims=True))
-        m = jnp.where(jnp.isfinite(m), m, 0.0)
-        p = jnp.exp(s - m)
-        l = jnp.sum(p, axis=(-2, -1))[..., None]
-        o = jnp.einsum(
-            "bxrkj,bxkjd->bxrd", p.astype(vg.dtype), vg, preferred_element_type=jnp.float32
-        )
-        return (o / jnp.where(l > 0, l, 1.0)).astype(q.dtype)
+            keep = (kind != EMPTY)[None, :, None]
+        return jnp.where(keep, s, -jnp.inf), vg
 
-    per_block = batch * hx * rows * width * bk * 4
-    chunk = max(1, min(nq, chunk_bytes // max(per_block, 1)))
-    xs = (
-        jnp.arange(nq, dtype=jnp.int32),
-        jnp.moveaxis(qx, 2, 0),
-        jnp.moveaxis(idx, 2, 0),
-        jnp.moveaxis(kinds, 2, 0),
-    )
-    out = jax.lax.map(jax.checkpoint(one_block), xs, batch_size=chunk)  # [nq, B, Hx, R, Dv]
+    out = jnp.zeros((batch, hx, nq, rows, dv), q.dtype)
+    for b_r, h_r, i_r, parts in _buckets(kernel_blocks(mask), max_buckets):
+        n = len(i_r)
+        width = sum(p[0].shape[1] for p in parts)
+        per_row = bb * hb * rows * width * bk * 4
+        chunk = max(1, min(n, chunk_bytes // max(per_row, 1)))
+        xs = [jnp.asarray(a, jnp.int32) for a in (b_r, h_r, i_r)]
+        flags = []
+        for idx_p, kind_p in parts:
+            xs += [jnp.asarray(idx_p, jnp.int32), jnp.asarray(kind_p, jnp.int32)]
+            flags.append(
+                check_tokens and not (static and not bool(np.any(kind_p == PARTIAL)))
+            )
+        row_fn = _bind_flags(make_row(len(parts)), flags)
+        o = jax.lax.map(jax.checkpoint(row_fn), tuple(xs), batch_size=chunk)  # [N,bb,hb,R,Dv]
+        o = jnp.moveaxis(o, 0, 2)  # [bb, hb, N, R, Dv]
+        b_sel = all_b[..., None] if bm == 1 else xs[0][None, None, :]
+        h_sel = all_h[..., None] if hm == 1 else xs[1][None, None, :]
+        out = out.at[b_sel, h_sel, xs[2][None, None, :]].set(o)
     if hm == 1:
-        out = out.reshape(nq, batch, hkv, groups, bq, dv).transpose(1, 2, 3, 0, 4, 5)
-    else:
-        out = out.transpose(1, 2, 0, 3, 4)
+        out = out.reshape(batch, hkv, nq, groups, bq, dv).transpose(0, 1, 3, 2, 4, 5)
     return out.reshape(batch, hq, nq * bq, dv)[:, :, :lq]
 
 

@@ -110,7 +110,25 @@ def _pick_backend(backend: str) -> str:
 
 
 def _with_xla_grad(forward, q, k, v, mask, scale):
-    """Run ``forward`` but differentiate through the xla path (recomputation)."""
+    """Run ``forward`` but differentiate through the xla path (recomputation).
+
+    A static mask is closed over (its NumPy metadata stays exact and compile-time); a dynamic one
+    is passed through as a non-differentiable input."""
+    if mask.is_static:
+
+        @jax.custom_vjp
+        def g(q, k, v):
+            return forward(q, k, v, mask)
+
+        def g_fwd(q, k, v):
+            return forward(q, k, v, mask), (q, k, v)
+
+        def g_bwd(res, ct):
+            _, vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask, scale), *res)
+            return vjp(ct)
+
+        g.defvjp(g_fwd, g_bwd)
+        return g(q, k, v)
 
     @jax.custom_vjp
     def f(q, k, v, mask):
@@ -123,10 +141,7 @@ def _with_xla_grad(forward, q, k, v, mask, scale):
         q, k, v, mask = res
         _, vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask, scale), q, k, v)
         dq, dk, dv = vjp(g)
-        dmask = jax.tree_util.tree_map(
-            lambda x: None if x is None else _zero_cotangent(x), mask
-        )
-        return dq, dk, dv, dmask
+        return dq, dk, dv, jax.tree_util.tree_map(_zero_cotangent, mask)
 
     f.defvjp(fwd, bwd)
     return f(q, k, v, mask)

@@ -90,10 +90,10 @@ class TokenPredicate:
     """A lazy token-level mask: ``pred(b, h, q, kv) -> bool`` on broadcastable int32 index arrays.
 
     Subclasses are frozen dataclasses registered as pytrees (array fields are pytree leaves, the
-    rest is
-    static), so predicates travel through ``jit`` inside a :class:`BlockMask`. Indices may point
-    past the
-    sequence (padding); the result there is ignored. Combine predicates with ``|`` and ``&``.
+    rest is static), so predicates travel through ``jit`` inside a :class:`BlockMask`. Indices
+    may point past the sequence (padding); the result there is ignored. Combine predicates with
+    ``|`` and ``&``. Predicates should work on NumPy and JAX index arrays alike (use
+    :func:`array_namespace`), so static masks evaluate without compiling.
     """
 
     def __call__(self, b: Array, h: Array, q: Array, kv: Array) -> Array:
@@ -112,8 +112,7 @@ def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()):
     Args:
         cls: The class.
         data_fields: Names of the array fields (pytree leaves); every other field is static and
-            must be
-            hashable.
+            must be hashable.
     """
 
     def wrap(c):
@@ -148,24 +147,32 @@ class AndPredicate(TokenPredicate):
 
 
 def _bcast_index(idx, size):
-    return jnp.zeros_like(idx) if size == 1 else idx
+    return idx * 0 if size == 1 else idx
+
+
+def array_namespace(*xs: Any):
+    """``numpy`` when every argument is a NumPy array or scalar, else ``jax.numpy``.
+
+    Predicates use it so that static masks evaluate in pure NumPy (no compilation) while the same
+    code traces under ``jit``."""
+    return jnp if any(isinstance(x, jax.Array) for x in xs) else np
 
 
 @register_predicate(data_fields=("mask",))
 class DenseTokens(TokenPredicate):
-    """A materialised token mask ``bool[B|1, H|1, seq_q, seq_kv]`` (indices are clipped into
-    range)."""
+    """A materialised token mask ``bool[B|1, H|1, seq_q, seq_kv]`` (indices clipped into range)."""
 
     mask: ArrayLike
 
     def __call__(self, b, h, q, kv):
         bm, hm, lq, lk = self.mask.shape
-        m = jnp.asarray(self.mask)
+        xp = array_namespace(self.mask, b, h, q, kv)
+        m = xp.asarray(self.mask)
         return m[
             _bcast_index(b, bm),
             _bcast_index(h, hm),
-            jnp.clip(q, 0, lq - 1),
-            jnp.clip(kv, 0, lk - 1),
+            xp.clip(q, 0, lq - 1),
+            xp.clip(kv, 0, lk - 1),
         ]
 
 
@@ -179,12 +186,13 @@ class BlockLookup(TokenPredicate):
 
     def __call__(self, b, h, q, kv):
         bm, hm, nq, nk = self.blocks.shape
-        m = jnp.asarray(self.blocks)
+        xp = array_namespace(self.blocks, b, h, q, kv)
+        m = xp.asarray(self.blocks)
         return m[
             _bcast_index(b, bm),
             _bcast_index(h, hm),
-            jnp.clip(q // self.block_q, 0, nq - 1),
-            jnp.clip(kv // self.block_kv, 0, nk - 1),
+            xp.clip(q // self.block_q, 0, nq - 1),
+            xp.clip(kv // self.block_kv, 0, nk - 1),
         ]
 
 
@@ -198,7 +206,8 @@ class FunctionPredicate(TokenPredicate):
     fn: Any
 
     def __call__(self, b, h, q, kv):
-        return jnp.asarray(self.fn(b, h, q, kv), dtype=bool)
+        out = self.fn(b, h, q, kv)
+        return array_namespace(out).asarray(out, dtype=bool)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -207,8 +216,7 @@ class FunctionPredicate(TokenPredicate):
 
 
 class BlockMaskInfo(NamedTuple):
-    """Compressed per-row block lists a kernel scalar-prefetches (cf. splash attention's
-    ``MaskInfo``).
+    """Compressed per-row block lists a kernel scalar-prefetches (cf. splash ``MaskInfo``).
 
     For every (batch-or-broadcast, head-or-broadcast, query block) the kept KV blocks in ascending
     order, padded to a static width ``K = max_kv_blocks``. Padding slots repeat the row's last kept
@@ -316,15 +324,13 @@ class BlockMask:
             block_map: ``int[Bm, Hm, nq, nk]`` with values in ``{0, 1, 2}``; NumPy for a static
                 mask.
             predicate: Token predicate; must be true on every valid token of a ``FULL`` block and
-                false
-                on every valid token of an ``EMPTY`` block.
+                false on every valid token of an ``EMPTY`` block.
             seq_q: Query length; ``nq == ceil(seq_q / block_q)``.
             seq_kv: Key length; ``nk == ceil(seq_kv / block_kv)``.
             block_q: Query block size.
             block_kv: Key block size.
             max_kv_blocks: Upper bound on kept KV blocks per query-block row; computed exactly when
-                the
-                block map is concrete, else defaults to ``nk``.
+                the block map is concrete, else defaults to ``nk``.
 
         Returns:
             The mask.
@@ -370,8 +376,8 @@ class BlockMask:
         Blocks are classified over their in-range tokens. A NumPy input gives a static mask.
 
         Args:
-            token_mask: Boolean token mask; a 2-D ``[seq_q, seq_kv]`` mask is broadcast to ``[1, 1,
-                ...]``.
+            token_mask: Boolean token mask; a 2-D ``[seq_q, seq_kv]`` mask is broadcast to
+                ``[1, 1, seq_q, seq_kv]``.
             block_q: Query block size.
             block_kv: Key block size.
 
@@ -433,8 +439,7 @@ class BlockMask:
                 :class:`TokenPredicate` (kept blocks are then marked partial). ``None``: kept blocks
                 are full.
             max_kv_blocks: Static bound on kept blocks per row for a dynamic ``block_bool`` (e.g.
-                the
-                ``k`` of a top-k); ignored (computed exactly) for concrete inputs.
+                the ``k`` of a top-k); ignored (computed exactly) for concrete inputs.
 
         Returns:
             The mask.
@@ -492,8 +497,7 @@ class BlockMask:
         """A static mask from any predicate, classifying blocks by evaluating it on every token.
 
         Costs ``O(batch * heads * seq_q * seq_kv)`` once; the pattern functions compute their block
-        maps
-        analytically instead.
+        maps analytically instead.
 
         Args:
             predicate: The token predicate (a :class:`TokenPredicate`).
@@ -511,7 +515,8 @@ class BlockMask:
         seq_kv = _check_block("seq_kv", seq_kv)
         if not isinstance(predicate, TokenPredicate):
             raise TypeError(f"predicate must be a TokenPredicate, got {type(predicate).__name__}")
-        dense = _evaluate(predicate, batch, heads, seq_q, seq_kv)
+        xp = np if _leaves_static(predicate) else jnp
+        dense = _evaluate(predicate, batch, heads, seq_q, seq_kv, xp=xp)
         block_map = cls.from_dense(np.asarray(dense), block_q, block_kv).block_map
         return cls.create(
             block_map, predicate, seq_q=seq_q, seq_kv=seq_kv, block_q=block_q, block_kv=block_kv
@@ -553,12 +558,7 @@ class BlockMask:
 
     def to_dense(self) -> Bool[Array, "b h seq_q seq_kv"]:
         """The token mask ``bool[Bm, Hm, seq_q, seq_kv]`` this mask means (what kernels compute)."""
-        bm, hm = self.block_map.shape[:2]
-        tok = _evaluate(self.predicate, bm, hm, self.seq_q, self.seq_kv)
-        blocks = jnp.asarray(self.block_map)
-        blocks = jnp.repeat(jnp.repeat(blocks, self.block_q, axis=2), self.block_kv, axis=3)
-        blocks = blocks[:, :, : self.seq_q, : self.seq_kv]
-        return (blocks == FULL) | ((blocks == PARTIAL) & tok)
+        return _to_dense(self)
 
     def info(self) -> BlockMaskInfo:
         """The compressed per-row block lists (width :attr:`max_kv_blocks`, at least 1).
@@ -665,14 +665,28 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _evaluate(pred: TokenPredicate, batch: int, heads: int, seq_q: int, seq_kv: int) -> Array:
-    """Evaluate ``pred`` on the full grid: ``bool[batch, heads, seq_q, seq_kv]``."""
-    b = jnp.arange(batch, dtype=jnp.int32)[:, None, None, None]
-    h = jnp.arange(heads, dtype=jnp.int32)[None, :, None, None]
-    q = jnp.arange(seq_q, dtype=jnp.int32)[None, None, :, None]
-    kv = jnp.arange(seq_kv, dtype=jnp.int32)[None, None, None, :]
+def _to_dense(mask: BlockMask) -> Array:
+    bm, hm = mask.block_map.shape[:2]
+    xp = np if mask.is_static else jnp
+    tok = _evaluate(mask.predicate, bm, hm, mask.seq_q, mask.seq_kv, xp=xp)
+    blocks = xp.asarray(mask.block_map)
+    blocks = xp.repeat(xp.repeat(blocks, mask.block_q, axis=2), mask.block_kv, axis=3)
+    blocks = blocks[:, :, : mask.seq_q, : mask.seq_kv]
+    return (blocks == FULL) | ((blocks == PARTIAL) & tok)
+
+
+def _evaluate(
+    pred: TokenPredicate, batch: int, heads: int, seq_q: int, seq_kv: int, xp=jnp
+) -> Array:
+    """Evaluate ``pred`` on the full grid: ``bool[batch, heads, seq_q, seq_kv]``.
+
+    With ``xp=np`` (static predicates only) the evaluation is pure NumPy: no compilation."""
+    b = xp.arange(batch, dtype=xp.int32)[:, None, None, None]
+    h = xp.arange(heads, dtype=xp.int32)[None, :, None, None]
+    q = xp.arange(seq_q, dtype=xp.int32)[None, None, :, None]
+    kv = xp.arange(seq_kv, dtype=xp.int32)[None, None, None, :]
     out = pred(b, h, q, kv)
-    return jnp.broadcast_to(jnp.asarray(out, bool), (batch, heads, seq_q, seq_kv))
+    return xp.broadcast_to(xp.asarray(out, bool), (batch, heads, seq_q, seq_kv))
 
 
 def evaluate_predicate(
@@ -690,4 +704,5 @@ def evaluate_predicate(
     Returns:
         The dense token mask of the predicate alone (block map not consulted).
     """
-    return _evaluate(predicate, batch, heads, seq_q, seq_kv)
+    xp = np if _leaves_static(predicate) else jnp
+    return _evaluate(predicate, batch, heads, seq_q, seq_kv, xp=xp)

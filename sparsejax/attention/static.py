@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from sparsejax.attention.mask import (
@@ -26,6 +25,7 @@ from sparsejax.attention.mask import (
     TokenPredicate,
     _cdiv,
     _check_block,
+    array_namespace,
     register_predicate,
 )
 
@@ -61,7 +61,7 @@ class Band(_Positional):
 
     def __call__(self, b, h, q, kv):
         d = q - kv
-        out = jnp.ones(jnp.shape(d), bool)
+        out = array_namespace(d).ones(d.shape, bool)
         if np.isfinite(self.lo):
             out = out & (d >= int(self.lo))
         if np.isfinite(self.hi):
@@ -85,7 +85,8 @@ class KeyPrefix(_Positional):
     n: int
 
     def __call__(self, b, h, q, kv):
-        return jnp.broadcast_to(kv < self.n, jnp.broadcast_shapes(jnp.shape(q), jnp.shape(kv)))
+        xp = array_namespace(q, kv)
+        return xp.broadcast_to(kv < self.n, np.broadcast_shapes(q.shape, kv.shape))
 
     def block_map(self, seq_q, seq_kv, block_q, block_kv):
         nq = _cdiv(seq_q, block_q)
@@ -101,7 +102,8 @@ class QueryPrefix(_Positional):
     n: int
 
     def __call__(self, b, h, q, kv):
-        return jnp.broadcast_to(q < self.n, jnp.broadcast_shapes(jnp.shape(q), jnp.shape(kv)))
+        xp = array_namespace(q, kv)
+        return xp.broadcast_to(q < self.n, np.broadcast_shapes(q.shape, kv.shape))
 
     def block_map(self, seq_q, seq_kv, block_q, block_kv):
         nk = _cdiv(seq_kv, block_kv)
@@ -137,10 +139,11 @@ class HeadSwitch(TokenPredicate):
 
     def __call__(self, b, h, q, kv):
         outs = [p(b, h, q, kv) for p in self.predicates]
-        shape = jnp.broadcast_shapes(*(jnp.shape(o) for o in outs), jnp.shape(h))
-        out = jnp.zeros(shape, bool)
+        xp = array_namespace(h, *outs)
+        shape = np.broadcast_shapes(*(o.shape for o in outs), h.shape)
+        out = xp.zeros(shape, bool)
         for i, o in enumerate(outs):
-            out = jnp.where(h == i, o, out)
+            out = xp.where(h == i, o, out)
         return out
 
 
@@ -171,12 +174,7 @@ def refine(mask: BlockMask) -> BlockMask:
     q = qi[:, None, None] * bq + np.arange(bq)[None, :, None]
     kv = ki[:, None, None] * bk + np.arange(bk)[None, None, :]
     valid = (q < mask.seq_q) & (kv < mask.seq_kv)
-    tiles = np.asarray(
-        mask.predicate(
-            jnp.asarray(bi[:, None, None]), jnp.asarray(hi[:, None, None]), jnp.asarray(q),
-            jnp.asarray(kv)
-        )
-    )
+    tiles = np.asarray(mask.predicate(bi[:, None, None], hi[:, None, None], q, kv))
     tiles = np.broadcast_to(tiles, valid.shape)
     full = np.all(tiles | ~valid, axis=(1, 2))
     empty = ~np.any(tiles & valid, axis=(1, 2))
@@ -371,9 +369,8 @@ def global_band_mask(
     """Longformer / BigBird-style global + band attention.
 
     Query ``i`` attends to ``j`` when ``|i - j| <= band`` (local band), or ``j < num_global``
-    (global
-    keys), or ``i < num_global`` (global queries see everything); with ``causal=True`` everything is
-    further restricted to ``j <= i``.
+    (global keys), or ``i < num_global`` (global queries see everything); with ``causal=True``
+    everything is further restricted to ``j <= i``.
 
     Args:
         seq_q: Query length.
