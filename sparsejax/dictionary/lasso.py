@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 
-def soft_threshold(x: Float[Array, "..."], threshold: Float[Array, "..."] | float) -> Float[Array, "..."]:
+def soft_threshold(
+    x: Float[Array, "..."], threshold: Float[Array, "..."] | float
+) -> Float[Array, "..."]:
     """``sign(x) * max(|x| - threshold, 0)``, the proximal operator of ``threshold * ||.||_1``."""
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0)
 
@@ -256,8 +258,11 @@ def lista_init(
     }
 
 
-def lista_apply(params: dict[str, Any], signals: Float[Array, "... n_features"]) -> Float[Array, "... n_atoms"]:
-    """LISTA forward pass: ``b = y W``; ``z_1 = S_{theta_1}(b)``; ``z_{t+1} = S_{theta_t}(b + z_t S)``.
+def lista_apply(
+    params: dict[str, Any], signals: Float[Array, "... n_features"]
+) -> Float[Array, "... n_atoms"]:
+    """LISTA forward pass: ``b = y W``, ``z_1 = S_{theta_1}(b)``,
+    ``z_{t+1} = S_{theta_t}(b + z_t S)``.
 
     ``W`` is ``params["encoder"]``, ``S`` is ``params["lateral"]`` (symmetric at init) and
     ``theta`` is ``params["threshold"]`` (one per layer). Differentiable in ``params``.

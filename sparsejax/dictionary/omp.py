@@ -1,10 +1,10 @@
 """Batched orthogonal matching pursuit (OMP) with Cholesky updates on a precomputed Gram matrix.
 
-The algorithm is scikit-learn's ``orthogonal_mp_gram`` (Rubinstein, Zibulevsky and Elad, "Efficient
-Implementation of the K-SVD Algorithm using Batch Orthogonal Matching Pursuit", 2008), vectorised over
-a batch of signals and compiled with :func:`jax.jit`. Instead of solving two triangular systems per
-step, it keeps the inverse Cholesky factor ``L^{-1}`` of the selected atoms' Gram block, so every update
-is a small matrix-vector product:
+The algorithm is scikit-learn's ``orthogonal_mp_gram`` (Rubinstein, Zibulevsky and Elad,
+"Efficient Implementation of the K-SVD Algorithm using Batch Orthogonal Matching Pursuit", 2008),
+vectorised over a batch of signals and compiled with :func:`jax.jit`. Instead of solving two
+triangular systems per step, it keeps the inverse Cholesky factor ``L^{-1}`` of the selected atoms'
+Gram block, so every update is a small matrix-vector product:
 
 * ``lambda = argmax_j |alpha_j|`` with ``alpha = D^T r`` the residual's correlations;
 * ``w = L^{-1} G[I, lambda]``, ``l = sqrt(G[lambda, lambda] - w.w)``, which appends the row
@@ -51,8 +51,9 @@ def _validate(dictionary, signals, k, tol, chunk_size):
     n_features, n_atoms = dictionary.shape
     if signals.ndim < 1 or signals.shape[-1] != n_features:
         raise ValueError(
-            f"omp: `signals` must have shape [..., n_features={n_features}] (signals along the last "
-            f"axis; pass sklearn's [n_features, n_signals] transposed), got {tuple(signals.shape)}"
+            f"omp: `signals` must have shape [..., n_features={n_features}] (signals along the "
+            f"last axis; pass sklearn's [n_features, n_signals] transposed), got "
+            f"{tuple(signals.shape)}"
         )
     for name, arr in (("dictionary", dictionary), ("signals", signals)):
         if not jnp.issubdtype(arr.dtype, jnp.floating):
@@ -190,13 +191,14 @@ def omp(
     ``D^T D``). Atoms (columns of ``dictionary``) are assumed to have unit norm, as in scikit-learn.
 
     Early stopping matches ``sklearn.linear_model.orthogonal_mp`` (its Gram variant,
-    ``orthogonal_mp_gram``, which ``precompute=True`` selects): a signal stops before ``k`` atoms when
+    ``orthogonal_mp_gram``, which ``precompute=True`` selects): a signal stops before ``k`` atoms
+    when
 
     * the best atom is already selected, or its squared correlation with the residual is below the
       dtype's machine epsilon (the residual vanished), or
     * the new atom is linearly dependent on the selected ones (Cholesky pivot ``<= eps``), or
-    * ``tol`` is given and ``||r||^2 <= tol`` (checked after each added atom, so at least one atom is
-      always selected).
+    * ``tol`` is given and ``||r||^2 <= tol`` (checked after each added atom, so at least one atom
+      is always selected).
 
     (scikit-learn's default non-Gram path tests the chosen atom's correlation with the *signal*
     rather than the residual, so on rare float32 draws it stops earlier than its own Gram path.)
@@ -218,7 +220,8 @@ def omp(
         tol: target squared residual norm ``||y - D x||^2`` (may be a traced scalar).
         return_indices: return a :class:`SparseCode` ``(indices, values)`` of shape ``[..., k]``
             (in selection order) instead of dense codes.
-        exact_k: always select exactly ``k`` distinct atoms (no early stopping; ``tol`` not allowed).
+        exact_k: always select exactly ``k`` distinct atoms (no early stopping; ``tol`` must be
+            None).
         chunk_size: signals processed together inside the compiled loop (memory ``chunk * k *
             n_atoms``); default keeps that buffer near 4 MiB.
 
