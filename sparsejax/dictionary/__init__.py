@@ -12,12 +12,32 @@ from sparsejax.dictionary.lasso import (
     lista_init,
     soft_threshold,
 )
+from sparsejax.dictionary.learning import (
+    OnlineDictionaryState,
+    atom_recovery,
+    init_dictionary,
+    ksvd,
+    ksvd_atom_updates,
+    minibatch_dictionary_learning,
+    online_dictionary_init,
+    online_dictionary_update,
+    sparse_encode,
+)
 from sparsejax.dictionary.omp import SparseCode, omp
 
 __all__ = [
     "LISTA",
     "LISTAModule",
+    "OnlineDictionaryState",
     "SparseCode",
+    "atom_recovery",
+    "init_dictionary",
+    "ksvd",
+    "ksvd_atom_updates",
+    "minibatch_dictionary_learning",
+    "online_dictionary_init",
+    "online_dictionary_update",
+    "sparse_encode",
     "fista",
     "ista",
     "lasso_objective",
