@@ -1,6 +1,7 @@
 """Sparse dictionary codes: OMP, ISTA/FISTA/LISTA, dictionary learning, semi-NMF, CoSpaDi,
 tokenizer transplantation."""
 
+from sparsejax.dictionary.cospadi import CoSpaDiResult, cospadi, output_error, truncated_svd
 from sparsejax.dictionary.lasso import (
     LISTA,
     LISTAModule,
@@ -24,8 +25,18 @@ from sparsejax.dictionary.learning import (
     sparse_encode,
 )
 from sparsejax.dictionary.omp import SparseCode, omp
+from sparsejax.dictionary.seminmf import SemiNMFResult, semi_nmf, semi_nmf_step
+from sparsejax.dictionary.transplant import transplant_embeddings
 
 __all__ = [
+    "CoSpaDiResult",
+    "SemiNMFResult",
+    "cospadi",
+    "output_error",
+    "semi_nmf",
+    "semi_nmf_step",
+    "transplant_embeddings",
+    "truncated_svd",
     "LISTA",
     "LISTAModule",
     "OnlineDictionaryState",
