@@ -147,8 +147,8 @@ def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
 
 
 def _default_chunk(k: int, n_atoms: int, itemsize: int) -> int:
-    # keep the per-chunk Gram-row buffer [chunk, k, n_atoms] around 4 MiB
-    return max(1, min(1024, (4 << 20) // max(1, k * n_atoms * itemsize)))
+    # keep the per-chunk Gram-row buffer [chunk, k, n_atoms] around 8 MiB
+    return max(1, min(1024, (8 << 20) // max(1, k * n_atoms * itemsize)))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "use_tol", "exact_k", "chunk_size"))
@@ -223,7 +223,7 @@ def omp(
         exact_k: always select exactly ``k`` distinct atoms (no early stopping; ``tol`` must be
             None).
         chunk_size: signals processed together inside the compiled loop (memory ``chunk * k *
-            n_atoms``); default keeps that buffer near 4 MiB.
+            n_atoms``); default keeps that buffer near 8 MiB.
 
     Returns:
         Dense codes ``[..., n_atoms]``, or a :class:`SparseCode`. The dtype is the promoted input
