@@ -1,7 +1,14 @@
 """Sparse dictionary codes: OMP, ISTA/FISTA/LISTA, dictionary learning, semi-NMF, CoSpaDi,
-tokenizer transplantation."""
+tokenizer transplantation (this package) and sparse autoencoders (:mod:`sparsejax.dictionary.sae`,
+whose public names are re-exported here too)."""
 
-from sparsejax.dictionary.cospadi import CoSpaDiResult, cospadi, output_error, truncated_svd
+from sparsejax.dictionary import sae
+from sparsejax.dictionary.cospadi import (
+    CoSpaDiResult,
+    cospadi,
+    output_error,
+    truncated_svd,
+)
 from sparsejax.dictionary.lasso import (
     LISTA,
     LISTAModule,
@@ -24,37 +31,144 @@ from sparsejax.dictionary.learning import (
     online_dictionary_update,
     sparse_encode,
 )
-from sparsejax.dictionary.omp import SparseCode, omp
-from sparsejax.dictionary.seminmf import SemiNMFResult, semi_nmf, semi_nmf_step
-from sparsejax.dictionary.transplant import transplant_embeddings
+from sparsejax.dictionary.omp import (
+    SparseCode,
+    omp,
+)
+from sparsejax.dictionary.sae import (
+    ACTIVATIONS,
+    SAEConfig,
+    SAEOutput,
+    SAEState,
+    TrainResult,
+    abs_topk,
+    aux_zipf_loss,
+    auxk_loss,
+    batch_topk,
+    ce_loss_recovered,
+    dead_fraction,
+    dead_mask,
+    decode,
+    decoder_weighted_l1,
+    encode,
+    explained_variance,
+    feature_choice,
+    forward,
+    fvu,
+    geometric_median,
+    init_sae,
+    init_state,
+    jumprelu,
+    jumprelu_step,
+    l0,
+    make_train_step,
+    mutual_choice,
+    normalize_decoder,
+    pre_activation,
+    rectangle,
+    remove_decoder_parallel_grads,
+    remove_parallel_component,
+    sae_loss,
+    threshold_activation,
+    topk,
+    topk_indices,
+    train_sae,
+    underutilised_mask,
+    unit_norm_rows,
+    update_state,
+    zipf_capacities,
+)
+from sparsejax.dictionary.seminmf import (
+    SemiNMFResult,
+    semi_nmf,
+    semi_nmf_step,
+)
+from sparsejax.dictionary.transplant import (
+    transplant_embeddings,
+)
+
+_LAZY_SAE = ('EqxSparseAutoencoder', 'NNXSparseAutoencoder', 'SAEStateVariable')
+
+
+def __getattr__(name: str):
+    """The SAE Flax NNX / Equinox modules, imported on first use (as in ``sae``)."""
+    if name in _LAZY_SAE:
+        return getattr(sae, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
+    "ACTIVATIONS",
     "CoSpaDiResult",
-    "SemiNMFResult",
-    "cospadi",
-    "output_error",
-    "semi_nmf",
-    "semi_nmf_step",
-    "transplant_embeddings",
-    "truncated_svd",
+    "EqxSparseAutoencoder",
     "LISTA",
     "LISTAModule",
+    "NNXSparseAutoencoder",
     "OnlineDictionaryState",
+    "SAEConfig",
+    "SAEOutput",
+    "SAEState",
+    "SAEStateVariable",
+    "SemiNMFResult",
     "SparseCode",
+    "TrainResult",
+    "abs_topk",
     "atom_recovery",
+    "aux_zipf_loss",
+    "auxk_loss",
+    "batch_topk",
+    "ce_loss_recovered",
+    "cospadi",
+    "dead_fraction",
+    "dead_mask",
+    "decode",
+    "decoder_weighted_l1",
+    "encode",
+    "explained_variance",
+    "feature_choice",
+    "fista",
+    "forward",
+    "fvu",
+    "geometric_median",
     "init_dictionary",
+    "init_sae",
+    "init_state",
+    "ista",
+    "jumprelu",
+    "jumprelu_step",
     "ksvd",
     "ksvd_atom_updates",
-    "minibatch_dictionary_learning",
-    "online_dictionary_init",
-    "online_dictionary_update",
-    "sparse_encode",
-    "fista",
-    "ista",
+    "l0",
     "lasso_objective",
     "lipschitz_constant",
     "lista_apply",
     "lista_init",
+    "make_train_step",
+    "minibatch_dictionary_learning",
+    "mutual_choice",
+    "normalize_decoder",
     "omp",
+    "online_dictionary_init",
+    "online_dictionary_update",
+    "output_error",
+    "pre_activation",
+    "rectangle",
+    "remove_decoder_parallel_grads",
+    "remove_parallel_component",
+    "sae",
+    "sae_loss",
+    "semi_nmf",
+    "semi_nmf_step",
     "soft_threshold",
+    "sparse_encode",
+    "threshold_activation",
+    "topk",
+    "topk_indices",
+    "train_sae",
+    "transplant_embeddings",
+    "truncated_svd",
+    "underutilised_mask",
+    "unit_norm_rows",
+    "update_state",
+    "zipf_capacities",
 ]

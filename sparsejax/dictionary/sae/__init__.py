@@ -1,0 +1,119 @@
+"""Sparse autoencoders and transcoders: pure functions, metrics, training, NNX/Equinox modules.
+
+The functional core (:mod:`.functional`) takes a params dict and a static :class:`SAEConfig`;
+:mod:`.activations` holds the sparsifying activations, :mod:`.losses` the auxiliary losses,
+:mod:`.decoder` the unit-norm decoder constraint and the geometric-median bias init,
+:mod:`.metrics` FVU / L0 / dead fraction / CE loss recovered, :mod:`.train` ``train_sae``.
+The Flax NNX and Equinox modules live in :mod:`.nnx` and :mod:`.eqx` (imported lazily).
+"""
+
+from sparsejax.dictionary.sae.activations import (
+    abs_topk,
+    batch_topk,
+    feature_choice,
+    jumprelu,
+    jumprelu_step,
+    mutual_choice,
+    rectangle,
+    threshold_activation,
+    topk,
+    topk_indices,
+    zipf_capacities,
+)
+from sparsejax.dictionary.sae.decoder import (
+    geometric_median,
+    normalize_decoder,
+    remove_decoder_parallel_grads,
+    remove_parallel_component,
+    unit_norm_rows,
+)
+from sparsejax.dictionary.sae.functional import (
+    ACTIVATIONS,
+    SAEConfig,
+    SAEOutput,
+    SAEState,
+    dead_mask,
+    decode,
+    encode,
+    forward,
+    init_sae,
+    init_state,
+    pre_activation,
+    sae_loss,
+    update_state,
+)
+from sparsejax.dictionary.sae.losses import (
+    aux_zipf_loss,
+    auxk_loss,
+    decoder_weighted_l1,
+    underutilised_mask,
+)
+from sparsejax.dictionary.sae.metrics import (
+    ce_loss_recovered,
+    dead_fraction,
+    explained_variance,
+    fvu,
+    l0,
+)
+from sparsejax.dictionary.sae.train import TrainResult, make_train_step, train_sae
+
+_LAZY = {"NNXSparseAutoencoder": "sparsejax.dictionary.sae.nnx",
+         "SAEStateVariable": "sparsejax.dictionary.sae.nnx",
+         "EqxSparseAutoencoder": "sparsejax.dictionary.sae.eqx"}
+
+
+def __getattr__(name: str):
+    """Import the NNX / Equinox modules on first use (keeps ``import`` light)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "EqxSparseAutoencoder",
+    "NNXSparseAutoencoder",
+    "SAEConfig",
+    "SAEOutput",
+    "SAEState",
+    "SAEStateVariable",
+    "TrainResult",
+    "abs_topk",
+    "aux_zipf_loss",
+    "auxk_loss",
+    "batch_topk",
+    "ce_loss_recovered",
+    "dead_fraction",
+    "dead_mask",
+    "decode",
+    "decoder_weighted_l1",
+    "encode",
+    "explained_variance",
+    "feature_choice",
+    "forward",
+    "fvu",
+    "geometric_median",
+    "init_sae",
+    "init_state",
+    "jumprelu",
+    "jumprelu_step",
+    "l0",
+    "make_train_step",
+    "mutual_choice",
+    "normalize_decoder",
+    "pre_activation",
+    "rectangle",
+    "remove_decoder_parallel_grads",
+    "remove_parallel_component",
+    "sae_loss",
+    "threshold_activation",
+    "topk",
+    "topk_indices",
+    "train_sae",
+    "underutilised_mask",
+    "unit_norm_rows",
+    "update_state",
+    "zipf_capacities",
+]
