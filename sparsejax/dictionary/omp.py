@@ -98,10 +98,10 @@ def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
         return (state[0] < k) & ~jnp.all(state[1])
 
     def body(state):
-        t, done, alpha, linv, c, idx, g_rows, gamma, selected = state
+        t, done, alpha, linv, c, idx, g_rows, gamma = state
         score = jnp.abs(alpha)
         if exact_k:
-            score = jnp.where(selected, -jnp.inf, score)
+            score = score.at[rows[:, None], idx].set(-jnp.inf, mode="drop")
         lam = _argmax_last(score)
         g_lam = gram[lam]
         g_active = jnp.take_along_axis(g_lam, jnp.minimum(idx, n_atoms - 1), axis=1)
@@ -113,7 +113,8 @@ def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
             lkk2 = jnp.maximum(lkk2, eps)
         else:
             a_lam = alpha[rows, lam]
-            stop = done | selected[rows, lam] | (a_lam * a_lam < eps) | (lkk2 <= eps)
+            repeat = jnp.any(idx == lam[:, None], axis=1)
+            stop = done | repeat | (a_lam * a_lam < eps) | (lkk2 <= eps)
         act = ~stop
         lkk = jnp.sqrt(jnp.where(act, lkk2, 1))
         new_row = -jnp.einsum("bi,bij->bj", w, linv) / lkk[:, None]
@@ -125,11 +126,10 @@ def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
         g_rows = g_rows.at[:, t].set(jnp.where(act[:, None], g_lam, 0))
         gamma = jnp.einsum("bji,bj->bi", linv, c)
         alpha = jnp.where(act[:, None], xy - jnp.einsum("bk,bka->ba", gamma, g_rows), alpha)
-        selected = selected.at[rows, lam].max(act)
         reached = jnp.full((b,), t + 1 >= k)
         if use_tol:
             reached = reached | (jnp.abs(y_norm2 - jnp.sum(c * c, axis=-1)) <= tol)
-        return t + 1, stop | reached, alpha, linv, c, idx, g_rows, gamma, selected
+        return t + 1, stop | reached, alpha, linv, c, idx, g_rows, gamma
 
     init = (
         jnp.zeros((), jnp.int32),
@@ -140,7 +140,6 @@ def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
         jnp.full((b, k), n_atoms, jnp.int32),
         jnp.zeros((b, k, n_atoms), dtype),
         jnp.zeros((b, k), dtype),
-        jnp.zeros((b, n_atoms), bool),
     )
     out = jax.lax.while_loop(cond, body, init)
     return out[5], out[7]
@@ -151,7 +150,22 @@ def _default_chunk(k: int, n_atoms: int, itemsize: int) -> int:
     return max(1, min(1024, (8 << 20) // max(1, k * n_atoms * itemsize)))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "use_tol", "exact_k", "chunk_size"))
+@functools.partial(
+    jax.jit, static_argnames=("k", "use_tol", "exact_k", "chunk_size", "return_indices")
+)
+def _omp(dictionary, signals, tol, *, k, use_tol, exact_k, chunk_size, return_indices):
+    n_atoms = dictionary.shape[1]
+    batch = signals.shape[:-1]
+    idx, val = _omp_impl(dictionary, signals, tol, k=k, use_tol=use_tol, exact_k=exact_k,
+                         chunk_size=chunk_size)
+    if return_indices:
+        return SparseCode(idx.reshape(*batch, k), val.reshape(*batch, k))
+    rows = jnp.arange(idx.shape[0])[:, None]
+    dense = jnp.zeros((idx.shape[0], n_atoms), val.dtype)
+    dense = dense.at[rows, idx].set(val, mode="drop")
+    return dense.reshape(*batch, n_atoms)
+
+
 def _omp_impl(dictionary, signals, tol, *, k, use_tol, exact_k, chunk_size):
     out_dtype = jnp.result_type(dictionary.dtype, signals.dtype)
     dtype = jnp.promote_types(out_dtype, jnp.float32)
@@ -244,18 +258,8 @@ def omp(
     dtype = jnp.promote_types(jnp.result_type(dictionary.dtype, signals.dtype), jnp.float32)
     if chunk_size is None:
         chunk_size = _default_chunk(k, n_atoms, jnp.dtype(dtype).itemsize)
-    idx, val = _omp_impl(
+    return _omp(
         dictionary, signals, 0.0 if tol is None else tol,
         k=k, use_tol=use_tol, exact_k=exact_k, chunk_size=chunk_size,
+        return_indices=return_indices,
     )
-    batch = signals.shape[:-1]
-    idx = idx.reshape(*batch, k)
-    val = val.reshape(*batch, k)
-    if return_indices:
-        return SparseCode(idx, val)
-    flat_i = idx.reshape(-1, k)
-    flat_v = val.reshape(-1, k)
-    rows = jnp.arange(flat_i.shape[0])[:, None]
-    dense = jnp.zeros((flat_i.shape[0], n_atoms), val.dtype)
-    dense = dense.at[rows, flat_i].set(flat_v, mode="drop")
-    return dense.reshape(*batch, n_atoms)
