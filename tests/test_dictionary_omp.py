@@ -156,7 +156,7 @@ def test_batch_shapes_jit_vmap_and_chunks():
     np.testing.assert_allclose(vm, flat[:3], atol=1e-6)
     assert omp(dj, jnp.zeros((0, 16)), k=5).shape == (0, 48)
     # all-zero signal: no atom selected
-    np.testing.assert_array_equal(omp(dj, jnp.zeros((2, 16)), k=5), 0)
+    np.testing.assert_array_equal(omp(dj, jnp.zeros((24, 16)), k=5), 0)
 
 
 def test_traced_tol_under_jit(x64):

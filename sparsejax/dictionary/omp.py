@@ -155,15 +155,13 @@ def _default_chunk(k: int, n_atoms: int, itemsize: int) -> int:
 )
 def _omp(dictionary, signals, tol, *, k, use_tol, exact_k, chunk_size, return_indices):
     n_atoms = dictionary.shape[1]
-    batch = signals.shape[:-1]
     idx, val = _omp_impl(dictionary, signals, tol, k=k, use_tol=use_tol, exact_k=exact_k,
                          chunk_size=chunk_size)
     if return_indices:
-        return SparseCode(idx.reshape(*batch, k), val.reshape(*batch, k))
+        return SparseCode(idx, val)
     rows = jnp.arange(idx.shape[0])[:, None]
     dense = jnp.zeros((idx.shape[0], n_atoms), val.dtype)
-    dense = dense.at[rows, idx].set(val, mode="drop")
-    return dense.reshape(*batch, n_atoms)
+    return dense.at[rows, idx].set(val, mode="drop")
 
 
 def _omp_impl(dictionary, signals, tol, *, k, use_tol, exact_k, chunk_size):
@@ -258,8 +256,12 @@ def omp(
     dtype = jnp.promote_types(jnp.result_type(dictionary.dtype, signals.dtype), jnp.float32)
     if chunk_size is None:
         chunk_size = _default_chunk(k, n_atoms, jnp.dtype(dtype).itemsize)
-    return _omp(
-        dictionary, signals, 0.0 if tol is None else tol,
+    batch = signals.shape[:-1]
+    out = _omp(
+        dictionary, signals.reshape(-1, n_features), 0.0 if tol is None else tol,
         k=k, use_tol=use_tol, exact_k=exact_k, chunk_size=chunk_size,
         return_indices=return_indices,
     )
+    if return_indices:
+        return SparseCode(out.indices.reshape(*batch, k), out.values.reshape(*batch, k))
+    return out.reshape(*batch, n_atoms)
