@@ -1,12 +1,14 @@
 """ISTA / FISTA against scikit-learn's Lasso; LISTA against ISTA."""
 
 import equinox as eqx
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from hypothesis import given, settings
 from sklearn.linear_model import Lasso
 
 from sparsejax.dictionary import (
@@ -159,3 +161,27 @@ def test_lista_init_bad_input():
         lista_init(jnp.ones((4, 6)), 0.1, 0)
     with pytest.raises(ValueError, match="alpha"):
         lista_init(jnp.ones((4, 6)), -0.1, 2)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), alpha=st.floats(0.0, 2.0))
+def test_ista_objective_never_increases(seed, alpha):
+    d, y = _problem(seed, n_features=12, n_atoms=20, n_signals=3)
+    dj, yj = jnp.asarray(d, jnp.float32), jnp.asarray(y, jnp.float32)
+    z = jnp.zeros((3, 20))
+    prev = np.asarray(lasso_objective(dj, yj, z, alpha))
+    for _ in range(4):  # ISTA is memoryless: warm-started chunks continue the same iteration
+        z = ista(dj, yj, alpha, n_iter=5, init=z)
+        cur = np.asarray(lasso_objective(dj, yj, z, alpha))
+        assert np.all(cur <= prev * (1 + 1e-5) + 1e-6)
+        prev = cur
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=st.lists(st.floats(-10, 10), min_size=1, max_size=8), t=st.floats(0, 5))
+def test_soft_threshold_shrinks_and_keeps_sign(x, t):
+    x = np.asarray(x, np.float32)
+    s = np.asarray(soft_threshold(jnp.asarray(x), t))
+    assert np.all(np.abs(s) <= np.abs(x))
+    assert np.all(s * x >= 0)
+    np.testing.assert_allclose(np.abs(x) - np.abs(s), np.minimum(np.abs(x), t), atol=1e-5)
