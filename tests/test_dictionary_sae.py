@@ -491,6 +491,19 @@ def test_topk_loss_gather_decoder_matches_dense_decoder(activation, order):
         np.testing.assert_allclose(g[name], g_ref[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+def test_bf16_sae_loss_and_codes():
+    cfg = S.SAEConfig(8, 32, activation="topk", k=4)
+    params = S.init_sae(jax.random.PRNGKey(0), cfg, dtype=jnp.bfloat16)
+    x = jnp.asarray(RNG.normal(size=(16, 8)), jnp.bfloat16)
+    (loss, out), grads = jax.jit(jax.value_and_grad(
+        lambda p: S.sae_loss(p, x, cfg, S.init_state(cfg)), has_aux=True))(params)
+    assert out.codes.dtype == jnp.bfloat16 and grads["W_dec"].dtype == jnp.bfloat16
+    assert np.isfinite(float(loss)) and float(out.metrics["l0"]) == 4.0
+    ref = _loss(jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params),
+                x.astype(jnp.float32), cfg, S.init_state(cfg))[0]
+    np.testing.assert_allclose(float(loss), float(ref), rtol=5e-2)
+
+
 def test_relu_loss_formula():
     cfg = S.SAEConfig(5, 9, activation="relu", l1_coefficient=0.3)
     params = _init(jax.random.PRNGKey(3), cfg, b_dec=jnp.arange(5.0) / 10)

@@ -46,7 +46,7 @@ def run(ctx: DemoContext) -> dict:
 
     d_in = h_train.shape[-1]
     d_sae = 2 * d_in
-    steps = 40 if ctx.quick else int(ctx.options.get("sae_steps", 300))
+    steps = 40 if ctx.quick else int(ctx.options.get("sae_steps", 250))
     variants = [("topk", dict(activation="topk", k=16))]
     if ctx.options.get("sae_batch_topk", False):
         variants.append(("batch_topk", dict(activation="batch_topk", k=16)))
@@ -59,18 +59,21 @@ def run(ctx: DemoContext) -> dict:
                              progress=ctx.progress, desc=f"sae {name}")
         seconds = time.perf_counter() - t0
         threshold = result.state.threshold if cfg.activation == "batch_topk" else None
-        recon, codes = S.forward(result.params, h_test, cfg, threshold=threshold)
-        ce = S.ce_loss_recovered(ce_from_hidden, h_test, recon)
-        logits = recon @ head["kernel"] + head["bias"]
-        acc = float(jnp.mean(jnp.argmax(logits, -1) == ctx.y_test))
-        dead = float(jnp.mean(S.dead_mask(result.state, cfg)))
-        rows.append({"variant": name, "d_sae": d_sae,
-                     "k": cfg.k if cfg.activation != "relu" else "-",
-                     "fvu": float(S.fvu(h_test, recon)), "l0": float(S.l0(codes)),
-                     "dead_fraction": dead, "ce_loss_recovered": float(ce["score"]),
-                     "accuracy_spliced": acc, "seconds": seconds,
-                     "train_fvu_last": float(result.history["fvu"][-1])})
-        jax.block_until_ready(recon)
+
+        @jax.jit
+        def evaluate(params, state, threshold, cfg=cfg):
+            recon, codes = S.forward(params, h_test, cfg, threshold=threshold)
+            logits = recon @ head["kernel"] + head["bias"]
+            return {"fvu": S.fvu(h_test, recon), "l0": S.l0(codes),
+                    "dead_fraction": jnp.mean(S.dead_mask(state, cfg).astype(jnp.float32)),
+                    "ce_loss_recovered": S.ce_loss_recovered(ce_from_hidden, h_test,
+                                                             recon)["score"],
+                    "accuracy_spliced": jnp.mean(jnp.argmax(logits, -1) == ctx.y_test)}
+
+        metrics = {k: float(v) for k, v in evaluate(result.params, result.state,
+                                                    threshold).items()}
+        rows.append({"variant": name, "d_sae": d_sae, "k": cfg.k, **metrics,
+                     "seconds": seconds, "train_fvu_last": float(result.history["fvu"][-1])})
     print(_table(rows))
     print(f"(dense test accuracy {ctx.dense_accuracy:.4f}; FVU and L0 on the test split; dead = "
           "latents silent for 10 epochs of training tokens)")
