@@ -218,3 +218,10 @@ def test_bad_input(kwargs, exc, match):
     d, s = args.pop("dictionary"), args.pop("signals")
     with pytest.raises(exc, match=match):
         omp(d if isinstance(d, list) else jnp.asarray(d), jnp.asarray(s), **args)
+
+
+def test_k_caps_tol_mode(x64):
+    d, y = _problem(12, 30, 90, 20)
+    capped = np.asarray(omp(jnp.asarray(d), jnp.asarray(y), k=4, tol=1e-3))
+    np.testing.assert_array_equal((capped != 0).sum(1), 4)  # tol never reached: the cap binds
+    np.testing.assert_allclose(capped, _sk(d, y, n_nonzero_coefs=4), atol=1e-10)
