@@ -5,15 +5,23 @@ A mask is *pattern x score x allocation x schedule*: `sparsejax.masks` (patterns
 pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
-from sparsejax import allocation, masks, schedules, scores
+from sparsejax import allocation, attention, dictionary, formats, masks, nn, ops, schedules, scores
+from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.select import path_str, select
 from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsity, summary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockSparse",
+    "NMSparse",
     "Sparsity",
     "allocation",
+    "attention",
+    "dictionary",
+    "formats",
+    "nn",
+    "ops",
     "apply_masks",
     "compute_masks",
     "masks",

@@ -1,5 +1,5 @@
-"""Compressed sparse formats as registered pytrees: N:M (:class:`NMSparse`) and block-sparse
-rows (:class:`BlockSparse`, BSR).
+"""Compressed sparse formats as registered pytrees: N:M (`NMSparse`) and block-sparse
+rows (`BlockSparse`, BSR).
 
 Both classes are JAX pytrees: their arrays are leaves (they pass through ``jit``, ``vmap``,
 ``grad`` and ``tree.map``) and their structural parameters (``n``, ``m``, ``axis``, ``shape``,
@@ -15,8 +15,8 @@ Conventions:
   ``axis=1``.
 * **BSR** stores, per block row, the kept blocks packed to the left and the sorted block-column
   index of each, padded to a static ``max_blocks_per_row``; this is exactly the metadata a Pallas
-  kernel scalar-prefetches (see :class:`BlockSparse`). Shapes not divisible by the block shape are
-  *rejected* here with a ``ValueError``; the ops in :mod:`sparsejax.ops` never pad silently either.
+  kernel scalar-prefetches (see `BlockSparse`). Shapes not divisible by the block shape are
+  *rejected* here with a ``ValueError``; the ops in `sparsejax.ops` never pad silently either.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class NMSparse:
     positions, so the layout is always exactly ``n`` per group.
 
     ``axis`` is stored as a negative number, so leaves that gain leading batch axes (e.g. an
-    ``NMSparse`` built under ``vmap``) still describe the right axis; :attr:`shape` is derived
+    ``NMSparse`` built under ``vmap``) still describe the right axis; `shape` is derived
     from ``values`` and the static dense ``length`` of ``axis``.
 
     Attributes:
@@ -264,7 +264,7 @@ class NMSparse:
         """Bytes stored: values plus one ``uint8`` index per kept value.
 
         Packing each index into ``ceil(log2(m))`` bits (2 bits for 2:4, as cuSPARSELt does) would
-        store :attr:`packed_nbytes` instead.
+        store `packed_nbytes` instead.
         """
         return int(self.values.size * self.values.dtype.itemsize + self.indices.size)
 
@@ -288,7 +288,7 @@ class NMSparse:
 
     # -- products -------------------------------------------------------------------------
     def matmul(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
-        """``self @ x`` via :func:`sparsejax.ops.nm_matmul` (XLA gather path on CPU)."""
+        """``self @ x`` via `sparsejax.ops.nm_matmul` (XLA gather path on CPU)."""
         from sparsejax.ops import nm_matmul
 
         return nm_matmul(self, x)
@@ -608,7 +608,7 @@ class BlockSparse:
 
     @property
     def T(self) -> BlockSparse:  # noqa: N802
-        """Shorthand for :meth:`transpose`."""
+        """Shorthand for `transpose`."""
         return self.transpose()
 
     # -- products -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class KernelBlocks(NamedTuple):
 
 
 def kernel_blocks(mask: BlockMask) -> KernelBlocks:
-    """The mask's :meth:`~BlockMask.info` with full blocks that cross ``seq_kv`` marked partial."""
+    """The mask's `BlockMask.info` with full blocks that cross ``seq_kv`` marked partial."""
     info = mask.info()
     kinds = info.block_kinds
     if mask.seq_kv % mask.block_kv:

@@ -192,7 +192,7 @@ def flexprefill_select(
     (clamped to ``L``), computed before forcing the first 4 keys and the 64 nearest diagonals.
 
     Returns:
-        ``(vertical, slash)`` bool ``[B, H, L]`` as in :func:`vertical_slash_select`; the counts
+        ``(vertical, slash)`` bool ``[B, H, L]`` as in `vertical_slash_select`; the counts
         differ per head.
     """
     b, h, lq, _ = _check_qk(q, k)
@@ -340,7 +340,7 @@ def vertical_slash_mask(
     block_size: int = 64,
 ):
     """Vertical-slash prefill mask as a ``BlockMask`` (``block_size`` blocks), see
-    :func:`vertical_slash_select` and :func:`vertical_slash_token_mask`."""
+    `vertical_slash_select` and `vertical_slash_token_mask`."""
     v, s = vertical_slash_select(
         q, k, vertical_size=vertical_size, slash_size=slash_size, last_q=last_q
     )
@@ -358,7 +358,7 @@ def flexprefill_mask(
     coverage: str = "minference",
     block_size: int = 64,
 ):
-    """FlexPrefill prefill mask as a ``BlockMask``, see :func:`flexprefill_select`."""
+    """FlexPrefill prefill mask as a ``BlockMask``, see `flexprefill_select`."""
     v, s = flexprefill_select(
         q, k, alpha=alpha, approximation_size=approximation_size, min_budget=min_budget
     )

@@ -2,7 +2,7 @@
 
 Backends (``backend=``):
 
-* ``"reference"``: dense softmax attention over :meth:`BlockMask.to_dense` (O(L^2), for tests);
+* ``"reference"``: dense softmax attention over `BlockMask.to_dense` (O(L^2), for tests);
 * ``"xla"``: gathers only the kept KV blocks of every query block, so time and memory scale with
   the block density; differentiable (the CPU default);
 * ``"pallas_tpu"``: splash-style Pallas TPU kernel: scalar-prefetched block indices, empty blocks
@@ -48,7 +48,7 @@ def resolve_mask(
     """The mask ``attention`` will use: ``mask`` (validated), ``& causal`` if asked, or full.
 
     Args:
-        mask: A :class:`BlockMask` or ``None``.
+        mask: A `BlockMask` or ``None``.
         causal: Intersect with a causal mask (query ``i`` sees keys ``j <= i``).
         batch: Batch size of ``q``.
         heads: Query heads of ``q``.
@@ -176,7 +176,7 @@ def attention(
         q: Queries ``[batch, heads, seq_q, dim]`` (float32, bfloat16 or float16).
         k: Keys ``[batch, kv_heads, seq_kv, dim]``.
         v: Values ``[batch, kv_heads, seq_kv, dim_v]``.
-        mask: A :class:`~sparsejax.attention.BlockMask` of geometry ``(seq_q, seq_kv)`` whose batch
+        mask: A `sparsejax.attention.BlockMask` of geometry ``(seq_q, seq_kv)`` whose batch
             and head dims are 1 or equal to ``batch`` / ``heads``. ``None``: every key (blocks of
             ``min(128, seq)``).
         causal: Also apply a causal mask (``j <= i``).

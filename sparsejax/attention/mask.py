@@ -1,18 +1,18 @@
 """Block masks: one attention-mask type for every pattern and every backend.
 
-A :class:`BlockMask` describes which keys each query may attend to, at two levels:
+A `BlockMask` describes which keys each query may attend to, at two levels:
 
 * a **block map** ``int8[Bm, Hm, nq, nk]`` over ``(block_q, block_kv)`` tiles, per batch row and
-  head (``Bm``/``Hm`` are the batch/head count or 1 for "broadcast"), with entries :data:`EMPTY`
-  (0, nothing kept: the kernel fetches nothing), :data:`PARTIAL` (1, some kept: the kernel
-  evaluates the token mask) and :data:`FULL` (2, all kept: the kernel skips masking);
-* a lazy **token predicate** (a :class:`TokenPredicate`) consulted only inside partial blocks. It
+  head (``Bm``/``Hm`` are the batch/head count or 1 for "broadcast"), with entries `EMPTY`
+  (0, nothing kept: the kernel fetches nothing), `PARTIAL` (1, some kept: the kernel
+  evaluates the token mask) and `FULL` (2, all kept: the kernel skips masking);
+* a lazy **token predicate** (a `TokenPredicate`) consulted only inside partial blocks. It
   is evaluated on broadcastable integer index arrays ``(batch, head, q, kv)``, so it costs nothing
   until a kernel asks for one tile; it may be a position formula (causal, windows, ...), a
   materialised dense token mask, a lookup into a block-level selection, or any ``|``/``&``
   combination of those.
 
-The meaning of a mask (what :meth:`BlockMask.to_dense` returns and every backend computes) is::
+The meaning of a mask (what `BlockMask.to_dense` returns and every backend computes) is::
 
     kept(b, h, i, j) = i < seq_q and j < seq_kv and
                        (block_map[b, h, i // block_q, j // block_kv] == FULL or
@@ -29,7 +29,7 @@ never attend to a padded key and drop padded query rows. A query row with no kep
 output (never NaN).
 
 **Static vs dynamic.** A mask whose arrays are all NumPy arrays is *static*: it is hashable,
-compares by value and computes its kernel metadata (:meth:`BlockMask.info`) once, exactly, in
+compares by value and computes its kernel metadata (`BlockMask.info`) once, exactly, in
 NumPy. A mask built from ``jax.Array`` values (e.g. computed from ``q`` and ``k`` under ``jit``) is
 *dynamic*; it is a registered pytree, so it can be returned from and passed into jitted
 functions. Kernel metadata has a static width ``max_kv_blocks`` (the most kept KV blocks in any
@@ -90,10 +90,10 @@ class TokenPredicate:
     """A lazy token-level mask: ``pred(b, h, q, kv) -> bool`` on broadcastable int32 index arrays.
 
     Subclasses are frozen dataclasses registered as pytrees (array fields are pytree leaves, the
-    rest is static), so predicates travel through ``jit`` inside a :class:`BlockMask`. Indices
+    rest is static), so predicates travel through ``jit`` inside a `BlockMask`. Indices
     may point past the sequence (padding); the result there is ignored. Combine predicates with
     ``|`` and ``&``. Predicates should work on NumPy and JAX index arrays alike (use
-    :func:`array_namespace`), so static masks evaluate without compiling.
+    `array_namespace`), so static masks evaluate without compiling.
     """
 
     def __call__(self, b: Array, h: Array, q: Array, kv: Array) -> Array:
@@ -107,7 +107,7 @@ class TokenPredicate:
 
 
 def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()):
-    """Class decorator: make a :class:`TokenPredicate` subclass a frozen dataclass and a pytree.
+    """Class decorator: make a `TokenPredicate` subclass a frozen dataclass and a pytree.
 
     Args:
         cls: The class.
@@ -220,13 +220,13 @@ class BlockMaskInfo(NamedTuple):
 
     For every (batch-or-broadcast, head-or-broadcast, query block) the kept KV blocks in ascending
     order, padded to a static width ``K = max_kv_blocks``. Padding slots repeat the row's last kept
-    index (so a pipelined kernel fetches nothing new) and have kind :data:`EMPTY`.
+    index (so a pipelined kernel fetches nothing new) and have kind `EMPTY`.
 
     Attributes:
         kv_indices: ``int32[Bm, Hm, nq, K]`` kept KV-block indices.
         counts: ``int32[Bm, Hm, nq]`` number of kept KV blocks per query block.
-        block_kinds: ``int8[Bm, Hm, nq, K]`` :data:`PARTIAL` or :data:`FULL` per kept entry,
-            :data:`EMPTY` for padding slots.
+        block_kinds: ``int8[Bm, Hm, nq, K]`` `PARTIAL` or `FULL` per kept entry,
+            `EMPTY` for padding slots.
     """
 
     kv_indices: ArrayLike
@@ -281,18 +281,18 @@ def _leaves_static(tree: Any) -> bool:
 class BlockMask:
     """A block-sparse attention mask (see the module docstring for the exact semantics).
 
-    Build one with :meth:`from_dense`, :meth:`from_blocks`, :meth:`from_predicate` or the pattern
-    functions in :mod:`sparsejax.attention` (``causal_mask``, ``sliding_window_mask``, ...); combine
-    with ``|`` and ``&``; pass it as ``mask=`` to :func:`sparsejax.attention.attention`.
+    Build one with `from_dense`, `from_blocks`, `from_predicate` or the pattern
+    functions in `sparsejax.attention` (``causal_mask``, ``sliding_window_mask``, ...); combine
+    with ``|`` and ``&``; pass it as ``mask=`` to `sparsejax.attention.attention`.
 
     Attributes:
-        block_map: ``int8[Bm, Hm, nq, nk]`` of :data:`EMPTY` / :data:`PARTIAL` / :data:`FULL`.
+        block_map: ``int8[Bm, Hm, nq, nk]`` of `EMPTY` / `PARTIAL` / `FULL`.
         predicate: The token-level mask consulted in partial blocks.
         seq_q: Number of query tokens.
         seq_kv: Number of key/value tokens.
         block_q: Query block size.
         block_kv: Key/value block size.
-        max_kv_blocks: Static width of :meth:`info`: the most kept KV blocks of any query-block row
+        max_kv_blocks: Static width of `info`: the most kept KV blocks of any query-block row
             (exact for static masks, an upper bound for dynamic ones).
     """
 
@@ -382,7 +382,7 @@ class BlockMask:
             block_kv: Key block size.
 
         Returns:
-            The mask; its ``predicate`` is a :class:`DenseTokens` over ``token_mask``.
+            The mask; its ``predicate`` is a `DenseTokens` over ``token_mask``.
         """
         block_q = _check_block("block_q", block_q)
         block_kv = _check_block("block_kv", block_kv)
@@ -436,7 +436,7 @@ class BlockMask:
             seq_kv: Key length (``nk == ceil(seq_kv / block_kv)``).
             token_mask: Optional token-level restriction inside kept blocks: a ``bool`` array
                 ``[B|1, H|1, seq_q, seq_kv]`` (blocks are then classified from it) or a
-                :class:`TokenPredicate` (kept blocks are then marked partial). ``None``: kept blocks
+                `TokenPredicate` (kept blocks are then marked partial). ``None``: kept blocks
                 are full.
             max_kv_blocks: Static bound on kept blocks per row for a dynamic ``block_bool`` (e.g.
                 the ``k`` of a top-k); ignored (computed exactly) for concrete inputs.
@@ -500,7 +500,7 @@ class BlockMask:
         maps analytically instead.
 
         Args:
-            predicate: The token predicate (a :class:`TokenPredicate`).
+            predicate: The token predicate (a `TokenPredicate`).
             seq_q: Query length.
             seq_kv: Key length.
             block_q: Query block size.
@@ -561,7 +561,7 @@ class BlockMask:
         return _to_dense(self)
 
     def info(self) -> BlockMaskInfo:
-        """The compressed per-row block lists (width :attr:`max_kv_blocks`, at least 1).
+        """The compressed per-row block lists (width `max_kv_blocks`, at least 1).
 
         Static masks compute them once in NumPy and cache them; dynamic masks compute them with
         ``jax.numpy`` (traceable).

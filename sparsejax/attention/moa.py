@@ -25,7 +25,7 @@ span is ``S = alpha + beta * N``. The rules follow the reference implementation 
   to a KV density budget at every constrained length. The reference solves this MILP with
   Gurobi/CVXPY; here an exact dynamic program or a Lagrangian relaxation solves it.
 
-Convention: the search scores a candidate with the same block layout :func:`moa_block_layout`
+Convention: the search scores a candidate with the same block layout `moa_block_layout`
 produces at inference (the reference's search approximates it by a BigBird band of
 ``int(alpha // 64 + beta * n_blocks)`` blocks plus one global block).
 """
@@ -148,7 +148,7 @@ def moa_block_layout(
         betas: ``[H]`` span slopes.
         seq_len: sequence length ``N`` (the prefill is square, ``N x N``).
         block_size: block edge (64 in the reference).
-        max_new_tokens: generated tokens the span is sized for (see :func:`moa_spans`).
+        max_new_tokens: generated tokens the span is sized for (see `moa_spans`).
         sink_size: maximum sink tokens (64).
         minimum_cache_size: smallest span (128).
         split_size: spans are multiples of this (64).
@@ -222,9 +222,9 @@ def moa_mask(
     minimum_cache_size: int = 128,
     split_size: int = 64,
 ) -> BlockMask:
-    """MoA prefill mask as a :class:`~sparsejax.attention.mask.BlockMask` (static, numpy backed).
+    """MoA prefill mask as a `sparsejax.attention.mask.BlockMask` (static, numpy backed).
 
-    The block map is :func:`moa_block_layout` (``[1, H, nb, nb]``) and the token mask inside the
+    The block map is `moa_block_layout` (``[1, H, nb, nb]``) and the token mask inside the
     partial (diagonal) blocks is causal. Use it with ``attention(q, k, v, mask)``.
 
     Args:
@@ -232,7 +232,7 @@ def moa_mask(
         betas: ``[H]`` span slopes.
         seq_len: sequence length ``N``.
         block_size: block edge of the layout and of the returned mask (64).
-        max_new_tokens: generated tokens the span is sized for (see :func:`moa_spans`).
+        max_new_tokens: generated tokens the span is sized for (see `moa_spans`).
         sink_size: maximum sink tokens (64).
         minimum_cache_size: smallest span (128).
         split_size: spans are multiples of this (64).
@@ -269,7 +269,7 @@ def moa_decode_keep(
 ) -> np.ndarray:
     """Token-exact KV positions a decoding query sees under MoA's static circular cache.
 
-    The cache of each head is sized once from the prompt (``span`` of :func:`moa_spans` with
+    The cache of each head is sized once from the prompt (``span`` of `moa_spans` with
     ``seq_len = prompt_len``). With ``kv_len`` tokens written so far (the current token included)
     a head keeps the first ``sink`` tokens and the last ``local`` tokens (everything if
     ``kv_len <= span``).
@@ -279,7 +279,7 @@ def moa_decode_keep(
         betas: ``[H]`` span slopes.
         prompt_len: prompt length the cache was sized for.
         kv_len: number of tokens in the (uncompressed) sequence, current token included.
-        max_new_tokens: generated tokens the span is sized for (see :func:`moa_spans`).
+        max_new_tokens: generated tokens the span is sized for (see `moa_spans`).
         sink_size: maximum sink tokens (64).
         minimum_cache_size: smallest span (128).
         split_size: spans are multiples of this (64).
@@ -308,7 +308,7 @@ def moa_decode_indices(
     kv_len: int,
     **kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Kept KV indices per head for decoding (see :func:`moa_decode_keep`).
+    """Kept KV indices per head for decoding (see `moa_decode_keep`).
 
     Returns:
         ``(indices, valid)``: int32 ``[H, K]`` ascending kept positions padded with 0 and bool
@@ -396,7 +396,7 @@ def moa_profile(
     For every calibration batch, ``A = probs_fn(batch)`` gives the attention probabilities
     ``[B, H, N, N]`` (or ``[H, N, N]``) of the attention being profiled, and ``loss_fn(A, batch)``
     the scalar loss with those probabilities substituted; ``G = jax.grad(loss_fn)(A, batch)``.
-    The influence :func:`moa_influence` is taken in absolute value, (causally masked,) summed
+    The influence `moa_influence` is taken in absolute value, (causally masked,) summed
     over ``block_size`` blocks and averaged over all sequences of the same length ``N``.
 
     Args:
@@ -407,7 +407,7 @@ def moa_profile(
             probabilities) or a mapping ``{length: [batch, ...]}``.
         block_size: pooling block (64 in the reference).
         causal: zero the strictly upper triangle before pooling.
-        eps: see :func:`moa_influence`.
+        eps: see `moa_influence`.
 
     Returns:
         ``{N: E_block}``: float32 numpy ``[H, nb, nb]`` with ``nb = ceil(N / block_size)``.
@@ -650,17 +650,17 @@ def moa_search(
     """Choose one elastic rule ``(alpha, beta)`` per head under a density budget.
 
     For head ``h`` and candidate ``c`` the dropped influence at profiled length ``N`` is the sum of
-    ``profiles[N][h]`` over the causal blocks the candidate's layout (:func:`moa_block_layout`,
+    ``profiles[N][h]`` over the causal blocks the candidate's layout (`moa_block_layout`,
     ``max_new_tokens=0``) does not visit. The objective is the sum over profiled lengths; the
     constraint, at every budget length ``N``, is that the mean over heads of the KV density
     (KV blocks held / ``nb``, the reference's ``"kv"`` density) is at most the budget.
 
     Args:
-        profiles: ``{N: [H, nb, nb]}`` block influences from :func:`moa_profile`.
+        profiles: ``{N: [H, nb, nb]}`` block influences from `moa_profile`.
         density_budget: a density in ``(0, 1]`` for every budget length, or ``{N: density}``.
         budget_lengths: lengths to constrain (default: the profiled lengths, or the keys of a
             mapping budget).
-        candidates: ``(alphas, betas)``; default :func:`moa_candidates` of the lengths.
+        candidates: ``(alphas, betas)``; default `moa_candidates` of the lengths.
         solver: ``"exact"`` (dynamic program over Pareto-optimal integer block costs; exponential
             only in the worst case), ``"lagrangian"`` (subgradient on one multiplier per length,
             then greedy repair and improvement; always feasible, not always optimal) or ``"auto"``

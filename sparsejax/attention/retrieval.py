@@ -86,7 +86,7 @@ def make_retrieval_task(
             before the question).
 
     Returns:
-        A :class:`RetrievalTask`.
+        A `RetrievalTask`.
     """
     for name, val, lo in (
         ("batch", batch, 1),
@@ -147,7 +147,7 @@ def mask_answer_row(mask: Any, row: int = -1) -> Bool[Array, "b h seq_kv"]:
     """Keys kept for one query row of a mask, without materialising the whole mask.
 
     Args:
-        mask: a :class:`~sparsejax.attention.mask.BlockMask`, or a bool token mask
+        mask: a `sparsejax.attention.mask.BlockMask`, or a bool token mask
             ``[..., Lq, Lk]`` (the row is taken), or a keep vector ``[..., Lk]`` (returned as is).
         row: query row (default the last).
 
@@ -198,7 +198,7 @@ def retrieval_predict(
 
 
 def retrieval_accuracy(task: RetrievalTask, keep: Bool[Array, "b h seq"] | None = None) -> float:
-    """Fraction of instances whose label is decoded correctly (see :func:`retrieval_predict`)."""
+    """Fraction of instances whose label is decoded correctly (see `retrieval_predict`)."""
     return float(jnp.mean(retrieval_predict(task, keep) == task.label))
 
 

@@ -205,9 +205,9 @@ def sparsed_mask(
     rho: float = 0.3,
     scale: float | None = None,
 ):
-    """SparseD selection as a :class:`~sparsejax.attention.mask.BlockMask` (``block_size`` blocks).
+    """SparseD selection as a `sparsejax.attention.mask.BlockMask` (``block_size`` blocks).
 
-    See :func:`sparsed_block_select`; the returned mask is ``[B, H, L, L]`` with no token mask
+    See `sparsed_block_select`; the returned mask is ``[B, H, L, L]`` with no token mask
     inside kept blocks (bidirectional).
     """
     from sparsejax.attention.mask import BlockMask
@@ -234,7 +234,7 @@ def sparsed_update(
     """One denoising step of the SparseD schedule (jit-compatible, ``step`` may be traced).
 
     Args:
-        schedule: the :class:`SparseDSchedule`.
+        schedule: the `SparseDSchedule`.
         step: current denoising step.
         q: this step's queries ``[B, H, L, D]``.
         k: this step's keys ``[B, Hkv, L, D]``.

@@ -1,6 +1,6 @@
 """Static attention patterns: causal, sliding window, sink + window, chunked causal, global + band.
 
-Every function returns a static :class:`~sparsejax.attention.mask.BlockMask` (NumPy block map, lazy
+Every function returns a static `sparsejax.attention.mask.BlockMask` (NumPy block map, lazy
 position predicate): built once, hashable, cheap to evaluate inside a kernel tile. Block maps are
 computed analytically per block from index ranges, combined with three-valued logic, then the few
 partial blocks are re-classified exactly by evaluating the predicate on them, so a block is marked
@@ -133,7 +133,7 @@ class SameChunk(_Positional):
 
 @register_predicate
 class HeadSwitch(TokenPredicate):
-    """Head ``h`` uses ``predicates[h]`` (built by :func:`stack_heads`)."""
+    """Head ``h`` uses ``predicates[h]`` (built by `stack_heads`)."""
 
     predicates: tuple
 
@@ -276,7 +276,7 @@ def sliding_window_mask(
         seq_kv: Key length (default ``seq_q``).
         window: Window size in tokens (>= 1).
         causal: One-sided (True) or symmetric (False) window.
-        offset: Diagonal shift, as in :func:`causal_mask`.
+        offset: Diagonal shift, as in `causal_mask`.
         block_q: Query block size.
         block_kv: Key block size.
 
@@ -309,7 +309,7 @@ def sink_window_mask(
         seq_kv: Key length (default ``seq_q``).
         sink: Number of attention-sink tokens at the start (>= 0).
         window: Local window size (>= 1).
-        offset: Diagonal shift, as in :func:`causal_mask`.
+        offset: Diagonal shift, as in `causal_mask`.
         block_q: Query block size.
         block_kv: Key block size.
 
@@ -405,7 +405,7 @@ def stack_heads(masks: Sequence[BlockMask]) -> BlockMask:
         masks: Static masks of identical geometry and head dim 1.
 
     Returns:
-        A static mask with block map ``[Bm, len(masks), nq, nk]`` and a :class:`HeadSwitch`
+        A static mask with block map ``[Bm, len(masks), nq, nk]`` and a `HeadSwitch`
         predicate.
     """
     masks = list(masks)

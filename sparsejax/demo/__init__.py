@@ -8,6 +8,9 @@ from sparsejax.demo.context import DemoContext, make_context
 STAGES: dict[str, str] = {
     # name -> module path holding ``run(ctx) -> dict``
     "pruning": "sparsejax.demo.pruning",
+    "block_sparse": "sparsejax.demo.block_sparse",
+    "attention": "sparsejax.demo.attention",
+    "sae": "sparsejax.demo.sae",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]

@@ -2,7 +2,7 @@
 
 The trained dense kernel is cut into 32x32 blocks; in each block row the blocks of largest
 Frobenius norm are kept (at several block densities), the model is fine-tuned briefly through
-:func:`sparsejax.ops.dense_bsr_matmul` (its gradient covers the kept blocks only), and the
+`sparsejax.ops.dense_bsr_matmul` (its gradient covers the kept blocks only), and the
 stage prints accuracy, stored bytes and the hidden layer's matmul time against the dense layer.
 """
 

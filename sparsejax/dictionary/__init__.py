@@ -1,5 +1,5 @@
 """Sparse dictionary codes: OMP, ISTA/FISTA/LISTA, dictionary learning, semi-NMF, CoSpaDi,
-tokenizer transplantation (this package) and sparse autoencoders (:mod:`sparsejax.dictionary.sae`,
+tokenizer transplantation (this package) and sparse autoencoders (`sparsejax.dictionary.sae`,
 whose public names are re-exported here too)."""
 
 from sparsejax.dictionary import sae

@@ -22,7 +22,7 @@ __all__ = ["CoSpaDiResult", "cospadi", "output_error", "truncated_svd"]
 
 
 class CoSpaDiResult(NamedTuple):
-    """Result of :func:`cospadi`.
+    """Result of `cospadi`.
 
     Attributes:
         dictionary: ``[d_in, n_atoms]``.
@@ -95,7 +95,7 @@ def cospadi(
             comparison).
 
     Returns:
-        :class:`CoSpaDiResult` with the factors, the compression ratio and the output errors of
+        `CoSpaDiResult` with the factors, the compression ratio and the output errors of
         CoSpaDi and of plain and whitened truncated SVD with at most the same parameter count.
     """
     for name, arr, nd in (("weight", weight, 2), ("calibration_inputs", calibration_inputs, 2)):

@@ -195,7 +195,7 @@ def fista(
     Args:
         dictionary: ``[n_features, n_atoms]``.
         signals: ``[..., n_features]``.
-        alpha: L1 weight (as in :func:`ista`).
+        alpha: L1 weight (as in `ista`).
         n_iter: number of iterations (static).
         backtracking: if True, each signal keeps its own step ``1 / L_k``: starting from
             ``lipschitz`` (default ``||D||_2^2 / 100``), ``L_k`` is multiplied by ``eta`` until the
@@ -234,7 +234,7 @@ def lista_init(
     alpha: float,
     n_layers: int,
 ) -> dict[str, Array]:
-    """Parameters that make :func:`lista_apply` equal ``n_layers`` ISTA steps from zero.
+    """Parameters that make `lista_apply` equal ``n_layers`` ISTA steps from zero.
 
     Returns:
         ``{"encoder": D / L [n_features, n_atoms], "lateral": I - D^T D / L [n_atoms, n_atoms],
@@ -281,7 +281,7 @@ def lista_apply(
 class LISTA(eqx.Module):
     """Equinox LISTA: ``LISTA(dictionary, alpha, n_layers)(signals) -> codes``.
 
-    Fields are the arrays of :func:`lista_init`; train them with any optax optimiser, for example on
+    Fields are the arrays of `lista_init`; train them with any optax optimiser, for example on
     ``||y - z D^T||^2`` (unsupervised) or on ``||z - z_star||^2`` against ISTA/FISTA codes.
     """
 

@@ -1,7 +1,7 @@
 """Dictionary learning: online mini-batch (Mairal et al. 2009, scikit-learn's update) and
 approximate K-SVD (Rubinstein, Zibulevsky and Elad 2008), with OMP or Lasso (FISTA) coding.
 
-Layout follows :func:`sparsejax.dictionary.omp`: data ``[n_samples, n_features]`` (batch-first),
+Layout follows `sparsejax.dictionary.omp`: data ``[n_samples, n_features]`` (batch-first),
 the dictionary ``[n_features, n_atoms]`` with unit-norm atoms as columns, codes
 ``[n_samples, n_atoms]``, so ``data ~ codes @ dictionary.T`` (scikit-learn's ``components_`` is
 ``dictionary.T``).
@@ -150,7 +150,7 @@ def online_dictionary_update(
     1% of its standard deviation.
 
     Args:
-        state: the current :class:`OnlineDictionaryState`.
+        state: the current `OnlineDictionaryState`.
         batch: ``[batch, n_features]`` samples.
         codes: ``[batch, n_atoms]`` their codes over ``state.dictionary``.
         key: PRNG key for replacing unused atoms.
@@ -222,13 +222,13 @@ def minibatch_dictionary_learning(
         alpha: L1 weight for Lasso (scikit-learn's ``alpha``).
         batch_size: samples per step.
         n_steps: number of mini-batch steps.
-        init: initial dictionary ``[n_features, n_atoms]``; default :func:`init_dictionary`.
+        init: initial dictionary ``[n_features, n_atoms]``; default `init_dictionary`.
         positive: non-negative atoms.
         progress: show a tqdm progress bar.
 
     Returns:
         ``(dictionary, state)``: the learned unit-norm ``[n_features, n_atoms]`` dictionary and the
-        final :class:`OnlineDictionaryState` (to continue training on more data).
+        final `OnlineDictionaryState` (to continue training on more data).
     """
     name = "minibatch_dictionary_learning"
     _check_data(name, data)
@@ -310,7 +310,7 @@ def ksvd(
     progress: bool = False,
 ) -> tuple[Float[Array, "n_features n_atoms"], Float[Array, "n_samples n_atoms"]]:
     """Approximate K-SVD: alternate sparse coding of all samples (OMP with ``k`` atoms, or Lasso)
-    with :func:`ksvd_atom_updates`; between rounds, atoms that duplicate an earlier atom
+    with `ksvd_atom_updates`; between rounds, atoms that duplicate an earlier atom
     (``|cos| > 0.99``) or that no sample uses are replaced by the worst-represented samples.
 
     Returns:

@@ -2,7 +2,7 @@
 
 The algorithm is scikit-learn's ``orthogonal_mp_gram`` (Rubinstein, Zibulevsky and Elad,
 "Efficient Implementation of the K-SVD Algorithm using Batch Orthogonal Matching Pursuit", 2008),
-vectorised over a batch of signals and compiled with :func:`jax.jit`. Instead of solving two
+vectorised over a batch of signals and compiled with `jax.jit`. Instead of solving two
 triangular systems per step, it keeps the inverse Cholesky factor ``L^{-1}`` of the selected atoms'
 Gram block, so every update is a small matrix-vector product:
 
@@ -230,7 +230,7 @@ def omp(
             ``min(n_features, n_atoms)``. Unlike scikit-learn (where ``tol`` overrides
             ``n_nonzero_coefs``), a ``k`` given together with ``tol`` acts as a cap.
         tol: target squared residual norm ``||y - D x||^2`` (may be a traced scalar).
-        return_indices: return a :class:`SparseCode` ``(indices, values)`` of shape ``[..., k]``
+        return_indices: return a `SparseCode` ``(indices, values)`` of shape ``[..., k]``
             (in selection order) instead of dense codes.
         exact_k: always select exactly ``k`` distinct atoms (no early stopping; ``tol`` must be
             None).
@@ -238,7 +238,7 @@ def omp(
             n_atoms``); default keeps that buffer near 8 MiB.
 
     Returns:
-        Dense codes ``[..., n_atoms]``, or a :class:`SparseCode`. The dtype is the promoted input
+        Dense codes ``[..., n_atoms]``, or a `SparseCode`. The dtype is the promoted input
         dtype; half-precision inputs (bfloat16, float16) are solved in float32 and cast back.
 
     Raises:

@@ -19,7 +19,7 @@ __all__ = ["SemiNMFResult", "semi_nmf", "semi_nmf_step"]
 
 
 class SemiNMFResult(NamedTuple):
-    """Result of :func:`semi_nmf`.
+    """Result of `semi_nmf`.
 
     Attributes:
         features: ``[n_features, n_components]`` signed, at most ``keep`` non-zeros per column.
@@ -101,7 +101,7 @@ def semi_nmf(
     init_weights: Float[Array, "n_samples n_components"] | None = None,
 ) -> SemiNMFResult:
     """Sparse semi-NMF: ``activations ~ weights @ features.T`` with non-negative ``weights`` and
-    winner-take-all sparse ``features`` (see :func:`semi_nmf_step`).
+    winner-take-all sparse ``features`` (see `semi_nmf_step`).
 
     Args:
         activations: ``[n_samples, n_features]`` (e.g. an MLP's hidden activations, one token per
@@ -116,7 +116,7 @@ def semi_nmf(
         init_weights: optional initial non-negative weights instead of the random ones.
 
     Returns:
-        :class:`SemiNMFResult` ``(features, weights, loss)``.
+        `SemiNMFResult` ``(features, weights, loss)``.
     """
     if not hasattr(activations, "ndim") or activations.ndim != 2:
         raise ValueError(

@@ -1,11 +1,11 @@
-"""Flax NNX and Equinox multi-head attention layers over :func:`sparsejax.attention.attention`.
+"""Flax NNX and Equinox multi-head attention layers over `sparsejax.attention.attention`.
 
 Both layers project ``x`` to queries, keys and values (grouped-query attention when
 ``num_kv_heads < num_heads``), run block-sparse attention with any mask, and project back. The
 mask is given per call, as
 
 * ``None`` (dense, or causal with ``causal=True``);
-* a :class:`~sparsejax.attention.BlockMask` (a static pattern such as ``sliding_window_mask``);
+* a `sparsejax.attention.BlockMask` (a static pattern such as ``sliding_window_mask``);
 * a callable ``pattern(q, k) -> BlockMask`` that computes a dynamic mask from the projected
   ``q [batch, heads, seq, head_dim]`` and ``k [batch, kv_heads, seq, head_dim]`` (block top-k,
   MoA, SparseD, ... style patterns), traced under ``jit`` together with the layer.
@@ -77,7 +77,7 @@ class SparseMultiHeadAttention(nnx.Module):
         num_kv_heads: Key/value heads (divides ``num_heads``; default ``num_heads``).
         head_dim: Per-head width (default ``in_features // num_heads``).
         causal: Intersect every mask with a causal mask.
-        backend: Attention backend (see :func:`sparsejax.attention.attention`).
+        backend: Attention backend (see `sparsejax.attention.attention`).
         use_bias: Biases on the projections.
         rngs: ``nnx.Rngs`` for the initialisers.
     """

@@ -1,17 +1,17 @@
-"""Linear layers that store a compressed weight and train through :mod:`sparsejax.ops`.
+"""Linear layers that store a compressed weight and train through `sparsejax.ops`.
 
 Four layers, all computing ``y = x @ W + b`` with ``W [in, out]`` (the Flax ``Dense`` layout):
 
-* :class:`BlockSparseLinear` (Flax NNX) and :class:`EqxBlockSparseLinear` (Equinox): ``W`` in
-  BSR (:class:`~sparsejax.formats.BlockSparse`); the forward is
-  :func:`~sparsejax.ops.dense_bsr_matmul` and the weight gradient covers the kept blocks only
+* `BlockSparseLinear` (Flax NNX) and `EqxBlockSparseLinear` (Equinox): ``W`` in
+  BSR (`sparsejax.formats.BlockSparse`); the forward is
+  `sparsejax.ops.dense_bsr_matmul` and the weight gradient covers the kept blocks only
   (via SDDMM), so a training step never forms a dense ``[in, out]`` gradient.
-* :class:`NMLinear` (Flax NNX) and :class:`EqxNMLinear` (Equinox): ``W`` N:M-compressed along its
+* `NMLinear` (Flax NNX) and `EqxNMLinear` (Equinox): ``W`` N:M-compressed along its
   reduction axis (axis 0 of ``[in, out]``, the hardware 2:4 axis); the forward is
-  :func:`~sparsejax.ops.dense_nm_matmul`, a gather of the kept inputs.
+  `sparsejax.ops.dense_nm_matmul`, a gather of the kept inputs.
 
 The sparsity *structure* (block indices and counts, N:M positions) is fixed at construction and
-stored in non-trainable variables (NNX: :class:`SparseStructure`, not an ``nnx.Param``, so
+stored in non-trainable variables (NNX: `SparseStructure`, not an ``nnx.Param``, so
 ``nnx.grad``/``nnx.Optimizer(wrt=nnx.Param)`` skip it; Equinox: integer arrays, which
 ``eqx.filter_grad`` skips). Only the kept values and the bias train, so the structure is
 preserved exactly by any optimizer step.
@@ -136,13 +136,13 @@ class BlockSparseLinear(nnx.Module):
             fan-in.
         bias: an initial bias ``[out]``; default zeros.
         use_bias: add a bias.
-        backend: passed to :func:`sparsejax.ops.dense_bsr_matmul`.
+        backend: passed to `sparsejax.ops.dense_bsr_matmul`.
         param_dtype: dtype of a freshly initialised kernel.
         rngs: needed for a random mask or kernel.
 
     Attributes:
         data: ``nnx.Param [R, S, bm, bn]`` kept blocks (the trainable values).
-        indices, counts: :class:`SparseStructure` BSR metadata.
+        indices, counts: `SparseStructure` BSR metadata.
         bias: ``nnx.Param [out]`` or ``None``.
     """
 
@@ -151,7 +151,7 @@ class BlockSparseLinear(nnx.Module):
                  block_mask: Bool[Array, "R C"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
-                 backend: str = "auto", param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None):
         key = rngs.params() if rngs is not None else None
         w = _build_bsr(in_features, out_features, tuple(block_shape), density, block_mask,
                        kernel, key, param_dtype)
@@ -169,7 +169,7 @@ class BlockSparseLinear(nnx.Module):
 
     @property
     def weight(self) -> BlockSparse:
-        """The kernel as a :class:`~sparsejax.formats.BlockSparse` ``[in, out]``."""
+        """The kernel as a `sparsejax.formats.BlockSparse` ``[in, out]``."""
         return BlockSparse(self.data[...], self.indices[...], self.counts[...], self.shape,
                            self.block_shape)
 
@@ -190,19 +190,19 @@ class NMLinear(nnx.Module):
             are kept. Default: LeCun-normal scaled to the kept fan-in.
         bias: an initial bias ``[out]``; default zeros.
         use_bias: add a bias.
-        backend: passed to :func:`sparsejax.ops.dense_nm_matmul`.
+        backend: passed to `sparsejax.ops.dense_nm_matmul`.
         param_dtype: dtype of a freshly initialised kernel.
         rngs: needed for a random kernel.
 
     Attributes:
         values: ``nnx.Param [in*n/m, out]`` kept values.
-        indices: :class:`SparseStructure` ``uint8`` positions.
+        indices: `SparseStructure` ``uint8`` positions.
     """
 
     def __init__(self, in_features: int, out_features: int, *, n: int = 2, m: int = 4,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
-                 backend: str = "auto", param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None):
         key = rngs.params() if rngs is not None else None
         w = _build_nm(in_features, out_features, n, m, kernel, key, param_dtype)
         self.values = nnx.Param(w.values)
@@ -217,7 +217,7 @@ class NMLinear(nnx.Module):
 
     @property
     def weight(self) -> NMSparse:
-        """The kernel as an :class:`~sparsejax.formats.NMSparse` ``[in, out]``."""
+        """The kernel as an `sparsejax.formats.NMSparse` ``[in, out]``."""
         return NMSparse(self.values[...], self.indices[...], self.n, self.m, -2, self.length)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
@@ -233,7 +233,7 @@ class NMLinear(nnx.Module):
 class EqxBlockSparseLinear(eqx.Module):
     """Equinox linear layer with a block-sparse (BSR) kernel ``[in, out]``.
 
-    Same arguments as :class:`BlockSparseLinear`, with ``key`` instead of ``rngs``. The integer
+    Same arguments as `BlockSparseLinear`, with ``key`` instead of ``rngs``. The integer
     BSR metadata are ordinary array fields that ``eqx.filter_grad`` / ``eqx.is_inexact_array``
     leave out, so only ``data`` and ``bias`` train.
     """
@@ -251,7 +251,7 @@ class EqxBlockSparseLinear(eqx.Module):
                  block_mask: Bool[Array, "R C"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
-                 backend: str = "auto", param_dtype=jnp.float32, key: jax.Array | None = None):
+                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32, key: jax.Array | None = None):
         w = _build_bsr(in_features, out_features, tuple(block_shape), density, block_mask,
                        kernel, key, param_dtype)
         self.data, self.indices, self.counts = w.data, w.indices, w.counts
@@ -263,7 +263,7 @@ class EqxBlockSparseLinear(eqx.Module):
 
     @property
     def weight(self) -> BlockSparse:
-        """The kernel as a :class:`~sparsejax.formats.BlockSparse` ``[in, out]``."""
+        """The kernel as a `sparsejax.formats.BlockSparse` ``[in, out]``."""
         return BlockSparse(self.data, self.indices, self.counts, self.shape, self.block_shape)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
@@ -274,7 +274,7 @@ class EqxBlockSparseLinear(eqx.Module):
 class EqxNMLinear(eqx.Module):
     """Equinox linear layer with an N:M kernel ``[in, out]`` grouped along ``in`` (axis 0).
 
-    Same arguments as :class:`NMLinear`, with ``key`` instead of ``rngs``.
+    Same arguments as `NMLinear`, with ``key`` instead of ``rngs``.
     """
 
     values: Array
@@ -288,7 +288,7 @@ class EqxNMLinear(eqx.Module):
     def __init__(self, in_features: int, out_features: int, *, n: int = 2, m: int = 4,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
-                 backend: str = "auto", param_dtype=jnp.float32, key: jax.Array | None = None):
+                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32, key: jax.Array | None = None):
         w = _build_nm(in_features, out_features, n, m, kernel, key, param_dtype)
         self.values, self.indices = w.values, w.indices
         self.n, self.m, self.length, self.backend = w.n, w.m, w.length, backend
@@ -299,7 +299,7 @@ class EqxNMLinear(eqx.Module):
 
     @property
     def weight(self) -> NMSparse:
-        """The kernel as an :class:`~sparsejax.formats.NMSparse` ``[in, out]``."""
+        """The kernel as an `sparsejax.formats.NMSparse` ``[in, out]``."""
         return NMSparse(self.values, self.indices, self.n, self.m, -2, self.length)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:

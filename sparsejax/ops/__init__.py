@@ -1,6 +1,6 @@
-"""Sparse products over :mod:`sparsejax.formats`: block-sparse matmul, SDDMM, N:M matmul.
+"""Sparse products over `sparsejax.formats`: block-sparse matmul, SDDMM, N:M matmul.
 
-One public API (:mod:`sparsejax.ops.api`) dispatching to backends: ``reference`` (densify +
+One public API (`sparsejax.ops.api`) dispatching to backends: ``reference`` (densify +
 ``jnp``), ``xla`` (cost scales with kept blocks; the CPU default), ``pallas_tpu`` and
 ``pallas_gpu`` (Pallas kernels, imported lazily).
 """

@@ -1,12 +1,12 @@
 """Public sparse products with backend dispatch and gradients.
 
-Products (``A`` block-sparse :class:`~sparsejax.formats.BlockSparse`, ``W``
-:class:`~sparsejax.formats.NMSparse`):
+Products (``A`` block-sparse `sparsejax.formats.BlockSparse`, ``W``
+`sparsejax.formats.NMSparse`):
 
-* :func:`bsr_matmul` ``A @ b`` (sparse x dense), also ``A @ b`` on a ``BlockSparse``;
-* :func:`dense_bsr_matmul` ``x @ A`` (dense x sparse), also ``x @ A``;
-* :func:`sddmm` ``(a @ b)`` sampled at the kept blocks of ``like`` (a ``BlockSparse``);
-* :func:`nm_matmul` ``W @ x`` and :func:`dense_nm_matmul` ``x @ W``.
+* `bsr_matmul` ``A @ b`` (sparse x dense), also ``A @ b`` on a ``BlockSparse``;
+* `dense_bsr_matmul` ``x @ A`` (dense x sparse), also ``x @ A``;
+* `sddmm` ``(a @ b)`` sampled at the kept blocks of ``like`` (a ``BlockSparse``);
+* `nm_matmul` ``W @ x`` and `dense_nm_matmul` ``x @ W``.
 
 Backends (``backend=``):
 
@@ -16,7 +16,7 @@ Backends (``backend=``):
   ``sparsejax.ops.pallas_gpu``, imported lazily; ``interpret=True`` runs them in Pallas
   interpret mode on CPU;
 * ``"auto"``: ``xla`` on CPU, ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU (by
-  :func:`jax.default_backend`); when the chosen kernel rejects the operands (a block shape or
+  `jax.default_backend`); when the chosen kernel rejects the operands (a block shape or
   dtype it cannot tile, raised eagerly as ``ValueError``/``TypeError``) ``auto`` falls back to
   ``xla``. Naming a Pallas backend explicitly raises instead.
 
@@ -258,7 +258,7 @@ def dense_bsr_matmul(
     Args:
         x: dense ``[..., M]``; leading axes are flattened into one batch axis.
         a: the block-sparse right operand ``[M, N]``.
-        backend: see :func:`bsr_matmul`.
+        backend: see `bsr_matmul`.
         interpret: run a Pallas backend in interpret mode.
 
     Returns:
@@ -294,7 +294,7 @@ def sddmm(
         b: dense ``[Kd, N]``.
         like: a ``BlockSparse [M, N]`` whose structure (indices, counts, block shape) is used;
             its ``data`` is ignored.
-        backend: see :func:`bsr_matmul`.
+        backend: see `bsr_matmul`.
         interpret: run a Pallas backend in interpret mode.
 
     Returns:
@@ -427,7 +427,7 @@ def dense_nm_matmul(
     """``x @ W`` for a 2-D N:M-compressed ``W [K, N]`` (a Flax ``Dense`` kernel ``[in, out]``).
 
     With ``W`` compressed along axis 0 (its reduction axis, the default of
-    :meth:`NMSparse.from_dense`) the ``xla`` backend gathers the kept inputs; otherwise ``W`` is
+    `NMSparse.from_dense`) the ``xla`` backend gathers the kept inputs; otherwise ``W`` is
     densified.
 
     Args:

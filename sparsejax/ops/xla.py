@@ -17,7 +17,7 @@ count switches to densify + one dense product; the time is then about the dense 
 up to ~1.7x it. (Under ``vmap`` over the sparse operand the predicate is batched and both
 branches run.)
 
-These functions take validated 2-D operands; :mod:`sparsejax.ops.api` handles batching, dtype
+These functions take validated 2-D operands; `sparsejax.ops.api` handles batching, dtype
 checks, dispatch and gradients.
 """
 

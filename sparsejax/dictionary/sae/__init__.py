@@ -1,10 +1,10 @@
 """Sparse autoencoders and transcoders: pure functions, metrics, training, NNX/Equinox modules.
 
-The functional core (:mod:`.functional`) takes a params dict and a static :class:`SAEConfig`;
-:mod:`.activations` holds the sparsifying activations, :mod:`.losses` the auxiliary losses,
-:mod:`.decoder` the unit-norm decoder constraint and the geometric-median bias init,
-:mod:`.metrics` FVU / L0 / dead fraction / CE loss recovered, :mod:`.train` ``train_sae``.
-The Flax NNX and Equinox modules live in :mod:`.nnx` and :mod:`.eqx` (imported lazily).
+The functional core (`.functional`) takes a params dict and a static `SAEConfig`;
+`.activations` holds the sparsifying activations, `.losses` the auxiliary losses,
+`.decoder` the unit-norm decoder constraint and the geometric-median bias init,
+`.metrics` FVU / L0 / dead fraction / CE loss recovered, `.train` ``train_sae``.
+The Flax NNX and Equinox modules live in `.nnx` and `.eqx` (imported lazily).
 """
 
 from sparsejax.dictionary.sae.activations import (

@@ -62,7 +62,7 @@ def _row_mask(idx: Int[Array, "... k"], n: int) -> jax.Array:
 def topk_indices(
     pre: Float[Array, "... d_sae"], k: int, *, order: str = "relu_first"
 ) -> tuple[Float[Array, "... k"], Int[Array, "... k"]]:
-    """Sparse ``(values, indices)`` form of :func:`topk`.
+    """Sparse ``(values, indices)`` form of `topk`.
 
     Args:
         pre: pre-activations ``[..., d_sae]``.
@@ -92,7 +92,7 @@ def topk(pre: Float[Array, "... d_sae"], k: int, *, order: str = "relu_first"
         pre: pre-activations ``[..., d_sae]``.
         k: kept latents per row, ``1 <= k <= d_sae``.
         order: ``"relu_first"`` or ``"topk_first"``; identical dense codes (see the module
-            docstring), offered for parity with the two conventions of :func:`topk_indices`.
+            docstring), offered for parity with the two conventions of `topk_indices`.
 
     Returns:
         Codes ``[..., d_sae]`` with at most k nonzeros per row (exactly k when a row has at least
@@ -147,7 +147,7 @@ def batch_topk(pre: Float[Array, "... d_sae"], k: int) -> Float[Array, "... d_sa
 
     ``B`` is the number of rows (the product of the leading axes), so rows get k latents on
     average (SAELens ``BatchTopK``; Bussmann et al. 2024). At inference use
-    :func:`threshold_activation` with the threshold tracked during training.
+    `threshold_activation` with the threshold tracked during training.
 
     Args:
         pre: pre-activations ``[..., d_sae]``.
@@ -182,7 +182,7 @@ def feature_choice(pre: Float[Array, "n d_sae"], m: int | Int[Array, " d_sae"]
     Args:
         pre: pre-activations ``[n_tokens, d_sae]`` (leading axes are flattened into tokens).
         m: per-latent capacity: an int in ``[1, n_tokens]`` or an int array ``[d_sae]`` of
-            capacities in ``[0, n_tokens]`` (e.g. :func:`zipf_capacities`).
+            capacities in ``[0, n_tokens]`` (e.g. `zipf_capacities`).
 
     Returns:
         Codes of ``pre``'s shape; column ``j`` has at most ``m_j`` nonzeros.

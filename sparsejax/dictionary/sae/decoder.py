@@ -3,9 +3,9 @@ geometric-median (Weiszfeld) initialisation of the decoder bias.
 
 The unit-norm constraint follows EleutherAI/sparsify and openai/sparse_autoencoder: before the
 optimiser step the gradient component parallel to each decoder row is removed
-(:func:`remove_parallel_component`, or :func:`remove_decoder_parallel_grads` as an optax
+(`remove_parallel_component`, or `remove_decoder_parallel_grads` as an optax
 ``GradientTransformation`` placed first in the chain), and after the step each row is rescaled to
-unit norm (:func:`normalize_decoder`). The decoder is ``W_dec [d_sae, d_out]``: one row per atom.
+unit norm (`normalize_decoder`). The decoder is ``W_dec [d_sae, d_out]``: one row per atom.
 """
 
 from __future__ import annotations
@@ -85,14 +85,14 @@ def normalize_decoder(params: Any, *, name: str = "W_dec") -> Any:
 
 
 class RemoveParallelState(NamedTuple):
-    """Empty state of :func:`remove_decoder_parallel_grads`."""
+    """Empty state of `remove_decoder_parallel_grads`."""
 
 
 def remove_decoder_parallel_grads(name: str = "W_dec") -> optax.GradientTransformation:
     """An optax transformation removing the decoder-row-parallel part of the updates.
 
     Put it *first* in the chain (it acts on the raw gradient, as sparsify does before its
-    optimiser step) and call :func:`normalize_decoder` on the params after ``apply_updates``::
+    optimiser step) and call `normalize_decoder` on the params after ``apply_updates``::
 
         opt = optax.chain(remove_decoder_parallel_grads(), optax.adam(1e-3))
 

@@ -1,7 +1,7 @@
 """Equinox adapter: a sparse autoencoder module over the functional core.
 
-The module holds the params dict (``W_enc``, ``W_dec``, ... as in :mod:`.functional`) and the
-static config; the training state is explicit (an :class:`.SAEState` passed in and returned),
+The module holds the params dict (``W_enc``, ``W_dec``, ... as in `.functional`) and the
+static config; the training state is explicit (an `.SAEState` passed in and returned),
 as is usual in Equinox.
 
 Example::
@@ -38,7 +38,7 @@ class EqxSparseAutoencoder(eqx.Module):
     """A sparse autoencoder / transcoder as an Equinox module.
 
     Args:
-        config: the static :class:`.SAEConfig`.
+        config: the static `.SAEConfig`.
         key: PRNG key for the initialisation.
         b_dec: optional initial decoder bias ``[d_out]``.
         dtype: parameter dtype.
@@ -71,7 +71,7 @@ class EqxSparseAutoencoder(eqx.Module):
 
     def loss(self, x: Float[Array, "... d_in"], state: F.SAEState,
              y: Float[Array, "... d_out"] | None = None) -> tuple[Array, F.SAEOutput]:
-        """``(loss, SAEOutput)`` as :func:`.sae_loss`."""
+        """``(loss, SAEOutput)`` as `.sae_loss`."""
         return F.sae_loss(self.params, x, self.config, state, y)
 
     def normalize_decoder(self) -> EqxSparseAutoencoder:

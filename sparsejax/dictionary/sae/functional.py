@@ -1,6 +1,6 @@
 """Sparse autoencoders as pure functions: a params dict in, arrays out.
 
-An SAE is described by a frozen, hashable :class:`SAEConfig` (pass it as a static argument or
+An SAE is described by a frozen, hashable `SAEConfig` (pass it as a static argument or
 close over it) and its parameters are a plain dict of arrays (SAELens names and layouts):
 
 ==============  =====================  =========================================================
@@ -19,7 +19,7 @@ Forward pass: ``h = x - b_dec`` (autoencoders with ``apply_b_dec_to_input``; tra
 ``h = x``), ``pre = h @ W_enc + b_enc``, ``codes = activation(pre)``,
 ``y_hat = codes @ W_dec + b_dec (+ x @ W_skip)``.
 
-Training state (:class:`SAEState`, explicit, updated by :func:`sae_loss`): a dead-latent tracker
+Training state (`SAEState`, explicit, updated by `sae_loss`): a dead-latent tracker
 (tokens since each latent last fired, as EleutherAI/sparsify and openai), an EMA of each latent's
 firing frequency (for aux_zipf), and BatchTopK's inference threshold (an EMA of the smallest kept
 activation, SAELens ``topk_threshold_lr``; the first batch sets it directly).
@@ -98,7 +98,7 @@ class SAEConfig:
         d_out: output width (defaults to ``d_in``); a different width needs ``transcoder=True``.
         transcoder: predict a target ``y`` from ``x`` (no ``b_dec`` subtraction from the input).
         skip: add a linear skip connection ``x @ W_skip`` (skip-transcoder).
-        topk_order: ``relu_first`` or ``topk_first`` (see :mod:`.activations`).
+        topk_order: ``relu_first`` or ``topk_first`` (see `.activations`).
         feature_capacity: tokens each latent may pick under Feature Choice; default
             ``max(1, k * n_tokens // d_sae)``.
         l1_coefficient: sparsity weight for ``relu`` and ``gated``.
@@ -111,9 +111,9 @@ class SAEConfig:
         dead_tokens: a latent is dead after this many tokens without firing (sparsify/openai 10M).
         threshold_ema: BatchTopK threshold EMA rate (SAELens ``topk_threshold_lr``).
         density_ema: EMA rate of the per-latent firing frequency.
-        zipf_fraction: aux_zipf's underutilisation fraction (see :func:`.underutilised_mask`).
+        zipf_fraction: aux_zipf's underutilisation fraction (see `.underutilised_mask`).
         normalize_decoder: keep decoder rows at unit norm (init, and via
-            :func:`.remove_decoder_parallel_grads` + :func:`.normalize_decoder` in training).
+            `.remove_decoder_parallel_grads` + `.normalize_decoder` in training).
         normalize_loss: divide the losses by the target's total variance (FVU, as sparsify).
         apply_b_dec_to_input: subtract ``b_dec`` from the input (default: True for autoencoders,
             must be False for transcoders).
@@ -216,7 +216,7 @@ class SAEState(NamedTuple):
 
 
 class SAEOutput(NamedTuple):
-    """Auxiliary output of :func:`sae_loss`: the updated state, metrics, codes, reconstruction."""
+    """Auxiliary output of `sae_loss`: the updated state, metrics, codes, reconstruction."""
 
     state: SAEState
     metrics: dict[str, Array]
@@ -242,7 +242,7 @@ def init_sae(key: Array, config: SAEConfig, *, b_dec: Float[Array, " d_out"] | N
     Args:
         key: PRNG key.
         config: the SAE description.
-        b_dec: initial decoder bias ``[d_out]`` (e.g. :func:`.geometric_median` of the targets);
+        b_dec: initial decoder bias ``[d_out]`` (e.g. `.geometric_median` of the targets);
             zeros when None.
         dtype: parameter dtype.
 
@@ -279,7 +279,7 @@ def init_sae(key: Array, config: SAEConfig, *, b_dec: Float[Array, " d_out"] | N
 
 
 def init_state(config: SAEConfig) -> SAEState:
-    """A fresh :class:`SAEState` for ``config``."""
+    """A fresh `SAEState` for ``config``."""
     config = _check_config(config)
     return SAEState(tokens_since_fired=jnp.zeros((config.d_sae,), jnp.int32),
                     density=jnp.zeros((config.d_sae,), jnp.float32),
@@ -424,7 +424,7 @@ def decode(params: Params, codes: Float[Array, "... d_sae"], config: SAEConfig,
 def forward(params: Params, x: Float[Array, "... d_in"], config: SAEConfig, *,
             threshold: Float[Array, ""] | None = None
             ) -> tuple[Float[Array, "... d_out"], Float[Array, "... d_sae"]]:
-    """``(reconstruction, codes)`` of ``x`` (see :func:`encode` for ``threshold``)."""
+    """``(reconstruction, codes)`` of ``x`` (see `encode` for ``threshold``)."""
     codes = encode(params, x, config, threshold=threshold)
     return decode(params, codes, config, x), codes
 

@@ -129,7 +129,7 @@ def aux_zipf_loss(
 
     The paper generalises AuxK from dead latents to latents used less than a Zipf law fitted to the
     feature densities predicts; no reference code is public, so this is our reading: the auxiliary
-    latents are :func:`underutilised_mask` ``(density, fraction)`` and the loss is :func:`auxk_loss`
+    latents are `underutilised_mask` ``(density, fraction)`` and the loss is `auxk_loss`
     over them (same scale ``min(n / k_aux, 1)``).
 
     Args:
@@ -138,7 +138,7 @@ def aux_zipf_loss(
         w_dec: decoder ``[d_sae, d_out]``.
         density: firing frequency per latent ``[d_sae]``.
         k_aux: auxiliary latents per token.
-        fraction: see :func:`underutilised_mask`.
+        fraction: see `underutilised_mask`.
     """
     mask = underutilised_mask(density, fraction=fraction)
     return auxk_loss(pre, residual, w_dec, mask, k_aux)

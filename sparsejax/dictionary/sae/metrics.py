@@ -53,7 +53,7 @@ def dead_fraction(codes: Float[Array, "... d_sae"]) -> Float[Array, ""]:
     """Fraction of latents that are zero on every row of ``codes``.
 
     For a fraction over a training window use the tracker in the SAE state
-    (:func:`sparsejax.dictionary.sae.dead_mask`).
+    (`sparsejax.dictionary.sae.dead_mask`).
     """
     codes = check_float_array(codes, "codes")
     fired = jnp.any(codes.reshape(-1, codes.shape[-1]) != 0, axis=0)

@@ -1,8 +1,8 @@
 """Flax NNX adapter: a sparse autoencoder module over the functional core.
 
-Parameters are ``nnx.Param`` attributes named as in :mod:`.functional` (``W_enc``, ``W_dec``, ...);
+Parameters are ``nnx.Param`` attributes named as in `.functional` (``W_enc``, ``W_dec``, ...);
 the training state (dead-latent tracker, firing-density EMA, BatchTopK threshold) lives in
-:class:`SAEStateVariable` attributes that :meth:`NNXSparseAutoencoder.loss` updates in place, so
+`SAEStateVariable` attributes that `NNXSparseAutoencoder.loss` updates in place, so
 ``nnx.value_and_grad`` with its default ``nnx.Param`` filter differentiates only the parameters.
 
 Example::
@@ -42,7 +42,7 @@ class NNXSparseAutoencoder(nnx.Module):
     """A sparse autoencoder / transcoder as a Flax NNX module.
 
     Args:
-        config: the static :class:`.SAEConfig`.
+        config: the static `.SAEConfig`.
         rngs: ``nnx.Rngs`` (its ``params`` stream initialises the weights).
         b_dec: optional initial decoder bias ``[d_out]``.
         dtype: parameter dtype.
@@ -68,7 +68,7 @@ class NNXSparseAutoencoder(nnx.Module):
         return {name: getattr(self, name)[...] for name in self.param_names}
 
     def state(self) -> F.SAEState:
-        """The training state as an :class:`.SAEState`."""
+        """The training state as an `.SAEState`."""
         return F.SAEState(self.tokens_since_fired[...], self.density[...], self.threshold[...],
                           self.step[...])
 

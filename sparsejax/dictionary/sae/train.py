@@ -34,11 +34,11 @@ __all__ = ["TrainResult", "make_train_step", "train_sae"]
 
 
 class TrainResult(NamedTuple):
-    """What :func:`train_sae` returns.
+    """What `train_sae` returns.
 
     Attributes:
         params: trained SAE params.
-        state: final :class:`.SAEState` (dead-latent tracker, BatchTopK threshold).
+        state: final `.SAEState` (dead-latent tracker, BatchTopK threshold).
         history: per-step metrics as numpy arrays (``loss``, ``mse``, ``fvu``, ``l0``, ``aux``,
             ``dead_fraction``), one entry per logged step, plus ``step``.
     """
@@ -54,7 +54,7 @@ def make_train_step(config: SAEConfig, optimizer: optax.GradientTransformation, 
     sae_state, metrics)``, jitted unless ``jit=False``.
 
     With ``config.normalize_decoder`` the optimiser must already remove the decoder-parallel
-    gradient (:func:`.remove_decoder_parallel_grads` first in the chain, as :func:`train_sae`
+    gradient (`.remove_decoder_parallel_grads` first in the chain, as `train_sae`
     builds it); the step renormalises the decoder rows after the update.
     """
     grad_fn = jax.value_and_grad(sae_loss, has_aux=True)
@@ -123,7 +123,7 @@ def train_sae(
         learning_rate: Adam learning rate (ignored when ``optimizer`` is given).
         optimizer: a custom optax optimiser (the parallel-gradient removal is still prepended).
         targets: transcoder targets ``[n, d_out]`` (required iff ``config.transcoder``).
-        params: initial params (default :func:`.init_sae` with ``b_dec`` per ``b_dec_init``).
+        params: initial params (default `.init_sae` with ``b_dec`` per ``b_dec_init``).
         b_dec_init: ``"geometric_median"`` (of up to 4096 target rows, SAELens), ``"mean"``
             (sparsify) or ``"zeros"``.
         log_every: record metrics every this many steps.
@@ -132,7 +132,7 @@ def train_sae(
         desc: the bar's label.
 
     Returns:
-        :class:`TrainResult` ``(params, state, history)``.
+        `TrainResult` ``(params, state, history)``.
     """
     from tqdm.auto import tqdm
 
