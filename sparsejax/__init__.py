@@ -6,6 +6,7 @@ pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
 from sparsejax import allocation, attention, dictionary, formats, masks, nn, ops, schedules, scores
+from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.select import path_str, select
 from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsity, summary
@@ -13,6 +14,7 @@ from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsit
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockMask",
     "BlockSparse",
     "NMSparse",
     "Sparsity",
