@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from sparsejax import masks as _masks
+
 __all__ = ["BlockSparse", "NMSparse"]
 
 
@@ -96,18 +98,9 @@ def _check_block_shape(block_shape: Any) -> tuple[int, int]:
 
 
 def _nm_keep_mask(x: Array, n: int, m: int) -> Array:
-    """Bool mask keeping the ``n`` largest ``|x|`` of each group of ``m`` along the last axis.
-
-    Ties are broken by position (lower index wins), so every group keeps exactly ``n``. No sort:
-    each entry's rank is the number of group members that beat it (O(m^2) compares per group).
-    """
-    g = jnp.abs(x.astype(jnp.float32)).reshape(*x.shape[:-1], -1, m)
-    a, b = g[..., :, None], g[..., None, :]  # a: entry i, b: competitor j
-    pos = jnp.arange(m)
-    earlier = pos[None, :] < pos[:, None]  # [i, j]: j before i
-    beats = (b > a) | ((b == a) & earlier)
-    rank = jnp.sum(beats, axis=-1)
-    return (rank < n).reshape(x.shape)
+    """Bool mask keeping the ``n`` largest ``|x|`` of each group of ``m`` along the last axis
+    (``sparsejax.masks.nm``: ties by lower index, exactly ``n`` per group, no sort)."""
+    return _masks.nm(jnp.abs(x), n, m, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
