@@ -406,3 +406,16 @@ def test_prune_model_errors(two_layer):
     with pytest.raises(ValueError, match="never passed to `tap`"):
         prune_model(params, lambda p, x, tap: x @ p["l1"]["kernel"], batches, "wanda",
                     sparsity=0.5, groups=[["l1/kernel"]])
+
+
+def test_layer_stats_where_skips_padding():
+    x = jax.random.normal(jax.random.key(5), (2, 5, 3))
+    where = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
+    got = LayerStats.from_inputs(x, where)
+    real = np.asarray(x)[np.asarray(where)]
+    want = LayerStats.from_inputs(jnp.asarray(real))
+    assert int(got.count) == 7
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="`where` must have the token shape"):
+        LayerStats.from_inputs(x, where[:, :4])

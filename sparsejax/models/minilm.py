@@ -78,12 +78,12 @@ class MiniLM(NamedTuple):
         params = self.params if params is None else params
         out = []
         for i in range(0, len(texts), batch_size):
-            ids, mask = self.tokenizer(texts[i:i + batch_size])
+            ids, mask = self.tokenizer(texts[i:i + batch_size], pad_to_multiple_of=32)
             out.append(np.asarray(_embed_jit(params, ids, mask, self.config)))
         return np.concatenate(out)
 
 
-def _identity_tap(name: str, x: jax.Array) -> jax.Array:
+def _identity_tap(name: str, x: jax.Array, where: jax.Array | None = None) -> jax.Array:
     return x
 
 
@@ -98,7 +98,7 @@ def encode(
     input_ids: Int[Array, "batch length"],
     attention_mask: Int[Array, "batch length"],
     config: BertConfig,
-    tap: Callable[[str, jax.Array], jax.Array] = _identity_tap,
+    tap: Callable[..., jax.Array] = _identity_tap,
 ) -> Float[Array, "batch length hidden"]:
     """Last hidden states of the BERT encoder (post-LayerNorm blocks, exact-erf GELU).
 
@@ -107,8 +107,8 @@ def encode(
         input_ids: token ids ``[batch, length]``.
         attention_mask: 1 for real tokens, 0 for padding, ``[batch, length]``.
         config: the `BertConfig` (static).
-        tap: ``tap(name, x) -> x`` called with each linear layer's input (the hook of
-            `sparsejax.oneshot.prune_model`).
+        tap: ``tap(name, x, where) -> x`` called with each linear layer's input and the real-token
+            mask (the hook of `sparsejax.oneshot.prune_model`; padding stays out of statistics).
 
     Returns:
         ``[batch, length, hidden]`` float32.
@@ -121,7 +121,7 @@ def encode(
     heads, dim = config.heads, config.hidden // config.heads
     for i, lp in enumerate(params["layers"]):
         def dense(name, x, lp=lp, i=i):
-            x = tap(f"layers/{i}/{name}/kernel", x)
+            x = tap(f"layers/{i}/{name}/kernel", x, attention_mask > 0)
             return x @ lp[name]["kernel"] + lp[name]["bias"]
 
         split = lambda t: t.reshape(*t.shape[:2], heads, dim)  # noqa: E731
@@ -139,7 +139,7 @@ def embed(
     input_ids: Int[Array, "batch length"],
     attention_mask: Int[Array, "batch length"],
     config: BertConfig,
-    tap: Callable[[str, jax.Array], jax.Array] = _identity_tap,
+    tap: Callable[..., jax.Array] = _identity_tap,
 ) -> Float[Array, "batch hidden"]:
     """Sentence embeddings: `encode`, mean over real tokens, L2-normalised (sentence-transformers'
     ``Pooling(mean)`` + ``Normalize``)."""

@@ -103,17 +103,19 @@ class WordPiece:
         """Token ids of one text, without ``[CLS]``/``[SEP]``."""
         return [i for word in _pre_tokenize(_normalize(text)) for i in self._word(word)]
 
-    def __call__(self, texts: Sequence[str], max_length: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Batch of texts -> ``(input_ids, attention_mask)``, int32 ``[batch, longest]``.
+    def __call__(self, texts: Sequence[str], max_length: int = 256,
+                 pad_to_multiple_of: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Batch of texts -> ``(input_ids, attention_mask)``, int32 ``[batch, width]``.
 
         Each row is ``[CLS] tokens [SEP]`` truncated to ``max_length`` (sentence-transformers'
-        ``max_seq_length`` of all-MiniLM-L6-v2 is 256) and right-padded with ``[PAD]``.
+        ``max_seq_length`` of all-MiniLM-L6-v2 is 256) and right-padded with ``[PAD]`` to the
+        longest row rounded up to ``pad_to_multiple_of`` (fewer shapes, fewer ``jit`` compiles).
         """
         if isinstance(texts, str):
             raise TypeError("`texts` must be a sequence of strings; got a single str (wrap it in "
                             "a list).")
         rows = [[self.cls, *self.tokenize(t)[:max_length - 2], self.sep] for t in texts]
-        width = max(len(r) for r in rows)
+        width = -(-max(len(r) for r in rows) // pad_to_multiple_of) * pad_to_multiple_of
         ids = np.full((len(rows), width), self.pad, np.int32)
         mask = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):

@@ -15,7 +15,7 @@ from sparsejax.select import path_str
 __all__ = ["METHODS", "layer_order", "prune_model"]
 
 PyTree = Any
-Tap = Callable[[str, jax.Array], jax.Array]
+Tap = Callable[..., jax.Array]  # tap(name, x, where=None) -> x
 METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
 
 
@@ -31,7 +31,7 @@ def layer_order(forward_fn: Callable, params: PyTree, batch: Any) -> list[str]:
     """Names passed to ``tap`` by one forward pass, in call order (traced abstractly, no compute)."""
     order: list[str] = []
 
-    def tap(name, x):
+    def tap(name, x, where=None):
         if name not in order:
             order.append(name)
         return x
@@ -88,10 +88,10 @@ def prune_model(
     group's last layer.
 
     The hook: ``forward_fn(params, batch, tap)`` runs the model and passes the *input* of every
-    prunable layer through ``tap(name, x) -> x`` (which returns ``x`` unchanged), where ``name`` is
-    the slash path of that layer's weight in ``params`` (`sparsejax.path_str`, e.g.
-    ``"layers/0/query/kernel"``). A Flax NNX or Equinox model needs one ``x = tap(name, x)`` line per
-    linear layer; see the docs page for both.
+    prunable layer through ``tap(name, x, where=None) -> x`` (which returns ``x`` unchanged), where
+    ``name`` is the slash path of that layer's weight in ``params`` (`sparsejax.path_str`, e.g.
+    ``"layers/0/query/kernel"``) and ``where`` optionally marks the tokens to count (padding out).
+    A Flax NNX or Equinox model needs one ``x = tap(name, x)`` line per linear layer (docs: both).
 
     Args:
         params: a pytree holding the weights (a dict, an ``nnx.State``, an Equinox module, ...).
@@ -168,9 +168,9 @@ def _stats_step(forward_fn, group):
         stats = dict(stats)
         seen = set()
 
-        def tap(name, x):
+        def tap(name, x, where=None):
             if name in stats:
-                stats[name] = stats[name].update(x)
+                stats[name] = stats[name].update(x, where)
                 seen.add(name)
             return x
 

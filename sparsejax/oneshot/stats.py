@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from sparsejax._checks import check_float_array
 
@@ -55,22 +55,42 @@ class LayerStats:
                    jnp.zeros((features, features), jnp.float32) if gram else None)
 
     @classmethod
-    def from_inputs(cls, x: Float[Array, "*batch features"], *, gram: bool = True) -> LayerStats:
-        """Statistics of one batch of inputs ``x`` (``[..., features]``, any float dtype)."""
-        x = _tokens(x, "x")
-        return cls.zeros(x.shape[-1], gram=gram).update(x)
+    def from_inputs(cls, x: Float[Array, "*batch features"], where: Bool[Array, "*batch"] | None = None,
+                    *, gram: bool = True) -> LayerStats:
+        """Statistics of one batch of inputs ``x`` (``[..., features]``, any float dtype); see
+        `update` for ``where``."""
+        x = check_float_array(x, "x")
+        if x.ndim == 0:
+            raise ValueError("`x` must have a feature axis ([..., features]); got a scalar.")
+        return cls.zeros(x.shape[-1], gram=gram).update(x, where)
 
-    def update(self, x: Float[Array, "*batch features"]) -> LayerStats:
-        """These statistics extended by the tokens of ``x`` (``[..., features]``)."""
-        x = _tokens(x, "x")
-        if x.shape[-1] != self.features:
-            raise ValueError(f"x must have {self.features} features (the last axis) like these "
+    def update(self, x: Float[Array, "*batch features"],
+               where: Bool[Array, "*batch"] | None = None) -> LayerStats:
+        """These statistics extended by the tokens of ``x`` (``[..., features]``).
+
+        Args:
+            x: inputs; every leading axis is a token axis.
+            where: optional ``[...]`` mask of the tokens to count (e.g. an attention mask, so
+                padding does not enter the statistics); ``None`` counts all.
+        """
+        x = check_float_array(x, "x")
+        if x.ndim == 0 or x.shape[-1] != self.features:
+            raise ValueError(f"`x` must have {self.features} features (the last axis) like these "
                              f"statistics; got x of shape {x.shape}.")
-        x32 = x.astype(jnp.float32)
+        x32 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+        if where is None:
+            count = x32.shape[0]
+        else:
+            if jnp.shape(where) != x.shape[:-1]:
+                raise ValueError(f"`where` must have the token shape x.shape[:-1] = {x.shape[:-1]}; "
+                                 f"got shape {jnp.shape(where)}.")
+            keep = jnp.asarray(where).reshape(-1).astype(bool)
+            x32 = jnp.where(keep[:, None], x32, 0.0)
+            count = jnp.sum(keep, dtype=jnp.int32)
         gram = None
         if self.gram is not None:
             gram = self.gram + jnp.matmul(x32.T, x32, precision=jax.lax.Precision.HIGHEST)
-        return LayerStats(self.count + x.shape[0], self.sum + jnp.sum(x32, axis=0),
+        return LayerStats(self.count + count, self.sum + jnp.sum(x32, axis=0),
                           self.sumsq + jnp.sum(x32 * x32, axis=0), gram)
 
     @property
@@ -87,10 +107,3 @@ class LayerStats:
     def norms(self) -> Float[Array, " features"]:
         """Per-feature L2 norm over all tokens, ``||X_j||_2`` (the Wanda input factor)."""
         return jnp.sqrt(self.sumsq)
-
-
-def _tokens(x, name: str) -> jax.Array:
-    x = check_float_array(x, name)
-    if x.ndim == 0:
-        raise ValueError(f"`{name}` must have a feature axis ([..., features]); got a scalar.")
-    return x.reshape(-1, x.shape[-1])
