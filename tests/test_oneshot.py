@@ -20,65 +20,9 @@ from sparsejax.oneshot import (
     sparsegpt,
     wanda,
 )
+from sparsejax.oneshot._reference import sparsegpt_loop
 
 # ---------------------------------------------------------------- oracles (plain numpy, float64)
-
-
-def kept_count(size: int, sparsity: float) -> int:
-    """`sparsejax.masks.kept_count` in numpy: round(size * (1 - s)) in float32, at least 1."""
-    k = int(np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity))))
-    return min(max(k, 1), size)
-
-
-def sparsegpt_reference(W, H, sparsity=0.0, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
-    """Float64 transcription of ``SparseGPT.fasterprune`` (IST-DASLab/sparsegpt), W [rows, cols].
-
-    ``prunen`` counts *pruned* entries per group of ``prunem`` (the reference's convention). One
-    change: an unstructured tile drops exactly ``size - kept_count`` entries (the reference drops
-    those ``<=`` its threshold, one more). Returns (W, mask) with mask True = kept.
-    """
-    W = np.array(W, np.float64)
-    H = np.array(H, np.float64)
-    rows, columns = W.shape
-    dead = np.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    damp = percdamp * np.mean(np.diag(H))
-    H[np.arange(columns), np.arange(columns)] += damp
-    Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
-    pruned = np.zeros_like(W, bool)
-    for i1 in range(0, columns, blocksize):
-        i2 = min(i1 + blocksize, columns)
-        count = i2 - i1
-        W1 = W[:, i1:i2].copy()
-        Q1 = np.zeros_like(W1)
-        Err1 = np.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        if prunen == 0:
-            tmp = W1 ** 2 / np.diag(Hinv1)[None, :] ** 2
-            order = np.argsort(-tmp.ravel(), kind="stable")
-            mask1 = np.ones(tmp.size, bool)
-            mask1[order[:kept_count(tmp.size, sparsity)]] = False
-            mask1 = mask1.reshape(tmp.shape)
-        else:
-            mask1 = np.zeros_like(W1, bool)
-        for i in range(count):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if prunen != 0 and i % prunem == 0:
-                tmp = W1[:, i:i + prunem] ** 2 / np.diag(Hinv1)[i:i + prunem][None, :] ** 2
-                low = np.argsort(tmp, axis=1, kind="stable")[:, :prunen]
-                np.put_along_axis(mask1[:, i:i + prunem], low, True, axis=1)
-            q = w.copy()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= np.outer(err1, Hinv1[i, i:])
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        pruned[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return W, ~pruned
 
 
 def dsnot_reference(W, mean, var, norms, keep, m=None, max_cycles=50, threshold=0.1, power=1.0):
@@ -225,7 +169,7 @@ def test_sparsegpt_matches_float64_reference_loop(pattern):
         got_w, got_mask = sparsegpt(w64, stats, **pattern, block_size=16)
         got_w, got_mask = np.asarray(got_w), np.asarray(got_mask)
     prunen = pattern["m"] - pattern["n"] if "m" in pattern else 0
-    ref_w, ref_mask = sparsegpt_reference(np.asarray(w64).T, np.asarray(gram), pattern.get(
+    ref_w, ref_mask = sparsegpt_loop(np.asarray(w64).T, np.asarray(gram), pattern.get(
         "sparsity", 0.0), prunen, pattern.get("m", 0), blocksize=16)
     np.testing.assert_array_equal(got_mask, ref_mask.T)
     np.testing.assert_allclose(got_w, ref_w.T, atol=1e-6)
@@ -241,7 +185,7 @@ def test_sparsegpt_float32_beats_wanda_and_magnitude(data):
     np.testing.assert_array_equal(w_sg == 0, ~mask)
     e_sg, e_wa, e_mg = recon(x, w, w_sg), recon(x, w, w_wa), recon(x, w, w_mg)
     assert e_sg < 0.9 * min(e_wa, e_mg)  # (Wanda vs magnitude varies with the data)
-    ref_w, _ = sparsegpt_reference(np.asarray(w).T, np.asarray(stats.gram), 0.5, blocksize=16)
+    ref_w, _ = sparsegpt_loop(np.asarray(w).T, np.asarray(stats.gram), 0.5, blocksize=16)
     assert e_sg == pytest.approx(recon(x, w, jnp.asarray(ref_w.T, jnp.float32)), rel=1e-2)
     w_nm, mask_nm = sparsegpt(w, stats, n=2, m=4, block_size=16)
     assert bool(masks.satisfies_nm(mask_nm, 2, 4, axis=0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -162,6 +163,7 @@ def _calibrate(params, forward_fn, batches, group, features, gram) -> dict[str, 
     return stats
 
 
+@functools.lru_cache(maxsize=64)  # reuse the compiled pass across calls with the same forward_fn
 def _stats_step(forward_fn, group):
     @jax.jit
     def step(params, batch, stats):
