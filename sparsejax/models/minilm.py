@@ -37,6 +37,7 @@ __all__ = [
     "available",
     "embed",
     "encode",
+    "fidelity",
     "init_params",
     "layer_groups",
     "load_minilm",
@@ -150,6 +151,31 @@ def embed(
 
 
 _embed_jit = jax.jit(embed, static_argnums=3)
+
+
+def fidelity(dense: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """How much of a sentence encoder's behaviour survives: ``(mean cosine, top-1 agreement)``.
+
+    Args:
+        dense: unit-norm reference embeddings ``[n, d]`` (the dense model's).
+        other: unit-norm embeddings of the same ``n`` texts by the other (pruned) model.
+
+    Returns:
+        the mean cosine similarity of paired embeddings, and the fraction of texts whose nearest
+        other text (by cosine, among the ``n``) is the same for both models.
+    """
+    dense, other = np.asarray(dense, np.float64), np.asarray(other, np.float64)
+    if dense.shape != other.shape or dense.ndim != 2 or len(dense) < 2:
+        raise ValueError(f"`dense` and `other` must both be [n, d] with n >= 2; got shapes "
+                         f"{dense.shape} and {other.shape}.")
+
+    def nearest(e):
+        s = e @ e.T
+        np.fill_diagonal(s, -np.inf)
+        return np.argmax(s, axis=1)
+
+    return float(np.mean(np.sum(dense * other, axis=1))), float(np.mean(nearest(dense) ==
+                                                                        nearest(other)))
 
 
 def init_params(key: jax.Array, config: BertConfig) -> dict:

@@ -158,16 +158,21 @@ def sparsegpt(
 
 
 def hessian_inverse_factor(gram: jax.Array, damp: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """SparseGPT's ``U``: upper Cholesky factor of ``(H + damp*mean(diag H)*I)^-1``, dead inputs
-    given ``H_jj = 1``; also returns the dead-input flags."""
+    """SparseGPT's ``U``: the upper Cholesky factor of ``(H + damp*mean(diag H)*I)^-1`` (``U^T U``),
+    dead inputs (``H_jj = 0``) given ``H_jj = 1``; also returns the dead-input flags.
+
+    One Cholesky and one triangular inverse instead of the reference's three factorizations: with
+    ``J`` the exchange matrix and ``L = chol(J H J)`` (lower), ``H = R R^T`` for the upper ``R = J L J``,
+    so ``H^-1 = R^-T R^-1`` and ``U = R^-1 = J L^-1 J``.
+    """
     diag = jnp.diagonal(gram)
     dead = diag == 0
     idx = jnp.arange(gram.shape[0])
     h = gram.at[idx, idx].set(jnp.where(dead, 1.0, diag))
     h = h.at[idx, idx].add(damp * jnp.mean(jnp.diagonal(h)))
-    lower = jnp.linalg.cholesky(h)
-    hinv = jax.scipy.linalg.cho_solve((lower, True), jnp.eye(h.shape[0], dtype=h.dtype))
-    return jnp.linalg.cholesky(hinv).T, dead
+    lower = jnp.linalg.cholesky(h[::-1, ::-1])
+    eye = jnp.eye(h.shape[0], dtype=h.dtype)
+    return jax.scipy.linalg.solve_triangular(lower, eye, lower=True)[::-1, ::-1], dead
 
 
 @partial(jax.jit, static_argnums=(4, 5, 6))
