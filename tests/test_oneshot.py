@@ -25,7 +25,8 @@ from sparsejax.oneshot._reference import sparsegpt_loop
 # ---------------------------------------------------------------- oracles (plain numpy, float64)
 
 
-def dsnot_reference(W, mean, var, norms, keep, m=None, max_cycles=50, threshold=0.1, power=1.0):
+def dsnot_reference(W, mean, var, norms, keep, m=None, max_cycles=50, threshold=0.0, power=1.0,
+                    same_sign=True):
     """Row-by-row python loop of the DSnoT cycle as `sparsejax.oneshot.dsnot` documents it
     (without the guard). W, keep: [rows, cols] (one row per output)."""
     W = np.asarray(W, np.float64)
@@ -54,7 +55,7 @@ def dsnot_reference(W, mean, var, norms, keep, m=None, max_cycles=50, threshold=
                 break
             p = min(pc, key=lambda j: wanda_s[r, j])
             after = e + metric[r, p] - metric[r, g]
-            if m is not None and np.sign(after) != sign0:
+            if same_sign and np.sign(after) != sign0:
                 break
             keep[r, g], keep[r, p], e = True, False, after
     return keep
@@ -204,14 +205,14 @@ def test_sparsegpt_under_jit_and_torch_layout(data):
 # ---------------------------------------------------------------- DSnoT
 
 
-@pytest.mark.parametrize("m", [None, 4])
-def test_dsnot_matches_loop_reference_and_keeps_pattern(data, m):
+@pytest.mark.parametrize("m, same_sign", [(None, True), (None, False), (4, True)])
+def test_dsnot_matches_loop_reference_and_keeps_pattern(data, m, same_sign):
     x, w, stats = data
     _, start = wanda(w, stats, 0.5) if m is None else wanda(w, stats, n=2, m=4)
-    _, got = dsnot(w, stats, start, m=m, update_threshold=0.01, guard=False)
+    _, got = dsnot(w, stats, start, m=m, update_threshold=0.01, guard=False, same_sign=same_sign)
     want = dsnot_reference(np.asarray(w).T, np.asarray(stats.mean, np.float64),
                            np.asarray(stats.var, np.float64), np.asarray(stats.norms, np.float64),
-                           np.asarray(start).T, m=m, threshold=0.01)
+                           np.asarray(start).T, m=m, threshold=0.01, same_sign=same_sign)
     np.testing.assert_array_equal(np.asarray(got), want.T)
     assert (np.asarray(got) != np.asarray(start)).any()  # it did swap something
     np.testing.assert_array_equal(got.sum(axis=0), start.sum(axis=0))  # per-output count kept
@@ -232,12 +233,24 @@ def test_dsnot_never_increases_reconstruction_error(seed, sparsity, start):
         _, mask = magnitude(w, sparsity)
     else:
         _, mask = sparsegpt(w, stats, sparsity)
-    pruned, new = dsnot(w, stats, mask, update_threshold=0.0)
+    pruned, new = dsnot(w, stats, mask, same_sign=False)  # oscillates: the guard must hold
     before = reconstruction_error(w, jnp.where(mask, w, 0.0), stats.gram)
     after = reconstruction_error(w, pruned, stats.gram)
     assert bool(jnp.all(after <= before * (1 + 1e-6) + 1e-6))
     assert int(new.sum()) == int(mask.sum())
     np.testing.assert_array_equal(new.sum(axis=0), mask.sum(axis=0))
+
+
+def test_dsnot_guard_reverts_rows_that_got_worse(data):
+    x, w, stats = data
+    _, start = wanda(w, stats, 0.5)
+    before = reconstruction_error(w, jnp.where(start, w, 0.0), stats.gram)
+    free, free_mask = dsnot(w, stats, start, same_sign=False, guard=False)
+    guarded, guarded_mask = dsnot(w, stats, start, same_sign=False)
+    worse = np.asarray(reconstruction_error(w, free, stats.gram) > before)
+    assert worse.any()  # unguarded oscillation hurts outputs
+    np.testing.assert_array_equal(guarded_mask[:, worse], start[:, worse])
+    np.testing.assert_array_equal(guarded_mask[:, ~worse], free_mask[:, ~worse])
 
 
 def test_reconstruction_error_matches_direct(data):

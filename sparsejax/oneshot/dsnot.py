@@ -24,9 +24,10 @@ def dsnot(
     m: int | None = None,
     in_axis: int = 0,
     max_cycles: int = 50,
-    update_threshold: float = 0.1,
+    update_threshold: float = 0.0,
     pow_of_var: float = 1.0,
     guard: bool = True,
+    same_sign: bool = True,
 ) -> tuple[Float[Array, "a b"], Bool[Array, "a b"]]:
     """DSnoT: swap pruned and kept weights of each output to cancel its expected output shift.
 
@@ -37,19 +38,20 @@ def dsnot(
 
     * unstructured (``m=None``): the kept weight of lowest Wanda score ``|W_ij| ||X_j||`` among those
       with ``W_ij E[x_j]`` of sign opposite to ``e_i``;
-    * N:M (``m`` given): the kept weight of lowest Wanda score in the grown weight's group of ``m``,
-      and only while the swap keeps ``e_i``'s initial sign (as the reference's N:M branch).
+    * N:M (``m`` given): the kept weight of lowest Wanda score in the grown weight's group of ``m``.
 
-    An output stops when ``|e_i| <= update_threshold``, when no candidate of the right sign is left,
-    or after ``max_cycles`` cycles. Every swap keeps the output's kept count (and each N:M group's),
-    so the sparsity and pattern of ``mask`` are preserved exactly.
+    With ``same_sign`` (default) a swap is made only while it keeps ``e_i``'s initial sign (the
+    reference's N:M rule, and its unstructured rule without ``--without_same_sign``), so ``|e_i|``
+    only shrinks. An output stops at the first swap refused, when no candidate of the right sign is
+    left, or after ``max_cycles`` cycles. Every swap keeps the output's kept count (and each N:M
+    group's), so the sparsity and pattern of ``mask`` are preserved exactly.
 
     Differences from the reference: ``E[x]`` is the per-*token* mean (the reference sums over the
-    tokens of a sample, a factor of the sequence length, so thresholds are not interchangeable);
-    weights that start kept are never grown and weights that start pruned are never pruned; with
-    ``guard=True`` (and a Gram in ``stats``) an output whose true reconstruction error
-    ``||X (W_i - W'_i)||^2`` got worse is reverted to its starting mask, so DSnoT never increases the
-    layer's error.
+    2048 tokens of a sample, so its default threshold 0.1 is about ``5e-5`` here; the default 0
+    relies on the sign rule to stop); weights that start kept are never grown and weights that
+    start pruned are never pruned; with ``guard=True`` (and a Gram in ``stats``) an output whose
+    true reconstruction error ``||X (W_i - W'_i)||^2`` got worse is reverted to its starting mask,
+    so DSnoT never increases the layer's error.
 
     Args:
         w: the *dense* weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
@@ -58,9 +60,10 @@ def dsnot(
         m: N:M group size along the input axis when ``mask`` is N:M; ``None`` for unstructured.
         in_axis: the input-feature axis of ``w``.
         max_cycles: most prune-and-grow cycles (the reference's ``max_cycle_time``, 50).
-        update_threshold: an output stops once ``|e_i|`` is at most this (reference 0.1).
+        update_threshold: an output stops once ``|e_i|`` is at most this (per-token units, 0).
         pow_of_var: power of ``Var(x_j)`` dividing the growing score (reference 1).
         guard: revert outputs whose reconstruction error increased (needs ``stats.gram``).
+        same_sign: refuse swaps that would flip the sign of ``e_i``.
 
     Returns:
         ``(w * new_mask, new_mask)`` shaped like ``w``.
@@ -83,7 +86,8 @@ def dsnot(
     rows = to_rows(w, in_axis).astype(jnp.float32)
     keep = _dsnot(rows, to_rows(mask, in_axis), stats.mean, stats.var, stats.norms,
                   stats.gram if guard else None, jnp.asarray(update_threshold, jnp.float32),
-                  jnp.asarray(pow_of_var, jnp.float32), m, max_cycles)
+                  jnp.asarray(pow_of_var, jnp.float32), m, max_cycles,
+                  bool(same_sign))
     keep = keep.T if in_axis == 0 else keep
     return jnp.where(keep, w, jnp.zeros((), w.dtype)), keep
 
@@ -123,8 +127,8 @@ def _masked_arg(values: jax.Array, allowed: jax.Array, largest: jax.Array) -> tu
     return idx, jnp.any(allowed, axis=1)
 
 
-@partial(jax.jit, static_argnums=(8, 9))
-def _dsnot(w, keep0, mean, var, norms, gram, threshold, power, m, max_cycles):
+@partial(jax.jit, static_argnums=(8, 9, 10))
+def _dsnot(w, keep0, mean, var, norms, gram, threshold, power, m, max_cycles, same_sign):
     rows, cols = w.shape
     metric = w * mean[None, :]                       # W_ij E[x_j]: contribution to e_i
     grow_score = metric / jnp.maximum(var, 1e-12)[None, :] ** power
@@ -152,7 +156,7 @@ def _dsnot(w, keep0, mean, var, norms, gram, threshold, power, m, max_cycles):
         p, has_p = _masked_arg(wanda, prunable, jnp.zeros(rows, bool))
         e_after = e + metric[row, p] - metric[row, g]
         update = active & has_g & has_p & (jnp.abs(e) > threshold)
-        if m is not None:
+        if same_sign:
             update = update & (jnp.sign(e_after) == sign0)
         keep = keep.at[row, g].set(keep[row, g] | update).at[row, p].set(keep[row, p] & ~update)
         return cycle + 1, keep, jnp.where(update, e_after, e), update
