@@ -61,7 +61,7 @@ def build_bsr(in_features, out_features, block_shape, density, block_mask, kerne
     return BlockSparse.from_dense(kernel, block_shape, block_mask)
 
 
-def build_nm(in_features, out_features, n, m, kernel, key, dtype) -> NMSparse:
+def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSparse:
     """The `NMSparse` kernel ``[in, out]`` (grouped along ``in``) of an N:M layer."""
     check_features(in_features, out_features)
     if kernel is None:
@@ -69,7 +69,12 @@ def build_nm(in_features, out_features, n, m, kernel, key, dtype) -> NMSparse:
             raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
         kernel = init_kernel(key, in_features, out_features, n / m, dtype)
     kernel = _check_kernel(kernel, in_features, out_features)
-    return NMSparse.from_dense(kernel, n, m, axis=0)
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.shape != kernel.shape:
+            raise ValueError(f"`mask` must have the kernel's shape [in, out] = {kernel.shape}; "
+                             f"got {mask.shape}.")
+    return NMSparse.from_dense(kernel, n, m, axis=0, mask=mask)
 
 
 def init_bias(bias, use_bias: bool, out_features: int, dtype) -> Array | None:

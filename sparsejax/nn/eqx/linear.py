@@ -2,7 +2,14 @@
 
 The Equinox counterparts of `sparsejax.nn.BlockSparseLinear` and `sparsejax.nn.NMLinear` (same
 names, same arguments with ``key`` instead of ``rngs``), computing ``y = x @ W + b`` with
-``W [in, out]``.
+``W [in, out]``. Unlike ``equinox.nn.Linear`` (``weight [out, in]``, one unbatched input) the
+kernel is ``[in, out]`` and ``x`` may carry any leading axes ``[..., in]``.
+
+The ``weight`` field *is* the format pytree (`sparsejax.formats.BlockSparse` /
+`sparsejax.formats.NMSparse`), as ``equinox.nn.WeightNorm`` stores the layer it wraps. Its integer
+leaves (block indices and counts, N:M positions) are left out by ``eqx.is_inexact_array``, so
+``eqx.filter_grad`` and an optimizer over ``eqx.filter(model, eqx.is_inexact_array)`` train only
+the kept values and the bias, and the sparsity structure is preserved exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from sparsejax.formats import BlockSparse, NMSparse
-from sparsejax.nn._weights import build_bsr, build_nm
+from sparsejax.nn._weights import build_bsr, build_nm, init_bias
 from sparsejax.ops import dense_bsr_matmul, dense_nm_matmul
 
 __all__ = ["BlockSparseLinear", "NMLinear"]
@@ -22,17 +29,16 @@ __all__ = ["BlockSparseLinear", "NMLinear"]
 class BlockSparseLinear(eqx.Module):
     """Equinox linear layer with a block-sparse (BSR) kernel ``[in, out]``.
 
-    Same arguments as `sparsejax.nn.BlockSparseLinear`, with ``key`` instead of ``rngs``. The integer
-    BSR metadata are ordinary array fields that ``eqx.filter_grad`` / ``eqx.is_inexact_array``
-    leave out, so only ``data`` and ``bias`` train.
+    Same arguments as `sparsejax.nn.BlockSparseLinear`, with ``key`` instead of ``rngs``.
+
+    Attributes:
+        weight: the `sparsejax.formats.BlockSparse` kernel ``[in, out]``.
+        bias: ``[out]`` or ``None``.
+        backend: passed to `sparsejax.ops.dense_bsr_matmul` (static).
     """
 
-    data: Array
-    indices: Array
-    counts: Array
+    weight: BlockSparse
     bias: Array | None
-    shape: tuple[int, int] = eqx.field(static=True)
-    block_shape: tuple[int, int] = eqx.field(static=True)
     backend: str = eqx.field(static=True)
 
     def __init__(self, in_features: int, out_features: int, *,
@@ -40,22 +46,25 @@ class BlockSparseLinear(eqx.Module):
                  block_mask: Bool[Array, "R C"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
-                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32, key: jax.Array | None = None):
-        w = build_bsr(in_features, out_features, tuple(block_shape), density, block_mask,
-                       kernel, key, param_dtype)
-        self.data, self.indices, self.counts = w.data, w.indices, w.counts
-        self.shape, self.block_shape, self.backend = w.shape, w.block_shape, backend
-        if use_bias:
-            self.bias = jnp.zeros((out_features,), w.dtype) if bias is None else jnp.asarray(bias)
-        else:
-            self.bias = None
+                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
+                 key: jax.Array | None = None):
+        self.weight = build_bsr(in_features, out_features, tuple(block_shape), density,
+                                block_mask, kernel, key, param_dtype)
+        self.bias = init_bias(bias, use_bias, out_features, self.weight.dtype)
+        self.backend = backend
 
     @property
-    def weight(self) -> BlockSparse:
-        """The kernel as a `sparsejax.formats.BlockSparse` ``[in, out]``."""
-        return BlockSparse(self.data, self.indices, self.counts, self.shape, self.block_shape)
+    def in_features(self) -> int:
+        """Input size."""
+        return self.weight.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        """Output size."""
+        return self.weight.shape[1]
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
+        """``x @ W + b`` through `sparsejax.ops.dense_bsr_matmul`."""
         y = dense_bsr_matmul(x, self.weight, self.backend)
         return y if self.bias is None else y + self.bias
 
@@ -64,33 +73,38 @@ class NMLinear(eqx.Module):
     """Equinox linear layer with an N:M kernel ``[in, out]`` grouped along ``in`` (axis 0).
 
     Same arguments as `sparsejax.nn.NMLinear`, with ``key`` instead of ``rngs``.
+
+    Attributes:
+        weight: the `sparsejax.formats.NMSparse` kernel ``[in, out]``.
+        bias: ``[out]`` or ``None``.
+        backend: passed to `sparsejax.ops.dense_nm_matmul` (static).
     """
 
-    values: Array
-    indices: Array
+    weight: NMSparse
     bias: Array | None
-    n: int = eqx.field(static=True)
-    m: int = eqx.field(static=True)
-    length: int = eqx.field(static=True)
     backend: str = eqx.field(static=True)
 
     def __init__(self, in_features: int, out_features: int, *, n: int = 2, m: int = 4,
                  kernel: Float[Array, "in out"] | None = None,
+                 mask: Bool[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
-                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32, key: jax.Array | None = None):
-        w = build_nm(in_features, out_features, n, m, kernel, key, param_dtype)
-        self.values, self.indices = w.values, w.indices
-        self.n, self.m, self.length, self.backend = w.n, w.m, w.length, backend
-        if use_bias:
-            self.bias = jnp.zeros((out_features,), w.dtype) if bias is None else jnp.asarray(bias)
-        else:
-            self.bias = None
+                 backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
+                 key: jax.Array | None = None):
+        self.weight = build_nm(in_features, out_features, n, m, kernel, mask, key, param_dtype)
+        self.bias = init_bias(bias, use_bias, out_features, self.weight.dtype)
+        self.backend = backend
 
     @property
-    def weight(self) -> NMSparse:
-        """The kernel as an `sparsejax.formats.NMSparse` ``[in, out]``."""
-        return NMSparse(self.values, self.indices, self.n, self.m, -2, self.length)
+    def in_features(self) -> int:
+        """Input size."""
+        return self.weight.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        """Output size."""
+        return self.weight.shape[1]
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
+        """``x @ W + b`` through `sparsejax.ops.dense_nm_matmul`."""
         y = dense_nm_matmul(x, self.weight, self.backend)
         return y if self.bias is None else y + self.bias
