@@ -74,8 +74,8 @@ def sweep(size: int, block: int, densities: list[float], dtype, backend: str, re
     b = jax.random.normal(k2, (size, size), dtype)
     dense = jax.jit(jnp.dot)
     t_dense = median_time(dense, w, b, repeats=repeats)
-    sd = jax.jit(lambda a, b: bsr_matmul(a, b, backend))
-    ds = jax.jit(lambda x, a: dense_bsr_matmul(x, a, backend))
+    sd = jax.jit(lambda a, b: bsr_matmul(a, b, backend=backend))
+    ds = jax.jit(lambda x, a: dense_bsr_matmul(x, a, backend=backend))
     rng = np.random.default_rng(seed)
     r = size // block
     print(f"\n{label}: {size}x{size} @ {size}x{size} {jnp.dtype(dtype).name}, {block}x{block} "

@@ -64,3 +64,20 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
         raise ValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for an array of rank {ndim}, "
                          f"got {axis}")
     return axis % ndim
+
+
+def check_bool_array(x: Any, name: str) -> jax.Array:
+    """``x`` as an array; ``TypeError`` unless its dtype is bool."""
+    if not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    if x.dtype != jnp.bool_:
+        raise TypeError(f"`{name}` must be a bool array; got dtype {x.dtype}.")
+    return x
+
+
+def check_int_tuple(value: Any, name: str, length: int, *, minimum: int | None = None
+                    ) -> tuple[int, ...]:
+    """A tuple/list of ``length`` Python ints, each at least ``minimum``."""
+    if not isinstance(value, tuple | list) or len(value) != length:
+        raise TypeError(f"`{name}` must be a tuple of {length} ints; got {value!r}.")
+    return tuple(check_int(v, f"{name}[{i}]", minimum=minimum) for i, v in enumerate(value))

@@ -174,7 +174,7 @@ class BlockSparseLinear(nnx.Module):
                            self.block_shape)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
-        y = dense_bsr_matmul(x, self.weight, self.backend)
+        y = dense_bsr_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -221,7 +221,7 @@ class NMLinear(nnx.Module):
         return NMSparse(self.values[...], self.indices[...], self.n, self.m, -2, self.length)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
-        y = dense_nm_matmul(x, self.weight, self.backend)
+        y = dense_nm_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -267,7 +267,7 @@ class EqxBlockSparseLinear(eqx.Module):
         return BlockSparse(self.data, self.indices, self.counts, self.shape, self.block_shape)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
-        y = dense_bsr_matmul(x, self.weight, self.backend)
+        y = dense_bsr_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias
 
 
@@ -303,5 +303,5 @@ class EqxNMLinear(eqx.Module):
         return NMSparse(self.values, self.indices, self.n, self.m, -2, self.length)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
-        y = dense_nm_matmul(x, self.weight, self.backend)
+        y = dense_nm_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias
