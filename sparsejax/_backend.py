@@ -49,6 +49,11 @@ class UnsupportedDtypeError(NotSupportedError, TypeError):
     """A dtype the kernel does not implement (the kernels take float32, bfloat16, float16)."""
 
 
+def platform() -> str:
+    """JAX's default platform (`jax.default_backend`): ``"cpu"``, ``"gpu"``, ``"tpu"``, ..."""
+    return jax.default_backend()
+
+
 def check_backend(backend: Any, allowed: tuple[str, ...] = BACKENDS) -> str:
     """``backend`` if it is one of ``allowed``; ``ValueError`` otherwise."""
     if backend not in allowed:
@@ -73,16 +78,15 @@ def resolve_backend(backend: str = "auto", *, allowed: tuple[str, ...] = BACKEND
     check_backend(backend, allowed)
     if backend != "auto":
         return backend
-    platform = jax.default_backend()
-    pick = "pallas_tpu" if platform == "tpu" else (
-        "pallas_gpu" if platform in GPU_PLATFORMS else "xla")
+    where = platform()
+    pick = "pallas_tpu" if where == "tpu" else ("pallas_gpu" if where in GPU_PLATFORMS else "xla")
     return pick if pick in allowed else "xla"
 
 
 def resolve_interpret(interpret: Any) -> Any:
     """``interpret=None`` -> interpret exactly on CPU; anything else is passed through."""
     if interpret is None:
-        return jax.default_backend() == "cpu"
+        return platform() == "cpu"
     return interpret
 
 
@@ -113,6 +117,7 @@ __all__ = [
     "UnsupportedShapeError",
     "backend_module",
     "check_backend",
+    "platform",
     "resolve_backend",
     "resolve_interpret",
     "with_fallback",

@@ -446,6 +446,48 @@ class BlockSparse:
         return cls._from_block_mask(x, block_mask, (bm, bn), max_blocks_per_row)
 
     @classmethod
+    def from_block_index(
+        cls,
+        x: Float[Array, "M K"],
+        index: BlockIndex,
+        block_shape: tuple[int, int],
+    ) -> BlockSparse:
+        """The blocks of ``x`` listed by a `sparsejax._blocks.BlockIndex` (kept whole).
+
+        This is how one block description drives both kernels: the ``BlockIndex`` of an
+        attention `sparsejax.attention.BlockMask` (``mask.info()``, one batch row and head) or
+        of another ``BlockSparse`` becomes this matrix's ``indices``/``counts`` unchanged.
+        ``index.kinds`` is ignored (a partial block is kept whole). Works under ``jit``.
+
+        Args:
+            x: ``[M, K]`` float matrix, divisible by ``block_shape``.
+            index: ``indices [R, S]`` and ``counts [R]`` with ``R = M / bm`` block rows and
+                block columns ``< K / bn``.
+            block_shape: ``(bm, bn)``.
+
+        Returns:
+            The BSR matrix; ``to_dense()`` equals ``x`` on the listed blocks, zero elsewhere.
+
+        Raises:
+            TypeError: non-float ``x``, bad ``block_shape``.
+            ValueError: non-2-D or non-divisible ``x``, an index of the wrong number of rows.
+        """
+        x = check_float_array(jnp.asarray(x), "x")
+        bm, bn = check_int_tuple(block_shape, "block_shape", 2, minimum=1)
+        if x.ndim != 2 or x.shape[0] % bm or x.shape[1] % bn:
+            raise ValueError(f"`x` must be a 2-D matrix divisible by `block_shape` {(bm, bn)}; "
+                             f"got shape {x.shape}.")
+        r, c = x.shape[0] // bm, x.shape[1] // bn
+        indices = jnp.asarray(index.indices, jnp.int32)
+        counts = jnp.asarray(index.counts, jnp.int32)
+        if indices.ndim != 2 or indices.shape[0] != r or counts.shape != (r,):
+            raise ValueError(f"`index` must hold indices [R, S] and counts [R] with R = {r} block "
+                             f"rows; got {indices.shape} and {counts.shape}.")
+        blocks = x.reshape(r, bm, c, bn).transpose(0, 2, 1, 3)
+        data = _gather_blocks(blocks, BlockIndex(indices, counts))
+        return cls(data, indices, counts, x.shape, (bm, bn))
+
+    @classmethod
     def _from_block_mask(cls, x: Array, block_mask: Array, block_shape: tuple[int, int],
                          max_blocks_per_row: int | None) -> BlockSparse:
         bm, bn = block_shape

@@ -17,7 +17,7 @@ from sparsejax.attention import (
     sliding_window_mask,
     stack_heads,
 )
-from sparsejax.attention._xla import _split_counts
+from sparsejax.attention.xla import _split_counts
 
 
 def qkv(batch, heads, kv_heads, lq, lk, d, dtype=jnp.float32, seed=0):
@@ -232,7 +232,7 @@ def test_pallas_bf16_and_grad(backend):
 
 def test_errors():
     q, k, v = qkv(1, 4, 2, 16, 16, 8)
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="`?backend`? must be one of"):
         attention(q, k, v, backend="cuda")
     with pytest.raises(ValueError, match="q must have shape"):
         attention(q[0], k, v)
