@@ -142,7 +142,8 @@ class BlockSparseLinear(nnx.Module):
 
     Attributes:
         data: ``nnx.Param [R, S, bm, bn]`` kept blocks (the trainable values).
-        indices, counts: `SparseStructure` BSR metadata.
+        indices: `SparseStructure` ``int32 [R, S]`` block columns (BSR metadata).
+        counts: `SparseStructure` ``int32 [R]`` kept blocks per block row.
         bias: ``nnx.Param [out]`` or ``None``.
     """
 
