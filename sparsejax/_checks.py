@@ -289,15 +289,6 @@ def check_mask_tree(masks: Any, name: str = "masks") -> None:
                                     "a bool array (True = kept) or None", got, raw=True))
 
 
-def check_bool_array(x: Any, name: str) -> jax.Array:
-    """``x`` as an array; ``TypeError`` unless its dtype is bool."""
-    if not hasattr(x, "dtype"):
-        x = jnp.asarray(x)
-    if x.dtype != jnp.bool_:
-        raise TypeError(f"`{name}` must be a bool array; got dtype {x.dtype}.")
-    return x
-
-
 def check_int_tuple(value: Any, name: str, length: int, *, minimum: int | None = None
                     ) -> tuple[int, ...]:
     """A tuple/list of ``length`` Python ints, each at least ``minimum``."""
