@@ -1,13 +1,16 @@
 """Flax NNX layers over sparsejax's core; their Equinox counterparts (same class names) are in
 `sparsejax.nn.eqx`.
 
-Block-sparse / N:M linear layers, sparse multi-head attention and sparse autoencoders.
+Block-sparse / N:M linear layers, sparse multi-head attention and sparse autoencoders, and the
+model surgery that deploys a pruned model's ``Linear`` layers on the sparse kernels
+(`to_sparse`, `to_dense`).
 """
 
 from sparsejax.nn import eqx
 from sparsejax.nn.attention import SparseMultiHeadAttention
 from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
+from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
     "BlockSparseLinear",
@@ -17,4 +20,6 @@ __all__ = [
     "SparseMultiHeadAttention",
     "SparseStructure",
     "eqx",
+    "to_dense",
+    "to_sparse",
 ]
