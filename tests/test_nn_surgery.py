@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sparsejax as sj
 from sparsejax import nn
@@ -162,3 +164,37 @@ def test_masks_that_do_not_fit_the_format_raise(nnx_model, eqx_model):
     conv = [eqx.nn.Conv1d(2, 4, 3, key=jax.random.PRNGKey(0))]
     with pytest.raises(ValueError, match=r"eqx.nn.Linear layers.*'0/weight'"):
         nn.eqx.to_sparse(conv, {"0/weight": jnp.ones((4, 2, 3), bool)}, "nm")
+
+
+LIN = nnx.Linear(8, 8, rngs=nnx.Rngs(3))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), fit=st.booleans(), fmt=st.sampled_from(["nm", "block"]))
+def test_to_sparse_stores_kernel_times_mask_or_rejects(seed, fit, fmt):
+    """Property: a fitting mask gives a layer whose dense kernel is kernel * mask exactly; a mask
+    that does not fit (checked here by a per-group / per-tile count) raises."""
+    rng = np.random.default_rng(seed)
+    if fmt == "nm":  # groups of 4 along in (axis 0 of [in, out]), at most 2 kept
+        if fit:
+            mask = np.zeros((2, 4, 8), bool)
+            for g in range(2):
+                for j in range(8):
+                    mask[g, rng.choice(4, rng.integers(0, 3), replace=False), j] = True
+            mask = mask.reshape(8, 8)
+        else:
+            mask = rng.random((8, 8)) < 0.6
+        counts = mask.reshape(2, 4, 8).sum(1)
+        fits, kw = counts.max() <= 2, {"n": 2, "m": 4}
+    else:  # 4x4 tiles
+        tiles = rng.random((2, 2)) < 0.5
+        mask = np.kron(tiles, np.ones((4, 4), bool)) if fit else rng.random((8, 8)) < 0.5
+        counts = mask.reshape(2, 4, 2, 4).sum((1, 3))
+        fits, kw = ((counts == 0) | (counts == 16)).all(), {"block_shape": (4, 4)}
+    if not fits:
+        with pytest.raises(ValueError, match=r"masks\['kernel'\]"):
+            nn.to_sparse(LIN, {"kernel": jnp.asarray(mask)}, fmt, **kw)
+        return
+    out = nn.to_sparse(LIN, {"kernel": jnp.asarray(mask)}, fmt, **kw)
+    np.testing.assert_array_equal(out.weight.to_dense(), np.where(mask, LIN.kernel[...], 0))
+    np.testing.assert_array_equal(out.bias[...], LIN.bias[...])
