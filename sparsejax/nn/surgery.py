@@ -20,14 +20,7 @@ from typing import Any
 
 from flax import nnx
 
-from sparsejax.nn._surgery import (
-    check_all_used,
-    check_format,
-    concrete_mask,
-    join,
-    mask_table,
-    sparse_kwargs,
-)
+from sparsejax.nn import _surgery
 from sparsejax.nn.linear import BlockSparseLinear, NMLinear
 
 __all__ = ["to_dense", "to_sparse"]
@@ -80,23 +73,23 @@ def to_sparse(model: nnx.Module, masks: Any, format: str, *, n: int = 2, m: int 
             leaf that is not an ``nnx.Linear`` kernel.
         TypeError: a non-bool or traced mask.
     """
-    spec = check_format(format, n, m, block_shape)
-    table = mask_table(masks)
+    spec = _surgery.check_format(format, n, m, block_shape)
+    table = _surgery.mask_table(masks)
     model = nnx.clone(model)
     targets = [(p, mod) for p, mod in nnx.iter_modules(model) if isinstance(mod, nnx.Linear)]
     for path, lin in targets:
-        key = join(path, "kernel")
+        key = _surgery.join(path, "kernel")
         if key not in table:
             continue
         kernel = lin.kernel[...]
-        mask = concrete_mask(key, table.pop(key), kernel.shape)
-        kwargs = sparse_kwargs(key, mask, format, spec, axis_hint=0)
+        mask = _surgery.concrete_mask(key, table.pop(key), kernel.shape)
+        kwargs = _surgery.sparse_kwargs(key, mask, format, spec, axis_hint=0)
         bias = None if lin.bias is None else lin.bias[...]
         cls = NMLinear if format == "nm" else BlockSparseLinear
         new = cls(kernel.shape[0], kernel.shape[1], kernel=kernel, bias=bias,
                   use_bias=bias is not None, backend=backend, **kwargs)
         model = _replace(model, path, new)
-    check_all_used(table, "nnx.Linear")
+    _surgery.check_all_used(table, "nnx.Linear")
     return model
 
 

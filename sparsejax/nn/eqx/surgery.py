@@ -23,14 +23,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from sparsejax.nn._surgery import (
-    check_all_used,
-    check_format,
-    concrete_mask,
-    join,
-    mask_table,
-    sparse_kwargs,
-)
+from sparsejax.nn import _surgery
 from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
 from sparsejax.select import path_str
 
@@ -76,25 +69,25 @@ def to_sparse(model: Any, masks: Any, format: str, *, n: int = 2, m: int = 4,
             leaf that is not an ``eqx.nn.Linear`` weight; a ``"scalar"`` linear layer.
         TypeError: a non-bool or traced mask.
     """
-    spec = check_format(format, n, m, block_shape)
-    table = mask_table(masks)
+    spec = _surgery.check_format(format, n, m, block_shape)
+    table = _surgery.mask_table(masks)
 
     def convert(path, lin):
-        key = join(tuple(filter(None, [path_str(path)])), "weight")
+        key = _surgery.join((path_str(path),) if path else (), "weight")
         if key not in table:
             return lin
         if lin.weight.ndim != 2 or "scalar" in (lin.in_features, lin.out_features):
             raise ValueError(f"`model` must hold eqx.nn.Linear layers with int features at "
                              f"'{key}'; got in_features={lin.in_features!r}, "
                              f"out_features={lin.out_features!r}.")
-        mask = concrete_mask(key, table.pop(key), lin.weight.shape).T
-        kwargs = sparse_kwargs(key, mask, format, spec, axis_hint=-1)
+        mask = _surgery.concrete_mask(key, table.pop(key), lin.weight.shape).T
+        kwargs = _surgery.sparse_kwargs(key, mask, format, spec, axis_hint=-1)
         cls = NMLinear if format == "nm" else BlockSparseLinear
         return cls(lin.weight.shape[1], lin.weight.shape[0], kernel=lin.weight.T, bias=lin.bias,
                    use_bias=lin.bias is not None, backend=backend, **kwargs)
 
     out = _map_layers(model, eqx.nn.Linear, convert)
-    check_all_used(table, "eqx.nn.Linear")
+    _surgery.check_all_used(table, "eqx.nn.Linear")
     return out
 
 
