@@ -52,10 +52,7 @@ def magnitude(
     """
     w, in_axis = check_weight(w, in_axis)
     sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
-    score = _scores.magnitude(w)
-    mask = (_masks.unstructured(score, sparsity) if n is None
-            else _masks.nm(score, n, m, axis=in_axis))
-    return jnp.where(mask, w, jnp.zeros((), w.dtype)), mask
+    return _keep_highest(w, _scores.magnitude(w), sparsity, n, m, in_axis, None)
 
 
 def wanda(
@@ -87,7 +84,13 @@ def wanda(
     stats = check_stats(stats, w, in_axis)
     sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
     score = _scores.wanda(w, norms=stats.norms, in_axis=in_axis)
-    mask = (_masks.unstructured(score, sparsity, axis=in_axis) if n is None
+    return _keep_highest(w, score, sparsity, n, m, in_axis, in_axis)
+
+
+def _keep_highest(w, score, sparsity, n, m, in_axis, group_axis) -> Pruned:
+    """``(w * mask, mask)`` keeping the highest scores: unstructured over ``group_axis`` fibres
+    (``None``: the whole layer) or N:M along the input axis."""
+    mask = (_masks.unstructured(score, sparsity, axis=group_axis) if n is None
             else _masks.nm(score, n, m, axis=in_axis))
     return jnp.where(mask, w, jnp.zeros((), w.dtype)), mask
 
