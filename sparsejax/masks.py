@@ -129,7 +129,10 @@ def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
 
     The product is evaluated in float32 (the same arithmetic eagerly and under ``jit``, so traced and
     concrete sparsities give the same masks) and rounded half to even, as ``numpy.round``.
-    ``sparsity`` is clipped to ``[0, 1]`` when traced (a concrete value outside raises).
+    A traced ``sparsity`` is clamped into ``[0, 1]`` and ``NaN`` counts as ``0`` (all kept); a
+    concrete value outside ``[0, 1]`` raises. Every pattern function registers a
+    ``jax.experimental.checkify`` check on a traced sparsity, so wrapping the caller with
+    ``checkify.checkify(f, errors=checkify.user_checks)`` turns such a value into an error.
 
     Args:
         size: number of entries ranked.
@@ -138,7 +141,8 @@ def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
     Returns:
         int32 scalar in ``[1, size]`` (``0`` only when ``size == 0``).
     """
-    s = jnp.clip(jnp.asarray(sparsity, jnp.float32), 0.0, 1.0)
+    s = jnp.asarray(sparsity, jnp.float32)
+    s = jnp.where(jnp.isnan(s), 0.0, jnp.clip(s, 0.0, 1.0))
     k = jnp.round(jnp.float32(size) * (jnp.float32(1.0) - s)).astype(jnp.int32)
     return jnp.clip(k, min(1, size), size)
 

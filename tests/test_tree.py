@@ -168,3 +168,27 @@ def test_nnx_paths_and_topk_k_type():
     assert sum(int(x.sum()) for x in jax.tree.leaves(m)) == 16
     with pytest.raises(TypeError, match="`k` must be a Python int"):
         masks.topk(jnp.ones(4), jnp.float32(2.7))
+
+
+def test_traced_sparsity_out_of_range_clamps_and_checkify_reports_it():
+    from jax.experimental import checkify
+
+    p = params()
+    f = jax.jit(lambda p, s: sj.compute_masks(p, sparsity=s))
+    # without checkify: clamped into [0, 1]; NaN counts as 0 (nothing pruned)
+    assert int(f(p, 1.5)["dense_0"]["kernel"].sum()) == 1
+    assert bool(f(p, -0.5)["dense_0"]["kernel"].all())
+    assert bool(f(p, jnp.nan)["dense_0"]["kernel"].all())
+    checked = jax.jit(checkify.checkify(lambda p, s: sj.compute_masks(p, sparsity=s),
+                                        errors=checkify.user_checks))
+    for bad in (1.5, -0.5, jnp.nan):
+        err, _ = checked(p, bad)
+        with pytest.raises(checkify.JaxRuntimeError, match=r"`sparsity` must be in \[0, 1\]"):
+            err.throw()
+    err, out = checked(p, 0.5)
+    assert err.get() is None
+    jax.tree.map(np.testing.assert_array_equal, out, sj.compute_masks(p, sparsity=0.5))
+    # the check lives in the pattern functions too (vmap over sparsities)
+    err, _ = checkify.checkify(jax.vmap(lambda s: masks.unstructured(jnp.arange(8.0), s)),
+                               errors=checkify.user_checks)(jnp.array([0.2, 1.2]))
+    assert "got 1.2" in err.get()
