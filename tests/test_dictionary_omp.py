@@ -210,6 +210,9 @@ def test_residual_orthogonal_to_selected_atoms(seed):
         (dict(exact_k=True), ValueError, "explicit `k`"),
         (dict(chunk_size=0), ValueError, "chunk_size"),
         (dict(dictionary=[[1.0]]), TypeError, "must be arrays"),
+        # a transposed dictionary [n_atoms, n_features] is blamed, not the signals
+        (dict(dictionary=np.ones((16, 8), np.float32), signals=np.ones((2, 8), np.float32)), ValueError,
+         r"`dictionary` must be \[n_features, n_atoms\].*got shape \(16, 8\).*looks transposed"),
     ],
 )
 def test_bad_input(kwargs, exc, match):

@@ -49,6 +49,14 @@ def _validate(dictionary, signals, k, tol, chunk_size):
             f"{tuple(dictionary.shape)}"
         )
     n_features, n_atoms = dictionary.shape
+    if (signals.ndim >= 1 and signals.shape[-1] == n_atoms and n_atoms != n_features
+            and dictionary.ndim == 2):
+        raise ValueError(
+            f"omp: `dictionary` must be [n_features, n_atoms] with atoms as columns; got shape "
+            f"{tuple(dictionary.shape)}, whose second dimension matches the signals' last "
+            f"dimension {n_atoms}: the dictionary looks transposed (scikit-learn's "
+            f"`components_` is [n_atoms, n_features]; pass `components_.T`)."
+        )
     if signals.ndim < 1 or signals.shape[-1] != n_features:
         raise ValueError(
             f"omp: `signals` must have shape [..., n_features={n_features}] (signals along the "
