@@ -298,3 +298,48 @@ def test_bsr_traced_needs_static_slots():
 def test_bsr_errors(x, kwargs, err, match):
     with pytest.raises(err, match=match):
         BlockSparse.from_dense(jnp.asarray(x), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# replace, gradients without allow_int, formats as a leaf module
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nm_replace_and_gradient_of_values_without_allow_int():
+    from sparsejax import ops
+
+    kernel = jax.random.normal(jax.random.PRNGKey(0), (16, 8))  # Flax [in, out]
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 16))
+    w = NMSparse.from_dense(kernel, 2, 4, axis=0)
+    w2 = w.replace(values=2 * w.values)
+    assert (w2.n, w2.m, w2.axis, w2.length) == (w.n, w.m, w.axis, w.length)
+    np.testing.assert_allclose(w2.to_dense(), 2 * np.asarray(w.to_dense()))
+    with pytest.raises(TypeError, match="`replace` takes fields"):
+        w.replace(data=w.values)
+
+    def loss(values):  # the documented recipe: differentiate the values, not the pytree
+        return jnp.sum(jnp.tanh(ops.dense_nm_matmul(x, w.replace(values=values))))
+
+    got = jax.grad(loss)(w.values)
+    keep = np.asarray(w.mask())
+    dense_grad = jax.grad(lambda k: jnp.sum(jnp.tanh(x @ (k * keep))))(kernel)
+    want = NMSparse.from_dense(dense_grad, 2, 4, axis=0, mask=jnp.asarray(keep)).values
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_formats_is_a_leaf_module():
+    import ast
+    import inspect
+
+    import sparsejax.formats as formats
+
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(formats))):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    assert not any(m.startswith(("sparsejax.ops", "sparsejax.attention")) for m in imported)
+    a = BlockSparse.from_dense(jnp.eye(4), (2, 2))
+    np.testing.assert_allclose(a @ jnp.ones((4, 2)), np.ones((4, 2)))  # `@` registered by ops
+    np.testing.assert_allclose(jnp.ones((2, 4)) @ a, np.ones((2, 4)))
