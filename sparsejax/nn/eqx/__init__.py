@@ -3,11 +3,16 @@ counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`)."""
 
 from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
 from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
+from sparsejax.nn.eqx.lista import LISTA
 from sparsejax.nn.eqx.sae import SparseAutoencoder
+from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
     "BlockSparseLinear",
+    "LISTA",
     "NMLinear",
     "SparseAutoencoder",
     "SparseMultiHeadAttention",
+    "to_dense",
+    "to_sparse",
 ]
