@@ -296,11 +296,3 @@ def check_mask_tree(masks: Any, name: str = "masks") -> None:
             got = f"dtype {dtype}" if dtype is not None else f"{_show(m)} ({_type_name(m)})"
             raise TypeError(must_be(f"{name}[{_path_str(path)!r}]",
                                     "a bool array (True = kept) or None", got, raw=True))
-
-
-def check_int_tuple(value: Any, name: str, length: int, *, minimum: int | None = None
-                    ) -> tuple[int, ...]:
-    """A tuple/list of ``length`` Python ints, each at least ``minimum``."""
-    if not isinstance(value, tuple | list) or len(value) != length:
-        raise TypeError(f"`{name}` must be a tuple of {length} ints; got {value!r}.")
-    return tuple(check_int(v, f"{name}[{i}]", minimum=minimum) for i, v in enumerate(value))
