@@ -3,10 +3,20 @@
 * SSVI (sparse subspace variational inference): a mean-field Gaussian posterior on a sparse
   subspace (`Posterior`, `init_posterior`), the local reparameterisation trick (`linear_lrt`,
   `conv_lrt`), the KL and ELBO (`kl_divergence`, `elbo`), SSVI's removal scores (`expected_abs`,
-  `snr`) and subspace update (`subspace_update`).
+  `snr`) and subspace update (`subspace_update`); predictive metrics (`predict`, `accuracy`,
+  `nll`, `expected_calibration_error`, `predictive_entropy`) and `training_flops`.
+* Sparse Bayesian learning: ARD regression (`sbl`) and its Kronecker-dictionary form (`kron_sbl`).
 """
 
 from sparsejax.bayes.lrt import conv_lrt, expected_abs, linear_lrt, snr
+from sparsejax.bayes.metrics import (
+    accuracy,
+    expected_calibration_error,
+    nll,
+    predict,
+    predictive_entropy,
+    training_flops,
+)
 from sparsejax.bayes.posterior import (
     Posterior,
     elbo,
@@ -16,22 +26,32 @@ from sparsejax.bayes.posterior import (
     sample_weights,
     sigma_of,
 )
+from sparsejax.bayes.sbl import SBLResult, kron_sbl, sbl
 from sparsejax.bayes.subspace import CRITERIA, drop_fraction_at, removal_scores, subspace_update
 
 __all__ = [
     "CRITERIA",
     "Posterior",
+    "SBLResult",
+    "accuracy",
     "conv_lrt",
     "drop_fraction_at",
     "elbo",
     "expected_abs",
+    "expected_calibration_error",
     "init_posterior",
     "kl_divergence",
     "kl_weight",
+    "kron_sbl",
     "linear_lrt",
+    "nll",
+    "predict",
+    "predictive_entropy",
     "removal_scores",
     "sample_weights",
+    "sbl",
     "sigma_of",
     "snr",
     "subspace_update",
+    "training_flops",
 ]
