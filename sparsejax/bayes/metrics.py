@@ -90,7 +90,6 @@ def expected_calibration_error(probs: Float[Array, "*batch k"], labels: Int[Arra
     conf = jnp.max(probs, axis=-1).reshape(-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).reshape(-1).astype(jnp.float32)
     idx = jnp.clip(jnp.ceil(conf * bins).astype(jnp.int32) - 1, 0, bins - 1)
-    count = jnp.zeros(bins).at[idx].add(1.0)
     acc_sum = jnp.zeros(bins).at[idx].add(correct)
     conf_sum = jnp.zeros(bins).at[idx].add(conf.astype(jnp.float32))
     return jnp.sum(jnp.abs(acc_sum - conf_sum)) / conf.size
@@ -107,7 +106,8 @@ def training_flops(posterior: Posterior, positions: Any) -> dict[str, float]:
     """Matmul FLOPs of one LRT training step: the masked posterior vs dense mean-field VI.
 
     Per selected leaf with ``p`` output positions per step (batch size for a linear layer, batch x
-    output pixels for a convolution: each weight is used once per output position), the forward pass runs two products (mean ``x @ mu`` and variance ``x^2 @ sigma^2``) of
+    output pixels for a convolution: each weight is used once per output position), the forward pass
+    runs two products (mean ``x @ mu`` and variance ``x^2 @ sigma^2``) of
     ``2 p nnz`` FLOPs each, and the backward pass twice that (input and weight gradients), so
     ``12 p nnz`` per step; dense VI uses the leaf size for ``nnz``. Unselected leaves (biases) are
     not counted. This is the sparse-kernel cost; masked dense matmuls (as on CPU here) run at
