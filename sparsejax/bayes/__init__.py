@@ -27,12 +27,14 @@ from sparsejax.bayes.posterior import (
     sigma_of,
 )
 from sparsejax.bayes.sbl import SBLResult, kron_sbl, sbl
+from sparsejax.bayes.transform import SSVIState, masks_of, ssvi
 from sparsejax.bayes.subspace import CRITERIA, drop_fraction_at, removal_scores, subspace_update
 
 __all__ = [
     "CRITERIA",
     "Posterior",
     "SBLResult",
+    "SSVIState",
     "accuracy",
     "conv_lrt",
     "drop_fraction_at",
@@ -43,6 +45,7 @@ __all__ = [
     "kl_divergence",
     "kl_weight",
     "kron_sbl",
+    "masks_of",
     "linear_lrt",
     "nll",
     "predict",
@@ -52,6 +55,7 @@ __all__ = [
     "sbl",
     "sigma_of",
     "snr",
+    "ssvi",
     "subspace_update",
     "training_flops",
 ]
