@@ -27,8 +27,8 @@ from sparsejax.bayes.posterior import (
     sigma_of,
 )
 from sparsejax.bayes.sbl import SBLResult, kron_sbl, sbl
-from sparsejax.bayes.transform import SSVIState, masks_of, ssvi
 from sparsejax.bayes.subspace import CRITERIA, drop_fraction_at, removal_scores, subspace_update
+from sparsejax.bayes.transform import SSVIState, masks_of, ssvi
 
 __all__ = [
     "CRITERIA",
