@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
-from sparsejax._checks import check_float_array
+from sparsejax._checks import check_bool_array, check_float_array
 
 __all__ = ["conv_lrt", "expected_abs", "linear_lrt", "snr"]
 
@@ -98,9 +98,7 @@ def _check_lrt(x, mu, sigma, mask):
     x = check_float_array(x, "x")
     mu = check_float_array(mu, "mu")
     sigma = check_float_array(sigma, "sigma")
-    mask = jnp.asarray(mask)
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"`mask` must be a bool array; got dtype {mask.dtype}.")
+    mask = check_bool_array(mask, "mask")
     if not (mu.shape == sigma.shape == mask.shape):
         raise ValueError(f"`mu`, `sigma` and `mask` must have the same shape; got {mu.shape}, "
                          f"{sigma.shape}, {mask.shape}.")

@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_float_array, check_int
+from sparsejax._checks import _is_none, check_float_array, check_int
 from sparsejax.bayes.posterior import Posterior, _check_posterior
-from sparsejax.select import _is_none
 
 __all__ = [
     "accuracy",

@@ -23,9 +23,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_float_array, check_int, check_sparsity
-from sparsejax.select import Where, _is_none
-from sparsejax.tree import _check_same_structure, compute_masks
+from sparsejax._checks import (
+    _is_none,
+    check_choice,
+    check_float_array,
+    check_int,
+    check_positive_float,
+    check_same_structure,
+    check_sparsity,
+)
+from sparsejax.select import Where
+from sparsejax.tree import compute_masks
 
 __all__ = [
     "Posterior",
@@ -61,8 +69,8 @@ def _check_posterior(post: Any, name: str = "posterior") -> Posterior:
     if post.mask is None:
         raise ValueError(f"`{name}.mask` must be a mask tree (bool arrays / None) mirroring "
                          f"`{name}.mu`; got None. Rebuild it with post._replace(mask=masks).")
-    _check_same_structure(post.mu, post.rho, f"{name}.rho")
-    _check_same_structure(post.mu, post.mask, f"{name}.mask")
+    check_same_structure(post.mu, post.rho, f"{name}.rho", f"{name}.mu")
+    check_same_structure(post.mu, post.mask, f"{name}.mask", f"{name}.mu")
     for path_leaves in zip(*(jax.tree.leaves_with_path(t, is_leaf=_is_none)
                              for t in (post.mu, post.rho, post.mask))):
         (path, mu), (_, rho), (_, mask) = path_leaves
@@ -78,8 +86,9 @@ def _check_posterior(post: Any, name: str = "posterior") -> Posterior:
 
 
 def _check_positive(value: Any, name: str) -> Any:
-    if isinstance(value, int | float) and not value > 0:
-        raise ValueError(f"`{name}` must be > 0; got {value}.")
+    """A static value must be a float > 0; a (traced) array passes."""
+    if not isinstance(value, jax.Array):
+        check_positive_float(value, name)
     return value
 
 
@@ -119,8 +128,7 @@ def init_posterior(
         ValueError: ``sparsity`` outside ``[0, 1]`` or an unknown ``allocation``.
     """
     check_sparsity(sparsity)
-    if allocation not in ("uniform", "erk", "er"):
-        raise ValueError(f"`allocation` must be one of 'uniform', 'erk', 'er'; got {allocation!r}.")
+    check_choice(allocation, "allocation", ("uniform", "erk", "er"))
     masks = compute_masks(params, sparsity=sparsity, scores="random", key=key, where=where,
                           allocation=allocation)
 

@@ -28,7 +28,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from sparsejax._checks import check_float_array, check_int
+from sparsejax._checks import check_float_array, check_int, check_positive_float
 
 __all__ = ["SBLResult", "kron_sbl", "sbl"]
 
@@ -160,9 +160,8 @@ def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
 
 def _check_options(max_iter, tol, prune_threshold):
     max_iter = check_int(max_iter, "max_iter", minimum=1)
-    for name, value in (("tol", tol), ("prune_threshold", prune_threshold)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"`{name}` must be a float > 0; got {value!r}.")
+    check_positive_float(tol, "tol")
+    check_positive_float(prune_threshold, "prune_threshold")
     return max_iter
 
 

@@ -20,11 +20,9 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from sparsejax import masks as _masks
-from sparsejax._checks import check_int, check_sparsity
+from sparsejax._checks import _is_none, check_choice, check_int, check_same_structure, check_sparsity
 from sparsejax.bayes.lrt import expected_abs, snr
 from sparsejax.bayes.posterior import Posterior, _check_posterior, sigma_of
-from sparsejax.select import _is_none
-from sparsejax.tree import _check_same_structure
 
 __all__ = ["CRITERIA", "drop_fraction_at", "removal_scores", "subspace_update"]
 
@@ -138,8 +136,7 @@ def subspace_update(
     end_step = check_int(end_step, "end_step", minimum=1)
     check_sparsity(drop_fraction, "drop_fraction")
     fn = _criterion_fn(criterion)
-    if grow not in GROW:
-        raise ValueError(f"`grow` must be one of {GROW}; got {grow!r}.")
+    check_choice(grow, "grow", GROW)
     mu_leaves, treedef = jax.tree.flatten(posterior.mu, is_leaf=_is_none)
     rho_leaves = treedef.flatten_up_to(posterior.rho)
     mask_leaves = treedef.flatten_up_to(posterior.mask)
@@ -149,7 +146,7 @@ def subspace_update(
         if grads is None:
             raise ValueError("`grads` must be a tree of dL/dmu mirroring `posterior.mu` for "
                              "grow='gradient'; got None.")
-        _check_same_structure(posterior.mu, grads, "grads")
+        check_same_structure(posterior.mu, grads, "grads", "posterior.mu")
         grad_leaves = treedef.flatten_up_to(grads)
         grow_scores = []
         for g, m in zip(grad_leaves, mask_leaves):

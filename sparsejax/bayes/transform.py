@@ -25,12 +25,9 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Int
 
-from sparsejax._checks import check_int, check_sparsity
+from sparsejax._checks import _is_none, check_choice, check_int, check_sparsity
 from sparsejax.bayes.posterior import Posterior, _check_posterior
 from sparsejax.bayes.subspace import GROW, Criterion, _criterion_fn, subspace_update
-from sparsejax.select import _is_none
-from sparsejax.training import reset_moments
-from sparsejax.training._transform import key_data
 
 __all__ = ["SSVIState", "masks_of", "ssvi"]
 
@@ -118,12 +115,14 @@ def ssvi(
         ValueError / TypeError: bad arguments; at ``init`` a posterior without a mask or an inner
             state the moment reset cannot match.
     """
+    from sparsejax.training import reset_moments  # noqa: PLC0415 - lands with the training branch
+    from sparsejax.training._transform import key_data  # noqa: PLC0415
+
     update_every = check_int(update_every, "update_every", minimum=1)
     end_step = check_int(end_step, "end_step", minimum=1)
     check_sparsity(drop_fraction, "drop_fraction")
     _criterion_fn(criterion)
-    if grow not in GROW:
-        raise ValueError(f"`grow` must be one of {GROW}; got {grow!r}.")
+    check_choice(grow, "grow", GROW)
     if grow == "random":
         key = key_data(key)
     inner = optax.with_extra_args_support(inner)

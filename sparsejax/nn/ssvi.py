@@ -27,7 +27,7 @@ from sparsejax._checks import check_int, check_sparsity
 from sparsejax.bayes.lrt import conv_lrt, linear_lrt
 from sparsejax.bayes.posterior import Posterior, kl_divergence, sigma_of
 from sparsejax.bayes.subspace import subspace_update
-from sparsejax.nn.block_sparse import SparseStructure
+from sparsejax.nn.linear import SparseStructure
 
 __all__ = ["SSVIConv", "SSVILinear"]
 

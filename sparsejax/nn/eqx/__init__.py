@@ -1,5 +1,16 @@
-"""Equinox layers of `sparsejax.nn`, under the same class names as the Flax NNX ones."""
+"""Equinox layers over sparsejax's core, with the same class names as their Flax NNX
+counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`)."""
 
+from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
+from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
+from sparsejax.nn.eqx.sae import SparseAutoencoder
 from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear
 
-__all__ = ["SSVIConv", "SSVILinear"]
+__all__ = [
+    "BlockSparseLinear",
+    "NMLinear",
+    "SSVIConv",
+    "SSVILinear",
+    "SparseAutoencoder",
+    "SparseMultiHeadAttention",
+]
