@@ -9,6 +9,7 @@ ratio (`sparsejax.bayes.training_flops`) and the measured step-time ratio. `trai
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -38,6 +39,32 @@ def bnn_apply(post: B.Posterior, key: jax.Array | None, x: jax.Array) -> jax.Arr
     return h
 
 
+@functools.lru_cache(maxsize=8)
+def _step_function(n: int, batch_size: int, learning_rate: float, prior_sigma: float, warmup: int,
+                   update_every: int, end_step: int):
+    """``(opt, jitted step)`` for one training configuration (cached: dense VI and SSVI share the
+    compiled step, their posteriors have the same shapes)."""
+    opt = B.ssvi(optax.adam(learning_rate), end_step=end_step, update_every=update_every)
+
+    def loss_fn(v, masks, key, xb, yb, step):
+        p = v._replace(mask=masks)
+        logits = bnn_apply(p, key, xb)
+        log_lik = -optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        kl = B.kl_divergence(p, prior_sigma)
+        return -B.elbo(log_lik, kl, num_data=n, step=step, warmup_steps=warmup)
+
+    @jax.jit
+    def step_fn(v, state, key, x, y):
+        k_batch, k_noise = jax.random.split(key)
+        idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
+        loss, grads = jax.value_and_grad(loss_fn)(v, state.masks, k_noise, x[idx], y[idx],
+                                                  state.count)
+        updates, state = opt.update(grads, state, v)
+        return optax.apply_updates(v, updates), state, loss
+
+    return opt, step_fn
+
+
 def train_bnn(
     key: jax.Array,
     x: np.ndarray,
@@ -65,31 +92,12 @@ def train_bnn(
     k_init, k_post, k_train = jax.random.split(key, 3)
     params = init_mlp(k_init, sizes)
     post = B.init_posterior(k_post, params, sparsity, allocation=allocation, rho_init=rho_init)
-    end_step = int(0.75 * steps)
-    opt = B.ssvi(optax.adam(learning_rate), end_step=max(end_step, 1),
-                 update_every=update_every)
+    end_step = max(int(0.75 * steps), 1)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    opt, step_fn = _step_function(x.shape[0], batch_size, learning_rate, prior_sigma,
+                                  int(warmup_fraction * steps), update_every, end_step)
     state = opt.init(post)
     variational = post._replace(mask=None)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    n = x.shape[0]
-    warmup = int(warmup_fraction * steps)
-
-    def loss_fn(v, masks, key, xb, yb, step):
-        p = v._replace(mask=masks)
-        logits = bnn_apply(p, key, xb)
-        log_lik = -optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-        kl = B.kl_divergence(p, prior_sigma)
-        return -B.elbo(log_lik, kl, num_data=n, step=step, warmup_steps=warmup)
-
-    @jax.jit
-    def step_fn(v, state, key):
-        k_batch, k_noise = jax.random.split(key)
-        idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
-        loss, grads = jax.value_and_grad(loss_fn)(v, state.masks, k_noise, x[idx], y[idx],
-                                                  state.count)
-        updates, state = opt.update(grads, state, v)
-        return optax.apply_updates(v, updates), state, loss
-
     keys = jax.random.split(k_train, steps)
     losses, times = [], []
     bar = None
@@ -99,7 +107,7 @@ def train_bnn(
         bar = tqdm(total=steps, desc=desc or f"ssvi sparsity {sparsity}", leave=False)
     for t in range(steps):
         t0 = time.perf_counter()
-        variational, state, loss = step_fn(variational, state, keys[t])
+        variational, state, loss = step_fn(variational, state, keys[t], x, y)
         loss = float(loss)
         if t > 0 and not (t % update_every == 0 and t < end_step):
             times.append(time.perf_counter() - t0)
