@@ -44,12 +44,12 @@ from matmul import paired_times  # noqa: E402
 
 from sparsejax import bayes as B  # noqa: E402
 from sparsejax.demo.context import init_mlp, load_digits_split  # noqa: E402
-from sparsejax.demo.ssvi import _step_function, _table, compare  # noqa: E402
+from sparsejax.demo.ssvi import _step_function, compare, print_rows  # noqa: E402
 
 
 def quality(steps: int, seed: int) -> list[dict]:
     rows = compare(jax.random.key(seed), steps=steps)
-    print(_table(rows))
+    print_rows(rows, f"dense mean-field VI vs SSVI at 10% density, {steps} steps (digits)")
     return rows
 
 

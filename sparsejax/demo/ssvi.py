@@ -19,9 +19,10 @@ import numpy as np
 import optax
 
 from sparsejax import bayes as B
+from sparsejax.demo._table import print_table
 from sparsejax.demo.context import DemoContext, init_mlp, load_digits_split
 
-__all__ = ["bnn_apply", "evaluate_bnn", "run", "train_bnn"]
+__all__ = ["bnn_apply", "compare", "evaluate_bnn", "plot", "print_rows", "run", "train_bnn"]
 
 
 def bnn_apply(post: B.Posterior, key: jax.Array | None, x: jax.Array) -> jax.Array:
@@ -160,26 +161,37 @@ def compare(key: jax.Array, *, steps: int, density: float = 0.1, data: tuple | N
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    header = ("model", "acc", "NLL", "ECE", "entropy", "weights", "FLOPs ratio", "step ratio")
-    lines = [header] + [(r["model"], f"{r['accuracy']:.4f}", f"{r['nll']:.4f}", f"{r['ece']:.4f}",
-                         f"{r['entropy']:.3f}", str(r["weights"]), f"{r['flops_ratio']:.3f}",
-                         f"{r['step_time_ratio']:.2f}") for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-           for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+COLUMNS = ("model", "accuracy", "NLL", "ECE", "entropy", "weights", "FLOPs ratio", "step ratio")
+
+
+def print_rows(rows: list[dict], title: str, caption: str | None = None) -> None:
+    """The comparison table (`sparsejax.demo._table.print_table`)."""
+    print_table(title, COLUMNS, [(r["model"], r["accuracy"], r["nll"], r["ece"], r["entropy"],
+                                  r["weights"], r["flops_ratio"], r["step_time_ratio"])
+                                 for r in rows], caption=caption)
 
 
 def run(ctx: DemoContext) -> dict:
     """Dense mean-field VI vs SSVI at 10% density, the same steps; print the table."""
-    print("== SSVI: dense mean-field VI vs sparse subspace VI at 10% density (digits) ==")
-    steps = 150 if ctx.quick else int(ctx.options.get("ssvi_steps", 1500))
-    rows = compare(ctx.next_key(), steps=steps, progress=ctx.progress,
+    steps = 100 if ctx.quick else int(ctx.options.get("ssvi_steps", 1500))
+    sizes = (64, 64, 10) if ctx.quick else (64, 256, 256, 10)
+    rows = compare(ctx.next_key(), steps=steps, sizes=sizes, progress=ctx.progress,
                    data=(ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test))
-    print(_table(rows))
-    print(f"({steps} steps each; MC predictive of 32 samples on the test split; FLOPs ratio = "
-          "LRT matmul FLOPs of a training step vs dense VI; step ratio = measured CPU step time, "
-          "masked dense matmuls)")
+    print_rows(rows, "SSVI: dense mean-field VI vs sparse subspace VI at 10% density (digits)",
+               caption=f"{steps} steps each; 32-sample MC predictive on the test split; ECE with 15 "
+                       "bins; FLOPs ratio = LRT matmul FLOPs of a training step vs dense VI; step "
+                       "ratio = measured CPU step time (masked dense matmuls on CPU)")
     return {"steps": steps, "rows": rows}
+
+
+def plot(ax, result: dict, results: dict) -> None:
+    """Test accuracy and ECE of dense VI and SSVI at 10% density."""
+    del results
+    rows = result.get("rows", [])
+    xs = np.arange(len(rows))
+    ax.bar(xs - 0.2, [r["accuracy"] for r in rows], width=0.4, label="test accuracy")
+    ax.bar(xs + 0.2, [r["ece"] for r in rows], width=0.4, label="ECE (15 bins)")
+    ax.set_xticks(xs, [r["model"] for r in rows])
+    ax.set_ylabel("test accuracy")
+    ax.set_title("SSVI vs dense VI")
+    ax.legend()
