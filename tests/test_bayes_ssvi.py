@@ -187,14 +187,16 @@ def test_conv_layers_are_the_pure_function():
 # ---------------------------------------------------------------- quality on digits
 
 
+@pytest.mark.slow
 def test_ssvi_10_percent_density_vs_dense_vi_on_digits():
     """SSVI at 10% density against dense mean-field VI, the same steps: accuracy within 3 points,
     ECE at most 1.5x dense VI's (small budget; benchmarks/ssvi.py runs the full one)."""
     from sparsejax.demo.ssvi import compare
 
-    rows = compare(jax.random.key(0), steps=300, sizes=(64, 128, 10), update_every=25)
+    rows = compare(jax.random.key(0), steps=600)
     dense, sparse = rows
     assert dense["accuracy"] > 0.9
     assert sparse["accuracy"] >= dense["accuracy"] - 0.03, rows
-    assert sparse["ece"] <= 1.5 * max(dense["ece"], 0.02), rows
+    assert sparse["ece"] <= 1.5 * dense["ece"], rows
     np.testing.assert_allclose(sparse["flops_ratio"], 0.1, atol=0.01)
+    assert sparse["weights"] == round(0.1 * 84480)

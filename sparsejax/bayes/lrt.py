@@ -94,6 +94,18 @@ def _masked_mean(mu: jax.Array, mask: jax.Array) -> jax.Array:
     return mu + lax.stop_gradient(masked - mu)
 
 
+def _lrt(key, op, x, mu, sigma, mask, bias):
+    """``op(x, mu*M) + bias + sqrt(op(x^2, (sigma*M)^2) + eps) * N(0, 1)`` (the mean if no key)."""
+    mean = op(x, _masked_mean(mu, mask))
+    if bias is not None:
+        mean = mean + bias
+    if key is None:
+        return mean
+    var = op(x * x, jnp.where(mask, sigma * sigma, jnp.zeros((), sigma.dtype)))
+    eps = jax.random.normal(key, mean.shape, mean.dtype)
+    return mean + jnp.sqrt(var + LRT_EPS) * eps
+
+
 def _check_lrt(x, mu, sigma, mask):
     x = check_float_array(x, "x")
     mu = check_float_array(mu, "mu")
@@ -137,14 +149,7 @@ def linear_lrt(
     if mu.ndim != 2 or x.shape[-1] != mu.shape[0]:
         raise ValueError(f"`x` must be [..., n_in] and `mu` [n_in, n_out] with the same n_in; got "
                          f"x {x.shape}, mu {mu.shape}.")
-    mean = x @ _masked_mean(mu, mask)
-    if bias is not None:
-        mean = mean + bias
-    if key is None:
-        return mean
-    var = (x * x) @ jnp.where(mask, sigma * sigma, jnp.zeros((), sigma.dtype))
-    eps = jax.random.normal(key, mean.shape, mean.dtype)
-    return mean + jnp.sqrt(var + LRT_EPS) * eps
+    return _lrt(key, lambda inputs, kernel: inputs @ kernel, x, mu, sigma, mask, bias)
 
 
 def conv_lrt(
@@ -186,11 +191,4 @@ def conv_lrt(
         return lax.conv_general_dilated(inputs, kernel, strides, padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    mean = conv(x, _masked_mean(mu, mask))
-    if bias is not None:
-        mean = mean + bias
-    if key is None:
-        return mean
-    var = conv(x * x, jnp.where(mask, sigma * sigma, jnp.zeros((), sigma.dtype)))
-    eps = jax.random.normal(key, mean.shape, mean.dtype)
-    return mean + jnp.sqrt(var + LRT_EPS) * eps
+    return _lrt(key, conv, x, mu, sigma, mask, bias)

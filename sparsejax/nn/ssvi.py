@@ -25,6 +25,7 @@ from jaxtyping import Array, Float
 from sparsejax import masks as _masks
 from sparsejax._checks import check_int, check_sparsity
 from sparsejax.bayes.lrt import conv_lrt, linear_lrt
+from sparsejax.bayes.metrics import predict
 from sparsejax.bayes.posterior import Posterior, kl_divergence, sigma_of
 from sparsejax.bayes.subspace import subspace_update
 from sparsejax.nn.linear import SparseStructure
@@ -60,9 +61,7 @@ class _SSVIBase(nnx.Module):
 
     def predict(self, x: Array, key: jax.Array, *, samples: int) -> Array:
         """Monte-Carlo mean of ``samples`` stochastic passes."""
-        samples = check_int(samples, "samples", minimum=1)
-        keys = jax.random.split(key, samples)
-        return jnp.mean(jax.vmap(lambda k: self._forward(k, x))(keys), axis=0)
+        return predict(self._forward, key, x, samples=samples)
 
     def kl(self, prior_sigma: float = 1.0) -> Float[Array, ""]:
         """KL of the kernel's posterior to ``N(0, prior_sigma^2)`` over the active entries."""

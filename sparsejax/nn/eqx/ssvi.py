@@ -16,6 +16,7 @@ from jaxtyping import Array, Bool, Float
 
 from sparsejax._checks import check_int
 from sparsejax.bayes.lrt import conv_lrt, linear_lrt
+from sparsejax.bayes.metrics import predict
 from sparsejax.bayes.posterior import Posterior, kl_divergence, sigma_of
 from sparsejax.bayes.subspace import subspace_update
 from sparsejax.nn.ssvi import init_sparse_gaussian
@@ -42,9 +43,7 @@ class _SSVIBase(eqx.Module):
 
     def predict(self, x: Array, key: jax.Array, *, samples: int) -> Array:
         """Monte-Carlo mean of ``samples`` stochastic passes."""
-        samples = check_int(samples, "samples", minimum=1)
-        keys = jax.random.split(key, samples)
-        return jnp.mean(jax.vmap(lambda k: self._forward(k, x))(keys), axis=0)
+        return predict(self._forward, key, x, samples=samples)
 
     def kl(self, prior_sigma: float = 1.0) -> Float[Array, ""]:
         """KL of the kernel's posterior to ``N(0, prior_sigma^2)`` over the active entries."""
