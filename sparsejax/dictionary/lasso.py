@@ -14,15 +14,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jaxtyping import Array, Float
 
 __all__ = [
-    "LISTA",
-    "LISTAModule",
     "fista",
     "ista",
     "lasso_objective",
@@ -276,41 +272,3 @@ def lista_apply(
 
     z, _ = jax.lax.scan(layer, z, thresholds[1:])
     return z
-
-
-class LISTA(eqx.Module):
-    """Equinox LISTA: ``LISTA(dictionary, alpha, n_layers)(signals) -> codes``.
-
-    Fields are the arrays of `lista_init`; train them with any optax optimiser, for example on
-    ``||y - z D^T||^2`` (unsupervised) or on ``||z - z_star||^2`` against ISTA/FISTA codes.
-    """
-
-    encoder: Array
-    lateral: Array
-    threshold: Array
-
-    def __init__(self, dictionary: Float[Array, "n_features n_atoms"], alpha: float, n_layers: int):
-        p = lista_init(dictionary, alpha, n_layers)
-        self.encoder, self.lateral, self.threshold = p["encoder"], p["lateral"], p["threshold"]
-
-    def __call__(self, signals: Float[Array, "... n_features"]) -> Float[Array, "... n_atoms"]:
-        return lista_apply(
-            {"encoder": self.encoder, "lateral": self.lateral, "threshold": self.threshold}, signals
-        )
-
-
-class LISTAModule(nnx.Module):
-    """Flax NNX LISTA with ``nnx.Param`` fields ``encoder``, ``lateral``, ``threshold``."""
-
-    def __init__(self, dictionary: Float[Array, "n_features n_atoms"], alpha: float, n_layers: int):
-        p = lista_init(dictionary, alpha, n_layers)
-        self.encoder = nnx.Param(p["encoder"])
-        self.lateral = nnx.Param(p["lateral"])
-        self.threshold = nnx.Param(p["threshold"])
-
-    def __call__(self, signals: Float[Array, "... n_features"]) -> Float[Array, "... n_atoms"]:
-        return lista_apply(
-            {"encoder": self.encoder[...], "lateral": self.lateral[...],
-             "threshold": self.threshold[...]},
-            signals,
-        )
