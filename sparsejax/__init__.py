@@ -8,6 +8,7 @@ pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 from sparsejax import (
     allocation,
     attention,
+    bayes,
     dictionary,
     formats,
     masks,
@@ -32,6 +33,7 @@ __all__ = [
     "Sparsity",
     "allocation",
     "attention",
+    "bayes",
     "dictionary",
     "formats",
     "nn",
