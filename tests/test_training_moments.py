@@ -17,7 +17,7 @@ MASKS = {"a": {"kernel": jnp.eye(3, 4, dtype=bool), "bias": None},
 def _moments(state):
     """Every params-shaped statistic in ``state`` found by hand for the named optax states."""
     out = []
-    for node in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "_fields")):
+    for node in jax.tree.leaves(state, is_leaf=lambda x: bool({"mu", "trace"} & set(getattr(x, "_fields", ())))):
         for name in ("mu", "nu", "trace"):
             if name in getattr(node, "_fields", ()):
                 out.append(getattr(node, name))
