@@ -1,8 +1,31 @@
 """Sparse training inside the user's loop: optax transforms that keep masks in the optimizer state.
 
-See the "Sparse training" docs page for the recipes (optax, Flax NNX, Equinox, orbax, sharding).
+Every transform wraps the user's optimizer and returns an ``optax.GradientTransformation`` whose
+updates leave the params exactly masked after every step; `masks_of` reads the masks back. See the
+"Sparse training" docs page for the recipes (optax, Flax NNX, Equinox, orbax, sharding).
 """
 
+from sparsejax.training.dynamic import (
+    drop_fraction_at,
+    dynamic_sparse,
+    random_masks,
+    rigl,
+    sparse_evolutionary,
+)
 from sparsejax.training.moments import reset_moments
+from sparsejax.training.prune import prune
+from sparsejax.training.state import SparseState, masks_of
+from sparsejax.training.static import static_sparse
 
-__all__ = ["reset_moments"]
+__all__ = [
+    "SparseState",
+    "drop_fraction_at",
+    "dynamic_sparse",
+    "masks_of",
+    "prune",
+    "random_masks",
+    "reset_moments",
+    "rigl",
+    "sparse_evolutionary",
+    "static_sparse",
+]
