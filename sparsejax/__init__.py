@@ -6,6 +6,7 @@ pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
 from sparsejax import allocation, attention, dictionary, formats, masks, nn, ops, schedules, scores
+from sparsejax import training
 from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.select import path_str, select
@@ -34,4 +35,5 @@ __all__ = [
     "select",
     "sparsity",
     "summary",
+    "training",
 ]

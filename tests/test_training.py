@@ -190,7 +190,7 @@ def test_dynamic_counts_constant_and_exact_masking(dynamic_run):
     assert counts == [kept_np(m.size, s) for m, s in zip(
         jax.tree.leaves(T.masks_of(record[0][3])), jax.tree.leaves(budget))]
     changed = 0
-    for t, _, _, s_before, params, state in record:
+    for _t, _, _, s_before, params, state in record:
         masks = T.masks_of(state)
         assert [int(m.sum()) for m in jax.tree.leaves(masks)] == counts
         for name in ("l1", "l2"):

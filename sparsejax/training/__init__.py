@@ -12,20 +12,38 @@ from sparsejax.training.dynamic import (
     rigl,
     sparse_evolutionary,
 )
+from sparsejax.training.iso_flop import iso_flop_width
 from sparsejax.training.moments import reset_moments
 from sparsejax.training.prune import prune
+from sparsejax.training.soup import soup
 from sparsejax.training.state import SparseState, masks_of
 from sparsejax.training.static import static_sparse
+from sparsejax.training.ste import (
+    decay_factor,
+    mask_decay,
+    sr_ste,
+    ste,
+    structure_decay_ladder,
+    structure_decay_masks,
+)
 
 __all__ = [
     "SparseState",
+    "decay_factor",
     "drop_fraction_at",
     "dynamic_sparse",
+    "iso_flop_width",
+    "mask_decay",
     "masks_of",
     "prune",
     "random_masks",
     "reset_moments",
     "rigl",
+    "soup",
     "sparse_evolutionary",
+    "sr_ste",
     "static_sparse",
+    "ste",
+    "structure_decay_ladder",
+    "structure_decay_masks",
 ]
