@@ -7,10 +7,12 @@ Block-sparse / N:M linear layers, sparse multi-head attention and sparse autoenc
 from sparsejax.nn import eqx
 from sparsejax.nn.attention import SparseMultiHeadAttention
 from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
+from sparsejax.nn.masked import Masked
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
 
 __all__ = [
     "BlockSparseLinear",
+    "Masked",
     "NMLinear",
     "SAEStateVariable",
     "SparseAutoencoder",

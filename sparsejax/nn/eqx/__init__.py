@@ -3,10 +3,12 @@ counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`)."""
 
 from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
 from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
+from sparsejax.nn.eqx.masked import Masked
 from sparsejax.nn.eqx.sae import SparseAutoencoder
 
 __all__ = [
     "BlockSparseLinear",
+    "Masked",
     "NMLinear",
     "SparseAutoencoder",
     "SparseMultiHeadAttention",
