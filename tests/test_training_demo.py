@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from sparsejax.cli import main
 
 
+@pytest.mark.slow
 def test_demo_training_stage(capsys, tmp_path):
     code = main(["demo", "--quick", "--no-progress", "--steps", "40", "--stages", "training",
                  "--out", str(tmp_path)])
