@@ -5,6 +5,7 @@ updates leave the params exactly masked after every step; `masks_of` reads the m
 "Sparse training" docs page for the recipes (optax, Flax NNX, Equinox, orbax, sharding).
 """
 
+from sparsejax.training.blocks import compact_blocks
 from sparsejax.training.dynamic import (
     drop_fraction_at,
     dynamic_sparse,
@@ -29,6 +30,7 @@ from sparsejax.training.ste import (
 
 __all__ = [
     "SparseState",
+    "compact_blocks",
     "decay_factor",
     "drop_fraction_at",
     "dynamic_sparse",
