@@ -95,18 +95,21 @@ def masked_transform(
         inner_updates, inner_state = inner.update(apply_masks(grads, old), state.inner_state,
                                                   params, **extra_args)
         step, k_state = state.count, state.key
-        new = old
+        new = keep = old
         if update_masks is not None:
-            k_update = None
-            if k_state is not None:
-                k_state, k_update = jax.random.split(k_state)
-            new = lax.cond(should_update(step),
-                           lambda: update_masks(params, grads, old, step, k_update),
-                           lambda: old)
-            if reset:
-                changed = _mask_map(lambda a, b: a != b, old, new)
-                inner_state = reset_moments(inner_state, params, changed)
-        keep = _mask_map(lambda a, b: a & b, old, new)
+            def changed_masks():
+                k_next, k_update = k_state, None
+                if k_state is not None:
+                    k_next, k_update = jax.random.split(k_state)
+                masks = update_masks(params, grads, old, step, k_update)
+                inner = inner_state
+                if reset:  # only at an update step: nothing to reset in between
+                    inner = reset_moments(inner, params, _mask_map(lambda a, b: a != b, old,
+                                                                   masks))
+                return masks, _mask_map(lambda a, b: a & b, old, masks), inner, k_next
+
+            new, keep, inner_state, k_state = lax.cond(
+                should_update(step), changed_masks, lambda: (old, old, inner_state, k_state))
         out = jax.tree.map(
             lambda m, u, p: u if m is None else jnp.where(m, u, -p.astype(u.dtype)),
             keep, inner_updates, params, is_leaf=_is_none)
