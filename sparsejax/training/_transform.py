@@ -1,9 +1,11 @@
 """The one skeleton shared by every mask-keeping optax transform (private).
 
-``update`` masks the incoming gradients with the current masks, runs the inner optimizer, then (under
-``lax.cond`` on the step, inside ``jit``) may compute new masks, optionally resets the inner
-optimizer's moments where the mask changed, and returns updates that leave the params exactly
-masked: kept entries move by the inner update, entries outside the new mask get ``-params``.
+``update`` may first compute new masks (under ``lax.cond`` on the step, inside ``jit``: only the
+bool masks and the key pass through the conditional), optionally resets the inner optimizer's
+moments where the mask changed, runs the inner optimizer on the gradients masked by
+``old & new`` (so changed entries get zero gradients and, after a reset, end the step with zero
+moments), and returns updates that leave the params exactly masked: kept entries move by the inner
+update, entries outside the new mask get ``-params``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from jax import lax
 from sparsejax.select import _is_none, select
 from sparsejax.training.moments import reset_moments
 from sparsejax.training.state import SparseState
-from sparsejax.tree import apply_masks
+from sparsejax.tree import _check_same_structure, apply_masks
 
 PyTree = Any
 # (params, grads, masks, step, key) -> new masks
@@ -91,9 +93,9 @@ def masked_transform(
             raise ValueError("`params` must be passed to update(grads, state, params) by the "
                              "sparse-training transforms (they read the weights); got None.")
         grads = updates
-        old = state.masks
-        inner_updates, inner_state = inner.update(apply_masks(grads, old), state.inner_state,
-                                                  params, **extra_args)
+        old, inner_state = state.masks, state.inner_state
+        _check_same_structure(params, old, "masks")  # the state's masks vs these params
+        _check_same_structure(params, grads, "updates")
         step, k_state = state.count, state.key
         new = keep = old
         if update_masks is not None:
@@ -101,15 +103,18 @@ def masked_transform(
                 k_next, k_update = k_state, None
                 if k_state is not None:
                     k_next, k_update = jax.random.split(k_state)
-                masks = update_masks(params, grads, old, step, k_update)
-                inner = inner_state
-                if reset:  # only at an update step: nothing to reset in between
-                    inner = reset_moments(inner, params, _mask_map(lambda a, b: a != b, old,
-                                                                   masks))
-                return masks, _mask_map(lambda a, b: a & b, old, masks), inner, k_next
+                return update_masks(params, grads, old, step, k_update), k_next
 
-            new, keep, inner_state, k_state = lax.cond(
-                should_update(step), changed_masks, lambda: (old, old, inner_state, k_state))
+            # only the (bool) masks and the key go through the cond: float state passed through a
+            # conditional is copied, while elementwise work outside it fuses with the inner update
+            new, k_state = lax.cond(should_update(step), changed_masks, lambda: (old, k_state))
+            keep = _mask_map(lambda a, b: a & b, old, new)
+            if reset:  # changed entries start from zero moments and get zero gradients below,
+                # so adam / momentum statistics of grown and dropped entries end the step at zero
+                inner_state = reset_moments(inner_state, params,
+                                            _mask_map(lambda a, b: a != b, old, new))
+        inner_updates, inner_state = inner.update(apply_masks(grads, keep), inner_state, params,
+                                                  **extra_args)
         out = jax.tree.map(
             lambda m, u, p: u if m is None else jnp.where(m, u, -p.astype(u.dtype)),
             keep, inner_updates, params, is_leaf=_is_none)

@@ -90,8 +90,10 @@ def dynamic_sparse(
     ``lax.cond`` inside the compiled step: drop ``floor(nnz * f_t)`` kept entries of lowest
     ``|w|`` (the params this update receives), then grow as many with the highest grow score among
     the entries not kept after the drop (an entry dropped and regrown keeps its value and moments).
-    The step itself runs under the old mask; dropped entries end the step at exactly zero, grown
-    ones at exactly zero, and the inner optimizer's params-shaped moments of both are zero.
+    At such a step the new masks are computed first (from the incoming params and dense
+    gradients), the inner optimizer's params-shaped moments of dropped and grown entries are reset
+    to zero and those entries receive zero gradients, so they end the step with zero moments and
+    zero weights; entries kept by both masks take the ordinary inner update.
 
     Args:
         inner: the user's optimizer; its per-parameter state must mirror the params (adam, adamw,

@@ -67,8 +67,9 @@ def prune(
     under ``lax.cond`` (one compiled step). Entries already pruned get score ``-inf``, so under a
     non-decreasing schedule masks only shrink: a pruned entry never comes back. The updates
     returned leave the params exactly masked after every step (pruned entries get ``-params``),
-    so ``optax.apply_updates`` is all the user calls. Gradients are masked before ``inner`` sees
-    them (moments of pruned entries receive zeros).
+    so ``optax.apply_updates`` is all the user calls. Gradients are masked (by the masks before
+    and after this step's update) before ``inner`` sees them: moments of pruned entries receive
+    zeros, and a global statistic such as ``optax.clip_by_global_norm`` sees the sparse gradient.
 
     Step convention: ``count`` = steps already taken (TF-MOT's; jaxpruner evaluates its
     ``PolynomialSchedule`` at ``count + 1``). A float ``schedule`` is one-shot pruning at step 0.
