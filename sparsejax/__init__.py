@@ -18,6 +18,7 @@ from sparsejax import (
     ops,
     schedules,
     scores,
+    training,
 )
 from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
@@ -50,4 +51,5 @@ __all__ = [
     "select",
     "sparsity",
     "summary",
+    "training",
 ]

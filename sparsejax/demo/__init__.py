@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "sae": "sparsejax.demo.sae",
     "oneshot": "sparsejax.demo.oneshot",
     "ssvi": "sparsejax.demo.ssvi",
+    "training": "sparsejax.demo.training",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]
