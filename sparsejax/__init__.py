@@ -8,6 +8,7 @@ pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 from sparsejax import (
     allocation,
     attention,
+    bayes,
     dictionary,
     formats,
     masks,
@@ -17,6 +18,7 @@ from sparsejax import (
     ops,
     schedules,
     scores,
+    training,
 )
 from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
@@ -32,6 +34,7 @@ __all__ = [
     "Sparsity",
     "allocation",
     "attention",
+    "bayes",
     "dictionary",
     "formats",
     "nn",
@@ -48,4 +51,5 @@ __all__ = [
     "select",
     "sparsity",
     "summary",
+    "training",
 ]

@@ -12,6 +12,8 @@ STAGES: dict[str, str] = {
     "attention": "sparsejax.demo.attention",
     "sae": "sparsejax.demo.sae",
     "oneshot": "sparsejax.demo.oneshot",
+    "ssvi": "sparsejax.demo.ssvi",
+    "training": "sparsejax.demo.training",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]
