@@ -86,6 +86,11 @@ def data():
 def test_layer_stats_batches_equal_concatenated():
     x = jax.random.normal(jax.random.key(1), (5, 7, 6))
     stats = LayerStats.from_inputs(x[:2]).update(x[2:4]).update(x[4:])
+    merged = LayerStats.from_inputs(x[:3]).merge(LayerStats.from_inputs(x[3:]))
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(merged)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="`other` must be a LayerStats over 6 features"):
+        stats.merge(LayerStats.zeros(5))
     flat = np.asarray(x, np.float64).reshape(-1, 6)
     assert int(stats.count) == 35
     np.testing.assert_allclose(stats.sum, flat.sum(0), rtol=1e-5, atol=1e-5)
@@ -265,17 +270,17 @@ def test_reconstruction_error_matches_direct(data):
 
 def test_clear_errors(data):
     x, w, stats = data
-    with pytest.raises(ValueError, match=r"`stats` must describe w.shape\[0\] = 40"):
+    with pytest.raises(ValueError, match=r"`stats` must be statistics of w.shape\[0\] = 40"):
         wanda(w[:40], stats, 0.5)
     with pytest.raises(ValueError, match="not both"):
         magnitude(w, 0.5, n=2, m=4)
-    with pytest.raises(ValueError, match="give `sparsity`"):
+    with pytest.raises(ValueError, match="or None with both `n` and `m`"):
         wanda(w, stats)
-    with pytest.raises(ValueError, match="give `sparsity`"):
+    with pytest.raises(ValueError, match="or None with both `n` and `m`"):
         magnitude(w, n=2)
-    with pytest.raises(ValueError, match="divisible by m = 5"):
+    with pytest.raises(ValueError, match=r"`w.shape\[0\]` must be divisible by `m`=5"):
         sparsegpt(w, stats, n=2, m=5)
-    with pytest.raises(ValueError, match="`block_size` must be a multiple of m = 4"):
+    with pytest.raises(ValueError, match="`block_size` must be divisible by `m`=4"):
         sparsegpt(w, stats, n=2, m=4, block_size=6)
     with pytest.raises(TypeError, match="floating"):
         magnitude(jnp.ones((4, 4), jnp.int32), 0.5)
@@ -291,9 +296,11 @@ def test_clear_errors(data):
     with pytest.raises(ValueError, match="positive definite after damping"):
         sparsegpt(w, few, 0.5, damp=0.0)
     sparsegpt(w, few, 0.5)  # damping makes it invertible
-    with pytest.raises(ValueError, match="`mask` must be a bool array"):
+    with pytest.raises(TypeError, match="`mask` must be a bool array"):
+        dsnot(w, stats, jnp.ones(w.shape))
+    with pytest.raises(ValueError, match=r"`mask` must be of shape \(48, 24\)"):
         dsnot(w, stats, jnp.ones((3, 3), bool))
-    with pytest.raises(ValueError, match="`update_threshold` must be a float >= 0"):
+    with pytest.raises(ValueError, match="`update_threshold` must be >= 0.0; got -1.0."):
         dsnot(w, stats, jnp.ones(w.shape, bool), update_threshold=-1.0)
 
 
@@ -374,5 +381,5 @@ def test_layer_stats_where_skips_padding():
     assert int(got.count) == 7
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="`where` must have the token shape"):
+    with pytest.raises(ValueError, match="`where` must be of the token shape"):
         LayerStats.from_inputs(x, where[:, :4])

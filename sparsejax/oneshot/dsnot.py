@@ -9,7 +9,15 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
-from sparsejax._checks import check_int, is_concrete
+from sparsejax._checks import (
+    check_bool,
+    check_bool_array,
+    check_divisible,
+    check_float,
+    check_int,
+    check_positive_int,
+    check_shape,
+)
 from sparsejax.oneshot._layer import check_stats, check_weight, to_rows
 from sparsejax.oneshot.stats import LayerStats
 
@@ -69,20 +77,16 @@ def dsnot(
         ``(w * new_mask, new_mask)`` shaped like ``w``.
     """
     w, in_axis = check_weight(w, in_axis)
-    stats = check_stats(stats, w, in_axis, gram=bool(guard))
-    if not hasattr(mask, "dtype") or mask.dtype != jnp.bool_ or mask.shape != w.shape:
-        raise ValueError(f"`mask` must be a bool array of w's shape {w.shape}; got "
-                         f"{getattr(mask, 'dtype', type(mask).__name__)} of shape "
-                         f"{getattr(mask, 'shape', None)}.")
+    stats = check_stats(stats, w, in_axis, gram=guard is True)
+    mask = check_bool_array(mask, "mask")
+    check_shape(mask, w.shape, "mask")
     if m is not None:
-        m = check_int(m, "m", minimum=1)
-        if w.shape[in_axis] % m:
-            raise ValueError(f"`w.shape[{in_axis}]` (the input axis) must be divisible by m = {m}; "
-                             f"got {w.shape[in_axis]}.")
+        m = check_positive_int(m, "m")
+        check_divisible(w.shape[in_axis], m, f"w.shape[{in_axis}]", "m")
     max_cycles = check_int(max_cycles, "max_cycles", minimum=0)
-    for name, value in (("update_threshold", update_threshold), ("pow_of_var", pow_of_var)):
-        if isinstance(value, bool) or (is_concrete(value) and not float(value) >= 0.0):
-            raise ValueError(f"`{name}` must be a float >= 0; got {value!r}.")
+    update_threshold = check_float(update_threshold, "update_threshold", minimum=0.0)
+    pow_of_var = check_float(pow_of_var, "pow_of_var", minimum=0.0)
+    guard, same_sign = check_bool(guard, "guard"), check_bool(same_sign, "same_sign")
     rows = to_rows(w, in_axis).astype(jnp.float32)
     keep = _dsnot(rows, to_rows(mask, in_axis), stats.mean, stats.var, stats.norms,
                   stats.gram if guard else None, jnp.asarray(update_threshold, jnp.float32),

@@ -18,7 +18,13 @@ from jaxtyping import Array, Bool, Float
 
 from sparsejax import masks as _masks
 from sparsejax import scores as _scores
-from sparsejax._checks import check_int, is_concrete
+from sparsejax._checks import (
+    check_divisible,
+    check_float,
+    check_positive_int,
+    is_concrete,
+    must_be,
+)
 from sparsejax.oneshot._layer import check_pattern, check_stats, check_weight, to_rows
 from sparsejax.oneshot.stats import LayerStats
 
@@ -142,20 +148,19 @@ def sparsegpt(
     w, in_axis = check_weight(w, in_axis)
     stats = check_stats(stats, w, in_axis, gram=True)
     sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
-    block_size = check_int(block_size, "block_size", minimum=1)
-    if m is not None and block_size % m:
-        raise ValueError(f"`block_size` must be a multiple of m = {m} so N:M groups do not straddle "
-                         f"blocks; got {block_size}.")
-    if isinstance(damp, bool) or (is_concrete(damp) and not float(damp) >= 0.0):
-        raise ValueError(f"`damp` must be a float >= 0; got {damp!r}.")
+    block_size = check_positive_int(block_size, "block_size")
+    if m is not None:
+        check_divisible(block_size, m, "block_size", "m")  # N:M groups never straddle blocks
+    damp = check_float(damp, "damp", minimum=0.0)
     dtype = jnp.promote_types(w.dtype, jnp.float32)  # float32 (float64 kept under x64)
     rows = to_rows(w, in_axis).astype(dtype)
     s = jnp.asarray(0.0 if sparsity is None else sparsity, jnp.float32)
     new, keep, ok = _sparsegpt(rows, stats.gram.astype(dtype), s, jnp.asarray(damp, dtype),
                                n, m, min(block_size, rows.shape[1]))
     if is_concrete(ok) and not bool(ok):
-        raise ValueError(f"`stats.gram` must be positive definite after damping (damp={damp}); got "
-                         "a singular or non-finite matrix. Use damp > 0 or more calibration tokens.")
+        raise ValueError(must_be("stats.gram", f"positive definite after damping (damp={damp}; use "
+                                 "damp > 0 or more calibration tokens)", "a singular or non-finite "
+                                 "matrix", raw=True))
     back = (lambda a: a.T) if in_axis == 0 else (lambda a: a)
     return back(new).astype(w.dtype), back(keep)
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from sparsejax._checks import check_float_array
+from sparsejax._checks import check_float_array, must_be
 
 __all__ = ["LayerStats"]
 
@@ -61,7 +61,8 @@ class LayerStats:
         `update` for ``where``."""
         x = check_float_array(x, "x")
         if x.ndim == 0:
-            raise ValueError("`x` must have a feature axis ([..., features]); got a scalar.")
+            raise ValueError(must_be("x", "an array with a feature axis ([..., features])",
+                                     "a scalar", raw=True))
         return cls.zeros(x.shape[-1], gram=gram).update(x, where)
 
     def update(self, x: Float[Array, "*batch features"],
@@ -75,15 +76,16 @@ class LayerStats:
         """
         x = check_float_array(x, "x")
         if x.ndim == 0 or x.shape[-1] != self.features:
-            raise ValueError(f"`x` must have {self.features} features (the last axis) like these "
-                             f"statistics; got x of shape {x.shape}.")
+            raise ValueError(must_be("x", f"an array with {self.features} features (the last axis) "
+                                     "like these statistics", f"shape {tuple(x.shape)}", raw=True))
         x32 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
         if where is None:
             count = x32.shape[0]
         else:
             if jnp.shape(where) != x.shape[:-1]:
-                raise ValueError(f"`where` must have the token shape x.shape[:-1] = {x.shape[:-1]}; "
-                                 f"got shape {jnp.shape(where)}.")
+                raise ValueError(must_be("where", f"of the token shape x.shape[:-1] = "
+                                         f"{tuple(x.shape[:-1])}", f"shape {jnp.shape(where)}",
+                                         raw=True))
             keep = jnp.asarray(where).reshape(-1).astype(bool)
             x32 = jnp.where(keep[:, None], x32, 0.0)
             count = jnp.sum(keep, dtype=jnp.int32)
@@ -92,6 +94,19 @@ class LayerStats:
             gram = self.gram + jnp.matmul(x32.T, x32, precision=jax.lax.Precision.HIGHEST)
         return LayerStats(self.count + count, self.sum + jnp.sum(x32, axis=0),
                           self.sumsq + jnp.sum(x32 * x32, axis=0), gram)
+
+    def merge(self, other: LayerStats) -> LayerStats:
+        """Statistics of the tokens of both (e.g. two batches or two data shards)."""
+        if not isinstance(other, LayerStats) or other.features != self.features:
+            raise ValueError(must_be("other", f"a LayerStats over {self.features} features",
+                                     f"{type(other).__name__} over "
+                                     f"{getattr(other, 'features', '?')} features", raw=True))
+        if (self.gram is None) != (other.gram is None):
+            raise ValueError(must_be("other", "a LayerStats with a Gram matrix exactly when these "
+                                     "statistics have one", "a mismatch", raw=True))
+        gram = None if self.gram is None else self.gram + other.gram
+        return LayerStats(self.count + other.count, self.sum + other.sum, self.sumsq + other.sumsq,
+                          gram)
 
     @property
     def mean(self) -> Float[Array, " features"]:
