@@ -383,3 +383,19 @@ def test_layer_stats_where_skips_padding():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="`where` must be of the token shape"):
         LayerStats.from_inputs(x, where[:, :4])
+
+
+def test_hessian_inverse_factor_is_upper_cholesky_of_the_damped_inverse():
+    from sparsejax.oneshot import hessian_inverse_factor
+
+    x = np.random.default_rng(0).normal(size=(700, 600))
+    x[:, 7] = 0.0  # a dead input
+    gram = x.T @ x
+    with jax.enable_x64(True):
+        u, dead = hessian_inverse_factor(jnp.asarray(gram), jnp.asarray(0.01))
+        u = np.asarray(u)
+    h = gram.copy()
+    h[7, 7] = 1.0
+    h[np.diag_indices(600)] += 0.01 * np.mean(np.diag(h))
+    np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, atol=1e-10)
+    assert np.asarray(dead).nonzero()[0].tolist() == [7]

@@ -178,9 +178,21 @@ def hessian_inverse_factor(gram: jax.Array, damp: jax.Array) -> tuple[jax.Array,
     idx = jnp.arange(gram.shape[0])
     h = gram.at[idx, idx].set(jnp.where(dead, 1.0, diag))
     h = h.at[idx, idx].add(damp * jnp.mean(jnp.diagonal(h)))
-    lower = jnp.linalg.cholesky(h[::-1, ::-1])
-    eye = jnp.eye(h.shape[0], dtype=h.dtype)
-    return jax.scipy.linalg.solve_triangular(lower, eye, lower=True)[::-1, ::-1], dead
+    return _lower_inverse(jnp.linalg.cholesky(h[::-1, ::-1]))[::-1, ::-1], dead
+
+
+def _lower_inverse(lower: jax.Array) -> jax.Array:
+    """Inverse of a lower-triangular matrix by 2x2 blocks (matmuls; triangular solves at the
+    leaves): ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``."""
+    n = lower.shape[0]
+    if n <= 256:
+        eye = jnp.eye(n, dtype=lower.dtype)
+        return jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    k = n // 2
+    a_inv, d_inv = _lower_inverse(lower[:k, :k]), _lower_inverse(lower[k:, k:])
+    c = -jnp.matmul(d_inv, jnp.matmul(lower[k:, :k], a_inv, precision=lax.Precision.HIGHEST),
+                    precision=lax.Precision.HIGHEST)
+    return jnp.block([[a_inv, jnp.zeros((k, n - k), lower.dtype)], [c, d_inv]])
 
 
 @partial(jax.jit, static_argnums=(4, 5, 6))
