@@ -226,18 +226,18 @@ def test_dsnot_matches_loop_reference_and_keeps_pattern(data, m, same_sign):
         assert bool(masks.satisfies_nm(~got, 2, 4, axis=0))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2 ** 16), sparsity=st.sampled_from([0.3, 0.5, 0.7]),
        start=st.sampled_from(["wanda", "magnitude", "sparsegpt"]))
 def test_dsnot_never_increases_reconstruction_error(seed, sparsity, start):
-    x, w = layer_data(jax.random.key(seed), n_in=16, n_out=8, tokens=64)
+    x, w = layer_data(jax.random.key(seed), n_in=48, n_out=24, tokens=300)  # the fixture's shapes
     stats = LayerStats.from_inputs(x)
     if start == "wanda":
         _, mask = wanda(w, stats, sparsity)
     elif start == "magnitude":
         _, mask = magnitude(w, sparsity)
     else:
-        _, mask = sparsegpt(w, stats, sparsity)
+        _, mask = sparsegpt(w, stats, sparsity, block_size=16)
     pruned, new = dsnot(w, stats, mask, same_sign=False)  # oscillates: the guard must hold
     before = reconstruction_error(w, jnp.where(mask, w, 0.0), stats.gram)
     after = reconstruction_error(w, pruned, stats.gram)
@@ -388,7 +388,7 @@ def test_layer_stats_where_skips_padding():
 def test_hessian_inverse_factor_is_upper_cholesky_of_the_damped_inverse():
     from sparsejax.oneshot import hessian_inverse_factor
 
-    x = np.random.default_rng(0).normal(size=(700, 600))
+    x = np.random.default_rng(0).normal(size=(400, 300))
     x[:, 7] = 0.0  # a dead input
     gram = x.T @ x
     with jax.enable_x64(True):
@@ -396,6 +396,6 @@ def test_hessian_inverse_factor_is_upper_cholesky_of_the_damped_inverse():
         u = np.asarray(u)
     h = gram.copy()
     h[7, 7] = 1.0
-    h[np.diag_indices(600)] += 0.01 * np.mean(np.diag(h))
+    h[np.diag_indices(300)] += 0.01 * np.mean(np.diag(h))
     np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, atol=1e-10)
     assert np.asarray(dead).nonzero()[0].tolist() == [7]
