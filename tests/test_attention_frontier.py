@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsejax.attention import BlockMask, attention
 from sparsejax.attention import decode as D
 from sparsejax.attention import prefill as P
 
@@ -124,24 +125,46 @@ def test_minference_coverage_matches_restated_rule(lq, seed, bs):
     np.testing.assert_array_equal(np.asarray(sub), got[[lq - 1, 3]])
 
 
-def test_vertical_slash_mask_under_jit():
+def _block_kinds(dense, bs):
+    """EMPTY / PARTIAL / FULL of every bs x bs block of a [..., L, L] mask (valid tokens only)."""
+    lq = dense.shape[-1]
+    nb = -(-lq // bs)
+    pad = [(0, 0)] * (dense.ndim - 2) + [(0, nb * bs - lq)] * 2
+    shape = dense.shape[:-2] + (nb, bs, nb, bs)
+    any_ = np.pad(dense, pad, constant_values=False).reshape(shape).any((-3, -1))
+    all_ = np.pad(dense, pad, constant_values=True).reshape(shape).all((-3, -1))
+    return np.where(all_, 2, np.where(any_, 1, 0))
+
+
+@pytest.mark.parametrize("coverage", ["minference", "exact"])
+def test_vertical_slash_mask_is_lazy_and_exact(coverage):
+    """The mask holds lines (and per-block coverage), never an L x L array; its block map is
+    exact on emptiness, FULL only where every token is kept; under jit it equals the tokens."""
     q, k = _rand(0, lq=70)
-    fn = jax.jit(
-        lambda q, k: P.vertical_slash_mask(
-            q, k, vertical_size=16, slash_size=16, last_q=32, block_size=16
-        )
-    )
-    mask = fn(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32))
-    v, s = P.vertical_slash_lines(
-        jnp.asarray(q, jnp.float32),
-        jnp.asarray(k, jnp.float32),
-        vertical_size=16,
-        slash_size=16,
-        last_q=32,
-    )
-    np.testing.assert_array_equal(
-        np.asarray(mask.to_dense()), np.asarray(P.vertical_slash_tokens(v, s, block_size=16))
-    )
+    q, k = jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32)
+    sizes = dict(vertical_size=16, slash_size=16, last_q=32)
+    fn = jax.jit(lambda q, k: P.vertical_slash_mask(q, k, coverage=coverage, block_size=16, **sizes))
+    mask = fn(q, k)
+    assert isinstance(mask.predicate, P.VerticalSlashTokens)
+    assert all(x.shape[-2:] != (70, 70) for x in jax.tree_util.tree_leaves(mask))
+    v, s = P.vertical_slash_lines(q, k, **sizes)
+    tokens = np.asarray(P.vertical_slash_tokens(v, s, coverage=coverage, block_size=16))
+    dense = np.asarray(mask.to_dense())
+    np.testing.assert_array_equal(dense, tokens)
+    kinds, brute = np.asarray(mask.block_map), _block_kinds(tokens, 16)
+    np.testing.assert_array_equal(kinds == 0, brute == 0)
+    assert np.all(brute[kinds == 2] == 2)
+    if coverage == "minference":  # the kernel evaluates the lazy predicate inside its tiles
+        vv = jnp.asarray(np.random.default_rng(1).normal(size=(1, 2, 70, 16)), jnp.float32)
+        got = attention(q, k, vv, mask, backend="xla")
+        ref = attention(q, k, vv, BlockMask.from_dense(tokens, 16, 16), backend="reference")
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+    flex = P.flexprefill_mask(q, k, min_budget=8, approximation_size=32, coverage=coverage,
+                              block_size=16)
+    fv, fs = P.flexprefill_lines(q, k, min_budget=8, approximation_size=32)
+    want = np.asarray(P.vertical_slash_tokens(fv, fs, coverage=coverage, block_size=16))
+    np.testing.assert_array_equal(np.asarray(flex.to_dense()), want)
+    np.testing.assert_array_equal(np.asarray(flex.block_map) == 0, _block_kinds(want, 16) == 0)
 
 
 @pytest.mark.parametrize("alpha,min_budget", [(0.65, 8), (0.9, 4), (0.3, 100)])
@@ -328,15 +351,6 @@ def test_ada_snapkv():
         rest = np.where(sel, -np.inf, imp).ravel()
         sel = sel | _top(rest, cap * 4 - m * 4).reshape(4, -1)
         np.testing.assert_array_equal(got[b], sel)
-
-
-def test_keep_to_indices():
-    keep = jnp.array([[True, False, True, True], [False, False, False, True]])
-    idx, valid = D.keep_to_indices(keep, 3)
-    np.testing.assert_array_equal(idx, [[0, 2, 3], [3, 0, 0]])
-    np.testing.assert_array_equal(valid, [[True, True, True], [True, False, False]])
-    idx, valid = D.keep_to_indices(keep, 6)
-    assert idx.shape == (2, 6) and int(valid.sum()) == 4
 
 
 def test_errors():
