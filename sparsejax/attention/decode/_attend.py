@@ -28,15 +28,22 @@ def keep_to_indices(
         ``(indices, valid)``: int32 ``[..., size]`` (padding 0) and bool ``[..., size]``.
     """
     size = check_int(size, "size", minimum=1)
-    keep = jnp.asarray(keep)
+    return _keep_to_indices(jnp.asarray(keep), size)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _keep_to_indices(keep, size):
+    # O(n) compaction: the r-th kept position goes to slot r (no sort)
     n = keep.shape[-1]
-    if size > n:
-        keep = jnp.pad(keep, [(0, 0)] * (keep.ndim - 1) + [(0, size - n)])
-        n = size
-    key = jnp.where(keep, jnp.arange(n), n + jnp.arange(n))
-    order = jnp.argsort(key, axis=-1)[..., :size]
-    valid = jnp.take_along_axis(keep, order, axis=-1)
-    return jnp.where(valid, order, 0).astype(jnp.int32), valid
+    rows = keep.reshape(-1, n)
+    slot = jnp.where(rows, jnp.cumsum(rows, axis=-1) - 1, size)  # size = dropped
+    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), rows.shape)
+    r = jnp.arange(rows.shape[0])[:, None]
+    idx = jnp.zeros((rows.shape[0], size), jnp.int32).at[r, slot].set(pos, mode="drop")
+    count = rows.sum(-1, keepdims=True)
+    valid = jnp.arange(size)[None, :] < count
+    shape = keep.shape[:-1] + (size,)
+    return idx.reshape(shape), valid.reshape(shape)
 
 
 def attend_kept(
