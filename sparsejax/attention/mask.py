@@ -106,7 +106,7 @@ class TokenPredicate:
         return AndPredicate(self, other)
 
 
-def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()):
+def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()) -> Any:
     """Class decorator: make a `TokenPredicate` subclass a frozen dataclass and a pytree.
 
     Args:
@@ -150,7 +150,7 @@ def _bcast_index(idx, size):
     return idx * 0 if size == 1 else idx
 
 
-def array_namespace(*xs: Any):
+def array_namespace(*xs: Any) -> Any:
     """``numpy`` when every argument is a NumPy array or scalar, else ``jax.numpy``.
 
     Predicates use it so that static masks evaluate in pure NumPy (no compilation) while the same

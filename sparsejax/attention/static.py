@@ -69,7 +69,7 @@ class Band(_Positional):
             out = out & (d <= int(self.hi))
         return out
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         qs, qe = _ranges(seq_q, block_q)
         ks, ke = _ranges(seq_kv, block_kv)
         dmin = qs[:, None] - ke[None, :]
@@ -89,7 +89,7 @@ class KeyPrefix(_Positional):
         xp = array_namespace(q, kv)
         return xp.broadcast_to(kv < self.n, np.broadcast_shapes(q.shape, kv.shape))
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         nq = _cdiv(seq_q, block_q)
         ks, ke = _ranges(seq_kv, block_kv)
         row = _three(ke < self.n, ks >= self.n)
@@ -106,7 +106,7 @@ class QueryPrefix(_Positional):
         xp = array_namespace(q, kv)
         return xp.broadcast_to(q < self.n, np.broadcast_shapes(q.shape, kv.shape))
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         nk = _cdiv(seq_kv, block_kv)
         qs, qe = _ranges(seq_q, block_q)
         col = _three(qe < self.n, qs >= self.n)
@@ -122,7 +122,7 @@ class SameChunk(_Positional):
     def __call__(self, b, h, q, kv):
         return (q // self.chunk) == (kv // self.chunk)
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         qs, qe = _ranges(seq_q, block_q)
         ks, ke = _ranges(seq_kv, block_kv)
         qa, qb = qs // self.chunk, qe // self.chunk
@@ -191,7 +191,7 @@ def refine(mask: BlockMask) -> BlockMask:
     )
 
 
-def _geometry(seq_q, seq_kv, block_q, block_kv):
+def _geometry(seq_q, seq_kv, block_q, block_kv) -> tuple[int, int, int, int]:
     seq_q = _check_block("seq_q", seq_q)
     seq_kv = seq_q if seq_kv is None else _check_block("seq_kv", seq_kv)
     return seq_q, seq_kv, _check_block("block_q", block_q), _check_block("block_kv", block_kv)
