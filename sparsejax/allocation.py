@@ -22,7 +22,7 @@ __all__ = ["er", "erk", "global_topk", "uniform"]
 
 
 def _chosen_leaves(params, where):
-    chosen = select(where)
+    chosen = select(where, tree=params)
     flat, treedef = jax.tree.flatten_with_path(params, is_leaf=lambda x: x is None)
     picked = [chosen(p, x) if x is not None else False for p, x in flat]
     return flat, treedef, picked
@@ -31,7 +31,7 @@ def _chosen_leaves(params, where):
 def uniform(params: Any, sparsity: float, *, where: Any = None) -> Any:
     """The same ``sparsity`` for every selected leaf."""
     check_sparsity(sparsity)
-    chosen = select(where)
+    chosen = select(where, tree=params)
     return tree_map_with_path(lambda p, x: sparsity if x is not None and chosen(p, x) else None,
                               params, is_leaf=lambda x: x is None)
 

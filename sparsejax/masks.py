@@ -27,10 +27,14 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from sparsejax._checks import (
+    check_choice,
+    check_divisible,
     check_float_array,
     check_int,
+    check_nm,
     check_sparsity,
     is_concrete,
+    must_be,
     normalize_axis,
 )
 
@@ -47,6 +51,7 @@ __all__ = [
 ]
 
 Reduce = Literal["mean", "sum", "max", "l2"]
+REDUCES = ("mean", "sum", "max", "l2")
 
 
 def _order_keys(scores: jax.Array) -> jax.Array:
@@ -154,8 +159,8 @@ def topk(scores: Float[Array, "*shape"], k: int | Int[Array, ""]) -> Bool[Array,
             k = int(k)
         k = check_int(k, "k", minimum=0)
         if not 0 <= k <= scores.size:
-            raise ValueError(f"k must be in [0, {scores.size}] for scores of shape "
-                             f"{scores.shape}, got {k}")
+            raise ValueError(must_be("k", f"in [0, {scores.size}] for scores of shape "
+                                     f"{scores.shape}", k))
     if scores.size == 0:
         return jnp.zeros(scores.shape, bool)
     return _topk(scores, jnp.asarray(k, jnp.int32))
@@ -223,38 +228,46 @@ def random(
     return unstructured(jax.random.uniform(key, shape), sparsity)
 
 
-def nm(scores: Float[Array, "*shape"], n: int, m: int, axis: int = -1) -> Bool[Array, "*shape"]:
+def nm(scores: Float[Array, "*shape"], n: int, m: int, axis: int | None = None
+       ) -> Bool[Array, "*shape"]:
     """N:M mask: keep the ``n`` highest of every ``m`` consecutive entries along ``axis``.
 
-    ``n`` counts *kept* entries, as in jaxpruner and SR-STE (Wanda/SparseGPT's ``prune_n`` counts
-    zeroed ones: their ``prune_n=2, prune_m=4`` is ``n=2, m=4`` here too only because 2 = 4 - 2).
+    The N:M convention, shared with `sparsejax.formats.NMSparse` and `sparsejax.compute_masks`:
 
-    Which axis: NVIDIA's 2:4 sparse tensor cores group along the *reduction* dimension of the sparse
-    operand. A Flax ``nnx.Linear``/``linen.Dense`` kernel is ``[in, out]`` and reduces over ``in``, so
-    use ``axis=0`` for hardware 2:4 (a torch ``[out, in]`` weight uses ``axis=1``). jaxpruner's
-    default ``axis=-1`` is the wrong axis for Flax kernels.
+    * ``n`` counts *kept* entries, as in jaxpruner and SR-STE (Wanda/SparseGPT's ``prune_n``
+      counts zeroed ones: their ``prune_n=2, prune_m=4`` is ``n=2, m=4`` here only because
+      2 = 4 - 2);
+    * a group is ``m`` consecutive entries along ``axis``, starting at index 0;
+    * ``axis`` has **no default**: it must be the *reduction* axis of the sparse operand, the
+      dimension NVIDIA's 2:4 sparse tensor cores group along. A Flax ``nnx.Linear``/
+      ``linen.Dense`` kernel ``[in, out]`` reduces over ``in``: ``axis=0``; a conv kernel
+      ``[kh, kw, in, out]``: ``axis=-2``; a torch ``[out, in]`` weight: ``axis=1``. (jaxpruner's
+      default ``axis=-1`` is the *output* axis of a Flax kernel; requiring the axis makes that
+      mistake impossible.);
+    * ranking as everywhere in `sparsejax.masks`: higher score kept, ties by lower index, ``NaN``
+      lowest.
 
     Args:
         scores: float array; ``scores.shape[axis]`` must be divisible by ``m``.
         n: kept per group, ``0 <= n <= m``.
         m: group size, ``m >= 1``.
-        axis: the grouping axis.
+        axis: the grouping (reduction) axis; required.
 
     Returns:
         bool mask of ``scores.shape`` with exactly ``n`` ``True`` in every group.
+
+    Raises:
+        ValueError: ``axis`` missing or out of range, ``n``/``m`` out of range, or
+            ``scores.shape[axis]`` not divisible by ``m``.
     """
     scores = check_float_array(scores, "scores")
-    m = check_int(m, "m", minimum=1)
-    n = check_int(n, "n")
-    if not 0 <= n <= m:
-        raise ValueError(f"n must satisfy 0 <= n <= m (n counts kept entries), got n={n}, m={m}")
-    if scores.ndim == 0:
-        raise ValueError("scores must have at least one dimension for an N:M mask, got a scalar")
+    if axis is None:
+        raise ValueError(must_be("axis", "given: the reduction axis of the sparse operand (0 for "
+                                 "a Flax [in, out] kernel, 1 for a torch [out, in] weight)", None))
+    n, m = check_nm(n, m)
+    check_float_array(scores, "scores", min_ndim=1)
     axis = normalize_axis(axis, scores.ndim)
-    length = scores.shape[axis]
-    if length % m:
-        raise ValueError(f"scores.shape[{axis}] = {length} must be divisible by m = {m} "
-                         f"(shape {scores.shape})")
+    check_divisible(scores.shape[axis], m, f"scores.shape[{axis}]", "m")
     return _nm(scores, n, m, axis)
 
 
@@ -284,7 +297,7 @@ def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str) -> jax.Array:
         return jnp.max(x, axis=axes)
     if reduce == "l2":
         return jnp.sqrt(jnp.sum(x * x, axis=axes))
-    raise ValueError(f"reduce must be one of 'mean', 'sum', 'max', 'l2', got {reduce!r}")
+    raise ValueError(must_be("reduce", f"one of {REDUCES}", reduce))
 
 
 def block(
@@ -317,8 +330,7 @@ def block(
     if bad:
         raise ValueError(f"scores.shape {scores.shape} must be divisible by block_shape "
                          f"{block_shape}; not divisible: {bad}")
-    if reduce not in ("mean", "sum", "max", "l2"):
-        raise ValueError(f"reduce must be one of 'mean', 'sum', 'max', 'l2', got {reduce!r}")
+    check_choice(reduce, "reduce", REDUCES)
     return _block(scores, jnp.asarray(sparsity, jnp.float32), full, reduce)
 
 
@@ -358,8 +370,7 @@ def channel(
     scores = check_float_array(scores, "scores")
     check_sparsity(sparsity)
     axis = normalize_axis(axis, scores.ndim)
-    if reduce not in ("mean", "sum", "max", "l2"):
-        raise ValueError(f"reduce must be one of 'mean', 'sum', 'max', 'l2', got {reduce!r}")
+    check_choice(reduce, "reduce", REDUCES)
     return _channel(scores, jnp.asarray(sparsity, jnp.float32), axis, reduce)
 
 
@@ -372,16 +383,19 @@ def _channel(scores: jax.Array, sparsity: jax.Array, axis: int, reduce: str) -> 
     return jnp.broadcast_to(keep.reshape(shape), scores.shape)
 
 
-def satisfies_nm(x: Array, n: int, m: int, axis: int = -1) -> Bool[Array, ""]:
+def satisfies_nm(x: Array, n: int, m: int, axis: int | None = None) -> Bool[Array, ""]:
     """Whether every group of ``m`` consecutive entries along ``axis`` has at most ``n`` nonzeros.
 
-    Works on masks (``True`` counts as nonzero) and on weights (the hardware 2:4 check).
+    Works on masks (``True`` counts as nonzero) and on weights (the hardware 2:4 check). ``axis``
+    is required, with the convention of `nm`.
 
     Returns:
         bool scalar; ``False`` too when ``x.shape[axis]`` is not divisible by ``m``.
     """
     m = check_int(m, "m", minimum=1)
     n = check_int(n, "n", minimum=0)
+    if axis is None:
+        raise ValueError(must_be("axis", "given (the grouping axis, as for `nm`)", None))
     axis = normalize_axis(axis, jnp.ndim(x))
     if x.shape[axis] % m:
         return jnp.asarray(False)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_int, check_sparsity
+from sparsejax._checks import check_int, check_positive_float, check_sparsity, must_be
 
 Schedule = Callable[[Int[Array, ""] | int], Float[Array, ""]]
 
@@ -75,10 +75,8 @@ def polynomial(
     end_step = check_int(end_step, "end_step", minimum=0)
     frequency = check_int(frequency, "frequency", minimum=1)
     if end_step <= begin_step:
-        raise ValueError(f"end_step must be > begin_step, got begin_step={begin_step}, "
-                         f"end_step={end_step}")
-    if power <= 0:
-        raise ValueError(f"power must be > 0, got {power}")
+        raise ValueError(must_be("end_step", f"> begin_step={begin_step}", end_step))
+    power = check_positive_float(power, "power")
 
     def schedule(step):
         t = jnp.asarray(step, jnp.int32)

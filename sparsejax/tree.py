@@ -2,37 +2,62 @@
 
 A mask tree has the structure of the params tree: a bool array where the leaf is sparsified and
 ``None`` where it is left dense. Any pytree works: nested dicts, lists, NamedTuples, dataclasses,
-Flax NNX ``State``, Equinox modules. Leaves are chosen by a ``where`` selector:
+Flax NNX ``State``, Equinox modules. Leaves are chosen by a ``where`` selector (see
+`sparsejax.select`): by default float kernels (``ndim >= 2``) except embedding tables.
 
-* ``None`` (default): float arrays with ``ndim >= 2`` (kernels, not biases or norms);
-* a callable ``where(path, leaf) -> bool`` with ``path`` a ``jax.tree_util`` key path;
-* a glob string (or a sequence of globs, any of which may match) tested with ``fnmatch`` against
-  the leaf's slash path (``"dense_0/kernel"``, see `path_str`) and against
-  ``jax.tree_util.keystr(path)`` (``"['dense_0']['kernel']"``). Only float arrays are ever selected.
+`compute_masks` composes the four orthogonal pieces, each given by name or as a function:
+
+* **pattern** ``(scores, sparsity, **kwargs) -> bool mask`` shaped like ``scores``: the names
+  ``"unstructured"``, ``"nm"``, ``"block"``, ``"channel"`` or the functions `sparsejax.masks.unstructured`,
+  `~sparsejax.masks.nm`, `~sparsejax.masks.block`, `~sparsejax.masks.channel` (each called with its
+  own signature), or any callable with that signature;
+* **score** ``(path, leaf) -> float array`` shaped like the leaf (higher = kept first): the names
+  ``"magnitude"``, ``"random"``, the functions of `sparsejax.scores` (called as ``fn(leaf,
+  **score_kwargs)``; ``scores.random`` as ``fn(key, leaf)``), any such callable, or a precomputed
+  tree of scores mirroring ``params``;
+* **allocation** ``(params, sparsity, *, where) -> tree of per-leaf sparsities`` mirroring
+  ``params`` (``None`` where unselected): the names ``"uniform"``, ``"erk"``, ``"er"``,
+  ``"global"`` or the functions of `sparsejax.allocation` (``functools.partial`` them for options
+  such as ``rounding="rigl"``);
+* **schedule**: the caller's, see `sparsejax.schedules`; pass its value as ``sparsity``.
+
+Per-leaf control: ``sparsity`` and every pattern keyword argument may be a *per-leaf rule*: a
+callable ``(path, leaf) -> value`` or a mapping ``{glob: value}`` (the first glob matching the
+leaf's path wins; a selected leaf no glob matches is an error, add ``"*"`` for a default). A
+sparsity rule returning ``None`` leaves that leaf dense.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import tree_map_with_path
+from jaxtyping import Array, Bool, Float
 
 from sparsejax import allocation as _allocation
 from sparsejax import masks as _masks
-from sparsejax._checks import check_sparsity
-from sparsejax.select import Where, _is_none, path_str, select
+from sparsejax import scores as _scores
+from sparsejax._checks import (
+    _is_none,
+    check_mask_tree,
+    check_same_structure,
+    check_sparsity,
+    must_be,
+)
+from sparsejax.select import Where, matches, path_str, select
 
 __all__ = [
+    "PATTERNS",
     "Sparsity",
     "apply_masks",
     "compute_masks",
     "nbytes",
     "path_str",
+    "pattern_mask",
     "select",
     "sparsity",
     "summary",
@@ -40,150 +65,342 @@ __all__ = [
 
 PyTree = Any
 
-
-def _check_same_structure(params: PyTree, other: PyTree, name: str) -> None:
-    a = jax.tree.structure(params, is_leaf=_is_none)
-    b = jax.tree.structure(other, is_leaf=_is_none)
-    if a != b:
-        raise ValueError(f"{name} must mirror the structure of params (a bool array or None per "
-                         f"leaf); params has structure {a}, {name} has {b}")
-
-
+#: Pattern names accepted by `compute_masks` and `pattern_mask`.
 PATTERNS = ("unstructured", "nm", "block", "channel")
+_PATTERN_FUNCTIONS = {_masks.unstructured: "unstructured", _masks.nm: "nm",
+                      _masks.block: "block", _masks.channel: "channel"}
+_ALLOCATIONS = {"uniform": _allocation.uniform, "erk": _allocation.erk, "er": _allocation.er}
+_SCORE_FUNCTIONS = (_scores.magnitude, _scores.saliency, _scores.wanda)
 
 
-def _pattern_fn(pattern: str | Callable, kwargs: dict) -> Callable:
+def _pattern_name(pattern: Any) -> str | None:
+    """The built-in pattern's name, ``None`` for a user callable; raises for anything else."""
+    if isinstance(pattern, str):
+        if pattern not in PATTERNS:
+            raise ValueError(must_be("pattern", f"one of {PATTERNS} or a callable (scores, "
+                                     "sparsity, **kwargs) -> bool mask", pattern))
+        return pattern
     if callable(pattern):
-        return lambda scores, s: pattern(scores, s, **kwargs)
-    if pattern == "unstructured":
-        return lambda scores, s: _masks.unstructured(scores, s, **kwargs)
-    if pattern == "nm":
-        missing = {"n", "m"} - set(kwargs)
+        try:
+            return _PATTERN_FUNCTIONS.get(pattern)
+        except TypeError:  # unhashable callable
+            return None
+    raise TypeError(must_be("pattern", f"one of {PATTERNS} or a callable (scores, sparsity, "
+                            "**kwargs) -> bool mask", pattern))
+
+
+def pattern_mask(
+    scores: Float[Array, "*shape"],
+    pattern: str | Callable = "unstructured",
+    sparsity: float | Float[Array, ""] | None = None,
+    **pattern_kwargs: Any,
+) -> Bool[Array, "*shape"]:
+    """One leaf's mask: the pure per-leaf step of `compute_masks` (usable inside ``jit``).
+
+    Dispatches a pattern name or function to its `sparsejax.masks` function:
+    ``"unstructured"`` -> ``unstructured(scores, sparsity, axis=None)``,
+    ``"nm"`` -> ``nm(scores, n, m, axis)`` (``sparsity`` must be ``None``),
+    ``"block"`` -> ``block(scores, block_shape, sparsity, reduce="mean")``,
+    ``"channel"`` -> ``channel(scores, sparsity, axis=-1, reduce="mean")``; any other callable is
+    called as ``pattern(scores, sparsity, **pattern_kwargs)`` and must return a bool array shaped
+    like ``scores``.
+
+    Args:
+        scores: float array ranking the entries (higher = kept first).
+        pattern: a name in `PATTERNS`, a `sparsejax.masks` pattern function, or a callable.
+        sparsity: the fraction dropped (may be traced); ``None`` only for ``"nm"`` and for
+            user callables that take none.
+        **pattern_kwargs: the pattern's own arguments (``n``, ``m``, ``axis``, ``block_shape``,
+            ``reduce``).
+
+    Returns:
+        bool mask shaped like ``scores`` (``True`` = kept).
+    """
+    name = _pattern_name(pattern)
+    if name == "nm":
+        if sparsity is not None:
+            raise ValueError(must_be("sparsity", "None for pattern 'nm' (it keeps n of every m "
+                                     "entries: density n/m)", sparsity))
+        missing = sorted({"n", "m"} - set(pattern_kwargs))
         if missing:
-            raise TypeError(f"pattern 'nm' needs keyword arguments n= and m=; missing {missing}")
-        return lambda scores, s: _masks.nm(scores, **kwargs)
-    if pattern == "block":
-        if "block_shape" not in kwargs:
-            raise TypeError("pattern 'block' needs the keyword argument block_shape=")
-        return lambda scores, s: _masks.block(scores, sparsity=s, **kwargs)
-    if pattern == "channel":
-        return lambda scores, s: _masks.channel(scores, s, **kwargs)
-    raise ValueError(f"pattern must be one of {PATTERNS} or a callable (scores, sparsity) -> mask, "
-                     f"got {pattern!r}")
+            raise TypeError(must_be("pattern_kwargs", "n= and m= for pattern 'nm' (n kept of "
+                                    "every m)", f"no {' or '.join(missing)}", raw=True))
+        if pattern_kwargs.get("axis") is None:
+            raise ValueError(_NM_AXIS_MESSAGE)
+        return _masks.nm(scores, **pattern_kwargs)
+    if name is not None and sparsity is None:
+        raise ValueError(must_be("sparsity", f"given for pattern {name!r} (a float in [0, 1], "
+                                 "a per-leaf rule or a tree)", None))
+    if name == "unstructured":
+        return _masks.unstructured(scores, sparsity, **pattern_kwargs)
+    if name == "block":
+        if "block_shape" not in pattern_kwargs:
+            raise TypeError(must_be("pattern_kwargs", "block_shape= for pattern 'block'",
+                                    "no block_shape", raw=True))
+        return _masks.block(scores, sparsity=sparsity, **pattern_kwargs)
+    if name == "channel":
+        return _masks.channel(scores, sparsity, **pattern_kwargs)
+    out = pattern(scores, sparsity, **pattern_kwargs)
+    dtype = getattr(out, "dtype", None)
+    if dtype != jnp.bool_ or tuple(jnp.shape(out)) != tuple(scores.shape):
+        raise TypeError(must_be("pattern", f"a callable returning a bool mask of shape "
+                                f"{tuple(scores.shape)}", f"{getattr(pattern, '__name__', pattern)}"
+                                f" returning {type(out).__name__} of dtype {dtype} and shape "
+                                f"{tuple(jnp.shape(out))}", raw=True))
+    return out
 
 
-def _score_tree(params, scores, chosen, key):
-    if isinstance(scores, str):
+_NM_AXIS_MESSAGE = must_be(
+    "axis", "given for pattern 'nm': the axis along which groups of m consecutive entries are "
+    "formed, the reduction axis of the sparse operand (axis=0 for a Flax [in, out] kernel, -2 for "
+    "a conv [kh, kw, in, out] kernel, 1 for a torch [out, in] weight), or a per-leaf rule "
+    "{glob: axis} / (path, leaf) -> axis", None)
+
+
+def _is_glob_map(value: Any) -> bool:
+    return (isinstance(value, Mapping) and len(value) > 0
+            and all(isinstance(k, str) for k in value)
+            and not any(isinstance(v, Mapping) for v in value.values()))
+
+
+def _is_rule(value: Any) -> bool:
+    return callable(value) or _is_glob_map(value)
+
+
+def _resolve(rule: Any, path: tuple, leaf: Any, name: str) -> Any:
+    """A per-leaf rule's value for one leaf (a plain value is returned unchanged)."""
+    if callable(rule):
+        return rule(path, leaf)
+    if _is_glob_map(rule):
+        for glob, value in rule.items():
+            if matches(path, glob):
+                return value
+        raise ValueError(must_be(name, "a per-leaf rule matching every selected leaf (add a "
+                                 "'*' entry for a default)", f"no glob of {list(rule)} matching "
+                                 f"{path_str(path)!r}", raw=True))
+    return rule
+
+
+def _score_leaves(flat, picked, scores, key, score_kwargs, params):
+    """Scores for every picked leaf (``None`` elsewhere), aligned with ``flat``."""
+    if scores is not _scores.random and scores != "random" and key is not None:
+        raise ValueError(must_be("key", "None unless scores='random' (it is used for nothing "
+                                 "else)", "a key", raw=True))
+    is_score_fn = callable(scores) and any(scores is f for f in _SCORE_FUNCTIONS)
+    if score_kwargs and not is_score_fn:
+        raise ValueError(must_be("score_kwargs", "None unless scores is a sparsejax.scores "
+                                 "function (magnitude, saliency, wanda)", score_kwargs))
+    if isinstance(scores, str) or scores is _scores.random:
         if scores == "magnitude":
-            return tree_map_with_path(
-                lambda p, x: jnp.abs(x) if chosen(p, x) else None, params, is_leaf=_is_none)
-        if scores == "random":
+            return [_scores.magnitude(x) if c else None for (_, x), c in zip(flat, picked)]
+        if scores == "random" or scores is _scores.random:
             if key is None:
-                raise ValueError("scores='random' needs key= (a jax.random key)")
-            leaves, treedef = jax.tree.flatten_with_path(params, is_leaf=_is_none)
-            keys = jax.random.split(key, max(len(leaves), 1))
-            out = [jax.random.uniform(k, x.shape) if chosen(p, x) else None
-                   for k, (p, x) in zip(keys, leaves)]
-            return jax.tree.unflatten(treedef, out)
-        raise ValueError(f"scores must be 'magnitude', 'random', a score tree mirroring params or a "
-                         f"callable (path, leaf) -> scores, got {scores!r}")
+                raise ValueError(must_be("key", "a jax.random key when scores='random'", None))
+            keys = jax.random.split(key, max(len(flat), 1))
+            return [_scores.random(k, x) if c else None
+                    for k, (_, x), c in zip(keys, flat, picked)]
+        raise ValueError(must_be("scores", "'magnitude', 'random', a sparsejax.scores function, "
+                                 "a callable (path, leaf) -> scores or a tree of scores mirroring "
+                                 "params", scores))
+    if is_score_fn:
+        kw = score_kwargs or {}
+        return [scores(x, **{k: _resolve(v, p, x, k) for k, v in kw.items()}) if c else None
+                for (p, x), c in zip(flat, picked)]
     if callable(scores):
-        return tree_map_with_path(lambda p, x: scores(p, x) if chosen(p, x) else None, params,
-                                  is_leaf=_is_none)
-    _check_same_structure(params, scores, "scores")
-    return scores
+        return [scores(p, x) if c else None for (p, x), c in zip(flat, picked)]
+    check_same_structure(params, scores, "scores")
+    return jax.tree.leaves(scores, is_leaf=_is_none)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float | np.number | np.ndarray | jax.Array) and not isinstance(
+        value, bool) and np.ndim(value) == 0
+
+
+def _sparsity_leaves(params, flat, picked, sparsity, allocation, chosen):
+    """Per-leaf sparsities aligned with ``flat`` (``None`` where unselected or left dense)."""
+    if _is_scalar(sparsity) or isinstance(sparsity, bool):
+        check_sparsity(sparsity)
+        alloc = _ALLOCATIONS["uniform"] if allocation is None else allocation
+        if isinstance(alloc, str):
+            if alloc not in _ALLOCATIONS:
+                raise ValueError(must_be("allocation", f"one of {(*_ALLOCATIONS, 'global')} or "
+                                         "a callable (params, sparsity, *, where) -> tree",
+                                         alloc))
+            alloc = _ALLOCATIONS[alloc]
+        if not callable(alloc):
+            raise TypeError(must_be("allocation", f"one of {(*_ALLOCATIONS, 'global')} or a "
+                                    "callable (params, sparsity, *, where) -> tree", alloc))
+        tree = alloc(params, sparsity, where=chosen)
+        check_same_structure(params, tree, "allocation's result")
+        leaves = jax.tree.leaves(tree, is_leaf=_is_none)
+    else:
+        if allocation is not None:
+            raise ValueError(must_be("allocation", "None when sparsity is per-leaf (a tree or "
+                                     "a rule already says how much each leaf keeps)",
+                                     allocation))
+        if jax.tree.structure(sparsity, is_leaf=_is_none) == jax.tree.structure(
+                params, is_leaf=_is_none):
+            leaves = jax.tree.leaves(sparsity, is_leaf=_is_none)
+        elif _is_rule(sparsity):
+            leaves = [_resolve(sparsity, p, x, "sparsity") if c else None
+                      for (p, x), c in zip(flat, picked)]
+        else:
+            check_same_structure(params, sparsity, "sparsity")
+            raise AssertionError  # pragma: no cover
+    for (p, _), s, c in zip(flat, leaves, picked):
+        if c and s is not None:
+            check_sparsity(s, f"sparsity for {path_str(p)!r}")
+    return leaves
 
 
 def compute_masks(
     params: PyTree,
     pattern: str | Callable = "unstructured",
+    sparsity: float | Float[Array, ""] | PyTree | Callable | Mapping | None = None,
     *,
-    sparsity: float | PyTree | None = None,
-    scores: str | PyTree | Callable = "magnitude",
+    scores: str | Callable | PyTree = "magnitude",
+    allocation: str | Callable | None = None,
     where: Where = None,
-    allocation: str = "uniform",
+    exclude: str | Sequence[str] | None = None,
     key: jax.Array | None = None,
+    score_kwargs: Mapping[str, Any] | None = None,
     **pattern_kwargs: Any,
 ) -> PyTree:
-    """Compute a mask tree for ``params``: pattern x score x allocation.
+    """Compute a mask tree for ``params``: pattern x score x allocation (see the module docstring).
+
+    Pure and ``jit``-compatible: under ``jit`` ``sparsity`` (scalar, tree or rule values) may be
+    traced; leaf selection depends only on paths, shapes and dtypes. A traced sparsity outside
+    ``[0, 1]`` is clamped into it and a ``NaN`` one counts as ``0`` (nothing pruned); wrap the call
+    with ``jax.experimental.checkify.checkify(..., errors=checkify.user_checks)`` to turn either
+    into an error instead (a concrete out-of-range value always raises eagerly).
+
+    Sparse-training code that computes its own scores (for example ``|w|`` to drop and ``|grad|``
+    to grow, as RigL) passes them as a tree: ``compute_masks(params, sparsity=s_tree,
+    scores=score_tree)``, or calls `pattern_mask` on one leaf.
 
     Args:
-        params: any pytree of arrays.
-        pattern: ``"unstructured"`` (kwargs: ``axis``), ``"nm"`` (``n``, ``m``, ``axis``),
-            ``"block"`` (``block_shape``, ``reduce``), ``"channel"`` (``axis``, ``reduce``), or a
-            callable ``(scores, sparsity, **pattern_kwargs) -> bool mask``.
-        sparsity: a scalar target (may be traced) split across the selected leaves by
-            ``allocation``, or a tree of per-leaf sparsities mirroring ``params`` (``None`` where
-            unselected), e.g. from `sparsejax.allocation.erk`. Ignored by ``"nm"``.
-        scores: ``"magnitude"``, ``"random"`` (needs ``key``), a tree of score arrays mirroring
-            ``params``, or a callable ``(path, leaf) -> scores``.
-        where: leaf selector (see the module docstring).
-        allocation: how a scalar ``sparsity`` is split: ``"uniform"``, ``"erk"``, ``"er"`` or
-            ``"global"`` (one top-k over all selected leaves' scores together; unstructured only).
-        key: PRNG key for ``scores="random"``.
-        **pattern_kwargs: passed to the pattern function.
+        params: any pytree of arrays (dicts, NNX ``State``, Equinox modules...).
+        pattern: ``"unstructured"`` (kwargs: ``axis``), ``"nm"`` (``n``, ``m`` and a required
+            ``axis``), ``"block"`` (``block_shape``, ``reduce``), ``"channel"`` (``axis``,
+            ``reduce``), the `sparsejax.masks` function of the same name, or a callable
+            ``(scores, sparsity, **pattern_kwargs) -> bool mask``.
+        sparsity: fraction dropped. A scalar (may be traced) is split across the selected leaves
+            by ``allocation``; a tree mirroring ``params`` (``None`` where dense, e.g. from
+            `sparsejax.allocation.erk`) or a per-leaf rule (``(path, leaf) -> value`` or
+            ``{glob: value}``) gives each leaf its own. Must be ``None`` for ``"nm"``.
+        scores: ``"magnitude"`` (default), ``"random"`` (needs ``key``), a `sparsejax.scores`
+            function (``magnitude``, ``saliency``, ``wanda``: called as ``fn(leaf,
+            **score_kwargs)``; ``scores.random`` needs ``key``), a callable ``(path, leaf) ->
+            scores``, or a precomputed tree of score arrays mirroring ``params``.
+        allocation: how a scalar ``sparsity`` is split: ``"uniform"`` (default), ``"erk"``,
+            ``"er"``, ``"global"`` (one top-k over all selected leaves together; unstructured
+            only), a `sparsejax.allocation` function, or a callable ``(params, sparsity, *,
+            where) -> tree of per-leaf sparsities``. Must be ``None`` for ``"nm"`` and for a
+            per-leaf ``sparsity``.
+        where: leaf selector (`sparsejax.select`); the default skips embedding tables.
+        exclude: glob(s) of leaves never masked; each must match at least one leaf.
+        key: PRNG key, for random scores only.
+        score_kwargs: extra arguments of a `sparsejax.scores` function, each a value or a per-leaf
+            rule (e.g. ``{"norms": {"l1/kernel": n1, "l2/kernel": n2}}`` for Wanda).
+        **pattern_kwargs: the pattern's arguments, each a value or a per-leaf rule (e.g.
+            ``axis={"*conv*": -2, "*": 0}``). A rule value of ``None`` uses the pattern's default.
 
     Returns:
         Mask tree: a bool array (``True`` = kept) for each selected leaf, ``None`` elsewhere.
 
     Raises:
-        ValueError: bad ``pattern``/``allocation``/``scores``, sparsity outside ``[0, 1]``,
-            a ``sparsity`` or ``scores`` tree that does not mirror ``params``.
+        ValueError: a bad ``pattern``/``allocation``/``scores``; a sparsity outside ``[0, 1]``;
+            a ``sparsity``/``scores`` tree that does not mirror ``params`` (the first differing
+            path is named); ``where`` selecting no leaf or an ``exclude`` glob matching none;
+            an argument the call would ignore (``sparsity``/``allocation`` with ``"nm"``,
+            ``allocation`` with a per-leaf sparsity, ``key`` without random scores); ``"nm"``
+            without ``axis``.
+        TypeError: a missing pattern argument (``n``/``m``, ``block_shape``).
     """
-    chosen = select(where)
-    fn = _pattern_fn(pattern, pattern_kwargs)
-    score_tree = _score_tree(params, scores, chosen, key)
-    if sparsity is None:
-        if pattern != "nm":
-            raise ValueError(f"sparsity= is required for pattern {pattern!r}")
-        sparsity = 0.0
-    scalar = isinstance(sparsity, int | float | np.number | np.ndarray | jax.Array)
-    if scalar:
+    name = _pattern_name(pattern)
+    if name == "nm":
+        if sparsity is not None:
+            raise ValueError(must_be("sparsity", "None for pattern 'nm' (it keeps n of every m "
+                                     "entries: density n/m)", sparsity))
+        if allocation is not None:
+            raise ValueError(must_be("allocation", "None for pattern 'nm' (every leaf keeps n of "
+                                     "every m)", allocation))
+        if pattern_kwargs.get("axis") is None:
+            raise ValueError(_NM_AXIS_MESSAGE)
+    elif name is not None and sparsity is None:
+        raise ValueError(must_be("sparsity", f"given for pattern {name!r} (a float in [0, 1], a "
+                                 "per-leaf rule or a tree)", None))
+    chosen = select(where, exclude=exclude, tree=params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+    picked = [x is not None and chosen(p, x) for p, x in flat]
+    _check_selection(flat, picked, where, exclude)
+    score_leaves = _score_leaves(flat, picked, scores, key, score_kwargs, params)
+    if allocation == "global" or allocation is _allocation.global_topk:
+        if name != "unstructured" or pattern_kwargs:
+            raise ValueError(must_be("allocation", "'global' only with pattern='unstructured' "
+                                     "and no pattern arguments", f"allocation={allocation!r} with "
+                                     f"pattern={pattern!r}, {pattern_kwargs}", raw=True))
+        if not _is_scalar(sparsity):
+            raise ValueError(must_be("sparsity", "a scalar with allocation='global'", sparsity))
         check_sparsity(sparsity)
-        if allocation == "global":
-            if pattern != "unstructured":
-                raise ValueError(f"allocation='global' works with pattern='unstructured', got "
-                                 f"{pattern!r}")
-            return _global_masks(params, score_tree, sparsity)
-        allocators = {"uniform": _allocation.uniform, "erk": _allocation.erk,
-                      "er": _allocation.er}
-        if allocation not in allocators:
-            raise ValueError(f"allocation must be one of {[*allocators, 'global']}, got "
-                             f"{allocation!r}")
-        sparsity_tree = allocators[allocation](params, sparsity, where=chosen)
+        return jax.tree.unflatten(treedef, _global_masks(score_leaves, picked, sparsity))
+    if name == "nm":
+        sparsity_leaves = [None] * len(flat)
     else:
-        sparsity_tree = sparsity
-        _check_same_structure(params, sparsity_tree, "sparsity")
+        sparsity_leaves = _sparsity_leaves(params, flat, picked, sparsity, allocation, chosen)
 
-    def leaf_mask(path, x, s, sc):
-        if s is None or sc is None or not chosen(path, x):
-            return None
-        if sc.shape != x.shape:
-            raise ValueError(f"scores for {path_str(path)} must have shape {x.shape}, got "
-                             f"{sc.shape}")
+    out = []
+    for (path, x), c, s, sc in zip(flat, picked, sparsity_leaves, score_leaves):
+        if not c or sc is None or (s is None and name != "nm"):
+            out.append(None)
+            continue
+        if tuple(sc.shape) != tuple(x.shape):
+            raise ValueError(must_be(f"scores for {path_str(path)!r}", f"of shape "
+                                     f"{tuple(x.shape)}", f"shape {tuple(sc.shape)}", raw=True))
+        kwargs = {}
+        for k, rule in pattern_kwargs.items():
+            value = _resolve(rule, path, x, k)
+            if value is not None:
+                kwargs[k] = value
+        if name == "nm" and kwargs.get("axis") is None:
+            raise ValueError(f"leaf {path_str(path)} (shape {x.shape}): {_NM_AXIS_MESSAGE}")
         try:
-            return fn(sc, s)
+            out.append(pattern_mask(sc, pattern, s, **kwargs))
         except (ValueError, TypeError) as err:
             raise type(err)(f"leaf {path_str(path)} (shape {x.shape}): {err}") from err
+    return jax.tree.unflatten(treedef, out)
 
-    return tree_map_with_path(leaf_mask, params, sparsity_tree, score_tree, is_leaf=_is_none)
+
+def _check_selection(flat, picked, where, exclude):
+    if not any(picked):
+        floats = [path_str(p) for p, x in flat
+                  if x is not None and hasattr(x, "dtype") and jnp.issubdtype(x.dtype,
+                                                                              jnp.floating)]
+        shown = ", ".join(repr(f) for f in floats[:8]) + (", ..." if len(floats) > 8 else "")
+        raise ValueError(must_be("where", "a selector matching at least one float leaf of params "
+                                 f"(float leaves: {shown or 'none'})",
+                                 f"{where!r} with exclude={exclude!r}", raw=True))
+    if exclude is not None:
+        globs = [exclude] if isinstance(exclude, str) else list(exclude)
+        for glob in globs:
+            if not any(matches(p, glob) for p, x in flat if x is not None):
+                raise ValueError(must_be("exclude", "globs each matching at least one leaf",
+                                         glob))
 
 
-def _global_masks(params, score_tree, sparsity):
-    leaves, treedef = jax.tree.flatten(score_tree, is_leaf=_is_none)
-    arrays = [x for x in leaves if x is not None]
-    if not arrays:
-        return jax.tree.unflatten(treedef, leaves)
+def _global_masks(score_leaves, picked, sparsity):
+    arrays = [x for x, c in zip(score_leaves, picked) if c and x is not None]
     flat = jnp.concatenate([x.reshape(-1).astype(jnp.float32) for x in arrays])
     keep = _masks.unstructured(flat, sparsity)
     out, offset = [], 0
-    for x in leaves:
-        if x is None:
+    for x, c in zip(score_leaves, picked):
+        if not c or x is None:
             out.append(None)
         else:
             out.append(keep[offset:offset + x.size].reshape(x.shape))
             offset += x.size
-    return jax.tree.unflatten(treedef, out)
+    return out
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
@@ -191,25 +408,28 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
     Args:
         params: any pytree of arrays (params, gradients, optimizer moments...).
-        masks: a mask tree mirroring ``params``.
+        masks: a mask tree mirroring ``params``: a bool array or ``None`` per leaf.
 
     Returns:
         A tree like ``params`` (same dtypes).
 
     Raises:
-        ValueError: ``masks`` does not mirror ``params`` or a mask's shape differs from its leaf.
+        ValueError: ``masks`` does not mirror ``params`` (the first differing path is named) or a
+            mask's shape differs from its leaf's.
+        TypeError: a mask leaf is not a bool array (a float mask would be silently wrong).
     """
-    _check_same_structure(params, masks, "masks")
+    check_same_structure(params, masks, "masks")
+    check_mask_tree(masks)
 
     def one(path, x, m):
         if m is None:
             return x
         if m.shape != x.shape:
-            raise ValueError(f"mask for {path_str(path)} has shape {m.shape}, the leaf has "
-                             f"{x.shape}")
+            raise ValueError(must_be(f"masks[{path_str(path)!r}]", f"of the leaf's shape "
+                                     f"{tuple(x.shape)}", f"shape {tuple(m.shape)}", raw=True))
         return jnp.where(m, x, jnp.zeros((), x.dtype))
 
-    return tree_map_with_path(one, params, masks, is_leaf=_is_none)
+    return jax.tree_util.tree_map_with_path(one, params, masks, is_leaf=_is_none)
 
 
 class _Record:
@@ -293,7 +513,7 @@ def nbytes(params: PyTree, masks: PyTree | None = None) -> tuple[int, int]:
     if masks is None:
         leaves = [(x, None) for x in jax.tree.leaves(params)]
     else:
-        _check_same_structure(params, masks, "masks")
+        check_same_structure(params, masks, "masks")
         leaves = [r.value for r in jax.tree.leaves(
             jax.tree.map(lambda x, m: _Record((x, m)), params, masks, is_leaf=_is_none))]
     dense = sparse = 0
@@ -321,9 +541,10 @@ def summary(params: PyTree, masks: PyTree | None = None, *, print_fn: Callable |
         the table as a string.
     """
     if masks is not None:
-        _check_same_structure(params, masks, "masks")
+        check_same_structure(params, masks, "masks")
         pairs = [r.value for r in jax.tree.leaves(
-            tree_map_with_path(lambda p, x, m: _Record((p, x, m)), params, masks, is_leaf=_is_none))]
+            jax.tree_util.tree_map_with_path(lambda p, x, m: _Record((p, x, m)), params, masks,
+                                             is_leaf=_is_none))]
     else:
         pairs = [(p, x, None) for p, x in jax.tree.flatten_with_path(params)[0]]
     rows = []

@@ -116,11 +116,11 @@ def test_equinox_and_nnx():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\], got 1.2"):
+    with pytest.raises(ValueError, match=r"`sparsity` must be in \[0, 1\]; got 1.2"):
         allocation.erk(tree(), 1.2)
     with pytest.raises(TypeError, match="concrete sparsity"):
         jax.jit(lambda p, s: allocation.erk(p, s))(tree(), 0.5)
-    with pytest.raises(TypeError, match="where must be None, a callable"):
+    with pytest.raises(TypeError, match="`where` must be None, a callable"):
         allocation.uniform(tree(), 0.5, where=3)
 
 

@@ -266,15 +266,15 @@ def test_errors():
         causal_mask(8, block_q=2, block_kv=2) | causal_mask(8, block_q=4, block_kv=2)
     with pytest.raises(ValueError, match="cannot combine masks with heads dims 2 and 3"):
         causal_mask(8).broadcast_to(1, 2) & causal_mask(8).broadcast_to(1, 3)
-    with pytest.raises(ValueError, match=r"window\[0\] must be >= 0"):
+    with pytest.raises(ValueError, match=r"`window\[0\]` must be >= 0"):
         sliding_window_mask(8, window=(-1, 0))
     with pytest.raises(TypeError, match=r"\(left, right\) tuple"):
         sliding_window_mask(8, window=4)
-    with pytest.raises(TypeError, match="sink must be a Python int"):
+    with pytest.raises(TypeError, match="`sink` must be a Python int"):
         sink_window_mask(8, sink=1.5, window=2)
-    with pytest.raises(ValueError, match="chunk must be >= 1"):
+    with pytest.raises(ValueError, match="`chunk` must be >= 1"):
         chunked_causal_mask(8, chunk=0)
-    with pytest.raises(ValueError, match="band must be >= 0"):
+    with pytest.raises(ValueError, match="`band` must be >= 0"):
         global_band_mask(8, band=-1, num_global=1)
     with pytest.raises(ValueError, match="seq_q must be a positive int"):
         causal_mask(0)

@@ -150,8 +150,10 @@ def test_batch_shapes_jit_vmap_and_chunks():
     dj, yj = jnp.asarray(d), jnp.asarray(y)
     flat = omp(dj, yj, k=5)
     np.testing.assert_array_equal(omp(dj, yj.reshape(4, 6, 16), k=5).reshape(24, 48), flat)
-    np.testing.assert_array_equal(omp(dj, yj, k=5, chunk_size=7), flat)
-    np.testing.assert_array_equal(jax.jit(lambda a, b: omp(a, b, k=5))(dj, yj), flat)
+    chunked = omp(dj, yj, k=5, chunk_size=7)  # other batch shapes may round differently in BLAS
+    np.testing.assert_array_equal(np.asarray(chunked) != 0, np.asarray(flat) != 0)
+    np.testing.assert_allclose(chunked, flat, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda a, b: omp(a, b, k=5))(dj, yj), flat, rtol=1e-5, atol=1e-6)
     vm = jax.vmap(lambda s: omp(dj, s, k=5))(yj[:3])
     np.testing.assert_allclose(vm, flat[:3], atol=1e-6)
     assert omp(dj, jnp.zeros((0, 16)), k=5).shape == (0, 48)

@@ -215,19 +215,21 @@ def test_empty_arrays():
 
 
 @pytest.mark.parametrize("call, err, match", [
-    (lambda: masks.unstructured(jnp.ones(4), 1.5), ValueError, r"sparsity must be in \[0, 1\], got 1.5"),
-    (lambda: masks.unstructured(jnp.ones(4), -0.1), ValueError, "sparsity must be in"),
-    (lambda: masks.unstructured(jnp.ones(4, jnp.int32), 0.5), TypeError, "scores must be a floating"),
+    (lambda: masks.unstructured(jnp.ones(4), 1.5), ValueError, r"`sparsity` must be in \[0, 1\]; got 1.5"),
+    (lambda: masks.unstructured(jnp.ones(4), -0.1), ValueError, "`sparsity` must be in"),
+    (lambda: masks.unstructured(jnp.ones(4, jnp.int32), 0.5), TypeError, "`scores` must be a floating"),
     (lambda: masks.unstructured(jnp.ones(4), jnp.ones(2)), ValueError, "must be a scalar"),
-    (lambda: masks.nm(jnp.ones((8, 4)), 3, 2), ValueError, "n must satisfy 0 <= n <= m"),
-    (lambda: masks.nm(jnp.ones((8, 4)), -1, 4), ValueError, "n must satisfy"),
-    (lambda: masks.nm(jnp.ones((6, 4)), 2, 4, axis=0), ValueError, r"scores.shape\[0\] = 6 must be divisible by m = 4"),
-    (lambda: masks.nm(jnp.ones((8, 4)), 2.0, 4), TypeError, "n must be a Python int"),
-    (lambda: masks.nm(jnp.ones((8, 4)), 2, 4, axis=2), ValueError, "axis must be in"),
+    (lambda: masks.nm(jnp.ones((8, 4)), 3, 2, axis=0), ValueError, r"`n` must be in \[0, m=2\]"),
+    (lambda: masks.nm(jnp.ones((8, 4)), -1, 4, axis=0), ValueError, "`n` must be in"),
+    (lambda: masks.nm(jnp.ones((8, 4)), 2, 4), ValueError, "`axis` must be given: the reduction axis"),
+    (lambda: masks.satisfies_nm(jnp.ones((8, 4)), 2, 4), ValueError, "`axis` must be given"),
+    (lambda: masks.nm(jnp.ones((6, 4)), 2, 4, axis=0), ValueError, r"`scores.shape\[0\]` must be divisible by `m`=4; got 6"),
+    (lambda: masks.nm(jnp.ones((8, 4)), 2.0, 4, axis=0), TypeError, "`n` must be a Python int"),
+    (lambda: masks.nm(jnp.ones((8, 4)), 2, 4, axis=2), ValueError, "`axis` must be in"),
     (lambda: masks.block(jnp.ones((6, 4)), (4, 4), 0.5), ValueError, "must be divisible by block_shape"),
     (lambda: masks.block(jnp.ones((8, 4)), (4, 4, 4), 0.5), ValueError, "block_shape must have"),
-    (lambda: masks.block(jnp.ones((8, 4)), (4, 4), 0.5, reduce="median"), ValueError, "reduce must be one of"),
-    (lambda: masks.topk(jnp.ones(4), 5), ValueError, r"k must be in \[0, 4\]"),
+    (lambda: masks.block(jnp.ones((8, 4)), (4, 4), 0.5, reduce="median"), ValueError, "`reduce` must be one of"),
+    (lambda: masks.topk(jnp.ones(4), 5), ValueError, r"`k` must be in \[0, 4\]"),
     (lambda: masks.nm(jnp.ones((8, 4), jnp.int8), 2, 4), TypeError, "floating-point"),
 ])
 def test_errors(call, err, match):

@@ -31,11 +31,11 @@ def test_constant_one_shot():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: schedules.polynomial(0.9, 10, 10), "end_step must be > begin_step"),
-    (lambda: schedules.polynomial(1.1, 0, 10), r"final must be in \[0, 1\]"),
-    (lambda: schedules.polynomial(0.5, 0, 10, frequency=0), "frequency must be >= 1"),
-    (lambda: schedules.polynomial(0.5, 0, 10, power=0), "power must be > 0"),
-    (lambda: schedules.one_shot(0.5, step=-1), "step must be >= 0"),
+    (lambda: schedules.polynomial(0.9, 10, 10), "`end_step` must be > begin_step=10; got 10"),
+    (lambda: schedules.polynomial(1.1, 0, 10), r"`final` must be in \[0, 1\]"),
+    (lambda: schedules.polynomial(0.5, 0, 10, frequency=0), "`frequency` must be >= 1"),
+    (lambda: schedules.polynomial(0.5, 0, 10, power=0), "`power` must be > 0"),
+    (lambda: schedules.one_shot(0.5, step=-1), "`step` must be >= 0"),
 ])
 def test_schedule_errors(call, match):
     with pytest.raises(ValueError, match=match):
@@ -74,7 +74,7 @@ def test_wanda_per_output_mask_matches_reference_rule():
     (lambda: scores.saliency(jnp.ones((2, 2)), jnp.ones((2, 3))), ValueError, "grad must have the shape"),
     (lambda: scores.wanda(jnp.ones((4, 2)), jnp.ones((3, 5))), ValueError, "must match w.shape"),
     (lambda: scores.wanda(jnp.ones((4, 2))), ValueError, "exactly one of inputs= or norms="),
-    (lambda: scores.magnitude(jnp.ones(3, jnp.int32)), TypeError, "w must be a floating-point"),
+    (lambda: scores.magnitude(jnp.ones(3, jnp.int32)), TypeError, "`w` must be a floating-point"),
 ])
 def test_score_errors(call, err, match):
     with pytest.raises(err, match=match):

@@ -107,20 +107,50 @@ def test_summary_and_nbytes():
 
 
 @pytest.mark.parametrize("call, err, match", [
-    (lambda p: sj.apply_masks(p, {"dense_0": None}), ValueError, "masks must mirror the structure of params"),
+    (lambda p: sj.apply_masks(p, {"dense_0": None}), ValueError,
+     "`masks` must be a tree mirroring params .*; got params has 'dense_0/bias' where masks has nothing"),
+    (lambda p: sj.apply_masks(p, {**p, "extra": None}), ValueError, "masks has 'extra' where params has nothing"),
     (lambda p: sj.apply_masks(p, jax.tree.map(lambda x: None if x.ndim == 1 else jnp.ones((2, 2), bool), p)),
-     ValueError, "mask for dense_0/kernel has shape"),
-    (lambda p: sj.compute_masks(p, "diagonal", sparsity=0.5), ValueError, "pattern must be one of"),
-    (lambda p: sj.compute_masks(p, sparsity=0.5, allocation="magic"), ValueError, "allocation must be one of"),
-    (lambda p: sj.compute_masks(p, "nm", n=2), TypeError, "needs keyword arguments n= and m="),
-    (lambda p: sj.compute_masks(p, sparsity=0.5, scores="random"), ValueError, "needs key="),
-    (lambda p: sj.compute_masks(p, "nm", sparsity=0.5, allocation="global", n=2, m=4), ValueError,
-     "allocation='global' works with pattern='unstructured'"),
-    (lambda p: sj.compute_masks(p, "block", sparsity=0.5, block_shape=(5, 5)), ValueError,
+     ValueError, r"`masks\['dense_0/kernel'\]` must be of the leaf's shape \(16, 32\); got shape \(2, 2\)"),
+    # a float mask would leave the weight unchanged: rejected, naming the leaf
+    (lambda p: sj.apply_masks(p, jax.tree.map(lambda x: None if x.ndim == 1 else jnp.full(x.shape, 0.3), p)),
+     TypeError, r"`masks\['dense_0/kernel'\]` must be a bool array .*; got dtype float32"),
+    (lambda p: sj.compute_masks(p, "diagonal", sparsity=0.5), ValueError, "`pattern` must be one of"),
+    (lambda p: sj.compute_masks(p, 3, sparsity=0.5), TypeError, "`pattern` must be one of"),
+    (lambda p: sj.compute_masks(p, sparsity=0.5, allocation="magic"), ValueError, "`allocation` must be one of"),
+    (lambda p: sj.compute_masks(p, "nm", n=2, axis=0), TypeError, "n= and m= for pattern 'nm'.*; got no m"),
+    (lambda p: sj.compute_masks(p, sparsity=0.5, scores="random"), ValueError, "`key` must be a jax.random key"),
+    (lambda p: sj.compute_masks(p, sparsity=0.5, key=jax.random.PRNGKey(0)), ValueError, "`key` must be None unless"),
+    (lambda p: sj.compute_masks(p, sparsity=0.5, allocation="global", axis=0), ValueError,
+     "`allocation` must be 'global' only with pattern='unstructured'"),
+    (lambda p: sj.compute_masks(p, "block", sparsity=0.5, block_shape=(0, 5)), ValueError,
      r"leaf dense_0/kernel \(shape \(16, 32\)\)"),
-    (lambda p: sj.compute_masks(p, sparsity=1.5), ValueError, r"sparsity must be in \[0, 1\]"),
-    (lambda p: sj.compute_masks(p), ValueError, "sparsity= is required"),
-    (lambda p: sj.compute_masks(p, sparsity={"dense_0": 0.5}), ValueError, "sparsity must mirror"),
+    (lambda p: sj.compute_masks(p, sparsity=1.5), ValueError, r"`sparsity` must be in \[0, 1\]; got 1.5"),
+    (lambda p: sj.compute_masks(p), ValueError, "`sparsity` must be given for pattern 'unstructured'"),
+    (lambda p: sj.compute_masks(p, sparsity={"dense_0": 0.5}), ValueError,
+     "no glob of \\['dense_0'\\] matching 'dense_0/kernel'"),
+    (lambda p: sj.compute_masks(p, sparsity={"dense_0": {"kernel": 0.5}}), ValueError,
+     "params has 'dense_0/bias' where sparsity has nothing"),
+    (lambda p: sj.compute_masks(p, sparsity={"*/kernel": 1.2}), ValueError, "`sparsity for 'dense_0/kernel'` must be in"),
+    # N:M: axis required, sparsity / allocation would be ignored
+    (lambda p: sj.compute_masks(p, "nm", n=2, m=4), ValueError, "`axis` must be given for pattern 'nm'"),
+    (lambda p: sj.compute_masks(p, sj.masks.nm, n=2, m=4), ValueError, "`axis` must be given for pattern 'nm'"),
+    (lambda p: sj.compute_masks(p, "nm", 0.5, n=2, m=4, axis=0), ValueError, "`sparsity` must be None for pattern 'nm'"),
+    (lambda p: sj.compute_masks(p, "nm", allocation="erk", n=2, m=4, axis=0), ValueError,
+     "`allocation` must be None for pattern 'nm'"),
+    (lambda p: sj.compute_masks(p, "nm", n=2, m=4, axis={"dense_0/*": 0}), ValueError,
+     "no glob of \\['dense_0/\\*'\\] matching 'dense_1/kernel'"),
+    # where selecting nothing (a typo), exclude matching nothing, allocation with per-leaf sparsity
+    (lambda p: sj.compute_masks(p, sparsity=0.5, where="*/kernal"), ValueError,
+     "`where` must be a selector matching at least one float leaf.*; got '\\*/kernal'"),
+    (lambda p: sj.compute_masks(p, sparsity=0.5, exclude="dense_2/*"), ValueError,
+     "`exclude` must be globs each matching at least one leaf; got 'dense_2/\\*'"),
+    (lambda p: sj.compute_masks(p, sparsity={"*": 0.5}, allocation="erk"), ValueError,
+     "`allocation` must be None when sparsity is per-leaf"),
+    (lambda p: sj.compute_masks(p, sparsity=0.5, score_kwargs={"in_axis": 0}), ValueError,
+     "`score_kwargs` must be None unless"),
+    (lambda p: sj.compute_masks(p, lambda s, sp: s * sp, 0.5), TypeError,
+     "`pattern` must be a callable returning a bool mask"),
 ])
 def test_errors(call, err, match):
     with pytest.raises(err, match=match):
@@ -136,5 +166,5 @@ def test_nnx_paths_and_topk_k_type():
     text = sj.summary(state, m, print_fn=None)
     assert "kernel " in text and "value" not in text
     assert sum(int(x.sum()) for x in jax.tree.leaves(m)) == 16
-    with pytest.raises(TypeError, match="k must be a Python int"):
+    with pytest.raises(TypeError, match="`k` must be a Python int"):
         masks.topk(jnp.ones(4), jnp.float32(2.7))

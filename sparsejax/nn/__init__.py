@@ -1,25 +1,20 @@
-"""Flax NNX and Equinox layers over sparsejax's core: block-sparse / N:M linear layers, sparse
-multi-head attention and sparse autoencoders."""
+"""Flax NNX layers over sparsejax's core; their Equinox counterparts (same class names) are in
+`sparsejax.nn.eqx`.
 
-from sparsejax.dictionary.sae.eqx import EqxSparseAutoencoder
-from sparsejax.dictionary.sae.nnx import NNXSparseAutoencoder
-from sparsejax.nn.attention import EqxSparseMultiHeadAttention, SparseMultiHeadAttention
-from sparsejax.nn.block_sparse import (
-    BlockSparseLinear,
-    EqxBlockSparseLinear,
-    EqxNMLinear,
-    NMLinear,
-    SparseStructure,
-)
+Block-sparse / N:M linear layers, sparse multi-head attention and sparse autoencoders.
+"""
+
+from sparsejax.nn import eqx
+from sparsejax.nn.attention import SparseMultiHeadAttention
+from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
+from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
 
 __all__ = [
     "BlockSparseLinear",
-    "EqxBlockSparseLinear",
-    "EqxNMLinear",
-    "EqxSparseAutoencoder",
-    "EqxSparseMultiHeadAttention",
     "NMLinear",
-    "NNXSparseAutoencoder",
+    "SAEStateVariable",
+    "SparseAutoencoder",
     "SparseMultiHeadAttention",
     "SparseStructure",
+    "eqx",
 ]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from sparsejax._blocks import pack_indices, slot_mask
 from sparsejax._checks import check_int, is_concrete
 
 __all__ = ["attend_kept", "keep_to_indices"]
@@ -20,6 +21,9 @@ def keep_to_indices(
 ) -> tuple[Int[Array, "*lead size"], Bool[Array, "*lead size"]]:
     """Kept positions of a keep mask as padded ascending index lists (jit-compatible).
 
+    The gather-list form of `sparsejax._blocks.pack_indices`, the one packer the block-sparse
+    kernels use too.
+
     Args:
         keep: Bool ``[..., N]``.
         size: Static list length (e.g. the capacity); extra kept positions are dropped.
@@ -28,22 +32,8 @@ def keep_to_indices(
         ``(indices, valid)``: int32 ``[..., size]`` (padding 0) and bool ``[..., size]``.
     """
     size = check_int(size, "size", minimum=1)
-    return _keep_to_indices(jnp.asarray(keep), size)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _keep_to_indices(keep, size):
-    # O(n) compaction: the r-th kept position goes to slot r (no sort)
-    n = keep.shape[-1]
-    rows = keep.reshape(-1, n)
-    slot = jnp.where(rows, jnp.cumsum(rows, axis=-1) - 1, size)  # size = dropped
-    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), rows.shape)
-    r = jnp.arange(rows.shape[0])[:, None]
-    idx = jnp.zeros((rows.shape[0], size), jnp.int32).at[r, slot].set(pos, mode="drop")
-    count = rows.sum(-1, keepdims=True)
-    valid = jnp.arange(size)[None, :] < count
-    shape = keep.shape[:-1] + (size,)
-    return idx.reshape(shape), valid.reshape(shape)
+    idx, counts = pack_indices(jnp.asarray(keep), size, pad="zero")
+    return idx, slot_mask(counts, size)
 
 
 def attend_kept(

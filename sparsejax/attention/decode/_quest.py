@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from sparsejax._checks import check_int
+from sparsejax._checks import check_divisible, check_int
 from sparsejax.attention._qk import topk_rows
 
 __all__ = ["quest_keep"]
@@ -63,10 +63,7 @@ def quest_keep(
         raise ValueError(f"`q` heads must be a multiple of `k` heads ({hkv}); got {h}.")
     page_size = check_int(page_size, "page_size", minimum=1)
     token_budget = check_int(token_budget, "token_budget", minimum=page_size)
-    if token_budget % page_size:
-        raise ValueError(
-            f"`token_budget` must be divisible by page_size ({page_size}); got {token_budget}."
-        )
+    check_divisible(token_budget, page_size, "token_budget", "page_size")
     page_budget = token_budget // page_size
     if (lk - 1) // page_size <= page_budget:
         return jnp.ones((b, h, lk), bool)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from sparsejax._checks import check_int
+from sparsejax._checks import check_choice, check_float, check_int, must_be
 from sparsejax.attention._qk import check_qk, last_window_probs, repeat_kv, topk_rows
 from sparsejax.attention.mask import (
     EMPTY,
@@ -145,8 +145,7 @@ def flexprefill_lines(
         differ per head.
     """
     _, _, lq, _ = check_qk(q, k)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
-        raise ValueError(f"`alpha` must be a float in (0, 1]; got {alpha!r}.")
+    alpha = check_float(alpha, "alpha", minimum=0.0, exclusive_minimum=True, maximum=1.0)
     approximation_size = check_int(approximation_size, "approximation_size", minimum=1)
     min_budget = check_int(min_budget, "min_budget", minimum=1)
     forced_vertical = check_int(forced_vertical, "forced_vertical", minimum=0)
@@ -248,11 +247,10 @@ class VerticalSlashTokens(TokenPredicate):
 def _check_lines(vertical, slash, coverage, block_size) -> int:
     if getattr(vertical, "shape", None) != getattr(slash, "shape", None):
         raise ValueError(
-            "`vertical` and `slash` must have the same shape; got "
-            f"{getattr(vertical, 'shape', None)} and {getattr(slash, 'shape', None)}."
+            must_be("slash", f"of the shape of vertical {getattr(vertical, 'shape', None)}",
+                    f"shape {getattr(slash, 'shape', None)}", raw=True)
         )
-    if coverage not in _COVERAGES:
-        raise ValueError(f"`coverage` must be one of {_COVERAGES}; got {coverage!r}.")
+    check_choice(coverage, "coverage", _COVERAGES)
     return check_int(block_size, "block_size", minimum=1)
 
 

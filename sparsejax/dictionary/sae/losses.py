@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from sparsejax.dictionary.sae._validation import check_float, check_float_array, check_int
+from sparsejax._checks import check_float, check_float_array, check_int
 
 __all__ = [
     "auxk_loss",
@@ -99,7 +99,7 @@ def underutilised_mask(density: Float[Array, " d_sae"], *, fraction: float = 0.5
         density: firing frequency per latent ``[d_sae]`` (e.g. an EMA of ``mean(codes != 0)``).
         fraction: how far below the fitted curve counts as underutilised, in ``(0, 1]``.
     """
-    density = check_float_array(density, "density")
+    density = check_float_array(density, "density", min_ndim=1)
     fraction = check_float(fraction, "fraction", minimum=0.0, exclusive_minimum=True, maximum=1.0)
     d = density.astype(jnp.float32)
     order = jnp.argsort(-d)
