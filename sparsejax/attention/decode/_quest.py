@@ -68,12 +68,12 @@ def quest_keep(
     if (lk - 1) // page_size <= page_budget:
         return jnp.ones((b, h, lk), bool)
     return _quest_core(
-        q, k, page_size=page_size, page_budget=page_budget, share_pages=bool(share_pages)
+        q, k, jnp.int32(page_budget), page_size=page_size, share_pages=bool(share_pages)
     )
 
 
-@functools.partial(jax.jit, static_argnames=("page_size", "page_budget", "share_pages"))
-def _quest_core(q, k, *, page_size, page_budget, share_pages):
+@functools.partial(jax.jit, static_argnames=("page_size", "share_pages"))
+def _quest_core(q, k, page_budget, *, page_size, share_pages):
     b, h, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     cur = (lk - 1) // page_size

@@ -103,18 +103,18 @@ def snapkv_keep(
     return _snap_core(
         q,
         k,
+        jnp.int32(cap),
         window=window,
         kernel_size=kernel_size,
         local_window=local_window,
         prefix_tokens=prefix_tokens,
-        cap=cap,
     )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("window", "kernel_size", "local_window", "prefix_tokens", "cap")
+    jax.jit, static_argnames=("window", "kernel_size", "local_window", "prefix_tokens")
 )
-def _snap_core(q, k, *, window, kernel_size, local_window, prefix_tokens, cap):
+def _snap_core(q, k, cap, *, window, kernel_size, local_window, prefix_tokens):
     imp = _avg_pool(_snap_scores(q, k, window, "mean"), kernel_size)
     imp = _forced_importance(imp, local_window, prefix_tokens)
     return topk_rows(imp, cap)
@@ -170,25 +170,22 @@ def ada_snapkv_keep(
     return _ada_core(
         q,
         k,
+        jnp.int32(m),
+        jnp.int32(hkv * token_capacity - hkv * m),
         window=window,
         kernel_size=kernel_size,
         local_window=local_window,
         prefix_tokens=prefix_tokens,
-        m=m,
-        rest=hkv * token_capacity - hkv * m,
     )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("window", "kernel_size", "local_window", "prefix_tokens", "m", "rest")
+    jax.jit, static_argnames=("window", "kernel_size", "local_window", "prefix_tokens")
 )
-def _ada_core(q, k, *, window, kernel_size, local_window, prefix_tokens, m, rest):
+def _ada_core(q, k, m, rest, *, window, kernel_size, local_window, prefix_tokens):
     b, hkv, lk = k.shape[0], k.shape[1], k.shape[2]
     imp = _avg_pool(_snap_scores(q, k, window, "max"), kernel_size)
     imp = _forced_importance(imp, local_window, prefix_tokens)
     sel = topk_rows(imp, m)
-    if rest > 0:
-        flat = jnp.where(sel, -jnp.inf, imp).reshape(b, hkv * lk)
-        extra = topk_rows(flat, rest).reshape(b, hkv, lk)
-        sel = sel | extra
-    return sel
+    flat = jnp.where(sel, -jnp.inf, imp).reshape(b, hkv * lk)
+    return sel | topk_rows(flat, rest).reshape(b, hkv, lk)  # rest may be 0

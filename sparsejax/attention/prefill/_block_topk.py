@@ -46,11 +46,11 @@ def block_topk_blocks(
     check_qk(q, k)
     block_size = check_int(block_size, "block_size", minimum=1)
     top_k = check_int(top_k, "top_k", minimum=3)
-    return _block_topk_core(q, k, block_size=block_size, top_k=top_k)
+    return _block_topk_core(q, k, jnp.int32(top_k), block_size=block_size)
 
 
-@functools.partial(jax.jit, static_argnames=("block_size", "top_k"))
-def _block_topk_core(q, k, *, block_size, top_k):
+@functools.partial(jax.jit, static_argnames=("block_size",))
+def _block_topk_core(q, k, top_k, *, block_size):
     b, h, lq, d = q.shape
     kk = repeat_kv(k, h)
     nb = -(-lq // block_size)
@@ -66,7 +66,7 @@ def _block_topk_core(q, k, *, block_size, top_k):
     forced = (n == m) | (n == m - 1) | (n == 0)
     p = jnp.where(forced, jnp.inf, p)
     p = jnp.where(n <= m, p, -jnp.inf)
-    return topk_rows(p, min(top_k, nb)) & (n <= m)
+    return topk_rows(p, jnp.minimum(top_k, nb)) & (n <= m)
 
 
 def block_topk_mask(

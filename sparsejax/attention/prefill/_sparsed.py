@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from sparsejax._checks import check_int, check_sparsity
+from sparsejax._checks import check_int, check_positive_float, check_sparsity
 from sparsejax.attention._qk import check_qk, repeat_kv, topk_rows
 from sparsejax.attention.mask import BlockMask
 
@@ -148,15 +148,19 @@ def sparsed_blocks(
     check_sparsity(rho, "rho")
     rho = float(rho)
     new_generation = check_int(new_generation, "new_generation", minimum=0)
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    return _select_core(
-        q, k, new_generation=new_generation, block_size=block_size, rho=rho, scale=float(scale)
+    scale = 1.0 / math.sqrt(d) if scale is None else check_positive_float(scale, "scale")
+    lq = q.shape[2]
+    nb = -(-lq // block_size)
+    last = sparsed_generation_start(lq, new_generation, block_size)
+    n_gen = nb - last
+    keep = jnp.asarray(  # traced budgets: a sweep over rho compiles once
+        [min(nb, max(1, int(nb * rho) + 1)), min(n_gen, max(1, int(n_gen * rho) + 1))], jnp.int32
     )
+    return _select_core(q, k, keep, jnp.float32(scale), last=last, block_size=block_size)
 
 
-@functools.partial(jax.jit, static_argnames=("new_generation", "block_size", "rho", "scale"))
-def _select_core(q, k, *, new_generation, block_size, rho, scale):
+@functools.partial(jax.jit, static_argnames=("last", "block_size"))
+def _select_core(q, k, keep, scale, *, last, block_size):
     b, h, lq, d = q.shape
     k = repeat_kv(k, h)
     nb = -(-lq // block_size)
@@ -165,10 +169,7 @@ def _select_core(q, k, *, new_generation, block_size, rho, scale):
     kp = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
     pos = jnp.arange(nb * block_size)
     kv_valid = pos < lq
-    last = sparsed_generation_start(lq, new_generation, block_size)
-    keep_all = min(nb, max(1, int(nb * rho) + 1))
-    n_gen = nb - last
-    keep_gen = min(n_gen, max(1, int(n_gen * rho) + 1))
+    keep_all, keep_gen = keep[0], keep[1]
     gen_valid = kv_valid[last * block_size :]
     k_gen = kp[:, :, last * block_size :]
     q_blocks = qp.reshape(b, h, nb, block_size, d).transpose(2, 0, 1, 3, 4)

@@ -96,11 +96,14 @@ def vertical_slash_lines(
     forced_slash = check_int(forced_slash, "forced_slash", minimum=0)
     vs, ss, lw = min(vertical_size, lq), min(slash_size, lq), min(last_q, lq)
     fv, fs = min(forced_vertical, vs), min(forced_slash, ss)
-    return _vertical_slash_core(q, k, vs=vs, ss=ss, lw=lw, fv=fv, fs=fs)
+    # budgets are traced, so a sweep over them compiles once per (shape, last_q)
+    budgets = jnp.asarray([vs, ss, fv, fs], jnp.int32)
+    return _vertical_slash_core(q, k, budgets, lw=lw)
 
 
-@functools.partial(jax.jit, static_argnames=("vs", "ss", "lw", "fv", "fs"))
-def _vertical_slash_core(q, k, *, vs, ss, lw, fv, fs):
+@functools.partial(jax.jit, static_argnames=("lw",))
+def _vertical_slash_core(q, k, budgets, *, lw):
+    vs, ss, fv, fs = budgets
     h, lq = q.shape[1], q.shape[2]
     a = last_window_probs(q, repeat_kv(k, h), lw)
     vert = jnp.where(jnp.arange(lq) < fv, jnp.inf, a.sum(axis=2))
@@ -151,13 +154,13 @@ def flexprefill_lines(
     forced_vertical = check_int(forced_vertical, "forced_vertical", minimum=0)
     forced_slash = check_int(forced_slash, "forced_slash", minimum=0)
     lw = min(approximation_size, lq)
-    return _flexprefill_core(
-        q, k, alpha=float(alpha), lw=lw, min_budget=min_budget, fv=forced_vertical, fs=forced_slash
-    )
+    budgets = jnp.asarray([min_budget, forced_vertical, forced_slash], jnp.int32)
+    return _flexprefill_core(q, k, jnp.float32(alpha), budgets, lw=lw)
 
 
-@functools.partial(jax.jit, static_argnames=("alpha", "lw", "min_budget", "fv", "fs"))
-def _flexprefill_core(q, k, *, alpha, lw, min_budget, fv, fs):
+@functools.partial(jax.jit, static_argnames=("lw",))
+def _flexprefill_core(q, k, alpha, budgets, *, lw):
+    min_budget, fv, fs = budgets
     h, lq = q.shape[1], q.shape[2]
     a = last_window_probs(q, repeat_kv(k, h), lw)
     vert = a.mean(axis=2)
@@ -286,12 +289,16 @@ def vertical_slash_tokens(
         Bool ``[..., L, L]`` (``[..., R, L]`` with ``rows``).
     """
     block_size = _check_lines(vertical, slash, coverage, block_size)
-    lead, n = vertical.shape[:-1], vertical.shape[-1]
-    v2 = jnp.asarray(vertical).reshape(1, -1, n)
-    s2 = jnp.asarray(slash).reshape(1, -1, n)
-    pred = _predicate(v2, s2, coverage, block_size)
+    n = vertical.shape[-1]
     rows = jnp.arange(n) if rows is None else jnp.asarray(rows) % n
-    h = jnp.arange(v2.shape[1])[:, None, None]
+    return _tokens(jnp.asarray(vertical), jnp.asarray(slash), rows, coverage, block_size)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _tokens(vertical, slash, rows, coverage, block_size):
+    lead, n = vertical.shape[:-1], vertical.shape[-1]
+    pred = _predicate(vertical.reshape(1, -1, n), slash.reshape(1, -1, n), coverage, block_size)
+    h = jnp.arange(pred.vertical.shape[1])[:, None, None]
     out = pred(jnp.zeros((1, 1, 1), jnp.int32), h, rows[None, :, None], jnp.arange(n)[None, None])
     return out.reshape(lead + (rows.shape[0], n))
 
@@ -328,12 +335,18 @@ def _block_map(pred: VerticalSlashTokens, seq_len: int, block_size: int) -> jax.
     return jnp.where((below | diag) & any_, PARTIAL, EMPTY).astype(jnp.int8)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _build(vertical, slash, coverage, block_size):
+    pred = _predicate(vertical, slash, coverage, block_size)
+    return _block_map(pred, vertical.shape[-1], block_size), pred
+
+
 def _lines_mask(vertical, slash, coverage, block_size) -> BlockMask:
     block_size = _check_lines(vertical, slash, coverage, block_size)
     n = vertical.shape[-1]
-    pred = _predicate(vertical, slash, coverage, block_size)
+    block_map, pred = _build(vertical, slash, coverage, block_size)
     return BlockMask.create(
-        _block_map(pred, n, block_size),
+        block_map,
         pred,
         seq_q=n,
         seq_kv=n,
