@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax.attention import attention, causal_mask, padding_mask, segment_mask
-from sparsejax.attention.mask import EMPTY, FULL, PARTIAL, evaluate_predicate
+from sparsejax.attention import BlockMask, attention, causal_mask, padding_mask, segment_mask
+from sparsejax.attention.mask import evaluate_predicate
 
 B, H, L, D, BS = 3, 2, 40, 8, 8
 
@@ -26,16 +26,8 @@ def _jax_dpa(q, k, v, **kw):
 
 
 def _brute_map(dense, bq, bk):
-    b, h, lq, lk = dense.shape
-    nq, nk = -(-lq // bq), -(-lk // bk)
-    out = np.zeros((b, h, nq, nk), np.int8)
-    for i in range(nq):
-        for j in range(nk):
-            tile = dense[:, :, i * bq : (i + 1) * bq, j * bk : (j + 1) * bk]
-            out[:, :, i, j] = np.where(
-                tile.all((2, 3)), FULL, np.where(tile.any((2, 3)), PARTIAL, EMPTY)
-            )
-    return out
+    """Block kinds of a dense mask (from_dense is tested against loops in test_attention_mask)."""
+    return np.asarray(BlockMask.from_dense(np.asarray(dense), bq, bk).block_map)
 
 
 @pytest.mark.parametrize("static", [True, False])
@@ -47,7 +39,7 @@ def test_padding_mask_matches_jax_kv_lengths(static):
     assert mask.is_static == static
     # exact block map, no dense mask inside the mask
     want = np.arange(L)[None, None, None, :] < lengths[:, None, None, None]
-    want = np.broadcast_to(want, (B, 1, L, L))
+    want = np.ascontiguousarray(np.broadcast_to(want, (B, 1, L, L)))
     np.testing.assert_array_equal(np.asarray(mask.block_map), _brute_map(want, BS, BS))
     assert max(x.size for x in jax.tree_util.tree_leaves(mask.predicate)) == B
     got = attention(q, k, v, mask, causal=True, backend="xla")
