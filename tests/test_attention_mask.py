@@ -241,9 +241,9 @@ def test_broadcast_to():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="block_q must be a positive int"):
+    with pytest.raises(ValueError, match="`block_q` must be >= 1"):
         BlockMask.from_dense(np.ones((4, 4), bool), 0, 2)
-    with pytest.raises(TypeError, match="block_kv must be a positive int"):
+    with pytest.raises(TypeError, match="`block_kv` must be a Python int"):
         BlockMask.from_dense(np.ones((4, 4), bool), 2, 2.5)
     with pytest.raises(TypeError, match="token_mask must be a bool array"):
         BlockMask.from_dense(np.ones((4, 4)), 2, 2)
@@ -276,7 +276,7 @@ def test_errors():
         chunked_causal_mask(8, chunk=0)
     with pytest.raises(ValueError, match="`band` must be >= 0"):
         global_band_mask(8, band=-1, num_global=1)
-    with pytest.raises(ValueError, match="seq_q must be a positive int"):
+    with pytest.raises(ValueError, match="`seq_q` must be >= 1"):
         causal_mask(0)
     with pytest.raises(ValueError, match="non-empty"):
         stack_heads([])

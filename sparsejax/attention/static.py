@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sparsejax._checks import check_int
+from sparsejax._checks import check_int, check_positive_int
 from sparsejax.attention.mask import (
     EMPTY,
     FULL,
@@ -25,7 +25,6 @@ from sparsejax.attention.mask import (
     BlockMask,
     TokenPredicate,
     _cdiv,
-    _check_block,
     array_namespace,
     register_predicate,
 )
@@ -192,9 +191,9 @@ def refine(mask: BlockMask) -> BlockMask:
 
 
 def _geometry(seq_q, seq_kv, block_q, block_kv) -> tuple[int, int, int, int]:
-    seq_q = _check_block("seq_q", seq_q)
-    seq_kv = seq_q if seq_kv is None else _check_block("seq_kv", seq_kv)
-    return seq_q, seq_kv, _check_block("block_q", block_q), _check_block("block_kv", block_kv)
+    seq_q = check_positive_int(seq_q, "seq_q")
+    seq_kv = seq_q if seq_kv is None else check_positive_int(seq_kv, "seq_kv")
+    return seq_q, seq_kv, check_positive_int(block_q, "block_q"), check_positive_int(block_kv, "block_kv")
 
 
 def _check_window(window) -> tuple[float, float]:
