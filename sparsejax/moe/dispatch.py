@@ -27,6 +27,7 @@ three.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -110,22 +111,28 @@ def moe_ffn(
     """
     x, w1, w2 = _check_experts(x, routing, w1, w2)
     tile = check_int(tile, "tile", minimum=1)
-    if implementation == "einsum":
-        y = _einsum_ffn(x, routing, w1, w2, activation)
-    elif implementation == "ragged":
-        y = _ragged_ffn(x, routing, w1, w2, activation, backend, tile)
-    elif implementation == "block_sparse":
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}; got "
+                         f"{implementation!r}.")
+    bm = bn = 0
+    if implementation == "block_sparse":
         f = w1.shape[2]
         bm, bn = (min(tile, 128), f) if block_shape is None else block_shape
         bm = check_int(bm, "block_shape[0]", minimum=1)
         bn = check_int(bn, "block_shape[1]", minimum=1)
         if f % bn:
             raise ValueError(f"`block_shape[1]` must divide d_ff = {f}; got {bn}.")
-        y = _block_sparse_ffn(x, routing, w1, w2, activation, backend, bm, bn)
-    else:
-        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}; got "
-                         f"{implementation!r}.")
+    y = _moe_ffn(x, routing, w1, w2, activation, implementation, backend, tile, bm, bn)
     return y.astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
+def _moe_ffn(x, routing, w1, w2, activation, implementation, backend, tile, bm, bn):
+    if implementation == "einsum":
+        return _einsum_ffn(x, routing, w1, w2, activation)
+    if implementation == "ragged":
+        return _ragged_ffn(x, routing, w1, w2, activation, backend, tile)
+    return _block_sparse_ffn(x, routing, w1, w2, activation, backend, bm, bn)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ all second choices, and so on; an expert keeps the first ``capacity`` assignment
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -185,6 +186,7 @@ def top_k_routing(
     return _top_k_routing(logits, k, capacity, bool(renormalize))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _top_k_routing(logits: Array, k: int, capacity: int, renormalize: bool) -> Routing:
     e = logits.shape[1]
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -229,6 +231,7 @@ def expert_choice_routing(
     return _expert_choice(logits, capacity)
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
 def _expert_choice(logits: Array, capacity: int) -> Routing:
     t, e = logits.shape
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
