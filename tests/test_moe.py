@@ -225,7 +225,7 @@ def test_gmm_errors():
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _value_and_grad(impl, kw_items, router):
     kw = dict(kw_items)
 

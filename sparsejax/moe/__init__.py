@@ -7,6 +7,7 @@
 """
 
 from sparsejax.moe.dispatch import IMPLEMENTATIONS, block_diagonal_topology, dispatch_tensors, moe_ffn
+from sparsejax.moe.gates import comet_gates, comet_init, comet_routing, moex_logits, smooth_step
 from sparsejax.moe.gmm import GMM_BACKENDS, gmm
 from sparsejax.moe.losses import load_balancing_loss, router_z_loss
 from sparsejax.moe.routing import Routing, expert_capacity, expert_choice_routing, top_k_routing
@@ -16,12 +17,17 @@ __all__ = [
     "IMPLEMENTATIONS",
     "Routing",
     "block_diagonal_topology",
+    "comet_gates",
+    "comet_init",
+    "comet_routing",
     "dispatch_tensors",
     "expert_capacity",
     "expert_choice_routing",
     "gmm",
     "load_balancing_loss",
     "moe_ffn",
+    "moex_logits",
     "router_z_loss",
+    "smooth_step",
     "top_k_routing",
 ]

@@ -193,11 +193,17 @@ def _top_k_routing(logits: Array, k: int, capacity: int, renormalize: bool) -> R
     weights, index = jax.lax.top_k(probs, k)
     if renormalize:
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return _assign(index, weights.astype(logits.dtype), e, capacity)
+
+
+def _assign(index: Array, weights: Array, num_experts: int, capacity: int) -> Routing:
+    """A `Routing` from token choices ``index [T, k]`` and their weights: positions in priority
+    order, slots at or beyond ``capacity`` dropped."""
     index = index.astype(jnp.int32)
-    position = _slot_positions(index, e)
+    position = _slot_positions(index, num_experts)
     kept = position < capacity
-    weights = jnp.where(kept, weights, 0.0).astype(logits.dtype)
-    return Routing(index, weights, position, kept, e, capacity)
+    weights = jnp.where(kept, weights, jnp.zeros((), weights.dtype))
+    return Routing(index, weights, position, kept, num_experts, capacity)
 
 
 def expert_choice_routing(
