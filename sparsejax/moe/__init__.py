@@ -9,12 +9,15 @@
 from sparsejax.moe.dispatch import IMPLEMENTATIONS, block_diagonal_topology, dispatch_tensors, moe_ffn
 from sparsejax.moe.gates import comet_gates, comet_init, comet_routing, moex_logits, smooth_step
 from sparsejax.moe.gmm import GMM_BACKENDS, gmm
+from sparsejax.moe.layer import MoEAux, MoEConfig, init_moe, moe_apply
 from sparsejax.moe.losses import load_balancing_loss, router_z_loss
 from sparsejax.moe.routing import Routing, expert_capacity, expert_choice_routing, top_k_routing
 
 __all__ = [
     "GMM_BACKENDS",
     "IMPLEMENTATIONS",
+    "MoEAux",
+    "MoEConfig",
     "Routing",
     "block_diagonal_topology",
     "comet_gates",
@@ -24,7 +27,9 @@ __all__ = [
     "expert_capacity",
     "expert_choice_routing",
     "gmm",
+    "init_moe",
     "load_balancing_loss",
+    "moe_apply",
     "moe_ffn",
     "moex_logits",
     "router_z_loss",

@@ -36,12 +36,14 @@ def load_balancing_loss(logits: Float[Array, "T E"],
     if expert_index.ndim != 2 or expert_index.shape[0] != logits.shape[0]:
         raise ValueError(f"`expert_index` must have shape [T, k] with T = {logits.shape[0]}; "
                          f"got {expert_index.shape}.")
-    e = logits.shape[1]
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return _balance(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), expert_index)
+
+
+def _balance(probs: Array, expert_index: Array) -> Array:
+    """``E * sum_i f_i P_i`` from router probabilities ``[T, E]`` (or any gate on the simplex)."""
+    e = probs.shape[1]
     chose = jnp.max(jax.nn.one_hot(expert_index, e, dtype=jnp.float32), axis=1)  # [T, E]
-    f = jnp.mean(chose, axis=0)
-    p = jnp.mean(probs, axis=0)
-    return e * jnp.sum(f * p)
+    return e * jnp.sum(jnp.mean(chose, axis=0) * jnp.mean(probs.astype(jnp.float32), axis=0))
 
 
 def router_z_loss(logits: Float[Array, "T E"]) -> Float[Array, ""]:

@@ -4,6 +4,7 @@ multi-head attention and sparse autoencoders."""
 from sparsejax.dictionary.sae.eqx import EqxSparseAutoencoder
 from sparsejax.dictionary.sae.nnx import NNXSparseAutoencoder
 from sparsejax.nn.attention import EqxSparseMultiHeadAttention, SparseMultiHeadAttention
+from sparsejax.nn.moe import MoE
 from sparsejax.nn.block_sparse import (
     BlockSparseLinear,
     EqxBlockSparseLinear,
@@ -18,6 +19,7 @@ __all__ = [
     "EqxNMLinear",
     "EqxSparseAutoencoder",
     "EqxSparseMultiHeadAttention",
+    "MoE",
     "NMLinear",
     "NNXSparseAutoencoder",
     "SparseMultiHeadAttention",
