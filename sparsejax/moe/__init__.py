@@ -11,6 +11,7 @@ from sparsejax.moe.gates import comet_gates, comet_init, comet_routing, moex_log
 from sparsejax.moe.gmm import GMM_BACKENDS, gmm
 from sparsejax.moe.layer import MoEAux, MoEConfig, init_moe, moe_apply
 from sparsejax.moe.losses import load_balancing_loss, router_z_loss
+from sparsejax.moe.parallel import expert_parallel_moe_ffn
 from sparsejax.moe.routing import Routing, expert_capacity, expert_choice_routing, top_k_routing
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "dispatch_tensors",
     "expert_capacity",
     "expert_choice_routing",
+    "expert_parallel_moe_ffn",
     "gmm",
     "init_moe",
     "load_balancing_loss",
