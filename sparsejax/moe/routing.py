@@ -84,11 +84,11 @@ class Routing:
     def dropped_fraction(self) -> Float[Array, ""]:
         """Fraction of slots not computed (capacity overflow for `top_k_routing`; ``0`` when
         dropless). For `expert_choice_routing` use `unrouted_fraction`."""
-        return 1.0 - jnp.mean(self.kept.astype(jnp.float32))
+        return jnp.mean((~self.kept).astype(jnp.float32))
 
     def unrouted_fraction(self) -> Float[Array, ""]:
         """Fraction of tokens that no expert computes (they only pass the residual path)."""
-        return 1.0 - jnp.mean(jnp.any(self.kept, axis=1).astype(jnp.float32))
+        return jnp.mean((~jnp.any(self.kept, axis=1)).astype(jnp.float32))
 
     def gates(self) -> Float[Array, "T E"]:
         """The dense ``[T, E]`` combine matrix (sum of the slot weights per expert)."""
