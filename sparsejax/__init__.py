@@ -5,7 +5,7 @@ A mask is *pattern x score x allocation x schedule*: `sparsejax.masks` (patterns
 pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
-from sparsejax import allocation, attention, dictionary, formats, masks, nn, ops, schedules, scores
+from sparsejax import allocation, attention, dictionary, formats, masks, moe, nn, ops, schedules, scores
 from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.select import path_str, select
@@ -27,6 +27,7 @@ __all__ = [
     "apply_masks",
     "compute_masks",
     "masks",
+    "moe",
     "nbytes",
     "path_str",
     "schedules",
