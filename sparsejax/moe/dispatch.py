@@ -157,9 +157,16 @@ def _einsum_ffn(x, routing, w1, w2, activation):
     dispatch, combine = dispatch_tensors(routing)
     dt = jnp.result_type(x, w1, w2)
     xin = jnp.einsum("tec,td->ecd", dispatch.astype(dt), x, precision=_HI)
-    h = activation(jnp.einsum("ecd,edf->ecf", xin, w1, precision=_HI))
-    out = jnp.einsum("ecf,efd->ecd", h, w2, precision=_HI)
+    out = expert_buffers_ffn(xin, w1, w2, activation)
     return jnp.einsum("tec,ecd->td", combine.astype(dt), out, precision=_HI)
+
+
+def expert_buffers_ffn(xin: Float[Array, "E C d"], w1: Float[Array, "E d F"],
+                       w2: Float[Array, "E F d"], activation: Callable[[Array], Array]
+                       ) -> Float[Array, "E C d"]:
+    """Each expert's FFN on its ``[C, d]`` buffer: ``act(xin[e] @ w1[e]) @ w2[e]``."""
+    h = activation(jnp.einsum("ecd,edf->ecf", xin, w1, precision=_HI))
+    return jnp.einsum("ecf,efd->ecd", h, w2, precision=_HI)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Float
 
 from sparsejax._checks import check_float_array
-from sparsejax.moe.dispatch import dispatch_tensors
+from sparsejax.moe.dispatch import dispatch_tensors, expert_buffers_ffn
 from sparsejax.moe.routing import Routing
 
 __all__ = ["expert_parallel_moe_ffn"]
@@ -92,8 +92,7 @@ def expert_parallel_moe_ffn(
         dt = jnp.result_type(x, w1, w2)
         xin = jnp.einsum("tec,td->ecd", dispatch.astype(dt), x, precision=_HI)
         xin = jax.lax.all_to_all(xin, axis_name, 0, 1, tiled=True)  # [E/n, n*C, d]
-        h = activation(jnp.einsum("ecd,edf->ecf", xin, w1, precision=_HI))
-        out = jnp.einsum("ecf,efd->ecd", h, w2, precision=_HI)
+        out = expert_buffers_ffn(xin, w1, w2, activation)
         out = jax.lax.all_to_all(out, axis_name, 1, 0, tiled=True)  # [E, C, d]
         y = jnp.einsum("tec,ecd->td", combine.astype(dt), out, precision=_HI)
         return y.astype(x.dtype)
