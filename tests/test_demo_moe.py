@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from sparsejax.demo import STAGES, make_context
 from sparsejax.demo.moe import CONFIG, init, run
@@ -16,6 +17,7 @@ def test_moe_stage_has_the_dense_layers_active_weight_count():
     assert "moe" in STAGES
 
 
+@pytest.mark.slow
 def test_moe_stage_quick(capsys):
     ctx = make_context(steps=50, finetune_steps=5, quick=True, progress=False)
     result = run(ctx)

@@ -116,7 +116,7 @@ def test_expert_choice_hand_computed():
     np.testing.assert_allclose(r.unrouted_fraction(), 0.5)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(shape=st.sampled_from([(1, 1), (12, 5)]), k=st.integers(1, 3),
        cf=st.sampled_from([None, 0.25, 1.0]), seed=st.integers(0, 2**16))
 def test_top_k_routing_invariants(shape, k, cf, seed):
@@ -240,7 +240,7 @@ def _value_and_grad(impl, kw_items, router):
 
 @pytest.mark.parametrize("impl, kw, router", [
     (impl, kw, router) for impl, kw in IMPLS[:2] + IMPLS[3:4] for router in ROUTERS] + [
-    (impl, kw, "top2_cf0.75") for impl, kw in (IMPLS[2], IMPLS[4])])
+    (IMPLS[4][0], IMPLS[4][1], "top2_cf0.75")])
 def test_moe_ffn_matches_loop_forward_and_backward(problem, router, impl, kw):
     x, w1, w2, logits = problem
     (_, y), got = _value_and_grad(impl, tuple(sorted(kw.items())), router)(*problem)
@@ -258,7 +258,7 @@ def test_dense_reference_equals_loop(problem):
                                loop_reference(x, r, w1, w2), atol=2e-5)
 
 
-@pytest.mark.parametrize("impl, kw", IMPLS[:2] + IMPLS[3:4])
+@pytest.mark.parametrize("impl, kw", [IMPLS[1], IMPLS[3]])
 def test_moe_ffn_bfloat16(problem, impl, kw):
     x, w1, w2, logits = problem
     r = moe.top_k_routing(logits, 2, capacity_factor=1.25)
