@@ -15,6 +15,7 @@ parameters and call `moe_apply`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -165,6 +166,11 @@ def moe_apply(params: dict[str, Any], x: Float[Array, "... d"], config: MoEConfi
     x = check_float_array(x, "x")
     if x.ndim < 1 or x.shape[-1] != config.d_model:
         raise ValueError(f"`x` must have shape [..., {config.d_model}] (d_model); got {x.shape}.")
+    return _moe_apply(params, x, config)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _moe_apply(params: dict[str, Any], x: Array, config: MoEConfig) -> tuple[Array, MoEAux]:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, config.d_model)
     routing, logits, z = _route(params, x2, config)
