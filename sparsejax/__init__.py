@@ -5,7 +5,22 @@ A mask is *pattern x score x allocation x schedule*: `sparsejax.masks` (patterns
 pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
-from sparsejax import allocation, attention, dictionary, formats, masks, moe, nn, ops, schedules, scores
+from sparsejax import (
+    allocation,
+    attention,
+    bayes,
+    dictionary,
+    formats,
+    masks,
+    models,
+    moe,
+    nn,
+    oneshot,
+    ops,
+    schedules,
+    scores,
+    training,
+)
 from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.select import path_str, select
@@ -20,6 +35,7 @@ __all__ = [
     "Sparsity",
     "allocation",
     "attention",
+    "bayes",
     "dictionary",
     "formats",
     "nn",
@@ -27,12 +43,15 @@ __all__ = [
     "apply_masks",
     "compute_masks",
     "masks",
+    "models",
     "moe",
     "nbytes",
+    "oneshot",
     "path_str",
     "schedules",
     "scores",
     "select",
     "sparsity",
     "summary",
+    "training",
 ]

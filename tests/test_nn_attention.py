@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sparsejax import nn
 from sparsejax.attention import BlockMask, attention, sliding_window_mask
-from sparsejax.nn.attention import EqxSparseMultiHeadAttention, SparseMultiHeadAttention
+from sparsejax.nn import SparseMultiHeadAttention
 
 F, H, KVH, L = 32, 4, 2, 40
 
@@ -57,7 +58,7 @@ def test_nnx_layer_matches_manual_and_trains():
 
 
 def test_eqx_layer_matches_manual_and_vmaps():
-    layer = EqxSparseMultiHeadAttention(F, H, num_kv_heads=KVH, key=jax.random.key(0))
+    layer = nn.eqx.SparseMultiHeadAttention(F, H, num_kv_heads=KVH, key=jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (2, L, F))
     mask = sliding_window_mask(L, window=7, causal=False, block_q=8, block_kv=8)
     got = jax.vmap(lambda xi: layer(xi, mask))(x)
@@ -82,7 +83,7 @@ def test_errors():
     with pytest.raises(ValueError, match="num_kv_heads must be a positive divisor"):
         SparseMultiHeadAttention(F, H, num_kv_heads=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="not divisible by num_heads"):
-        EqxSparseMultiHeadAttention(30, 4, key=jax.random.key(0))
+        nn.eqx.SparseMultiHeadAttention(30, 4, key=jax.random.key(0))
     with pytest.raises(ValueError, match="backend must be one of"):
         SparseMultiHeadAttention(F, H, backend="triton", rngs=nnx.Rngs(0))
     layer = SparseMultiHeadAttention(F, H, rngs=nnx.Rngs(0))
@@ -94,6 +95,7 @@ def test_errors():
         layer(jnp.ones((1, L, F)), lambda q, k: None)
 
 
+@pytest.mark.slow
 def test_demo_stage_runs_quick():
     from sparsejax.demo import attention as stage
     from sparsejax.demo.context import make_context

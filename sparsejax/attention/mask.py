@@ -41,19 +41,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool
 
-EMPTY = 0
-"""Block-map value: no token of the block is kept."""
-PARTIAL = 1
-"""Block-map value: some tokens of the block are kept; the token predicate decides which."""
-FULL = 2
-"""Block-map value: every (valid) token of the block is kept."""
+from sparsejax._blocks import EMPTY, FULL, PARTIAL, BlockIndex, pack_block_map
 
 ArrayLike = Any  # np.ndarray | jax.Array
 
@@ -215,44 +210,16 @@ class FunctionPredicate(TokenPredicate):
 # -------------------------------------------------------------------------------------------------
 
 
-class BlockMaskInfo(NamedTuple):
-    """Compressed per-row block lists a kernel scalar-prefetches (cf. splash ``MaskInfo``).
+BlockMaskInfo = BlockIndex
+"""The kernel metadata of a `BlockMask` (`BlockMask.info`): the shared `sparsejax._blocks.BlockIndex`.
 
-    For every (batch-or-broadcast, head-or-broadcast, query block) the kept KV blocks in ascending
-    order, padded to a static width ``K = max_kv_blocks``. Padding slots repeat the row's last kept
-    index (so a pipelined kernel fetches nothing new) and have kind `EMPTY`.
-
-    Attributes:
-        kv_indices: ``int32[Bm, Hm, nq, K]`` kept KV-block indices.
-        counts: ``int32[Bm, Hm, nq]`` number of kept KV blocks per query block.
-        block_kinds: ``int8[Bm, Hm, nq, K]`` `PARTIAL` or `FULL` per kept entry,
-            `EMPTY` for padding slots.
-    """
-
-    kv_indices: ArrayLike
-    counts: ArrayLike
-    block_kinds: ArrayLike
-
-
-def _compress(block_map: ArrayLike, width: int) -> BlockMaskInfo:
-    xp = _xp(block_map)
-    kept = block_map != EMPTY
-    counts = kept.sum(-1).astype(xp.int32)
-    if xp is np:
-        order = np.argsort(~kept, axis=-1, kind="stable")
-    else:
-        order = jnp.argsort(~kept, axis=-1, stable=True)
-    nk = block_map.shape[-1]
-    if width > nk:
-        pad = [(0, 0)] * (order.ndim - 1) + [(0, width - nk)]
-        order = xp.pad(order, pad, mode="edge")
-    order = order[..., :width].astype(xp.int32)
-    slot = xp.arange(width, dtype=xp.int32)
-    valid = slot < counts[..., None]
-    last = xp.take_along_axis(order, xp.maximum(counts - 1, 0)[..., None], axis=-1)
-    idx = xp.where(valid, order, last).astype(xp.int32)
-    kinds = xp.where(valid, xp.take_along_axis(block_map, idx, axis=-1), EMPTY).astype(xp.int8)
-    return BlockMaskInfo(idx, counts, kinds)
+For every (batch-or-broadcast, head-or-broadcast, query block) the kept KV blocks in ascending
+order, padded to a static width ``K = max_kv_blocks`` (cf. splash ``MaskInfo``): ``indices``
+(alias ``kv_indices``) ``int32[Bm, Hm, nq, K]``, padding slots repeating the row's last kept index
+so a pipelined kernel fetches nothing new; ``counts`` ``int32[Bm, Hm, nq]``; ``kinds`` (alias
+``block_kinds``) ``int8[Bm, Hm, nq, K]``, `PARTIAL` or `FULL` per kept entry and `EMPTY` for
+padding slots.
+"""
 
 
 # -------------------------------------------------------------------------------------------------
@@ -570,9 +537,9 @@ class BlockMask:
         if isinstance(self.block_map, np.ndarray):
             cache = self.__dict__.setdefault("_info_cache", {})
             if width not in cache:
-                cache[width] = _compress(self.block_map, width)
+                cache[width] = pack_block_map(self.block_map, width)
             return cache[width]
-        return _compress(self.block_map, width)
+        return pack_block_map(self.block_map, width)
 
     def broadcast_to(self, batch: int, heads: int) -> BlockMask:
         """The mask with its block map broadcast to ``[batch, heads, nq, nk]``."""

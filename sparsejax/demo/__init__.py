@@ -12,6 +12,9 @@ STAGES: dict[str, str] = {
     "attention": "sparsejax.demo.attention",
     "sae": "sparsejax.demo.sae",
     "moe": "sparsejax.demo.moe",
+    "oneshot": "sparsejax.demo.oneshot",
+    "ssvi": "sparsejax.demo.ssvi",
+    "training": "sparsejax.demo.training",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsejax.demo._table import print_table
 from sparsejax.demo.context import DemoContext
 from sparsejax.formats import BlockSparse
 from sparsejax.ops import dense_bsr_matmul
@@ -68,7 +69,7 @@ def _median_time(fn, *args, repeats: int) -> float:
 
 def run(ctx: DemoContext) -> dict:
     """Replace the hidden 256x256 layer by block-sparse ones, fine-tune, compare with dense."""
-    densities = [0.5] if ctx.quick else [0.5, 0.25]
+    densities = [0.5, 0.25]
     batch = 256 if ctx.quick else 2048
     repeats = 3 if ctx.quick else 7
     kernel = ctx.params[LAYER]["kernel"]
@@ -80,14 +81,6 @@ def run(ctx: DemoContext) -> dict:
     t_dense = _median_time(dense_mm, hidden, kernel, repeats=repeats)
     dense_bytes = int(kernel.nbytes)
 
-    print(f"block-sparse hidden layer ({n_in}x{kernel.shape[1]}, {BLOCK[0]}x{BLOCK[1]} blocks "
-          f"kept by norm in each block row, fine-tuned {ctx.finetune_steps} steps; matmul on a "
-          f"{batch}-row batch)")
-    header = (f"{'model':<14}{'block dens.':>12}{'acc one-shot':>14}{'acc tuned':>11}"
-              f"{'weight bytes':>14}{'matmul ms':>11}{'vs dense':>10}")
-    print(header)
-    print(f"{'dense':<14}{1.0:>12.2f}{ctx.dense_accuracy:>14.4f}{ctx.dense_accuracy:>11.4f}"
-          f"{dense_bytes:>14d}{t_dense * 1e3:>11.3f}{1.0:>10.2f}")
     rows = []
     for density in densities:
         mask = block_magnitude_mask(kernel, BLOCK, density)
@@ -104,10 +97,30 @@ def run(ctx: DemoContext) -> dict:
                "accuracy_finetuned": acc1, "weight_bytes": tuned_bsr.nbytes,
                "matmul_seconds": t_sparse, "matmul_vs_dense": t_sparse / t_dense}
         rows.append(row)
-        print(f"{'block-sparse':<14}{row['block_density']:>12.2f}{acc0:>14.4f}{acc1:>11.4f}"
-              f"{row['weight_bytes']:>14d}{t_sparse * 1e3:>11.3f}{t_sparse / t_dense:>10.2f}")
-    print()
+    print_table(
+        f"== block-sparse hidden layer ({n_in}x{kernel.shape[1]}, {BLOCK[0]}x{BLOCK[1]} blocks kept "
+        f"by norm in each block row, fine-tuned {ctx.finetune_steps} steps) ==",
+        ("model", "block density", "acc one-shot", "acc tuned", "weight bytes", "matmul ms",
+         "vs dense"),
+        [("dense", "1.00", ctx.dense_accuracy, ctx.dense_accuracy, dense_bytes,
+          f"{t_dense * 1e3:.3f}", "1.00")]
+        + [("block-sparse", f"{r['block_density']:.2f}", r["accuracy_one_shot"],
+            r["accuracy_finetuned"], r["weight_bytes"], f"{r['matmul_seconds'] * 1e3:.3f}",
+            f"{r['matmul_vs_dense']:.2f}") for r in rows],
+        caption=f"matmul: median of {repeats} on a {batch}-row batch, jit, this machine's CPU")
     return {"layer": LAYER, "block_shape": list(BLOCK), "batch": batch,
             "dense": {"accuracy": ctx.dense_accuracy, "weight_bytes": dense_bytes,
                       "matmul_seconds": t_dense},
             "block_sparse": rows}
+
+
+def plot(ax, result: dict, results: dict) -> None:
+    """Accuracy of the block-sparse layer against its block density, one-shot and fine-tuned."""
+    rows = sorted(result.get("block_sparse", []), key=lambda r: r["block_density"])
+    xs = [r["block_density"] for r in rows]
+    ax.plot(xs, [r["accuracy_one_shot"] for r in rows], "o--", label="one-shot")
+    ax.plot(xs, [r["accuracy_finetuned"] for r in rows], "o-", label="+ fine-tune")
+    ax.axhline(results["dense_accuracy"], color="gray", ls=":", label="dense")
+    ax.set_xlabel("kept block fraction of the hidden layer")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("block-sparse layer")

@@ -8,6 +8,7 @@ stage reuses them instead of training its own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,29 @@ def accuracy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array) -> 
     return float(jnp.mean(jnp.argmax(apply_fn(params, x), -1) == y))
 
 
+@functools.lru_cache(maxsize=32)
+def _train_step(apply_fn: Callable, learning_rate: float) -> Callable:
+    """One compiled Adam step per (model, learning rate), shared by every call of `train`; the mask
+    tree is an argument, so fine-tuning with a new mask of the same structure does not recompile."""
+    from sparsejax.demo._masking import apply_masks_or_identity
+
+    opt = optax.adam(learning_rate)
+
+    @jax.jit
+    def step(params, state, xb, yb, masks):
+        def loss_fn(p):
+            logits = apply_fn(p, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        grads = apply_masks_or_identity(grads, masks)
+        updates, state = opt.update(grads, state, params)
+        params = apply_masks_or_identity(optax.apply_updates(params, updates), masks)
+        return params, state, loss
+
+    return step
+
+
 def train(
     params: Params,
     x: jax.Array,
@@ -95,25 +119,14 @@ def train(
     opt = optax.adam(learning_rate)
     state = opt.init(params)
     params = apply_masks_or_identity(params, masks)
-
-    @jax.jit
-    def step(params, state, xb, yb):
-        def loss_fn(p):
-            logits = apply_fn(p, xb)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        grads = apply_masks_or_identity(grads, masks)
-        updates, state = opt.update(grads, state, params)
-        params = apply_masks_or_identity(optax.apply_updates(params, updates), masks)
-        return params, state, loss
+    step = _train_step(apply_fn, learning_rate)
 
     n = x.shape[0]
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for _ in bar:
         key, sub = jax.random.split(key)
         idx = jax.random.choice(sub, n, (min(batch_size, n),), replace=False)
-        params, state, loss = step(params, state, x[idx], y[idx])
+        params, state, loss = step(params, state, x[idx], y[idx], masks)
         if progress:
             bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
     return params

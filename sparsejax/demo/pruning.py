@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import sparsejax as sj
+from sparsejax.demo._table import print_table
 from sparsejax.demo.context import DemoContext
-
-
-def _table(rows: list[dict]) -> str:
-    header = ("pattern", "sparsity", "acc pruned", "acc tuned", "density", "N:M ok",
-              "bytes", "x smaller")
-    lines = [header]
-    for r in rows:
-        lines.append((r["pattern"], f"{r['sparsity']:.2f}", f"{r['accuracy_pruned']:.4f}",
-                      f"{r['accuracy']:.4f}", f"{r['density']:.3f}",
-                      {True: "yes", False: "NO", None: "-"}[r["nm_ok"]],
-                      str(r["bytes"]), f"{r['compression']:.2f}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-           for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def run(ctx: DemoContext) -> dict:
     """Prune the dense MLP's kernels one-shot by magnitude (and 2:4 along the reduction axis),
     fine-tune each with its mask held, and tabulate accuracy, density, the N:M check and bytes."""
-    print("== one-shot magnitude pruning of the kernels, fine-tuned with the mask held ==")
     dense_bytes, _ = sj.nbytes(ctx.params)
     rows = [{"pattern": "dense", "sparsity": 0.0, "accuracy_pruned": ctx.dense_accuracy,
              "accuracy": ctx.dense_accuracy, "density": 1.0, "nm_ok": None, "bytes": dense_bytes,
@@ -50,7 +34,32 @@ def run(ctx: DemoContext) -> dict:
                      "accuracy": ctx.accuracy(tuned), "density": 1.0 - float(stats.overall),
                      "nm_ok": nm_ok, "bytes": sparse_bytes,
                      "compression": dense_bytes / sparse_bytes})
-    print(_table(rows))
-    print("density = kept fraction of the kernels; bytes = all params, kernels compressed "
-          "(N:M: values + uint8 indices; unstructured: values + bitmap)")
+    print_table(
+        "== one-shot magnitude pruning of the kernels, fine-tuned with the mask held ==",
+        ("pattern", "sparsity", "acc one-shot", "acc tuned", "density", "N:M ok", "bytes",
+         "x smaller"),
+        [(r["pattern"], f"{r['sparsity']:.2f}", r["accuracy_pruned"], r["accuracy"],
+          f"{r['density']:.3f}", r["nm_ok"], r["bytes"], f"{r['compression']:.2f}")
+         for r in rows],
+        caption="density = kept fraction of the kernels; bytes = all params, kernels compressed "
+                "(N:M: values + uint8 indices; unstructured: values + bitmap)")
     return {"rows": rows, "dense_bytes": dense_bytes}
+
+
+def plot(ax, result: dict, results: dict) -> None:
+    """Accuracy against sparsity: one-shot (before fine-tuning) next to fine-tuned."""
+    rows = result.get("rows", [])
+    unstructured = [r for r in rows if r["pattern"] == "unstructured"]
+    if unstructured:
+        xs = [r["sparsity"] for r in unstructured]
+        ax.plot(xs, [r["accuracy_pruned"] for r in unstructured], "o--", label="one-shot")
+        ax.plot(xs, [r["accuracy"] for r in unstructured], "o-", label="one-shot + fine-tune")
+    for r in rows:
+        if r["pattern"] not in ("unstructured", "dense"):
+            ax.plot([r["sparsity"]], [r["accuracy_pruned"]], "s", mfc="none",
+                    label=f"{r['pattern']} one-shot")
+            ax.plot([r["sparsity"]], [r["accuracy"]], "s", label=f"{r['pattern']} + fine-tune")
+    ax.axhline(results["dense_accuracy"], color="gray", ls=":", label="dense")
+    ax.set_xlabel("sparsity of the weight matrices")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("magnitude pruning")

@@ -14,28 +14,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparsejax.demo._table import print_table
 from sparsejax.demo.context import DemoContext, mlp_apply
 from sparsejax.dictionary import sae as S
 
 
-def _table(rows: list[dict]) -> str:
-    header = ("sae", "latents", "k", "FVU", "L0", "dead", "CE recovered", "acc spliced", "s")
-    lines = [header]
-    for r in rows:
-        lines.append((r["variant"], str(r["d_sae"]), str(r["k"]), f"{r['fvu']:.4f}",
-                      f"{r['l0']:.1f}", f"{r['dead_fraction']:.3f}",
-                      f"{r['ce_loss_recovered']:.4f}", f"{r['accuracy_spliced']:.4f}",
-                      f"{r['seconds']:.1f}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-           for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
 def run(ctx: DemoContext) -> dict:
     """Train SAEs on the MLP's last hidden activations and tabulate FVU, L0 and dead fraction."""
-    print("== sparse autoencoders on the MLP's last hidden activations (256 -> 512 latents) ==")
     _, h_train = mlp_apply(ctx.params, ctx.x_train, return_hidden=True)
     _, h_test = mlp_apply(ctx.params, ctx.x_test, return_hidden=True)
     head = ctx.params[f"dense_{len(ctx.params) - 1}"]
@@ -74,7 +59,25 @@ def run(ctx: DemoContext) -> dict:
                                                     threshold).items()}
         rows.append({"variant": name, "d_sae": d_sae, "k": cfg.k, **metrics,
                      "seconds": seconds, "train_fvu_last": float(result.history["fvu"][-1])})
-    print(_table(rows))
-    print(f"(dense test accuracy {ctx.dense_accuracy:.4f}; FVU and L0 on the test split; dead = "
-          "latents silent for 10 epochs of training tokens)")
+    print_table(
+        f"== sparse autoencoders on the MLP's last hidden activations ({d_in} -> {d_sae} latents) ==",
+        ("sae", "latents", "k", "FVU", "L0", "dead", "CE recovered", "acc spliced", "s"),
+        [(r["variant"], r["d_sae"], r["k"], r["fvu"], f"{r['l0']:.1f}", f"{r['dead_fraction']:.3f}",
+          r["ce_loss_recovered"], r["accuracy_spliced"], f"{r['seconds']:.1f}") for r in rows],
+        caption=f"dense test accuracy {ctx.dense_accuracy:.4f}; FVU and L0 on the test split; "
+                "dead = latents silent for 10 epochs of training tokens")
     return {"d_in": d_in, "steps": steps, "saes": rows}
+
+
+def plot(ax, result: dict, results: dict) -> None:
+    """Fraction of variance unexplained and spliced accuracy of each SAE."""
+    rows = result.get("saes", [])
+    names = [r["variant"] for r in rows]
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["fvu"] for r in rows], 0.4, label="FVU (lower is better)")
+    ax.bar([x + 0.2 for x in xs], [r["accuracy_spliced"] for r in rows], 0.4,
+           label="accuracy with the SAE spliced in")
+    ax.axhline(results["dense_accuracy"], color="gray", ls=":", label="dense accuracy")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("sparse autoencoders")

@@ -10,8 +10,6 @@ from sparsejax.dictionary.cospadi import (
     truncated_svd,
 )
 from sparsejax.dictionary.lasso import (
-    LISTA,
-    LISTAModule,
     fista,
     ista,
     lasso_objective,
@@ -87,28 +85,13 @@ from sparsejax.dictionary.transplant import (
     transplant_embeddings,
 )
 
-_LAZY_SAE = ('EqxSparseAutoencoder', 'NNXSparseAutoencoder', 'SAEStateVariable')
-
-
-def __getattr__(name: str):
-    """The SAE Flax NNX / Equinox modules, imported on first use (as in ``sae``)."""
-    if name in _LAZY_SAE:
-        return getattr(sae, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "ACTIVATIONS",
     "CoSpaDiResult",
-    "EqxSparseAutoencoder",
-    "LISTA",
-    "LISTAModule",
-    "NNXSparseAutoencoder",
     "OnlineDictionaryState",
     "SAEConfig",
     "SAEOutput",
     "SAEState",
-    "SAEStateVariable",
     "SemiNMFResult",
     "SparseCode",
     "TrainResult",

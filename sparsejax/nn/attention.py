@@ -1,7 +1,8 @@
-"""Flax NNX and Equinox multi-head attention layers over `sparsejax.attention.attention`.
+"""Flax NNX multi-head attention layer over `sparsejax.attention.attention`.
 
-Both layers project ``x`` to queries, keys and values (grouped-query attention when
-``num_kv_heads < num_heads``), run block-sparse attention with any mask, and project back. The
+The layer (and its Equinox counterpart of the same name, `sparsejax.nn.eqx.SparseMultiHeadAttention`)
+projects ``x`` to queries, keys and values (grouped-query attention when
+``num_kv_heads < num_heads``), runs block-sparse attention with any mask, and projects back. The
 mask is given per call, as
 
 * ``None`` (dense, or causal with ``causal=True``);
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,7 +27,7 @@ from sparsejax.attention.mask import BlockMask
 MaskArg = BlockMask | Callable[[jax.Array, jax.Array], BlockMask] | None
 
 
-def _check_heads(in_features, num_heads, num_kv_heads, head_dim, backend):
+def check_heads(in_features, num_heads, num_kv_heads, head_dim, backend):
     for name, val in (("in_features", in_features), ("num_heads", num_heads)):
         if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
             raise ValueError(f"{name} must be a positive int, got {val!r}")
@@ -49,7 +49,7 @@ def _check_heads(in_features, num_heads, num_kv_heads, head_dim, backend):
     return num_kv_heads, head_dim
 
 
-def _resolve(mask: MaskArg, q, k):
+def resolve_mask(mask: MaskArg, q, k):
     if mask is None or isinstance(mask, BlockMask):
         return mask
     if callable(mask):
@@ -63,7 +63,7 @@ def _resolve(mask: MaskArg, q, k):
     )
 
 
-def _split_heads(x, heads, dim):
+def split_heads(x, heads, dim):
     b, n, _ = x.shape
     return x.reshape(b, n, heads, dim).transpose(0, 2, 1, 3)
 
@@ -94,7 +94,7 @@ class SparseMultiHeadAttention(nnx.Module):
         use_bias: bool = False,
         rngs: nnx.Rngs,
     ):
-        num_kv_heads, head_dim = _check_heads(
+        num_kv_heads, head_dim = check_heads(
             in_features, num_heads, num_kv_heads, head_dim, backend
         )
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -110,79 +110,12 @@ class SparseMultiHeadAttention(nnx.Module):
         """Self-attention over ``x [batch, seq, features]`` with ``mask`` (see module docstring)."""
         if getattr(x, "ndim", None) != 3:
             raise ValueError(f"x must have shape [batch, seq, features], got {jnp.shape(x)}")
-        q = _split_heads(self.query(x), self.num_heads, self.head_dim)
-        k = _split_heads(self.key(x), self.num_kv_heads, self.head_dim)
-        v = _split_heads(self.value(x), self.num_kv_heads, self.head_dim)
-        o = attention(q, k, v, _resolve(mask, q, k), causal=self.causal, backend=self.backend)
+        q = split_heads(self.query(x), self.num_heads, self.head_dim)
+        k = split_heads(self.key(x), self.num_kv_heads, self.head_dim)
+        v = split_heads(self.value(x), self.num_kv_heads, self.head_dim)
+        o = attention(q, k, v, resolve_mask(mask, q, k), causal=self.causal, backend=self.backend)
         b, _, n, _ = o.shape
         return self.out(o.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
 
-class EqxSparseMultiHeadAttention(eqx.Module):
-    """Equinox multi-head (grouped-query) self-attention with a block-sparse mask.
-
-    Follows Equinox's convention of unbatched inputs: ``x [seq, features]`` (``jax.vmap`` over a
-    batch; a dynamic pattern then sees ``q``/``k`` with batch dim 1).
-
-    Args:
-        in_features: Model width ``F``.
-        num_heads: Query heads.
-        num_kv_heads: Key/value heads (divides ``num_heads``; default ``num_heads``).
-        head_dim: Per-head width (default ``in_features // num_heads``).
-        causal: Intersect every mask with a causal mask.
-        backend: Attention backend.
-        use_bias: Biases on the projections.
-        key: PRNG key for the initialisers.
-    """
-
-    query: eqx.nn.Linear
-    key_proj: eqx.nn.Linear
-    value: eqx.nn.Linear
-    out: eqx.nn.Linear
-    num_heads: int = eqx.field(static=True)
-    num_kv_heads: int = eqx.field(static=True)
-    head_dim: int = eqx.field(static=True)
-    causal: bool = eqx.field(static=True)
-    backend: str = eqx.field(static=True)
-
-    def __init__(
-        self,
-        in_features: int,
-        num_heads: int,
-        *,
-        num_kv_heads: int | None = None,
-        head_dim: int | None = None,
-        causal: bool = False,
-        backend: str = "auto",
-        use_bias: bool = False,
-        key: jax.Array,
-    ):
-        num_kv_heads, head_dim = _check_heads(
-            in_features, num_heads, num_kv_heads, head_dim, backend
-        )
-        kq, kk, kv, ko = jax.random.split(key, 4)
-        self.query = eqx.nn.Linear(in_features, num_heads * head_dim, use_bias=use_bias, key=kq)
-        self.key_proj = eqx.nn.Linear(
-            in_features, num_kv_heads * head_dim, use_bias=use_bias, key=kk
-        )
-        self.value = eqx.nn.Linear(in_features, num_kv_heads * head_dim, use_bias=use_bias, key=kv)
-        self.out = eqx.nn.Linear(num_heads * head_dim, in_features, use_bias=use_bias, key=ko)
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.causal, self.backend = causal, backend
-
-    def __call__(
-        self, x: Float[Array, "seq features"], mask: MaskArg = None
-    ) -> Float[Array, "seq features"]:
-        """Self-attention over ``x [seq, features]`` with ``mask`` (see module docstring)."""
-        if getattr(x, "ndim", None) != 2:
-            raise ValueError(f"x must have shape [seq, features], got {jnp.shape(x)}")
-        proj = lambda lin: jax.vmap(lin)(x)[None]
-        q = _split_heads(proj(self.query), self.num_heads, self.head_dim)
-        k = _split_heads(proj(self.key_proj), self.num_kv_heads, self.head_dim)
-        v = _split_heads(proj(self.value), self.num_kv_heads, self.head_dim)
-        o = attention(q, k, v, _resolve(mask, q, k), causal=self.causal, backend=self.backend)
-        o = o[0].transpose(1, 0, 2).reshape(x.shape[0], -1)
-        return jax.vmap(self.out)(o)
-
-
-__all__ = ["EqxSparseMultiHeadAttention", "SparseMultiHeadAttention"]
+__all__ = ["SparseMultiHeadAttention"]

@@ -4,7 +4,8 @@ The functional core (`.functional`) takes a params dict and a static `SAEConfig`
 `.activations` holds the sparsifying activations, `.losses` the auxiliary losses,
 `.decoder` the unit-norm decoder constraint and the geometric-median bias init,
 `.metrics` FVU / L0 / dead fraction / CE loss recovered, `.train` ``train_sae``.
-The Flax NNX and Equinox modules live in `.nnx` and `.eqx` (imported lazily).
+The Flax NNX and Equinox modules are `sparsejax.nn.SparseAutoencoder` and
+`sparsejax.nn.eqx.SparseAutoencoder`.
 """
 
 from sparsejax.dictionary.sae.activations import (
@@ -57,28 +58,11 @@ from sparsejax.dictionary.sae.metrics import (
 )
 from sparsejax.dictionary.sae.train import TrainResult, make_train_step, train_sae
 
-_LAZY = {"NNXSparseAutoencoder": "sparsejax.dictionary.sae.nnx",
-         "SAEStateVariable": "sparsejax.dictionary.sae.nnx",
-         "EqxSparseAutoencoder": "sparsejax.dictionary.sae.eqx"}
-
-
-def __getattr__(name: str):
-    """Import the NNX / Equinox modules on first use (keeps ``import`` light)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "ACTIVATIONS",
-    "EqxSparseAutoencoder",
-    "NNXSparseAutoencoder",
     "SAEConfig",
     "SAEOutput",
     "SAEState",
-    "SAEStateVariable",
     "TrainResult",
     "abs_topk",
     "aux_zipf_loss",

@@ -1,12 +1,16 @@
-"""Equinox adapter: a sparse autoencoder module over the functional core.
+"""Equinox sparse autoencoder / transcoder over `sparsejax.dictionary.sae`'s functional core.
 
-The module holds the params dict (``W_enc``, ``W_dec``, ... as in `.functional`) and the
-static config; the training state is explicit (an `.SAEState` passed in and returned),
+The Equinox counterpart of `sparsejax.nn.SparseAutoencoder`. The module holds the params dict
+(``W_enc``, ``W_dec``, ... as in `sparsejax.dictionary.sae.functional`) and the
+static config; the training state is explicit (a `sparsejax.dictionary.sae.SAEState` passed in and returned),
 as is usual in Equinox.
 
 Example::
 
-    model = EqxSparseAutoencoder(SAEConfig(d_in=384, d_sae=6144, k=32), key=key)
+    from sparsejax.dictionary.sae import SAEConfig, init_state, remove_decoder_parallel_grads
+    from sparsejax.nn.eqx import SparseAutoencoder
+
+    model = SparseAutoencoder(SAEConfig(d_in=384, d_sae=6144, k=32), key=key)
     opt = optax.chain(remove_decoder_parallel_grads(), optax.adam(1e-4))
     opt_state = opt.init(eqx.filter(model, eqx.is_array))
     state = init_state(model.config)
@@ -31,14 +35,14 @@ from jaxtyping import Array, Float
 from sparsejax.dictionary.sae import functional as F
 from sparsejax.dictionary.sae.decoder import normalize_decoder
 
-__all__ = ["EqxSparseAutoencoder"]
+__all__ = ["SparseAutoencoder"]
 
 
-class EqxSparseAutoencoder(eqx.Module):
+class SparseAutoencoder(eqx.Module):
     """A sparse autoencoder / transcoder as an Equinox module.
 
     Args:
-        config: the static `.SAEConfig`.
+        config: the static `sparsejax.dictionary.sae.SAEConfig`.
         key: PRNG key for the initialisation.
         b_dec: optional initial decoder bias ``[d_out]``.
         dtype: parameter dtype.
@@ -71,9 +75,9 @@ class EqxSparseAutoencoder(eqx.Module):
 
     def loss(self, x: Float[Array, "... d_in"], state: F.SAEState,
              y: Float[Array, "... d_out"] | None = None) -> tuple[Array, F.SAEOutput]:
-        """``(loss, SAEOutput)`` as `.sae_loss`."""
+        """``(loss, SAEOutput)`` as `sparsejax.dictionary.sae.sae_loss`."""
         return F.sae_loss(self.params, x, self.config, state, y)
 
-    def normalize_decoder(self) -> EqxSparseAutoencoder:
+    def normalize_decoder(self) -> SparseAutoencoder:
         """A copy with unit-norm decoder rows."""
         return eqx.tree_at(lambda m: m.params, self, normalize_decoder(self.params))

@@ -1,13 +1,17 @@
-"""Flax NNX adapter: a sparse autoencoder module over the functional core.
+"""Flax NNX sparse autoencoder / transcoder over `sparsejax.dictionary.sae`'s functional core.
 
-Parameters are ``nnx.Param`` attributes named as in `.functional` (``W_enc``, ``W_dec``, ...);
-the training state (dead-latent tracker, firing-density EMA, BatchTopK threshold) lives in
-`SAEStateVariable` attributes that `NNXSparseAutoencoder.loss` updates in place, so
-``nnx.value_and_grad`` with its default ``nnx.Param`` filter differentiates only the parameters.
+Parameters are ``nnx.Param`` attributes named as in `sparsejax.dictionary.sae.functional`
+(``W_enc``, ``W_dec``, ...); the training state (dead-latent tracker, firing-density EMA, BatchTopK
+threshold) lives in `SAEStateVariable` attributes that `SparseAutoencoder.loss` updates in place,
+so ``nnx.value_and_grad`` with its default ``nnx.Param`` filter differentiates only the parameters.
+The Equinox counterpart is `sparsejax.nn.eqx.SparseAutoencoder`.
 
 Example::
 
-    model = NNXSparseAutoencoder(SAEConfig(d_in=384, d_sae=6144, k=32), rngs=nnx.Rngs(0))
+    from sparsejax.dictionary.sae import SAEConfig, remove_decoder_parallel_grads
+    from sparsejax.nn import SparseAutoencoder
+
+    model = SparseAutoencoder(SAEConfig(d_in=384, d_sae=6144, k=32), rngs=nnx.Rngs(0))
     opt = nnx.Optimizer(model, optax.chain(remove_decoder_parallel_grads(), optax.adam(1e-4)),
                         wrt=nnx.Param)
 
@@ -31,18 +35,18 @@ from jaxtyping import Array, Float
 from sparsejax.dictionary.sae import functional as F
 from sparsejax.dictionary.sae.decoder import unit_norm_rows
 
-__all__ = ["NNXSparseAutoencoder", "SAEStateVariable"]
+__all__ = ["SparseAutoencoder", "SAEStateVariable"]
 
 
 class SAEStateVariable(nnx.Variable):
     """Non-trainable SAE training state (not an ``nnx.Param``)."""
 
 
-class NNXSparseAutoencoder(nnx.Module):
+class SparseAutoencoder(nnx.Module):
     """A sparse autoencoder / transcoder as a Flax NNX module.
 
     Args:
-        config: the static `.SAEConfig`.
+        config: the static `sparsejax.dictionary.sae.SAEConfig`.
         rngs: ``nnx.Rngs`` (its ``params`` stream initialises the weights).
         b_dec: optional initial decoder bias ``[d_out]``.
         dtype: parameter dtype.
@@ -68,7 +72,7 @@ class NNXSparseAutoencoder(nnx.Module):
         return {name: getattr(self, name)[...] for name in self.param_names}
 
     def state(self) -> F.SAEState:
-        """The training state as an `.SAEState`."""
+        """The training state as a `sparsejax.dictionary.sae.SAEState`."""
         return F.SAEState(self.tokens_since_fired[...], self.density[...], self.threshold[...],
                           self.step[...])
 

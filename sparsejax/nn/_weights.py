@@ -1,0 +1,89 @@
+"""Building the compressed kernel of a sparse linear layer (shared by the NNX and Equinox layers)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from sparsejax import masks
+from sparsejax._checks import check_int
+from sparsejax.formats import BlockSparse, NMSparse
+
+
+def init_kernel(key: jax.Array, in_features: int, out_features: int, density: float,
+                dtype) -> Float[Array, "in out"]:
+    """LeCun-normal init scaled to the kept fan-in (``density * in_features``)."""
+    std = 1.0 / math.sqrt(max(1.0, density * in_features))
+    return jax.random.normal(key, (in_features, out_features), dtype) * std
+
+
+def check_features(in_features: int, out_features: int) -> None:
+    check_int(in_features, "in_features", minimum=1)
+    check_int(out_features, "out_features", minimum=1)
+
+
+def _check_kernel(kernel: Array, in_features: int, out_features: int) -> Array:
+    kernel = jnp.asarray(kernel)
+    if kernel.shape != (in_features, out_features):
+        raise ValueError(f"`kernel` must have shape [in, out] = {(in_features, out_features)}; "
+                         f"got {kernel.shape}.")
+    return kernel
+
+
+def build_bsr(in_features, out_features, block_shape, density, block_mask, kernel, key,
+              dtype) -> BlockSparse:
+    """The `BlockSparse` kernel ``[in, out]`` of a block-sparse layer (see its docstring)."""
+    check_features(in_features, out_features)
+    bm, bn = block_shape
+    if in_features % bm or out_features % bn:
+        raise ValueError(f"[in, out] = {(in_features, out_features)} must be divisible by "
+                         f"`block_shape` {tuple(block_shape)}.")
+    k_mask, k_init = jax.random.split(key) if key is not None else (None, None)
+    if block_mask is None:
+        if density is None:
+            raise ValueError("give `block_mask` or `density`.")
+        if not 0.0 < float(density) <= 1.0:
+            raise ValueError(f"`density` must be in (0, 1]; got {density!r}.")
+        if k_mask is None:
+            raise ValueError("a random block mask (`density=`) needs a PRNG key / rngs.")
+        block_mask = masks.random(k_mask, (in_features // bm, out_features // bn),
+                                  1.0 - float(density))
+    block_mask = jnp.asarray(block_mask)
+    if kernel is None:
+        if k_init is None:
+            raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
+        d = float(jnp.mean(block_mask))
+        kernel = init_kernel(k_init, in_features, out_features, d, dtype)
+    kernel = _check_kernel(kernel, in_features, out_features)
+    return BlockSparse.from_dense(kernel, block_shape, block_mask)
+
+
+def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSparse:
+    """The `NMSparse` kernel ``[in, out]`` (grouped along ``in``) of an N:M layer."""
+    check_features(in_features, out_features)
+    if kernel is None:
+        if key is None:
+            raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
+        kernel = init_kernel(key, in_features, out_features, n / m, dtype)
+    kernel = _check_kernel(kernel, in_features, out_features)
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.shape != kernel.shape:
+            raise ValueError(f"`mask` must have the kernel's shape [in, out] = {kernel.shape}; "
+                             f"got {mask.shape}.")
+    return NMSparse.from_dense(kernel, n, m, axis=0, mask=mask)
+
+
+def init_bias(bias, use_bias: bool, out_features: int, dtype) -> Array | None:
+    """The bias ``[out]``: ``bias`` if given, else zeros; ``None`` without ``use_bias``."""
+    if not use_bias:
+        return None
+    if bias is None:
+        return jnp.zeros((out_features,), dtype)
+    bias = jnp.asarray(bias)
+    if bias.shape != (out_features,):
+        raise ValueError(f"`bias` must have shape [out] = {(out_features,)}; got {bias.shape}.")
+    return bias
