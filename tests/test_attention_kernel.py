@@ -302,3 +302,18 @@ def test_pallas_dynamic_mask_and_grad(backend):
     np.testing.assert_allclose(np.asarray(out), np.asarray(out_ref), atol=1e-5, rtol=1e-5)
     for a, b in zip(grads, grads_ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+# -- real lowering without a device: Pallas -> Triton for "cuda" --------------------------------
+# (The TPU kernel's lowering queries the TPU generation in jax 0.10.2, so it cannot be lowered
+# on a CPU host; benchmarks/device_check.py covers the GPU kernel compiled on a device.)
+
+
+def test_pallas_gpu_kernel_lowers_to_triton():
+    from sparsejax.attention import pallas_gpu
+
+    mask = causal_mask(256, block_q=128, block_kv=128) | random_mask((1, 1, 256, 256), 128, 128, 0.1)
+    q, k, v = qkv(1, 2, 1, 256, 256, 128, dtype=jnp.bfloat16)
+    fn = lambda q, k, v: pallas_gpu.attention(q, k, v, mask, 0.1, interpret=False)  # noqa: E731
+    text = jax.jit(fn).trace(q, k, v).lower(lowering_platforms=("cuda",)).as_text()
+    assert "xla.gpu.triton" in text  # the Triton lowering, not Mosaic GPU
