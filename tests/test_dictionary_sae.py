@@ -67,7 +67,7 @@ _TOPK_BOTH = {k: jax.jit(lambda p, k=k: (S.topk(p, k), S.topk(p, k, order="topk_
               for k in (1, 5, 24)}
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.sampled_from([1, 5, 24]), st.integers(0, 2**31 - 1), st.floats(-2.0, 2.0))
 def test_topk_orders_agree_and_bound_count(k, seed, shift):
     rng = np.random.default_rng(seed)
@@ -133,7 +133,7 @@ _BATCH_OPS = {k: jax.jit(lambda p, k=k: (S.batch_topk(p, k), S.mutual_choice(p, 
               for k in (1, 2, 5)}
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.sampled_from([1, 2, 5]), st.integers(0, 2**31 - 1), st.floats(-1.5, 1.5))
 def test_batch_level_budgets_are_exact(k, seed, shift):
     pre = (np.random.default_rng(seed).normal(size=(8, 12)) + shift).astype(np.float32)
