@@ -35,8 +35,8 @@ __all__ = ["EMBEDDING_NAMES", "Where", "matches", "path_str", "select"]
 
 Where = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
-#: Leaf names the default selector treats as embedding tables (Flax, Haiku).
 EMBEDDING_NAMES = ("embedding", "embeddings")
+"""Leaf names the default selector treats as embedding tables (Flax, Haiku)."""
 
 
 def _is_float_array(x: Any) -> bool:

@@ -9,7 +9,7 @@ Flax NNX ``State``, Equinox modules. Leaves are chosen by a ``where`` selector (
 
 * **pattern** ``(scores, sparsity, **kwargs) -> bool mask`` shaped like ``scores``: the names
   ``"unstructured"``, ``"nm"``, ``"block"``, ``"channel"`` or the functions `sparsejax.masks.unstructured`,
-  `~sparsejax.masks.nm`, `~sparsejax.masks.block`, `~sparsejax.masks.channel` (each called with its
+  `sparsejax.masks.nm`, `sparsejax.masks.block`, `sparsejax.masks.channel` (each called with its
   own signature), or any callable with that signature;
 * **score** ``(path, leaf) -> float array`` shaped like the leaf (higher = kept first): the names
   ``"magnitude"``, ``"random"``, the functions of `sparsejax.scores` (called as ``fn(leaf,
@@ -65,8 +65,8 @@ __all__ = [
 
 PyTree = Any
 
-#: Pattern names accepted by `compute_masks` and `pattern_mask`.
 PATTERNS = ("unstructured", "nm", "block", "channel")
+"""Pattern names accepted by `compute_masks` and `pattern_mask`."""
 _PATTERN_FUNCTIONS = {_masks.unstructured: "unstructured", _masks.nm: "nm",
                       _masks.block: "block", _masks.channel: "channel"}
 _ALLOCATIONS = {"uniform": _allocation.uniform, "erk": _allocation.erk, "er": _allocation.er}
