@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 import sparsejax as sj
 from sparsejax import masks
 
-SETTINGS = settings(max_examples=30, deadline=None)
+SETTINGS = settings(max_examples=20, deadline=None)
 
 
 def ref_count(size, sparsity):
