@@ -57,6 +57,7 @@ def prune(
     allocation: str | Callable = "uniform",
     where: Where = None,
     update_every: int = 10,
+    end_step: int | None = None,
     key: jax.Array | None = None,
     **pattern_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
@@ -91,6 +92,9 @@ def prune(
             ``(params, sparsity) -> per-leaf sparsity tree`` (treated like ``"erk"``).
         where: leaf selector (default: float leaves with ``ndim >= 2``).
         update_every: mask update period in steps, ``>= 1``.
+        end_step: last step (inclusive) with a mask update, e.g. the schedule's end (jaxpruner's
+            ``update_end_step``); ``None`` keeps updating every ``update_every`` steps (a no-op
+            once the schedule is constant, but each such update costs a top-k).
         key: PRNG key, needed by ``scores="random"``.
         **pattern_kwargs: passed to the pattern (``n``, ``m``, ``axis``, ``block_shape``...).
 
@@ -103,6 +107,8 @@ def prune(
             allocation, ``"global"`` with a structured pattern; pattern/shape errors at ``init``.
     """
     update_every = check_int(update_every, "update_every", minimum=1)
+    if end_step is not None:
+        end_step = check_int(end_step, "end_step", minimum=0)
     if not callable(schedule):
         check_sparsity(schedule, "schedule")
         schedule = _schedules.constant(float(schedule))
@@ -159,5 +165,8 @@ def prune(
         return compute_masks(params, pattern, sparsity=sparsity, scores=score_tree, where=where,
                              allocation=alloc, **pattern_kwargs)
 
-    return masked_transform(inner, init_masks, update_masks,
-                            lambda step: step % update_every == 0, key=key)
+    def should_update(step):
+        due = step % update_every == 0
+        return due if end_step is None else due & (step <= end_step)
+
+    return masked_transform(inner, init_masks, update_masks, should_update, key=key)
