@@ -10,8 +10,11 @@ Inputs: batch 1, ``--heads`` heads, ``--dim`` head dim, float32. Times are media
 ``--repeats`` rounds after one warm-up (compile) run; each round times every candidate once,
 so load drift on a shared machine affects them alike.
 
-GPU section (only when a GPU is present): bfloat16, ``--gpu-seqs`` up to 65536, the
-``pallas_gpu`` and ``xla`` backends at 10% density against ``jax.nn.dot_product_attention``.
+GPU section (only when a GPU is present; `gpu_section`, also run by
+``benchmarks/device_check.py``): bfloat16, ``--gpu-seqs`` 8192 to 65536, the ``pallas_gpu`` and
+``xla`` backends at 10% block density, forward and forward+backward, against
+``jax.nn.dot_product_attention`` with ``implementation="cudnn"`` (XLA's own implementation where
+cuDNN is unavailable); every point also checks the output against the ``xla`` backend.
 
 Usage::
 
@@ -147,37 +150,81 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
     return rows
 
 
-def gpu_section(args) -> list[dict]:
-    rows = []
-    for seq in args.gpu_seqs:
-        kq, kk, kv = jax.random.split(jax.random.key(seq), 3)
-        shape = (1, args.heads, seq, args.dim)
-        q, k, v = (jax.random.normal(x, shape, jnp.bfloat16) for x in (kq, kk, kv))
-        dense_t = timed(jax.jit(jax_nn_dpa), q, k, v, repeats=args.repeats)
-        mask = random_block_mask(seq, args.block, 0.1, seed=seq)
-        for backend in ("pallas_gpu", "xla"):
-            fn = jax.jit(lambda q, k, v, m=mask, b=backend: attention(q, k, v, m, backend=b))
+def _dense_dpa(q, k, v, implementation):
+    t = lambda x: x.transpose(0, 2, 1, 3)
+    return t(jax.nn.dot_product_attention(t(q), t(k), t(v), implementation=implementation))
+
+
+def _pick_dense(q, k, v):
+    """``jax.nn.dot_product_attention`` with cuDNN when it runs here, else XLA's; and its name."""
+    for impl in ("cudnn", None):
+        fn = jax.jit(lambda q, k, v, i=impl: _dense_dpa(q, k, v, i))
+        try:
+            jax.block_until_ready(fn(q, k, v))
+            return fn, impl or "xla"
+        except Exception:  # cuDNN missing or unsupported shape/dtype: use XLA's implementation
+            continue
+    raise RuntimeError("jax.nn.dot_product_attention did not run")
+
+
+def gpu_section(seqs: list[int], *, heads: int, dim: int, block: int, density: float = 0.1,
+                backends: tuple[str, ...] = ("pallas_gpu", "xla"), repeats: int = 3,
+                dtype=jnp.bfloat16, tol: float = 3e-2, interpret: bool | None = None,
+                budget_s: float | None = None) -> dict:
+    """Forward and forward+backward block-sparse attention per backend vs dense attention.
+
+    Returns ``{"rows": [...], "failures": [...], "skipped": [...]}``: a failure is a backend that
+    raised or whose output differs from the ``xla`` backend's by more than ``tol`` (max abs,
+    outputs are O(1)); lengths left when ``budget_s`` seconds have passed are skipped.
+    """
+    start = time.perf_counter()
+    rows, failures, skipped = [], [], []
+    for seq in seqs:
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            skipped.append(seq)
+            print(f"seq {seq}: skipped (time budget {budget_s:.0f} s spent)")
+            continue
+        kq, kk, kv, kg = jax.random.split(jax.random.key(seq), 4)
+        shape = (1, heads, seq, dim)
+        q, k, v, g = (jax.random.normal(x, shape, dtype) for x in (kq, kk, kv, kg))
+        dense_fwd, dense_name = _pick_dense(q, k, v)
+        dense_bwd = jax.jit(jax.grad(lambda q, k, v, f=dense_fwd, g=g: jnp.sum(f(q, k, v) * g),
+                                     (0, 1, 2)))
+        mask = random_block_mask(seq, block, density, seed=seq)
+        want = None
+        for backend in sorted(backends, key=lambda b: b != "xla"):  # xla first: the check
+            fwd = jax.jit(lambda q, k, v, b=backend, m=mask: attention(
+                q, k, v, m, backend=b, interpret=interpret))
+            bwd = jax.jit(jax.grad(lambda q, k, v, f=fwd, g=g: jnp.sum(f(q, k, v) * g),
+                                   (0, 1, 2)))
             try:
-                t = timed(fn, q, k, v, repeats=args.repeats)
-            except Exception as err:  # report, keep going (e.g. out of memory at 64k)
-                print(f"gpu seq {seq} {backend}: failed: {type(err).__name__}: {err}")
+                out = np.asarray(fwd(q, k, v), np.float32)
+                want = out if want is None else want
+                err = float(np.max(np.abs(out - want)))
+                times = interleaved({"dense_fwd": dense_fwd, "fwd": fwd}, (q, k, v), repeats)
+                times_b = interleaved({"dense_bwd": dense_bwd, "bwd": bwd}, (q, k, v), repeats)
+            except Exception as e:  # report and go on (e.g. out of memory at 64k)
+                failures.append({"seq": seq, "backend": backend,
+                                 "error": f"{type(e).__name__}: {e}"[:500]})
+                print(f"seq {seq:>6} {backend:<10} FAILED {type(e).__name__}: {str(e)[:200]}")
                 continue
-            rows.append(
-                {
-                    "seq": seq,
-                    "backend": backend,
-                    "density": float(mask.density),
-                    "sparse_s": t,
-                    "dense_s": dense_t,
-                    "speedup": dense_t / t,
-                }
-            )
-            print(
-                f"gpu seq {seq:>6} {backend:<10} {t * 1e3:9.2f} ms  dense {dense_t * 1e3:9.2f} ms"
-                f"  speedup {dense_t / t:6.2f}x",
-                flush=True,
-            )
-    return rows
+            if err > tol:
+                failures.append({"seq": seq, "backend": backend,
+                                 "error": f"max abs difference to xla {err:.3g} > {tol}"})
+            row = {"seq": seq, "backend": backend, "density": float(mask.density),
+                   "dense_impl": dense_name, "fwd_s": times["fwd"],
+                   "dense_fwd_s": times["dense_fwd"],
+                   "fwd_speedup": times["dense_fwd"] / times["fwd"],
+                   "fwd_bwd_s": times_b["bwd"], "dense_fwd_bwd_s": times_b["dense_bwd"],
+                   "fwd_bwd_speedup": times_b["dense_bwd"] / times_b["bwd"],
+                   "max_abs_diff_to_xla": err}
+            rows.append(row)
+            print(f"seq {seq:>6} {backend:<10} fwd {row['fwd_s'] * 1e3:9.2f} ms "
+                  f"(x{row['fwd_speedup']:.2f} vs {dense_name})  fwd+bwd "
+                  f"{row['fwd_bwd_s'] * 1e3:9.2f} ms (x{row['fwd_bwd_speedup']:.2f})  "
+                  f"diff {err:.1e}", flush=True)
+    return {"heads": heads, "dim": dim, "block": block, "dtype": jnp.dtype(dtype).name,
+            "rows": rows, "failures": failures, "skipped": skipped}
 
 
 def main() -> None:
@@ -216,8 +263,9 @@ def main() -> None:
 
     if jax.default_backend() == "cpu":
         save("cpu", cpu_section(args, on_row=lambda rows: save("cpu", rows)))
-    if jax.default_backend() == "gpu":
-        save("gpu", gpu_section(args))
+    if jax.default_backend() in ("gpu", "cuda", "rocm"):
+        save("gpu", gpu_section(args.gpu_seqs, heads=args.heads, dim=args.dim, block=args.block,
+                                repeats=args.repeats))
     print(f"wrote {args.out}")
 
 

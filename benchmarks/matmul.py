@@ -7,10 +7,12 @@ of ``--repeats`` runs after a warm-up, all in one run; the dense and sparse runs
 and each ratio is the median of per-pair ratios, so load changes on a shared machine cancel.
 Goal (issue 3): time <= 1.5 x density + 0.05 of dense, and <= 1.2 x dense at density 1.
 
-Accelerator section (only when JAX sees a GPU or TPU): the same sweep in bfloat16 at
-``--accel-size`` (default 8192) through ``backend="auto"`` (``pallas_gpu`` / ``pallas_tpu``)
-against the dense ``jnp.dot`` (cuBLAS on GPU). Goal on GPU: time <= 1.3 x density x dense for
-density >= 0.1.
+Accelerator section (only when JAX sees a GPU or TPU; `accel_section`, also run by
+``benchmarks/device_check.py``): the same densities in bfloat16 at ``--accel-size`` (default
+8192) through the Pallas backend of the platform and ``xla``, forward (``A @ B``) and
+forward+backward (gradients w.r.t. the kept blocks and ``B``), each against the dense ``jnp.dot``
+(cuBLAS on GPU) of the same pass; every point also checks the result against the dense product.
+Goal on GPU: time <= 1.3 x density x dense for density >= 0.1.
 
 Masks are uniformly random with exactly ``round(density * blocks)`` kept blocks (density 0.05 of
 32 x 32 blocks keeps 51).
@@ -74,8 +76,8 @@ def sweep(size: int, block: int, densities: list[float], dtype, backend: str, re
     b = jax.random.normal(k2, (size, size), dtype)
     dense = jax.jit(jnp.dot)
     t_dense = median_time(dense, w, b, repeats=repeats)
-    sd = jax.jit(lambda a, b: bsr_matmul(a, b, backend))
-    ds = jax.jit(lambda x, a: dense_bsr_matmul(x, a, backend))
+    sd = jax.jit(lambda a, b: bsr_matmul(a, b, backend=backend))
+    ds = jax.jit(lambda x, a: dense_bsr_matmul(x, a, backend=backend))
     rng = np.random.default_rng(seed)
     r = size // block
     print(f"\n{label}: {size}x{size} @ {size}x{size} {jnp.dtype(dtype).name}, {block}x{block} "
@@ -99,6 +101,67 @@ def sweep(size: int, block: int, densities: list[float], dtype, backend: str, re
               f"{t_sd * 1e3:>10.1f}{q_sd:>11.3f}{t_ds * 1e3:>10.1f}{q_ds:>11.3f}{goal:>8.2f}")
     return {"size": size, "block": block, "dtype": jnp.dtype(dtype).name, "backend": backend,
             "repeats": repeats, "dense_s": t_dense, "rows": rows}
+
+
+def _rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def accel_section(size: int, block: int, densities: list[float], backends: list[str],
+                  repeats: int, seed: int = 0, dtype=jnp.bfloat16, tol: float = 2e-2,
+                  interpret: bool | None = None) -> dict:
+    """Forward and forward+backward ``A @ B`` per backend against dense ``jnp.dot``.
+
+    Returns ``{"rows": [...], "failures": [...]}``; a failure is a backend that raised or whose
+    forward result differs from the dense product by more than ``tol`` (relative Frobenius).
+    ``interpret`` is passed to the ops (``None``: interpret exactly on CPU, for dry runs).
+    """
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    w = jax.random.normal(k1, (size, size), dtype)
+    b = jax.random.normal(k2, (size, size), dtype)
+    g = jax.random.normal(k3, (size, size), dtype)
+    dense_fwd = jax.jit(jnp.dot)
+    dense_bwd = jax.jit(jax.grad(lambda w, b: jnp.sum(jnp.dot(w, b) * g), (0, 1)))
+    rng = np.random.default_rng(seed)
+    r = size // block
+    rows, failures = [], []
+    print(f"\n{size}x{size} @ {size}x{size} {jnp.dtype(dtype).name}, {block}x{block} blocks, "
+          f"backends {backends}; ratios = median of interleaved (dense, sparse) pairs")
+    print(f"{'backend':>11}{'density':>8}{'fwd ms':>9}{'fwd/dense':>10}{'f+b ms':>9}"
+          f"{'f+b/dense':>10}{'rel err':>10}{'goal':>7}")
+    for d in densities:
+        mask = random_block_mask(rng, r, r, d)
+        a = BlockSparse.from_dense(w, (block, block), jnp.asarray(mask))
+        want = dense_fwd(a.to_dense(), b)
+        for backend in backends:
+            fwd = jax.jit(lambda a, b, be=backend: bsr_matmul(a, b, backend=be,
+                                                               interpret=interpret))
+            bwd = jax.jit(jax.grad(
+                lambda data, b, be=backend, a=a: jnp.sum(
+                    bsr_matmul(a.replace(data=data), b, backend=be, interpret=interpret) * g),
+                (0, 1)))
+            try:
+                err = _rel_err(fwd(a, b), want)
+                _, t_f, q_f = paired_times(dense_fwd, (w, b), fwd, (a, b), repeats)
+                _, t_b, q_b = paired_times(dense_bwd, (w, b), bwd, (a.data, b), repeats)
+            except Exception as e:  # report and go on: the summary lists the failure
+                failures.append({"backend": backend, "density": d,
+                                 "error": f"{type(e).__name__}: {e}"[:500]})
+                print(f"{backend:>11}{d:>8.2f}  FAILED {type(e).__name__}: {str(e)[:200]}")
+                continue
+            goal = 1.3 * d if d >= 0.1 else None
+            row = {"backend": backend, "density": d, "kept_blocks": int(mask.sum()),
+                   "fwd_s": t_f, "fwd_ratio": q_f, "fwd_bwd_s": t_b, "fwd_bwd_ratio": q_b,
+                   "rel_err": err, "goal_ratio": goal}
+            rows.append(row)
+            if err > tol:
+                failures.append({"backend": backend, "density": d,
+                                 "error": f"relative error {err:.3g} > {tol}"})
+            print(f"{backend:>11}{d:>8.2f}{t_f * 1e3:>9.2f}{q_f:>10.3f}{t_b * 1e3:>9.2f}"
+                  f"{q_b:>10.3f}{err:>10.2e}{'' if goal is None else f'{goal:.2f}':>7}")
+    return {"size": size, "block": block, "dtype": jnp.dtype(dtype).name, "backends": backends,
+            "repeats": repeats, "rows": rows, "failures": failures}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,9 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
                                            args.repeats, args.seed, "CPU (XLA backend)"))
     accel = jax.default_backend()
     if accel in ("gpu", "cuda", "rocm", "tpu"):
-        results["sweeps"].append(sweep(args.accel_size, args.block, densities, jnp.bfloat16,
-                                       "auto", args.repeats, args.seed,
-                                       f"{accel.upper()} (Pallas backend)"))
+        kernel = "pallas_tpu" if accel == "tpu" else "pallas_gpu"
+        results["sweeps"].append(accel_section(args.accel_size, args.block, densities,
+                                               [kernel, "xla"], args.repeats, args.seed))
     else:
         print("\nno GPU/TPU visible to JAX: accelerator sweep skipped")
     args.out.parent.mkdir(parents=True, exist_ok=True)

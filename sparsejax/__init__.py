@@ -5,8 +5,21 @@ A mask is *pattern x score x allocation x schedule*: `sparsejax.masks` (patterns
 pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
-from sparsejax import allocation, attention, dictionary, formats, masks, nn, ops, schedules, scores
-from sparsejax import training
+from sparsejax import (
+    allocation,
+    attention,
+    bayes,
+    dictionary,
+    formats,
+    masks,
+    models,
+    nn,
+    oneshot,
+    ops,
+    schedules,
+    scores,
+    training,
+)
 from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.select import path_str, select
@@ -21,6 +34,7 @@ __all__ = [
     "Sparsity",
     "allocation",
     "attention",
+    "bayes",
     "dictionary",
     "formats",
     "nn",
@@ -28,7 +42,9 @@ __all__ = [
     "apply_masks",
     "compute_masks",
     "masks",
+    "models",
     "nbytes",
+    "oneshot",
     "path_str",
     "schedules",
     "scores",

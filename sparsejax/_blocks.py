@@ -157,6 +157,19 @@ class BlockIndex(NamedTuple):
         hit = (self.indices[..., None] == cols) & self.valid()[..., None]
         return hit.any(axis=-2)
 
+    def slot_table(self, num_cols: int) -> Int[Array, "*lead R C"]:
+        """``int32 [..., R, C]``: the slot holding block ``(r, c)``, ``-1`` where it is not kept.
+
+        The column-major view of the index: ``pack_indices(table.swapaxes(-1, -2) >= 0)``
+        lists the kept blocks of each block column (what a transpose or a dense x sparse kernel
+        iterates over).
+        """
+        xp = _xp(self.indices, self.counts)
+        cols = xp.arange(num_cols, dtype=xp.int32)
+        hit = (self.indices[..., None] == cols) & self.valid()[..., None]  # [..., R, S, C]
+        slots = xp.arange(self.width, dtype=xp.int32)[:, None]
+        return xp.where(hit, slots, -1).max(axis=-2, initial=-1).astype(xp.int32)
+
     def to_block_map(self, num_cols: int) -> Int[Array, "*lead R C"]:
         """The ``int8`` block grid ``[..., R, C]`` of `EMPTY` / `PARTIAL` / `FULL`."""
         xp = _xp(self.indices, self.counts)

@@ -11,12 +11,16 @@ Conventions:
 * **N:M** follows jaxpruner / SR-STE: ``n`` is the number of entries *kept* in every group of
   ``m`` consecutive entries along ``axis``. Hardware 2:4 sparsity (NVIDIA sparse tensor cores)
   groups along the *reduction* axis of the sparse operand: for a Flax ``Dense`` kernel
-  ``[in, out]`` that is ``axis=0`` (the default here), for a torch-style ``[out, in]`` weight it is
-  ``axis=1``.
+  ``[in, out]`` that is ``axis=0``, for a torch-style ``[out, in]`` weight it is ``axis=1``.
+  `NMSparse.from_dense` has no default axis: pass it, as for `sparsejax.masks.nm` (whose
+  ``axis`` means the same grouping axis), so a mask from ``masks.nm(scores, n, m, axis=a)``
+  compresses with ``NMSparse.from_dense(x, n, m, axis=a, mask=...)``.
 * **BSR** stores, per block row, the kept blocks packed to the left and the sorted block-column
-  index of each, padded to a static ``max_blocks_per_row``; this is exactly the metadata a Pallas
-  kernel scalar-prefetches (see `BlockSparse`). Shapes not divisible by the block shape are
-  *rejected* here with a ``ValueError``; the ops in `sparsejax.ops` never pad silently either.
+  index of each, padded to a static ``max_blocks_per_row``; this is the shared
+  `sparsejax._blocks.BlockIndex` a Pallas kernel scalar-prefetches (see `BlockSparse`), the same
+  description `sparsejax.attention.BlockMask.info` gives an attention kernel. Shapes not
+  divisible by the block shape are *rejected* here with a ``ValueError``; the ops in
+  `sparsejax.ops` never pad silently either.
 """
 
 from __future__ import annotations
@@ -31,65 +35,19 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from sparsejax import masks as _masks
+from sparsejax._blocks import BlockIndex, pack_blocks, slot_mask
+from sparsejax._checks import (
+    check_block_shape,
+    check_bool_array,
+    check_float_array,
+    check_int,
+    check_nm,
+    is_concrete,
+    must_be,
+    normalize_axis,
+)
 
 __all__ = ["BlockSparse", "NMSparse"]
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _is_concrete(x: Any) -> bool:
-    """True when ``x`` holds concrete values (not a tracer inside ``jit``/``vmap``/``grad``)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_float(x: Any, name: str) -> None:
-    dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`{name}` must be a floating-point array (float32, bfloat16, ...); "
-                        f"got dtype {dtype}.")
-
-
-def _check_bool(x: Any, name: str) -> None:
-    dtype = jnp.result_type(x)
-    if dtype != jnp.bool_:
-        raise TypeError(f"`{name}` must be a bool array; got dtype {dtype}.")
-
-
-def _check_nm(n: Any, m: Any) -> tuple[int, int]:
-    for name, v in (("n", n), ("m", m)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer):
-            raise TypeError(f"`{name}` must be a Python int; got {v!r} of type {type(v).__name__}.")
-    n, m = int(n), int(m)
-    if m < 1 or m > 256:
-        raise ValueError(f"`m` must satisfy 1 <= m <= 256 (indices are uint8); got m={m}.")
-    if n < 0 or n > m:
-        raise ValueError(f"`n` (entries kept per group) must satisfy 0 <= n <= m={m}; got n={n}.")
-    return n, m
-
-
-def _normalize_axis(axis: Any, ndim: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
-        raise TypeError(f"`axis` must be an int; got {axis!r}.")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"`axis`={axis} is out of range for an array of ndim {ndim}; "
-                         f"allowed: {-ndim} <= axis < {ndim}.")
-    return int(axis) % ndim
-
-
-def _check_block_shape(block_shape: Any) -> tuple[int, int]:
-    try:
-        bm, bn = (int(b) for b in block_shape)
-        ok = all(isinstance(b, int | np.integer) and not isinstance(b, bool) for b in block_shape)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise TypeError(f"`block_shape` must be a pair of ints (bm, bn); got {block_shape!r}.")
-    if bm < 1 or bn < 1:
-        raise ValueError(f"`block_shape` entries must be >= 1; got {block_shape!r}.")
-    return bm, bn
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +104,14 @@ class NMSparse:
     ``NMSparse`` built under ``vmap``) still describe the right axis; `shape` is derived
     from ``values`` and the static dense ``length`` of ``axis``.
 
+    Products: `sparsejax.ops.nm_matmul` (``w @ x``) and `sparsejax.ops.dense_nm_matmul`
+    (``x @ w``); the ``@`` operator is registered by `sparsejax.ops` (imported by
+    ``import sparsejax``).
+
+    Gradients: ``indices`` is an integer leaf, so differentiate with respect to the values,
+    ``jax.grad(lambda v: loss(w.replace(values=v)))(w.values)`` (the cotangent is that of the
+    kept values only); ``jax.grad(loss, allow_int=True)(w)`` also works.
+
     Attributes:
         values: ``[..., K*n/m, ...]`` kept values (the dense dtype).
         indices: ``uint8 [..., K*n/m, ...]`` position of each kept value within its group.
@@ -177,6 +143,16 @@ class NMSparse:
         return (f"NMSparse(shape={self.shape}, n={self.n}, m={self.m}, axis={self.axis}, "
                 f"dtype={self.dtype})")
 
+    def replace(self, **kwargs: Any) -> NMSparse:
+        """A copy with some fields replaced (e.g. ``w.replace(values=new_values)``)."""
+        fields = dict(values=self.values, indices=self.indices, n=self.n, m=self.m,
+                      axis=self.axis, length=self.length)
+        unknown = set(kwargs) - set(fields)
+        if unknown:
+            raise TypeError(f"`replace` takes fields {sorted(fields)}; got {sorted(unknown)}.")
+        fields.update(kwargs)
+        return NMSparse(**fields)
+
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def from_dense(
@@ -184,7 +160,7 @@ class NMSparse:
         x: Float[Array, "..."],
         n: int,
         m: int,
-        axis: int = 0,
+        axis: int | None = None,
         *,
         mask: Bool[Array, "..."] | None = None,
     ) -> NMSparse:
@@ -194,8 +170,9 @@ class NMSparse:
             x: a float array; ``x.shape[axis]`` must be a multiple of ``m``.
             n: entries kept in every group of ``m`` (``0 <= n <= m``).
             m: group size (``1 <= m <= 256``).
-            axis: the grouped axis. Default 0: the reduction (input) axis of a Flax ``Dense``
-                kernel ``[in, out]``, which is the axis hardware 2:4 sparsity groups along.
+            axis: the grouped axis, required (as for `sparsejax.masks.nm`): the reduction axis of
+                the sparse operand, which hardware 2:4 sparsity groups along: ``0`` for a Flax
+                ``Dense`` kernel ``[in, out]``, ``1`` for a torch ``[out, in]`` weight.
             mask: optional bool array of ``x``'s shape giving the kept entries; it must keep at
                 most ``n`` of every group (checked eagerly when the mask is concrete; under
                 ``jit`` a violating mask silently keeps only the first ``n`` kept positions of a
@@ -206,26 +183,29 @@ class NMSparse:
             The compressed array; ``to_dense()`` equals ``x * mask``.
 
         Raises:
-            TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m``/``axis``.
+            TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m``, ``axis``
+                missing or not an int.
             ValueError: ``n`` outside ``[0, m]``, ``x.shape[axis]`` not divisible by ``m``, a mask
                 of the wrong shape or one keeping more than ``n`` of some group.
         """
-        n, m = _check_nm(n, m)
-        x = jnp.asarray(x)
-        _check_float(x, "x")
+        n, m = check_nm(n, m, max_m=256)  # uint8 indices
+        if axis is None:
+            raise TypeError(must_be("axis", "given: the grouped (reduction) axis, as in "
+                                    "sparsejax.masks.nm; 0 for a Flax [in, out] kernel, 1 for "
+                                    "a torch [out, in] weight", None))
+        x = check_float_array(jnp.asarray(x), "x")
         if x.ndim < 1:
             raise ValueError(f"`x` must have at least one axis; got shape {x.shape}.")
-        ax = _normalize_axis(axis, x.ndim)
+        ax = normalize_axis(axis, x.ndim)
         k = x.shape[ax]
         if k % m:
             raise ValueError(f"`x.shape[axis]` = {k} (axis={axis}) must be divisible by m={m}; "
                              f"got shape {x.shape}.")
         if mask is not None:
-            mask = jnp.asarray(mask)
-            _check_bool(mask, "mask")
+            mask = check_bool_array(jnp.asarray(mask), "mask")
             if mask.shape != x.shape:
                 raise ValueError(f"`mask` must have x's shape {x.shape}; got {mask.shape}.")
-            if _is_concrete(mask):
+            if is_concrete(mask):
                 keep = np.moveaxis(np.asarray(mask), ax, -1)
                 per_group = keep.reshape(*keep.shape[:-1], -1, m).sum(-1)
                 if per_group.size and per_group.max() > n:
@@ -279,40 +259,11 @@ class NMSparse:
                         self.axis, self.length)
         return ones.to_dense()
 
-    # -- products -------------------------------------------------------------------------
-    def matmul(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
-        """``self @ x`` via `sparsejax.ops.nm_matmul` (XLA gather path on CPU)."""
-        from sparsejax.ops import nm_matmul
-
-        return nm_matmul(self, x)
-
-    def __matmul__(self, x):
-        return self.matmul(x)
-
-    def __rmatmul__(self, x):
-        from sparsejax.ops import dense_nm_matmul
-
-        return dense_nm_matmul(x, self)
 
 
 # --------------------------------------------------------------------------------------------
 # BSR
 # --------------------------------------------------------------------------------------------
-
-
-def _pack_rows(block_mask: Array, s: int) -> tuple[Array, Array, Array]:
-    """Sorted kept columns of each row padded to ``s`` slots (repeat last, 0 if empty)."""
-    r, c = block_mask.shape
-    # A row with more than s kept blocks (only possible when traced) keeps its first s.
-    counts = jnp.minimum(jnp.sum(block_mask, axis=1, dtype=jnp.int32), s)
-    order = jnp.argsort(~block_mask, axis=1, stable=True).astype(jnp.int32)  # kept first
-    if s > c:
-        order = jnp.concatenate([order, jnp.zeros((r, s - c), jnp.int32)], axis=1)
-    order = order[:, :s]
-    valid = jnp.arange(s, dtype=jnp.int32)[None, :] < counts[:, None]
-    last = jnp.take_along_axis(order, jnp.maximum(counts - 1, 0)[:, None], axis=1)
-    last = jnp.where(counts[:, None] > 0, last, 0)
-    return jnp.where(valid, order, last).astype(jnp.int32), counts, valid
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -326,34 +277,32 @@ def _bsr_block_mask(x: Array, mask: Array | None, bm: int, bn: int) -> tuple[Arr
     return x, jnp.any(mask.reshape(r, bm, c, bn), axis=(1, 3))
 
 
+def _gather_blocks(blocks: Array, index: BlockIndex) -> Array:
+    """``blocks [R, C, bm, bn]`` -> the kept ones ``[R, S, bm, bn]`` (zero in padded slots)."""
+    data = jnp.take_along_axis(blocks, index.indices[:, :, None, None], axis=1)
+    return jnp.where(index.valid()[:, :, None, None], data, jnp.zeros((), data.dtype))
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _bsr_pack(x: Array, block_mask: Array, bm: int, bn: int, s: int
               ) -> tuple[Array, Array, Array]:
     r, c = block_mask.shape
-    indices, counts, valid = _pack_rows(block_mask, s)
-    xb = x.reshape(r, bm, c, bn).transpose(0, 2, 1, 3)  # [R, C, bm, bn]
-    data = jnp.take_along_axis(xb, indices[:, :, None, None], axis=1)
-    data = jnp.where(valid[:, :, None, None], data, jnp.zeros((), x.dtype))
-    return data, indices, counts
-
-
-def _valid(indices: Array, counts: Array) -> Array:
-    return jnp.arange(indices.shape[-1], dtype=jnp.int32) < counts[..., None]
+    index = pack_blocks(block_mask, s)
+    data = _gather_blocks(x.reshape(r, bm, c, bn).transpose(0, 2, 1, 3), index)
+    return data, index.indices, index.counts
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _bsr_block_mask_of(indices: Array, counts: Array, c: int) -> Array:
-    r = indices.shape[0]
-    rows = jnp.broadcast_to(jnp.arange(r)[:, None], indices.shape)
-    return jnp.zeros((r, c), jnp.bool_).at[rows, indices].max(_valid(indices, counts))
+    return BlockIndex(indices, counts).to_keep(c)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _bsr_to_dense(data: Array, indices: Array, counts: Array, shape: tuple[int, int]) -> Array:
-    r, _, bm, bn = data.shape
+    r, s, bm, bn = data.shape
     c = shape[1] // bn
     rows = jnp.broadcast_to(jnp.arange(r)[:, None], indices.shape)
-    data = jnp.where(_valid(indices, counts)[:, :, None, None], data, jnp.zeros((), data.dtype))
+    data = jnp.where(slot_mask(counts, s)[:, :, None, None], data, jnp.zeros((), data.dtype))
     blocks = jnp.zeros((r, c, bm, bn), data.dtype).at[rows, indices].add(data)
     return blocks.transpose(0, 2, 1, 3).reshape(shape)
 
@@ -361,22 +310,18 @@ def _bsr_to_dense(data: Array, indices: Array, counts: Array, shape: tuple[int, 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _bsr_slot_table(indices: Array, counts: Array, c: int) -> tuple[Array, Array]:
     """``table[r, c]`` = slot of block ``(r, c)`` in row ``r`` or -1; kept blocks per column."""
-    r, s_old = indices.shape
-    rows = jnp.broadcast_to(jnp.arange(r)[:, None], indices.shape)
-    slots = jnp.broadcast_to(jnp.arange(s_old)[None, :], indices.shape)
-    table = jnp.full((r, c), -1, jnp.int32).at[rows, indices].max(
-        jnp.where(_valid(indices, counts), slots, -1))
+    table = BlockIndex(indices, counts).slot_table(c)
     return table, jnp.sum(table >= 0, axis=0, dtype=jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _bsr_transpose(data: Array, table: Array, s: int) -> tuple[Array, Array, Array]:
     c = table.shape[1]
-    t_idx, t_counts, t_valid = _pack_rows((table >= 0).T, s)
-    src_slot = table[t_idx, jnp.arange(c)[:, None]]  # [C, s]
-    blocks = data[t_idx, jnp.maximum(src_slot, 0)]  # [C, s, bm, bn]
-    blocks = jnp.where(t_valid[:, :, None, None], blocks, jnp.zeros((), data.dtype))
-    return blocks.transpose(0, 1, 3, 2), t_idx, t_counts
+    t = pack_blocks((table >= 0).T, s)
+    src_slot = table[t.indices, jnp.arange(c)[:, None]]  # [C, s]
+    blocks = data[t.indices, jnp.maximum(src_slot, 0)]  # [C, s, bm, bn]
+    blocks = jnp.where(t.valid()[:, :, None, None], blocks, jnp.zeros((), data.dtype))
+    return blocks.transpose(0, 1, 3, 2), t.indices, t.counts
 
 
 @jax.tree_util.register_pytree_node_class
@@ -393,6 +338,9 @@ class BlockSparse:
       fetches nothing new.
     * ``counts int32 [R]``: kept blocks per block row (``<= S``).
 
+    ``indices`` and ``counts`` are the shared block description, `block_index` (a
+    `sparsejax._blocks.BlockIndex`, the same record an attention `BlockMask` gives its kernels).
+
     Static auxiliary data: ``shape = (M, K)`` and ``block_shape = (bm, bn)``. ``S`` is a static
     array dimension. Leaves may carry leading batch axes (e.g. built under ``vmap``); ``shape``
     then describes each matrix.
@@ -403,6 +351,14 @@ class BlockSparse:
         counts: ``int32 [R]`` kept blocks per block row.
         shape: dense shape ``(M, K)``.
         block_shape: ``(bm, bn)``.
+
+    Products: `sparsejax.ops.bsr_matmul` (``a @ b``), `sparsejax.ops.dense_bsr_matmul`
+    (``x @ a``) and `sparsejax.ops.sddmm`; the ``@`` operator is registered by `sparsejax.ops`
+    (imported by ``import sparsejax``).
+
+    Gradients: ``indices``/``counts`` are integer leaves, so differentiate with respect to the
+    blocks, ``jax.grad(lambda d: loss(a.replace(data=d)))(a.data)``, or pass
+    ``allow_int=True``.
     """
 
     __array_priority__ = 100  # numpy defers ``ndarray @ BlockSparse`` to ``__rmatmul__``
@@ -427,10 +383,13 @@ class BlockSparse:
         return (f"BlockSparse(shape={self.shape}, block_shape={self.block_shape}, "
                 f"max_blocks_per_row={self.max_blocks_per_row}, dtype={self.dtype})")
 
-    def replace(self, **kwargs) -> BlockSparse:
+    def replace(self, **kwargs: Any) -> BlockSparse:
         """A copy with some fields replaced (e.g. ``a.replace(data=new_data)``)."""
         fields = dict(data=self.data, indices=self.indices, counts=self.counts, shape=self.shape,
                       block_shape=self.block_shape)
+        unknown = set(kwargs) - set(fields)
+        if unknown:
+            raise TypeError(f"`replace` takes fields {sorted(fields)}; got {sorted(unknown)}.")
         fields.update(kwargs)
         return BlockSparse(**fields)
 
@@ -467,25 +426,65 @@ class BlockSparse:
             ValueError: non-2-D ``x``, shape not divisible by ``block_shape``, mask of the wrong
                 shape, missing or too small ``max_blocks_per_row``.
         """
-        x = jnp.asarray(x)
-        _check_float(x, "x")
+        x = check_float_array(jnp.asarray(x), "x")
         if x.ndim != 2:
             raise ValueError(f"`x` must be a 2-D matrix [M, K]; got shape {x.shape} "
                              "(use jax.vmap for stacks).")
-        bm, bn = _check_block_shape(block_shape)
+        bm, bn = check_block_shape(block_shape, ndim=2)
         mdim, kdim = x.shape
         if mdim % bm or kdim % bn:
             raise ValueError(f"`x.shape` {x.shape} must be divisible by `block_shape` "
                              f"{(bm, bn)}; pad x to a multiple of the block first.")
         r, c = mdim // bm, kdim // bn
         if mask is not None:
-            mask = jnp.asarray(mask)
-            _check_bool(mask, "mask")
+            mask = check_bool_array(jnp.asarray(mask), "mask")
             if mask.shape not in ((r, c), x.shape):
                 raise ValueError(f"`mask` must be block-level {(r, c)} or element-level "
                                  f"{x.shape}; got shape {mask.shape}.")
         x, block_mask = _bsr_block_mask(x, mask, bm, bn)
         return cls._from_block_mask(x, block_mask, (bm, bn), max_blocks_per_row)
+
+    @classmethod
+    def from_block_index(
+        cls,
+        x: Float[Array, "M K"],
+        index: BlockIndex,
+        block_shape: tuple[int, int],
+    ) -> BlockSparse:
+        """The blocks of ``x`` listed by a `sparsejax._blocks.BlockIndex` (kept whole).
+
+        This is how one block description drives both kernels: the ``BlockIndex`` of an
+        attention `sparsejax.attention.BlockMask` (``mask.info()``, one batch row and head) or
+        of another ``BlockSparse`` becomes this matrix's ``indices``/``counts`` unchanged.
+        ``index.kinds`` is ignored (a partial block is kept whole). Works under ``jit``.
+
+        Args:
+            x: ``[M, K]`` float matrix, divisible by ``block_shape``.
+            index: ``indices [R, S]`` and ``counts [R]`` with ``R = M / bm`` block rows and
+                block columns ``< K / bn``.
+            block_shape: ``(bm, bn)``.
+
+        Returns:
+            The BSR matrix; ``to_dense()`` equals ``x`` on the listed blocks, zero elsewhere.
+
+        Raises:
+            TypeError: non-float ``x``, bad ``block_shape``.
+            ValueError: non-2-D or non-divisible ``x``, an index of the wrong number of rows.
+        """
+        x = check_float_array(jnp.asarray(x), "x")
+        bm, bn = check_block_shape(block_shape, ndim=2)
+        if x.ndim != 2 or x.shape[0] % bm or x.shape[1] % bn:
+            raise ValueError(f"`x` must be a 2-D matrix divisible by `block_shape` {(bm, bn)}; "
+                             f"got shape {x.shape}.")
+        r, c = x.shape[0] // bm, x.shape[1] // bn
+        indices = jnp.asarray(index.indices, jnp.int32)
+        counts = jnp.asarray(index.counts, jnp.int32)
+        if indices.ndim != 2 or indices.shape[0] != r or counts.shape != (r,):
+            raise ValueError(f"`index` must hold indices [R, S] and counts [R] with R = {r} block "
+                             f"rows; got {indices.shape} and {counts.shape}.")
+        blocks = x.reshape(r, bm, c, bn).transpose(0, 2, 1, 3)
+        data = _gather_blocks(blocks, BlockIndex(indices, counts))
+        return cls(data, indices, counts, x.shape, (bm, bn))
 
     @classmethod
     def _from_block_mask(cls, x: Array, block_mask: Array, block_shape: tuple[int, int],
@@ -494,7 +493,7 @@ class BlockSparse:
         mdim, kdim = x.shape
         r, c = block_mask.shape
         counts = jnp.sum(block_mask, axis=1, dtype=jnp.int32)
-        concrete = _is_concrete(block_mask)
+        concrete = is_concrete(block_mask)
         if max_blocks_per_row is None:
             if not concrete:
                 raise ValueError(
@@ -503,12 +502,7 @@ class BlockSparse:
                     f"in [1, {c}], e.g. the max kept blocks per row of your pattern.")
             s = max(1, int(np.max(np.asarray(counts), initial=0)))
         else:
-            if isinstance(max_blocks_per_row, bool) or not isinstance(
-                    max_blocks_per_row, int | np.integer):
-                raise TypeError(f"`max_blocks_per_row` must be an int; got {max_blocks_per_row!r}.")
-            s = int(max_blocks_per_row)
-            if s < 1:
-                raise ValueError(f"`max_blocks_per_row` must be >= 1; got {s}.")
+            s = check_int(max_blocks_per_row, "max_blocks_per_row", minimum=1)
             if concrete:
                 most = int(np.max(np.asarray(counts), initial=0))
                 if most > s:
@@ -553,14 +547,17 @@ class BlockSparse:
         """Fraction of blocks kept: ``sum(counts) / (R * C)`` (a scalar array)."""
         return jnp.sum(self.counts) / (self.n_block_rows * self.n_block_cols)
 
+    @property
+    def block_index(self) -> BlockIndex:
+        """The shared block description (``indices``, ``counts``; every kept block full)."""
+        return BlockIndex(self.indices, self.counts)
+
     def valid_slots(self) -> Bool[Array, "R S"]:
         """Bool ``[R, S]``: which slots hold a kept block."""
-        return _valid(self.indices, self.counts)
+        return slot_mask(self.counts, self.max_blocks_per_row)
 
     def block_mask(self) -> Bool[Array, "R C"]:
-        """The block-level mask ``[R, C]`` of kept blocks."""
-        if self.data.ndim > 4:
-            return jax.vmap(BlockSparse.block_mask)(self)
+        """The block-level mask ``[R, C]`` of kept blocks (``[..., R, C]`` for batched leaves)."""
         return _bsr_block_mask_of(self.indices, self.counts, self.n_block_cols)
 
     # -- conversion -----------------------------------------------------------------------
@@ -584,15 +581,13 @@ class BlockSparse:
             return jax.vmap(lambda a: a.transpose(max_blocks_per_row))(self)
         r = self.n_block_rows
         table, t_counts = _bsr_slot_table(self.indices, self.counts, self.n_block_cols)
-        if max_blocks_per_row is None and not _is_concrete(table):
+        if max_blocks_per_row is None and not is_concrete(table):
             max_blocks_per_row = r
         if max_blocks_per_row is None:
             s = max(1, int(np.max(np.asarray(t_counts), initial=0)))
         else:
-            s = int(max_blocks_per_row)
-            if s < 1:
-                raise ValueError(f"`max_blocks_per_row` must be >= 1; got {s}.")
-            if _is_concrete(t_counts) and int(np.max(np.asarray(t_counts), initial=0)) > s:
+            s = check_int(max_blocks_per_row, "max_blocks_per_row", minimum=1)
+            if is_concrete(t_counts) and int(np.max(np.asarray(t_counts), initial=0)) > s:
                 raise ValueError(f"`max_blocks_per_row`={s} is smaller than the kept blocks of "
                                  "some block column.")
         blocks, t_idx, t_counts = _bsr_transpose(self.data, table, s)
@@ -603,14 +598,3 @@ class BlockSparse:
     def T(self) -> BlockSparse:  # noqa: N802
         """Shorthand for `transpose`."""
         return self.transpose()
-
-    # -- products -------------------------------------------------------------------------
-    def __matmul__(self, b):
-        from sparsejax.ops import bsr_matmul
-
-        return bsr_matmul(self, b)
-
-    def __rmatmul__(self, x):
-        from sparsejax.ops import dense_bsr_matmul
-
-        return dense_bsr_matmul(x, self)

@@ -1,14 +1,25 @@
 """Leaf selectors: which leaves of a pytree a transform touches.
 
-A ``where`` selector is ``None`` (float arrays with ``ndim >= 2``), a callable
-``(path, leaf) -> bool``, or a glob string / sequence of globs matched with ``fnmatch`` against the
-slash path (``"dense_0/kernel"``) and against ``jax.tree_util.keystr(path)``. Only float arrays are
-ever selected.
+A ``where`` selector is one of:
+
+* ``None`` (the default): float arrays with ``ndim >= 2`` (kernels, not biases or norms), **except
+  embedding tables**: leaves named ``embedding`` (Flax ``nnx.Embed`` / ``linen.Embed``) or
+  ``embeddings`` (Haiku ``Embed``), and the ``weight`` of every Equinox ``nn.Embedding`` in the tree
+  (found when `select` is given the tree). Pruning an embedding table removes whole token
+  vectors' entries, which is rarely meant; select them explicitly with a glob to prune them;
+* a callable ``(path, leaf) -> bool`` with ``path`` a ``jax.tree_util`` key path;
+* a glob string (or a sequence of globs, any of which may match) tested with ``fnmatch`` against
+  the leaf's slash path (``"dense_0/kernel"``, see `path_str`) and against
+  ``jax.tree_util.keystr(path)`` (``"['dense_0']['kernel']"``).
+
+``exclude`` (a glob or sequence of globs, same matching) removes leaves from any selector. Only
+float arrays are ever selected (integer counters and PRNG keys never are).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,13 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr
 
-__all__ = ["Where", "path_str", "select"]
+from sparsejax._checks import _is_none, must_be  # noqa: F401 - _is_none re-exported for the tree modules
+
+__all__ = ["EMBEDDING_NAMES", "Where", "matches", "path_str", "select"]
 
 Where = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
-
-def _is_none(x: Any) -> bool:
-    return x is None
+#: Leaf names the default selector treats as embedding tables (Flax, Haiku).
+EMBEDDING_NAMES = ("embedding", "embeddings")
 
 
 def _is_float_array(x: Any) -> bool:
@@ -49,22 +61,70 @@ def path_str(path: tuple) -> str:
     return "/".join(parts)
 
 
-def select(where: Where = None) -> Callable[[tuple, Any], bool]:
-    """Turn a ``where`` selector (see the module docstring) into a ``(path, leaf) -> bool``."""
-    if where is None:
-        return lambda path, leaf: _is_float_array(leaf) and leaf.ndim >= 2
-    if callable(where):
-        return lambda path, leaf: _is_float_array(leaf) and bool(where(path, leaf))
-    patterns = [where] if isinstance(where, str) else (
-        list(where) if isinstance(where, list | tuple) else [])
+def _globs(value: Any, name: str) -> list[str]:
+    patterns = [value] if isinstance(value, str) else (
+        list(value) if isinstance(value, list | tuple) else [])
     if not patterns or not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"where must be None, a callable (path, leaf) -> bool, a glob string or a "
-                        f"sequence of glob strings, got {where!r}")
+        raise TypeError(must_be(name, "None, a callable (path, leaf) -> bool, a glob string or "
+                                "a sequence of glob strings", value))
+    return patterns
 
-    def by_glob(path, leaf):
-        if not _is_float_array(leaf):
-            return False
-        names = (path_str(path), keystr(path))
-        return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
 
-    return by_glob
+def matches(path: tuple, globs: str | Sequence[str]) -> bool:
+    """Whether a key path matches a glob (or any of several) as its slash path or its ``keystr``."""
+    globs = [globs] if isinstance(globs, str) else globs
+    names = (path_str(path), keystr(path))
+    return any(fnmatch.fnmatchcase(n, g) for g in globs for n in names)
+
+
+def _equinox_embedding_paths(tree: Any) -> set[str]:
+    """Slash paths of the ``weight`` of every Equinox ``nn.Embedding`` in ``tree``."""
+    eqx = sys.modules.get("equinox")
+    if eqx is None or tree is None:
+        return set()
+    is_emb = lambda x: isinstance(x, eqx.nn.Embedding)  # noqa: E731
+    found = set()
+    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_emb)[0]:
+        if is_emb(node):
+            prefix = path_str(path)
+            found.add(f"{prefix}/weight" if prefix else "weight")
+    return found
+
+
+def _is_embedding(path: tuple) -> bool:
+    name = path_str(path).rsplit("/", 1)[-1]
+    return name in EMBEDDING_NAMES
+
+
+def select(where: Where = None, *, exclude: str | Sequence[str] | None = None,
+           tree: Any = None) -> Callable[[tuple, Any], bool]:
+    """Turn a ``where`` selector (see the module docstring) into a ``(path, leaf) -> bool``.
+
+    Args:
+        where: the selector; ``None`` selects float kernels (``ndim >= 2``) except embeddings.
+        exclude: glob(s) of leaves never selected.
+        tree: the pytree the selector will be applied to; lets the default selector find Equinox
+            ``nn.Embedding`` weights (their path alone, ``".../weight"``, does not say so).
+
+    Returns:
+        a predicate ``(path, leaf) -> bool``, ``False`` for every non-float leaf.
+    """
+    excluded = _globs(exclude, "exclude") if exclude is not None else []
+    if where is None:
+        eqx_embeddings = _equinox_embedding_paths(tree)
+
+        def chosen(path, leaf):
+            return (_is_float_array(leaf) and leaf.ndim >= 2 and not _is_embedding(path)
+                    and path_str(path) not in eqx_embeddings)
+    elif callable(where):
+        def chosen(path, leaf):
+            return _is_float_array(leaf) and bool(where(path, leaf))
+    else:
+        patterns = _globs(where, "where")
+
+        def chosen(path, leaf):
+            return _is_float_array(leaf) and matches(path, patterns)
+
+    if not excluded:
+        return chosen
+    return lambda path, leaf: chosen(path, leaf) and not matches(path, excluded)

@@ -17,7 +17,7 @@ from sparsejax.attention import (
     sliding_window_mask,
     stack_heads,
 )
-from sparsejax.attention._xla import _split_counts
+from sparsejax.attention.xla import _split_counts
 
 
 def qkv(batch, heads, kv_heads, lq, lk, d, dtype=jnp.float32, seed=0):
@@ -227,12 +227,38 @@ def test_pallas_bf16_and_grad(backend):
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_on_device_gpu(dtype):
+    """Compiled on a GPU only (benchmarks/device_check.py runs it): forward with a static and a
+    dynamic mask, and the backward through custom_vjp, against the float64 oracle."""
+    if jax.default_backend() not in ("gpu", "cuda", "rocm"):
+        pytest.skip(f"needs a GPU; this host runs {jax.default_backend()}")
+    static = causal_mask(512, block_q=64, block_kv=64) | random_mask((1, 1, 512, 512), 64, 64, 0.1)
+    q, k, v = qkv(1, 4, 2, 512, 512, 64, dtype=dtype, seed=3)
+    # f32 matmuls may run as TF32 on the device: loose tolerances for both dtypes
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == jnp.bfloat16 else dict(atol=1e-2, rtol=1e-2)
+    oracle = plain_softmax_attention(q, k, v, static.to_dense(), 0.125)
+    got = run("pallas_gpu", q, k, v, static, interpret=False)
+    np.testing.assert_allclose(np.asarray(got, np.float32), oracle, **tol)
+    dense = jnp.asarray(np.random.default_rng(4).random((1, 4, 512, 512)) < 0.2)
+    dyn = jax.jit(lambda q, k, v, d: attention(q, k, v, BlockMask.from_dense(d, 64, 64),
+                                               backend="pallas_gpu", interpret=False))
+    oracle = plain_softmax_attention(q, k, v, np.asarray(dense), 0.125)
+    np.testing.assert_allclose(np.asarray(dyn(q, k, v, dense), np.float32), oracle, **tol)
+    qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))
+    loss = lambda be, q, k, v: jnp.sum(attention(q, k, v, static, backend=be) * jnp.cos(q))
+    grads = jax.jit(jax.grad(functools.partial(loss, "pallas_gpu"), (0, 1, 2)))(qf, kf, vf)
+    grads_ref = jax.jit(jax.grad(functools.partial(loss, "reference"), (0, 1, 2)))(qf, kf, vf)
+    for a, b in zip(grads, grads_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-2, rtol=2e-2)
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
 def test_errors():
     q, k, v = qkv(1, 4, 2, 16, 16, 8)
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="`?backend`? must be one of"):
         attention(q, k, v, backend="cuda")
     with pytest.raises(ValueError, match="q must have shape"):
         attention(q[0], k, v)

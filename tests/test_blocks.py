@@ -85,3 +85,96 @@ def test_pack_blocks_kinds_and_inverse():
         pack_blocks(block_map != EMPTY, kinds=block_map[0])
     with pytest.raises(ValueError, match="block grid"):
         pack_blocks(np.ones((3,), bool))
+
+
+# ---------------------------------------------------------------------------------------------
+# one mask drives an attention and a block-sparse matmul
+# ---------------------------------------------------------------------------------------------
+
+
+def _np_attention(q, k, v, keep):
+    s = np.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    s = np.where(keep, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum("bhqk,bhkd->bhqd", p / p.sum(-1, keepdims=True), v)
+
+
+def test_block_mask_drives_attention_and_block_sparse_matmul():
+    from sparsejax import ops
+    from sparsejax.attention import BlockMask, attention
+
+    seq, blk = 64, 16
+    rng = np.random.default_rng(0)
+    keep_blocks = rng.random((4, 4)) < 0.5
+    keep_blocks[np.arange(4), np.arange(4)] = True  # every query row keeps a block
+    mask = BlockMask.from_blocks(keep_blocks[None, None], blk, blk, seq, seq)
+    q, k, v = (rng.standard_normal((1, 2, seq, 8)).astype(np.float32) for _ in range(3))
+    token_keep = np.kron(keep_blocks, np.ones((blk, blk))).astype(bool)
+    got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, backend="xla")
+    np.testing.assert_allclose(got, _np_attention(q, k, v, token_keep), rtol=1e-5, atol=1e-5)
+
+    w = rng.standard_normal((seq, seq)).astype(np.float32)
+    b = rng.standard_normal((seq, 5)).astype(np.float32)
+    a = ops.block_sparse_from_mask(jnp.asarray(w), mask)
+    np.testing.assert_array_equal(a.indices, mask.info().indices[0, 0])  # the same block index
+    np.testing.assert_array_equal(a.counts, mask.info().counts[0, 0])
+    np.testing.assert_array_equal(a.block_mask(), keep_blocks)
+    y = ops.bsr_matmul(a, jnp.asarray(b), backend="xla")
+    np.testing.assert_allclose(y, (w * token_keep) @ b, rtol=1e-5, atol=1e-4)
+
+    back = ops.block_mask_from_sparse(a)
+    assert back.is_static and back.block_map.shape == (1, 1, 4, 4)
+    np.testing.assert_array_equal(back.block_map[0, 0], np.where(keep_blocks, FULL, EMPTY))
+    np.testing.assert_array_equal(back.to_dense()[0, 0], token_keep)
+    dyn = jax.jit(lambda a: ops.block_mask_from_sparse(a).block_map)(a)
+    np.testing.assert_array_equal(dyn, back.block_map)
+    with pytest.raises(ValueError, match="mask's shape"):
+        ops.block_sparse_from_mask(jnp.ones((32, 64)), mask)
+    with pytest.raises(TypeError, match="BlockMask"):
+        ops.block_sparse_from_mask(jnp.ones((64, 64)), keep_blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# one dispatcher: platform choice, interpret default, fallback only on NotSupportedError
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dispatcher_platforms_and_interpret(monkeypatch):
+    from sparsejax import _backend
+
+    assert _backend.resolve_backend("auto") == "xla"  # CPU host
+    assert _backend.resolve_interpret(None) is True
+    for where, want in (("gpu", "pallas_gpu"), ("cuda", "pallas_gpu"), ("rocm", "pallas_gpu"),
+                        ("tpu", "pallas_tpu")):
+        monkeypatch.setattr(_backend, "platform", lambda where=where: where)
+        assert _backend.resolve_backend("auto") == want
+        assert _backend.resolve_interpret(None) is False
+        assert _backend.resolve_backend("auto", allowed=("auto", "reference", "xla")) == "xla"
+    assert _backend.resolve_interpret(True) is True and _backend.resolve_backend("xla") == "xla"
+    with pytest.raises(ValueError, match="`backend` must be one of"):
+        _backend.resolve_backend("cuda")
+
+
+def test_auto_falls_back_only_on_not_supported(monkeypatch):
+    from sparsejax import _backend, ops
+    from sparsejax.attention import attention, causal_mask
+    from sparsejax.formats import BlockSparse
+
+    monkeypatch.setattr(_backend, "platform", lambda: "gpu")  # auto -> pallas_gpu, compiled
+    x = jax.random.normal(jax.random.PRNGKey(0), (48, 48))
+    a = BlockSparse.from_dense(x, (24, 24), np.array([[True, False], [True, True]]))
+    b = jnp.ones((48, 3))
+    want = np.asarray(a.to_dense()) @ np.asarray(b)
+    np.testing.assert_allclose(ops.bsr_matmul(a, b), want, rtol=1e-5, atol=1e-4)  # fell back
+    with pytest.raises(_backend.UnsupportedShapeError, match="power of two"):
+        ops.bsr_matmul(a, b, backend="pallas_gpu")
+    with pytest.raises(ValueError, match="K = a.shape"):  # bad input is not "not supported"
+        ops.bsr_matmul(a, jnp.ones((40, 3)))
+
+    q = jax.random.normal(jax.random.PRNGKey(1), (1, 2, 24, 8))
+    mask = causal_mask(24, block_q=8, block_kv=8)  # 8 is below Triton's 16
+    ref = attention(q, q, q, mask, backend="reference")
+    np.testing.assert_allclose(attention(q, q, q, mask), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(_backend.UnsupportedShapeError, match="`block_q` must be a power of two >= 16.*; got 8"):
+        attention(q, q, q, mask, backend="pallas_gpu")
+    assert issubclass(_backend.UnsupportedDtypeError, TypeError)

@@ -1,19 +1,15 @@
 """ISTA / FISTA against scikit-learn's Lasso; LISTA against ISTA."""
 
-import equinox as eqx
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 from hypothesis import given, settings
 from sklearn.linear_model import Lasso
 
 from sparsejax.dictionary import (
-    LISTA,
-    LISTAModule,
     fista,
     ista,
     lasso_objective,
@@ -116,20 +112,6 @@ def test_lista_at_init_equals_ista_and_trains():
     for _ in range(50):
         params, state = step(params, state)
     assert float(loss(params)) < 0.7 * l0
-
-
-def test_lista_equinox_and_nnx_modules():
-    d, y = _problem(5)
-    dj, yj = jnp.asarray(d, jnp.float32), jnp.asarray(y, jnp.float32)
-    ref = ista(dj, yj, 0.1, n_iter=3)
-    m = LISTA(dj, 0.1, 3)
-    np.testing.assert_allclose(m(yj), ref, atol=1e-5)
-    g = eqx.filter_grad(lambda m: jnp.sum(m(yj) ** 2))(m)
-    assert g.threshold.shape == (3,)
-    n = LISTAModule(dj, 0.1, 3)
-    np.testing.assert_allclose(n(yj), ref, atol=1e-5)
-    grads = nnx.grad(lambda mod: jnp.sum(mod(yj) ** 2))(n)
-    assert grads.lateral[...].shape == (50, 50)
 
 
 @pytest.mark.parametrize(

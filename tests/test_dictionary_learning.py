@@ -123,9 +123,9 @@ def test_atom_recovery_by_hand():
     [
         (ksvd, dict(data=np.ones(5)), ValueError, "2-D"),
         (ksvd, dict(data=np.ones((4, 3), np.int32)), TypeError, "floating"),
-        (ksvd, dict(k=None), ValueError, "`k` must be an int"),
-        (ksvd, dict(k=9), ValueError, "n_atoms=6"),
-        (ksvd, dict(method="svd"), ValueError, "'omp' or 'lasso'"),
+        (ksvd, dict(k=None), TypeError, "`k` must be a Python int"),
+        (ksvd, dict(k=9), ValueError, "`k` must be <= 6; got 9"),
+        (ksvd, dict(method="svd"), ValueError, "`method` must be one of"),
         (ksvd, dict(method="lasso"), ValueError, "alpha"),
         (ksvd, dict(init=np.ones((2, 2))), ValueError, "`init`"),
         (minibatch_dictionary_learning, dict(batch_size=0), ValueError, "batch_size"),

@@ -376,7 +376,7 @@ def test_geometric_median_errors():
         S.geometric_median(jnp.zeros((0, 3)))
     with pytest.raises(ValueError, match="weights must have shape"):
         S.geometric_median(jnp.zeros((4, 3)), jnp.ones(3))
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="`eps` must be > 0"):
         S.geometric_median(jnp.zeros((4, 3)), eps=0.0)
     with pytest.raises(TypeError, match="floating-point"):
         S.geometric_median(jnp.zeros((4, 3), jnp.int32))
@@ -424,7 +424,7 @@ def test_ce_loss_recovered():
     np.testing.assert_allclose(half["score"], ref, rtol=1e-5)
     mean = S.ce_loss_recovered(loss_fn, x, x.mean(0) + 0 * x, ablation="mean")
     assert float(mean["score"]) == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="ablation must be one of"):
+    with pytest.raises(ValueError, match="`ablation` must be one of"):
         S.ce_loss_recovered(loss_fn, x, x, ablation="resample")
     with pytest.raises(TypeError, match="loss_fn must be callable"):
         S.ce_loss_recovered(None, x, x)
@@ -600,19 +600,19 @@ def test_dead_latent_tracker():
 
 
 def test_config_and_input_errors():
-    with pytest.raises(ValueError, match="activation must be one of"):
+    with pytest.raises(ValueError, match="`activation` must be one of"):
         S.SAEConfig(4, 8, activation="softmax")
-    with pytest.raises(ValueError, match="k must be <= 8"):
+    with pytest.raises(ValueError, match="`k` must be <= 8"):
         S.SAEConfig(4, 8, k=9)
-    with pytest.raises(TypeError, match="k must be a Python int"):
+    with pytest.raises(TypeError, match="`k` must be a Python int"):
         S.SAEConfig(4, 8, k=2.0)
     with pytest.raises(ValueError, match="set transcoder=True"):
         S.SAEConfig(4, 8, k=2, d_out=3)
     with pytest.raises(ValueError, match="not allowed for transcoders"):
         S.SAEConfig(4, 8, k=2, transcoder=True, apply_b_dec_to_input=True)
-    with pytest.raises(ValueError, match="jumprelu_bandwidth must be > 0"):
+    with pytest.raises(ValueError, match="`jumprelu_bandwidth` must be > 0"):
         S.SAEConfig(4, 8, k=2, jumprelu_bandwidth=0.0)
-    with pytest.raises(ValueError, match="topk_order must be one of"):
+    with pytest.raises(ValueError, match="`topk_order` must be one of"):
         S.SAEConfig(4, 8, k=2, topk_order="sorted")
     cfg = S.SAEConfig(4, 8, k=2)
     params = S.init_sae(jax.random.PRNGKey(0), cfg)
@@ -633,27 +633,27 @@ def test_config_and_input_errors():
 
 def test_activation_errors():
     pre = jnp.zeros((3, 8))
-    with pytest.raises(ValueError, match="k must be <= 8"):
+    with pytest.raises(ValueError, match="`k` must be <= 8"):
         S.topk(pre, 9)
-    with pytest.raises(ValueError, match="k must be >= 1"):
+    with pytest.raises(ValueError, match="`k` must be >= 1"):
         S.abs_topk(pre, 0)
-    with pytest.raises(ValueError, match="order must be one of"):
+    with pytest.raises(ValueError, match="`order` must be one of"):
         S.topk(pre, 2, order="abs")
     with pytest.raises(TypeError, match="floating-point"):
         S.batch_topk(jnp.zeros((3, 8), jnp.int32), 2)
-    with pytest.raises(ValueError, match="total must be <= 24"):
+    with pytest.raises(ValueError, match="`total` must be <= 24"):
         S.mutual_choice(pre, 25)
-    with pytest.raises(ValueError, match="m must be <= 3"):
+    with pytest.raises(ValueError, match="`m` must be <= 3"):
         S.feature_choice(pre, 4)
     with pytest.raises(ValueError, match="m as an array must have shape"):
         S.feature_choice(pre, jnp.ones(7, jnp.int32))
     with pytest.raises(TypeError, match="integer array"):
         S.feature_choice(pre, jnp.ones(8))
-    with pytest.raises(ValueError, match="bandwidth must be > 0"):
+    with pytest.raises(ValueError, match="`bandwidth` must be > 0"):
         S.jumprelu(pre, jnp.zeros(8), 0.0)
-    with pytest.raises(ValueError, match="dead_mask must have shape"):
+    with pytest.raises(ValueError, match="`dead_mask` must be of shape"):
         S.auxk_loss(pre, jnp.zeros((3, 2)), jnp.zeros((8, 2)), jnp.ones(7, bool), 2)
-    with pytest.raises(ValueError, match="fraction must be <= 1"):
+    with pytest.raises(ValueError, match="`fraction` must be <= 1"):
         S.underutilised_mask(jnp.ones(8), fraction=2.0)
     with pytest.raises(ValueError, match="same shape"):
         S.remove_parallel_component(jnp.zeros((3, 2)), jnp.zeros((2, 3)))

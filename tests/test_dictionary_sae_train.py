@@ -60,9 +60,9 @@ def test_train_sae_transcoder_geometric_median_and_errors():
         S.train_sae(jax.random.PRNGKey(0), x, plain, steps=1, targets=y, progress=False)
     with pytest.raises(ValueError, match="data must have shape"):
         S.train_sae(jax.random.PRNGKey(0), x[:, :7], plain, steps=1, progress=False)
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="`steps` must be >= 1"):
         S.train_sae(jax.random.PRNGKey(0), x, plain, steps=0, progress=False)
-    with pytest.raises(ValueError, match="b_dec_init must be one of"):
+    with pytest.raises(ValueError, match="`b_dec_init` must be one of"):
         S.train_sae(jax.random.PRNGKey(0), x, plain, steps=1, b_dec_init="median",
                     progress=False)
 

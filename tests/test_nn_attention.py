@@ -95,6 +95,7 @@ def test_errors():
         layer(jnp.ones((1, L, F)), lambda q, k: None)
 
 
+@pytest.mark.slow
 def test_demo_stage_runs_quick():
     from sparsejax.demo import attention as stage
     from sparsejax.demo.context import make_context

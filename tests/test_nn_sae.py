@@ -28,7 +28,7 @@ def test_nnx_module_step_keeps_unit_decoder_and_updates_state():
         return metrics
 
     # the optax transform finds W_dec inside an NNX state and removes the parallel part
-    grads = nnx.grad(lambda m: m.loss(x)[0])(nnx.clone(model))
+    grads = nnx.jit(nnx.grad(lambda m: m.loss(x)[0]))(nnx.clone(model))
     params = nnx.state(model, nnx.Param)
     tx = S.remove_decoder_parallel_grads()
     upd, _ = tx.update(grads, tx.init(params), params)

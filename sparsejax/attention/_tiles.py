@@ -1,38 +1,27 @@
-"""Kernel-side preparation shared by the block-sparse backends: padding, row layouts, mask tiles."""
+"""Kernel-side preparation shared by the attention backends: kernel metadata, mask tiles, padding."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax.attention.mask import EMPTY, FULL, PARTIAL, BlockMask
+from sparsejax._blocks import EMPTY, FULL, PARTIAL, BlockIndex
+from sparsejax._pallas import pad_axis
+from sparsejax.attention.mask import BlockMask
 
 
-class KernelBlocks(NamedTuple):
-    """Per-entry kernel metadata, with the ragged last KV block demoted from full to partial.
-
-    Attributes:
-        kv_indices: ``int32[Bm, Hm, nq, K]`` kept KV-block indices (padding repeats the last one).
-        counts: ``int32[Bm, Hm, nq]`` kept entries per row.
-        kinds: ``int8[Bm, Hm, nq, K]`` EMPTY (padding) / PARTIAL / FULL.
-    """
-
-    kv_indices: jnp.ndarray
-    counts: jnp.ndarray
-    kinds: jnp.ndarray
-
-
-def kernel_blocks(mask: BlockMask) -> KernelBlocks:
+def kernel_blocks(mask: BlockMask) -> BlockIndex:
     """The mask's `BlockMask.info` with full blocks that cross ``seq_kv`` marked partial."""
     info = mask.info()
-    kinds = info.block_kinds
+    kinds = info.kinds
     if mask.seq_kv % mask.block_kv:
         xp = np if isinstance(kinds, np.ndarray) else jnp
-        ragged = (info.kv_indices == mask.num_kv_blocks - 1) & (kinds == FULL)
+        ragged = (info.indices == mask.num_kv_blocks - 1) & (kinds == FULL)
         kinds = xp.where(ragged, PARTIAL, kinds).astype(xp.int8)
-    return KernelBlocks(info.kv_indices, info.counts, kinds)
+    return info._replace(kinds=kinds)
 
 
 def may_have_partial(mask: BlockMask) -> bool:
@@ -51,7 +40,7 @@ def tile_mask(
     return mask.predicate(b, h, q_pos, kv_pos) & (kv_pos < mask.seq_kv)
 
 
-def partial_tiles(mask: BlockMask, blocks: KernelBlocks):
+def partial_tiles(mask: BlockMask, blocks: BlockIndex):
     """Compacted partial-block tiles and, per entry, the tile to fetch (cf. splash ``mask_next``).
 
     Returns:
@@ -76,7 +65,7 @@ def partial_tiles(mask: BlockMask, blocks: KernelBlocks):
     bi, hi, qi = (jnp.asarray(a) for a in grid[:3])
     e = jnp.asarray(entries)
     b, h, i = bi[e], hi[e], qi[e]
-    kv_block = jnp.asarray(blocks.kv_indices).reshape(-1)[e]
+    kv_block = jnp.asarray(blocks.indices).reshape(-1)[e]
     q_pos = i[:, None, None] * bq + jnp.arange(bq)[None, :, None]
     kv_pos = kv_block[:, None, None] * bk + jnp.arange(bk)[None, None, :]
     tiles = tile_mask(mask, b[:, None, None], h[:, None, None], q_pos, kv_pos)
@@ -84,14 +73,42 @@ def partial_tiles(mask: BlockMask, blocks: KernelBlocks):
     return tiles, jnp.asarray(rank).reshape(shape)
 
 
-def pad_axis(x: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
-    """Zero-pad ``x`` along ``axis`` up to ``size``."""
-    extra = size - x.shape[axis]
-    if extra == 0:
-        return x
-    pads = [(0, 0)] * x.ndim
-    pads[axis] = (0, extra)
-    return jnp.pad(x, pads)
+class Prologue(NamedTuple):
+    """What both Pallas attention kernels start from (one place for geometry and padding).
+
+    Attributes:
+        q: ``[B, Hq, nq * block_q, D]`` zero-padded queries.
+        k: ``[B, Hkv, nk * block_kv, D]`` zero-padded keys.
+        v: ``[B, Hkv, nk * block_kv, Dv]`` zero-padded values.
+        blocks: `kernel_blocks` of the mask.
+        tiles: ``int8[P, block_q, block_kv]`` partial-block tiles (`partial_tiles`).
+        mask_next: ``int32[Bm, Hm, nq, K]`` tile of each slot.
+        groups: query heads per KV head.
+    """
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    blocks: BlockIndex
+    tiles: jax.Array
+    mask_next: jax.Array
+    groups: int
 
 
-__all__ = ["EMPTY", "FULL", "PARTIAL", "KernelBlocks", "kernel_blocks", "partial_tiles"]
+def prologue(q: jax.Array, k: jax.Array, v: jax.Array, mask: BlockMask) -> Prologue:
+    """Kernel metadata, partial tiles and padded ``q``/``k``/``v`` for a Pallas attention kernel."""
+    blocks = kernel_blocks(mask)
+    tiles, mnext = partial_tiles(mask, blocks)
+    nq, nk = mask.num_q_blocks, mask.num_kv_blocks
+    return Prologue(
+        pad_axis(q, 2, nq * mask.block_q),
+        pad_axis(k, 2, nk * mask.block_kv),
+        pad_axis(v, 2, nk * mask.block_kv),
+        blocks,
+        tiles,
+        mnext,
+        q.shape[1] // k.shape[1],
+    )
+
+
+__all__ = ["EMPTY", "FULL", "PARTIAL", "Prologue", "kernel_blocks", "partial_tiles", "prologue"]

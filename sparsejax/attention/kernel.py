@@ -9,7 +9,14 @@ Backends (``backend=``):
   fetch nothing, full blocks skip masking, online softmax in VMEM scratch;
 * ``"pallas_gpu"``: Pallas (Triton) GPU kernel: one program per (batch, head, query block) loops
   over its kept KV blocks only, online softmax;
-* ``"auto"``: ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU, ``xla`` elsewhere.
+* ``"auto"``: ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU, ``xla`` elsewhere; a kernel that
+  raises `sparsejax._backend.NotSupportedError` (e.g. a block size Triton cannot tile) falls
+  back to ``xla``.
+
+Dispatch (keyword-only ``backend=``, ``interpret=None`` meaning "interpret exactly on CPU") is
+`sparsejax._backend`'s, shared with `sparsejax.ops`; the backend modules are named as in ``ops``:
+``sparsejax.attention.reference``, ``.xla``, ``.pallas_tpu``, ``.pallas_gpu``, each with one
+``attention(q, k, v, mask, scale)`` function.
 
 The Pallas kernels compute the forward pass; their backward pass is the gradient of the ``xla``
 path (recomputed from ``q``, ``k``, ``v``), so every backend is differentiable.
@@ -23,12 +30,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from sparsejax.attention._reference import masked_softmax_attention
-from sparsejax.attention._xla import xla_attention
+from sparsejax._backend import (
+    BACKENDS,
+    backend_module,
+    resolve_backend,
+    resolve_interpret,
+    with_fallback,
+)
+from sparsejax.attention import xla
 from sparsejax.attention.mask import BlockMask
 from sparsejax.attention.static import DEFAULT_BLOCK, causal_mask, full_mask
 
-BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
 _FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -100,15 +112,6 @@ def _validate(q, k, v):
         )
 
 
-def _pick_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        return backend
-    platform = jax.default_backend()
-    return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(platform, "xla")
-
-
 def _with_xla_grad(forward, q, k, v, mask, scale):
     """Run ``forward`` but differentiate through the xla path (recomputation).
 
@@ -124,7 +127,7 @@ def _with_xla_grad(forward, q, k, v, mask, scale):
             return forward(q, k, v, mask), (q, k, v)
 
         def g_bwd(res, ct):
-            _, vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask, scale), *res)
+            _, vjp = jax.vjp(lambda q, k, v: xla.attention(q, k, v, mask, scale), *res)
             return vjp(ct)
 
         g.defvjp(g_fwd, g_bwd)
@@ -139,7 +142,7 @@ def _with_xla_grad(forward, q, k, v, mask, scale):
 
     def bwd(res, g):
         q, k, v, mask = res
-        _, vjp = jax.vjp(lambda q, k, v: xla_attention(q, k, v, mask, scale), q, k, v)
+        _, vjp = jax.vjp(lambda q, k, v: xla.attention(q, k, v, mask, scale), q, k, v)
         dq, dk, dv = vjp(g)
         return dq, dk, dv, jax.tree_util.tree_map(_zero_cotangent, mask)
 
@@ -182,7 +185,8 @@ def attention(
         causal: Also apply a causal mask (``j <= i``).
         scale: Logit scale; default ``1 / sqrt(dim)``.
         backend: ``"auto"``, ``"reference"``, ``"xla"``, ``"pallas_tpu"`` or ``"pallas_gpu"``.
-        interpret: Run a Pallas backend in interpret mode (default: when not on its platform).
+        interpret: Run a Pallas backend in interpret mode; ``None`` (default): exactly when JAX's
+            default platform is the CPU.
 
     Returns:
         ``[batch, heads, seq_q, dim_v]`` in ``q.dtype``.
@@ -197,25 +201,21 @@ def attention(
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
         raise TypeError(f"scale must be a Python float or None, got {scale!r}")
     scale = float(scale)
-    name = _pick_backend(backend)
+    name = resolve_backend(backend)
     mask = resolve_mask(
         mask, causal=causal, batch=batch, heads=heads, seq_q=seq_q, seq_kv=seq_kv
     )
-    if name == "reference":
-        return masked_softmax_attention(q, k, v, mask.to_dense(), scale)
-    if name == "xla":
-        return xla_attention(q, k, v, mask, scale)
-    if name == "pallas_tpu":
-        from sparsejax.attention._pallas_tpu import pallas_tpu_attention
+    if name in ("reference", "xla"):
+        return backend_module("sparsejax.attention", name).attention(q, k, v, mask, scale)
+    kernel = backend_module("sparsejax.attention", name).attention
+    run_interpret = resolve_interpret(interpret)
 
-        run_interpret = jax.default_backend() != "tpu" if interpret is None else interpret
-        fwd = lambda q, k, v, m: pallas_tpu_attention(q, k, v, m, scale, interpret=run_interpret)
-        return _with_xla_grad(fwd, q, k, v, mask, scale)
-    from sparsejax.attention._pallas_gpu import pallas_gpu_attention
+    def fwd(q, k, v, m):
+        return kernel(q, k, v, m, scale, interpret=run_interpret)
 
-    run_interpret = jax.default_backend() != "gpu" if interpret is None else interpret
-    fwd = lambda q, k, v, m: pallas_gpu_attention(q, k, v, m, scale, interpret=run_interpret)
-    return _with_xla_grad(fwd, q, k, v, mask, scale)
+    run = with_fallback(lambda: _with_xla_grad(fwd, q, k, v, mask, scale),
+                        lambda: xla.attention(q, k, v, mask, scale), auto=backend == "auto")
+    return run()
 
 
 def dense_attention(

@@ -11,6 +11,8 @@ STAGES: dict[str, str] = {
     "block_sparse": "sparsejax.demo.block_sparse",
     "attention": "sparsejax.demo.attention",
     "sae": "sparsejax.demo.sae",
+    "oneshot": "sparsejax.demo.oneshot",
+    "ssvi": "sparsejax.demo.ssvi",
     "training": "sparsejax.demo.training",
 }
 

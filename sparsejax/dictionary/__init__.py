@@ -10,8 +10,6 @@ from sparsejax.dictionary.cospadi import (
     truncated_svd,
 )
 from sparsejax.dictionary.lasso import (
-    LISTA,
-    LISTAModule,
     fista,
     ista,
     lasso_objective,
@@ -90,8 +88,6 @@ from sparsejax.dictionary.transplant import (
 __all__ = [
     "ACTIVATIONS",
     "CoSpaDiResult",
-    "LISTA",
-    "LISTAModule",
     "OnlineDictionaryState",
     "SAEConfig",
     "SAEOutput",

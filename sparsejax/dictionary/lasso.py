@@ -14,15 +14,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 from jaxtyping import Array, Float
 
+from sparsejax._checks import check_int
+
 __all__ = [
-    "LISTA",
-    "LISTAModule",
     "fista",
     "ista",
     "lasso_objective",
@@ -74,8 +72,7 @@ def _validate(name, dictionary, signals, alpha, n_iter, init=None):
             raise TypeError(f"{name}: `{arg}` must be a floating array, got dtype {arr.dtype}")
     if isinstance(alpha, int | float) and not alpha >= 0:
         raise ValueError(f"{name}: `alpha` must be >= 0, got {alpha}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"{name}: `n_iter` must be a positive int, got {n_iter!r}")
+    check_int(n_iter, "n_iter", minimum=1)
     if init is not None and tuple(init.shape) != (*signals.shape[:-1], n_atoms):
         raise ValueError(
             f"{name}: `init` must have shape {(*signals.shape[:-1], n_atoms)}, got "
@@ -240,8 +237,7 @@ def lista_init(
         ``{"encoder": D / L [n_features, n_atoms], "lateral": I - D^T D / L [n_atoms, n_atoms],
         "threshold": alpha / L [n_layers]}``.
     """
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-        raise ValueError(f"lista_init: `n_layers` must be a positive int, got {n_layers!r}")
+    check_int(n_layers, "n_layers", minimum=1)
     if not hasattr(dictionary, "ndim") or dictionary.ndim != 2:
         raise ValueError(
             "lista_init: `dictionary` must be 2-D [n_features, n_atoms], got "
@@ -276,41 +272,3 @@ def lista_apply(
 
     z, _ = jax.lax.scan(layer, z, thresholds[1:])
     return z
-
-
-class LISTA(eqx.Module):
-    """Equinox LISTA: ``LISTA(dictionary, alpha, n_layers)(signals) -> codes``.
-
-    Fields are the arrays of `lista_init`; train them with any optax optimiser, for example on
-    ``||y - z D^T||^2`` (unsupervised) or on ``||z - z_star||^2`` against ISTA/FISTA codes.
-    """
-
-    encoder: Array
-    lateral: Array
-    threshold: Array
-
-    def __init__(self, dictionary: Float[Array, "n_features n_atoms"], alpha: float, n_layers: int):
-        p = lista_init(dictionary, alpha, n_layers)
-        self.encoder, self.lateral, self.threshold = p["encoder"], p["lateral"], p["threshold"]
-
-    def __call__(self, signals: Float[Array, "... n_features"]) -> Float[Array, "... n_atoms"]:
-        return lista_apply(
-            {"encoder": self.encoder, "lateral": self.lateral, "threshold": self.threshold}, signals
-        )
-
-
-class LISTAModule(nnx.Module):
-    """Flax NNX LISTA with ``nnx.Param`` fields ``encoder``, ``lateral``, ``threshold``."""
-
-    def __init__(self, dictionary: Float[Array, "n_features n_atoms"], alpha: float, n_layers: int):
-        p = lista_init(dictionary, alpha, n_layers)
-        self.encoder = nnx.Param(p["encoder"])
-        self.lateral = nnx.Param(p["lateral"])
-        self.threshold = nnx.Param(p["threshold"])
-
-    def __call__(self, signals: Float[Array, "... n_features"]) -> Float[Array, "... n_atoms"]:
-        return lista_apply(
-            {"encoder": self.encoder[...], "lateral": self.lateral[...],
-             "threshold": self.threshold[...]},
-            signals,
-        )

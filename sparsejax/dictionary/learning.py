@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from sparsejax._checks import check_choice, check_float_array, check_int, check_shape, must_be
 from sparsejax.dictionary.lasso import fista
 from sparsejax.dictionary.omp import omp
 
@@ -50,30 +51,22 @@ class OnlineDictionaryState(NamedTuple):
     step: Int[Array, ""]
 
 
-def _check_data(name, data):
-    if not hasattr(data, "ndim") or data.ndim != 2:
-        raise ValueError(
-            f"{name}: `data` must be a 2-D array [n_samples, n_features], got "
-            f"{getattr(data, 'shape', type(data).__name__)}"
-        )
-    if not jnp.issubdtype(data.dtype, jnp.floating):
-        raise TypeError(f"{name}: `data` must be a floating array, got dtype {data.dtype}")
+def _check_data(data):
+    data = check_float_array(data, "data")
+    if data.ndim != 2:
+        raise ValueError(must_be("data", "a 2-D array [n_samples, n_features]",
+                                 f"shape {tuple(data.shape)}", raw=True))
     if data.shape[0] == 0:
-        raise ValueError(f"{name}: `data` must hold at least one sample, got shape {data.shape}")
+        raise ValueError(must_be("data", "an array with at least one sample",
+                                 f"shape {tuple(data.shape)}", raw=True))
 
 
-def _check_int(name, arg, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: `{arg}` must be an int >= {low}, got {value!r}")
-
-
-def _check_method(name, method, k, alpha):
-    if method not in ("omp", "lasso"):
-        raise ValueError(f"{name}: `method` must be 'omp' or 'lasso', got {method!r}")
+def _check_method(method, k, alpha, n_atoms=None):
+    check_choice(method, "method", ("omp", "lasso"))
     if method == "omp":
-        _check_int(name, "k", k)
+        check_int(k, "k", minimum=1, maximum=n_atoms)
     elif alpha is None or not alpha >= 0:
-        raise ValueError(f"{name}: method='lasso' needs `alpha` >= 0, got {alpha!r}")
+        raise ValueError(must_be("alpha", "a float >= 0 (method='lasso' needs it)", alpha))
 
 
 def _normalize_columns(d, eps=1e-12):
@@ -85,8 +78,8 @@ def init_dictionary(
 ) -> Float[Array, "n_features n_atoms"]:
     """Unit-norm atoms drawn from the data: ``n_atoms`` distinct random samples (with replacement
     if there are fewer samples) plus a little Gaussian noise, normalised."""
-    _check_data("init_dictionary", data)
-    _check_int("init_dictionary", "n_atoms", n_atoms)
+    _check_data(data)
+    check_int(n_atoms, "n_atoms", minimum=1)
     k_pick, k_noise = jax.random.split(key)
     n = data.shape[0]
     idx = jax.random.choice(k_pick, n, (n_atoms,), replace=n_atoms > n)
@@ -107,7 +100,7 @@ def sparse_encode(
 ) -> Float[Array, "... n_atoms"]:
     """Codes by OMP with ``k`` atoms, or by Lasso (FISTA, ``n_iter`` steps) with weight
     ``alpha``."""
-    _check_method("sparse_encode", method, k, alpha)
+    _check_method(method, k, alpha)
     if method == "omp":
         return omp(dictionary, data, k=k)
     return fista(dictionary, data, alpha, n_iter=n_iter)
@@ -230,18 +223,13 @@ def minibatch_dictionary_learning(
         ``(dictionary, state)``: the learned unit-norm ``[n_features, n_atoms]`` dictionary and the
         final `OnlineDictionaryState` (to continue training on more data).
     """
-    name = "minibatch_dictionary_learning"
-    _check_data(name, data)
-    _check_int(name, "n_atoms", n_atoms)
-    _check_int(name, "batch_size", batch_size)
-    _check_int(name, "n_steps", n_steps)
-    _check_method(name, method, k, alpha)
-    if method == "omp" and k > n_atoms:
-        raise ValueError(f"{name}: `k` must be <= n_atoms={n_atoms}, got {k}")
-    if init is not None and tuple(init.shape) != (data.shape[1], n_atoms):
-        raise ValueError(
-            f"{name}: `init` must have shape {(data.shape[1], n_atoms)}, got {tuple(init.shape)}"
-        )
+    _check_data(data)
+    check_int(n_atoms, "n_atoms", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(n_steps, "n_steps", minimum=1)
+    _check_method(method, k, alpha, n_atoms)
+    if init is not None:
+        check_shape(init, (data.shape[1], n_atoms), "init")
     from tqdm.auto import tqdm
 
     key, k_init = jax.random.split(key)
@@ -317,17 +305,12 @@ def ksvd(
         ``(dictionary [n_features, n_atoms], codes [n_samples, n_atoms])`` after ``n_iter`` rounds
         (the codes are those of the last atom sweep).
     """
-    name = "ksvd"
-    _check_data(name, data)
-    _check_int(name, "n_atoms", n_atoms)
-    _check_int(name, "n_iter", n_iter)
-    _check_method(name, method, k, alpha)
-    if method == "omp" and k > n_atoms:
-        raise ValueError(f"{name}: `k` must be <= n_atoms={n_atoms}, got {k}")
-    if init is not None and tuple(init.shape) != (data.shape[1], n_atoms):
-        raise ValueError(
-            f"{name}: `init` must have shape {(data.shape[1], n_atoms)}, got {tuple(init.shape)}"
-        )
+    _check_data(data)
+    check_int(n_atoms, "n_atoms", minimum=1)
+    check_int(n_iter, "n_iter", minimum=1)
+    _check_method(method, k, alpha, n_atoms)
+    if init is not None:
+        check_shape(init, (data.shape[1], n_atoms), "init")
     from tqdm.auto import tqdm
 
     d = init_dictionary(key, data, n_atoms) if init is None else _normalize_columns(init)

@@ -118,7 +118,7 @@ class BlockSparseLinear(_SparseLinear):
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
         """``x @ W + b`` through `sparsejax.ops.dense_bsr_matmul`."""
-        y = dense_bsr_matmul(x, self.weight, self.backend)
+        y = dense_bsr_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -160,5 +160,5 @@ class NMLinear(_SparseLinear):
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
         """``x @ W + b`` through `sparsejax.ops.dense_nm_matmul`."""
-        y = dense_nm_matmul(x, self.weight, self.backend)
+        y = dense_nm_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias[...]

@@ -2,7 +2,9 @@
 
 One public API (`sparsejax.ops.api`) dispatching to backends: ``reference`` (densify +
 ``jnp``), ``xla`` (cost scales with kept blocks; the CPU default), ``pallas_tpu`` and
-``pallas_gpu`` (Pallas kernels, imported lazily).
+``pallas_gpu`` (Pallas kernels, imported lazily), chosen by the dispatcher shared with
+`sparsejax.attention` (keyword-only ``backend=``, ``interpret=None``). `block_sparse_from_mask`
+and `block_mask_from_sparse` convert between an attention `BlockMask` and a `BlockSparse`.
 """
 
 from sparsejax.ops.api import (
@@ -14,9 +16,12 @@ from sparsejax.ops.api import (
     resolve_backend,
     sddmm,
 )
+from sparsejax.ops.layout import block_mask_from_sparse, block_sparse_from_mask
 
 __all__ = [
     "BACKENDS",
+    "block_mask_from_sparse",
+    "block_sparse_from_mask",
     "bsr_matmul",
     "dense_bsr_matmul",
     "dense_nm_matmul",

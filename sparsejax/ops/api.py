@@ -3,22 +3,25 @@
 Products (``A`` block-sparse `sparsejax.formats.BlockSparse`, ``W``
 `sparsejax.formats.NMSparse`):
 
-* `bsr_matmul` ``A @ b`` (sparse x dense), also ``A @ b`` on a ``BlockSparse``;
+* `bsr_matmul` ``A @ b`` (sparse x dense), also ``A @ b`` on a ``BlockSparse`` (this module
+  registers the ``@`` operators of `BlockSparse` and `NMSparse`; `sparsejax.formats` itself
+  imports nothing from ``ops``);
 * `dense_bsr_matmul` ``x @ A`` (dense x sparse), also ``x @ A``;
 * `sddmm` ``(a @ b)`` sampled at the kept blocks of ``like`` (a ``BlockSparse``);
 * `nm_matmul` ``W @ x`` and `dense_nm_matmul` ``x @ W``.
 
-Backends (``backend=``):
+Backends (keyword-only ``backend=``, dispatched by `sparsejax._backend`, the same dispatcher
+`sparsejax.attention.attention` uses):
 
 * ``"reference"``: densify + ``jnp`` (the test oracle);
 * ``"xla"``: cost scales with the kept blocks (the CPU default);
 * ``"pallas_tpu"`` / ``"pallas_gpu"``: Pallas kernels in ``sparsejax.ops.pallas_tpu`` /
-  ``sparsejax.ops.pallas_gpu``, imported lazily; ``interpret=True`` runs them in Pallas
-  interpret mode on CPU;
-* ``"auto"``: ``xla`` on CPU, ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU (by
-  `jax.default_backend`); when the chosen kernel rejects the operands (a block shape or
-  dtype it cannot tile, raised eagerly as ``ValueError``/``TypeError``) ``auto`` falls back to
-  ``xla``. Naming a Pallas backend explicitly raises instead.
+  ``sparsejax.ops.pallas_gpu``, imported lazily; ``interpret=None`` (default) runs them in Pallas
+  interpret mode exactly on CPU, ``True``/``False`` force it;
+* ``"auto"``: ``pallas_tpu`` on TPU, ``pallas_gpu`` on GPU (``gpu``/``cuda``/``rocm``), ``xla``
+  elsewhere; when the chosen kernel raises `sparsejax._backend.NotSupportedError` (a block shape
+  or dtype it cannot tile, raised eagerly) ``auto`` falls back to ``xla``. Naming a Pallas backend
+  explicitly raises instead.
 
 N:M products have ``reference``, ``xla`` and ``pallas_gpu`` backends (``auto``: ``pallas_gpu`` on
 GPU, ``xla`` elsewhere); the Pallas kernel is forward-only and its VJP is the XLA gather path's.
@@ -41,7 +44,6 @@ rejects anything else; nothing is padded); the dense operand's free dimension is
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +52,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from sparsejax._backend import (
+    BACKENDS,
+    backend_module,
+    resolve_backend,
+    resolve_interpret,
+    with_fallback,
+)
+from sparsejax._checks import check_float_array
 from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.ops import reference, xla
 
@@ -63,60 +73,24 @@ __all__ = [
     "sddmm",
 ]
 
-BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")
 _NM_BACKENDS = ("auto", "reference", "xla", "pallas_gpu")
 
 
-def resolve_backend(backend: str) -> str:
-    """The concrete backend ``backend="auto"`` stands for on the default JAX platform.
-
-    Raises:
-        ValueError: an unknown backend name.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"`backend` must be one of {BACKENDS}; got {backend!r}.")
-    if backend != "auto":
-        return backend
-    platform = jax.default_backend()
-    if platform == "tpu":
-        return "pallas_tpu"
-    if platform in ("gpu", "cuda", "rocm"):
-        return "pallas_gpu"
-    return "xla"
-
-
-def _dispatch(backend: str) -> str:
-    """``resolve_backend``, except that an ``"auto"`` that picks a Pallas backend is marked
-    ``"auto:<backend>"``: such a call falls back to ``xla`` when the kernel rejects the operands'
-    geometry or dtype (e.g. blocks the Triton kernels cannot tile)."""
-    resolved = resolve_backend(backend)
+def _dispatch(backend: str, allowed: tuple[str, ...] = BACKENDS) -> str:
+    """`resolve_backend`, except that an ``"auto"`` that picks a Pallas backend is marked
+    ``"auto:<backend>"``: such a call falls back to ``xla`` on `NotSupportedError`."""
+    resolved = resolve_backend(backend, allowed=allowed)
     return f"auto:{resolved}" if backend == "auto" and resolved.startswith("pallas") else resolved
 
 
-def _impl(backend: str, name: str, interpret: bool) -> Callable:
-    if backend.startswith("auto:"):
-        kernel = _impl(backend[len("auto:"):], name, interpret)
-        fallback = getattr(xla, name)
-
-        def with_fallback(*args):
-            try:
-                return kernel(*args)
-            except (ValueError, TypeError):
-                return fallback(*args)
-
-        return with_fallback
-    if backend == "reference":
-        return getattr(reference, name)
-    if backend == "xla":
-        return getattr(xla, name)
-    try:
-        module = importlib.import_module(f"sparsejax.ops.{backend}")
-    except ImportError as err:  # pragma: no cover - depends on the installed modules
-        raise ValueError(f"backend {backend!r} is not available: {err}") from err
-    fn = getattr(module, name, None)
-    if fn is None:  # pragma: no cover - depends on the installed modules
-        raise ValueError(f"backend {backend!r} has no `{name}`.")
-    return functools.partial(fn, interpret=interpret)
+def _impl(backend: str, name: str, interpret: Any) -> Callable:
+    auto = backend.startswith("auto:")
+    backend = backend.removeprefix("auto:")
+    fn = getattr(backend_module("sparsejax.ops", backend), name)
+    if backend in ("reference", "xla"):
+        return fn
+    kernel = functools.partial(fn, interpret=resolve_interpret(interpret))
+    return with_fallback(kernel, getattr(xla, name), auto=auto)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,13 +103,6 @@ def _check_bsr(a: Any, name: str) -> BlockSparse:
         raise TypeError(f"`{name}` must be a sparsejax.formats.BlockSparse; got "
                         f"{type(a).__name__}.")
     return jax.tree.map(jnp.asarray, a)
-
-
-def _check_dense(x: Any, name: str) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"`{name}` must be a floating-point array; got dtype {x.dtype}.")
-    return x
 
 
 def _float0_like(x: Array) -> np.ndarray:
@@ -216,9 +183,9 @@ _sddmm.defvjp(_sddmm_fwd, _sddmm_bwd)
 def bsr_matmul(
     a: BlockSparse,
     b: Float[Array, "K ..."],
-    backend: str = "auto",
     *,
-    interpret: bool = False,
+    backend: str = "auto",
+    interpret: bool | None = None,
 ) -> Float[Array, "M ..."]:
     """Sparse x dense: ``A @ b`` for a BSR ``A [M, K]``.
 
@@ -226,7 +193,7 @@ def bsr_matmul(
         a: the block-sparse left operand ``[M, K]``.
         b: dense ``[K, N]`` (or a vector ``[K]``).
         backend: ``"auto"``, ``"reference"``, ``"xla"``, ``"pallas_tpu"`` or ``"pallas_gpu"``.
-        interpret: run a Pallas backend in interpret mode (CPU testing).
+        interpret: run a Pallas backend in interpret mode; ``None``: exactly on CPU.
 
     Returns:
         ``[M, N]`` (or ``[M]``) in ``result_type(a.dtype, b.dtype)``, accumulated in float32.
@@ -236,7 +203,7 @@ def bsr_matmul(
         ValueError: ``b.shape[0] != K``, ``b`` not 1-D/2-D, unknown backend.
     """
     a = _check_bsr(a, "a")
-    b = _check_dense(b, "b")
+    b = check_float_array(jnp.asarray(b), "b")
     backend = _dispatch(backend)
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[1]:
         raise ValueError(f"`b` must have shape [K] or [K, N] with K = a.shape[1] = {a.shape[1]}; "
@@ -249,9 +216,9 @@ def bsr_matmul(
 def dense_bsr_matmul(
     x: Float[Array, "... M"],
     a: BlockSparse,
-    backend: str = "auto",
     *,
-    interpret: bool = False,
+    backend: str = "auto",
+    interpret: bool | None = None,
 ) -> Float[Array, "... N"]:
     """Dense x sparse: ``x @ A`` for a BSR ``A [M, N]`` (a layer's forward pass).
 
@@ -259,7 +226,7 @@ def dense_bsr_matmul(
         x: dense ``[..., M]``; leading axes are flattened into one batch axis.
         a: the block-sparse right operand ``[M, N]``.
         backend: see `bsr_matmul`.
-        interpret: run a Pallas backend in interpret mode.
+        interpret: see `bsr_matmul`.
 
     Returns:
         ``[..., N]`` in ``result_type(x.dtype, a.dtype)``.
@@ -269,7 +236,7 @@ def dense_bsr_matmul(
         ValueError: ``x.shape[-1] != M``, unknown backend.
     """
     a = _check_bsr(a, "a")
-    x = _check_dense(x, "x")
+    x = check_float_array(jnp.asarray(x), "x")
     backend = _dispatch(backend)
     if x.ndim < 1 or x.shape[-1] != a.shape[0]:
         raise ValueError(f"`x` must have shape [..., M] with M = a.shape[0] = {a.shape[0]}; "
@@ -283,9 +250,9 @@ def sddmm(
     a: Float[Array, "M Kd"],
     b: Float[Array, "Kd N"],
     like: BlockSparse,
-    backend: str = "auto",
     *,
-    interpret: bool = False,
+    backend: str = "auto",
+    interpret: bool | None = None,
 ) -> BlockSparse:
     """Sampled dense-dense product: ``a @ b`` computed only at the kept blocks of ``like``.
 
@@ -295,7 +262,7 @@ def sddmm(
         like: a ``BlockSparse [M, N]`` whose structure (indices, counts, block shape) is used;
             its ``data`` is ignored.
         backend: see `bsr_matmul`.
-        interpret: run a Pallas backend in interpret mode.
+        interpret: see `bsr_matmul`.
 
     Returns:
         A ``BlockSparse`` with ``like``'s structure holding ``(a @ b)``'s kept blocks (zero in
@@ -306,8 +273,8 @@ def sddmm(
         ValueError: shapes that do not chain to ``like.shape``, unknown backend.
     """
     like = _check_bsr(like, "like")
-    a = _check_dense(a, "a")
-    b = _check_dense(b, "b")
+    a = check_float_array(jnp.asarray(a), "a")
+    b = check_float_array(jnp.asarray(b), "b")
     backend = _dispatch(backend)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or (
             a.shape[0], b.shape[1]) != like.shape:
@@ -322,30 +289,18 @@ def sddmm(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_nm_backend(backend: str) -> str:
-    if backend not in _NM_BACKENDS:
-        raise ValueError(f"`backend` for N:M products must be one of {_NM_BACKENDS}; "
-                         f"got {backend!r}.")
-    if backend == "auto":
-        return "auto:pallas_gpu" if resolve_backend("auto") == "pallas_gpu" else "xla"
-    return backend
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _nm_pallas_gpu(interpret: bool, w: NMSparse, x: Array) -> Array:
     """``W @ x`` (``W`` grouped along its last axis) with the Pallas GPU kernel."""
     return _impl("pallas_gpu", "nm_matmul", interpret)(w, x)
 
 
-def _nm_gpu(backend: str, interpret: bool, w: NMSparse, x: Array) -> Array:
+def _nm_gpu(backend: str, interpret: Any, w: NMSparse, x: Array) -> Array:
     """``W @ x`` through the Pallas GPU kernel; with ``backend="auto:pallas_gpu"`` a geometry or
-    dtype the kernel rejects falls back to the XLA gather path."""
-    if backend == "pallas_gpu":
-        return _nm_pallas_gpu(interpret, w, x)
-    try:
-        return _nm_pallas_gpu(interpret, w, x)
-    except (ValueError, TypeError):
-        return xla.nm_matmul(w, x)
+    dtype the kernel does not support falls back to the XLA gather path."""
+    run = with_fallback(functools.partial(_nm_pallas_gpu, interpret), xla.nm_matmul,
+                        auto=backend.startswith("auto:"))
+    return run(w, x)
 
 
 def _nm_pallas_gpu_fwd(interpret, w, x):
@@ -378,9 +333,9 @@ def _check_nmsparse(w: Any) -> NMSparse:
 def nm_matmul(
     w: NMSparse,
     x: Float[Array, "K ..."],
-    backend: str = "auto",
     *,
-    interpret: bool = False,
+    backend: str = "auto",
+    interpret: bool | None = None,
 ) -> Float[Array, "M ..."]:
     """``W @ x`` for a 2-D N:M-compressed ``W [M, K]``.
 
@@ -393,7 +348,7 @@ def nm_matmul(
         x: dense ``[K, N]`` or ``[K]``.
         backend: ``"auto"`` (``"pallas_gpu"`` on GPU, else ``"xla"``), ``"xla"``,
             ``"pallas_gpu"`` or ``"reference"``.
-        interpret: run the Pallas kernel in interpret mode (CPU testing).
+        interpret: see `bsr_matmul`.
 
     Returns:
         ``[M, N]`` (or ``[M]``) in ``result_type(w.dtype, x.dtype)``.
@@ -403,13 +358,17 @@ def nm_matmul(
         ValueError: non-2-D ``w``, ``x.shape[0] != K``, unknown backend.
     """
     w = _check_nmsparse(w)
-    x = _check_dense(x, "x")
-    backend = _check_nm_backend(backend)
+    x = check_float_array(jnp.asarray(x), "x")
+    backend = _dispatch(backend, _NM_BACKENDS)
     k = w.shape[1]
     if x.ndim not in (1, 2) or x.shape[0] != k:
         raise ValueError(f"`x` must have shape [K] or [K, N] with K = {k}; got {x.shape}.")
     if x.ndim == 1:
-        return nm_matmul(w, x[:, None], backend, interpret=interpret)[:, 0]
+        return _nm_matmul_2d(w, x[:, None], backend, interpret)[:, 0]
+    return _nm_matmul_2d(w, x, backend, interpret)
+
+
+def _nm_matmul_2d(w: NMSparse, x: Array, backend: str, interpret: Any) -> Array:
     if backend == "reference" or w.axis != -1:
         return reference.nm_matmul(w, x)
     if backend.endswith("pallas_gpu"):
@@ -420,14 +379,14 @@ def nm_matmul(
 def dense_nm_matmul(
     x: Float[Array, "... K"],
     w: NMSparse,
-    backend: str = "auto",
     *,
-    interpret: bool = False,
+    backend: str = "auto",
+    interpret: bool | None = None,
 ) -> Float[Array, "... N"]:
     """``x @ W`` for a 2-D N:M-compressed ``W [K, N]`` (a Flax ``Dense`` kernel ``[in, out]``).
 
-    With ``W`` compressed along axis 0 (its reduction axis, the default of
-    `NMSparse.from_dense`) the ``xla`` backend gathers the kept inputs; otherwise ``W`` is
+    With ``W`` compressed along axis 0 (its reduction axis: ``NMSparse.from_dense(w, n, m,
+    axis=0)``) the ``xla`` backend gathers the kept inputs; otherwise ``W`` is
     densified.
 
     Args:
@@ -435,7 +394,7 @@ def dense_nm_matmul(
         w: ``NMSparse`` of dense shape ``[K, N]``.
         backend: ``"auto"`` (``"pallas_gpu"`` on GPU, else ``"xla"``), ``"xla"``,
             ``"pallas_gpu"`` (runs ``(W.T @ x.T).T``) or ``"reference"``.
-        interpret: run the Pallas kernel in interpret mode (CPU testing).
+        interpret: see `bsr_matmul`.
 
     Returns:
         ``[..., N]`` in ``result_type(x.dtype, w.dtype)``.
@@ -445,8 +404,8 @@ def dense_nm_matmul(
         ValueError: non-2-D ``w``, ``x.shape[-1] != K``, unknown backend.
     """
     w = _check_nmsparse(w)
-    x = _check_dense(x, "x")
-    backend = _check_nm_backend(backend)
+    x = check_float_array(jnp.asarray(x), "x")
+    backend = _dispatch(backend, _NM_BACKENDS)
     k = w.shape[0]
     if x.ndim < 1 or x.shape[-1] != k:
         raise ValueError(f"`x` must have shape [..., K] with K = {k}; got {x.shape}.")
@@ -459,3 +418,18 @@ def dense_nm_matmul(
     else:
         out = xla.dense_nm_matmul(x2, w)
     return out.reshape(*lead, w.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# ``@`` on the formats (registered here so that `sparsejax.formats` imports nothing from ops)
+# --------------------------------------------------------------------------------------------
+
+
+def _register_operators() -> None:
+    BlockSparse.__matmul__ = lambda self, b: bsr_matmul(self, b)
+    BlockSparse.__rmatmul__ = lambda self, x: dense_bsr_matmul(x, self)
+    NMSparse.__matmul__ = lambda self, x: nm_matmul(self, x)
+    NMSparse.__rmatmul__ = lambda self, x: dense_nm_matmul(x, self)
+
+
+_register_operators()

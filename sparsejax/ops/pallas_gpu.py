@@ -37,36 +37,22 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 from jaxtyping import Array, Float, Int
 
-from sparsejax.ops.pallas_tpu import (
-    _check_block_sparse,
-    _check_dense,
-    _check_tile,
-    _geometry,
-    _pad_to,
-    _result_dtype,
-    _with_data,
+from sparsejax._blocks import BlockIndex, pack_indices, slot_mask
+from sparsejax._pallas import (
+    check_pow2,
+    check_rank,
+    check_tile,
+    flat_index,
+    geometry,
+    pad_to,
+    pow2_tile,
+    result_dtype,
 )
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from sparsejax.formats import BlockSparse, NMSparse
 
 __all__ = ["bsr_matmul", "dense_bsr_matmul", "nm_matmul", "sddmm"]
-
-
-def _check_pow2(value: int, name: str) -> None:
-    if value < 16 or value & (value - 1):
-        raise ValueError(
-            f"{name}={value} is not allowed by the Triton kernel: it must be a power of two >= 16."
-        )
-
-
-def _gpu_tile(length: int, tile: int, name: str) -> tuple[int, int]:
-    """Power-of-two tile (>= 16) and the padded length it divides."""
-    _check_pow2(tile, name)
-    t = 16
-    while t < min(length, tile):
-        t *= 2
-    return t, -(-max(length, 1) // t) * t
 
 
 def _compiler_params(num_warps: int, num_stages: int) -> plgpu.CompilerParams:
@@ -120,20 +106,19 @@ def bsr_matmul(
       ValueError: If shapes do not match, or a block dim or ``block_n`` is not a power of two
         >= 16.
     """
-    _check_block_sparse(a, "a")
-    _check_dense(b, "b")
-    block_n = _check_tile(block_n, "block_n")
-    m, k, nbr, maxb, bm, bn, mp, kp = _geometry(a)
-    _check_pow2(bm, "a.block_shape[0]")
-    _check_pow2(bn, "a.block_shape[1]")
+    m, k, nbr, maxb, bm, bn, mp, kp = geometry(a)
+    check_rank(b, "b")
+    block_n = check_tile(block_n, "block_n")
+    check_pow2(bm, "a.block_shape[0]")
+    check_pow2(bn, "a.block_shape[1]")
     if b.shape[0] != k:
         raise ValueError(f"b.shape[0]={b.shape[0]} must equal a.shape[1]={k} (a.shape={(m, k)}).")
-    dtype = _result_dtype("bsr_matmul", a.data.dtype, b.dtype)
+    dtype = result_dtype("bsr_matmul", a.data.dtype, b.dtype)
     n = int(b.shape[1])
-    tn, np_ = _gpu_tile(n, block_n, "block_n")
+    tn, np_ = pow2_tile(n, block_n, "block_n")
     if maxb == 0 or n == 0 or m == 0:
         return jnp.zeros((m, n), dtype)
-    bp = _pad_to(b.astype(dtype), (kp, np_))
+    bp = pad_to(b.astype(dtype), (kp, np_))
     out = pl.pallas_call(
         functools.partial(_bsr_matmul_kernel, maxb=maxb, bm=bm, bn=bn, tn=tn),
         grid=(nbr, np_ // tn),
@@ -148,7 +133,7 @@ def bsr_matmul(
         compiler_params=_compiler_params(num_warps, num_stages),
         interpret=interpret,
         name="sparsejax_bsr_matmul_gpu",
-    )(a.indices.reshape(-1).astype(jnp.int32), a.counts.astype(jnp.int32), a.data.astype(dtype), bp)
+    )(*flat_index(a), a.data.astype(dtype), bp)
     return out[:m, :n]
 
 
@@ -172,22 +157,11 @@ def _block_columns(
       slot in ``data`` of the ``t``-th kept block of column ``c`` (ascending rows; entries past
       ``col_counts[c]`` are padding: row 0, slot 0), ``col_counts[c]`` the kept blocks in ``c``.
     """
-    nbr, maxb = indices.shape
-    valid = jnp.arange(maxb)[None, :] < counts[:, None]
-    cols = jnp.where(valid, indices, n_block_cols)  # out of range -> dropped
-    row_ids = jnp.broadcast_to(jnp.arange(nbr)[:, None], (nbr, maxb))
-    slot_ids = jnp.broadcast_to(jnp.arange(maxb)[None, :], (nbr, maxb))
-    slot_of = (
-        jnp.full((n_block_cols, nbr), -1, jnp.int32)
-        .at[cols.reshape(-1), row_ids.reshape(-1)]
-        .set(slot_ids.reshape(-1).astype(jnp.int32), mode="drop")
-    )
-    present = slot_of >= 0
-    order = jnp.argsort(~present, axis=1, stable=True).astype(jnp.int32)
-    col_counts = present.sum(axis=1).astype(jnp.int32)
-    slots = jnp.maximum(jnp.take_along_axis(slot_of, order, axis=1), 0)
-    keep = jnp.arange(nbr)[None, :] < col_counts[:, None]
-    return jnp.where(keep, order, 0), jnp.where(keep, slots, 0), col_counts
+    nbr = indices.shape[0]
+    slot_of = BlockIndex(indices, counts).slot_table(n_block_cols).T  # [nbc, nbr]
+    rows, col_counts = pack_indices(slot_of >= 0, nbr, pad="zero")
+    slots = jnp.take_along_axis(slot_of, rows, axis=1)
+    return rows, jnp.where(slot_mask(col_counts, nbr), slots, 0), col_counts
 
 
 def _dense_bsr_kernel(rows_ref, slots_ref, ccnt_ref, x_ref, a_ref, o_ref, *, nbr, bm, tp, bn):
@@ -232,22 +206,21 @@ def dense_bsr_matmul(
       ValueError: If shapes do not match, or a block dim or ``block_p`` is not a power of two
         >= 16.
     """
-    _check_block_sparse(a, "a")
-    _check_dense(x, "x")
-    block_p = _check_tile(block_p, "block_p")
-    m, k, nbr, maxb, bm, bn, mp, kp = _geometry(a)
-    _check_pow2(bm, "a.block_shape[0]")
-    _check_pow2(bn, "a.block_shape[1]")
+    m, k, nbr, maxb, bm, bn, mp, kp = geometry(a)
+    check_rank(x, "x")
+    block_p = check_tile(block_p, "block_p")
+    check_pow2(bm, "a.block_shape[0]")
+    check_pow2(bn, "a.block_shape[1]")
     if x.shape[1] != m:
         raise ValueError(f"x.shape[1]={x.shape[1]} must equal a.shape[0]={m} (a.shape={(m, k)}).")
-    dtype = _result_dtype("dense_bsr_matmul", x.dtype, a.data.dtype)
+    dtype = result_dtype("dense_bsr_matmul", x.dtype, a.data.dtype)
     p = int(x.shape[0])
-    tp, pp = _gpu_tile(p, block_p, "block_p")
+    tp, pp = pow2_tile(p, block_p, "block_p")
     if maxb == 0 or p == 0 or k == 0:
         return jnp.zeros((p, k), dtype)
     nbc = kp // bn
     rows, slots, col_counts = _block_columns(a.indices, a.counts, nbc)
-    xp = _pad_to(x.astype(dtype), (pp, mp))
+    xp = pad_to(x.astype(dtype), (pp, mp))
     out = pl.pallas_call(
         functools.partial(_dense_bsr_kernel, nbr=nbr, bm=bm, tp=tp, bn=bn),
         grid=(pp // tp, nbc),
@@ -319,24 +292,23 @@ def sddmm(
       ValueError: If shapes do not match, or a block dim or ``block_d`` is not a power of two
         >= 16.
     """
-    _check_block_sparse(like, "like")
-    _check_dense(a, "a")
-    _check_dense(b, "b")
-    block_d = _check_tile(block_d, "block_d")
-    m, n, nbr, maxb, bm, bn, mp, np_ = _geometry(like, "like")
-    _check_pow2(bm, "like.block_shape[0]")
-    _check_pow2(bn, "like.block_shape[1]")
+    m, n, nbr, maxb, bm, bn, mp, np_ = geometry(like, "like")
+    check_rank(a, "a")
+    check_rank(b, "b")
+    block_d = check_tile(block_d, "block_d")
+    check_pow2(bm, "like.block_shape[0]")
+    check_pow2(bn, "like.block_shape[1]")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"a.shape[1]={a.shape[1]} must equal b.shape[0]={b.shape[0]}.")
     if (a.shape[0], b.shape[1]) != (m, n):
         raise ValueError(f"a @ b has shape {(a.shape[0], b.shape[1])} but like.shape is {(m, n)}.")
-    dtype = _result_dtype("sddmm", a.dtype, b.dtype)
+    dtype = result_dtype("sddmm", a.dtype, b.dtype)
     dd = int(a.shape[1])
-    td, dp = _gpu_tile(dd, block_d, "block_d")
+    td, dp = pow2_tile(dd, block_d, "block_d")
     if maxb == 0 or nbr == 0 or dd == 0:
-        return _with_data(like, jnp.zeros(like.data.shape, dtype))
-    ap = _pad_to(a.astype(dtype), (mp, dp))
-    bp = _pad_to(b.astype(dtype), (dp, np_))
+        return like.replace(data=jnp.zeros(like.data.shape, dtype))
+    ap = pad_to(a.astype(dtype), (mp, dp))
+    bp = pad_to(b.astype(dtype), (dp, np_))
     data = pl.pallas_call(
         functools.partial(_sddmm_kernel, maxb=maxb, bm=bm, bn=bn, td=td, nd=dp // td),
         grid=(nbr, maxb),
@@ -351,8 +323,8 @@ def sddmm(
         compiler_params=_compiler_params(num_warps, num_stages),
         interpret=interpret,
         name="sparsejax_sddmm_gpu",
-    )(like.indices.reshape(-1).astype(jnp.int32), like.counts.astype(jnp.int32), ap, bp)
-    return _with_data(like, data)
+    )(*flat_index(like), ap, bp)
+    return like.replace(data=data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,7 +396,7 @@ def nm_matmul(
                 f"w must be a sparsejax.formats.NMSparse, got {type(w).__name__} "
                 f"(missing attribute {attr!r})."
             )
-    _check_dense(x, "x")
+    check_rank(x, "x")
     if w.values.ndim != 2:
         raise ValueError(f"w must be 2-D, got values of shape {tuple(w.values.shape)}.")
     if w.axis not in (-1, 1):
@@ -437,20 +409,20 @@ def nm_matmul(
     k = int(w.shape[-1])
     if x.shape[0] != k:
         raise ValueError(f"x.shape[0]={x.shape[0]} must equal K={k} (w is {mdim}x{k} {n}:{m}).")
-    dtype = _result_dtype("nm_matmul", w.values.dtype, x.dtype)
+    dtype = result_dtype("nm_matmul", w.values.dtype, x.dtype)
     nn = int(x.shape[1])
-    tm, mp = _gpu_tile(mdim, _check_tile(block_m, "block_m"), "block_m")
-    tn, np_ = _gpu_tile(nn, _check_tile(block_n, "block_n"), "block_n")
-    tk, kp = _gpu_tile(k, _check_tile(block_k, "block_k"), "block_k")
+    tm, mp = pow2_tile(mdim, check_tile(block_m, "block_m"), "block_m")
+    tn, np_ = pow2_tile(nn, check_tile(block_n, "block_n"), "block_n")
+    tk, kp = pow2_tile(k, check_tile(block_k, "block_k"), "block_k")
     if tk % m:
         raise ValueError(
             f"block_k={block_k} (tile {tk}) must be a multiple of m={m}; m must be a power of two."
         )
     if n == 0 or mdim == 0 or nn == 0 or k == 0:
         return jnp.zeros((mdim, nn), dtype)
-    values = _pad_to(w.values.astype(dtype), (mp, kp // m * n))
-    indices = _pad_to(w.indices, (mp, kp // m * n))
-    xp = _pad_to(x.astype(dtype), (kp, np_))
+    values = pad_to(w.values.astype(dtype), (mp, kp // m * n))
+    indices = pad_to(w.indices, (mp, kp // m * n))
+    xp = pad_to(x.astype(dtype), (kp, np_))
     kcp = kp // m * n
     out = pl.pallas_call(
         functools.partial(_nm_matmul_kernel, n=n, m=m, tm=tm, tn=tn, tk=tk, nk=kp // tk),

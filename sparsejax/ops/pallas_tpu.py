@@ -22,110 +22,29 @@ See ``docs/pallas-kernels.md`` for the grids and what was verified.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Float
+
+from sparsejax._pallas import (
+    check_rank,
+    check_tile,
+    flat_index,
+    geometry,
+    pad_to,
+    result_dtype,
+    tile_and_padded,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from sparsejax.formats import BlockSparse
 
 __all__ = ["bsr_matmul", "dense_bsr_matmul", "sddmm"]
-
-_FLOAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
-# --------------------------------------------------------------------------------------------
-# Validation and padding helpers (shared with `pallas_gpu`).
-# --------------------------------------------------------------------------------------------
-
-
-def _check_block_sparse(a: Any, name: str) -> None:
-    """Raises `TypeError` if ``a`` does not look like a `BlockSparse`."""
-    for attr in ("data", "indices", "counts", "shape", "block_shape"):
-        if not hasattr(a, attr):
-            raise TypeError(
-                f"{name} must be a sparsejax.formats.BlockSparse, got {type(a).__name__} "
-                f"(missing attribute {attr!r})."
-            )
-    if a.data.ndim != 4:
-        raise ValueError(
-            f"{name}.data must have rank 4 [n_block_rows, max_blocks_per_row, bm, bn], got "
-            f"shape {tuple(a.data.shape)}; batch BlockSparse operands with jax.vmap instead."
-        )
-
-
-def _check_dense(x: Any, name: str, ndim: int = 2) -> None:
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must have rank {ndim}, got shape {tuple(x.shape)}.")
-
-
-def _result_dtype(name: str, *dtypes: Any) -> jnp.dtype:
-    """Common floating dtype of the operands; `TypeError` for anything else."""
-    for dt in dtypes:
-        if jnp.dtype(dt) not in _FLOAT_DTYPES:
-            raise TypeError(
-                f"{name}: unsupported dtype {jnp.dtype(dt)}; allowed: float32, bfloat16, float16."
-            )
-    return jnp.dtype(jnp.result_type(*dtypes))
-
-
-def _check_tile(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"{name} must be a positive int, got {value!r} of type {type(value).__name__}."
-        )
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
-
-
-def _tile_and_padded(length: int, tile: int) -> tuple[int, int]:
-    """Tile size and padded length: the full length if it fits in one tile, else ``tile``."""
-    if length <= tile:
-        return max(length, 1), max(length, 1)
-    return tile, -(-length // tile) * tile
-
-
-def _pad_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    pads = [(0, t - s) for s, t in zip(x.shape, shape, strict=True)]
-    if any(p for _, p in pads):
-        return jnp.pad(x, pads)
-    return x
-
-
-def _geometry(a: Any, name: str = "a") -> tuple[int, int, int, int, int, int, int, int]:
-    """``(M, K, nbr, maxb, bm, bn, Mp, Kp)`` of a BlockSparse; Mp, Kp are block-padded sizes."""
-    m, k = (int(d) for d in a.shape)
-    nbr, maxb, bm, bn = (int(d) for d in a.data.shape)
-    if tuple(int(d) for d in a.block_shape) != (bm, bn):
-        raise ValueError(
-            f"{name}.block_shape={tuple(a.block_shape)} does not match "
-            f"{name}.data.shape[2:]={(bm, bn)}."
-        )
-    nbc = -(-k // bn)
-    if nbr != -(-m // bm):
-        raise ValueError(
-            f"{name}.data.shape[0]={nbr} block rows does not match shape {(m, k)} with block "
-            f"{(bm, bn)} (expected {-(-m // bm)})."
-        )
-    return m, k, nbr, maxb, bm, bn, nbr * bm, nbc * bn
-
-
-def _with_data(like: Any, data: jax.Array) -> Any:
-    """A BlockSparse with ``like``'s structure and new ``data``."""
-    if hasattr(like, "replace"):
-        return like.replace(data=data)
-    return dataclasses.replace(like, data=data)
-
 
 # --------------------------------------------------------------------------------------------
 # sparse x dense
@@ -179,18 +98,17 @@ def bsr_matmul(
         or a tile is not an int.
       ValueError: If ``b`` is not 2-D, ``b.shape[0] != K``, or ``block_n < 1``.
     """
-    _check_block_sparse(a, "a")
-    _check_dense(b, "b")
-    block_n = _check_tile(block_n, "block_n")
-    m, k, nbr, maxb, bm, bn, mp, kp = _geometry(a)
+    m, k, nbr, maxb, bm, bn, mp, kp = geometry(a)
+    check_rank(b, "b")
+    block_n = check_tile(block_n, "block_n")
     if b.shape[0] != k:
         raise ValueError(f"b.shape[0]={b.shape[0]} must equal a.shape[1]={k} (a.shape={(m, k)}).")
-    dtype = _result_dtype("bsr_matmul", a.data.dtype, b.dtype)
+    dtype = result_dtype("bsr_matmul", a.data.dtype, b.dtype)
     n = int(b.shape[1])
     if maxb == 0 or n == 0 or m == 0:
         return jnp.zeros((m, n), dtype)
-    tn, np_ = _tile_and_padded(n, block_n)
-    bp = _pad_to(b.astype(dtype), (kp, np_))
+    tn, np_ = tile_and_padded(n, block_n)
+    bp = pad_to(b.astype(dtype), (kp, np_))
     data = a.data.astype(dtype)
 
     def a_map(i, j, s, idx, cnt):
@@ -226,7 +144,7 @@ def bsr_matmul(
         ),
         interpret=interpret,
         name="sparsejax_bsr_matmul",
-    )(a.indices.reshape(-1).astype(jnp.int32), a.counts.astype(jnp.int32), data, bp)
+    )(*flat_index(a), data, bp)
     return out[:m, :n]
 
 
@@ -285,19 +203,18 @@ def dense_bsr_matmul(
         or a tile is not an int.
       ValueError: If ``x`` is not 2-D, ``x.shape[1] != M``, or ``block_p < 1``.
     """
-    _check_block_sparse(a, "a")
-    _check_dense(x, "x")
-    block_p = _check_tile(block_p, "block_p")
-    m, k, nbr, maxb, bm, bn, mp, kp = _geometry(a)
+    m, k, nbr, maxb, bm, bn, mp, kp = geometry(a)
+    check_rank(x, "x")
+    block_p = check_tile(block_p, "block_p")
     if x.shape[1] != m:
         raise ValueError(f"x.shape[1]={x.shape[1]} must equal a.shape[0]={m} (a.shape={(m, k)}).")
-    dtype = _result_dtype("dense_bsr_matmul", x.dtype, a.data.dtype)
+    dtype = result_dtype("dense_bsr_matmul", x.dtype, a.data.dtype)
     p = int(x.shape[0])
     if maxb == 0 or p == 0 or k == 0:
         return jnp.zeros((p, k), dtype)
     nbc = kp // bn
-    tp, pp = _tile_and_padded(p, block_p)
-    xp = _pad_to(x.astype(dtype), (pp, mp))
+    tp, pp = tile_and_padded(p, block_p)
+    xp = pad_to(x.astype(dtype), (pp, mp))
     data = a.data.astype(dtype)
 
     def x_map(pi, i, s, idx, cnt):
@@ -331,7 +248,7 @@ def dense_bsr_matmul(
         ),
         interpret=interpret,
         name="sparsejax_dense_bsr_matmul",
-    )(a.indices.reshape(-1).astype(jnp.int32), a.counts.astype(jnp.int32), xp, data)
+    )(*flat_index(a), xp, data)
     return out[:p, :k]
 
 
@@ -393,23 +310,22 @@ def sddmm(
       ValueError: If ``a``/``b`` are not 2-D, their shapes do not match ``like.shape`` or
         each other, or ``block_d < 1``.
     """
-    _check_block_sparse(like, "like")
-    _check_dense(a, "a")
-    _check_dense(b, "b")
-    block_d = _check_tile(block_d, "block_d")
-    m, n, nbr, maxb, bm, bn, mp, np_ = _geometry(like, "like")
+    m, n, nbr, maxb, bm, bn, mp, np_ = geometry(like, "like")
+    check_rank(a, "a")
+    check_rank(b, "b")
+    block_d = check_tile(block_d, "block_d")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"a.shape[1]={a.shape[1]} must equal b.shape[0]={b.shape[0]}.")
     if (a.shape[0], b.shape[1]) != (m, n):
         raise ValueError(f"a @ b has shape {(a.shape[0], b.shape[1])} but like.shape is {(m, n)}.")
-    dtype = _result_dtype("sddmm", a.dtype, b.dtype)
+    dtype = result_dtype("sddmm", a.dtype, b.dtype)
     dd = int(a.shape[1])
     if maxb == 0 or nbr == 0 or dd == 0:
-        return _with_data(like, jnp.zeros(like.data.shape, dtype))
-    td, dp = _tile_and_padded(dd, block_d)
+        return like.replace(data=jnp.zeros(like.data.shape, dtype))
+    td, dp = tile_and_padded(dd, block_d)
     nd = dp // td
-    ap = _pad_to(a.astype(dtype), (mp, dp))
-    bp = _pad_to(b.astype(dtype), (dp, np_))
+    ap = pad_to(a.astype(dtype), (mp, dp))
+    bp = pad_to(b.astype(dtype), (dp, np_))
 
     def _d_eff(i, s, d, cnt):
         # Padded slots keep the last reduction tile of the previous (kept) slot: no DMA.
@@ -442,5 +358,5 @@ def sddmm(
         ),
         interpret=interpret,
         name="sparsejax_sddmm",
-    )(like.indices.reshape(-1).astype(jnp.int32), like.counts.astype(jnp.int32), ap, bp)
-    return _with_data(like, data)
+    )(*flat_index(like), ap, bp)
+    return like.replace(data=data)

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from sparsejax._checks import check_same_structure
 from sparsejax.select import _is_none, select
 from sparsejax.training.moments import reset_moments
 from sparsejax.training.state import SparseState
-from sparsejax.tree import _check_same_structure, apply_masks
+from sparsejax.tree import apply_masks
 
 PyTree = Any
 # (params, grads, masks, step, key) -> new masks
@@ -94,8 +95,8 @@ def masked_transform(
                              "sparse-training transforms (they read the weights); got None.")
         grads = updates
         old, inner_state = state.masks, state.inner_state
-        _check_same_structure(params, old, "masks")  # the state's masks vs these params
-        _check_same_structure(params, grads, "updates")
+        check_same_structure(params, old, "masks")  # the state's masks vs these params
+        check_same_structure(params, grads, "updates")
         step, k_state = state.count, state.key
         new = keep = old
         if update_masks is not None:

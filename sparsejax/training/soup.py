@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax._checks import is_concrete
+from sparsejax._checks import check_same_structure, is_concrete
 from sparsejax.select import _is_none
-from sparsejax.tree import _check_same_structure, apply_masks
+from sparsejax.tree import apply_masks
 
 __all__ = ["soup"]
 
@@ -40,14 +40,14 @@ def soup(models: Sequence[PyTree], masks: PyTree | Sequence[PyTree]) -> PyTree:
     if not models:
         raise ValueError("`models` must be a non-empty sequence of param trees; got an empty one.")
     for i, model in enumerate(models[1:], 1):
-        _check_same_structure(models[0], model, f"models[{i}]")
+        check_same_structure(models[0], model, f"models[{i}]")
     per_model = (isinstance(masks, list | tuple) and len(masks) == len(models)
                  and jax.tree.structure(masks[0], is_leaf=_is_none)
                  == jax.tree.structure(models[0], is_leaf=_is_none))
     if per_model:
         shared = masks[0]
         for i, other in enumerate(masks[1:], 1):
-            _check_same_structure(models[0], other, f"masks[{i}]")
+            check_same_structure(models[0], other, f"masks[{i}]")
             for a, b in zip(jax.tree.leaves(shared, is_leaf=_is_none),
                             jax.tree.leaves(other, is_leaf=_is_none)):
                 differ = (a is None) != (b is None) or (
@@ -58,7 +58,7 @@ def soup(models: Sequence[PyTree], masks: PyTree | Sequence[PyTree]) -> PyTree:
                                      f"masks[0] (sparse model soups average models with the same "
                                      f"mask).")
         masks = shared
-    _check_same_structure(models[0], masks, "masks")
+    check_same_structure(models[0], masks, "masks")
 
     def mean(*leaves):
         acc = jnp.promote_types(leaves[0].dtype, jnp.float32)

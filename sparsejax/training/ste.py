@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_int
+from sparsejax._checks import check_int, check_same_structure
 from sparsejax.select import Where, _is_none
-from sparsejax.tree import _check_same_structure, compute_masks
+from sparsejax.tree import compute_masks
 
 __all__ = [
     "decay_factor",
@@ -43,7 +43,7 @@ Masks = PyTree | Callable[[PyTree], PyTree]
 def _resolve(params: PyTree, masks: Masks) -> PyTree:
     if callable(masks):
         masks = masks(lax.stop_gradient(params))
-    _check_same_structure(params, masks, "masks")
+    check_same_structure(params, masks, "masks")
     return masks
 
 

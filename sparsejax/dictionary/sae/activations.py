@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from sparsejax.dictionary.sae._validation import (
+from sparsejax._checks import (
     check_choice,
     check_float,
     check_float_array,
@@ -73,7 +73,7 @@ def topk_indices(
     Returns:
         ``values [..., k]`` (non-negative) and ``indices [..., k]`` (int32), sorted by value.
     """
-    pre = check_float_array(pre, "pre")
+    pre = check_float_array(pre, "pre", min_ndim=1)
     k = check_int(k, "k", minimum=1, maximum=pre.shape[-1])
     check_choice(order, "order", ("relu_first", "topk_first"))
     if order == "relu_first":
@@ -113,7 +113,7 @@ def abs_topk(pre: Float[Array, "... d_sae"], k: int) -> Float[Array, "... d_sae"
     Returns:
         Signed codes ``[..., d_sae]``; exactly k nonzeros per row unless a kept entry is 0.
     """
-    pre = check_float_array(pre, "pre")
+    pre = check_float_array(pre, "pre", min_ndim=1)
     k = check_int(k, "k", minimum=1, maximum=pre.shape[-1])
     _, indices = jax.lax.top_k(jnp.abs(pre), k)
     return jnp.where(_row_mask(indices, pre.shape[-1]), pre, jnp.zeros((), pre.dtype))
@@ -133,7 +133,7 @@ def mutual_choice(pre: Float[Array, "... d_sae"], total: int) -> Float[Array, ".
         Codes of ``pre``'s shape with at most ``total`` nonzeros (exactly ``total`` when at least
         that many entries are positive).
     """
-    pre = check_float_array(pre, "pre")
+    pre = check_float_array(pre, "pre", min_ndim=1)
     total = check_int(total, "total", minimum=1, maximum=pre.size)
     acts = jax.nn.relu(pre)
     flat = acts.reshape(-1)
@@ -156,7 +156,7 @@ def batch_topk(pre: Float[Array, "... d_sae"], k: int) -> Float[Array, "... d_sa
     Returns:
         Codes with at most ``k * B`` nonzeros in total.
     """
-    pre = check_float_array(pre, "pre")
+    pre = check_float_array(pre, "pre", min_ndim=1)
     k = check_int(k, "k", minimum=1, maximum=pre.shape[-1])
     rows = pre.size // pre.shape[-1]
     return mutual_choice(pre, k * rows)
@@ -170,7 +170,7 @@ def threshold_activation(pre: Float[Array, "... d_sae"], threshold: Float[Array,
         pre: pre-activations ``[..., d_sae]``.
         threshold: a scalar or per-latent ``[d_sae]`` threshold (>= 0 gives non-negative codes).
     """
-    pre = check_float_array(pre, "pre")
+    pre = check_float_array(pre, "pre", min_ndim=1)
     threshold = jax.lax.stop_gradient(jnp.asarray(threshold, pre.dtype))
     return jnp.where(pre > threshold, pre, jnp.zeros((), pre.dtype))
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float
 
-from sparsejax.dictionary.sae._validation import check_float, check_float_array, check_int
+from sparsejax._checks import check_float, check_float_array, check_int
 
 __all__ = [
     "geometric_median",
@@ -157,7 +157,7 @@ def geometric_median(
     if weights is None:
         w = jnp.ones((p.shape[0],), p.dtype)
     else:
-        w = check_float_array(jnp.asarray(weights), "weights").astype(p.dtype)
+        w = check_float_array(jnp.asarray(weights), "weights", min_ndim=1).astype(p.dtype)
         if w.shape != (p.shape[0],):
             raise ValueError(f"weights must have shape ({p.shape[0]},), got {w.shape}")
 

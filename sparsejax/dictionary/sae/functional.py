@@ -47,14 +47,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax.dictionary.sae import activations as acts
-from sparsejax.dictionary.sae._validation import (
+from sparsejax._checks import (
     check_choice,
     check_float,
     check_float_array,
     check_int,
     check_last_dim,
 )
+from sparsejax.dictionary.sae import activations as acts
 from sparsejax.dictionary.sae.decoder import unit_norm_rows
 from sparsejax.dictionary.sae.losses import aux_zipf_loss, auxk_loss, decoder_weighted_l1
 
@@ -261,7 +261,7 @@ def init_sae(key: Array, config: SAEConfig, *, b_dec: Float[Array, " d_out"] | N
     if b_dec is None:
         params["b_dec"] = jnp.zeros((d_out,), dtype)
     else:
-        b_dec = check_float_array(jnp.asarray(b_dec), "b_dec")
+        b_dec = check_float_array(jnp.asarray(b_dec), "b_dec", min_ndim=1)
         if b_dec.shape != (d_out,):
             raise ValueError(f"b_dec must have shape (d_out,)=({d_out},), got {b_dec.shape}")
         params["b_dec"] = b_dec.astype(dtype)
@@ -332,7 +332,7 @@ def pre_activation(params: Params, x: Float[Array, "... d_in"], config: SAEConfi
     """
     config = _check_config(config)
     _check_params(params, config)
-    x = check_float_array(x, "x")
+    x = check_float_array(x, "x", min_ndim=1)
     check_last_dim(x, config.d_in, "x", "d_in")
     if config.activation == "gated":
         return _gated_pre(params, x, config)[1]
@@ -390,7 +390,7 @@ def encode(params: Params, x: Float[Array, "... d_in"], config: SAEConfig, *,
         raise ValueError(f"threshold is only used by activation='batch_topk', got "
                          f"activation={config.activation!r}")
     if config.activation == "gated":
-        x = check_float_array(x, "x")
+        x = check_float_array(x, "x", min_ndim=1)
         _check_params(params, config)
         check_last_dim(x, config.d_in, "x", "d_in")
         gate, mag = _gated_pre(params, x, config)
@@ -411,7 +411,7 @@ def decode(params: Params, codes: Float[Array, "... d_sae"], config: SAEConfig,
     """
     config = _check_config(config)
     _check_params(params, config)
-    codes = check_float_array(codes, "codes")
+    codes = check_float_array(codes, "codes", min_ndim=1)
     check_last_dim(codes, config.d_sae, "codes", "d_sae")
     out = codes @ params["W_dec"].astype(codes.dtype) + params["b_dec"].astype(codes.dtype)
     if config.skip:
@@ -510,12 +510,12 @@ def sae_loss(
         updated tracker).
     """
     config = _check_config(config)
-    x = check_float_array(x, "x")
+    x = check_float_array(x, "x", min_ndim=1)
     check_last_dim(x, config.d_in, "x", "d_in")
     if config.transcoder:
         if y is None:
             raise ValueError("a transcoder (transcoder=True) needs targets y")
-        y = check_float_array(y, "y")
+        y = check_float_array(y, "y", min_ndim=1)
         check_last_dim(y, config.out_dim, "y", "d_out")
         if y.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"x and y must have the same leading shape, got {x.shape} and "

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from sparsejax.dictionary.sae._validation import check_choice, check_float_array
+from sparsejax._checks import check_choice, check_float_array
 
 __all__ = ["ce_loss_recovered", "dead_fraction", "explained_variance", "fvu", "l0"]
 
@@ -45,7 +45,7 @@ def explained_variance(x: Float[Array, "n d"], x_hat: Float[Array, "n d"]) -> Fl
 
 def l0(codes: Float[Array, "... d_sae"]) -> Float[Array, ""]:
     """Mean number of nonzero latents per row, counted with ``!= 0`` (so signed codes count)."""
-    codes = check_float_array(codes, "codes")
+    codes = check_float_array(codes, "codes", min_ndim=1)
     return jnp.mean(jnp.sum(codes != 0, axis=-1).astype(jnp.float32))
 
 
@@ -55,7 +55,7 @@ def dead_fraction(codes: Float[Array, "... d_sae"]) -> Float[Array, ""]:
     For a fraction over a training window use the tracker in the SAE state
     (`sparsejax.dictionary.sae.dead_mask`).
     """
-    codes = check_float_array(codes, "codes")
+    codes = check_float_array(codes, "codes", min_ndim=1)
     fired = jnp.any(codes.reshape(-1, codes.shape[-1]) != 0, axis=0)
     return 1.0 - jnp.mean(fired.astype(jnp.float32))
 

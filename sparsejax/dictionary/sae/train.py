@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from sparsejax.dictionary.sae._validation import (
+from sparsejax._checks import (
     check_choice,
     check_float,
     check_float_array,

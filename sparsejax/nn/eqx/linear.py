@@ -65,7 +65,7 @@ class BlockSparseLinear(eqx.Module):
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
         """``x @ W + b`` through `sparsejax.ops.dense_bsr_matmul`."""
-        y = dense_bsr_matmul(x, self.weight, self.backend)
+        y = dense_bsr_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias
 
 
@@ -106,5 +106,5 @@ class NMLinear(eqx.Module):
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
         """``x @ W + b`` through `sparsejax.ops.dense_nm_matmul`."""
-        y = dense_nm_matmul(x, self.weight, self.backend)
+        y = dense_nm_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias

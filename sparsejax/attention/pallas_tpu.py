@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from sparsejax.attention._tiles import FULL, PARTIAL, kernel_blocks, pad_axis, partial_tiles
+from sparsejax._blocks import FULL, PARTIAL
+from sparsejax.attention._tiles import prologue
 from sparsejax.attention.mask import BlockMask
 
 
@@ -81,7 +82,7 @@ def _kernel(
     del counts_ref, mnext_ref
 
 
-def pallas_tpu_attention(
+def attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
@@ -98,20 +99,19 @@ def pallas_tpu_attention(
         v: ``[B, Hkv, Lk, Dv]``.
         mask: Block mask of geometry ``(Lq, Lk)``.
         scale: Logit scale.
-        interpret: Run with ``pltpu.InterpretParams()`` (CPU testing).
+        interpret: ``True`` or ``pltpu.InterpretParams()`` to run on CPU.
 
     Returns:
         ``[B, Hq, Lq, Dv]`` in ``q.dtype``.
     """
     batch, hq, lq, d = q.shape
-    hkv, dv = k.shape[1], v.shape[-1]
-    groups = hq // hkv
+    dv = v.shape[-1]
     bq, bk = mask.block_q, mask.block_kv
-    nq, nk = mask.num_q_blocks, mask.num_kv_blocks
+    nq = mask.num_q_blocks
     bm, hm = mask.block_map.shape[:2]
-    blocks = kernel_blocks(mask)
-    tiles, mnext = partial_tiles(mask, blocks)
-    width = blocks.kv_indices.shape[-1]
+    pro = prologue(q, k, v, mask)
+    blocks, groups = pro.blocks, pro.groups
+    width = blocks.width
 
     def entry(b, h, i):
         return ((b if bm > 1 else 0) * hm + (h if hm > 1 else 0)) * nq + i
@@ -119,10 +119,8 @@ def pallas_tpu_attention(
     def flat(x):
         return jnp.asarray(x, jnp.int32).reshape(-1)
 
-    prefetch = (flat(blocks.kv_indices), flat(blocks.kinds), flat(blocks.counts), flat(mnext))
-    qp = pad_axis(q, 2, nq * bq)
-    kp = pad_axis(k, 2, nk * bk)
-    vp = pad_axis(v, 2, nk * bk)
+    prefetch = (flat(blocks.indices), flat(blocks.kinds), flat(blocks.counts),
+                flat(pro.mask_next))
 
     def q_map(b, h, i, j, *refs):
         return (b, h, i, 0)
@@ -157,9 +155,9 @@ def pallas_tpu_attention(
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
         ),
-        interpret=True if interpret else False,
-    )(*prefetch, qp, kp, vp, tiles)
+        interpret=interpret,
+    )(*prefetch, pro.q, pro.k, pro.v, pro.tiles)
     return out[:, :, :lq]
 
 
-__all__ = ["pallas_tpu_attention"]
+__all__ = ["attention"]

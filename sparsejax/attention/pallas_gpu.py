@@ -8,7 +8,8 @@ blocks use an all-true tile-free path (``where`` on a scalar kind). A row with n
 written as zeros.
 
 On a real GPU the Triton lowering needs power-of-two ``block_q``, ``block_kv`` and head dims
-(>= 16 for the matmuls); interpret mode accepts any size.
+(>= 16 for the matmuls): other sizes raise `sparsejax._backend.UnsupportedShapeError` (so
+``backend="auto"`` falls back to ``xla``); interpret mode accepts any size.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from sparsejax.attention._tiles import FULL, PARTIAL, kernel_blocks, pad_axis, partial_tiles
+from sparsejax._blocks import FULL, PARTIAL
+from sparsejax._pallas import check_pow2, pad_axis
+from sparsejax.attention._tiles import prologue
 from sparsejax.attention.mask import BlockMask
 
 
@@ -62,7 +65,7 @@ def _kernel(
     o_ref[...] = (acc / jnp.where(denom > 0, denom, 1.0)[:, None]).astype(o_ref.dtype)
 
 
-def pallas_gpu_attention(
+def attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
@@ -81,25 +84,27 @@ def pallas_gpu_attention(
         scale: Logit scale.
         interpret: Run the kernel in interpret mode (CPU testing).
 
+    Raises:
+        UnsupportedShapeError: compiled (not interpreted) with a block or head dim that is not a
+            power of two >= 16.
+
     Returns:
         ``[B, Hq, Lq, Dv]`` in ``q.dtype``.
     """
     batch, hq, lq, d = q.shape
-    hkv, dv = k.shape[1], v.shape[-1]
-    groups = hq // hkv
+    dv = v.shape[-1]
     bq, bk = mask.block_q, mask.block_kv
     nq, nk = mask.num_q_blocks, mask.num_kv_blocks
     bm, hm = mask.block_map.shape[:2]
-    blocks = kernel_blocks(mask)
-    tiles, mnext = partial_tiles(mask, blocks)
-    width = blocks.kv_indices.shape[-1]
-    n_tiles = tiles.shape[0]
+    if not interpret:  # Triton's tl.dot; interpret mode takes any size
+        for name, value in (("block_q", bq), ("block_kv", bk), ("head dim", d), ("value dim", dv)):
+            check_pow2(value, name)
+    pro = prologue(q, k, v, mask)
+    blocks, groups = pro.blocks, pro.groups
+    width = blocks.width
+    n_tiles = pro.tiles.shape[0]
     padded_tiles = 1 << max(0, (n_tiles - 1).bit_length())
-    tiles = pad_axis(tiles, 0, padded_tiles)
-
-    qp = pad_axis(q, 2, nq * bq)
-    kp = pad_axis(k, 2, nk * bk)
-    vp = pad_axis(v, 2, nk * bk)
+    tiles = pad_axis(pro.tiles, 0, padded_tiles)
 
     def row_map(b, h, i):
         return (b if bm > 1 else 0, h if hm > 1 else 0, i, 0)
@@ -126,10 +131,10 @@ def pallas_gpu_attention(
         out_shape=jax.ShapeDtypeStruct((batch, hq, nq * bq, dv), q.dtype),
         interpret=interpret,
     )(
-        as_i32(blocks.kv_indices), as_i32(blocks.kinds), as_i32(mnext), counts,
-        qp, kp, vp, tiles,
+        as_i32(blocks.indices), as_i32(blocks.kinds), as_i32(pro.mask_next), counts,
+        pro.q, pro.k, pro.v, tiles,
     )
     return out[:, :, :lq]
 
 
-__all__ = ["pallas_gpu_attention"]
+__all__ = ["attention"]

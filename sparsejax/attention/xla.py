@@ -28,15 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax.attention._tiles import (
-    EMPTY,
-    FULL,
-    PARTIAL,
-    kernel_blocks,
-    may_have_partial,
-    pad_axis,
-    tile_mask,
-)
+from sparsejax._blocks import EMPTY, FULL, PARTIAL, pack_indices, slot_mask
+from sparsejax._pallas import pad_axis
+from sparsejax.attention._tiles import kernel_blocks, may_have_partial, tile_mask
 from sparsejax.attention.mask import BlockMask
 
 # Target bytes of float32 logits per lax.map step.
@@ -78,9 +72,8 @@ def _split_counts(counts: np.ndarray, max_buckets: int) -> list[tuple[int, int]]
 
 def _pack(idx: np.ndarray, kinds: np.ndarray, keep: np.ndarray):
     """Per row, the entries where ``keep`` (ascending slots), left-packed and padded."""
-    width = max(1, int(keep.sum(-1).max(initial=0)))
-    order = np.argsort(~keep, axis=-1, kind="stable")[:, :width]
-    valid = np.take_along_axis(keep, order, -1)
+    order, counts = pack_indices(keep, pad="zero")
+    valid = slot_mask(counts, order.shape[-1])
     out_idx = np.where(valid, np.take_along_axis(idx, order, -1), 0)
     out_kinds = np.where(valid, np.take_along_axis(kinds, order, -1), EMPTY)
     return out_idx, out_kinds
@@ -125,7 +118,7 @@ def _bind_flags(row_fn, flags):
     return fn
 
 
-def xla_attention(
+def attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
@@ -252,4 +245,4 @@ def xla_attention(
     return out.reshape(batch, hq, nq * bq, dv)[:, :, :lq]
 
 
-__all__ = ["xla_attention"]
+__all__ = ["attention"]

@@ -37,3 +37,11 @@ def masked_softmax_attention(
         "bhqk,bhkd->bhqd", p, v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST
     )
     return (o / jnp.where(denom > 0, denom, 1.0)).astype(q.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask, scale: float) -> jax.Array:
+    """`masked_softmax_attention` over ``mask.to_dense()`` (a `BlockMask`), the test oracle."""
+    return masked_softmax_attention(q, k, v, mask.to_dense(), scale)
+
+
+__all__ = ["attention", "masked_softmax_attention"]

@@ -1,0 +1,272 @@
+"""Sparse Bayesian learning: ARD regression by MacKay's fixed-point (EM) updates.
+
+Model: ``y = X w + noise``, ``noise ~ N(0, 1/alpha)``, ``w_j ~ N(0, 1/lambda_j)`` with Gamma
+hyperpriors on ``alpha`` and every ``lambda_j``. Each iteration (scikit-learn's ``ARDRegression``,
+Tipping 2001; MacKay 1992):
+
+* posterior ``Sigma = (diag(lambda) + alpha X^T X)^-1`` and mean ``w = alpha Sigma X^T y`` over the
+  kept weights (with the Woodbury identity when ``n < d``: an ``n x n`` solve);
+* ``gamma_j = 1 - lambda_j Sigma_jj``, ``lambda_j = (gamma_j + 2 l1) / (w_j^2 + 2 l2)``,
+  ``alpha = (n - sum(gamma) + 2 a1) / (||y - X w||^2 + 2 a2)``;
+* weights whose precision reaches ``prune_threshold`` are pruned for good (``w_j = 0``);
+* stop when ``sum |w_old - w| < tol`` (after the first iteration) or after ``max_iter``; then one
+  last posterior update with the final hyperparameters.
+
+Everything is fixed-shape (pruned weights are masked, not removed) inside one ``lax.while_loop``, so
+`sbl` runs under ``jit`` and ``vmap``: many problems solve in one batched call. `kron_sbl` runs the
+same iteration for the dictionary ``kron(a, b)`` through its factors (the Kronecker-structured
+channel of IRS-MIMO estimation), never forming the ``(na nb) x (da db)`` matrix.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Bool, Float, Int
+
+from sparsejax._checks import check_float_array, check_int, check_positive_float
+
+__all__ = ["SBLResult", "kron_sbl", "sbl"]
+
+
+class SBLResult(NamedTuple):
+    """Result of `sbl` / `kron_sbl` (leading batch dimensions as the targets').
+
+    Attributes:
+        coef: posterior mean of the weights ``[..., d]`` (exactly ``0`` where pruned).
+        alpha: noise precision ``[...]``.
+        lambda_: weight precisions ``[..., d]`` (frozen at their last value once pruned).
+        keep: bool ``[..., d]``, ``False`` for pruned weights.
+        n_iter: iterations run ``[...]`` (scikit-learn's ``n_iter_``).
+    """
+
+    coef: Float[Array, "*batch d"]
+    alpha: Float[Array, "*batch"]
+    lambda_: Float[Array, "*batch d"]
+    keep: Bool[Array, "*batch d"]
+    n_iter: Int[Array, "*batch"]
+
+
+class _Dense(NamedTuple):
+    x: jax.Array
+
+    @property
+    def shape(self):
+        return self.x.shape
+
+    def matvec(self, v):
+        return self.x @ v
+
+    def rmatvec(self, r):
+        return self.x.T @ r
+
+    def xlx(self, inv_lam):  # X diag(inv_lam) X^T, [n, n]
+        return (self.x * inv_lam) @ self.x.T
+
+    def diag_xtsx(self, s):  # diag(X^T S X), [d]
+        return jnp.sum(self.x * (s @ self.x), axis=0)
+
+    def gram(self):
+        return self.x.T @ self.x
+
+
+class _Kron(NamedTuple):
+    a: jax.Array  # [na, da]
+    b: jax.Array  # [nb, db]
+
+    @property
+    def shape(self):
+        return (self.a.shape[0] * self.b.shape[0], self.a.shape[1] * self.b.shape[1])
+
+    def matvec(self, v):
+        return (self.a @ v.reshape(self.a.shape[1], self.b.shape[1]) @ self.b.T).reshape(-1)
+
+    def rmatvec(self, r):
+        return (self.a.T @ r.reshape(self.a.shape[0], self.b.shape[0]) @ self.b).reshape(-1)
+
+    def xlx(self, inv_lam):
+        lam = inv_lam.reshape(self.a.shape[1], self.b.shape[1])
+        t = jnp.einsum("ij,pj,jl->ipl", self.a, self.a, lam)
+        m = jnp.einsum("ipl,kl,ql->ikpq", t, self.b, self.b)
+        n = self.shape[0]
+        return m.reshape(n, n)
+
+    def diag_xtsx(self, s):
+        na, nb = self.a.shape[0], self.b.shape[0]
+        s4 = s.reshape(na, nb, na, nb)
+        u = jnp.einsum("ij,ikpq,pj->jkq", self.a, s4, self.a)
+        return jnp.einsum("jkq,kl,ql->jl", u, self.b, self.b).reshape(-1)
+
+    def gram(self):
+        return jnp.kron(self.a.T @ self.a, self.b.T @ self.b)
+
+
+def _posterior(op, y, alpha, lam, keep):
+    """``(coef, diag Sigma)`` over the kept weights (pruned: coef 0)."""
+    n, d = op.shape
+    dtype = y.dtype
+    if n < d:  # Woodbury: Sigma = L - L X^T (I/alpha + X L X^T)^-1 X L, L = diag(1/lambda)
+        inv_lam = jnp.where(keep, 1.0 / lam, 0.0)
+        inner = jnp.eye(n, dtype=dtype) / alpha + op.xlx(inv_lam)
+        s = jnp.linalg.inv(inner)
+        s = (s + s.T) / 2
+        u = inv_lam * op.rmatvec(y)
+        coef = alpha * (u - inv_lam * op.rmatvec(s @ op.matvec(u)))
+        diag = inv_lam - inv_lam**2 * op.diag_xtsx(s)
+    else:  # Sigma = (diag(lambda) + alpha X^T X)^-1 on the kept block; pruned rows decoupled
+        both = keep[:, None] & keep[None, :]
+        a = jnp.diag(jnp.where(keep, lam, 1.0)) + alpha * jnp.where(both, op.gram(), 0.0)
+        sigma = jnp.linalg.inv(a)
+        coef = alpha * (sigma @ jnp.where(keep, op.rmatvec(y), 0.0))
+        diag = jnp.diagonal(sigma)
+    return jnp.where(keep, coef, 0.0), diag
+
+
+def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
+    n, d = op.shape
+    dtype = y.dtype
+    eps = np.finfo(np.float64).eps
+    alpha0 = (1.0 / (jnp.var(y) + eps)).astype(dtype)
+    zeros = jnp.zeros(d, dtype)
+    init = (jnp.int32(0), zeros, zeros, alpha0, jnp.ones(d, dtype), jnp.ones(d, bool),
+            jnp.bool_(False))
+
+    def cond(state):
+        it, *_, done = state
+        return (~done) & (it < max_iter)
+
+    def body(state):
+        it, coef, coef_old, alpha, lam, keep, _ = state
+        coef, diag = _posterior(op, y, alpha, lam, keep)
+        sse = jnp.sum((y - op.matvec(coef)) ** 2)
+        gamma = jnp.where(keep, 1.0 - lam * diag, 0.0)
+        lam = jnp.where(keep, (gamma + 2.0 * l1) / (coef**2 + 2.0 * l2), lam)
+        alpha = (n - jnp.sum(gamma) + 2.0 * a1) / (sse + 2.0 * a2)
+        keep = lam < threshold
+        coef = jnp.where(keep, coef, 0.0)
+        converged = (it > 0) & (jnp.sum(jnp.abs(coef_old - coef)) < tol)
+        done = converged | ~jnp.any(keep)
+        return it + 1, coef, coef, alpha.astype(dtype), lam, keep, done
+
+    it, coef, _, alpha, lam, keep, _ = lax.while_loop(cond, body, init)
+    final, _ = _posterior(op, y, alpha, lam, keep)
+    coef = jnp.where(jnp.any(keep), final, coef)
+    return SBLResult(coef, alpha, lam, keep, it)
+
+
+def _check_options(max_iter, tol, prune_threshold):
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    check_positive_float(tol, "tol")
+    check_positive_float(prune_threshold, "prune_threshold")
+    return max_iter
+
+
+def _run(make_op, factors, targets, n, max_iter, tol, prune_threshold, hyper):
+    """vmap `_sbl_one` over the leading dims of ``targets`` (and of the factors, if batched)."""
+    batch = targets.shape[:-1]
+    for f in factors:
+        if f.ndim > 2 and f.shape[:-2] != batch:
+            raise ValueError(f"batched factors must have the targets' batch shape {batch}; got "
+                             f"{f.shape[:-2]}.")
+    if targets.shape[-1] != n:
+        raise ValueError(f"`targets` must be [..., {n}] (one entry per design row); got "
+                         f"{targets.shape}.")
+    dtype = jnp.result_type(targets, *factors)
+    factors = [f.astype(dtype) for f in factors]
+    y = targets.astype(dtype).reshape(-1, n)
+
+    def one(y_i, *fs):
+        return _sbl_one(make_op(*fs), y_i, max_iter, tol, prune_threshold, *hyper)
+
+    flat = [f.reshape(-1, *f.shape[-2:]) if f.ndim > 2 else f for f in factors]
+    in_axes = (0, *(0 if f.ndim > 2 else None for f in factors))
+    out = jax.vmap(one, in_axes=in_axes)(y, *flat)
+    return jax.tree.map(lambda z: z.reshape(*batch, *z.shape[1:]), out)
+
+
+def sbl(
+    design: Float[Array, "*batch n d"],
+    targets: Float[Array, "*batch n"],
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-3,
+    prune_threshold: float = 1e4,
+    alpha_1: float = 1e-6,
+    alpha_2: float = 1e-6,
+    lambda_1: float = 1e-6,
+    lambda_2: float = 1e-6,
+) -> SBLResult:
+    """ARD / sparse Bayesian learning regression, batched over target vectors (and designs).
+
+    The iteration of scikit-learn's ``ARDRegression(fit_intercept=False)`` with the same defaults
+    (see the module docstring); the coefficients agree to ``1e-3`` relative in float64 and the
+    pruned sets match.
+
+    Args:
+        design: ``X`` ``[n, d]`` shared by all problems, or ``[..., n, d]`` one per problem.
+        targets: ``y`` ``[n]`` or ``[..., n]`` (leading dimensions are independent problems).
+        max_iter: maximum number of iterations.
+        tol: convergence threshold on ``sum |w_old - w|``.
+        prune_threshold: precision above which a weight is pruned (scikit-learn's
+            ``threshold_lambda``).
+        alpha_1, alpha_2: Gamma hyperprior (shape, rate) of the noise precision.
+        lambda_1, lambda_2: Gamma hyperprior (shape, rate) of the weight precisions.
+
+    Returns:
+        `SBLResult` with the targets' leading dimensions.
+
+    Raises:
+        TypeError: non-float ``design``/``targets``.
+        ValueError: shapes that do not match, ``max_iter < 1``, non-positive ``tol`` or threshold.
+    """
+    design = check_float_array(design, "design")
+    targets = check_float_array(targets, "targets")
+    max_iter = _check_options(max_iter, tol, prune_threshold)
+    if design.ndim < 2:
+        raise ValueError(f"`design` must be [n, d] or [..., n, d]; got shape {design.shape}.")
+    return _run(_Dense, [design], targets, design.shape[-2], max_iter, tol, prune_threshold,
+                (alpha_1, alpha_2, lambda_1, lambda_2))
+
+
+def kron_sbl(
+    a: Float[Array, "*batch na da"],
+    b: Float[Array, "*batch nb db"],
+    targets: Float[Array, "*batch n"],
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-3,
+    prune_threshold: float = 1e4,
+    alpha_1: float = 1e-6,
+    alpha_2: float = 1e-6,
+    lambda_1: float = 1e-6,
+    lambda_2: float = 1e-6,
+) -> SBLResult:
+    """`sbl` with the design ``kron(a, b)`` applied through its factors, never formed.
+
+    Row ``i * nb + k`` and column ``j * db + l`` of ``kron(a, b)`` is ``a[i, j] * b[k, l]``, so
+    ``targets`` is the row-major flattening of an ``[na, nb]`` measurement ``Y = a W b^T`` and the
+    coefficients flatten ``W [da, db]``. Products with the design cost ``O(na da db + na nb db)``
+    instead of ``O(na nb da db)``; the ``n x n`` (or ``d x d``) solve of each iteration remains.
+
+    Args:
+        a: ``[na, da]`` (or batched ``[..., na, da]``).
+        b: ``[nb, db]`` (or batched ``[..., nb, db]``).
+        targets: ``[na * nb]`` or ``[..., na * nb]``.
+        max_iter, tol, prune_threshold, alpha_1, alpha_2, lambda_1, lambda_2: as in `sbl`.
+
+    Returns:
+        `SBLResult` with ``d = da * db`` coefficients.
+    """
+    a = check_float_array(a, "a")
+    b = check_float_array(b, "b")
+    targets = check_float_array(targets, "targets")
+    max_iter = _check_options(max_iter, tol, prune_threshold)
+    for name, f in (("a", a), ("b", b)):
+        if f.ndim < 2:
+            raise ValueError(f"`{name}` must be a matrix [n, d] (or batched); got shape {f.shape}.")
+    return _run(_Kron, [a, b], targets, a.shape[-2] * b.shape[-2], max_iter, tol, prune_threshold,
+                (alpha_1, alpha_2, lambda_1, lambda_2))

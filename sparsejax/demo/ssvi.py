@@ -1,0 +1,197 @@
+"""Demo stage: dense mean-field VI vs SSVI at 10% density on digits, the same steps.
+
+Both train a Bayesian MLP (64-256-256-10 by default, deterministic biases) with the local
+reparameterisation trick, Adam on the negative ELBO with a linear KL warm-up, and report test
+accuracy, NLL, ECE (15 bins) of the Monte-Carlo predictive, the parameter count, the training-FLOPs
+ratio (`sparsejax.bayes.training_flops`) and the measured step-time ratio. `train_bnn` and
+`evaluate_bnn` are shared with ``benchmarks/ssvi.py``, the tests and the notebook.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparsejax import bayes as B
+from sparsejax.demo._table import print_table
+from sparsejax.demo.context import DemoContext, init_mlp, load_digits_split
+
+__all__ = ["bnn_apply", "compare", "evaluate_bnn", "plot", "print_rows", "run", "train_bnn"]
+
+
+def bnn_apply(post: B.Posterior, key: jax.Array | None, x: jax.Array) -> jax.Array:
+    """Logits of the Bayesian MLP: one LRT sample per layer with ``key``, mean weights without."""
+    n = len(post.mu)
+    keys = [None] * n if key is None else list(jax.random.split(key, n))
+    h = x
+    for i in range(n):
+        name = f"dense_{i}"
+        mask = post.mask[name]["kernel"]
+        h = B.linear_lrt(keys[i], h, post.mu[name]["kernel"],
+                         B.sigma_of(post.rho[name]["kernel"], mask), mask, post.mu[name]["bias"])
+        if i < n - 1:
+            h = jax.nn.relu(h)
+    return h
+
+
+@functools.lru_cache(maxsize=8)
+def _step_function(n: int, batch_size: int, learning_rate: float, prior_sigma: float, warmup: int,
+                   update_every: int, end_step: int):
+    """``(opt, jitted step)`` for one training configuration (cached: dense VI and SSVI share the
+    compiled step, their posteriors have the same shapes)."""
+    opt = B.ssvi(optax.adam(learning_rate), end_step=end_step, update_every=update_every)
+
+    def loss_fn(v, masks, key, xb, yb, step):
+        p = v._replace(mask=masks)
+        logits = bnn_apply(p, key, xb)
+        log_lik = -optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        kl = B.kl_divergence(p, prior_sigma)
+        return -B.elbo(log_lik, kl, num_data=n, step=step, warmup_steps=warmup)
+
+    @jax.jit
+    def step_fn(v, state, key, x, y):
+        k_batch, k_noise = jax.random.split(key)
+        idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
+        loss, grads = jax.value_and_grad(loss_fn)(v, state.masks, k_noise, x[idx], y[idx],
+                                                  state.count)
+        updates, state = opt.update(grads, state, v)
+        return optax.apply_updates(v, updates), state, loss
+
+    return opt, step_fn
+
+
+def train_bnn(
+    key: jax.Array,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    sparsity: float,
+    steps: int,
+    sizes: tuple[int, ...] = (64, 256, 256, 10),
+    batch_size: int = 128,
+    learning_rate: float = 3e-3,
+    prior_sigma: float = 1.0,
+    warmup_fraction: float = 0.3,
+    update_every: int = 50,
+    allocation: str = "uniform",
+    rho_init: float = -5.0,
+    progress: bool = False,
+    desc: str = "",
+) -> dict[str, Any]:
+    """Train a Bayesian MLP with `sparsejax.bayes.ssvi` (``sparsity=0``: dense mean-field VI).
+
+    Returns:
+        ``{"posterior", "losses", "step_seconds"}``: the trained `Posterior`, the loss every step
+        and the median wall time of a compiled step (excluding subspace-update steps).
+    """
+    k_init, k_post, k_train = jax.random.split(key, 3)
+    params = init_mlp(k_init, sizes)
+    post = B.init_posterior(k_post, params, sparsity, allocation=allocation, rho_init=rho_init)
+    end_step = max(int(0.75 * steps), 1)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    opt, step_fn = _step_function(x.shape[0], batch_size, learning_rate, prior_sigma,
+                                  int(warmup_fraction * steps), update_every, end_step)
+    state = opt.init(post)
+    variational = post._replace(mask=None)
+    keys = jax.random.split(k_train, steps)
+    losses, times = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=desc or f"ssvi sparsity {sparsity}", leave=False)
+    for t in range(steps):
+        t0 = time.perf_counter()
+        variational, state, loss = step_fn(variational, state, keys[t], x, y)
+        loss = float(loss)
+        if t > 0 and not (t % update_every == 0 and t < end_step):
+            times.append(time.perf_counter() - t0)
+        losses.append(loss)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    post = variational._replace(mask=state.masks)
+    return {"posterior": post, "losses": losses,
+            "step_seconds": float(np.median(times)) if times else float("nan")}
+
+
+def evaluate_bnn(key: jax.Array, post: B.Posterior, x: np.ndarray, y: np.ndarray, *,
+                 samples: int = 32) -> dict[str, Any]:
+    """Accuracy, NLL, ECE (15 bins) and mean predictive entropy of the MC predictive (and the
+    probabilities themselves under ``"probs"``)."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    probs = B.predict(lambda k, xb: jax.nn.softmax(bnn_apply(post, k, xb)), key, x,
+                      samples=samples)
+    return {"accuracy": float(B.accuracy(probs, y)), "nll": float(B.nll(probs, y)),
+            "ece": float(B.expected_calibration_error(probs, y, bins=15)),
+            "entropy": float(jnp.mean(B.predictive_entropy(probs))), "probs": probs}
+
+
+def compare(key: jax.Array, *, steps: int, density: float = 0.1, data: tuple | None = None,
+            batch_size: int = 128, progress: bool = False, **kwargs: Any) -> list[dict]:
+    """Dense mean-field VI and SSVI at ``density`` trained the same steps on digits: one row each.
+
+    ``data`` is ``(x_train, y_train, x_test, y_test)``; default `load_digits_split` (seed 0).
+    """
+    x_tr, y_tr, x_te, y_te = load_digits_split(0) if data is None else data
+    rows = []
+    for name, sparsity in (("dense VI", 0.0), (f"SSVI {density:.0%}", 1.0 - density)):
+        k_train, k_eval = jax.random.split(key)
+        result = train_bnn(k_train, x_tr, y_tr, sparsity=sparsity, steps=steps,
+                           batch_size=batch_size, progress=progress, desc=name, **kwargs)
+        post = result["posterior"]
+        metrics = evaluate_bnn(k_eval, post, x_te, y_te)
+        metrics.pop("probs")
+        flops = B.training_flops(post, batch_size)
+        params = sum(int(jnp.sum(m)) for m in jax.tree.leaves(post.mask))
+        rows.append({"model": name, "sparsity": sparsity, **metrics, "weights": params,
+                     "flops_per_step": flops["sparse"], "step_seconds": result["step_seconds"],
+                     "final_loss": float(np.mean(result["losses"][-20:]))})
+    dense = rows[0]
+    for r in rows:
+        r["flops_ratio"] = r["flops_per_step"] / dense["flops_per_step"]
+        r["step_time_ratio"] = r["step_seconds"] / dense["step_seconds"]
+    return rows
+
+
+COLUMNS = ("model", "accuracy", "NLL", "ECE", "entropy", "weights", "FLOPs ratio", "step ratio")
+
+
+def print_rows(rows: list[dict], title: str, caption: str | None = None) -> None:
+    """The comparison table (`sparsejax.demo._table.print_table`)."""
+    print_table(title, COLUMNS, [(r["model"], r["accuracy"], r["nll"], r["ece"], r["entropy"],
+                                  r["weights"], r["flops_ratio"], r["step_time_ratio"])
+                                 for r in rows], caption=caption)
+
+
+def run(ctx: DemoContext) -> dict:
+    """Dense mean-field VI vs SSVI at 10% density, the same steps; print the table."""
+    steps = 100 if ctx.quick else int(ctx.options.get("ssvi_steps", 1500))
+    sizes = (64, 64, 10) if ctx.quick else (64, 256, 256, 10)
+    rows = compare(ctx.next_key(), steps=steps, sizes=sizes, progress=ctx.progress,
+                   data=(ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test))
+    print_rows(rows, "SSVI: dense mean-field VI vs sparse subspace VI at 10% density (digits)",
+               caption=f"{steps} steps each; 32-sample MC predictive on the test split; ECE with 15 "
+                       "bins; FLOPs ratio = LRT matmul FLOPs of a training step vs dense VI; step "
+                       "ratio = measured CPU step time (masked dense matmuls on CPU)")
+    return {"steps": steps, "rows": rows}
+
+
+def plot(ax, result: dict, results: dict) -> None:
+    """Test accuracy and ECE of dense VI and SSVI at 10% density."""
+    del results
+    rows = result.get("rows", [])
+    xs = np.arange(len(rows))
+    ax.bar(xs - 0.2, [r["accuracy"] for r in rows], width=0.4, label="test accuracy")
+    ax.bar(xs + 0.2, [r["ece"] for r in rows], width=0.4, label="ECE (15 bins)")
+    ax.set_xticks(xs, [r["model"] for r in rows])
+    ax.set_ylabel("test accuracy")
+    ax.set_title("SSVI vs dense VI")
+    ax.legend()

@@ -1,0 +1,202 @@
+"""The `ssvi` optax transform, the NNX / Equinox SSVI layers, and SSVI vs dense VI on digits."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from sparsejax import bayes as B
+from sparsejax import nn as snn
+
+KEY = jax.random.key(0)
+
+
+def _setup(sparsity=0.6):
+    k1, k2, k3, k4 = jax.random.split(KEY, 4)
+    params = {"l1": {"kernel": jax.random.normal(k1, (12, 16)) * 0.3, "bias": jnp.zeros(16)},
+              "l2": {"kernel": jax.random.normal(k2, (16, 3)) * 0.3, "bias": jnp.zeros(3)}}
+    post = B.init_posterior(k3, params, sparsity, rho_init=-3.0)
+    x = jax.random.normal(k4, (32, 12))
+    y = jnp.arange(32) % 3
+    return post, x, y
+
+
+def _apply(post, key, x):
+    k1, k2 = jax.random.split(key)
+    h = x
+    for name, k in (("l1", k1), ("l2", k2)):
+        m = post.mask[name]["kernel"]
+        h = B.linear_lrt(k, h, post.mu[name]["kernel"], B.sigma_of(post.rho[name]["kernel"], m), m,
+                         post.mu[name]["bias"])
+        if name == "l1":
+            h = jnp.tanh(h)
+    return h
+
+
+def _loss(v, masks, key, x, y):
+    p = v._replace(mask=masks)
+    logits = _apply(p, key, x)
+    ll = -optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return -B.elbo(ll, B.kl_divergence(p), num_data=100)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A few SSVI steps inside optax.chain(clip, adam); one compiled step for all of them."""
+    post, x, y = _setup()
+    opt = B.ssvi(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)), end_step=40,
+                 update_every=4)
+    state = opt.init(post)
+    traces = []
+
+    @jax.jit
+    def step(v, state, key):
+        traces.append(1)
+        grads = jax.grad(_loss)(v, state.masks, key, x, y)
+        updates, new_state = opt.update(grads, state, v)
+        return optax.apply_updates(v, updates), new_state, grads
+
+    v = post._replace(mask=None)
+    history = []
+    for t in range(10):
+        new_v, new_state, grads = step(v, state, jax.random.key(t))
+        history.append((v, state, new_v, new_state, grads))
+        v, state = new_v, new_state
+    return history, traces
+
+
+def test_ssvi_keeps_posterior_masked_and_nnz_constant(trained):
+    history, traces = trained
+    assert len(traces) == 1  # lax.cond on the step: no retracing
+    changed_steps = []
+    for t, (_, state, new_v, new_state, _) in enumerate(history):
+        for name in ("l1", "l2"):
+            old_m, new_m = state.masks[name]["kernel"], new_state.masks[name]["kernel"]
+            assert int(old_m.sum()) == int(new_m.sum())
+            for tree in (new_v.mu, new_v.rho):
+                assert float(jnp.max(jnp.abs(jnp.where(new_m, 0, tree[name]["kernel"])))) == 0.0
+            if bool(jnp.any(old_m != new_m)):
+                changed_steps.append(t)
+    assert sorted(set(changed_steps)) == [4, 8]  # count % update_every == 0, count > 0
+
+
+def test_ssvi_update_step_matches_subspace_update_and_resets_moments(trained):
+    history, _ = trained
+    v, state, new_v, new_state, grads = history[4]
+    expected = B.subspace_update(v._replace(mask=state.masks), grads.mu, 4, end_step=40,
+                                 update_every=4)
+    adam_state = new_state.inner_state[1][0]
+    for name in ("l1", "l2"):
+        old_m, new_m = state.masks[name]["kernel"], new_state.masks[name]["kernel"]
+        np.testing.assert_array_equal(new_m, expected.mask[name]["kernel"])
+        grown, dropped = new_m & ~old_m, old_m & ~new_m
+        assert int(grown.sum()) > 0 and int(dropped.sum()) > 0
+        np.testing.assert_array_equal(new_v.mu[name]["kernel"][grown], 0.0)
+        np.testing.assert_allclose(new_v.rho[name]["kernel"][grown],
+                                   expected.rho[name]["kernel"][grown])
+        i = 0 if name == "l1" else 1
+        for moment in (adam_state.mu, adam_state.nu):
+            changed = grown | dropped
+            assert float(jnp.max(jnp.abs(jnp.where(changed, moment[0][name]["kernel"], 0)))) == 0
+            assert float(jnp.max(jnp.abs(jnp.where(changed, moment[1][i], 0)))) == 0
+            assert float(jnp.max(jnp.abs(moment[0][name]["kernel"]))) > 0
+    # off-schedule steps: the inner update on the active entries only
+    v, state, new_v, new_state, grads = history[2]
+    m = state.masks["l1"]["kernel"]
+    assert bool(jnp.all(jnp.where(m, new_v.mu["l1"]["kernel"] != v.mu["l1"]["kernel"], True)))
+    assert B.masks_of((optax.EmptyState(), new_state)) is new_state.masks
+
+
+def test_ssvi_random_growth_and_errors():
+    post, x, y = _setup()
+    opt = B.ssvi(optax.sgd(0.1, momentum=0.9), end_step=10, update_every=1, grow="random",
+                 key=jax.random.key(1))
+    state = opt.init(post)
+    v = post._replace(mask=None)
+    grads = jax.grad(_loss)(v, state.masks, KEY, x, y)
+    state = opt.update(grads, state, v)[1]
+    updates, state2 = opt.update(grads, state, v)
+    assert bool(jnp.any(state2.masks["l1"]["kernel"] != state.masks["l1"]["kernel"]))
+    with pytest.raises(ValueError, match="mask"):
+        opt.update(grads, state, post)
+    with pytest.raises(ValueError, match="params"):
+        opt.update(grads, state)
+    with pytest.raises(ValueError, match="mask"):
+        opt.init(v)
+    with pytest.raises(ValueError, match="key"):
+        B.ssvi(optax.adam(1e-3), end_step=10, grow="random")
+    with pytest.raises(ValueError, match="criterion"):
+        B.ssvi(optax.adam(1e-3), end_step=10, criterion="nope")
+    with pytest.raises(ValueError, match="update_every"):
+        B.ssvi(optax.adam(1e-3), end_step=10, update_every=0)
+    with pytest.raises(ValueError, match="inner_state"):  # adafactor's factored moments
+        B.ssvi(optax.adafactor(1e-3, min_dim_size_to_factor=2), end_step=10).init(post)
+
+
+# ---------------------------------------------------------------- layers
+
+
+def test_nnx_and_equinox_linear_layers_are_the_pure_functions():
+    layer = snn.SSVILinear(12, 5, sparsity=0.7, rngs=nnx.Rngs(0))
+    eq = snn.eqx.SSVILinear(12, 5, sparsity=0.7, key=jax.random.key(0))
+    x = jax.random.normal(KEY, (4, 12))
+    for lay, (mu, rho, mask, bias) in (
+            (layer, (layer.mu[...], layer.rho[...], layer.mask[...], layer.bias[...])),
+            (eq, (eq.mu, eq.rho, eq.mask, eq.bias))):
+        assert int(mask.sum()) == round(60 * 0.3)
+        assert float(jnp.max(jnp.abs(jnp.where(mask, 0, mu)))) == 0.0
+        sigma = B.sigma_of(rho, mask)
+        np.testing.assert_allclose(lay(x, key=KEY), B.linear_lrt(KEY, x, mu, sigma, mask, bias))
+        np.testing.assert_allclose(lay(x), x @ mu + bias, rtol=1e-5, atol=1e-6)
+        keys = jax.random.split(jax.random.key(3), 6)
+        np.testing.assert_allclose(lay.predict(x, jax.random.key(3), samples=6),
+                                   jnp.mean(jnp.stack([lay(x, key=k) for k in keys]), 0),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(lay.kl(0.5), B.kl_divergence(B.Posterior(mu, rho, mask), 0.5))
+    g = jax.random.normal(jax.random.key(5), (12, 5))
+    before = layer.posterior()
+    layer.update_subspace(g, 10, end_step=100, update_every=10)
+    expected = B.subspace_update(before, g, 10, end_step=100, update_every=10)
+    np.testing.assert_array_equal(layer.mask[...], expected.mask)
+    new_eq = eq.update_subspace(g, 10, end_step=100, update_every=10)
+    np.testing.assert_array_equal(new_eq.mask, B.subspace_update(eq.posterior(), g, 10,
+                                                                 end_step=100,
+                                                                 update_every=10).mask)
+    # Equinox: the bool mask is not a trainable leaf
+    grads = eqx.filter_grad(lambda m: jnp.sum(m(x, key=KEY) ** 2))(eq)
+    assert grads.mask is None and grads.mu.shape == (12, 5)
+    with pytest.raises(ValueError, match="sparsity"):
+        snn.SSVILinear(3, 4, sparsity=2.0, rngs=nnx.Rngs(0))
+
+
+def test_conv_layers_are_the_pure_function():
+    layer = snn.SSVIConv(3, 4, 3, sparsity=0.5, strides=2, rngs=nnx.Rngs(1))
+    eq = snn.eqx.SSVIConv(3, 4, (3, 3), sparsity=0.5, strides=2, key=jax.random.key(1))
+    x = jax.random.normal(KEY, (2, 6, 6, 3))
+    for lay, (mu, rho, mask) in ((layer, (layer.mu[...], layer.rho[...], layer.mask[...])),
+                                 (eq, (eq.mu, eq.rho, eq.mask))):
+        out = lay(x, key=KEY)
+        assert out.shape == (2, 3, 3, 4)
+        np.testing.assert_allclose(out, B.conv_lrt(KEY, x, mu, B.sigma_of(rho, mask), mask,
+                                                   jnp.zeros(4), strides=2), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- quality on digits
+
+
+@pytest.mark.slow
+def test_ssvi_10_percent_density_vs_dense_vi_on_digits():
+    """SSVI at 10% density against dense mean-field VI, the same steps: accuracy within 3 points,
+    ECE at most 1.5x dense VI's (small budget; benchmarks/ssvi.py runs the full one)."""
+    from sparsejax.demo.ssvi import compare
+
+    rows = compare(jax.random.key(0), steps=600)
+    dense, sparse = rows
+    assert dense["accuracy"] > 0.9
+    assert sparse["accuracy"] >= dense["accuracy"] - 0.03, rows
+    assert sparse["ece"] <= 1.5 * dense["ece"], rows
+    np.testing.assert_allclose(sparse["flops_ratio"], 0.1, atol=0.01)
+    assert sparse["weights"] == round(0.1 * 84480)
