@@ -174,7 +174,7 @@ def chain_adam():
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
 
 
-@pytest.fixture(scope="module", params=["gradient", "random"])
+@pytest.fixture(scope="module", params=["gradient"])  # SET ("random"): test_training_checkpoint
 def dynamic_run(request):
     record = []
     tx = T.dynamic_sparse(chain_adam(), 0.8, grow=request.param, update_every=2, end_step=9,
@@ -307,6 +307,6 @@ def test_errors():
         tx.update({"l1": make_params()["l1"]}, state, {"l1": make_params()["l1"]})
     with pytest.raises(ValueError, match="params"):
         tx.update(make_params(), state)
-    tx = T.prune(optax.sgd(0.1), 0.5, pattern="block", block_shape=(5, 5))
-    with pytest.raises(ValueError, match="block_shape"):
+    tx = T.prune(optax.sgd(0.1), 0.5, pattern="nm", n=2, m=4)  # N:M needs its axis
+    with pytest.raises(ValueError, match="axis"):
         tx.init(make_params())

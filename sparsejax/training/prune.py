@@ -154,12 +154,14 @@ def prune(
             return jnp.where(m, sc, -jnp.inf)
 
         score_tree = jax.tree.map(leaf_score, old, params, grads, key_tree, is_leaf=_is_none)
-        if "tree" in budgets:
+        if pattern == "nm":  # n of every m: no sparsity, no allocation
+            sparsity, alloc = None, None
+        elif "tree" in budgets:  # per-leaf sparsities: the allocation is already in them
             final = budgets["final"]
             ratio = s / final if final > 0 else jnp.float32(0.0)
             sparsity = jax.tree.map(lambda b: None if b is None else b * ratio, budgets["tree"],
                                     is_leaf=_is_none)
-            alloc = "uniform"
+            alloc = None
         else:
             sparsity, alloc = s, allocation
         return compute_masks(params, pattern, sparsity=sparsity, scores=score_tree, where=where,
