@@ -11,6 +11,7 @@ from sparsejax import training as T
 ocp = pytest.importorskip("orbax.checkpoint")
 
 
+@pytest.mark.slow  # orbax's async machinery: ~10 s of CPU
 def test_orbax_resume_is_bit_identical(tmp_path):
     k = jax.random.split(jax.random.PRNGKey(0), 3)
     params = {"l1": {"kernel": jax.random.normal(k[0], (16, 12)), "bias": jnp.zeros(12)},
