@@ -3,8 +3,7 @@ only those entries.
 
 Naming (as in `sparsejax.attention.prefill`): ``<method>_keep -> bool [B, H | Hkv, kv_len]``, a
 keep mask over the KV axis. `attend_kept` consumes any of them: it gathers the kept entries
-(`keep_to_indices`) and attends over ``capacity`` of them instead of ``kv_len``, so the methods
-save compute in the library:
+(`keep_to_indices`) and attends over ``capacity`` of them instead of ``kv_len``:
 
 * `quest_keep`: Quest query-aware page selection (per query head, recomputed every step);
 * `snapkv_keep`, `ada_snapkv_keep`: SnapKV / Ada-SnapKV cache compression after prefill (per KV

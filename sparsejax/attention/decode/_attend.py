@@ -49,9 +49,10 @@ def attend_kept(
 
     The kept positions are packed into a ``[B, H, capacity]`` index list (`keep_to_indices`),
     ``k``/``v`` are gathered there and softmax attention runs over ``capacity`` entries instead
-    of ``kv_len``: the work of Quest, SnapKV / Ada-SnapKV and MoA decoding scales with their
-    budget. It equals dense attention under the equivalent mask (``keep`` as a one-row token mask);
-    a head with no kept entry returns zeros, as `sparsejax.attention.attention` does.
+    of ``kv_len`` (the softmax and the value sum scale with the budget of Quest, SnapKV /
+    Ada-SnapKV and MoA decoding; the packing is one pass of the shared packer). It equals dense
+    attention under the equivalent mask (``keep`` as a one-row token mask); a head with no kept
+    entry returns zeros, as `sparsejax.attention.attention` does.
 
     Args:
         q: Decoding queries ``[B, H, D]``.
