@@ -136,7 +136,7 @@ def test_top_k_routing_invariants(shape, k, cf, seed):
 
 
 @pytest.mark.parametrize("call, err, match", [
-    (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 4), ValueError, "`k` must be <= the number"),
+    (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 4), ValueError, "`k` must be <= 3"),
     (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 1, capacity_factor=0.0), ValueError,
      "capacity_factor"),
     (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 1, capacity_factor=-1), ValueError,

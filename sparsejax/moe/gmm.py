@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_float_array, check_int
+from sparsejax._checks import check_choice, check_float_array, check_int
 
 __all__ = ["GMM_BACKENDS", "gmm"]
 
@@ -34,8 +34,7 @@ _HI = jax.lax.Precision.HIGHEST
 
 
 def _resolve(backend: str) -> str:
-    if backend not in GMM_BACKENDS:
-        raise ValueError(f"`backend` must be one of {GMM_BACKENDS}; got {backend!r}.")
+    check_choice(backend, "backend", GMM_BACKENDS)
     if backend == "auto":
         return "xla" if jax.default_backend() == "cpu" else "ragged_dot"
     return backend
