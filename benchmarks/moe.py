@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     if jax.default_backend() != "cpu":
         accel_rows = [
             ("ragged", {"implementation": "ragged", "backend": "ragged_dot"}),
-            ("block_sparse", {"implementation": "block_sparse", "backend": "auto"}),
+            ("block_sparse", {"implementation": "block_sparse", "backend": "auto",
+                              "block_shape": (128, 128)}),
             ("einsum_cf1.25", {"implementation": "einsum", "capacity_factor": 1.25}),
         ]
         print(f"{jax.default_backend()} bfloat16 {shape}")
