@@ -227,12 +227,11 @@ def expert_choice_routing(
 def _expert_choice(logits: Array, capacity: int) -> Routing:
     t, e = logits.shape
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    gate, token = jax.lax.top_k(probs.T, capacity)  # [E, C]
+    _, token = jax.lax.top_k(probs.T, capacity)  # [E, C] tokens each expert picks
     experts = jnp.broadcast_to(jnp.arange(e)[:, None], token.shape)
     rank = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32)[None, :], token.shape)
     kept = jnp.zeros((t, e), bool).at[token, experts].set(True)
     position = jnp.full((t, e), capacity, jnp.int32).at[token, experts].set(rank)
     weights = jnp.where(kept, probs, 0.0).astype(logits.dtype)
     index = jnp.broadcast_to(jnp.arange(e, dtype=jnp.int32)[None, :], (t, e))
-    del gate
     return Routing(index, weights, position, kept, e, capacity)
