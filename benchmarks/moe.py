@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--d-ff", type=int, default=1024)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--k", type=int, default=2)
-    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--tile", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], help="row names to leave out")
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     if jax.default_backend() != "cpu":
         accel_rows = [
             ("ragged", {"implementation": "ragged", "backend": "ragged_dot"}),
-            ("block_sparse", {"implementation": "block_sparse", "backend": "auto"}),
+            ("block_sparse", {"implementation": "block_sparse", "backend": "auto",
+                              "block_shape": (128, 128)}),
             ("einsum_cf1.25", {"implementation": "einsum", "capacity_factor": 1.25}),
         ]
         print(f"{jax.default_backend()} bfloat16 {shape}")

@@ -136,7 +136,7 @@ def test_top_k_routing_invariants(shape, k, cf, seed):
 
 
 @pytest.mark.parametrize("call, err, match", [
-    (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 4), ValueError, "`k` must be <= the number"),
+    (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 4), ValueError, "`k` must be <= 3"),
     (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 1, capacity_factor=0.0), ValueError,
      "capacity_factor"),
     (lambda: moe.top_k_routing(jnp.zeros((4, 3)), 1, capacity_factor=-1), ValueError,
@@ -325,3 +325,20 @@ def test_moe_ffn_errors(problem):
         moe.moe_ffn(x, logits, w1, w2)
     with pytest.raises(ValueError, match="tokens"):
         moe.moe_ffn(x[:8], r, w1, w2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, block_shape", [("pallas_tpu", (8, 16)), ("pallas_gpu", (16, 16))])
+def test_block_sparse_through_pallas_kernels_interpret(problem, backend, block_shape):
+    """The MegaBlocks path on the Pallas kernels (interpret mode on CPU), forward and backward."""
+    x, w1, w2, logits = problem
+    r = moe.top_k_routing(logits, 2, capacity_factor=1.0)
+
+    def loss(w1, impl, **kw):
+        return jnp.sum(moe.moe_ffn(x, r, w1, w2, implementation=impl, **kw) ** 2)
+
+    y = moe.moe_ffn(x, r, w1, w2, implementation="block_sparse", backend=backend,
+                    block_shape=block_shape)
+    np.testing.assert_allclose(y, loop_reference(x, r, w1, w2), atol=2e-5)
+    g = jax.grad(loss)(w1, "block_sparse", backend=backend, block_shape=block_shape)
+    np.testing.assert_allclose(g, jax.grad(loss)(w1, "einsum"), atol=3e-5, rtol=1e-4)

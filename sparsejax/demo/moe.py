@@ -85,7 +85,7 @@ def run(ctx: DemoContext) -> dict:
           f"{CONFIG.num_experts * active // CONFIG.k} in total)")
     print(f"  tokens dropped (no expert): test {float(aux.dropped_fraction):.4f}, "
           f"training mean {np.mean(drops):.4f}; load-balancing loss "
-          f"{float(aux.load_balancing_loss):.3f} (1 = uniform)")
+          f"{float(aux.load_balancing_loss):.3f} ({CONFIG.k} = balanced and uniform)")
     print("  expert load on the test split (tokens per expert, top-2):")
     print(_histogram(load))
     print(f"  ({steps} steps in {seconds:.1f} s)")

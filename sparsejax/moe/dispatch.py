@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from sparsejax._checks import check_float_array, check_int
+from sparsejax._checks import check_callable, check_choice, check_float_array, check_int
 from sparsejax.formats import BlockSparse
 from sparsejax.moe.gmm import gmm
 from sparsejax.moe.routing import Routing
@@ -111,9 +111,8 @@ def moe_ffn(
     """
     x, w1, w2 = _check_experts(x, routing, w1, w2)
     tile = check_int(tile, "tile", minimum=1)
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}; got "
-                         f"{implementation!r}.")
+    check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    check_callable(activation, "activation", "an elementwise callable")
     bm = bn = 0
     if implementation == "block_sparse":
         f = w1.shape[2]

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from sparsejax._checks import check_float_array, check_int
-from sparsejax.moe.routing import Routing, _assign, _check_capacity_factor, expert_capacity
+from sparsejax._checks import check_float_array, check_int, check_positive_float
+from sparsejax.moe.routing import Routing, _assign, expert_capacity
 
 __all__ = [
     "comet_gates",
@@ -53,12 +53,6 @@ def smooth_step(z: Float[Array, "*s"], gamma: float = 1.0) -> Float[Array, "*s"]
     return jnp.where(z <= -gamma / 2, 0.0, jnp.where(z >= gamma / 2, 1.0, cubic)).astype(z.dtype)
 
 
-def _check_gamma(gamma) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float | np.number) or not gamma > 0:
-        raise ValueError(f"`gamma` must be a positive float; got {gamma!r}.")
-    return float(gamma)
-
-
 def comet_init(key: Array, d_model: int, num_experts: int, k: int, *, gamma: float = 1.0,
                dtype=jnp.float32) -> dict[str, Array]:
     """COMET gate parameters (the reference's initialisers).
@@ -72,10 +66,8 @@ def comet_init(key: Array, d_model: int, num_experts: int, k: int, *, gamma: flo
     """
     d_model = check_int(d_model, "d_model", minimum=1)
     num_experts = check_int(num_experts, "num_experts", minimum=1)
-    k = check_int(k, "k", minimum=1)
-    if k > num_experts:
-        raise ValueError(f"`k` must be <= the number of experts {num_experts}; got {k}.")
-    gamma = _check_gamma(gamma)
+    k = check_int(k, "k", minimum=1, maximum=num_experts)
+    gamma = check_positive_float(gamma, "gamma")
     ks = jax.random.split(key, 4)
     s, e = gamma / 100, num_experts
     u = functools.partial(jax.random.uniform, dtype=dtype)
@@ -136,7 +128,7 @@ def comet_gates(params: dict[str, Array], x: Float[Array, "T d"], *, gamma: floa
         entropy regulariser is ``mean_t sum_l -P log P``).
     """
     x, k, e = _check_comet(params, x)
-    gamma = _check_gamma(gamma)
+    gamma = check_positive_float(gamma, "gamma")
     return _comet_gates(params, x, gamma)
 
 
@@ -178,10 +170,10 @@ def comet_routing(params: dict[str, Array], x: Float[Array, "T d"], *, gamma: fl
         The `Routing`.
     """
     x, k, e = _check_comet(params, x)
-    gamma = _check_gamma(gamma)
+    gamma = check_positive_float(gamma, "gamma")
     t = x.shape[0]
     capacity = t if capacity_factor is None else expert_capacity(
-        t, e, k, _check_capacity_factor(capacity_factor))
+        t, e, k, check_positive_float(capacity_factor, "capacity_factor"))
     g, _ = _comet_gates(params, x, gamma)
     return _comet_assign(g, k, capacity)
 

@@ -13,7 +13,8 @@ Backends:
   ``tile`` rows; a tile that straddles a group boundary is visited once per group it touches
   (at most ``tiles + G - 1`` visits, the trip count is traced) and each visit writes only the
   rows of its group. Its cost tracks the active FLOPs (the CPU default). The VJP is the same
-  loop: ``dx = gmm(dy, w^T)`` and ``dw[g] = sum of x_tile^T @ dy_tile`` over the group's tiles;
+  loop: ``dx = gmm(dy, w^T)`` and ``dw[g] = sum of x_tile^T @ dy_tile`` over the group's tiles
+  (tiles of at least 512 rows there: each visit rewrites a ``[K, N]`` slab of ``dw``);
 * ``"auto"``: ``ragged_dot`` on GPU/TPU, ``xla`` on CPU.
 """
 
@@ -25,17 +26,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_float_array, check_int
+from sparsejax._checks import check_choice, check_float_array, check_int
 
 __all__ = ["GMM_BACKENDS", "gmm"]
 
 GMM_BACKENDS = ("auto", "ragged_dot", "xla")
 _HI = jax.lax.Precision.HIGHEST
+_DW_TILE = 512  # minimum row tile of the weight-gradient loop (measured on CPU)
 
 
 def _resolve(backend: str) -> str:
-    if backend not in GMM_BACKENDS:
-        raise ValueError(f"`backend` must be one of {GMM_BACKENDS}; got {backend!r}.")
+    check_choice(backend, "backend", GMM_BACKENDS)
     if backend == "auto":
         return "xla" if jax.default_backend() == "cpu" else "ragged_dot"
     return backend
@@ -157,7 +158,8 @@ def _gmm_xla_fwd(tile, x, w, group_sizes):
 def _gmm_xla_bwd(tile, res, dy):
     x, w, group_sizes = res
     dx = _gmm_fwd_loop(tile, dy, jnp.swapaxes(w, 1, 2), group_sizes)
-    dw = _gmm_dw_loop(tile, x, dy, group_sizes, w.shape[0])
+    # Each weight-gradient visit rewrites a whole [K, N] slab of dw: longer tiles, fewer visits.
+    dw = _gmm_dw_loop(min(max(tile, _DW_TILE), x.shape[0]), x, dy, group_sizes, w.shape[0])
     return dx.astype(x.dtype), dw.astype(w.dtype), None
 
 

@@ -22,13 +22,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_float_array, check_int
+from sparsejax._checks import (
+    check_bool,
+    check_choice,
+    check_float_array,
+    check_int,
+    check_positive_float,
+)
 from sparsejax.moe.dispatch import IMPLEMENTATIONS, moe_ffn
 from sparsejax.moe.gates import comet_gates, comet_init, comet_routing, moex_logits
 from sparsejax.moe.losses import _balance, load_balancing_loss, router_z_loss
 from sparsejax.moe.routing import (
     Routing,
-    _check_capacity_factor,
     expert_choice_routing,
     top_k_routing,
 )
@@ -79,16 +84,13 @@ class MoEConfig:
         check_int(self.tile, "tile", minimum=1)
         if self.router != "expert_choice" and self.k > self.num_experts:
             raise ValueError(f"`k` must be <= num_experts = {self.num_experts}; got {self.k}.")
-        if self.router not in ROUTERS:
-            raise ValueError(f"`router` must be one of {ROUTERS}; got {self.router!r}.")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"`activation` must be one of {tuple(ACTIVATIONS)}; got "
-                             f"{self.activation!r}.")
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}; got "
-                             f"{self.implementation!r}.")
+        check_choice(self.router, "router", ROUTERS)
+        check_choice(self.activation, "activation", tuple(ACTIVATIONS))
+        check_choice(self.implementation, "implementation", IMPLEMENTATIONS)
+        check_bool(self.renormalize, "renormalize")
+        check_positive_float(self.gamma, "gamma")
         if self.capacity_factor is not None:
-            _check_capacity_factor(self.capacity_factor)
+            check_positive_float(self.capacity_factor, "capacity_factor")
 
 
 class MoEAux(NamedTuple):

@@ -16,9 +16,10 @@ def load_balancing_loss(logits: Float[Array, "T E"],
     """Switch Transformer load-balancing loss ``E * sum_i f_i * P_i``.
 
     ``f_i`` is the fraction of tokens that chose expert ``i`` among their ``k`` choices (before
-    any capacity drop) and ``P_i = mean_t softmax(logits)[t, i]``. Equals ``1`` for a perfectly
-    uniform router and grows to ``E`` when every token goes to one expert; only ``P`` carries a
-    gradient.
+    any capacity drop) and ``P_i = mean_t softmax(logits)[t, i]``. Since ``sum_i f_i = k``, it
+    equals ``k`` for a balanced router with uniform probabilities (1 for Switch top-1) and grows
+    to ``E`` when every token puts all its probability on one expert it chose; only ``P`` carries
+    a gradient.
 
     Args:
         logits: ``[T, E]`` router logits.

@@ -22,10 +22,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from sparsejax._checks import check_float_array, check_int
+from sparsejax._checks import check_bool, check_float_array, check_int, check_positive_float
 
 __all__ = [
     "Routing",
@@ -105,17 +104,6 @@ def _check_logits(logits: Any, name: str = "logits") -> Array:
     return logits
 
 
-def _check_capacity_factor(capacity_factor: Any) -> float:
-    if isinstance(capacity_factor, bool) or not isinstance(capacity_factor,
-                                                           int | float | np.number):
-        raise TypeError(f"`capacity_factor` must be a positive float or None; got "
-                        f"{capacity_factor!r}.")
-    if not capacity_factor > 0 or not math.isfinite(capacity_factor):
-        raise ValueError(f"`capacity_factor` must be a positive finite float (or None for "
-                         f"dropless); got {capacity_factor}.")
-    return float(capacity_factor)
-
-
 def expert_capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: float,
                     min_capacity: int = 1) -> int:
     """Rows per expert buffer: ``ceil(capacity_factor * T * k / E)``, at least ``min_capacity``
@@ -128,7 +116,7 @@ def expert_capacity(num_tokens: int, num_experts: int, k: int, capacity_factor: 
     num_experts = check_int(num_experts, "num_experts", minimum=1)
     k = check_int(k, "k", minimum=1)
     min_capacity = check_int(min_capacity, "min_capacity", minimum=1)
-    cf = _check_capacity_factor(capacity_factor)
+    cf = check_positive_float(capacity_factor, "capacity_factor")
     cap = math.ceil(cf * num_tokens * k / num_experts - 1e-9)
     return int(min(num_tokens, max(min_capacity, cap)))
 
@@ -176,14 +164,12 @@ def top_k_routing(
     """
     logits = _check_logits(logits)
     t, e = logits.shape
-    k = check_int(k, "k", minimum=1)
-    if k > e:
-        raise ValueError(f"`k` must be <= the number of experts {e}; got {k}.")
+    k = check_int(k, "k", minimum=1, maximum=e)  # at most the number of experts
     if capacity_factor is None:
         capacity = t
     else:
         capacity = expert_capacity(t, e, k, capacity_factor, min_capacity)
-    return _top_k_routing(logits, k, capacity, bool(renormalize))
+    return _top_k_routing(logits, k, capacity, check_bool(renormalize, "renormalize"))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -241,12 +227,11 @@ def expert_choice_routing(
 def _expert_choice(logits: Array, capacity: int) -> Routing:
     t, e = logits.shape
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    gate, token = jax.lax.top_k(probs.T, capacity)  # [E, C]
+    _, token = jax.lax.top_k(probs.T, capacity)  # [E, C] tokens each expert picks
     experts = jnp.broadcast_to(jnp.arange(e)[:, None], token.shape)
     rank = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32)[None, :], token.shape)
     kept = jnp.zeros((t, e), bool).at[token, experts].set(True)
     position = jnp.full((t, e), capacity, jnp.int32).at[token, experts].set(rank)
     weights = jnp.where(kept, probs, 0.0).astype(logits.dtype)
     index = jnp.broadcast_to(jnp.arange(e, dtype=jnp.int32)[None, :], (t, e))
-    del gate
     return Routing(index, weights, position, kept, e, capacity)
