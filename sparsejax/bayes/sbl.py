@@ -5,7 +5,7 @@ hyperpriors on ``alpha`` and every ``lambda_j``. Each iteration (scikit-learn's 
 Tipping 2001; MacKay 1992):
 
 * posterior ``Sigma = (diag(lambda) + alpha X^T X)^-1`` and mean ``w = alpha Sigma X^T y`` over the
-  kept weights (with the Woodbury identity when ``n < d``: an ``n x n`` solve);
+  kept weights (with the Woodbury identity when ``n < d``: an ``n x n`` Cholesky factorisation);
 * ``gamma_j = 1 - lambda_j Sigma_jj``, ``lambda_j = (gamma_j + 2 l1) / (w_j^2 + 2 l2)``,
   ``alpha = (n - sum(gamma) + 2 a1) / (||y - X w||^2 + 2 a2)``;
 * weights whose precision reaches ``prune_threshold`` are pruned for good (``w_j = 0``);
@@ -67,8 +67,9 @@ class _Dense(NamedTuple):
     def xlx(self, inv_lam):  # X diag(inv_lam) X^T, [n, n]
         return (self.x * inv_lam) @ self.x.T
 
-    def diag_xtsx(self, s):  # diag(X^T S X), [d]
-        return jnp.sum(self.x * (s @ self.x), axis=0)
+    def diag_xtsx_chol(self, chol):  # diag(X^T (chol chol^T)^-1 X), [d]
+        z = jax.scipy.linalg.solve_triangular(chol, self.x, lower=True)
+        return jnp.sum(z * z, axis=0)
 
     def gram(self):
         return self.x.T @ self.x
@@ -95,7 +96,9 @@ class _Kron(NamedTuple):
         n = self.shape[0]
         return m.reshape(n, n)
 
-    def diag_xtsx(self, s):
+    def diag_xtsx_chol(self, chol):  # through S = C^-1 (n x n), never forming kron(a, b)
+        n = self.shape[0]
+        s = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(n, dtype=chol.dtype))
         na, nb = self.a.shape[0], self.b.shape[0]
         s4 = s.reshape(na, nb, na, nb)
         u = jnp.einsum("ij,ikpq,pj->jkq", self.a, s4, self.a)
@@ -106,24 +109,28 @@ class _Kron(NamedTuple):
 
 
 def _posterior(op, y, alpha, lam, keep):
-    """``(coef, diag Sigma)`` over the kept weights (pruned: coef 0)."""
+    """``(coef, gamma)`` over the kept weights (pruned: 0), by Cholesky factorisations.
+
+    ``gamma_j = 1 - lambda_j Sigma_jj`` (the well-determinedness of weight ``j``).
+    """
     n, d = op.shape
     dtype = y.dtype
-    if n < d:  # Woodbury: Sigma = L - L X^T (I/alpha + X L X^T)^-1 X L, L = diag(1/lambda)
+    if n < d:
+        # Woodbury with C = I/alpha + X L X^T, L = diag(1/lambda) on the kept weights:
+        # coef = L X^T C^-1 y and gamma = L diag(X^T C^-1 X), free of the cancellations of
+        # alpha Sigma X^T y and 1 - lambda Sigma_jj (which lose float32 when noise is low)
         inv_lam = jnp.where(keep, 1.0 / lam, 0.0)
-        inner = jnp.eye(n, dtype=dtype) / alpha + op.xlx(inv_lam)
-        s = jnp.linalg.inv(inner)
-        s = (s + s.T) / 2
-        u = inv_lam * op.rmatvec(y)
-        coef = alpha * (u - inv_lam * op.rmatvec(s @ op.matvec(u)))
-        diag = inv_lam - inv_lam**2 * op.diag_xtsx(s)
+        chol = jnp.linalg.cholesky(jnp.eye(n, dtype=dtype) / alpha + op.xlx(inv_lam))
+        coef = inv_lam * op.rmatvec(jax.scipy.linalg.cho_solve((chol, True), y))
+        gamma = inv_lam * op.diag_xtsx_chol(chol)
     else:  # Sigma = (diag(lambda) + alpha X^T X)^-1 on the kept block; pruned rows decoupled
         both = keep[:, None] & keep[None, :]
         a = jnp.diag(jnp.where(keep, lam, 1.0)) + alpha * jnp.where(both, op.gram(), 0.0)
-        sigma = jnp.linalg.inv(a)
-        coef = alpha * (sigma @ jnp.where(keep, op.rmatvec(y), 0.0))
-        diag = jnp.diagonal(sigma)
-    return jnp.where(keep, coef, 0.0), diag
+        chol = jnp.linalg.cholesky(a)
+        coef = alpha * jax.scipy.linalg.cho_solve((chol, True), jnp.where(keep, op.rmatvec(y), 0.0))
+        inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(d, dtype=dtype), lower=True)
+        gamma = 1.0 - lam * jnp.sum(inv_chol**2, axis=0)
+    return jnp.where(keep, coef, 0.0), jnp.where(keep, gamma, 0.0)
 
 
 def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
@@ -141,9 +148,8 @@ def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
 
     def body(state):
         it, coef, coef_old, alpha, lam, keep, _ = state
-        coef, diag = _posterior(op, y, alpha, lam, keep)
+        coef, gamma = _posterior(op, y, alpha, lam, keep)
         sse = jnp.sum((y - op.matvec(coef)) ** 2)
-        gamma = jnp.where(keep, 1.0 - lam * diag, 0.0)
         lam = jnp.where(keep, (gamma + 2.0 * l1) / (coef**2 + 2.0 * l2), lam)
         alpha = (n - jnp.sum(gamma) + 2.0 * a1) / (sse + 2.0 * a2)
         keep = lam < threshold
