@@ -12,10 +12,13 @@ from sparsejax import (
     dictionary,
     formats,
     masks,
+    models,
     nn,
+    oneshot,
     ops,
     schedules,
     scores,
+    training,
 )
 from sparsejax.attention import BlockMask
 from sparsejax.formats import BlockSparse, NMSparse
@@ -39,11 +42,14 @@ __all__ = [
     "apply_masks",
     "compute_masks",
     "masks",
+    "models",
     "nbytes",
+    "oneshot",
     "path_str",
     "schedules",
     "scores",
     "select",
     "sparsity",
     "summary",
+    "training",
 ]

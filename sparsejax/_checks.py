@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 def _is_none(x: Any) -> bool:
@@ -143,10 +144,13 @@ def check_callable(value: Any, name: str, what: str = "a callable") -> Callable:
 
 
 def check_sparsity(sparsity: Any, name: str = "sparsity") -> Any:
-    """A scalar sparsity: in ``[0, 1]`` when concrete; a traced scalar passes unchanged.
+    """A scalar sparsity in ``[0, 1]``.
 
-    Callers clamp traced values to ``[0, 1]``; `sparsejax.tree.check_traced_sparsity` adds a
-    ``checkify`` check for them.
+    A concrete value outside ``[0, 1]`` (or ``NaN``) raises ``ValueError`` now. A traced value
+    passes unchanged (the mask functions clamp it into ``[0, 1]`` and count ``NaN`` as ``0``), and
+    registers a ``jax.experimental.checkify`` user check: under
+    ``checkify.checkify(f, errors=checkify.user_checks)`` an out-of-range or ``NaN`` traced
+    sparsity becomes an error (``err.throw()`` raises it); without ``checkify`` the check is free.
     """
     if isinstance(sparsity, bool) or sparsity is None:
         raise TypeError(must_be(name, "a float in [0, 1]", sparsity))
@@ -159,9 +163,14 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> Any:
         value = float(arr)
         if not 0.0 <= value <= 1.0:
             raise ValueError(must_be(name, "in [0, 1]", value))
-    elif jnp.ndim(sparsity) != 0:
-        raise ValueError(must_be(name, "a scalar in [0, 1]", f"shape {jnp.shape(sparsity)}",
-                                 raw=True))
+    else:
+        if jnp.ndim(sparsity) != 0:
+            raise ValueError(must_be(name, "a scalar in [0, 1]", f"shape {jnp.shape(sparsity)}",
+                                     raw=True))
+        # A no-op unless the caller wraps with checkify.checkify(..., errors=user_checks).
+        safe = name.replace("{", "{{").replace("}", "}}")
+        checkify.debug_check((sparsity >= 0) & (sparsity <= 1),
+                             f"`{safe}` must be in [0, 1]; got {{}} (traced).", sparsity)
     return sparsity
 
 
@@ -287,11 +296,3 @@ def check_mask_tree(masks: Any, name: str = "masks") -> None:
             got = f"dtype {dtype}" if dtype is not None else f"{_show(m)} ({_type_name(m)})"
             raise TypeError(must_be(f"{name}[{_path_str(path)!r}]",
                                     "a bool array (True = kept) or None", got, raw=True))
-
-
-def check_int_tuple(value: Any, name: str, length: int, *, minimum: int | None = None
-                    ) -> tuple[int, ...]:
-    """A tuple/list of ``length`` Python ints, each at least ``minimum``."""
-    if not isinstance(value, tuple | list) or len(value) != length:
-        raise TypeError(f"`{name}` must be a tuple of {length} ints; got {value!r}.")
-    return tuple(check_int(v, f"{name}[{i}]", minimum=minimum) for i, v in enumerate(value))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax._backend import UnsupportedDtypeError, UnsupportedShapeError
-from sparsejax._checks import check_int
+from sparsejax._checks import check_int, must_be
 
 KERNEL_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 """Dtypes every Pallas kernel implements (accumulation is float32)."""
@@ -25,32 +25,30 @@ def check_block_sparse(a: Any, name: str) -> None:
     """``TypeError`` unless ``a`` looks like an unbatched `sparsejax.BlockSparse`."""
     for attr in ("data", "indices", "counts", "shape", "block_shape"):
         if not hasattr(a, attr):
-            raise TypeError(
-                f"{name} must be a sparsejax.formats.BlockSparse, got {type(a).__name__} "
-                f"(missing attribute {attr!r})."
-            )
+            raise TypeError(must_be(name, "a sparsejax.formats.BlockSparse",
+                                    f"{type(a).__name__} (missing attribute {attr!r})", raw=True))
     if a.data.ndim != 4:
-        raise ValueError(
-            f"{name}.data must have rank 4 [n_block_rows, max_blocks_per_row, bm, bn], got "
-            f"shape {tuple(a.data.shape)}; batch BlockSparse operands with jax.vmap instead."
-        )
+        raise ValueError(must_be(f"{name}.data", "of rank 4 [n_block_rows, max_blocks_per_row, "
+                                 "bm, bn] (batch BlockSparse operands with jax.vmap)",
+                                 f"shape {tuple(a.data.shape)}", raw=True))
 
 
 def check_rank(x: Any, name: str, ndim: int = 2) -> None:
     """``TypeError`` for a non-array, ``ValueError`` for another rank."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
+        raise TypeError(must_be(name, "an array", type(x).__name__, raw=True))
     if x.ndim != ndim:
-        raise ValueError(f"{name} must have rank {ndim}, got shape {tuple(x.shape)}.")
+        raise ValueError(must_be(name, f"an array of rank {ndim}", f"shape {tuple(x.shape)}",
+                                 raw=True))
 
 
 def result_dtype(name: str, *dtypes: Any) -> jnp.dtype:
     """Common dtype of the operands; `UnsupportedDtypeError` outside `KERNEL_DTYPES`."""
     for dt in dtypes:
         if jnp.dtype(dt) not in KERNEL_DTYPES:
-            raise UnsupportedDtypeError(
-                f"{name}: unsupported dtype {jnp.dtype(dt)}; allowed: float32, bfloat16, float16."
-            )
+            raise UnsupportedDtypeError(must_be(f"{name} operands", "float32, bfloat16 or "
+                                                "float16 (the Pallas kernels' dtypes)",
+                                                f"dtype {jnp.dtype(dt)}", raw=True))
     return jnp.dtype(jnp.result_type(*dtypes))
 
 
@@ -62,9 +60,8 @@ def check_tile(value: Any, name: str) -> int:
 def check_pow2(value: int, name: str) -> None:
     """`UnsupportedShapeError` unless ``value`` is a power of two >= 16 (Triton's ``tl.dot``)."""
     if value < 16 or value & (value - 1):
-        raise UnsupportedShapeError(
-            f"{name}={value} is not allowed by the Triton kernel: it must be a power of two >= 16."
-        )
+        raise UnsupportedShapeError(must_be(name, "a power of two >= 16 (Triton's tl.dot)",
+                                            value))
 
 
 def tile_and_padded(length: int, tile: int) -> tuple[int, int]:

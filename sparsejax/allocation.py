@@ -7,6 +7,7 @@ selected by ``where`` (see `sparsejax.tree`; default: float arrays with ``ndim >
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 from jax.tree_util import tree_map_with_path
 
 from sparsejax import masks as _masks
-from sparsejax._checks import check_sparsity, is_concrete
+from sparsejax._checks import check_choice, check_sparsity, is_concrete, must_be
 from sparsejax.select import select
 
 __all__ = ["er", "erk", "global_topk", "uniform"]
@@ -36,20 +37,31 @@ def uniform(params: Any, sparsity: float, *, where: Any = None) -> Any:
                               params, is_leaf=lambda x: x is None)
 
 
-def _erdos_renyi(params, sparsity, raw_fn, where):
+ROUNDINGS = ("exact", "rigl")
+
+
+def _erdos_renyi(params, sparsity, raw_fn, where, rounding):
     check_sparsity(sparsity)
+    check_choice(rounding, "rounding", ROUNDINGS)
+    if not is_concrete(sparsity):
+        raise TypeError(must_be("sparsity", "concrete for erk/er (the dense-layer resolution is a "
+                                "host loop): compute the allocation outside jit and pass the "
+                                "tree", "a traced value", raw=True))
+    sparsity = float(sparsity)
     flat, treedef, picked = _chosen_leaves(params, where)
     sizes = {i: int(np.prod(x.shape)) for i, ((_, x), c) in enumerate(zip(flat, picked)) if c}
+    empty = {i for i, n in sizes.items() if n == 0}  # nothing to prune: dense, out of the solve
+    sizes = {i: n for i, n in sizes.items() if n}
     raw = {i: raw_fn(flat[i][1].shape) for i in sizes}
-    density = 1.0 - sparsity
-    if not is_concrete(density):
-        raise TypeError("erk/er need a concrete sparsity (the dense-layer resolution is a host "
-                        "loop); compute the allocation outside jit and pass the tree")
-    density = float(density)
+    if rounding == "rigl":  # RigL / jaxpruner: each layer's zero count rounded down first
+        zeros = {i: float(math.floor(sparsity * n)) for i, n in sizes.items()}
+    else:
+        zeros = {i: sparsity * n for i, n in sizes.items()}
     dense: set[int] = set()
     while True:
-        # kept budget: sum_l n_l * density; dense layers keep all n_l, the rest eps * raw_l * n_l
-        rhs = sum(n * density for n in sizes.values()) - sum(sizes[i] for i in dense)
+        # kept budget: the non-dense layers keep n_l - z_l minus what dense layers add (their z_l)
+        rhs = (sum(sizes[i] - zeros[i] for i in sizes if i not in dense)
+               - sum(zeros[i] for i in dense))
         divisor = sum(raw[i] * sizes[i] for i in sizes if i not in dense)
         eps = rhs / divisor if divisor > 0 else 0.0
         over = [i for i in sizes if i not in dense and eps * raw[i] > 1.0]
@@ -59,45 +71,58 @@ def _erdos_renyi(params, sparsity, raw_fn, where):
         dense |= {i for i in sizes if i not in dense and raw[i] == top}
     out = []
     for i in range(len(flat)):
-        if i not in sizes:
-            out.append(None)
-        elif i in dense:
+        if i in empty or i in dense:
             out.append(0.0)
+        elif i not in sizes:
+            out.append(None)
         else:
             out.append(float(min(max(1.0 - eps * raw[i], 0.0), 1.0)))
     return jax.tree.unflatten(treedef, out)
 
 
-def erk(params: Any, sparsity: float, *, power: float = 1.0, where: Any = None) -> Any:
+def erk(params: Any, sparsity: float, *, power: float = 1.0, where: Any = None,
+        rounding: str = "exact") -> Any:
     """Erdos-Renyi-Kernel allocation (RigL's ``get_sparsities_erdos_renyi``).
 
     Each selected leaf gets density ``eps * raw_l`` with ``raw_l = (sum(shape) / prod(shape))**power``
-    and ``eps`` chosen so the total kept count equals ``(1 - sparsity) * sum_l n_l``. A leaf whose
-    ``eps * raw_l`` would exceed 1 is made dense (the leaves with the largest ``raw_l`` first) and
-    ``eps`` is solved again, until every leaf fits.
+    and ``eps`` chosen so the total kept count equals the budget. A leaf whose ``eps * raw_l`` would
+    exceed 1 is made dense (the leaves with the largest ``raw_l`` first) and ``eps`` is solved
+    again, until every leaf fits. Empty (zero-size) leaves get sparsity ``0.0`` and take no part.
+
+    Rounding (the budget the solve distributes):
+
+    * ``"exact"`` (default): the fractional budget ``(1 - sparsity) * sum_l n_l``, so the realised
+      global sparsity is ``sparsity`` up to each leaf's own rounding of its kept count;
+    * ``"rigl"``: as RigL and jaxpruner, each layer's zero count is first rounded down,
+      ``z_l = floor(sparsity * n_l)``, and the solve keeps ``sum_l (n_l - z_l)``; use it to
+      reproduce published RigL/jaxpruner runs exactly (on small layers at 0.8 the per-layer
+      sparsities differ from ``"exact"`` by up to a few hundredths).
 
     Args:
         params: any pytree.
         sparsity: global target in ``[0, 1]`` (concrete).
         power: exponent on the raw ratio (RigL's ``erk_power_scale``).
         where: leaf selector.
+        rounding: ``"exact"`` or ``"rigl"``.
 
     Returns:
         tree of per-leaf sparsities (``None`` for unselected leaves).
     """
     return _erdos_renyi(params, sparsity,
-                        lambda shape: (sum(shape) / float(np.prod(shape))) ** power, where)
+                        lambda shape: (sum(shape) / float(np.prod(shape))) ** power, where,
+                        rounding)
 
 
-def er(params: Any, sparsity: float, *, where: Any = None) -> Any:
+def er(params: Any, sparsity: float, *, where: Any = None, rounding: str = "exact") -> Any:
     """Erdos-Renyi allocation: like `erk` with ``raw_l = (n_in + n_out) / (n_in * n_out)``
-    from the last two dimensions only (RigL's ER for kernels), resolved the same way."""
+    from the last two dimensions only (RigL's ER for kernels), resolved and rounded the same
+    way (``rounding="exact"`` default, ``"rigl"`` as RigL)."""
 
     def raw(shape):
         n_in, n_out = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, shape[-1])
         return (n_in + n_out) / float(n_in * n_out)
 
-    return _erdos_renyi(params, sparsity, raw, where)
+    return _erdos_renyi(params, sparsity, raw, where, rounding)
 
 
 def global_topk(params: Any, sparsity: float, *, scores: Any = None, where: Any = None) -> Any:
@@ -123,8 +148,8 @@ def global_topk(params: Any, sparsity: float, *, scores: Any = None, where: Any 
     else:
         score_leaves = jax.tree.leaves(scores, is_leaf=lambda x: x is None)
         if len(score_leaves) != len(flat):
-            raise ValueError(f"scores must mirror params ({len(flat)} leaves), got "
-                             f"{len(score_leaves)} leaves")
+            raise ValueError(must_be("scores", f"a tree mirroring params ({len(flat)} leaves)",
+                                     f"{len(score_leaves)} leaves", raw=True))
     arrays = [s for s, c in zip(score_leaves, picked) if c]
     if not arrays:
         return jax.tree.unflatten(treedef, [None] * len(flat))

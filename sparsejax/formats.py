@@ -37,11 +37,13 @@ from jaxtyping import Array, Bool, Float, Int
 from sparsejax import masks as _masks
 from sparsejax._blocks import BlockIndex, pack_blocks, slot_mask
 from sparsejax._checks import (
+    check_block_shape,
     check_bool_array,
     check_float_array,
     check_int,
-    check_int_tuple,
+    check_nm,
     is_concrete,
+    must_be,
     normalize_axis,
 )
 
@@ -186,14 +188,11 @@ class NMSparse:
             ValueError: ``n`` outside ``[0, m]``, ``x.shape[axis]`` not divisible by ``m``, a mask
                 of the wrong shape or one keeping more than ``n`` of some group.
         """
-        n, m = check_int(n, "n"), check_int(m, "m")
-        if not (1 <= m <= 256 and 0 <= n <= m):
-            raise ValueError(f"`n` and `m` must satisfy 0 <= n <= m and 1 <= m <= 256 (n kept per "
-                             f"group, uint8 indices); got n={n}, m={m}.")
+        n, m = check_nm(n, m, max_m=256)  # uint8 indices
         if axis is None:
-            raise TypeError("`axis` must be given (the grouped reduction axis, as in "
-                            "sparsejax.masks.nm): 0 for a Flax [in, out] kernel, 1 for a torch "
-                            "[out, in] weight; got None.")
+            raise TypeError(must_be("axis", "given: the grouped (reduction) axis, as in "
+                                    "sparsejax.masks.nm; 0 for a Flax [in, out] kernel, 1 for "
+                                    "a torch [out, in] weight", None))
         x = check_float_array(jnp.asarray(x), "x")
         if x.ndim < 1:
             raise ValueError(f"`x` must have at least one axis; got shape {x.shape}.")
@@ -431,7 +430,7 @@ class BlockSparse:
         if x.ndim != 2:
             raise ValueError(f"`x` must be a 2-D matrix [M, K]; got shape {x.shape} "
                              "(use jax.vmap for stacks).")
-        bm, bn = check_int_tuple(block_shape, "block_shape", 2, minimum=1)
+        bm, bn = check_block_shape(block_shape, ndim=2)
         mdim, kdim = x.shape
         if mdim % bm or kdim % bn:
             raise ValueError(f"`x.shape` {x.shape} must be divisible by `block_shape` "
@@ -473,7 +472,7 @@ class BlockSparse:
             ValueError: non-2-D or non-divisible ``x``, an index of the wrong number of rows.
         """
         x = check_float_array(jnp.asarray(x), "x")
-        bm, bn = check_int_tuple(block_shape, "block_shape", 2, minimum=1)
+        bm, bn = check_block_shape(block_shape, ndim=2)
         if x.ndim != 2 or x.shape[0] % bm or x.shape[1] % bn:
             raise ValueError(f"`x` must be a 2-D matrix divisible by `block_shape` {(bm, bn)}; "
                              f"got shape {x.shape}.")

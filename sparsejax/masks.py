@@ -27,6 +27,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from sparsejax._checks import (
+    check_block_shape,
     check_choice,
     check_divisible,
     check_float_array,
@@ -129,7 +130,10 @@ def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
 
     The product is evaluated in float32 (the same arithmetic eagerly and under ``jit``, so traced and
     concrete sparsities give the same masks) and rounded half to even, as ``numpy.round``.
-    ``sparsity`` is clipped to ``[0, 1]`` when traced (a concrete value outside raises).
+    A traced ``sparsity`` is clamped into ``[0, 1]`` and ``NaN`` counts as ``0`` (all kept); a
+    concrete value outside ``[0, 1]`` raises. Every pattern function registers a
+    ``jax.experimental.checkify`` check on a traced sparsity, so wrapping the caller with
+    ``checkify.checkify(f, errors=checkify.user_checks)`` turns such a value into an error.
 
     Args:
         size: number of entries ranked.
@@ -138,7 +142,8 @@ def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
     Returns:
         int32 scalar in ``[1, size]`` (``0`` only when ``size == 0``).
     """
-    s = jnp.clip(jnp.asarray(sparsity, jnp.float32), 0.0, 1.0)
+    s = jnp.asarray(sparsity, jnp.float32)
+    s = jnp.where(jnp.isnan(s), 0.0, jnp.clip(s, 0.0, 1.0))
     k = jnp.round(jnp.float32(size) * (jnp.float32(1.0) - s)).astype(jnp.int32)
     return jnp.clip(k, min(1, size), size)
 
@@ -287,16 +292,30 @@ def _nm(scores: jax.Array, n: int, m: int, axis: int) -> jax.Array:
     return jnp.moveaxis(keep, -1, axis)
 
 
-def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str) -> jax.Array:
+def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str,
+          valid: jax.Array | None = None) -> jax.Array:
+    """Pool ``x`` over ``axes``; with ``valid``, only over the valid entries (partial tiles)."""
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if valid is None:
+        if reduce == "mean":
+            return jnp.mean(x, axis=axes)
+        if reduce == "sum":
+            return jnp.sum(x, axis=axes)
+        if reduce == "max":
+            return jnp.max(x, axis=axes)
+        if reduce == "l2":
+            return jnp.sqrt(jnp.sum(x * x, axis=axes))
+        raise ValueError(must_be("reduce", f"one of {REDUCES}", reduce))
+    zero = jnp.zeros((), x.dtype)
     if reduce == "mean":
-        return jnp.mean(x, axis=axes)
+        count = jnp.sum(valid, axis=axes, dtype=x.dtype)
+        return jnp.sum(jnp.where(valid, x, zero), axis=axes) / count
     if reduce == "sum":
-        return jnp.sum(x, axis=axes)
+        return jnp.sum(jnp.where(valid, x, zero), axis=axes)
     if reduce == "max":
-        return jnp.max(x, axis=axes)
+        return jnp.max(jnp.where(valid, x, jnp.asarray(-jnp.inf, x.dtype)), axis=axes)
     if reduce == "l2":
-        return jnp.sqrt(jnp.sum(x * x, axis=axes))
+        return jnp.sqrt(jnp.sum(jnp.where(valid, x * x, zero), axis=axes))
     raise ValueError(must_be("reduce", f"one of {REDUCES}", reduce))
 
 
@@ -308,12 +327,17 @@ def block(
 ) -> Bool[Array, "*shape"]:
     """Block mask: whole tiles kept or dropped, tiles ranked by a pooled score.
 
+    Which axes are tiled: the *trailing* ``len(block_shape)`` dimensions of ``scores`` (a 2-D
+    ``block_shape=(bm, bn)`` on a ``[kh, kw, in, out]`` conv kernel tiles ``in`` and ``out``);
+    leading dimensions are tiled with size 1. Tiles start at index 0 on every axis. A dimension
+    not divisible by its block size ends in a *partial edge tile*, which is pooled over the
+    entries it has (as jaxpruner does) and counts as one tile like the others.
+
     Args:
-        scores: float array; its trailing ``len(block_shape)`` dimensions are tiled (leading
-            dimensions, if any, are tiled with size 1).
-        block_shape: tile shape, each dimension dividing the corresponding one of ``scores``.
+        scores: float array.
+        block_shape: tile shape, ``1 <= len(block_shape) <= scores.ndim``, entries ``>= 1``.
         sparsity: fraction of *tiles* dropped; exactly ``max(1, round(n_tiles * (1 - sparsity)))``
-            tiles are kept (ties by lower tile index).
+            tiles are kept (ties by lower tile index), ``n_tiles`` counting partial ones.
         reduce: how a tile's scores are pooled: ``"mean"``, ``"sum"``, ``"max"`` or ``"l2"``.
 
     Returns:
@@ -321,29 +345,33 @@ def block(
     """
     scores = check_float_array(scores, "scores")
     check_sparsity(sparsity)
-    block_shape = tuple(check_int(b, "block_shape", minimum=1) for b in block_shape)
+    block_shape = check_block_shape(block_shape)
     if not 1 <= len(block_shape) <= scores.ndim:
-        raise ValueError(f"block_shape must have between 1 and {scores.ndim} dimensions for scores "
-                         f"of shape {scores.shape}, got {block_shape}")
+        raise ValueError(must_be("block_shape", f"a tuple of 1 to {scores.ndim} ints for scores "
+                                 f"of shape {scores.shape}", block_shape))
     full = (1,) * (scores.ndim - len(block_shape)) + block_shape
-    bad = [(d, b) for d, b in zip(scores.shape, full) if d % b]
-    if bad:
-        raise ValueError(f"scores.shape {scores.shape} must be divisible by block_shape "
-                         f"{block_shape}; not divisible: {bad}")
     check_choice(reduce, "reduce", REDUCES)
+    if scores.size == 0:
+        return jnp.zeros(scores.shape, bool)
     return _block(scores, jnp.asarray(sparsity, jnp.float32), full, reduce)
 
 
 @partial(jax.jit, static_argnums=(2, 3))
 def _block(scores: jax.Array, sparsity: jax.Array, full: tuple[int, ...], reduce: str) -> jax.Array:
-    split = []
-    for d, b in zip(scores.shape, full):
-        split += [d // b, b]
-    tiles = _pool(scores.reshape(split), tuple(range(1, 2 * scores.ndim, 2)), reduce)
+    n_tiles = [-(-d // b) for d, b in zip(scores.shape, full)]
+    pad = [(0, n * b - d) for d, b, n in zip(scores.shape, full, n_tiles)]
+    partial_tiles = any(hi for _, hi in pad)
+    split = [v for n, b in zip(n_tiles, full) for v in (n, b)]
+    padded = jnp.pad(scores, pad) if partial_tiles else scores
+    valid = None
+    if partial_tiles:
+        valid = jnp.pad(jnp.ones(scores.shape, bool), pad).reshape(split)
+    tiles = _pool(padded.reshape(split), tuple(range(1, 2 * scores.ndim, 2)), reduce, valid)
     keep = _unstructured(tiles, sparsity, None)
     # broadcast each tile's decision over its block (one write of the full mask, no repeats)
-    expanded = keep.reshape([n for d, b in zip(scores.shape, full) for n in (d // b, 1)])
-    return jnp.broadcast_to(expanded, split).reshape(scores.shape)
+    expanded = keep.reshape([v for n in n_tiles for v in (n, 1)])
+    mask = jnp.broadcast_to(expanded, split).reshape([n * b for n, b in zip(n_tiles, full)])
+    return mask[tuple(slice(0, d) for d in scores.shape)]
 
 
 def channel(

@@ -55,8 +55,18 @@ def polynomial(
     only every ``frequency`` steps (when the mask is recomputed).
 
     Step convention: ``t`` is the number of optimizer steps already taken (optax's ``count``), as in
-    TF-MOT: ``s(begin_step) = initial`` and ``s(t) = final`` for ``t >= end_step``. jaxpruner's
-    ``PolynomialSchedule`` evaluates at ``t + 1`` instead; pass ``step + 1`` to reproduce it.
+    TF-MOT: ``s(begin_step) = initial`` and ``s(t) = final`` for ``t >= end_step``.
+
+    Reproducing jaxpruner's ``PolynomialSchedule`` (``initial=0``): jaxpruner evaluates the
+    *continuous* ramp at ``t + 1`` and quantises nothing; its ``update_freq`` only decides when the
+    mask is recomputed (steps with ``t % update_freq == 0`` and ``begin_step <= t <= end_step``,
+    counted from 0, not from ``begin_step``).
+
+    * ``frequency=1``: pass ``step + 1``: ``polynomial(final, b, e)(step + 1)``.
+    * ``frequency=f > 1``: build the schedule with ``frequency=1``, evaluate it at ``step + 1``, and
+      recompute the mask only on jaxpruner's update steps (hold it in between). Passing
+      ``step + 1`` to a ``frequency=f`` schedule does *not* reproduce it: the floor to a multiple
+      of ``f`` then lands on the previous update (``s(t)`` instead of ``s(t + 1)``).
 
     Args:
         final: target sparsity reached at ``end_step``.

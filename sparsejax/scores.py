@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from sparsejax._checks import check_float_array, normalize_axis
+from sparsejax._checks import check_float_array, must_be, normalize_axis
 
 __all__ = ["magnitude", "random", "saliency", "wanda", "feature_norms"]
 
@@ -29,7 +29,8 @@ def saliency(w: Float[Array, "*shape"], grad: Float[Array, "*shape"]) -> Float[A
     w = check_float_array(w, "w")
     grad = check_float_array(grad, "grad")
     if w.shape != grad.shape:
-        raise ValueError(f"grad must have the shape of w {w.shape}, got {grad.shape}")
+        raise ValueError(must_be("grad", f"of the shape of w {tuple(w.shape)}",
+                                 f"shape {tuple(grad.shape)}", raw=True))
     return jnp.abs(w * grad)
 
 
@@ -49,9 +50,7 @@ def feature_norms(inputs: Float[Array, "*batch features"]) -> Float[Array, " fea
     Returns:
         ``[features]`` float32 norms.
     """
-    inputs = check_float_array(inputs, "inputs")
-    if inputs.ndim == 0:
-        raise ValueError("inputs must have a feature axis, got a scalar")
+    inputs = check_float_array(inputs, "inputs", min_ndim=1)
     x = inputs.reshape(-1, inputs.shape[-1]).astype(jnp.float32)
     return jnp.sqrt(jnp.sum(x * x, axis=0))
 
@@ -82,13 +81,14 @@ def wanda(
     """
     w = check_float_array(w, "w")
     if (inputs is None) == (norms is None):
-        raise ValueError("wanda needs exactly one of inputs= or norms=, got "
-                         f"{'both' if inputs is not None else 'neither'}")
+        raise ValueError(must_be("inputs", "given, or norms= instead (exactly one of them)",
+                                 "both" if inputs is not None else "neither", raw=True))
     in_axis = normalize_axis(in_axis, w.ndim, "in_axis")
     norms = feature_norms(inputs) if norms is None else check_float_array(norms, "norms")
     if norms.shape != (w.shape[in_axis],):
-        raise ValueError(f"input features ({norms.shape[-1] if norms.ndim else norms.shape}) "
-                         f"must match w.shape[{in_axis}] = {w.shape[in_axis]}")
+        raise ValueError(must_be("norms", f"of shape ({w.shape[in_axis]},), one per input feature "
+                                 f"of w (w.shape[{in_axis}])", f"shape {tuple(norms.shape)}",
+                                 raw=True))
     shape = [1] * w.ndim
     shape[in_axis] = w.shape[in_axis]
     return jnp.abs(w).astype(jnp.promote_types(w.dtype, jnp.float32)) * norms.reshape(shape)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr
 
-from sparsejax._checks import must_be
+from sparsejax._checks import _is_none, must_be  # noqa: F401 - _is_none re-exported for the tree modules
 
 __all__ = ["EMBEDDING_NAMES", "Where", "matches", "path_str", "select"]
 

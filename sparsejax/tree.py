@@ -432,50 +432,114 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(one, params, masks, is_leaf=_is_none)
 
 
-class _Record:
-    """An opaque pytree leaf carrying a value through ``jax.tree`` maps."""
+def _is_array(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray)
 
-    def __init__(self, value):
-        self.value = value
+
+def _is_float(x: Any) -> bool:
+    return _is_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _is_bool(x: Any) -> bool:
+    return _is_array(x) and x.dtype == jnp.bool_
+
+
+def _is_key(x: Any) -> bool:
+    return _is_array(x) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 class Sparsity(NamedTuple):
-    """Result of `sparsity`: the overall fraction of zeros and a per-leaf tree."""
+    """Result of `sparsity`.
+
+    Attributes:
+        overall: fraction of zero (dropped) entries over the *selected* leaves: the masked leaves
+            of a mask tree, or the leaves ``where`` selects in a params tree (by default the float
+            kernels, not biases, norms, embeddings, counters or RNG keys). float32 scalar.
+        per_leaf: flat ``{path: sparsity}`` for the selected leaves (paths as `path_str`).
+        whole_model: fraction of zero (dropped) entries over *all* float leaves of the params,
+            biases and embeddings included; ``None`` for a mask tree given alone (it does not know
+            the sizes of the leaves it leaves dense: pass ``sparsity(params, masks)``).
+    """
 
     overall: jax.Array
-    per_leaf: PyTree
+    per_leaf: dict[str, jax.Array]
+    whole_model: jax.Array | None
 
 
-def sparsity(tree: PyTree) -> Sparsity:
-    """Fraction of zero entries overall and per leaf.
+def _ratio(zeros: list, sizes: list) -> jax.Array:
+    total = sum(sizes)
+    if not total:
+        return jnp.float32(0)
+    return sum((z.astype(jnp.float32) for z in zeros), jnp.float32(0)) / jnp.float32(total)
 
-    For a params tree this counts exact zeros; for a mask tree it counts ``False`` (dropped).
-    ``None`` and non-array leaves are skipped (``None`` in ``per_leaf``).
+
+def sparsity(tree: PyTree, masks: PyTree | None = None, *, where: Where = None) -> Sparsity:
+    """Fraction of zero entries: over the selected leaves, per leaf, and over the whole model.
+
+    Three ways to call it, one meaning of ``overall`` (the selected float leaves):
+
+    * ``sparsity(masks)`` with a mask tree: counts ``False`` (dropped) over the masked leaves;
+    * ``sparsity(params, where=...)``: counts exact zeros over the leaves ``where`` selects
+      (default: float kernels, as `compute_masks`);
+    * ``sparsity(params, masks)``: counts dropped entries over the masked leaves, and fills
+      ``whole_model`` with the dropped fraction of all float parameters.
+
+    Non-float leaves (integer counters, Flax NNX RNG keys) are never counted. Works under ``jit``.
 
     Returns:
-        `Sparsity` with ``overall`` (float32 scalar) and ``per_leaf`` (a tree mirroring
-        ``tree`` with float32 scalars or ``None``).
+        `Sparsity` ``(overall, per_leaf, whole_model)``.
+
+    Raises:
+        ValueError: ``masks`` does not mirror ``tree``; ``where`` given with ``masks`` (it would
+            be ignored) or selecting no leaf.
+        TypeError: a mask leaf is not a bool array.
     """
-    def zeros(x):
-        if not isinstance(x, jax.Array | np.ndarray) or x.size == 0:
-            return None
-        return _Record((jnp.sum(x == 0, dtype=jnp.int32), x.size))
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+    floats = [(p, x) for p, x in flat if _is_float(x) and x.size]
+    if masks is not None:
+        if where is not None:
+            raise ValueError(must_be("where", "None when masks are given (the masks say which "
+                                     "leaves are selected)", where))
+        check_same_structure(tree, masks, "masks")
+        check_mask_tree(masks)
+        pairs = zip(flat, jax.tree.leaves(masks, is_leaf=_is_none))
+        picked = [(p, jnp.sum(~m, dtype=jnp.int32), m.size)
+                  for (p, _), m in pairs if m is not None and m.size]
+        whole = _ratio([z for _, z, _ in picked], [x.size for _, x in floats])
+    elif flat and all(x is None or _is_bool(x) for _, x in flat) and any(
+            _is_bool(x) for _, x in flat):
+        if where is not None:
+            raise ValueError(must_be("where", "None for a mask tree", where))
+        picked = [(p, jnp.sum(~m, dtype=jnp.int32), m.size) for p, m in flat
+                  if m is not None and m.size]
+        whole = None
+    else:
+        chosen = select(where, tree=tree)
+        picked = [(p, jnp.sum(x == 0, dtype=jnp.int32), x.size) for p, x in floats
+                  if chosen(p, x)]
+        if where is not None and not picked:
+            raise ValueError(must_be("where", "a selector matching at least one float leaf",
+                                     where))
+        whole = _ratio([jnp.sum(x == 0, dtype=jnp.int32) for _, x in floats],
+                       [x.size for _, x in floats])
+    per_leaf = {path_str(p): z.astype(jnp.float32) / jnp.float32(n) for p, z, n in picked}
+    overall = _ratio([z for _, z, _ in picked], [n for _, _, n in picked])
+    return Sparsity(overall, per_leaf, whole)
 
-    counts = jax.tree.map(zeros, tree, is_leaf=_is_none)
-    per_leaf = jax.tree.map(lambda c: None if c is None else c.value[0] / c.value[1], counts,
-                            is_leaf=_is_none)
-    pairs = [c.value for c in jax.tree.leaves(counts)]
-    total = sum(c[1] for c in pairs)
-    zero = sum((c[0].astype(jnp.float32) for c in pairs), jnp.float32(0))
-    overall = zero / total if total else jnp.float32(0)
-    return Sparsity(jnp.asarray(overall, jnp.float32), per_leaf)
+
+def _runs(mask: np.ndarray) -> tuple[int, ...]:
+    """Per axis, the largest run length ``b`` such that ``mask`` is constant on runs of ``b``
+    starting at 0 (the gcd of the positions where it changes; the whole axis if it never does)."""
+    out = []
+    for ax in range(mask.ndim):
+        d = mask.shape[ax]
+        moved = np.moveaxis(mask, ax, 0).reshape(d, -1)
+        pos = np.nonzero((moved[1:] != moved[:-1]).any(axis=1))[0] + 1
+        out.append(int(np.gcd.reduce(pos)) if pos.size else d)
+    return tuple(out)
 
 
-def _detect_pattern(mask: np.ndarray) -> tuple[str, int | None]:
-    """('n:m (axis a)', m) for the smallest group size with a constant kept count, else
-    ('unstructured', None)."""
-    if mask.all():
-        return "dense", None
+def _nm_of(mask: np.ndarray) -> tuple[int, int, int] | None:
     for m in (2, 4, 8, 16):
         for axis in range(mask.ndim):
             if mask.shape[axis] % m:
@@ -484,93 +548,149 @@ def _detect_pattern(mask: np.ndarray) -> tuple[str, int | None]:
             counts = moved.reshape(*moved.shape[:-1], -1, m).sum(-1)
             n = counts.flat[0]
             if n < m and (counts == n).all():
-                return f"{n}:{m} (axis {axis})", m
+                return int(n), m, axis
+    return None
+
+
+def _detect_pattern(mask: np.ndarray) -> tuple[str, Any]:
+    """``(kind, detail)``: ``("dense", None)``, ``("empty", None)``, ``("channel", axis)``,
+    ``("nm", (n, m, axis))``, ``("block", tile_shape)`` or ``("unstructured", None)``."""
+    if mask.size == 0 or mask.all():
+        return "dense", None
+    if not mask.any():
+        return "empty", None
+    runs = _runs(mask)
+    changing = [ax for ax, (b, d) in enumerate(zip(runs, mask.shape)) if b < d]
+    if mask.ndim >= 2 and len(changing) == 1:
+        return "channel", changing[0]
+    nm = _nm_of(mask)
+    if nm is not None:
+        return "nm", nm
+    if math.prod(runs) > 1:
+        return "block", runs
     return "unstructured", None
 
 
-def _leaf_nbytes(x, m) -> tuple[int, int]:
+def _label(kind: str, detail: Any) -> str:
+    if kind == "channel":
+        return f"channel (axis {detail})"
+    if kind == "nm":
+        return f"{detail[0]}:{detail[1]} (axis {detail[2]})"
+    if kind == "block":
+        return f"block {tuple(detail)}"
+    return kind
+
+
+def _leaf_nbytes(x, m) -> tuple[int, int, str]:
+    """``(dense_bytes, compressed_bytes, pattern label)`` of one leaf under its mask."""
     item = np.dtype(x.dtype).itemsize
     dense = x.size * item
     if m is None:
-        return dense, dense
+        return dense, dense, "dense"
     mk = np.asarray(m)
     kept = int(mk.sum())
-    pattern, group = _detect_pattern(mk)
-    if pattern == "dense":
-        return dense, dense
-    if group is not None:
-        return dense, kept * (item + 1)
-    return dense, kept * item + math.ceil(x.size / 8)
+    kind, detail = _detect_pattern(mk)
+    if kind == "dense":
+        return dense, dense, "dense"
+    if kind == "empty":
+        return dense, 0, "empty"
+    if kind == "nm":  # NMSparse: kept values + one uint8 index each
+        return dense, kept * (item + 1), _label(kind, detail)
+    if kind == "channel":  # kept slices + one int32 index per kept channel
+        others = tuple(i for i in range(mk.ndim) if i != detail)
+        return dense, kept * item + 4 * int(mk.any(axis=others).sum()), _label(kind, detail)
+    if kind == "block":  # BSR: kept values + int32 index per kept tile + int32 count per tile row
+        origins = mk[tuple(slice(None, None, b) for b in detail)]
+        rows = math.prod(origins.shape[:-1])
+        return dense, kept * item + 4 * int(origins.sum()) + 4 * rows, _label(kind, detail)
+    return dense, kept * item + math.ceil(x.size / 8), "unstructured"  # values + bitmap
+
+
+def _pairs(params: PyTree, masks: PyTree | None) -> list[tuple[tuple, Any, Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]
+    if masks is None:
+        return [(p, x, None) for p, x in flat]
+    check_same_structure(params, masks, "masks")
+    check_mask_tree(masks)
+    return [(p, x, m) for (p, x), m in zip(flat, jax.tree.leaves(masks, is_leaf=_is_none))]
 
 
 def nbytes(params: PyTree, masks: PyTree | None = None) -> tuple[int, int]:
     """``(dense_bytes, compressed_bytes)`` of the array leaves of ``params`` under ``masks``.
 
-    The compressed size follows `summary`: N:M-masked leaves in the
-    `sparsejax.formats.NMSparse` layout (kept values + one uint8 index each), other masked
-    leaves as kept values + a one-bit-per-entry bitmap, unmasked leaves dense.
+    The compressed size follows `summary`'s per-pattern layouts; unmasked leaves (and integer
+    leaves) count dense; PRNG key leaves are skipped.
     """
-    if masks is None:
-        leaves = [(x, None) for x in jax.tree.leaves(params)]
-    else:
-        check_same_structure(params, masks, "masks")
-        leaves = [r.value for r in jax.tree.leaves(
-            jax.tree.map(lambda x, m: _Record((x, m)), params, masks, is_leaf=_is_none))]
     dense = sparse = 0
-    for x, m in leaves:
-        if isinstance(x, jax.Array | np.ndarray):
-            d, s = _leaf_nbytes(x, m)
+    for _, x, m in _pairs(params, masks):
+        if _is_array(x) and not _is_key(x):
+            d, s, _ = _leaf_nbytes(x, m)
             dense, sparse = dense + d, sparse + s
     return dense, sparse
 
 
-def summary(params: PyTree, masks: PyTree | None = None, *, print_fn: Callable | None = print
-            ) -> str:
-    """Print (and return) a table of every array leaf: path, shape, dtype, pattern, density, bytes.
+def summary(params: PyTree, masks: PyTree | None = None, *, where: Where = None,
+            print_fn: Callable | None = print) -> str:
+    """Print (and return) a table of every float leaf: path, shape, dtype, pattern, density, bytes.
 
-    ``dense B`` is the leaf's dense size. ``sparse B`` is its compressed size: for an N:M leaf the
-    `sparsejax.formats.NMSparse` layout (kept values + one uint8 index each); for other
-    masked leaves a bitmap layout (kept values + one bit per entry); unmasked leaves stay dense.
+    Patterns are detected from each mask: ``dense``, ``channel (axis a)``, ``n:m (axis a)``,
+    ``block (bm, bn)`` (the largest tile the mask is constant on), ``unstructured`` or ``empty``.
+    ``dense B`` is the leaf's dense size; ``sparse B`` the size of its compressed form:
+
+    * N:M: kept values + one uint8 index each (the `sparsejax.formats.NMSparse` layout);
+    * channel: kept slices + one int32 index per kept channel;
+    * block: kept values + one int32 index per kept tile + one int32 count per row of tiles (BSR);
+    * unstructured: kept values + a one-bit-per-entry bitmap;
+    * unmasked leaves stay dense.
+
+    Two totals: ``selected`` (the masked leaves; without masks, the leaves ``where`` selects)
+    is `sparsity`'s ``overall``; ``all float leaves`` is its ``whole_model``. Non-float leaves
+    (integer counters, NNX RNG keys) are left out and counted in a footnote.
 
     Args:
         params: any pytree of arrays.
         masks: optional mask tree; without it, density counts nonzeros of ``params``.
+        where: leaf selector for the ``selected`` total when ``masks`` is ``None``.
         print_fn: where to print (``None`` to only return the string).
 
     Returns:
         the table as a string.
     """
-    if masks is not None:
-        check_same_structure(params, masks, "masks")
-        pairs = [r.value for r in jax.tree.leaves(
-            jax.tree_util.tree_map_with_path(lambda p, x, m: _Record((p, x, m)), params, masks,
-                                             is_leaf=_is_none))]
-    else:
-        pairs = [(p, x, None) for p, x in jax.tree.flatten_with_path(params)[0]]
-    rows = []
-    totals = [0, 0, 0, 0]
-    for path, x, m in pairs:
-        if not isinstance(x, jax.Array | np.ndarray):
+    if masks is not None and where is not None:
+        raise ValueError(must_be("where", "None when masks are given", where))
+    chosen = select(where, tree=params)
+    rows, skipped = [], 0
+    sel, tot = [0, 0, 0, 0], [0, 0, 0, 0]
+    for path, x, m in _pairs(params, masks):
+        if not _is_float(x):
+            skipped += _is_array(x)
             continue
         size = x.size
         if m is None:
             kept = int(np.count_nonzero(np.asarray(x))) if masks is None else size
             pattern = "dense" if masks is not None else "-"
+            dense_b = sparse_b = size * np.dtype(x.dtype).itemsize
         else:
             kept = int(np.asarray(m).sum())
-            pattern = _detect_pattern(np.asarray(m))[0]
-        dense_b, sparse_b = _leaf_nbytes(x, m)
+            dense_b, sparse_b, pattern = _leaf_nbytes(x, m)
         rows.append((path_str(path), str(tuple(x.shape)), str(x.dtype), pattern,
                      f"{kept / max(size, 1):.3f}", str(dense_b), str(sparse_b)))
-        totals = [totals[0] + kept, totals[1] + size, totals[2] + dense_b, totals[3] + sparse_b]
+        counts = (kept, size, dense_b, sparse_b)
+        tot = [a + b for a, b in zip(tot, counts)]
+        if (m is not None) if masks is not None else chosen(path, x):
+            sel = [a + b for a, b in zip(sel, counts)]
     header = ("path", "shape", "dtype", "pattern", "density", "dense B", "sparse B")
-    rows.append(("total", "", "", "", f"{totals[0] / max(totals[1], 1):.3f}", str(totals[2]),
-                 str(totals[3])))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    totals = [("selected", "", "", "masked" if masks is not None else "where",
+               f"{sel[0] / max(sel[1], 1):.3f}", str(sel[2]), str(sel[3])),
+              ("all float leaves", "", "", "", f"{tot[0] / max(tot[1], 1):.3f}", str(tot[2]),
+               str(tot[3]))]
+    widths = [max(len(r[i]) for r in [header, *rows, *totals]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 4 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines = [fmt.format(*header), "  ".join("-" * w for w in widths)]
-    lines += [fmt.format(*r) for r in rows[:-1]]
-    lines += ["  ".join("-" * w for w in widths), fmt.format(*rows[-1])]
+    rule = "  ".join("-" * w for w in widths)
+    lines = [fmt.format(*header), rule, *(fmt.format(*r) for r in rows), rule,
+             *(fmt.format(*r) for r in totals)]
+    if skipped:
+        lines.append(f"({skipped} non-float leaves, e.g. integer counters or RNG keys, not shown)")
     text = "\n".join(lines)
     if print_fn is not None:
         print_fn(text)

@@ -118,7 +118,7 @@ def test_equinox_and_nnx():
 def test_errors():
     with pytest.raises(ValueError, match=r"`sparsity` must be in \[0, 1\]; got 1.2"):
         allocation.erk(tree(), 1.2)
-    with pytest.raises(TypeError, match="concrete sparsity"):
+    with pytest.raises(TypeError, match="`sparsity` must be concrete for erk/er"):
         jax.jit(lambda p, s: allocation.erk(p, s))(tree(), 0.5)
     with pytest.raises(TypeError, match="`where` must be None, a callable"):
         allocation.uniform(tree(), 0.5, where=3)
@@ -129,3 +129,55 @@ def test_global_topk_traced():
     out = jax.jit(lambda p, s: allocation.global_topk(p, s))(params, 0.3)
     assert float(out["x"]) == pytest.approx(0.3)
     assert np.isfinite(float(out["x"]))
+
+
+def _rigl_erk_reference(shapes, sparsity, power=1.0):
+    """RigL's get_sparsities_erdos_renyi (rigl/sparse_utils.py), transcribed for dict of shapes."""
+    dense, valid = set(), False
+    while not valid:
+        divisor = rhs = 0
+        raw = {}
+        for name, shape in shapes.items():
+            n = np.prod(shape)
+            n_zeros = int(np.floor(sparsity * n))
+            if name in dense:
+                rhs -= n_zeros
+            else:
+                rhs += n - n_zeros
+                raw[name] = (np.sum(shape) / np.prod(shape)) ** power
+                divisor += raw[name] * n
+        eps = rhs / divisor
+        top = max(raw.values())
+        if top * eps > 1:
+            dense |= {k for k, v in raw.items() if v == top}
+        else:
+            valid = True
+    return {k: 0.0 if k in dense else 1.0 - eps * raw[k] for k in shapes}
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.95])
+def test_erk_rigl_rounding_matches_rigl(target):
+    shapes = {"l0": (3, 7), "l1": (7, 5), "l2": (5, 3), "conv": (3, 3, 2, 5)}
+    params = {k: jnp.ones(v) for k, v in shapes.items()}
+    ours = allocation.erk(params, target, rounding="rigl")
+    ref = _rigl_erk_reference(shapes, target)
+    for k in shapes:
+        assert ours[k] == pytest.approx(ref[k], abs=1e-12)
+    exact = allocation.erk(params, target)
+    # on these small layers the two roundings really differ
+    assert max(abs(exact[k] - ours[k]) for k in shapes) > 1e-3
+    er_rigl = allocation.er(params, target, rounding="rigl")
+    assert set(er_rigl) == set(shapes)
+
+
+def test_erk_zero_size_leaf_is_dense_and_bad_rounding_raises():
+    params = {"empty": jnp.ones((0, 4)), "w": jnp.ones((4, 6)), "v": jnp.ones((6, 2))}
+    s = allocation.erk(params, 0.5)
+    assert s["empty"] == 0.0
+    ref = allocation.erk({"w": params["w"], "v": params["v"]}, 0.5)
+    assert s["w"] == pytest.approx(ref["w"]) and s["v"] == pytest.approx(ref["v"])
+    assert allocation.er(params, 0.5)["empty"] == 0.0
+    masks = sj.compute_masks(params, sparsity=0.5, allocation="erk")
+    assert masks["empty"].shape == (0, 4)
+    with pytest.raises(ValueError, match="`rounding` must be one of \\('exact', 'rigl'\\); got 'floor'"):
+        allocation.erk(params, 0.5, rounding="floor")

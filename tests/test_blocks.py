@@ -175,6 +175,6 @@ def test_auto_falls_back_only_on_not_supported(monkeypatch):
     mask = causal_mask(24, block_q=8, block_kv=8)  # 8 is below Triton's 16
     ref = attention(q, q, q, mask, backend="reference")
     np.testing.assert_allclose(attention(q, q, q, mask), ref, rtol=1e-5, atol=1e-5)
-    with pytest.raises(_backend.UnsupportedShapeError, match="block_q=8"):
+    with pytest.raises(_backend.UnsupportedShapeError, match="`block_q` must be a power of two >= 16.*; got 8"):
         attention(q, q, q, mask, backend="pallas_gpu")
     assert issubclass(_backend.UnsupportedDtypeError, TypeError)

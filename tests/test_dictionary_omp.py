@@ -202,16 +202,19 @@ def test_residual_orthogonal_to_selected_atoms(seed):
     [
         (dict(dictionary=np.ones((3, 4, 5))), ValueError, "dictionary"),
         (dict(signals=np.ones((2, 7))), ValueError, "n_features=8"),
-        (dict(k=0), ValueError, r"`k` must be in \[1, n_atoms=16\]"),
+        (dict(k=0), ValueError, "`k` must be >= 1; got 0"),
         (dict(k=17), ValueError, "got 17"),
-        (dict(k=2.0), TypeError, "`k` must be an int"),
-        (dict(k=True), TypeError, "`k` must be an int"),
+        (dict(k=2.0), TypeError, "`k` must be a Python int"),
+        (dict(k=True), TypeError, "`k` must be a Python int"),
         (dict(tol=-1.0), ValueError, "`tol`"),
         (dict(signals=np.ones((2, 8), np.int32)), TypeError, "floating"),
         (dict(exact_k=True, k=3, tol=1.0), ValueError, "exact_k"),
         (dict(exact_k=True), ValueError, "explicit `k`"),
         (dict(chunk_size=0), ValueError, "chunk_size"),
         (dict(dictionary=[[1.0]]), TypeError, "must be arrays"),
+        # a transposed dictionary [n_atoms, n_features] is blamed, not the signals
+        (dict(dictionary=np.ones((16, 8), np.float32), signals=np.ones((2, 8), np.float32)), ValueError,
+         r"`dictionary` must be \[n_features, n_atoms\].*got shape \(16, 8\).*looks transposed"),
     ],
 )
 def test_bad_input(kwargs, exc, match):

@@ -651,7 +651,7 @@ def test_activation_errors():
         S.feature_choice(pre, jnp.ones(8))
     with pytest.raises(ValueError, match="`bandwidth` must be > 0"):
         S.jumprelu(pre, jnp.zeros(8), 0.0)
-    with pytest.raises(ValueError, match="dead_mask must have shape"):
+    with pytest.raises(ValueError, match="`dead_mask` must be of shape"):
         S.auxk_loss(pre, jnp.zeros((3, 2)), jnp.zeros((8, 2)), jnp.ones(7, bool), 2)
     with pytest.raises(ValueError, match="`fraction` must be <= 1"):
         S.underutilised_mask(jnp.ones(8), fraction=2.0)

@@ -154,10 +154,10 @@ def test_nm_pytree_static_aux():
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        (dict(n=5, m=4, axis=0), ValueError, r"0 <= n <= m.*n=5"),
-        (dict(n=-1, m=4, axis=0), ValueError, r"0 <= n <= m.*n=-1"),
+        (dict(n=5, m=4, axis=0), ValueError, r"`n` must be in \[0, m=4\].*got 5"),
+        (dict(n=-1, m=4, axis=0), ValueError, r"`n` must be in \[0, m=4\].*got -1"),
         (dict(n=2.0, m=4, axis=0), TypeError, r"`?n`? must be a Python int"),
-        (dict(n=2, m=0, axis=0), ValueError, r"1 <= m <= 256.*m=0"),
+        (dict(n=2, m=0, axis=0), ValueError, r"`m` must be >= 1; got 0"),
         (dict(n=2, m=3, axis=0), ValueError, r"x.shape\[axis\]` = 8.*divisible by m=3"),
         (dict(n=2, m=4, axis=2), ValueError, r"`?axis`? must be in \[-2, 1\]"),
         (dict(n=2, m=4, axis=None), TypeError, r"`axis` must be given"),
@@ -203,13 +203,13 @@ def bsr_case(draw):
 @given(bsr_case())
 def test_bsr_roundtrip_and_layout(case):
     x, bs, block_mask = case
-    a = BlockSparse.from_dense(jnp.asarray(x), bs, jnp.asarray(block_mask))
+    r, c = block_mask.shape  # static slot counts fixed per configuration: one trace each
+    a = BlockSparse.from_dense(jnp.asarray(x), bs, jnp.asarray(block_mask), max_blocks_per_row=c)
     np.testing.assert_array_equal(np.asarray(a.to_dense()), x * expand(block_mask, bs))
     check_bsr_layout(a, block_mask)
-    assert a.max_blocks_per_row == max(1, block_mask.sum(1).max())
     np.testing.assert_array_equal(np.asarray(a.block_mask()), block_mask)
     np.testing.assert_allclose(float(a.density), block_mask.mean())
-    t = a.transpose()
+    t = a.transpose(max_blocks_per_row=r)
     assert t.shape == x.shape[::-1] and t.block_shape == bs[::-1]
     np.testing.assert_array_equal(np.asarray(t.to_dense()), (x * expand(block_mask, bs)).T)
     check_bsr_layout(t, block_mask.T)
@@ -228,6 +228,7 @@ def test_bsr_element_mask_and_none(case):
     # mask=None keeps exactly the blocks holding a nonzero
     b = BlockSparse.from_dense(jnp.asarray(x * elem), bs)
     check_bsr_layout(b, kept)
+    assert b.max_blocks_per_row == max(1, kept.sum(1).max())  # default slot count: exact
     np.testing.assert_array_equal(np.asarray(b.to_dense()), x * elem)
 
 
@@ -284,8 +285,8 @@ def test_bsr_traced_needs_static_slots():
         (np.ones((6, 8)), dict(block_shape=(4, 4)), ValueError, r"\(6, 8\) must be divisible"),
         (np.ones((8,)), dict(block_shape=(4, 4)), ValueError, "must be a 2-D matrix"),
         (np.ones((8, 8), np.int32), dict(block_shape=(4, 4)), TypeError, "floating-point.*int32"),
-        (np.ones((8, 8)), dict(block_shape=(4,)), TypeError, "tuple of 2 ints"),
-        (np.ones((8, 8)), dict(block_shape=(0, 4)), ValueError, r"block_shape\[0\]`? must be >= 1"),
+        (np.ones((8, 8)), dict(block_shape=(4,)), ValueError, "a tuple of 2 ints"),
+        (np.ones((8, 8)), dict(block_shape=(0, 4)), ValueError, r"`block_shape` must be a tuple of ints >= 1"),
         (np.ones((8, 8)), dict(block_shape=(4, 4), mask=np.ones((2, 2))), TypeError, "bool"),
         (np.ones((8, 8)), dict(block_shape=(4, 4), mask=np.ones((3, 2), bool)), ValueError,
          r"block-level \(2, 2\) or element-level \(8, 8\)"),
@@ -297,3 +298,48 @@ def test_bsr_traced_needs_static_slots():
 def test_bsr_errors(x, kwargs, err, match):
     with pytest.raises(err, match=match):
         BlockSparse.from_dense(jnp.asarray(x), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# replace, gradients without allow_int, formats as a leaf module
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nm_replace_and_gradient_of_values_without_allow_int():
+    from sparsejax import ops
+
+    kernel = jax.random.normal(jax.random.PRNGKey(0), (16, 8))  # Flax [in, out]
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 16))
+    w = NMSparse.from_dense(kernel, 2, 4, axis=0)
+    w2 = w.replace(values=2 * w.values)
+    assert (w2.n, w2.m, w2.axis, w2.length) == (w.n, w.m, w.axis, w.length)
+    np.testing.assert_allclose(w2.to_dense(), 2 * np.asarray(w.to_dense()))
+    with pytest.raises(TypeError, match="`replace` takes fields"):
+        w.replace(data=w.values)
+
+    def loss(values):  # the documented recipe: differentiate the values, not the pytree
+        return jnp.sum(jnp.tanh(ops.dense_nm_matmul(x, w.replace(values=values))))
+
+    got = jax.grad(loss)(w.values)
+    keep = np.asarray(w.mask())
+    dense_grad = jax.grad(lambda k: jnp.sum(jnp.tanh(x @ (k * keep))))(kernel)
+    want = NMSparse.from_dense(dense_grad, 2, 4, axis=0, mask=jnp.asarray(keep)).values
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_formats_is_a_leaf_module():
+    import ast
+    import inspect
+
+    import sparsejax.formats as formats
+
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(formats))):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    assert not any(m.startswith(("sparsejax.ops", "sparsejax.attention")) for m in imported)
+    a = BlockSparse.from_dense(jnp.eye(4), (2, 2))
+    np.testing.assert_allclose(a @ jnp.ones((4, 2)), np.ones((4, 2)))  # `@` registered by ops
+    np.testing.assert_allclose(jnp.ones((2, 4)) @ a, np.ones((2, 4)))

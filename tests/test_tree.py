@@ -8,6 +8,7 @@ import pytest
 
 import sparsejax as sj
 from sparsejax import masks
+from sparsejax.tree import pattern_mask
 
 
 def params(key=0):
@@ -62,11 +63,18 @@ def test_apply_masks_and_sparsity():
     np.testing.assert_array_equal(q["dense_0"]["bias"], p["dense_0"]["bias"])
     stats = sj.sparsity(m)
     assert float(stats.overall) == pytest.approx(0.5)
-    assert stats.per_leaf["dense_0"]["bias"] is None
-    stats_p = sj.sparsity(q)  # counts exact zeros, biases (all zero) included
-    expected = (256 + 128 + 40) / (512 + 256 + 40)
-    assert float(stats_p.overall) == pytest.approx(expected)
-    assert float(stats_p.per_leaf["dense_1"]["kernel"]) == pytest.approx(0.5)
+    assert set(stats.per_leaf) == {"dense_0/kernel", "dense_1/kernel"} and stats.whole_model is None
+    # one meaning of overall: the selected (kernel) leaves, whether from masks or params
+    stats_p = sj.sparsity(q)  # counts exact zeros of the kernels
+    assert float(stats_p.overall) == pytest.approx(0.5)
+    assert float(stats_p.per_leaf["dense_1/kernel"]) == pytest.approx(0.5)
+    # the whole-model figure, labelled separately: biases (all zero here) included
+    assert float(stats_p.whole_model) == pytest.approx((256 + 128 + 40) / (512 + 256 + 40))
+    stats_pm = sj.sparsity(p, m)  # params + masks: dropped entries; biases kept
+    assert float(stats_pm.overall) == pytest.approx(0.5)
+    assert float(stats_pm.whole_model) == pytest.approx((256 + 128) / (512 + 256 + 40))
+    assert float(sj.sparsity(q, where="dense_0/*").overall) == pytest.approx((256 + 32) / (512 + 32))
+    assert float(jax.jit(lambda m: sj.sparsity(m).overall)(m)) == pytest.approx(0.5)
     bf = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p)
     assert sj.apply_masks(bf, m)["dense_0"]["kernel"].dtype == jnp.bfloat16
 
@@ -96,7 +104,7 @@ def test_summary_and_nbytes():
     p = params()
     m = sj.compute_masks(p, "nm", n=2, m=4, axis=0)
     text = sj.summary(p, m, print_fn=None)
-    assert "dense_0/kernel" in text and "2:4 (axis 0)" in text and "total" in text
+    assert "dense_0/kernel" in text and "2:4 (axis 0)" in text and "all float leaves" in text
     dense, sparse = sj.nbytes(p, m)
     assert dense == 4 * (512 + 32 + 256 + 8)
     assert sparse == 256 * 5 + 128 * 5 + 4 * 40  # N:M leaves: kept values + one uint8 index each
@@ -104,6 +112,27 @@ def test_summary_and_nbytes():
     _, sparse_u = sj.nbytes(p, mu)
     assert sparse_u == 51 * 4 + 64 + 26 * 4 + 32 + 4 * 40  # kept values + bitmap, dense biases
     assert "unstructured" in sj.summary(p, mu, print_fn=None)
+
+
+def test_summary_labels_block_and_channel_masks_and_sizes_their_compressed_form():
+    p = params()
+    blk = sj.compute_masks(p, "block", 0.5, block_shape=(8, 8))
+    text = sj.summary(p, blk, print_fn=None)
+    assert "block (8, 8)" in text and "unstructured" not in text
+    # dense_0 [16, 32]: 4 of 8 tiles of 64 kept, one int32 index per kept tile, one count per tile row
+    _, sparse = sj.nbytes({"k": p["dense_0"]["kernel"]}, {"k": blk["dense_0"]["kernel"]})
+    assert sparse == 4 * 64 * 4 + 4 * 4 + 2 * 4
+    ch = sj.compute_masks(p, "channel", 0.5, axis=-1)
+    text = sj.summary(p, ch, print_fn=None)
+    assert "channel (axis 1)" in text
+    _, sparse = sj.nbytes({"k": p["dense_1"]["kernel"]}, {"k": ch["dense_1"]["kernel"]})
+    assert sparse == 4 * 32 * 4 + 4 * 4  # 4 kept output channels of 32 + their int32 indices
+    # a block mask with partial edge tiles is still a block mask
+    odd = {"w": jax.random.normal(jax.random.PRNGKey(1), (12, 20))}
+    mo = sj.compute_masks(odd, "block", 0.5, block_shape=(8, 8))
+    assert "block (8, 8)" in sj.summary(odd, mo, print_fn=None)
+    text = sj.summary(p, sj.compute_masks(p, sparsity=0.5), print_fn=None)
+    assert "selected" in text and "all float leaves" in text
 
 
 @pytest.mark.parametrize("call, err, match", [
@@ -168,3 +197,130 @@ def test_nnx_paths_and_topk_k_type():
     assert sum(int(x.sum()) for x in jax.tree.leaves(m)) == 16
     with pytest.raises(TypeError, match="`k` must be a Python int"):
         masks.topk(jnp.ones(4), jnp.float32(2.7))
+
+
+def test_traced_sparsity_out_of_range_clamps_and_checkify_reports_it():
+    from jax.experimental import checkify
+
+    p = params()
+    f = jax.jit(lambda p, s: sj.compute_masks(p, sparsity=s))
+    # without checkify: clamped into [0, 1]; NaN counts as 0 (nothing pruned)
+    assert int(f(p, 1.5)["dense_0"]["kernel"].sum()) == 1
+    assert bool(f(p, -0.5)["dense_0"]["kernel"].all())
+    assert bool(f(p, jnp.nan)["dense_0"]["kernel"].all())
+    checked = jax.jit(checkify.checkify(lambda p, s: sj.compute_masks(p, sparsity=s),
+                                        errors=checkify.user_checks))
+    for bad in (1.5, -0.5, jnp.nan):
+        err, _ = checked(p, bad)
+        with pytest.raises(checkify.JaxRuntimeError, match=r"`sparsity` must be in \[0, 1\]"):
+            err.throw()
+    err, out = checked(p, 0.5)
+    assert err.get() is None
+    jax.tree.map(np.testing.assert_array_equal, out, sj.compute_masks(p, sparsity=0.5))
+    # the check lives in the pattern functions too (vmap over sparsities)
+    err, _ = checkify.checkify(jax.vmap(lambda s: masks.unstructured(jnp.arange(8.0), s)),
+                               errors=checkify.user_checks)(jnp.array([0.2, 1.2]))
+    assert "got 1.2" in err.get()
+
+
+class _Mixed:
+    """A mixed NNX model: embedding, conv, dense, dropout (RNG keys in its state)."""
+
+    @staticmethod
+    def make():
+        from flax import nnx
+
+        class Model(nnx.Module):
+            def __init__(self, rngs):
+                self.embed = nnx.Embed(16, 8, rngs=rngs)
+                self.conv = nnx.Conv(8, 8, kernel_size=(3,), rngs=rngs)
+                self.dense = nnx.Linear(8, 12, rngs=rngs)
+                self.head = nnx.Linear(12, 4, rngs=rngs)
+                self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+            def __call__(self, ids):
+                h = self.drop(self.conv(self.embed(ids)))
+                return self.head(nnx.relu(self.dense(h)))
+
+        return Model(nnx.Rngs(0, dropout=1))
+
+
+def test_mixed_nnx_model_per_leaf_axis_rule_summary_and_sparsity():
+    from flax import nnx
+
+    model = _Mixed.make()
+    state = nnx.state(model)  # Params + the Dropout's RNG key and counter
+    axis = {"conv/*": -2, "*": 0}  # reduction axis: in of [k, in, out] conv and of [in, out] dense
+    m = sj.compute_masks(state, "nm", n=2, m=4, axis=axis)
+    flat = {sj.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(
+        m, is_leaf=lambda x: x is None)[0]}
+    assert flat["embed/embedding"] is None  # the default where skips embedding tables
+    assert flat["dense/bias"] is None and flat["drop/rngs/key"] is None
+    assert bool(masks.satisfies_nm(flat["conv/kernel"], 2, 4, axis=-2))
+    assert bool(masks.satisfies_nm(flat["dense/kernel"], 2, 4, axis=0))
+    assert bool(masks.satisfies_nm(flat["head/kernel"], 2, 4, axis=0))
+    text = sj.summary(state, m, print_fn=None)
+    assert "2:4 (axis 1)" in text and "2:4 (axis 0)" in text and "rngs" not in text
+    assert "2 non-float leaves" in text
+    stats = sj.sparsity(state, m)
+    assert set(stats.per_leaf) == {"conv/kernel", "dense/kernel", "head/kernel"}
+    assert float(stats.overall) == pytest.approx(0.5)
+    assert 0 < float(stats.whole_model) < 0.5
+    # plain params: the RNG key is skipped (no crash); the zero-initialised biases are the zeros
+    assert float(sj.sparsity(state).whole_model) == pytest.approx((8 + 12 + 4) / 488)
+    sj.summary(state, print_fn=None)
+    sj.nbytes(state, m)
+    pruned = sj.apply_masks(state, m)
+    nnx.update(model, pruned)
+    assert model(jnp.arange(6)[None]).shape == (1, 6, 4)
+    # exclude= and the embedding opt-in
+    m2 = sj.compute_masks(state, sparsity=0.5, exclude="head/*")
+    assert jax.tree.leaves(m2, is_leaf=lambda x: x is None).count(None) > 0
+    m3 = sj.compute_masks(state, sparsity=0.5, where="embed/embedding")
+    assert int(sj.sparsity(m3).per_leaf["embed/embedding"] * 128) == 64
+
+
+def test_equinox_embedding_skipped_by_default():
+    import equinox as eqx
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    model = [eqx.nn.Embedding(10, 8, key=keys[0]), eqx.nn.Linear(8, 4, key=keys[1])]
+    params = eqx.filter(model, eqx.is_array)
+    m = sj.compute_masks(params, sparsity=0.5)
+    assert m[0].weight is None and m[1].weight is not None
+    assert sj.allocation.uniform(params, 0.5)[0].weight is None
+
+
+def test_functions_and_rules_compose():
+    import functools
+
+    p = params()
+    # pattern / score / allocation given as functions equal the names
+    jax.tree.map(np.testing.assert_array_equal,
+                 sj.compute_masks(p, masks.nm, n=2, m=4, axis=0, scores=sj.scores.magnitude),
+                 sj.compute_masks(p, "nm", n=2, m=4, axis=0))
+    jax.tree.map(np.testing.assert_array_equal,
+                 sj.compute_masks(p, masks.unstructured, 0.8, allocation=sj.allocation.erk),
+                 sj.compute_masks(p, "unstructured", 0.8, allocation="erk"))
+    rigl = sj.compute_masks(p, sparsity=0.8, allocation=functools.partial(sj.allocation.erk, rounding="rigl"))
+    tree = sj.allocation.erk(p, 0.8, rounding="rigl")
+    jax.tree.map(np.testing.assert_array_equal, rigl, sj.compute_masks(p, sparsity=tree))
+    # a user pattern: (scores, sparsity, **kwargs) -> bool
+    half = sj.compute_masks(p, lambda s, sp, offset=0.0: s > offset, 0.5, offset={"dense_0/*": 10.0, "*": 0.0})
+    assert not bool(half["dense_0"]["kernel"].any()) and bool(half["dense_1"]["kernel"].all())
+    # per-leaf sparsity as a callable and as globs (None = leave dense)
+    by_fn = sj.compute_masks(p, sparsity=lambda path, x: 0.75 if x.shape[0] == 16 else None)
+    assert by_fn["dense_1"]["kernel"] is None and int(by_fn["dense_0"]["kernel"].sum()) == 128
+    by_glob = sj.compute_masks(p, sparsity={"dense_1/*": 0.5, "*": 0.75})
+    assert int(by_glob["dense_1"]["kernel"].sum()) == 128 and int(by_glob["dense_0"]["kernel"].sum()) == 128
+    # wanda with per-leaf norms
+    norms = {"dense_0/kernel": jnp.arange(16.0), "dense_1/kernel": jnp.ones(32)}
+    w = sj.compute_masks(p, sparsity=0.5, scores=sj.scores.wanda, score_kwargs={"norms": norms}, axis=0)
+    ref = masks.unstructured(sj.scores.wanda(p["dense_0"]["kernel"], norms=norms["dense_0/kernel"]), 0.5, axis=0)
+    np.testing.assert_array_equal(w["dense_0"]["kernel"], ref)
+    # precomputed scores tree under jit with a traced per-leaf sparsity tree (sparse-training use)
+    sc = jax.tree.map(lambda x: -jnp.abs(x), p)
+    f = jax.jit(lambda p, sc, s: sj.compute_masks(p, sparsity={"*": s}, scores=sc))
+    out = f(p, sc, 0.25)
+    np.testing.assert_array_equal(out["dense_0"]["kernel"],
+                                  pattern_mask(sc["dense_0"]["kernel"], "unstructured", 0.25))

@@ -11,7 +11,9 @@ STAGES: dict[str, str] = {
     "block_sparse": "sparsejax.demo.block_sparse",
     "attention": "sparsejax.demo.attention",
     "sae": "sparsejax.demo.sae",
+    "oneshot": "sparsejax.demo.oneshot",
     "ssvi": "sparsejax.demo.ssvi",
+    "training": "sparsejax.demo.training",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from sparsejax._checks import check_int
 from sparsejax.dictionary.learning import ksvd
 
 __all__ = ["CoSpaDiResult", "cospadi", "output_error", "truncated_svd"]
@@ -111,14 +112,8 @@ def cospadi(
             f"cospadi: `calibration_inputs` must be [n, d_in={d_in}], got "
             f"{tuple(calibration_inputs.shape)}"
         )
-    if isinstance(n_atoms, bool) or not isinstance(n_atoms, int) or n_atoms < 1:
-        raise ValueError(f"cospadi: `n_atoms` must be a positive int, got {n_atoms!r}")
-    if (isinstance(nnz_per_column, bool) or not isinstance(nnz_per_column, int)
-            or not 1 <= nnz_per_column <= n_atoms):
-        raise ValueError(
-            f"cospadi: `nnz_per_column` must be an int in [1, n_atoms={n_atoms}], got "
-            f"{nnz_per_column!r}"
-        )
+    check_int(n_atoms, "n_atoms", minimum=1)
+    check_int(nnz_per_column, "nnz_per_column", minimum=1, maximum=n_atoms)
     dtype = jnp.promote_types(weight.dtype, jnp.float32)
     w = weight.astype(dtype)
     x = calibration_inputs.astype(dtype)

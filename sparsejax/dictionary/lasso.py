@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from sparsejax._checks import check_int
+
 __all__ = [
     "fista",
     "ista",
@@ -70,8 +72,7 @@ def _validate(name, dictionary, signals, alpha, n_iter, init=None):
             raise TypeError(f"{name}: `{arg}` must be a floating array, got dtype {arr.dtype}")
     if isinstance(alpha, int | float) and not alpha >= 0:
         raise ValueError(f"{name}: `alpha` must be >= 0, got {alpha}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"{name}: `n_iter` must be a positive int, got {n_iter!r}")
+    check_int(n_iter, "n_iter", minimum=1)
     if init is not None and tuple(init.shape) != (*signals.shape[:-1], n_atoms):
         raise ValueError(
             f"{name}: `init` must have shape {(*signals.shape[:-1], n_atoms)}, got "
@@ -236,8 +237,7 @@ def lista_init(
         ``{"encoder": D / L [n_features, n_atoms], "lateral": I - D^T D / L [n_atoms, n_atoms],
         "threshold": alpha / L [n_layers]}``.
     """
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-        raise ValueError(f"lista_init: `n_layers` must be a positive int, got {n_layers!r}")
+    check_int(n_layers, "n_layers", minimum=1)
     if not hasattr(dictionary, "ndim") or dictionary.ndim != 2:
         raise ValueError(
             "lista_init: `dictionary` must be 2-D [n_features, n_atoms], got "

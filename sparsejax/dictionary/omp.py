@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from sparsejax._checks import check_int
+
 __all__ = ["SparseCode", "omp"]
 
 
@@ -49,6 +51,14 @@ def _validate(dictionary, signals, k, tol, chunk_size):
             f"{tuple(dictionary.shape)}"
         )
     n_features, n_atoms = dictionary.shape
+    if (signals.ndim >= 1 and signals.shape[-1] == n_atoms and n_atoms != n_features
+            and dictionary.ndim == 2):
+        raise ValueError(
+            f"omp: `dictionary` must be [n_features, n_atoms] with atoms as columns; got shape "
+            f"{tuple(dictionary.shape)}, whose second dimension matches the signals' last "
+            f"dimension {n_atoms}: the dictionary looks transposed (scikit-learn's "
+            f"`components_` is [n_atoms, n_features]; pass `components_.T`)."
+        )
     if signals.ndim < 1 or signals.shape[-1] != n_features:
         raise ValueError(
             f"omp: `signals` must have shape [..., n_features={n_features}] (signals along the "
@@ -61,16 +71,11 @@ def _validate(dictionary, signals, k, tol, chunk_size):
     if n_atoms == 0 or n_features == 0:
         raise ValueError(f"omp: `dictionary` must be non-empty, got shape {(n_features, n_atoms)}")
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"omp: `k` must be an int or None, got {k!r}")
-        if not 1 <= k <= n_atoms:
-            raise ValueError(f"omp: `k` must be in [1, n_atoms={n_atoms}], got {k}")
+        check_int(k, "k", minimum=1, maximum=n_atoms)
     if tol is not None and isinstance(tol, int | float) and not tol >= 0:
         raise ValueError(f"omp: `tol` must be a non-negative squared residual norm, got {tol}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"omp: `chunk_size` must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", minimum=1)
 
 
 def _argmax_last(score):

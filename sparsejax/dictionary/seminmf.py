@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from sparsejax._checks import check_int
+
 __all__ = ["SemiNMFResult", "semi_nmf", "semi_nmf_step"]
 
 
@@ -126,12 +128,10 @@ def semi_nmf(
     if not jnp.issubdtype(activations.dtype, jnp.floating):
         raise TypeError(f"semi_nmf: `activations` must be floating, got dtype {activations.dtype}")
     n, d = activations.shape
-    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-        raise ValueError(f"semi_nmf: `n_components` must be a positive int, got {n_components!r}")
+    check_int(n_components, "n_components", minimum=1)
     if not 0 <= sparsity < 1:
         raise ValueError(f"semi_nmf: `sparsity` must be in [0, 1), got {sparsity}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"semi_nmf: `n_iter` must be a positive int, got {n_iter!r}")
+    check_int(n_iter, "n_iter", minimum=1)
     keep = max(1, math.ceil(round((1 - sparsity) * d, 9)))
     dtype = jnp.promote_types(activations.dtype, jnp.float32)
     a = activations.astype(dtype)

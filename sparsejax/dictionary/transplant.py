@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from sparsejax._checks import check_int
 from sparsejax.dictionary.omp import omp
 
 __all__ = ["transplant_embeddings"]
@@ -68,10 +69,7 @@ def transplant_embeddings(
     if new_ids.ndim != 1:
         raise ValueError(f"transplant_embeddings: `new_ids` must be 1-D, got {new_ids.shape}")
     n_shared = donor_shared.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_shared:
-        raise ValueError(
-            f"transplant_embeddings: `k` must be an int in [1, n_shared={n_shared}], got {k!r}"
-        )
+    check_int(k, "k", minimum=1, maximum=n_shared)
     atoms = donor_embeddings[donor_shared].astype(jnp.float32).T  # [d_donor, n_shared]
     targets = donor_embeddings[new_ids].astype(jnp.float32)
     scale = jnp.ones((n_shared,), jnp.float32)

@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsejax._checks import check_int
-from sparsejax.select import _is_none, path_str
+from sparsejax._checks import _is_none, check_int
+from sparsejax.select import path_str
 
 FORMATS = ("nm", "block")
 

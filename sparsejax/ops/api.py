@@ -105,10 +105,6 @@ def _check_bsr(a: Any, name: str) -> BlockSparse:
     return jax.tree.map(jnp.asarray, a)
 
 
-def _check_dense(x: Any, name: str) -> Array:
-    return check_float_array(jnp.asarray(x), name)
-
-
 def _float0_like(x: Array) -> np.ndarray:
     return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
 
@@ -207,7 +203,7 @@ def bsr_matmul(
         ValueError: ``b.shape[0] != K``, ``b`` not 1-D/2-D, unknown backend.
     """
     a = _check_bsr(a, "a")
-    b = _check_dense(b, "b")
+    b = check_float_array(jnp.asarray(b), "b")
     backend = _dispatch(backend)
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[1]:
         raise ValueError(f"`b` must have shape [K] or [K, N] with K = a.shape[1] = {a.shape[1]}; "
@@ -240,7 +236,7 @@ def dense_bsr_matmul(
         ValueError: ``x.shape[-1] != M``, unknown backend.
     """
     a = _check_bsr(a, "a")
-    x = _check_dense(x, "x")
+    x = check_float_array(jnp.asarray(x), "x")
     backend = _dispatch(backend)
     if x.ndim < 1 or x.shape[-1] != a.shape[0]:
         raise ValueError(f"`x` must have shape [..., M] with M = a.shape[0] = {a.shape[0]}; "
@@ -277,8 +273,8 @@ def sddmm(
         ValueError: shapes that do not chain to ``like.shape``, unknown backend.
     """
     like = _check_bsr(like, "like")
-    a = _check_dense(a, "a")
-    b = _check_dense(b, "b")
+    a = check_float_array(jnp.asarray(a), "a")
+    b = check_float_array(jnp.asarray(b), "b")
     backend = _dispatch(backend)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or (
             a.shape[0], b.shape[1]) != like.shape:
@@ -362,7 +358,7 @@ def nm_matmul(
         ValueError: non-2-D ``w``, ``x.shape[0] != K``, unknown backend.
     """
     w = _check_nmsparse(w)
-    x = _check_dense(x, "x")
+    x = check_float_array(jnp.asarray(x), "x")
     backend = _dispatch(backend, _NM_BACKENDS)
     k = w.shape[1]
     if x.ndim not in (1, 2) or x.shape[0] != k:
@@ -408,7 +404,7 @@ def dense_nm_matmul(
         ValueError: non-2-D ``w``, ``x.shape[-1] != K``, unknown backend.
     """
     w = _check_nmsparse(w)
-    x = _check_dense(x, "x")
+    x = check_float_array(jnp.asarray(x), "x")
     backend = _dispatch(backend, _NM_BACKENDS)
     k = w.shape[0]
     if x.ndim < 1 or x.shape[-1] != k:

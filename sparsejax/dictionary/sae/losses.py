@@ -3,9 +3,13 @@ underutilised latents.
 
 AuxK (Gao et al. 2024; openai/sparse_autoencoder, EleutherAI/sparsify, SAELens ``TopKTrainingSAE``):
 the ``k_aux`` largest ReLU'd pre-activations among *dead* latents reconstruct the residual
-``e = y - y_hat`` of the main reconstruction through the decoder *without* its bias (as openai and
-sparsify; SAELens adds ``b_dec``). The loss is scaled by ``min(n_dead / k_aux, 1)``; with
-``k_aux > n_dead`` only the dead latents are used. ``e`` is held constant (stop-gradient).
+``e = y - y_hat`` of the main reconstruction through the decoder *without* its bias, as in openai's
+code and the current sparsify and SAELens releases (none of them adds ``b_dec`` to the auxiliary
+reconstruction). One difference remains with SAELens: it decodes the *raw* (un-ReLU'd) dead
+pre-activations, so negative values can enter its ``e_hat``; here, as in openai and sparsify, they
+are ReLU'd first (``signed=True`` instead ranks by ``|pre|`` and keeps the sign, for AbsTopK).
+The loss is scaled by ``min(n_dead / k_aux, 1)``; with ``k_aux > n_dead`` only the dead latents
+are used. ``e`` is held constant (stop-gradient).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from sparsejax._checks import check_float, check_float_array, check_int
+from sparsejax._checks import check_float, check_float_array, check_int, check_shape
 
 __all__ = [
     "auxk_loss",
@@ -77,7 +81,7 @@ def auxk_loss(
     k_aux = check_int(k_aux, "k_aux", minimum=1, maximum=pre.shape[-1])
     dead_mask = jnp.asarray(dead_mask, bool)
     if dead_mask.shape != (pre.shape[-1],):
-        raise ValueError(f"dead_mask must have shape ({pre.shape[-1]},), got {dead_mask.shape}")
+        check_shape(dead_mask, (pre.shape[-1],), "dead_mask")
     n_dead = jnp.sum(dead_mask)
     scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
     # skipped entirely (lax.cond) while no latent is dead

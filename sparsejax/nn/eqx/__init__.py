@@ -4,6 +4,7 @@ counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`)."""
 from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
 from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
 from sparsejax.nn.eqx.lista import LISTA
+from sparsejax.nn.eqx.masked import Masked
 from sparsejax.nn.eqx.sae import SparseAutoencoder
 from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear
 from sparsejax.nn.eqx.surgery import to_dense, to_sparse
@@ -11,6 +12,7 @@ from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 __all__ = [
     "BlockSparseLinear",
     "LISTA",
+    "Masked",
     "NMLinear",
     "SSVIConv",
     "SSVILinear",

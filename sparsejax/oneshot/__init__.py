@@ -1,0 +1,25 @@
+"""Post-training (one-shot) pruning with calibration data: magnitude, Wanda, SparseGPT, DSnoT.
+
+Per-layer methods take a weight, its calibration `LayerStats` and a pattern (unstructured
+``sparsity`` or ``n``:``m`` along the input axis) and return ``(pruned_weight, mask)``;
+`prune_model` applies one to a whole model sequentially, calibrating each layer group on the outputs
+of the already-pruned earlier ones.
+"""
+
+from sparsejax.oneshot.driver import METHODS, layer_order, prune_model
+from sparsejax.oneshot.dsnot import dsnot, reconstruction_error
+from sparsejax.oneshot.methods import hessian_inverse_factor, magnitude, sparsegpt, wanda
+from sparsejax.oneshot.stats import LayerStats
+
+__all__ = [
+    "METHODS",
+    "LayerStats",
+    "dsnot",
+    "hessian_inverse_factor",
+    "layer_order",
+    "magnitude",
+    "prune_model",
+    "reconstruction_error",
+    "sparsegpt",
+    "wanda",
+]

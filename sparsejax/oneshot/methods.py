@@ -1,0 +1,231 @@
+"""Per-layer one-shot pruning methods: magnitude, Wanda and SparseGPT.
+
+Each takes a 2-D weight (``in_axis=0`` for a Flax ``[in, out]`` kernel, the default; ``in_axis=1``
+for a torch ``[out, in]`` weight), optionally the `LayerStats` of its calibration inputs, and either
+an unstructured ``sparsity`` or an N:M pattern (``n`` kept of every ``m`` consecutive *input*
+features, the axis NVIDIA's 2:4 tensor cores group along), and returns ``(pruned_weight, mask)``
+with ``mask`` ``True`` where a weight is kept.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Bool, Float
+
+from sparsejax import masks as _masks
+from sparsejax import scores as _scores
+from sparsejax._checks import check_int, is_concrete
+from sparsejax.oneshot._layer import check_pattern, check_stats, check_weight, to_rows
+from sparsejax.oneshot.stats import LayerStats
+
+__all__ = ["magnitude", "sparsegpt", "wanda"]
+
+Pruned = tuple[Float[Array, "a b"], Bool[Array, "a b"]]
+
+
+def magnitude(
+    w: Float[Array, "a b"],
+    sparsity: float | None = None,
+    *,
+    n: int | None = None,
+    m: int | None = None,
+    in_axis: int = 0,
+) -> Pruned:
+    """Magnitude pruning: drop the smallest ``|w|``.
+
+    Unstructured sparsity compares the whole layer (as the reference ``prune_magnitude`` of
+    locuslab/wanda); N:M keeps the ``n`` largest of every ``m`` consecutive inputs of each output.
+
+    Args:
+        w: weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
+        sparsity: fraction dropped, in ``[0, 1]``; or give ``n`` and ``m`` instead.
+        n: kept entries per group (N:M).
+        m: group size along the input axis, dividing ``w.shape[in_axis]``.
+        in_axis: the input-feature axis of ``w``.
+
+    Returns:
+        ``(w * mask, mask)``, both shaped like ``w``.
+    """
+    w, in_axis = check_weight(w, in_axis)
+    sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
+    score = _scores.magnitude(w)
+    mask = (_masks.unstructured(score, sparsity) if n is None
+            else _masks.nm(score, n, m, axis=in_axis))
+    return jnp.where(mask, w, jnp.zeros((), w.dtype)), mask
+
+
+def wanda(
+    w: Float[Array, "a b"],
+    stats: LayerStats,
+    sparsity: float | None = None,
+    *,
+    n: int | None = None,
+    m: int | None = None,
+    in_axis: int = 0,
+) -> Pruned:
+    """Wanda (Sun et al., 2023): drop the lowest ``|W_ij| * ||X_j||_2`` per output.
+
+    Unstructured sparsity ranks each output's inputs separately (the per-output comparison group of
+    the reference ``prune_wanda``); N:M keeps the ``n`` best of every ``m`` consecutive inputs.
+
+    Args:
+        w: weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
+        stats: `LayerStats` of the layer's calibration inputs (the Gram is not needed).
+        sparsity: fraction dropped per output, in ``[0, 1]``; or give ``n`` and ``m``.
+        n: kept entries per group (N:M).
+        m: group size along the input axis.
+        in_axis: the input-feature axis of ``w``.
+
+    Returns:
+        ``(w * mask, mask)``, both shaped like ``w``.
+    """
+    w, in_axis = check_weight(w, in_axis)
+    stats = check_stats(stats, w, in_axis)
+    sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
+    score = _scores.wanda(w, norms=stats.norms, in_axis=in_axis)
+    mask = (_masks.unstructured(score, sparsity, axis=in_axis) if n is None
+            else _masks.nm(score, n, m, axis=in_axis))
+    return jnp.where(mask, w, jnp.zeros((), w.dtype)), mask
+
+
+def sparsegpt(
+    w: Float[Array, "a b"],
+    stats: LayerStats,
+    sparsity: float | None = None,
+    *,
+    n: int | None = None,
+    m: int | None = None,
+    in_axis: int = 0,
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> Pruned:
+    """SparseGPT (Frantar & Alistarh, 2023): OBS column sweep with lazy block updates.
+
+    Follows ``SparseGPT.fasterprune`` of IST-DASLab/sparsegpt, in float32 under ``jit``:
+    ``H = X^T X`` (dead inputs, ``H_jj = 0``, get ``H_jj = 1`` and zero weights), plus
+    ``damp * mean(diag H)`` on the diagonal; ``U`` = upper Cholesky factor of ``H^-1``. Inputs are
+    swept in blocks of ``block_size``; each block's mask is chosen from the *updated* weights by
+    ``w^2 / U_jj^2`` (unstructured: the lowest scores of the whole ``[out, block]`` tile, as the
+    reference; N:M: the ``m - n`` lowest of each group of ``m`` inputs, per output), then column by
+    column ``err = (w_j - q_j) / U_jj`` is propagated to the later columns of the block,
+    ``W[:, j:] -= err U[j, j:]``, and once per block to all later columns.
+
+    Differences from the reference: a tile keeps exactly ``round(size * (1 - sparsity))`` weights
+    (the reference's ``<= threshold`` drops one more); float32 arithmetic (float64 for
+    float64 inputs under ``jax.enable_x64``).
+
+    Args:
+        w: weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
+        stats: `LayerStats` with the Gram matrix of the layer's calibration inputs.
+        sparsity: fraction dropped, in ``[0, 1]``; or give ``n`` and ``m``.
+        n: kept entries per group (N:M).
+        m: group size along the input axis; must divide ``block_size``.
+        in_axis: the input-feature axis of ``w``.
+        block_size: columns per lazy-update block (the reference's ``blocksize``, 128).
+        damp: diagonal damping as a fraction of the mean diagonal of ``H`` (``percdamp``, 0.01).
+
+    Returns:
+        ``(pruned_weight, mask)`` shaped like ``w``; the kept weights are *updated* to compensate
+        the pruned ones, and ``pruned_weight`` is zero where ``mask`` is ``False``.
+
+    Raises:
+        ValueError: feature counts of ``w`` and ``stats`` differ, a bad pattern, ``block_size`` not
+            a multiple of ``m``, or (eagerly) a Gram matrix that is singular after damping.
+    """
+    w, in_axis = check_weight(w, in_axis)
+    stats = check_stats(stats, w, in_axis, gram=True)
+    sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
+    block_size = check_int(block_size, "block_size", minimum=1)
+    if m is not None and block_size % m:
+        raise ValueError(f"`block_size` must be a multiple of m = {m} so N:M groups do not straddle "
+                         f"blocks; got {block_size}.")
+    if isinstance(damp, bool) or (is_concrete(damp) and not float(damp) >= 0.0):
+        raise ValueError(f"`damp` must be a float >= 0; got {damp!r}.")
+    dtype = jnp.promote_types(w.dtype, jnp.float32)  # float32 (float64 kept under x64)
+    rows = to_rows(w, in_axis).astype(dtype)
+    s = jnp.asarray(0.0 if sparsity is None else sparsity, jnp.float32)
+    new, keep, ok = _sparsegpt(rows, stats.gram.astype(dtype), s, jnp.asarray(damp, dtype),
+                               n, m, min(block_size, rows.shape[1]))
+    if is_concrete(ok) and not bool(ok):
+        raise ValueError(f"`stats.gram` must be positive definite after damping (damp={damp}); got "
+                         "a singular or non-finite matrix. Use damp > 0 or more calibration tokens.")
+    back = (lambda a: a.T) if in_axis == 0 else (lambda a: a)
+    return back(new).astype(w.dtype), back(keep)
+
+
+def hessian_inverse_factor(gram: jax.Array, damp: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """SparseGPT's ``U``: the upper Cholesky factor of ``(H + damp*mean(diag H)*I)^-1`` (``U^T U``),
+    dead inputs (``H_jj = 0``) given ``H_jj = 1``; also returns the dead-input flags.
+
+    One Cholesky and one triangular inverse instead of the reference's three factorizations: with
+    ``J`` the exchange matrix and ``L = chol(J H J)`` (lower), ``H = R R^T`` for the upper ``R = J L J``,
+    so ``H^-1 = R^-T R^-1`` and ``U = R^-1 = J L^-1 J``.
+    """
+    diag = jnp.diagonal(gram)
+    dead = diag == 0
+    idx = jnp.arange(gram.shape[0])
+    h = gram.at[idx, idx].set(jnp.where(dead, 1.0, diag))
+    h = h.at[idx, idx].add(damp * jnp.mean(jnp.diagonal(h)))
+    lower = jnp.linalg.cholesky(h[::-1, ::-1])
+    eye = jnp.eye(h.shape[0], dtype=h.dtype)
+    return jax.scipy.linalg.solve_triangular(lower, eye, lower=True)[::-1, ::-1], dead
+
+
+@partial(jax.jit, static_argnums=(4, 5, 6))
+def _sparsegpt(w, gram, sparsity, damp, n, m, bs):
+    rows, cols = w.shape
+    u, dead = hessian_inverse_factor(gram, damp)
+    ok = jnp.all(jnp.isfinite(u))
+    w = jnp.where(dead[None, :], 0.0, w)
+    nblocks = -(-cols // bs)
+    pad = nblocks * bs - cols
+    w = jnp.pad(w, ((0, 0), (0, pad)))
+    u = jnp.pad(u, ((0, pad), (0, pad))) + jnp.diag(jnp.arange(cols + pad) >= cols).astype(u.dtype)
+    col = jnp.arange(cols + pad)
+    local = jnp.arange(bs)
+    k_full = _masks.kept_count(rows * bs, sparsity)  # kept per [rows, block] tile
+    k_last = _masks.kept_count(rows * (cols - (nblocks - 1) * bs), sparsity)
+
+    def block(carry, b):
+        w = carry
+        i1 = b * bs
+        w1 = lax.dynamic_slice(w, (0, i1), (rows, bs))
+        u1 = lax.dynamic_slice(u, (i1, i1), (bs, bs))
+        d1 = jnp.diagonal(u1)
+        valid = (i1 + local) < cols
+        if n is None:
+            score = jnp.where(valid[None, :], w1 ** 2 / d1[None, :] ** 2, -jnp.inf)
+            k = jnp.where(b == nblocks - 1, k_last, k_full)
+            keep1 = _masks.topk(score, k)
+        else:
+            keep1 = jnp.ones((rows, bs), bool)
+
+        def column(i, state):
+            w1, keep1, err1 = state
+            if n is not None:
+                start = i - i % m
+                group = lax.dynamic_slice(w1, (0, start), (rows, m)) ** 2
+                group = group / lax.dynamic_slice(d1, (start,), (m,))[None, :] ** 2
+                fresh = lax.dynamic_update_slice(keep1, _masks.nm(group, n, m, axis=1), (0, start))
+                keep1 = jnp.where(i % m == 0, fresh, keep1)
+            wi = w1[:, i]
+            q = jnp.where(keep1[:, i], wi, 0.0)
+            err = (wi - q) / d1[i]
+            w1 = (w1 - err[:, None] * u1[i][None, :]).at[:, i].set(q)
+            return w1, keep1, err1.at[:, i].set(err)
+
+        w1, keep1, err1 = lax.fori_loop(0, bs, column, (w1, keep1, jnp.zeros_like(w1)))
+        w = lax.dynamic_update_slice(w, w1, (0, i1))
+        later = jnp.where(col[None, :] >= i1 + bs, lax.dynamic_slice(u, (i1, 0), (bs, cols + pad)),
+                          0.0)
+        w = w - jnp.matmul(err1, later, precision=lax.Precision.HIGHEST)
+        return w, keep1
+
+    w, keeps = lax.scan(block, w, jnp.arange(nblocks))
+    keep = jnp.moveaxis(keeps, 0, 1).reshape(rows, nblocks * bs)[:, :cols]
+    w = w[:, :cols]
+    return jnp.where(keep, w, 0.0), keep, ok

@@ -1,0 +1,51 @@
+"""Sparse training inside the user's loop: optax transforms that keep masks in the optimizer state.
+
+Every transform wraps the user's optimizer and returns an ``optax.GradientTransformation`` whose
+updates leave the params exactly masked after every step; `masks_of` reads the masks back. See the
+"Sparse training" docs page for the recipes (optax, Flax NNX, Equinox, orbax, sharding).
+"""
+
+from sparsejax.training.blocks import compact_blocks
+from sparsejax.training.dynamic import (
+    drop_fraction_at,
+    dynamic_sparse,
+    random_masks,
+    rigl,
+    sparse_evolutionary,
+)
+from sparsejax.training.iso_flop import iso_flop_width
+from sparsejax.training.moments import reset_moments
+from sparsejax.training.prune import prune
+from sparsejax.training.soup import soup
+from sparsejax.training.state import SparseState, masks_of
+from sparsejax.training.static import static_sparse
+from sparsejax.training.ste import (
+    decay_factor,
+    mask_decay,
+    sr_ste,
+    ste,
+    structure_decay_ladder,
+    structure_decay_masks,
+)
+
+__all__ = [
+    "SparseState",
+    "compact_blocks",
+    "decay_factor",
+    "drop_fraction_at",
+    "dynamic_sparse",
+    "iso_flop_width",
+    "mask_decay",
+    "masks_of",
+    "prune",
+    "random_masks",
+    "reset_moments",
+    "rigl",
+    "soup",
+    "sparse_evolutionary",
+    "sr_ste",
+    "static_sparse",
+    "ste",
+    "structure_decay_ladder",
+    "structure_decay_masks",
+]

@@ -1,0 +1,163 @@
+"""Gradual pruning as an optax transform (Zhu & Gupta 2017; jaxpruner's MagnitudePruning,
+SaliencyPruning, GlobalMagnitudePruning), for any pattern, score, allocation and schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparsejax import allocation as _allocation
+from sparsejax import schedules as _schedules
+from sparsejax._checks import check_int, check_sparsity, is_concrete
+from sparsejax.select import Where, _is_none
+from sparsejax.training._transform import full_masks, key_data, masked_transform
+from sparsejax.tree import compute_masks
+
+__all__ = ["prune"]
+
+PyTree = Any
+SCORES = ("magnitude", "saliency", "random")
+ALLOCATIONS = ("uniform", "erk", "er", "global")
+
+
+def _score_fn(scores: str | Callable) -> Callable:
+    """``(param, grad, key) -> score array`` (higher = kept)."""
+    if callable(scores):
+        return lambda w, g, k: jnp.asarray(scores(w, g))
+    if scores == "magnitude":
+        return lambda w, g, k: jnp.abs(w)
+    if scores == "saliency":
+        return lambda w, g, k: jnp.abs(w * g)
+    if scores == "random":
+        return lambda w, g, k: jax.random.uniform(k, jnp.shape(w))
+    raise ValueError(f"`scores` must be one of {SCORES} or a callable (param, grad) -> scores; "
+                     f"got {scores!r}.")
+
+
+def _final_sparsity(schedule: Callable) -> float:
+    """The schedule's value at a step past any ramp (2**30), for ERK/ER budgets."""
+    value = schedule(2 ** 30)
+    if not is_concrete(value):
+        raise TypeError("`schedule` must be evaluable eagerly for allocation='erk'/'er' (its final "
+                        "sparsity fixes the per-layer budgets); got a schedule returning a tracer.")
+    return float(np.asarray(value))
+
+
+def prune(
+    inner: optax.GradientTransformation,
+    schedule: float | Callable,
+    *,
+    pattern: str | Callable = "unstructured",
+    scores: str | Callable = "magnitude",
+    allocation: str | Callable = "uniform",
+    where: Where = None,
+    update_every: int = 10,
+    key: jax.Array | None = None,
+    **pattern_kwargs: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """Gradual pruning: wrap ``inner`` so the weights are pruned to ``schedule(step)`` and held.
+
+    Every ``update_every`` optimizer steps (``count % update_every == 0``, step 0 included) the
+    masks are recomputed by ``pattern x scores x allocation`` at sparsity ``schedule(count)``,
+    under ``lax.cond`` (one compiled step). Entries already pruned get score ``-inf``, so under a
+    non-decreasing schedule masks only shrink: a pruned entry never comes back. The updates
+    returned leave the params exactly masked after every step (pruned entries get ``-params``),
+    so ``optax.apply_updates`` is all the user calls. Gradients are masked (by the masks before
+    and after this step's update) before ``inner`` sees them: moments of pruned entries receive
+    zeros, and a global statistic such as ``optax.clip_by_global_norm`` sees the sparse gradient.
+
+    Step convention: ``count`` = steps already taken (TF-MOT's; jaxpruner evaluates its
+    ``PolynomialSchedule`` at ``count + 1``). A float ``schedule`` is one-shot pruning at step 0.
+    Put this transform outermost (a transform chained after it would rescale the ``-params``).
+
+    Args:
+        inner: the user's optimizer (``optax.adam(1e-3)``, a chain, ``inject_hyperparams``...).
+        schedule: a float in ``[0, 1]`` or a ``step -> sparsity`` function such as
+            `sparsejax.schedules.polynomial`.
+        pattern: ``"unstructured"``, ``"nm"`` (``n=``, ``m=``, ``axis=``; the schedule's value is
+            not used: every update re-selects N of M among kept entries), ``"block"``
+            (``block_shape=``), ``"channel"``, or a callable ``(scores, sparsity) -> mask``.
+        scores: ``"magnitude"`` (``|w|``), ``"saliency"`` (``|w * g|`` with the gradients this
+            transform receives), ``"random"`` (needs ``key``), or a callable
+            ``(param, grad) -> scores``.
+        allocation: ``"uniform"``, ``"global"`` (one top-k over all leaves; unstructured only),
+            ``"erk"``/``"er"`` (per-leaf budgets of the final sparsity, each leaf following the
+            schedule scaled to its budget, as jaxpruner does), or a callable
+            ``(params, sparsity) -> per-leaf sparsity tree`` (treated like ``"erk"``).
+        where: leaf selector (default: float leaves with ``ndim >= 2``).
+        update_every: mask update period in steps, ``>= 1``.
+        key: PRNG key, needed by ``scores="random"``.
+        **pattern_kwargs: passed to the pattern (``n``, ``m``, ``axis``, ``block_shape``...).
+
+    Returns:
+        an ``optax.GradientTransformationExtraArgs`` whose state is a `SparseState`.
+
+    Raises:
+        ValueError / TypeError: a sparsity outside ``[0, 1]``, ``update_every < 1``, an unknown
+            score / allocation, ``scores="random"`` without a key, ``"nm"`` with a non-uniform
+            allocation, ``"global"`` with a structured pattern; pattern/shape errors at ``init``.
+    """
+    update_every = check_int(update_every, "update_every", minimum=1)
+    if not callable(schedule):
+        check_sparsity(schedule, "schedule")
+        schedule = _schedules.constant(float(schedule))
+    score = _score_fn(scores)
+    if scores == "random":
+        key = key_data(key)
+    elif key is not None:
+        key = key_data(key)
+    if not (callable(allocation) or allocation in ALLOCATIONS):
+        raise ValueError(f"`allocation` must be one of {ALLOCATIONS} or a callable "
+                         f"(params, sparsity) -> sparsity tree; got {allocation!r}.")
+    if pattern == "nm" and allocation != "uniform":
+        raise ValueError(f"`allocation` must be 'uniform' with pattern='nm' (every leaf keeps N of "
+                         f"M, there is no budget to split); got {allocation!r}.")
+    if allocation == "global" and pattern != "unstructured":
+        raise ValueError(f"`allocation` 'global' needs pattern='unstructured' (one top-k over all "
+                         f"leaves); got pattern {pattern!r}.")
+    budgets: dict = {}  # per-leaf final sparsities for erk/er/callable, fixed at init
+
+    def init_masks(params, k):
+        del k
+        if allocation not in ("uniform", "global"):
+            final = _final_sparsity(schedule)
+            alloc = {"erk": _allocation.erk, "er": _allocation.er}.get(allocation, allocation)
+            if callable(allocation) and allocation not in (_allocation.erk, _allocation.er):
+                budgets["tree"] = allocation(params, final)
+            else:
+                budgets["tree"] = alloc(params, final, where=where)
+            budgets["final"] = final
+        return full_masks(params, where)
+
+    def update_masks(params, grads, old, step, k):
+        s = schedule(step)
+        n_leaves = len(jax.tree.leaves(params))
+        keys = list(jax.random.split(k, n_leaves)) if k is not None else [None] * n_leaves
+        flat, treedef = jax.tree.flatten(params)
+        key_tree = jax.tree.unflatten(treedef, list(range(len(flat))))
+
+        def leaf_score(m, w, g, i):
+            if m is None:
+                return None
+            sc = score(w, g, keys[i]).astype(jnp.float32)
+            return jnp.where(m, sc, -jnp.inf)
+
+        score_tree = jax.tree.map(leaf_score, old, params, grads, key_tree, is_leaf=_is_none)
+        if "tree" in budgets:
+            final = budgets["final"]
+            ratio = s / final if final > 0 else jnp.float32(0.0)
+            sparsity = jax.tree.map(lambda b: None if b is None else b * ratio, budgets["tree"],
+                                    is_leaf=_is_none)
+            alloc = "uniform"
+        else:
+            sparsity, alloc = s, allocation
+        return compute_masks(params, pattern, sparsity=sparsity, scores=score_tree, where=where,
+                             allocation=alloc, **pattern_kwargs)
+
+    return masked_transform(inner, init_masks, update_masks,
+                            lambda step: step % update_every == 0, key=key)

@@ -1,0 +1,71 @@
+"""The optimizer state every sparse-training transform keeps, and `masks_of` to read it back."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+from jaxtyping import Array, Int
+
+from sparsejax.select import _is_none
+
+__all__ = ["SparseState", "masks_of"]
+
+PyTree = Any
+
+
+class SparseState(NamedTuple):
+    """State of `prune`, `dynamic_sparse` (`rigl`, `sparse_evolutionary`) and `static_sparse`.
+
+    Attributes:
+        count: optimizer steps already taken (int32 scalar); the step a mask update is keyed on.
+        masks: the current mask tree mirroring the params (bool array, ``True`` = kept, or
+            ``None`` for a dense leaf).
+        inner_state: the wrapped optimizer's state.
+        key: PRNG key data (uint32) for random scores / random growth, or ``None``.
+    """
+
+    count: Int[Array, ""]
+    masks: PyTree
+    inner_state: optax.OptState
+    key: Any = None
+
+
+def _is_state(x: Any) -> bool:
+    return isinstance(x, SparseState)
+
+
+def _unwrap(x: Any) -> Any:
+    """Array payload of a Flax NNX variable (``nnx.Optimizer`` wraps state arrays); identity else."""
+    if x is None or isinstance(x, jax.Array | np.ndarray):
+        return x
+    if hasattr(x, "get_value"):
+        return x.get_value()
+    return getattr(x, "value", x)
+
+
+def masks_of(opt_state: PyTree) -> PyTree:
+    """The current mask tree held in an optimizer state.
+
+    Finds the one `SparseState` anywhere inside ``opt_state`` (a bare state, nested in an
+    ``optax.chain`` tuple, an ``optax.inject_hyperparams`` state, or the ``opt_state`` of a Flax
+    ``nnx.Optimizer``) and returns its masks, with NNX variable wrappers removed.
+
+    Args:
+        opt_state: an optimizer state (or anything containing exactly one `SparseState`).
+
+    Returns:
+        the mask tree (bool arrays and ``None``), mirroring the params.
+
+    Raises:
+        ValueError: ``opt_state`` contains no `SparseState`, or more than one.
+    """
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_state) if _is_state(x)]
+    if len(found) != 1:
+        raise ValueError(f"`opt_state` must contain exactly one sparsejax.training SparseState "
+                         f"(from prune / rigl / sparse_evolutionary / static_sparse); got "
+                         f"{len(found)}.")
+    return jax.tree.map(_unwrap, found[0].masks, is_leaf=lambda x: _is_none(x) or not isinstance(
+        x, dict | list | tuple) and hasattr(x, "get_value"))
