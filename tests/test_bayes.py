@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from jax import lax
 
 from sparsejax import bayes as B
+from sparsejax.training import drop_fraction_at
 
 KEY = jax.random.key(0)
 
@@ -282,12 +283,6 @@ def test_posterior_structure_errors():
 # ---------------------------------------------------------------- subspace update
 
 
-def test_drop_fraction_schedule():
-    np.testing.assert_allclose(B.drop_fraction_at(0, 100, 0.3), 0.3)
-    np.testing.assert_allclose(B.drop_fraction_at(50, 100, 0.3), 0.15, atol=1e-7)
-    np.testing.assert_allclose(B.drop_fraction_at(100, 100, 0.3), 0.0, atol=1e-7)
-
-
 def _check_update(post, new, grads, frac, criterion="snr"):
     """The drop/grow invariants of one update, leaf by leaf, against numpy."""
     scores = B.removal_scores(post, criterion)
@@ -333,7 +328,7 @@ def test_subspace_update_drops_lowest_grows_highest(jitted_update):
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape), post.mu)
     for step in (10, 20, 90):
         new = jitted_update(post, grads, step)
-        _check_update(post, new, grads, B.drop_fraction_at(step, 100, 0.3))
+        _check_update(post, new, grads, drop_fraction_at(step, 0.3, 100))
     for step in (0, 5, 100, 110):  # not an update step: unchanged
         new = jitted_update(post, grads, step)
         for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(post)):
@@ -347,7 +342,7 @@ def test_subspace_update_criteria(criterion):
     post = _posterior()
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape), post.mu)
     new = B.subspace_update(post, grads, 10, end_step=100, update_every=10, criterion=criterion)
-    _check_update(post, new, grads, B.drop_fraction_at(10, 100, 0.3), criterion)
+    _check_update(post, new, grads, drop_fraction_at(10, 0.3, 100), criterion)
 
 
 def test_subspace_update_random_growth():

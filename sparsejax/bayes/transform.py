@@ -28,6 +28,7 @@ from jaxtyping import Array, Int
 from sparsejax._checks import _is_none, check_choice, check_int, check_sparsity, must_be
 from sparsejax.bayes.posterior import Posterior, _check_posterior
 from sparsejax.bayes.subspace import GROW, Criterion, _criterion_fn, subspace_update
+from sparsejax.training import reset_moments
 
 __all__ = ["SSVIState", "masks_of", "ssvi"]
 
@@ -115,8 +116,6 @@ def ssvi(
         ValueError / TypeError: bad arguments; at ``init`` a posterior without a mask or an inner
             state the moment reset cannot match.
     """
-    from sparsejax.training import reset_moments  # noqa: PLC0415 - lands with the training branch
-
     update_every = check_int(update_every, "update_every", minimum=1)
     end_step = check_int(end_step, "end_step", minimum=1)
     check_sparsity(drop_fraction, "drop_fraction")
