@@ -59,6 +59,11 @@ def test_sbl_batched_equals_loop_and_recovers_support(x64):
     # one design per problem
     per = fit(jnp.broadcast_to(jnp.asarray(x), (3, 40, 64)), jnp.asarray(y))
     np.testing.assert_allclose(per.coef, batched.coef, rtol=0, atol=1e-3)
+    # chunks of 2 (the last one padded), in sequence, and one vmap over all three
+    for chunk_size in (2, None):
+        other = sbl(jnp.asarray(x), jnp.asarray(y), chunk_size=chunk_size)
+        np.testing.assert_allclose(other.coef, batched.coef, rtol=0, atol=1e-3)
+        np.testing.assert_array_equal(other.keep, batched.keep)
 
 
 def test_kron_sbl_equals_sbl_on_the_kronecker_product(x64):
@@ -86,6 +91,7 @@ def test_sbl_float32_under_jit():
     (dict(max_iter=0), ValueError, "max_iter"),
     (dict(tol=-1.0), ValueError, "tol"),
     (dict(prune_threshold=0.0), ValueError, "prune_threshold"),
+    (dict(chunk_size=0), ValueError, "chunk_size"),
 ])
 def test_sbl_bad_options(kwargs, err, match):
     x, y, _ = _problem(0, 10, 5)
