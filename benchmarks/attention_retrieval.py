@@ -7,6 +7,8 @@ fraction of the KV cache for the decoding methods (Quest, SnapKV, Ada-SnapKV). V
 and FlexPrefill densities (MInference kernel coverage) are averaged over the first 8 instances.
 The reference defaults of each method are included in its sweep (marked ``default``). Selection
 time is the median over ``--repeats`` runs after one warm-up (the CPU may be shared: rough).
+The last rows time `sparsejax.attention.decode.attend_kept` (attention over the kept KV entries
+only) against dense single-query attention over the whole cache.
 
     python benchmarks/attention_retrieval.py --seq-len 8192 --out results/attention_retrieval.json
 """
@@ -24,9 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax.attention import frontier as F
-from sparsejax.attention import moa, sparsed
-from sparsejax.attention import retrieval as R
+from sparsejax.attention import decode, moa, prefill
+from sparsejax.attention.moa import MoARule
+from sparsejax.demo import retrieval as R
+
+PREFILL = MoARule(max_new_tokens=0)
 
 
 def _timed(fn, repeats):
@@ -56,9 +60,15 @@ def _vs_density(v, s, seq, max_instances=8):
     dens = []
     pairs = [(b, h) for b in range(v.shape[0]) for h in range(v.shape[1])][:max_instances]
     for b, h in pairs:
-        tok = F.vertical_slash_token_mask(v[b, h], s[b, h])
+        tok = prefill.vertical_slash_tokens(v[b, h], s[b, h])
         dens.append(R.causal_density(np.asarray(tok)))
     return float(np.mean(dens))
+
+
+def _dense_decode(q, k, v):
+    """Single-query softmax attention over the whole cache: q [B, H, D], k/v [B, H, L, D]."""
+    s = jnp.einsum("bhd,bhkd->bhk", q, k) / np.sqrt(q.shape[-1])
+    return jnp.einsum("bhk,bhkd->bhd", jax.nn.softmax(s, axis=-1), v)
 
 
 def run(args) -> dict:
@@ -97,10 +107,10 @@ def run(args) -> dict:
 
     for beta in (0.05, 0.1, 0.25, 0.5):
         mask, t = _timed(
-            lambda b=beta, h=args.heads: moa.moa_mask([0.0] * h, [b] * h, lq, max_new_tokens=0),
+            lambda b=beta, h=args.heads: prefill.moa_mask([0.0] * h, [b] * h, lq, rule=PREFILL),
             args.repeats,
         )
-        lay = moa.moa_block_layout([0.0], [beta], lq, max_new_tokens=0)
+        lay = moa.moa_blocks([0.0], [beta], lq, rule=PREFILL)
         add(
             "moa_uniform",
             f"alpha=0 beta={beta}",
@@ -144,8 +154,8 @@ def run(args) -> dict:
     cands = moa.moa_candidates(prof_lens, [lq], alpha_interval=max(64, lq // 8))
     found = moa.moa_search(prof, {prof_lens[-1]: 0.5, lq: 0.25}, candidates=cands)
     t_search = time.perf_counter() - t0
-    mask = moa.moa_mask(found["alphas"], found["betas"], lq, max_new_tokens=0)
-    lay = moa.moa_block_layout(found["alphas"], found["betas"], lq, max_new_tokens=0)
+    mask = prefill.moa_mask(found["alphas"], found["betas"], lq, rule=PREFILL)
+    lay = moa.moa_blocks(found["alphas"], found["betas"], lq, rule=PREFILL)
     add(
         "moa_searched",
         "kv budget 0.25 at L",
@@ -157,10 +167,10 @@ def run(args) -> dict:
 
     for size in (64, 128, 256, 512):
         (v, s), t = _timed(
-            lambda n=size: F.vertical_slash_select(q, k, vertical_size=n, slash_size=n, last_q=256),
+            lambda n=size: prefill.vertical_slash_lines(q, k, vertical_size=n, slash_size=n, last_q=256),
             args.repeats,
         )
-        keep = F.vertical_slash_token_mask(v, s, rows=last)[..., 0, :]
+        keep = prefill.vertical_slash_tokens(v, s, rows=last)[..., 0, :]
         add(
             "vertical_slash",
             f"v={size} s={size}",
@@ -172,8 +182,8 @@ def run(args) -> dict:
         )
 
     for alpha in (0.5, 0.65, 0.8, 0.9):
-        (v, s), t = _timed(lambda a=alpha: F.flexprefill_select(q, k, alpha=a), args.repeats)
-        keep = F.vertical_slash_token_mask(v, s, rows=last)[..., 0, :]
+        (v, s), t = _timed(lambda a=alpha: prefill.flexprefill_lines(q, k, alpha=a), args.repeats)
+        keep = prefill.vertical_slash_tokens(v, s, rows=last)[..., 0, :]
         add(
             "flexprefill",
             f"alpha={alpha} min=512",
@@ -186,7 +196,7 @@ def run(args) -> dict:
 
     for top_k in (8, 16, 32, 64):
         blocks, t = _timed(
-            lambda n=top_k: F.block_topk_select(q, k, block_size=16, top_k=n), args.repeats
+            lambda n=top_k: prefill.block_topk_blocks(q, k, block_size=16, top_k=n), args.repeats
         )
         keep = jnp.repeat(blocks[:, :, -1], 16, axis=-1)[..., :lq]
         add(
@@ -201,7 +211,7 @@ def run(args) -> dict:
 
     for rho in (0.05, 0.1, 0.3):
         blocks, t = _timed(
-            lambda r=rho: sparsed.sparsed_block_select(
+            lambda r=rho: prefill.sparsed_blocks(
                 q, k, new_generation=args.num_queries, block_size=128, rho=r
             ),
             args.repeats,
@@ -219,7 +229,7 @@ def run(args) -> dict:
 
     for budget in (256, 512, 1024):
         keep, t = _timed(
-            lambda n=budget: F.quest_select(q[:, :, -1], k, page_size=16, token_budget=n),
+            lambda n=budget: decode.quest_keep(q[:, :, -1], k, page_size=16, token_budget=n),
             args.repeats,
         )
         add(
@@ -233,9 +243,9 @@ def run(args) -> dict:
         )
 
     for cap in (256, 512, 1024):
-        keep, t = _timed(lambda n=cap: F.snapkv_select(q, k, token_capacity=n), args.repeats)
+        keep, t = _timed(lambda n=cap: decode.snapkv_keep(q, k, token_capacity=n), args.repeats)
         add("snapkv", f"capacity={cap}", keep, float(np.asarray(keep).mean()), "kv", t, cap == 1024)
-        keep, t = _timed(lambda n=cap: F.ada_snapkv_select(q, k, token_capacity=n), args.repeats)
+        keep, t = _timed(lambda n=cap: decode.ada_snapkv_keep(q, k, token_capacity=n), args.repeats)
         add(
             "ada_snapkv",
             f"capacity={cap}",
@@ -246,8 +256,24 @@ def run(args) -> dict:
             cap == 1024,
         )
 
+    # decode attention over the kept entries only (attend_kept) vs dense single-query attention
+    qd, v = q[:, :, -1], task.v
+    dense_fn = jax.jit(lambda q, k, v: _dense_decode(q, k, v))
+    _, t_dense = _timed(lambda: dense_fn(qd, k, v), args.repeats)
+    decode_rows = []
+    for name, keep, cap in (
+        ("quest budget=1024", decode.quest_keep(qd, k, token_budget=1024), 1024 + 16),
+        ("snapkv capacity=1024", decode.snapkv_keep(q, k, token_capacity=1024), 1024),
+    ):
+        fn = jax.jit(lambda q, k, v, keep, c=cap: decode.attend_kept(q, k, v, keep, capacity=c))
+        _, t = _timed(lambda f=fn, m=keep: f(qd, k, v, m), args.repeats)
+        decode_rows.append(dict(setting=name, attend_kept_s=t, dense_s=t_dense, ratio=t / t_dense))
+        print(f"attend_kept      {name:28s} {t * 1e3:8.2f} ms vs dense {t_dense * 1e3:8.2f} ms"
+              f"  ratio {t / t_dense:5.2f}", flush=True)
+
     return dict(
         benchmark="attention_retrieval",
+        decode_attention=decode_rows,
         config=vars(args),
         platform=dict(
             backend=jax.default_backend(),

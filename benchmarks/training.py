@@ -19,6 +19,12 @@ Sections, all in one run (``--sections`` picks a subset):
   seeds; mean test accuracy and the gap to dense. The issue's targets: GMP and RigL within 2 points
   of dense, 2:4 SR-STE within 1 point.
 
+* ``jaxpruner`` (only with ``--jaxpruner-python`` and ``--jaxpruner-src``): the same gradual
+  magnitude pruning run by google-research/jaxpruner's ``MagnitudePruning`` and by ``prune``, masks
+  compared after every step, optimizer-step times side by side (``_jaxpruner_training_runner.py``,
+  run under the throwaway Python with the ``jax.tree_map`` shim; this interpreter's site-packages
+  are appended to its path for jax/optax/flax, as ``benchmarks/masks.py`` does with its venv).
+
 Timings are interleaved (dense, sparse, dense, ...) and each ratio is the median of per-pair ratios,
 so load changes on a shared machine hit both alike; the machine is shared and noisy all the same.
 Run from the repository root: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
@@ -234,15 +240,48 @@ def run_quality(args):
     return rows
 
 
+def run_jaxpruner(args):
+    import os
+    import site
+    import subprocess
+
+    if not (args.jaxpruner_python and args.jaxpruner_src):
+        print("== jaxpruner comparison skipped: pass --jaxpruner-python and --jaxpruner-src ==")
+        return None
+    print("== gradual magnitude pruning: sparsejax.training.prune vs jaxpruner MagnitudePruning ==")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"),
+                                                      *site.getsitepackages()]))
+    proc = subprocess.run([args.jaxpruner_python, str(ROOT / "benchmarks" /
+                                                      "_jaxpruner_training_runner.py"),
+                           "--jaxpruner-src", args.jaxpruner_src], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    if proc.returncode:
+        print(proc.stderr[-3000:])
+        return {"error": proc.stderr[-3000:]}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    differ = result["steps_with_different_masks"]
+    print(f"  masks equal after {result['steps'] - len(differ)} of {result['steps']} steps; "
+          f"first difference at step {differ[0][0] if differ else '-'} "
+          f"({differ[0][1] if differ else 0} entries)")
+    for when, t in result["timings"].items():
+        print(f"  {when:18s} jaxpruner {t['jaxpruner_step_ms']:8.3f} ms  sparsejax "
+              f"{t['sparsejax_step_ms']:8.3f} ms  ratio {t['sparsejax_over_jaxpruner']:.3f}")
+    return result
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="step,block,quality")
+    p.add_argument("--sections", default="step,block,quality,jaxpruner")
     p.add_argument("--mlp-width", type=int, default=1024)
     p.add_argument("--block-width", type=int, default=4096)
     p.add_argument("--block-density", type=float, default=0.1)
     p.add_argument("--quality-steps", type=int, default=3000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--jaxpruner-python", default=None,
+                   help="python of a throwaway venv that can import jaxpruner's dependencies")
+    p.add_argument("--jaxpruner-src", default=None, help="directory holding the jaxpruner package")
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "training.json")
     args = p.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -250,7 +289,8 @@ def main():
               "jax": jax.__version__, "backend": jax.default_backend(), "args": vars(args)
               | {"out": str(args.out)}, "note": "shared CPU, noisy; ratios are medians of "
               "interleaved per-pair ratios"}
-    runners = {"step": run_step, "block": run_block, "quality": run_quality}
+    runners = {"step": run_step, "block": run_block, "quality": run_quality,
+               "jaxpruner": run_jaxpruner}
     for s in sections:
         result[s] = runners[s](args)
         args.out.parent.mkdir(parents=True, exist_ok=True)

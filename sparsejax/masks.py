@@ -102,15 +102,25 @@ def _first_true(flags: jax.Array, count: jax.Array) -> jax.Array:
     return flags & (positions <= cut) & (count > 0)
 
 
+_SORT_BELOW = 1 << 14
+
+
 def _topk_flat(keys: jax.Array, k: jax.Array) -> jax.Array:
     """Mask of the ``k`` largest entries of a 1-D key array, ties by lower index.
 
-    Radix select with 16-bit digits (two histogram passes for 32-bit keys, four for 64-bit) finds
-    the exact ``k``-th largest key; ties at that key are resolved by position.
+    Up to ``_SORT_BELOW`` entries the ranks come from one stable sort. Above, radix select with
+    16-bit digits (two histogram passes for 32-bit keys, four for 64-bit) finds the exact ``k``-th
+    largest key without a sort; ties at that key are resolved by position.
     """
     size = keys.shape[0]
-    nbits = jnp.iinfo(keys.dtype).bits
     k = jnp.clip(k, 0, size).astype(jnp.int32)
+    if size <= _SORT_BELOW:
+        # short arrays (every row of a row-wise top-k): one stable sort is far cheaper than two
+        # 65536-bin histograms; descending keys, ties by lower index, the same mask as the radix path
+        order = jnp.argsort(~keys, stable=True)
+        rank = jnp.zeros(size, jnp.int32).at[order].set(jnp.arange(size, dtype=jnp.int32))
+        return rank < k
+    nbits = jnp.iinfo(keys.dtype).bits
     digit_bits = 16
     valid = jnp.ones(size, bool)
     threshold = jnp.zeros((), keys.dtype)

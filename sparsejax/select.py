@@ -28,14 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr
 
-from sparsejax._checks import _is_none, must_be  # noqa: F401 - _is_none re-exported for the tree modules
+from sparsejax._checks import _is_none as _is_none  # re-exported: used by sparsejax.nn
+from sparsejax._checks import must_be
 
 __all__ = ["EMBEDDING_NAMES", "Where", "matches", "path_str", "select"]
 
 Where = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
-#: Leaf names the default selector treats as embedding tables (Flax, Haiku).
 EMBEDDING_NAMES = ("embedding", "embeddings")
+"""Leaf names the default selector treats as embedding tables (Flax, Haiku)."""
 
 
 def _is_float_array(x: Any) -> bool:

@@ -9,7 +9,7 @@ Flax NNX ``State``, Equinox modules. Leaves are chosen by a ``where`` selector (
 
 * **pattern** ``(scores, sparsity, **kwargs) -> bool mask`` shaped like ``scores``: the names
   ``"unstructured"``, ``"nm"``, ``"block"``, ``"channel"`` or the functions `sparsejax.masks.unstructured`,
-  `~sparsejax.masks.nm`, `~sparsejax.masks.block`, `~sparsejax.masks.channel` (each called with its
+  `sparsejax.masks.nm`, `sparsejax.masks.block`, `sparsejax.masks.channel` (each called with its
   own signature), or any callable with that signature;
 * **score** ``(path, leaf) -> float array`` shaped like the leaf (higher = kept first): the names
   ``"magnitude"``, ``"random"``, the functions of `sparsejax.scores` (called as ``fn(leaf,
@@ -65,8 +65,8 @@ __all__ = [
 
 PyTree = Any
 
-#: Pattern names accepted by `compute_masks` and `pattern_mask`.
 PATTERNS = ("unstructured", "nm", "block", "channel")
+"""Pattern names accepted by `compute_masks` and `pattern_mask`."""
 _PATTERN_FUNCTIONS = {_masks.unstructured: "unstructured", _masks.nm: "nm",
                       _masks.block: "block", _masks.channel: "channel"}
 _ALLOCATIONS = {"uniform": _allocation.uniform, "erk": _allocation.erk, "er": _allocation.er}
@@ -183,7 +183,8 @@ def _resolve(rule: Any, path: tuple, leaf: Any, name: str) -> Any:
 
 def _score_leaves(flat, picked, scores, key, score_kwargs, params):
     """Scores for every picked leaf (``None`` elsewhere), aligned with ``flat``."""
-    if scores is not _scores.random and scores != "random" and key is not None:
+    is_random = scores is _scores.random or (isinstance(scores, str) and scores == "random")
+    if not is_random and key is not None:
         raise ValueError(must_be("key", "None unless scores='random' (it is used for nothing "
                                  "else)", "a key", raw=True))
     is_score_fn = callable(scores) and any(scores is f for f in _SCORE_FUNCTIONS)
@@ -193,7 +194,7 @@ def _score_leaves(flat, picked, scores, key, score_kwargs, params):
     if isinstance(scores, str) or scores is _scores.random:
         if scores == "magnitude":
             return [_scores.magnitude(x) if c else None for (_, x), c in zip(flat, picked)]
-        if scores == "random" or scores is _scores.random:
+        if is_random:
             if key is None:
                 raise ValueError(must_be("key", "a jax.random key when scores='random'", None))
             keys = jax.random.split(key, max(len(flat), 1))

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsejax.attention import frontier as F
+from sparsejax.attention import BlockMask, attention
+from sparsejax.attention import decode as D
+from sparsejax.attention import prefill as P
 
 
 def _rand(seed, b=1, h=4, hkv=2, lq=150, d=16):
@@ -47,9 +49,9 @@ def _top(x, k):
 
 
 @pytest.mark.parametrize("lq,vs,ss,lw", [(150, 20, 70, 32), (60, 512, 512, 256), (200, 8, 8, 200)])
-def test_vertical_slash_select(lq, vs, ss, lw):
+def test_vertical_slash_lines(lq, vs, ss, lw):
     q, k = _rand(lq, lq=lq)
-    v, s = F.vertical_slash_select(
+    v, s = P.vertical_slash_lines(
         jnp.asarray(q, jnp.float32),
         jnp.asarray(k, jnp.float32),
         vertical_size=vs,
@@ -104,12 +106,12 @@ def test_minference_coverage_matches_restated_rule(lq, seed, bs):
     slash = rng.random(lq) < 0.1
     slash[0] = True
     got = np.asarray(
-        F.vertical_slash_token_mask(jnp.asarray(vert), jnp.asarray(slash), block_size=bs)
+        P.vertical_slash_tokens(jnp.asarray(vert), jnp.asarray(slash), block_size=bs)
     )
     np.testing.assert_array_equal(got, _minference_ref(vert, slash, lq, bs))
     # the conversion only ever adds keys to the exact pattern
     exact = np.asarray(
-        F.vertical_slash_token_mask(jnp.asarray(vert), jnp.asarray(slash), coverage="exact")
+        P.vertical_slash_tokens(jnp.asarray(vert), jnp.asarray(slash), coverage="exact")
     )
     i, j = np.arange(lq)[:, None], np.arange(lq)[None, :]
     np.testing.assert_array_equal(
@@ -117,30 +119,46 @@ def test_minference_coverage_matches_restated_rule(lq, seed, bs):
     )
     assert np.all(got | ~exact)
     rows = jnp.array([lq - 1, 3])
-    sub = F.vertical_slash_token_mask(
+    sub = P.vertical_slash_tokens(
         jnp.asarray(vert), jnp.asarray(slash), block_size=bs, rows=rows
     )
     np.testing.assert_array_equal(np.asarray(sub), got[[lq - 1, 3]])
 
 
-def test_vertical_slash_mask_under_jit():
-    q, k = _rand(0, lq=70)
-    fn = jax.jit(
-        lambda q, k: F.vertical_slash_mask(
-            q, k, vertical_size=16, slash_size=16, last_q=32, block_size=16
-        )
-    )
-    mask = fn(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32))
-    v, s = F.vertical_slash_select(
-        jnp.asarray(q, jnp.float32),
-        jnp.asarray(k, jnp.float32),
-        vertical_size=16,
-        slash_size=16,
-        last_q=32,
-    )
-    np.testing.assert_array_equal(
-        np.asarray(mask.to_dense()), np.asarray(F.vertical_slash_token_mask(v, s, block_size=16))
-    )
+def _block_kinds(dense, bs):
+    """Block kinds of a dense [B, H, L, L] mask (from_dense is tested against loops elsewhere)."""
+    return np.asarray(BlockMask.from_dense(np.asarray(dense), bs, bs).block_map)
+
+
+@pytest.mark.parametrize("coverage", ["minference", "exact"])
+def test_vertical_slash_mask_is_lazy_and_exact(coverage):
+    """The mask holds lines (and per-block coverage), never an L x L array; its block map is
+    exact on emptiness, FULL only where every token is kept; under jit it equals the tokens."""
+    q, k = _rand(0, lq=48)
+    q, k = jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32)
+    sizes = dict(vertical_size=8, slash_size=8, last_q=16)
+    fn = jax.jit(lambda q, k: P.vertical_slash_mask(q, k, coverage=coverage, block_size=16, **sizes))
+    mask = fn(q, k)
+    assert isinstance(mask.predicate, P.VerticalSlashTokens)
+    assert all(x.shape[-2:] != (48, 48) for x in jax.tree_util.tree_leaves(mask))
+    v, s = P.vertical_slash_lines(q, k, **sizes)
+    tokens = np.asarray(P.vertical_slash_tokens(v, s, coverage=coverage, block_size=16))
+    np.testing.assert_array_equal(np.asarray(mask.to_dense()), tokens)
+    kinds, brute = np.asarray(mask.block_map), _block_kinds(tokens, 16)
+    np.testing.assert_array_equal(kinds == 0, brute == 0)
+    assert np.all(brute[kinds == 2] == 2)
+    if coverage == "minference":  # the kernel evaluates the lazy predicate inside its tiles
+        vv = jnp.asarray(np.random.default_rng(1).normal(size=(1, 2, 48, 16)), jnp.float32)
+        got = attention(q, k, vv, mask, backend="xla")
+        ref = attention(q, k, vv, BlockMask.from_dense(tokens, 16, 16), backend="reference")
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+    else:
+        flex = P.flexprefill_mask(q, k, min_budget=8, approximation_size=16, coverage=coverage,
+                                  block_size=16)
+        fv, fs = P.flexprefill_lines(q, k, min_budget=8, approximation_size=16)
+        want = np.asarray(P.vertical_slash_tokens(fv, fs, coverage=coverage, block_size=16))
+        np.testing.assert_array_equal(np.asarray(flex.to_dense()), want)
+        np.testing.assert_array_equal(np.asarray(flex.block_map) == 0, _block_kinds(want, 16) == 0)
 
 
 @pytest.mark.parametrize("alpha,min_budget", [(0.65, 8), (0.9, 4), (0.3, 100)])
@@ -148,7 +166,7 @@ def test_flexprefill_budgets(alpha, min_budget):
     lq = 120
     q, k = _rand(7, lq=lq)
     q[..., -40:, :] *= 3.0  # sharper last rows: budgets differ per head
-    v, s = F.flexprefill_select(
+    v, s = P.flexprefill_lines(
         jnp.asarray(q, jnp.float32),
         jnp.asarray(k, jnp.float32),
         alpha=alpha,
@@ -181,7 +199,7 @@ def _pool(x, bs):
 def test_block_topk(lq, bs, top_k):
     q, k = _rand(lq + top_k, lq=lq)
     got = np.asarray(
-        F.block_topk_select(
+        P.block_topk_blocks(
             jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), block_size=bs, top_k=top_k
         )
     )
@@ -202,7 +220,7 @@ def test_block_topk(lq, bs, top_k):
             np.testing.assert_array_equal(
                 got[0, h, row], _top(p[row], min(top_k, nb)) & (n[0] <= row)
             )
-    mask = F.block_topk_mask(
+    mask = P.block_topk_mask(
         jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), block_size=bs, top_k=top_k
     )
     dense = np.asarray(mask.to_dense())
@@ -218,7 +236,7 @@ def test_quest(share, lk):
     k = rng.normal(size=(2, 2, lk, 16))
     ps, budget = 8, 64
     got = np.asarray(
-        F.quest_select(
+        D.quest_keep(
             jnp.asarray(q, jnp.float32),
             jnp.asarray(k, jnp.float32),
             page_size=ps,
@@ -242,7 +260,7 @@ def test_quest(share, lk):
             np.testing.assert_array_equal(got[b, h, : cur * ps], np.repeat(pages, ps))
     if share:
         np.testing.assert_array_equal(got[:, 0], got[:, 1])
-    short = F.quest_select(
+    short = D.quest_keep(
         jnp.asarray(q, jnp.float32),
         jnp.asarray(k[:, :, :60], jnp.float32),
         page_size=ps,
@@ -267,7 +285,7 @@ def _snap_importance(q, k, w, kernel, mode):
 def test_snapkv():
     q, k = _rand(11, b=2, lq=120)
     got = np.asarray(
-        F.snapkv_select(
+        D.snapkv_keep(
             jnp.asarray(q, jnp.float32),
             jnp.asarray(k, jnp.float32),
             token_capacity=40,
@@ -286,7 +304,7 @@ def test_snapkv():
         for h in range(2):
             np.testing.assert_array_equal(got[b, h], _top(imp[h], 40))
     # capacity above L keeps everything
-    all_kept = F.snapkv_select(
+    all_kept = D.snapkv_keep(
         jnp.asarray(q, jnp.float32),
         jnp.asarray(k, jnp.float32),
         token_capacity=1024,
@@ -303,7 +321,7 @@ def test_ada_snapkv():
     q[:, :4] *= 4.0  # make some heads peaky so budgets become uneven
     cap, local, prefix = 40, 8, 2
     got = np.asarray(
-        F.ada_snapkv_select(
+        D.ada_snapkv_keep(
             jnp.asarray(q, jnp.float32),
             jnp.asarray(k, jnp.float32),
             token_capacity=cap,
@@ -329,52 +347,43 @@ def test_ada_snapkv():
         np.testing.assert_array_equal(got[b], sel)
 
 
-def test_keep_to_indices():
-    keep = jnp.array([[True, False, True, True], [False, False, False, True]])
-    idx, valid = F.keep_to_indices(keep, 3)
-    np.testing.assert_array_equal(idx, [[0, 2, 3], [3, 0, 0]])
-    np.testing.assert_array_equal(valid, [[True, True, True], [True, False, False]])
-    idx, valid = F.keep_to_indices(keep, 6)
-    assert idx.shape == (2, 6) and int(valid.sum()) == 4
-
-
 def test_errors():
     q = jnp.ones((1, 4, 64, 8))
     k = jnp.ones((1, 2, 64, 8))
     with pytest.raises(ValueError, match="multiple"):
-        F.vertical_slash_select(q, jnp.ones((1, 3, 64, 8)))
+        P.vertical_slash_lines(q, jnp.ones((1, 3, 64, 8)))
     with pytest.raises(ValueError, match=r"\[B, H, L, D\]"):
-        F.vertical_slash_select(q[0], k[0])
+        P.vertical_slash_lines(q[0], k[0])
     with pytest.raises(ValueError, match="vertical_size"):
-        F.vertical_slash_select(q, k, vertical_size=0)
+        P.vertical_slash_lines(q, k, vertical_size=0)
     with pytest.raises(ValueError, match="alpha"):
-        F.flexprefill_select(q, k, alpha=0.0)
+        P.flexprefill_lines(q, k, alpha=0.0)
     with pytest.raises(ValueError, match="top_k"):
-        F.block_topk_select(q, k, top_k=2)
+        P.block_topk_blocks(q, k, top_k=2)
     with pytest.raises(ValueError, match="coverage"):
-        F.vertical_slash_token_mask(jnp.ones(8, bool), jnp.ones(8, bool), coverage="blocks")
+        P.vertical_slash_tokens(jnp.ones(8, bool), jnp.ones(8, bool), coverage="blocks")
     with pytest.raises(ValueError, match="divisible"):
-        F.quest_select(q[:, :, 0], k, page_size=16, token_budget=40)
+        D.quest_keep(q[:, :, 0], k, page_size=16, token_budget=40)
     with pytest.raises(ValueError, match="must exceed"):
-        F.snapkv_select(
+        D.snapkv_keep(
             q, k, token_capacity=40, window=16, local_window=32, prefix_tokens=8, kernel_size=5
         )
     with pytest.raises(ValueError, match="odd"):
-        F.snapkv_select(q, k, token_capacity=40, window=16, local_window=8, kernel_size=4)
+        D.snapkv_keep(q, k, token_capacity=40, window=16, local_window=8, kernel_size=4)
     with pytest.raises(ValueError, match="window"):
-        F.ada_snapkv_select(q, k, token_capacity=40, window=64, local_window=8, kernel_size=5)
+        D.ada_snapkv_keep(q, k, token_capacity=40, window=64, local_window=8, kernel_size=5)
     with pytest.raises(ValueError, match="token_capacity"):
-        F.ada_snapkv_select(q, k, token_capacity=100, window=16, local_window=8, kernel_size=5)
+        D.ada_snapkv_keep(q, k, token_capacity=100, window=16, local_window=8, kernel_size=5)
 
 
 def test_bf16_inputs_keep_exact_budgets():
     q, k = _rand(5, lq=96)
     qb, kb = jnp.asarray(q, jnp.bfloat16), jnp.asarray(k, jnp.bfloat16)
-    v, s = F.vertical_slash_select(qb, kb, vertical_size=12, slash_size=20, last_q=16)
+    v, s = P.vertical_slash_lines(qb, kb, vertical_size=12, slash_size=20, last_q=16)
     assert np.all(np.asarray(v).sum(-1) == 12) and np.all(np.asarray(s).sum(-1) == 20)
-    blocks = np.asarray(F.block_topk_select(qb, kb, block_size=16, top_k=3))
+    blocks = np.asarray(P.block_topk_blocks(qb, kb, block_size=16, top_k=3))
     assert np.all(blocks.sum(-1) == np.minimum(3, np.arange(6) + 1))
-    keep = F.snapkv_select(qb, kb, token_capacity=40, window=16, kernel_size=5, local_window=8)
+    keep = D.snapkv_keep(qb, kb, token_capacity=40, window=16, kernel_size=5, local_window=8)
     assert np.all(np.asarray(keep).sum(-1) == 40)
-    pages = F.quest_select(qb[:, :, -1], kb, page_size=8, token_budget=32)
+    pages = D.quest_keep(qb[:, :, -1], kb, page_size=8, token_budget=32)
     assert np.all(np.asarray(pages).sum(-1) == 32 + 96 - 88)

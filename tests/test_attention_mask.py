@@ -8,20 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsejax.attention import (
-    EMPTY,
-    FULL,
-    PARTIAL,
     BlockMask,
-    FunctionPredicate,
     causal_mask,
     chunked_causal_mask,
-    evaluate_predicate,
     full_mask,
     global_band_mask,
     sink_window_mask,
     sliding_window_mask,
     stack_heads,
 )
+from sparsejax.attention.mask import EMPTY, FULL, PARTIAL, FunctionPredicate, evaluate_predicate
 
 
 def brute_block_map(dense, bq, bk):
@@ -177,7 +173,7 @@ def test_static_hash_and_eq():
     b = causal_mask(100, block_q=16, block_kv=32)
     assert a == b and hash(a) == hash(b)
     assert a != causal_mask(100, block_q=16, block_kv=16)
-    assert a != sliding_window_mask(100, window=10, block_q=16, block_kv=32)
+    assert a != sliding_window_mask(100, window=(9, 0), block_q=16, block_kv=32)
     assert len({a, b}) == 1
 
 
@@ -193,8 +189,12 @@ def test_static_patterns_match_formulas(lq, lk, bq, bk):
         (full_mask(lq, lk, **geo), np.ones((lq, lk), bool)),
         (causal_mask(lq, lk, **geo), j <= i),
         (causal_mask(lq, lk, offset=lk - lq, **geo), j <= i + lk - lq),
-        (sliding_window_mask(lq, lk, window=9, **geo), (j <= i) & (i - j < 9)),
-        (sliding_window_mask(lq, lk, window=5, causal=False, **geo), np.abs(i - j) < 5),
+        (sliding_window_mask(lq, lk, window=(8, 0), **geo), (j <= i) & (i - j < 9)),
+        (sliding_window_mask(lq, lk, window=(4, 4), **geo), np.abs(i - j) < 5),
+        (sliding_window_mask(lq, lk, window=(3, 11), **geo), (i - 3 <= j) & (j <= i + 11)),
+        (sliding_window_mask(lq, lk, window=(0, 6), offset=2, **geo), (i + 2 <= j) & (j <= i + 8)),
+        (sliding_window_mask(lq, lk, window=(None, 2), **geo), j <= i + 2),
+        (sliding_window_mask(lq, lk, window=(5, None), **geo), j >= i - 5),
         (sink_window_mask(lq, lk, sink=4, window=13, **geo), (j <= i) & ((j < 4) | (i - j < 13))),
         (chunked_causal_mask(lq, lk, chunk=20, **geo), (j <= i) & (i // 20 == j // 20)),
         (
@@ -216,14 +216,14 @@ def test_static_patterns_match_formulas(lq, lk, bq, bk):
 
 
 def test_sliding_window_density_scales():
-    m = sliding_window_mask(4096, window=256, block_q=128, block_kv=128)
+    m = sliding_window_mask(4096, window=(255, 0), block_q=128, block_kv=128)
     assert m.max_kv_blocks == 3
     assert float(m.density) < 0.1
 
 
 def test_stack_heads():
     a = causal_mask(40, block_q=8, block_kv=8)
-    b = sliding_window_mask(40, window=6, block_q=8, block_kv=8)
+    b = sliding_window_mask(40, window=(5, 0), block_q=8, block_kv=8)
     m = stack_heads([a, b])
     assert m.block_map.shape == (1, 2, 5, 5)
     dense = np.asarray(m.to_dense())
@@ -241,9 +241,9 @@ def test_broadcast_to():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="block_q must be a positive int"):
+    with pytest.raises(ValueError, match="`block_q` must be >= 1"):
         BlockMask.from_dense(np.ones((4, 4), bool), 0, 2)
-    with pytest.raises(TypeError, match="block_kv must be a positive int"):
+    with pytest.raises(TypeError, match="`block_kv` must be a Python int"):
         BlockMask.from_dense(np.ones((4, 4), bool), 2, 2.5)
     with pytest.raises(TypeError, match="token_mask must be a bool array"):
         BlockMask.from_dense(np.ones((4, 4)), 2, 2)
@@ -266,15 +266,17 @@ def test_errors():
         causal_mask(8, block_q=2, block_kv=2) | causal_mask(8, block_q=4, block_kv=2)
     with pytest.raises(ValueError, match="cannot combine masks with heads dims 2 and 3"):
         causal_mask(8).broadcast_to(1, 2) & causal_mask(8).broadcast_to(1, 3)
-    with pytest.raises(ValueError, match="window must be >= 1"):
-        sliding_window_mask(8, window=0)
-    with pytest.raises(TypeError, match="sink must be an int"):
+    with pytest.raises(ValueError, match=r"`window\[0\]` must be >= 0"):
+        sliding_window_mask(8, window=(-1, 0))
+    with pytest.raises(TypeError, match=r"\(left, right\) tuple"):
+        sliding_window_mask(8, window=4)
+    with pytest.raises(TypeError, match="`sink` must be a Python int"):
         sink_window_mask(8, sink=1.5, window=2)
-    with pytest.raises(ValueError, match="chunk must be >= 1"):
+    with pytest.raises(ValueError, match="`chunk` must be >= 1"):
         chunked_causal_mask(8, chunk=0)
-    with pytest.raises(ValueError, match="band must be >= 0"):
+    with pytest.raises(ValueError, match="`band` must be >= 0"):
         global_band_mask(8, band=-1, num_global=1)
-    with pytest.raises(ValueError, match="seq_q must be a positive int"):
+    with pytest.raises(ValueError, match="`seq_q` must be >= 1"):
         causal_mask(0)
     with pytest.raises(ValueError, match="non-empty"):
         stack_heads([])

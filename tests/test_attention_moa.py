@@ -10,7 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsejax.attention import moa
+from sparsejax.attention import decode, moa, prefill
+from sparsejax.attention.moa import MoARule
+
+PREFILL = MoARule(max_new_tokens=0)
 
 
 def _span_ref(alpha, beta, n, new=1024, sink=64, minimum=128, split=64):
@@ -46,7 +49,8 @@ def test_span_hand_computed():
 
 def test_span_small_sink_and_no_new_tokens():
     span, sink, local = moa.moa_spans(
-        [0.0], [0.5], 100, max_new_tokens=0, sink_size=16, minimum_cache_size=0, split_size=8
+        [0.0], [0.5], 100, rule=MoARule(max_new_tokens=0, sink_size=16, minimum_cache_size=0,
+                                       split_size=8)
     )
     assert (span[0], sink[0], local[0]) == (56, 16, 40)
 
@@ -54,7 +58,7 @@ def test_span_small_sink_and_no_new_tokens():
 @settings(max_examples=30, deadline=None)
 @given(st.floats(-5000, 5000), st.floats(0, 1), st.integers(1, 20000), st.integers(0, 2048))
 def test_span_matches_rule(alpha, beta, n, new):
-    span, sink, local = moa.moa_spans([alpha], [beta], n, max_new_tokens=new)
+    span, sink, local = moa.moa_spans([alpha], [beta], n, rule=MoARule(max_new_tokens=new))
     assert (span[0], sink[0], local[0]) == _span_ref(alpha, beta, n, new)
     assert span[0] % 64 == 0 and span[0] >= 128
 
@@ -67,7 +71,7 @@ def test_span_matches_rule(alpha, beta, n, new):
 )
 def test_block_layout_matches_kernel_loop(rules, n, new):
     alphas, betas = zip(*rules)
-    lay = moa.moa_block_layout(alphas, betas, n, max_new_tokens=new)
+    lay = moa.moa_blocks(alphas, betas, n, rule=MoARule(max_new_tokens=new))
     nb = -(-n // 64)
     assert lay.shape == (len(rules), nb, nb)
     for h, (a, b) in enumerate(rules):
@@ -77,26 +81,26 @@ def test_block_layout_matches_kernel_loop(rules, n, new):
 
 def test_block_layout_literal():
     # S = 0.25 * 512 = 128 -> sink 1 block, local 1 block: block 0 and the diagonal only.
-    lay = moa.moa_block_layout([0.0], [0.25], 512, max_new_tokens=0)[0]
+    lay = moa.moa_blocks([0.0], [0.25], 512, rule=PREFILL)[0]
     expect = np.eye(8, dtype=bool)
     expect[:, 0] = True
     np.testing.assert_array_equal(lay, expect)
     # S = 256: sink 1 block, local 3 blocks.
-    lay = moa.moa_block_layout([0.0], [0.5], 512, max_new_tokens=0)[0]
+    lay = moa.moa_blocks([0.0], [0.5], 512, rule=PREFILL)[0]
     assert lay[7].tolist() == [True, False, False, False, False, True, True, True]
 
 
 @pytest.mark.parametrize("n", [64, 200, 300])
 def test_moa_mask_is_layout_and_causal(n):
     alphas, betas = [0.0, 100.0], [0.25, 0.1]
-    mask = moa.moa_mask(alphas, betas, n, max_new_tokens=0)
+    mask = prefill.moa_mask(alphas, betas, n, rule=PREFILL)
     assert mask.is_static and mask.shape == (1, 2, n, n)
     dense = np.asarray(mask.to_dense())[0]
-    lay = moa.moa_block_layout(alphas, betas, n, max_new_tokens=0)
+    lay = moa.moa_blocks(alphas, betas, n, rule=PREFILL)
     i, j = np.arange(n)[:, None], np.arange(n)[None, :]
     expect = lay[:, i // 64, j // 64] & (j <= i)
     np.testing.assert_array_equal(dense, expect)
-    np.testing.assert_array_equal(moa.moa_token_mask(alphas, betas, n, max_new_tokens=0), expect)
+    np.testing.assert_array_equal(moa.moa_tokens(alphas, betas, n, rule=PREFILL), expect)
     np.testing.assert_allclose(mask.density, lay.mean())
 
 
@@ -114,13 +118,13 @@ def _circular_cache(kv_len, span, sink):
 @pytest.mark.parametrize("kv_len", [1, 100, 448, 449, 1000, 3000])
 def test_decode_keep_is_sink_plus_circular_window(kv_len):
     alphas, betas = [100.0, 0.0], [0.1, 0.0]
-    keep = moa.moa_decode_keep(alphas, betas, 2048, kv_len)
+    keep = decode.moa_keep(alphas, betas, 2048, kv_len)
     span, sink, _ = moa.moa_spans(alphas, betas, 2048)
     for h in range(2):
         expect = _circular_cache(kv_len, int(span[h]), int(sink[h]))
         assert np.nonzero(keep[h])[0].tolist() == expect
         assert keep[h].sum() == min(kv_len, span[h])
-    idx, valid = moa.moa_decode_indices(alphas, betas, 2048, kv_len)
+    idx, valid = decode.keep_to_indices(keep, int(keep.sum(-1).max()))
     for h in range(2):
         assert idx[h][valid[h]].tolist() == np.nonzero(keep[h])[0].tolist()
 
@@ -179,7 +183,7 @@ def test_profile_pools_abs_influence_per_length():
         20: [make(jax.random.key(0), 2, 20), make(jax.random.key(1), 1, 20)],
         16: [make(jax.random.key(2), 3, 16)],
     }
-    prof = moa.moa_profile(loss_fn, probs_fn, batches, block_size=8)
+    prof = moa.moa_profile(loss_fn, probs_fn, batches, rule=MoARule(block_size=8))
     assert sorted(prof) == [16, 20]
     assert prof[20].shape == (2, 3, 3) and prof[16].shape == (2, 2, 2)
     for n, group in batches.items():
@@ -282,15 +286,17 @@ def test_search_budget_at_unprofiled_length_and_default_grid():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match="shape of alphas"):
         moa.moa_spans([0.0, 1.0], [0.5], 100)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         moa.moa_spans([], [], 100)
     with pytest.raises(TypeError, match="seq_len"):
         moa.moa_spans([0.0], [0.5], 100.0)
     with pytest.raises(ValueError, match="block_size"):
-        moa.moa_block_layout([0.0], [0.5], 100, block_size=0)
-    with pytest.raises(ValueError, match="same shape"):
+        MoARule(block_size=0)
+    with pytest.raises(TypeError, match="rule"):
+        moa.moa_blocks([0.0], [0.5], 100, rule={"block_size": 64})
+    with pytest.raises(ValueError, match="shape of probs"):
         moa.moa_influence(jnp.ones((2, 2)), jnp.ones((2, 3)))
     prof = {256: np.ones((2, 4, 4))}
     with pytest.raises(ValueError, match="density_budget must be in"):

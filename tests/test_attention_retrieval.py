@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax.attention import frontier as F
-from sparsejax.attention import moa, sparsed
-from sparsejax.attention import retrieval as R
-from sparsejax.attention.kernel import attention
+from sparsejax.attention import attention, decode, prefill
+from sparsejax.attention.moa import MoARule
+from sparsejax.demo import retrieval as R
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +38,9 @@ def test_dense_solves_and_needle_decides(task):
 
 
 def test_predict_matches_attention_kernel(task):
-    mask = moa.moa_mask(
-        [0.0] * 4,
-        [0.5, 0.25, 0.3, 1.0],
-        256,
-        max_new_tokens=0,
-        block_size=32,
-        minimum_cache_size=0,
-        sink_size=32,
-        split_size=32,
-    )
+    rule = MoARule(block_size=32, max_new_tokens=0, sink_size=32, minimum_cache_size=0,
+                   split_size=32)
+    mask = prefill.moa_mask([0.0] * 4, [0.5, 0.25, 0.3, 1.0], 256, rule=rule)
     row = R.mask_answer_row(mask)
     np.testing.assert_array_equal(row, np.asarray(mask.to_dense())[:, :, -1])
     out = attention(task.q, task.k, task.v, mask, backend="reference")[:, :, -1]
@@ -60,25 +52,25 @@ def test_methods_accuracy_small(task):
     """Accuracy of each method at small size (reported; dynamic ones find the needle)."""
     q, k = task.q, task.k
     results = {}
-    v, s = F.vertical_slash_select(q, k, vertical_size=16, slash_size=16, last_q=32)
-    results["vertical_slash"] = R.retrieval_accuracy(
-        task, F.vertical_slash_token_mask(v, s, block_size=16, rows=jnp.array([255]))[..., 0, :]
+    mask = prefill.vertical_slash_mask(
+        q, k, vertical_size=16, slash_size=16, last_q=32, block_size=16
     )
+    results["vertical_slash"] = R.retrieval_accuracy(task, R.mask_answer_row(mask))
     results["block_topk"] = R.retrieval_accuracy(
-        task, R.mask_answer_row(F.block_topk_mask(q, k, block_size=16, top_k=4))
+        task, R.mask_answer_row(prefill.block_topk_mask(q, k, block_size=16, top_k=4))
     )
     results["quest"] = R.retrieval_accuracy(
-        task, F.quest_select(q[:, :, -1], k, page_size=16, token_budget=96)
+        task, decode.quest_keep(q[:, :, -1], k, page_size=16, token_budget=96)
     )
     results["snapkv"] = R.retrieval_accuracy(
         task,
-        F.snapkv_select(
+        decode.snapkv_keep(
             q, k, token_capacity=32, window=16, kernel_size=5, local_window=8, prefix_tokens=4
         ),
     )
-    blocks = sparsed.sparsed_block_select(q, k, new_generation=8, block_size=16, rho=0.2)
+    blocks = prefill.sparsed_blocks(q, k, new_generation=8, block_size=16, rho=0.2)
     results["sparsed"] = R.retrieval_accuracy(task, blocks[:, :, -1].repeat(16, axis=-1))
-    window = moa.moa_mask([0.0] * 4, [0.25] * 4, 256, max_new_tokens=0)  # sink 64 + local 64
+    window = prefill.moa_mask([0.0] * 4, [0.25] * 4, 256, rule=MoARule(max_new_tokens=0))  # sink 64 + local 64
     results["moa_window"] = R.retrieval_accuracy(task, R.mask_answer_row(window))
     print(results)
     assert results["vertical_slash"] >= 0.9

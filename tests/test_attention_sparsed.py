@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax.attention import sparsed
+from sparsejax.attention import prefill as sparsed
 
 
 def _softmax(s):
@@ -65,7 +65,7 @@ def test_selection_matches_reference_rule(lq, bs, rho, gen, hkv):
     q = rng.normal(size=(2, 4, lq, 8))
     k = rng.normal(size=(2, hkv, lq, 8))
     got = np.asarray(
-        sparsed.sparsed_block_select(
+        sparsed.sparsed_blocks(
             jnp.asarray(q, jnp.float32),
             jnp.asarray(k, jnp.float32),
             new_generation=gen,
@@ -87,7 +87,7 @@ def test_kept_block_counts():
     lq, bs, rho, gen = 256, 16, 0.3, 64
     q = jnp.asarray(rng.normal(size=(1, 2, lq, 16)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(1, 2, lq, 16)), jnp.float32)
-    m = np.asarray(sparsed.sparsed_block_select(q, k, new_generation=gen, block_size=bs, rho=rho))
+    m = np.asarray(sparsed.sparsed_blocks(q, k, new_generation=gen, block_size=bs, rho=rho))
     nb, last = 16, sparsed.sparsed_generation_start(lq, gen, bs)
     assert last == 12
     n_gen = nb - last
@@ -131,7 +131,7 @@ def test_update_builds_once_and_reuses_under_jit():
         if t < 3:
             np.testing.assert_array_equal(cache, init)
         if t == 3:
-            built = sparsed.sparsed_block_select(
+            built = sparsed.sparsed_blocks(
                 qs[3], qs[3], new_generation=16, block_size=16, rho=0.3
             )
             np.testing.assert_array_equal(cache, built)
@@ -142,12 +142,12 @@ def test_update_builds_once_and_reuses_under_jit():
 def test_mask_wrapper_and_bf16():
     rng = np.random.default_rng(3)
     q = jnp.asarray(rng.normal(size=(1, 2, 50, 8)), jnp.bfloat16)
-    blocks = sparsed.sparsed_block_select(q, q, new_generation=10, block_size=16)
+    blocks = sparsed.sparsed_blocks(q, q, new_generation=10, block_size=16)
     mask = sparsed.sparsed_mask(q, q, new_generation=10, block_size=16)
     dense = np.asarray(mask.to_dense())
     i, j = np.arange(50)[:, None] // 16, np.arange(50)[None, :] // 16
     np.testing.assert_array_equal(dense, np.asarray(blocks)[:, :, i, j])
-    ref = sparsed.sparsed_block_select(
+    ref = sparsed.sparsed_blocks(
         q.astype(jnp.float32), q.astype(jnp.float32), new_generation=10, block_size=16
     )
     assert (np.asarray(ref) == np.asarray(blocks)).mean() > 0.9
@@ -156,15 +156,15 @@ def test_mask_wrapper_and_bf16():
 def test_errors():
     q = jnp.ones((1, 4, 32, 8))
     with pytest.raises(ValueError, match="rho"):
-        sparsed.sparsed_block_select(q, q, new_generation=4, rho=1.5)
+        sparsed.sparsed_blocks(q, q, new_generation=4, rho=1.5)
     with pytest.raises(ValueError, match="multiple"):
-        sparsed.sparsed_block_select(q, jnp.ones((1, 3, 32, 8)), new_generation=4)
+        sparsed.sparsed_blocks(q, jnp.ones((1, 3, 32, 8)), new_generation=4)
     with pytest.raises(ValueError, match="matching"):
-        sparsed.sparsed_block_select(q, jnp.ones((1, 4, 31, 8)), new_generation=4)
+        sparsed.sparsed_blocks(q, jnp.ones((1, 4, 31, 8)), new_generation=4)
     with pytest.raises(TypeError, match="block_size"):
-        sparsed.sparsed_block_select(q, q, new_generation=4, block_size=16.0)
+        sparsed.sparsed_blocks(q, q, new_generation=4, block_size=16.0)
     with pytest.raises(ValueError, match="new_generation"):
-        sparsed.sparsed_block_select(q, q, new_generation=-1)
+        sparsed.sparsed_blocks(q, q, new_generation=-1)
     with pytest.raises(ValueError, match="num_steps"):
         sparsed.SparseDSchedule(num_steps=0)
     with pytest.raises(ValueError, match="skip"):

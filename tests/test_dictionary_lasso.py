@@ -159,7 +159,7 @@ def test_ista_objective_never_increases(seed, alpha):
         prev = cur
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(x=st.lists(st.floats(-10, 10), min_size=1, max_size=8), t=st.floats(0, 5))
 def test_soft_threshold_shrinks_and_keeps_sign(x, t):
     x = np.asarray(x, np.float32)

@@ -58,7 +58,7 @@ def test_train_sae_transcoder_geometric_median_and_errors():
     plain = S.SAEConfig(8, 32, k=4)
     with pytest.raises(ValueError, match="only used by transcoders"):
         S.train_sae(jax.random.PRNGKey(0), x, plain, steps=1, targets=y, progress=False)
-    with pytest.raises(ValueError, match="data must have shape"):
+    with pytest.raises(ValueError, match="`data` must have shape"):
         S.train_sae(jax.random.PRNGKey(0), x[:, :7], plain, steps=1, progress=False)
     with pytest.raises(ValueError, match="`steps` must be >= 1"):
         S.train_sae(jax.random.PRNGKey(0), x, plain, steps=0, progress=False)

@@ -142,7 +142,8 @@ def test_prune_global_and_erk_allocations():
     expect = sj.compute_masks(params, sparsity=0.7, allocation="global")
     jax.tree.map(np.testing.assert_array_equal, T.masks_of(state), expect)
     tx = T.prune(optax.sgd(0.0), 0.7, allocation="erk")
-    _, state = tx.update(g, tx.init(params), params)
+    fresh = T.prune(optax.sgd(0.0), 0.7, allocation="erk")  # as after a restore: no init call
+    _, state = jax.jit(fresh.update)(g, tx.init(params), params)
     budget = sj.allocation.erk(params, 0.7)
     for name in ("l1", "l2"):
         m = T.masks_of(state)[name]["kernel"]
@@ -174,7 +175,7 @@ def chain_adam():
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
 
 
-@pytest.fixture(scope="module", params=["gradient", "random"])
+@pytest.fixture(scope="module", params=["gradient"])  # SET ("random"): test_training_checkpoint
 def dynamic_run(request):
     record = []
     tx = T.dynamic_sparse(chain_adam(), 0.8, grow=request.param, update_every=2, end_step=9,
@@ -307,6 +308,6 @@ def test_errors():
         tx.update({"l1": make_params()["l1"]}, state, {"l1": make_params()["l1"]})
     with pytest.raises(ValueError, match="params"):
         tx.update(make_params(), state)
-    tx = T.prune(optax.sgd(0.1), 0.5, pattern="block", block_shape=(5, 5))
-    with pytest.raises(ValueError, match="block_shape"):
+    tx = T.prune(optax.sgd(0.1), 0.5, pattern="nm", n=2, m=4)  # N:M needs its axis
+    with pytest.raises(ValueError, match="axis"):
         tx.init(make_params())

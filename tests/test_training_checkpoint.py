@@ -11,6 +11,7 @@ from sparsejax import training as T
 ocp = pytest.importorskip("orbax.checkpoint")
 
 
+@pytest.mark.slow  # orbax's async machinery: ~10 s of CPU
 def test_orbax_resume_is_bit_identical(tmp_path):
     k = jax.random.split(jax.random.PRNGKey(0), 3)
     params = {"l1": {"kernel": jax.random.normal(k[0], (16, 12)), "bias": jnp.zeros(12)},
@@ -55,3 +56,8 @@ def test_orbax_resume_is_bit_identical(tmp_path):
     changed = sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in zip(
         jax.tree.leaves(T.masks_of(start["opt_state"])), jax.tree.leaves(T.masks_of(full["opt_state"]))))
     assert changed > 0  # the masks did move between the halves' updates
+    counts = lambda s: [int(m.sum()) for m in jax.tree.leaves(T.masks_of(s))]
+    assert counts(start["opt_state"]) == counts(full["opt_state"])  # SET keeps nnz per leaf
+    for name in ("l1", "l2"):
+        m = np.asarray(T.masks_of(full["opt_state"])[name]["kernel"])
+        assert np.all(np.asarray(full["params"][name]["kernel"])[~m] == 0)

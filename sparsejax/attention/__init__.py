@@ -1,139 +1,57 @@
-"""Sparse attention: block masks, a block-sparse attention kernel, static and learned patterns."""
+"""Sparse attention: one mask type (`BlockMask`), one kernel entry point (`attention`), static
+patterns here, and the data-dependent methods in submodules by phase.
 
-from sparsejax.attention.frontier import (
-    ada_snapkv_select,
-    block_topk_mask,
-    block_topk_select,
-    flexprefill_mask,
-    flexprefill_select,
-    keep_to_indices,
-    quest_select,
-    snapkv_select,
-    vertical_slash_mask,
-    vertical_slash_select,
-    vertical_slash_token_mask,
-)
+* top level: `attention` (block-sparse attention, several backends), `BlockMask`, the static
+  patterns (`causal_mask`, `sliding_window_mask` with ``(left, right)`` extents, ...) and the
+  variable-length masks (`padding_mask` from ``kv_lengths``, `segment_mask` from
+  ``segment_ids``), all combinable with ``|`` and ``&``;
+* `sparsejax.attention.prefill`: vertical-slash, FlexPrefill, block top-k, SparseD, MoA prefill;
+* `sparsejax.attention.decode`: Quest, SnapKV / Ada-SnapKV, MoA decode, and `attend_kept`, the
+  decode attention over only the kept KV entries;
+* `sparsejax.attention.moa`: MoA's rule, patterns, profiling and search;
+* `sparsejax.attention.mask`: predicate plumbing for custom masks (`TokenPredicate`,
+  `FunctionPredicate`, block kinds ``EMPTY``/``PARTIAL``/``FULL``, `BlockMaskInfo`).
+
+**Naming rule.** A function's suffix says what it returns:
+
+* ``<method>_mask -> BlockMask`` (what `attention` consumes);
+* ``<method>_keep -> bool [B, H | Hkv, kv_len]`` keep mask over the KV axis (what
+  `decode.attend_kept` consumes);
+* ``<method>_blocks -> bool [B, H, nq, nk]`` block selection (before it becomes a mask);
+* ``<method>_lines -> (vertical, slash)`` and ``<method>_tokens -> bool [..., L, L]`` (a dense
+  token mask for inspection and tests) where a method has them.
+"""
+
+from sparsejax.attention import decode, mask, moa, prefill
 from sparsejax.attention.kernel import BACKENDS, attention, dense_attention
-from sparsejax.attention.mask import (
-    EMPTY,
-    FULL,
-    PARTIAL,
-    AndPredicate,
-    BlockLookup,
-    BlockMask,
-    BlockMaskInfo,
-    DenseTokens,
-    FunctionPredicate,
-    OrPredicate,
-    TokenPredicate,
-    array_namespace,
-    evaluate_predicate,
-    register_predicate,
-)
-from sparsejax.attention.moa import (
-    moa_block_layout,
-    moa_candidates,
-    moa_decode_indices,
-    moa_decode_keep,
-    moa_influence,
-    moa_mask,
-    moa_profile,
-    moa_search,
-    moa_spans,
-    moa_token_mask,
-)
-from sparsejax.attention.retrieval import (
-    RetrievalTask,
-    causal_density,
-    make_retrieval_task,
-    mask_answer_row,
-    retrieval_accuracy,
-    retrieval_predict,
-)
-from sparsejax.attention.sparsed import (
-    SparseDSchedule,
-    sparsed_block_select,
-    sparsed_generation_start,
-    sparsed_mask,
-    sparsed_update,
-)
+from sparsejax.attention.mask import BlockMask
 from sparsejax.attention.static import (
-    Band,
-    HeadSwitch,
-    KeyPrefix,
-    QueryPrefix,
-    SameChunk,
     causal_mask,
     chunked_causal_mask,
     full_mask,
     global_band_mask,
-    refine,
     sink_window_mask,
     sliding_window_mask,
     stack_heads,
 )
+from sparsejax.attention.varlen import padding_mask, segment_mask
 
 __all__ = [
     "BACKENDS",
-    "EMPTY",
-    "FULL",
-    "PARTIAL",
-    "AndPredicate",
-    "Band",
-    "BlockLookup",
     "BlockMask",
-    "BlockMaskInfo",
-    "DenseTokens",
-    "FunctionPredicate",
-    "HeadSwitch",
-    "KeyPrefix",
-    "OrPredicate",
-    "QueryPrefix",
-    "RetrievalTask",
-    "SameChunk",
-    "SparseDSchedule",
-    "TokenPredicate",
-    "ada_snapkv_select",
-    "array_namespace",
     "attention",
-    "block_topk_mask",
-    "block_topk_select",
-    "causal_density",
     "causal_mask",
     "chunked_causal_mask",
+    "decode",
     "dense_attention",
-    "evaluate_predicate",
-    "flexprefill_mask",
-    "flexprefill_select",
     "full_mask",
     "global_band_mask",
-    "keep_to_indices",
-    "make_retrieval_task",
-    "mask_answer_row",
-    "moa_block_layout",
-    "moa_candidates",
-    "moa_decode_indices",
-    "moa_decode_keep",
-    "moa_influence",
-    "moa_mask",
-    "moa_profile",
-    "moa_search",
-    "moa_spans",
-    "moa_token_mask",
-    "quest_select",
-    "refine",
-    "register_predicate",
-    "retrieval_accuracy",
-    "retrieval_predict",
+    "mask",
+    "moa",
+    "padding_mask",
+    "prefill",
+    "segment_mask",
     "sink_window_mask",
     "sliding_window_mask",
-    "snapkv_select",
-    "sparsed_block_select",
-    "sparsed_generation_start",
-    "sparsed_mask",
-    "sparsed_update",
     "stack_heads",
-    "vertical_slash_mask",
-    "vertical_slash_select",
-    "vertical_slash_token_mask",
 ]

@@ -49,6 +49,7 @@ import numpy as np
 from jaxtyping import Array, Bool
 
 from sparsejax._blocks import EMPTY, FULL, PARTIAL, BlockIndex, pack_block_map
+from sparsejax._checks import check_positive_int
 
 ArrayLike = Any  # np.ndarray | jax.Array
 
@@ -62,14 +63,6 @@ def _is_concrete(x: Any) -> bool:
 def _xp(*arrays: Any):
     """NumPy when every array is a NumPy array, else jax.numpy."""
     return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
-
-
-def _check_block(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -101,7 +94,7 @@ class TokenPredicate:
         return AndPredicate(self, other)
 
 
-def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()):
+def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()) -> Any:
     """Class decorator: make a `TokenPredicate` subclass a frozen dataclass and a pytree.
 
     Args:
@@ -145,7 +138,7 @@ def _bcast_index(idx, size):
     return idx * 0 if size == 1 else idx
 
 
-def array_namespace(*xs: Any):
+def array_namespace(*xs: Any) -> Any:
     """``numpy`` when every argument is a NumPy array or scalar, else ``jax.numpy``.
 
     Predicates use it so that static masks evaluate in pure NumPy (no compilation) while the same
@@ -302,10 +295,10 @@ class BlockMask:
         Returns:
             The mask.
         """
-        block_q = _check_block("block_q", block_q)
-        block_kv = _check_block("block_kv", block_kv)
-        seq_q = _check_block("seq_q", seq_q)
-        seq_kv = _check_block("seq_kv", seq_kv)
+        block_q = check_positive_int(block_q, "block_q")
+        block_kv = check_positive_int(block_kv, "block_kv")
+        seq_q = check_positive_int(seq_q, "seq_q")
+        seq_kv = check_positive_int(seq_kv, "seq_kv")
         if not isinstance(predicate, TokenPredicate):
             raise TypeError(f"predicate must be a TokenPredicate, got {type(predicate).__name__}")
         if getattr(block_map, "ndim", None) != 4:
@@ -327,7 +320,7 @@ class BlockMask:
         elif max_kv_blocks is None:
             max_kv_blocks = nk
         else:
-            max_kv_blocks = _check_block("max_kv_blocks", max_kv_blocks)
+            max_kv_blocks = check_positive_int(max_kv_blocks, "max_kv_blocks")
             max_kv_blocks = min(max_kv_blocks, nk)
         return cls(block_map, predicate, seq_q, seq_kv, block_q, block_kv, int(max_kv_blocks))
 
@@ -351,8 +344,8 @@ class BlockMask:
         Returns:
             The mask; its ``predicate`` is a `DenseTokens` over ``token_mask``.
         """
-        block_q = _check_block("block_q", block_q)
-        block_kv = _check_block("block_kv", block_kv)
+        block_q = check_positive_int(block_q, "block_q")
+        block_kv = check_positive_int(block_kv, "block_kv")
         if getattr(token_mask, "dtype", None) != np.dtype(bool):
             raise TypeError(
                 f"token_mask must be a bool array, got dtype {getattr(token_mask, 'dtype', None)}"
@@ -411,8 +404,8 @@ class BlockMask:
         Returns:
             The mask.
         """
-        block_q = _check_block("block_q", block_q)
-        block_kv = _check_block("block_kv", block_kv)
+        block_q = check_positive_int(block_q, "block_q")
+        block_kv = check_positive_int(block_kv, "block_kv")
         if getattr(block_bool, "dtype", None) != np.dtype(bool):
             raise TypeError(
                 f"block_bool must be a bool array, got dtype {getattr(block_bool, 'dtype', None)}"
@@ -478,8 +471,8 @@ class BlockMask:
         Returns:
             A static mask whose predicate is ``predicate``.
         """
-        seq_q = _check_block("seq_q", seq_q)
-        seq_kv = _check_block("seq_kv", seq_kv)
+        seq_q = check_positive_int(seq_q, "seq_q")
+        seq_kv = check_positive_int(seq_kv, "seq_kv")
         if not isinstance(predicate, TokenPredicate):
             raise TypeError(f"predicate must be a TokenPredicate, got {type(predicate).__name__}")
         xp = np if _leaves_static(predicate) else jnp

@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from sparsejax._blocks import FULL, PARTIAL
 from sparsejax._pallas import check_pow2, pad_axis
@@ -72,6 +73,8 @@ def attention(
     mask: BlockMask,
     scale: float,
     *,
+    num_warps: int = 4,
+    num_stages: int = 2,
     interpret: bool = False,
 ) -> jax.Array:
     """Forward block-sparse attention with the Pallas GPU kernel (see module docstring).
@@ -82,6 +85,8 @@ def attention(
         v: ``[B, Hkv, Lk, Dv]``.
         mask: Block mask of geometry ``(Lq, Lk)``.
         scale: Logit scale.
+        num_warps: Triton warps per program.
+        num_stages: Triton software-pipelining stages.
         interpret: Run the kernel in interpret mode (CPU testing).
 
     Raises:
@@ -129,6 +134,9 @@ def attention(
         ],
         out_specs=pl.BlockSpec((None, None, bq, dv), lambda b, h, i: (b, h, i, 0)),
         out_shape=jax.ShapeDtypeStruct((batch, hq, nq * bq, dv), q.dtype),
+        # the Triton lowering (without Triton parameters Pallas picks Mosaic GPU, which would
+        # stage the whole KV sequence in shared memory)
+        compiler_params=pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
     )(
         as_i32(blocks.indices), as_i32(blocks.kinds), as_i32(pro.mask_next), counts,

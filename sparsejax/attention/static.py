@@ -1,4 +1,4 @@
-"""Static attention patterns: causal, sliding window, sink + window, chunked causal, global + band.
+"""Static attention patterns: causal, local windows, sink + window, chunked causal, global + band.
 
 Every function returns a static `sparsejax.attention.mask.BlockMask` (NumPy block map, lazy
 position predicate): built once, hashable, cheap to evaluate inside a kernel tile. Block maps are
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sparsejax._checks import check_int, check_positive_int
 from sparsejax.attention.mask import (
     EMPTY,
     FULL,
@@ -24,7 +25,6 @@ from sparsejax.attention.mask import (
     BlockMask,
     TokenPredicate,
     _cdiv,
-    _check_block,
     array_namespace,
     register_predicate,
 )
@@ -68,7 +68,7 @@ class Band(_Positional):
             out = out & (d <= int(self.hi))
         return out
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         qs, qe = _ranges(seq_q, block_q)
         ks, ke = _ranges(seq_kv, block_kv)
         dmin = qs[:, None] - ke[None, :]
@@ -88,7 +88,7 @@ class KeyPrefix(_Positional):
         xp = array_namespace(q, kv)
         return xp.broadcast_to(kv < self.n, np.broadcast_shapes(q.shape, kv.shape))
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         nq = _cdiv(seq_q, block_q)
         ks, ke = _ranges(seq_kv, block_kv)
         row = _three(ke < self.n, ks >= self.n)
@@ -105,7 +105,7 @@ class QueryPrefix(_Positional):
         xp = array_namespace(q, kv)
         return xp.broadcast_to(q < self.n, np.broadcast_shapes(q.shape, kv.shape))
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         nk = _cdiv(seq_kv, block_kv)
         qs, qe = _ranges(seq_q, block_q)
         col = _three(qe < self.n, qs >= self.n)
@@ -121,7 +121,7 @@ class SameChunk(_Positional):
     def __call__(self, b, h, q, kv):
         return (q // self.chunk) == (kv // self.chunk)
 
-    def block_map(self, seq_q, seq_kv, block_q, block_kv):
+    def block_map(self, seq_q, seq_kv, block_q, block_kv) -> np.ndarray:
         qs, qe = _ranges(seq_q, block_q)
         ks, ke = _ranges(seq_kv, block_kv)
         qa, qb = qs // self.chunk, qe // self.chunk
@@ -190,18 +190,24 @@ def refine(mask: BlockMask) -> BlockMask:
     )
 
 
-def _geometry(seq_q, seq_kv, block_q, block_kv):
-    seq_q = _check_block("seq_q", seq_q)
-    seq_kv = seq_q if seq_kv is None else _check_block("seq_kv", seq_kv)
-    return seq_q, seq_kv, _check_block("block_q", block_q), _check_block("block_kv", block_kv)
+def _geometry(seq_q, seq_kv, block_q, block_kv) -> tuple[int, int, int, int]:
+    seq_q = check_positive_int(seq_q, "seq_q")
+    seq_kv = seq_q if seq_kv is None else check_positive_int(seq_kv, "seq_kv")
+    return seq_q, seq_kv, check_positive_int(block_q, "block_q"), check_positive_int(block_kv, "block_kv")
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+def _check_window(window) -> tuple[float, float]:
+    """``(left, right)`` extents; each a non-negative int or ``None`` (unbounded)."""
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise TypeError(
+            "`window` must be a (left, right) tuple of ints >= 0 or None (e.g. (w - 1, 0) for a "
+            f"causal window of w keys); got {window!r}."
+        )
+    left, right = (
+        np.inf if x is None else check_int(x, f"window[{i}]", minimum=0)
+        for i, x in enumerate(window)
+    )
+    return left, right
 
 
 # -------------------------------------------------------------------------------------------------
@@ -252,7 +258,7 @@ def causal_mask(
         A static mask.
     """
     seq_q, seq_kv, block_q, block_kv = _geometry(seq_q, seq_kv, block_q, block_kv)
-    offset = _check_int("offset", offset, -(2**31))
+    offset = check_int(offset, "offset")
     return _primitive(Band(-offset, np.inf), seq_q, seq_kv, block_q, block_kv)
 
 
@@ -260,22 +266,23 @@ def sliding_window_mask(
     seq_q: int,
     seq_kv: int | None = None,
     *,
-    window: int,
-    causal: bool = True,
+    window: tuple[int | None, int | None],
     offset: int = 0,
     block_q: int = DEFAULT_BLOCK,
     block_kv: int = DEFAULT_BLOCK,
 ) -> BlockMask:
-    """Local attention over a window of ``window`` keys.
+    """Local attention with ``(left, right)`` extents, like splash attention's ``LocalMask``.
 
-    Causal: query ``i`` attends to ``i + offset - window < j <= i + offset`` (itself and the
-    ``window - 1`` keys before it). Non-causal: ``|i + offset - j| < window``.
+    Query ``i`` attends to keys ``i + offset - left <= j <= i + offset + right``; ``None`` leaves
+    a side unbounded. A causal window of ``w`` keys (the query and the ``w - 1`` before it) is
+    ``window=(w - 1, 0)``; a symmetric one ``window=(w - 1, w - 1)``; ``(None, 0)`` is causal.
+    The block map is computed analytically from the extents (no token is evaluated).
 
     Args:
         seq_q: Query length.
         seq_kv: Key length (default ``seq_q``).
-        window: Window size in tokens (>= 1).
-        causal: One-sided (True) or symmetric (False) window.
+        window: ``(left, right)``: keys kept before and after the (shifted) diagonal, each an
+            int ``>= 0`` or ``None``.
         offset: Diagonal shift, as in `causal_mask`.
         block_q: Query block size.
         block_kv: Key block size.
@@ -284,10 +291,10 @@ def sliding_window_mask(
         A static mask.
     """
     seq_q, seq_kv, block_q, block_kv = _geometry(seq_q, seq_kv, block_q, block_kv)
-    window = _check_int("window", window, 1)
-    offset = _check_int("offset", offset, -(2**31))
-    lo = -offset if causal else -offset - (window - 1)
-    return _primitive(Band(lo, window - 1 - offset), seq_q, seq_kv, block_q, block_kv)
+    left, right = _check_window(window)
+    offset = check_int(offset, "offset")
+    band = Band(-offset - right, left - offset)
+    return _primitive(band, seq_q, seq_kv, block_q, block_kv)
 
 
 def sink_window_mask(
@@ -317,9 +324,9 @@ def sink_window_mask(
         A static mask.
     """
     seq_q, seq_kv, block_q, block_kv = _geometry(seq_q, seq_kv, block_q, block_kv)
-    sink = _check_int("sink", sink, 0)
-    window = _check_int("window", window, 1)
-    offset = _check_int("offset", offset, -(2**31))
+    sink = check_int(sink, "sink", minimum=0)
+    window = check_int(window, "window", minimum=1)
+    offset = check_int(offset, "offset")
     causal = _primitive(Band(-offset, np.inf), seq_q, seq_kv, block_q, block_kv)
     local = _primitive(Band(-offset, window - 1 - offset), seq_q, seq_kv, block_q, block_kv)
     sinks = _primitive(KeyPrefix(sink), seq_q, seq_kv, block_q, block_kv)
@@ -350,7 +357,7 @@ def chunked_causal_mask(
         A static mask.
     """
     seq_q, seq_kv, block_q, block_kv = _geometry(seq_q, seq_kv, block_q, block_kv)
-    chunk = _check_int("chunk", chunk, 1)
+    chunk = check_int(chunk, "chunk", minimum=1)
     causal = _primitive(Band(0, np.inf), seq_q, seq_kv, block_q, block_kv)
     same = _primitive(SameChunk(chunk), seq_q, seq_kv, block_q, block_kv)
     return refine(causal & same)
@@ -385,8 +392,8 @@ def global_band_mask(
         A static mask.
     """
     seq_q, seq_kv, block_q, block_kv = _geometry(seq_q, seq_kv, block_q, block_kv)
-    band = _check_int("band", band, 0)
-    num_global = _check_int("num_global", num_global, 0)
+    band = check_int(band, "band", minimum=0)
+    num_global = check_int(num_global, "num_global", minimum=0)
     geo = (seq_q, seq_kv, block_q, block_kv)
     m = (
         _primitive(Band(-band, band), *geo)

@@ -11,6 +11,7 @@ STAGES: dict[str, str] = {
     "block_sparse": "sparsejax.demo.block_sparse",
     "attention": "sparsejax.demo.attention",
     "sae": "sparsejax.demo.sae",
+    "moe": "sparsejax.demo.moe",
     "oneshot": "sparsejax.demo.oneshot",
     "ssvi": "sparsejax.demo.ssvi",
     "training": "sparsejax.demo.training",

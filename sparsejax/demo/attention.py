@@ -43,7 +43,7 @@ def run(ctx: DemoContext) -> dict:
     geo = dict(block_q=block, block_kv=block)
     patterns = {
         "causal": causal_mask(seq, **geo),
-        "sliding_window": sliding_window_mask(seq, window=seq // 8, **geo),
+        "sliding_window": sliding_window_mask(seq, window=(seq // 8 - 1, 0), **geo),
         "sink_window": sink_window_mask(seq, sink=16, window=seq // 16, **geo),
     }
     dense_ms = 1e3 * _time(jax.jit(lambda q, k, v: attention(q, k, v, backend="xla")), q, k, v)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -59,8 +58,7 @@ def make_method(name: str, steps: int, key: jax.Array, learning_rate: float = 1e
 
 def kernel_sparsity(params: Any) -> float:
     """Fraction of exact zeros in the kernels (the leaves with ``ndim >= 2``)."""
-    kernels = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
-    return float(sum(int(jnp.sum(x == 0)) for x in kernels) / sum(x.size for x in kernels))
+    return float(sj.sparsity([x for x in jax.tree.leaves(params) if x.ndim >= 2]).overall)
 
 
 def train_method(name: str, x_train, y_train, x_test, y_test, *, steps: int, key: jax.Array,

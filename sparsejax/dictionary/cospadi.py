@@ -102,14 +102,14 @@ def cospadi(
     for name, arr, nd in (("weight", weight, 2), ("calibration_inputs", calibration_inputs, 2)):
         if not hasattr(arr, "ndim") or arr.ndim != nd:
             raise ValueError(
-                f"cospadi: `{name}` must be 2-D, got {getattr(arr, 'shape', type(arr).__name__)}"
+                f"`{name}` must be 2-D; got {getattr(arr, 'shape', type(arr).__name__)}"
             )
         if not jnp.issubdtype(arr.dtype, jnp.floating):
-            raise TypeError(f"cospadi: `{name}` must be floating, got dtype {arr.dtype}")
+            raise TypeError(f"`{name}` must be floating; got dtype {arr.dtype}")
     d_in, d_out = weight.shape
     if calibration_inputs.shape[1] != d_in:
         raise ValueError(
-            f"cospadi: `calibration_inputs` must be [n, d_in={d_in}], got "
+            f"`calibration_inputs` must be [n, d_in={d_in}]; got "
             f"{tuple(calibration_inputs.shape)}"
         )
     check_int(n_atoms, "n_atoms", minimum=1)

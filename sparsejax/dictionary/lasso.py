@@ -58,24 +58,24 @@ def lipschitz_constant(dictionary: Float[Array, "n_features n_atoms"]) -> Float[
 def _validate(name, dictionary, signals, alpha, n_iter, init=None):
     if not hasattr(dictionary, "ndim") or dictionary.ndim != 2:
         raise ValueError(
-            f"{name}: `dictionary` must be a 2-D array [n_features, n_atoms], got "
+            f"`dictionary` must be a 2-D array [n_features, n_atoms]; got "
             f"{getattr(dictionary, 'shape', type(dictionary).__name__)}"
         )
     n_features, n_atoms = dictionary.shape
     if not hasattr(signals, "ndim") or signals.ndim < 1 or signals.shape[-1] != n_features:
         raise ValueError(
-            f"{name}: `signals` must have shape [..., n_features={n_features}], got "
+            f"`signals` must have shape [..., n_features={n_features}]; got "
             f"{getattr(signals, 'shape', type(signals).__name__)}"
         )
     for arg, arr in (("dictionary", dictionary), ("signals", signals)):
         if not jnp.issubdtype(arr.dtype, jnp.floating):
-            raise TypeError(f"{name}: `{arg}` must be a floating array, got dtype {arr.dtype}")
+            raise TypeError(f"`{arg}` must be a floating array; got dtype {arr.dtype}")
     if isinstance(alpha, int | float) and not alpha >= 0:
-        raise ValueError(f"{name}: `alpha` must be >= 0, got {alpha}")
+        raise ValueError(f"`alpha` must be >= 0; got {alpha}")
     check_int(n_iter, "n_iter", minimum=1)
     if init is not None and tuple(init.shape) != (*signals.shape[:-1], n_atoms):
         raise ValueError(
-            f"{name}: `init` must have shape {(*signals.shape[:-1], n_atoms)}, got "
+            f"`init` must have shape {(*signals.shape[:-1], n_atoms)}; got "
             f"{tuple(init.shape)}"
         )
 
@@ -209,9 +209,9 @@ def fista(
     """
     _validate("fista", dictionary, signals, alpha, n_iter, init)
     if not eta > 1:
-        raise ValueError(f"fista: `eta` must be > 1, got {eta}")
+        raise ValueError(f"`eta` must be > 1; got {eta}")
     if isinstance(lipschitz, int | float) and not lipschitz > 0:
-        raise ValueError(f"fista: `lipschitz` must be > 0, got {lipschitz}")
+        raise ValueError(f"`lipschitz` must be > 0; got {lipschitz}")
     d, y, z0 = _prep(dictionary, signals, init)
     if lipschitz is None:
         lip = lipschitz_constant(d) / (100.0 if backtracking else 1.0)
@@ -240,11 +240,11 @@ def lista_init(
     check_int(n_layers, "n_layers", minimum=1)
     if not hasattr(dictionary, "ndim") or dictionary.ndim != 2:
         raise ValueError(
-            "lista_init: `dictionary` must be 2-D [n_features, n_atoms], got "
+            "`dictionary` must be 2-D [n_features, n_atoms]; got "
             f"{getattr(dictionary, 'shape', type(dictionary).__name__)}"
         )
     if not alpha >= 0:
-        raise ValueError(f"lista_init: `alpha` must be >= 0, got {alpha}")
+        raise ValueError(f"`alpha` must be >= 0; got {alpha}")
     d = jnp.asarray(dictionary, jnp.promote_types(dictionary.dtype, jnp.float32))
     lip = lipschitz_constant(d)
     return {

@@ -42,38 +42,38 @@ class SparseCode(NamedTuple):
 def _validate(dictionary, signals, k, tol, chunk_size):
     if not hasattr(dictionary, "shape") or not hasattr(signals, "shape"):
         raise TypeError(
-            "omp: `dictionary` and `signals` must be arrays, got "
+            "`dictionary` and `signals` must be arrays; got "
             f"{type(dictionary).__name__} and {type(signals).__name__}"
         )
     if dictionary.ndim != 2:
         raise ValueError(
-            "omp: `dictionary` must be 2-D [n_features, n_atoms], got shape "
+            "`dictionary` must be 2-D [n_features, n_atoms]; got shape "
             f"{tuple(dictionary.shape)}"
         )
     n_features, n_atoms = dictionary.shape
     if (signals.ndim >= 1 and signals.shape[-1] == n_atoms and n_atoms != n_features
             and dictionary.ndim == 2):
         raise ValueError(
-            f"omp: `dictionary` must be [n_features, n_atoms] with atoms as columns; got shape "
+            f"`dictionary` must be [n_features, n_atoms] with atoms as columns; got shape "
             f"{tuple(dictionary.shape)}, whose second dimension matches the signals' last "
             f"dimension {n_atoms}: the dictionary looks transposed (scikit-learn's "
             f"`components_` is [n_atoms, n_features]; pass `components_.T`)."
         )
     if signals.ndim < 1 or signals.shape[-1] != n_features:
         raise ValueError(
-            f"omp: `signals` must have shape [..., n_features={n_features}] (signals along the "
-            f"last axis; pass sklearn's [n_features, n_signals] transposed), got "
+            f"`signals` must have shape [..., n_features={n_features}] (signals along the "
+            f"last axis; pass sklearn's [n_features, n_signals] transposed); got "
             f"{tuple(signals.shape)}"
         )
     for name, arr in (("dictionary", dictionary), ("signals", signals)):
         if not jnp.issubdtype(arr.dtype, jnp.floating):
-            raise TypeError(f"omp: `{name}` must be a floating array, got dtype {arr.dtype}")
+            raise TypeError(f"`{name}` must be a floating array; got dtype {arr.dtype}")
     if n_atoms == 0 or n_features == 0:
-        raise ValueError(f"omp: `dictionary` must be non-empty, got shape {(n_features, n_atoms)}")
+        raise ValueError(f"`dictionary` must be non-empty; got shape {(n_features, n_atoms)}")
     if k is not None:
         check_int(k, "k", minimum=1, maximum=n_atoms)
     if tol is not None and isinstance(tol, int | float) and not tol >= 0:
-        raise ValueError(f"omp: `tol` must be a non-negative squared residual norm, got {tol}")
+        raise ValueError(f"`tol` must be a non-negative squared residual norm; got {tol}")
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", minimum=1)
 
@@ -252,9 +252,9 @@ def omp(
     _validate(dictionary, signals, k, tol, chunk_size)
     n_features, n_atoms = dictionary.shape
     if exact_k and tol is not None:
-        raise ValueError("omp: `exact_k=True` always selects k atoms; `tol` must be None")
+        raise ValueError("`exact_k=True` always selects k atoms; `tol` must be None")
     if exact_k and k is None:
-        raise ValueError("omp: `exact_k=True` needs an explicit `k`")
+        raise ValueError("`exact_k=True` needs an explicit `k`")
     use_tol = tol is not None
     if k is None:
         k = min(n_features, n_atoms) if use_tol else max(int(0.1 * n_atoms), 1)

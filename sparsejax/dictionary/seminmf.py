@@ -122,15 +122,15 @@ def semi_nmf(
     """
     if not hasattr(activations, "ndim") or activations.ndim != 2:
         raise ValueError(
-            "semi_nmf: `activations` must be 2-D [n_samples, n_features], got "
+            "`activations` must be 2-D [n_samples, n_features]; got "
             f"{getattr(activations, 'shape', type(activations).__name__)}"
         )
     if not jnp.issubdtype(activations.dtype, jnp.floating):
-        raise TypeError(f"semi_nmf: `activations` must be floating, got dtype {activations.dtype}")
+        raise TypeError(f"`activations` must be floating; got dtype {activations.dtype}")
     n, d = activations.shape
     check_int(n_components, "n_components", minimum=1)
     if not 0 <= sparsity < 1:
-        raise ValueError(f"semi_nmf: `sparsity` must be in [0, 1), got {sparsity}")
+        raise ValueError(f"`sparsity` must be in [0, 1); got {sparsity}")
     check_int(n_iter, "n_iter", minimum=1)
     keep = max(1, math.ceil(round((1 - sparsity) * d, 9)))
     dtype = jnp.promote_types(activations.dtype, jnp.float32)
@@ -140,7 +140,7 @@ def semi_nmf(
     else:
         if tuple(init_weights.shape) != (n, n_components):
             raise ValueError(
-                f"semi_nmf: `init_weights` must have shape {(n, n_components)}, got "
+                f"`init_weights` must have shape {(n, n_components)}; got "
                 f"{tuple(init_weights.shape)}"
             )
         g0 = jnp.maximum(init_weights.astype(dtype), 1e-6)

@@ -45,7 +45,7 @@ def transplant_embeddings(
     for name, t in (("donor_embeddings", donor_embeddings), ("base_embeddings", base_embeddings)):
         if not hasattr(t, "ndim") or t.ndim != 2:
             raise ValueError(
-                f"transplant_embeddings: `{name}` must be 2-D [vocab, dim], got "
+                f"`{name}` must be 2-D [vocab, dim]; got "
                 f"{getattr(t, 'shape', type(t).__name__)}"
             )
     shared_ids = jnp.asarray(shared_ids)
@@ -54,7 +54,7 @@ def transplant_embeddings(
         new_ids.dtype, jnp.integer
     ):
         raise TypeError(
-            "transplant_embeddings: `shared_ids` and `new_ids` must be integer arrays, got "
+            "`shared_ids` and `new_ids` must be integer arrays; got "
             f"{shared_ids.dtype} and {new_ids.dtype}"
         )
     if shared_ids.ndim == 1:
@@ -63,11 +63,11 @@ def transplant_embeddings(
         donor_shared, base_shared = shared_ids[:, 0], shared_ids[:, 1]
     else:
         raise ValueError(
-            "transplant_embeddings: `shared_ids` must be [n_shared] or [n_shared, 2] "
-            f"(donor_id, base_id), got shape {tuple(shared_ids.shape)}"
+            "`shared_ids` must be [n_shared] or [n_shared, 2] "
+            f"(donor_id, base_id); got shape {tuple(shared_ids.shape)}"
         )
     if new_ids.ndim != 1:
-        raise ValueError(f"transplant_embeddings: `new_ids` must be 1-D, got {new_ids.shape}")
+        raise ValueError(f"`new_ids` must be 1-D; got {new_ids.shape}")
     n_shared = donor_shared.shape[0]
     check_int(k, "k", minimum=1, maximum=n_shared)
     atoms = donor_embeddings[donor_shared].astype(jnp.float32).T  # [d_donor, n_shared]

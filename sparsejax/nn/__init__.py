@@ -11,6 +11,7 @@ from sparsejax.nn.attention import SparseMultiHeadAttention
 from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
 from sparsejax.nn.lista import LISTA
 from sparsejax.nn.masked import Masked
+from sparsejax.nn.moe import MoE
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
 from sparsejax.nn.ssvi import SSVIConv, SSVILinear
 from sparsejax.nn.surgery import to_dense, to_sparse
@@ -18,6 +19,7 @@ from sparsejax.nn.surgery import to_dense, to_sparse
 __all__ = [
     "BlockSparseLinear",
     "LISTA",
+    "MoE",
     "Masked",
     "NMLinear",
     "SAEStateVariable",

@@ -57,6 +57,7 @@ def prune(
     allocation: str | Callable = "uniform",
     where: Where = None,
     update_every: int = 10,
+    end_step: int | None = None,
     key: jax.Array | None = None,
     **pattern_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
@@ -88,9 +89,13 @@ def prune(
         allocation: ``"uniform"``, ``"global"`` (one top-k over all leaves; unstructured only),
             ``"erk"``/``"er"`` (per-leaf budgets of the final sparsity, each leaf following the
             schedule scaled to its budget, as jaxpruner does), or a callable
-            ``(params, sparsity) -> per-leaf sparsity tree`` (treated like ``"erk"``).
+            ``(params, sparsity) -> per-leaf sparsity tree`` (treated like ``"erk"``; it is
+            called while tracing the step, so it must read only the params' shapes).
         where: leaf selector (default: float leaves with ``ndim >= 2``).
         update_every: mask update period in steps, ``>= 1``.
+        end_step: last step (inclusive) with a mask update, e.g. the schedule's end (jaxpruner's
+            ``update_end_step``); ``None`` keeps updating every ``update_every`` steps (a no-op
+            once the schedule is constant, but each such update costs a top-k).
         key: PRNG key, needed by ``scores="random"``.
         **pattern_kwargs: passed to the pattern (``n``, ``m``, ``axis``, ``block_shape``...).
 
@@ -103,6 +108,8 @@ def prune(
             allocation, ``"global"`` with a structured pattern; pattern/shape errors at ``init``.
     """
     update_every = check_int(update_every, "update_every", minimum=1)
+    if end_step is not None:
+        end_step = check_int(end_step, "end_step", minimum=0)
     if not callable(schedule):
         check_sparsity(schedule, "schedule")
         schedule = _schedules.constant(float(schedule))
@@ -120,18 +127,18 @@ def prune(
     if allocation == "global" and pattern != "unstructured":
         raise ValueError(f"`allocation` 'global' needs pattern='unstructured' (one top-k over all "
                          f"leaves); got pattern {pattern!r}.")
-    budgets: dict = {}  # per-leaf final sparsities for erk/er/callable, fixed at init
+    # ERK / ER / callable: per-leaf budgets of the final sparsity, from the shapes only, so they are
+    # recomputed identically at every trace (a restored state needs no init-time cache)
+    final = None if allocation in ("uniform", "global") else _final_sparsity(schedule)
+
+    def budgets(params):
+        if allocation in ("erk", "er"):
+            fn = _allocation.erk if allocation == "erk" else _allocation.er
+            return fn(params, final, where=where)
+        return allocation(params, final)
 
     def init_masks(params, k):
         del k
-        if allocation not in ("uniform", "global"):
-            final = _final_sparsity(schedule)
-            alloc = {"erk": _allocation.erk, "er": _allocation.er}.get(allocation, allocation)
-            if callable(allocation) and allocation not in (_allocation.erk, _allocation.er):
-                budgets["tree"] = allocation(params, final)
-            else:
-                budgets["tree"] = alloc(params, final, where=where)
-            budgets["final"] = final
         return full_masks(params, where)
 
     def update_masks(params, grads, old, step, k):
@@ -148,16 +155,20 @@ def prune(
             return jnp.where(m, sc, -jnp.inf)
 
         score_tree = jax.tree.map(leaf_score, old, params, grads, key_tree, is_leaf=_is_none)
-        if "tree" in budgets:
-            final = budgets["final"]
+        if pattern == "nm":  # n of every m: no sparsity, no allocation
+            sparsity, alloc = None, None
+        elif final is not None:  # per-leaf sparsities: the allocation is already in them
             ratio = s / final if final > 0 else jnp.float32(0.0)
-            sparsity = jax.tree.map(lambda b: None if b is None else b * ratio, budgets["tree"],
+            sparsity = jax.tree.map(lambda b: None if b is None else b * ratio, budgets(params),
                                     is_leaf=_is_none)
-            alloc = "uniform"
+            alloc = None
         else:
             sparsity, alloc = s, allocation
         return compute_masks(params, pattern, sparsity=sparsity, scores=score_tree, where=where,
                              allocation=alloc, **pattern_kwargs)
 
-    return masked_transform(inner, init_masks, update_masks,
-                            lambda step: step % update_every == 0, key=key)
+    def should_update(step):
+        due = step % update_every == 0
+        return due if end_step is None else due & (step <= end_step)
+
+    return masked_transform(inner, init_masks, update_masks, should_update, key=key)

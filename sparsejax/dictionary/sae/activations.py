@@ -197,9 +197,9 @@ def feature_choice(pre: Float[Array, "n d_sae"], m: int | Int[Array, " d_sae"]
     else:
         m_arr = jnp.asarray(m)
         if not jnp.issubdtype(m_arr.dtype, jnp.integer):
-            raise TypeError(f"m must be an int or an integer array, got dtype {m_arr.dtype}")
+            raise TypeError(f"`m` must be an int or an integer array; got dtype {m_arr.dtype}")
         if m_arr.shape != (f,):
-            raise ValueError(f"m as an array must have shape (d_sae,)=({f},), got {m_arr.shape}")
+            raise ValueError(f"`m` as an array must have shape (d_sae,)=({f},); got {m_arr.shape}")
         m_max = n
         keep_count = m_arr
     acts = jax.nn.relu(flat)

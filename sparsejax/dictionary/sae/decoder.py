@@ -51,7 +51,7 @@ def remove_parallel_component(grad: Float[Array, "n d"], w: Float[Array, "n d"]
     grad = check_float_array(grad, "grad", min_ndim=2)
     w = check_float_array(w, "w", min_ndim=2)
     if grad.shape != w.shape:
-        raise ValueError(f"grad and w must have the same shape, got {grad.shape} and {w.shape}")
+        raise ValueError(f"`grad` must have the shape of `w` {w.shape}; got {grad.shape}")
     u = unit_norm_rows(w.astype(jnp.float32))
     g = grad.astype(jnp.float32)
     out = g - jnp.sum(g * u, axis=-1, keepdims=True) * u
@@ -103,7 +103,7 @@ def remove_decoder_parallel_grads(name: str = "W_dec") -> optax.GradientTransfor
         A ``GradientTransformation`` whose ``update`` requires ``params``.
     """
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {name!r}")
+        raise TypeError(f"`name` must be a str; got {name!r}")
 
     def init_fn(params):
         del params
@@ -148,7 +148,7 @@ def geometric_median(
     """
     points = check_float_array(points, "points", min_ndim=2)
     if points.ndim != 2 or points.shape[0] == 0:
-        raise ValueError(f"points must have shape [n, d] with n >= 1, got {points.shape}")
+        raise ValueError(f"`points` must have shape [n, d] with n >= 1; got {points.shape}")
     eps = check_float(eps, "eps", minimum=0.0, exclusive_minimum=True)
     maxiter = check_int(maxiter, "maxiter", minimum=0)
     ftol = check_float(ftol, "ftol", minimum=0.0)
@@ -159,7 +159,7 @@ def geometric_median(
     else:
         w = check_float_array(jnp.asarray(weights), "weights", min_ndim=1).astype(p.dtype)
         if w.shape != (p.shape[0],):
-            raise ValueError(f"weights must have shape ({p.shape[0]},), got {w.shape}")
+            raise ValueError(f"`weights` must have shape ({p.shape[0]},); got {w.shape}")
 
     def wavg(weights):
         return jnp.sum(p * (weights / jnp.sum(weights))[:, None], axis=0)

@@ -158,7 +158,7 @@ class SAEConfig:
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.apply_b_dec_to_input is not None:
             if not isinstance(self.apply_b_dec_to_input, bool):
-                raise TypeError(f"apply_b_dec_to_input must be a bool or None, "
+                raise TypeError(f"`apply_b_dec_to_input` must be a bool or None; "
                                 f"got {self.apply_b_dec_to_input!r}")
             if self.apply_b_dec_to_input and self.transcoder:
                 raise ValueError("apply_b_dec_to_input=True is not allowed for transcoders "
@@ -226,7 +226,8 @@ class SAEOutput(NamedTuple):
 
 def _check_config(config: Any) -> SAEConfig:
     if not isinstance(config, SAEConfig):
-        raise TypeError(f"config must be an SAEConfig, got {type(config).__name__}")
+        # old wording kept: tests/test_nn_sae.py (nn engineer) matches "config must be an SAEConfig"
+        raise TypeError(f"config must be an SAEConfig; got {type(config).__name__}.")
     return config
 
 
@@ -263,7 +264,7 @@ def init_sae(key: Array, config: SAEConfig, *, b_dec: Float[Array, " d_out"] | N
     else:
         b_dec = check_float_array(jnp.asarray(b_dec), "b_dec", min_ndim=1)
         if b_dec.shape != (d_out,):
-            raise ValueError(f"b_dec must have shape (d_out,)=({d_out},), got {b_dec.shape}")
+            raise ValueError(f"`b_dec` must have shape (d_out,)=({d_out},); got {b_dec.shape}")
         params["b_dec"] = b_dec.astype(dtype)
     zeros = jnp.zeros((d_sae,), dtype)
     if config.activation == "gated":
@@ -289,7 +290,7 @@ def init_state(config: SAEConfig) -> SAEState:
 
 def _check_params(params: Params, config: SAEConfig) -> None:
     if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+        raise TypeError(f"`params` must be a dict of arrays; got {type(params).__name__}")
     need = ["W_enc", "W_dec", "b_dec"]
     need += ["b_gate", "b_mag", "r_mag"] if config.activation == "gated" else ["b_enc"]
     if config.activation == "jumprelu":
@@ -302,11 +303,11 @@ def _check_params(params: Params, config: SAEConfig) -> None:
                          f"{' with skip=True' if config.skip else ''}; got keys "
                          f"{sorted(params)}")
     if params["W_enc"].shape != (config.d_in, config.d_sae):
-        raise ValueError(f"params['W_enc'] must have shape (d_in, d_sae)="
-                         f"{(config.d_in, config.d_sae)}, got {params['W_enc'].shape}")
+        raise ValueError(f"`params['W_enc']` must have shape (d_in, d_sae)="
+                         f"{(config.d_in, config.d_sae)}; got {params['W_enc'].shape}")
     if params["W_dec"].shape != (config.d_sae, config.out_dim):
-        raise ValueError(f"params['W_dec'] must have shape (d_sae, d_out)="
-                         f"{(config.d_sae, config.out_dim)}, got {params['W_dec'].shape}")
+        raise ValueError(f"`params['W_dec']` must have shape (d_sae, d_out)="
+                         f"{(config.d_sae, config.out_dim)}; got {params['W_dec'].shape}")
 
 
 def _sae_in(params: Params, x: Array, config: SAEConfig) -> Array:
@@ -518,7 +519,7 @@ def sae_loss(
         y = check_float_array(y, "y", min_ndim=1)
         check_last_dim(y, config.out_dim, "y", "d_out")
         if y.shape[:-1] != x.shape[:-1]:
-            raise ValueError(f"x and y must have the same leading shape, got {x.shape} and "
+            raise ValueError(f"`y` must have the leading shape of `x` {x.shape[:-1]}; got "
                              f"{y.shape}")
     elif y is not None:
         raise ValueError("y is only used by transcoders (transcoder=True); an autoencoder "

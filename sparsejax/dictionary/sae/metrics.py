@@ -16,7 +16,7 @@ def _check_pair(x, x_hat):
     x = check_float_array(x, "x", min_ndim=2)
     x_hat = check_float_array(x_hat, "x_hat", min_ndim=2)
     if x.shape != x_hat.shape:
-        raise ValueError(f"x and x_hat must have the same shape, got {x.shape} and {x_hat.shape}")
+        raise ValueError(f"`x_hat` must have the shape of `x` {x.shape}; got {x_hat.shape}")
     return x, x_hat
 
 
@@ -85,7 +85,7 @@ def ce_loss_recovered(
         dict with ``score``, ``clean``, ``sae`` and ``ablated`` losses (scalars).
     """
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        raise TypeError(f"`loss_fn` must be callable; got {type(loss_fn).__name__}")
     x, x_hat = _check_pair(x, x_hat)
     check_choice(ablation, "ablation", ("zero", "mean"))
     if ablation == "zero":

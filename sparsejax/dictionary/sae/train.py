@@ -137,10 +137,10 @@ def train_sae(
     from tqdm.auto import tqdm
 
     if not isinstance(config, SAEConfig):
-        raise TypeError(f"config must be an SAEConfig, got {type(config).__name__}")
+        raise TypeError(f"`config` must be an SAEConfig; got {type(config).__name__}")
     data = check_float_array(jnp.asarray(data), "data", min_ndim=2)
     if data.ndim != 2 or data.shape[1] != config.d_in or data.shape[0] == 0:
-        raise ValueError(f"data must have shape [n, d_in] with d_in={config.d_in} and n >= 1, "
+        raise ValueError(f"`data` must have shape [n, d_in] with d_in={config.d_in} and n >= 1; "
                          f"got {data.shape}")
     steps = check_int(steps, "steps", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -152,8 +152,8 @@ def train_sae(
             raise ValueError("a transcoder (transcoder=True) needs targets")
         targets = check_float_array(jnp.asarray(targets), "targets", min_ndim=2)
         if targets.shape != (data.shape[0], config.out_dim):
-            raise ValueError(f"targets must have shape (n, d_out)={(data.shape[0], config.out_dim)}"
-                             f", got {targets.shape}")
+            raise ValueError(f"`targets` must have shape (n, d_out)={(data.shape[0], config.out_dim)}"
+                             f"; got {targets.shape}")
     elif targets is not None:
         raise ValueError("targets are only used by transcoders (transcoder=True)")
     if learning_rate is None:

@@ -1,4 +1,5 @@
-"""A synthetic long-context retrieval (needle / passkey) task over random embeddings.
+"""A synthetic long-context retrieval (needle / passkey) task over random embeddings (demo and
+benchmark material, not part of the library API).
 
 Every (batch row, head) holds a causal sequence of ``L`` random Gaussian keys and values. One
 position, the *needle*, has a key ``u`` and a value equal to the code of its *label* (one of
@@ -25,6 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
+
+from sparsejax._checks import check_int
+from sparsejax.attention.mask import FULL, PARTIAL, BlockMask
 
 __all__ = [
     "RetrievalTask",
@@ -96,8 +100,7 @@ def make_retrieval_task(
         ("num_queries", num_queries, 1),
         ("num_labels", num_labels, 2),
     ):
-        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+        check_int(val, name, minimum=lo)
     if min_depth is None:
         min_depth = num_queries + 1
     if not num_queries < seq_len or not 0 < min_depth < seq_len:
@@ -154,8 +157,6 @@ def mask_answer_row(mask: Any, row: int = -1) -> Bool[Array, "b h seq_kv"]:
     Returns:
         Bool ``[Bm, Hm, Lk]`` (or the input's leading shape for arrays).
     """
-    from sparsejax.attention.mask import FULL, PARTIAL, BlockMask
-
     if isinstance(mask, BlockMask):
         r = row % mask.seq_q
         bm, hm = mask.block_map.shape[:2]

@@ -29,27 +29,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from sparsejax._checks import check_int, check_positive_float, check_sparsity
+from sparsejax.attention._qk import check_qk, repeat_kv, topk_rows
+from sparsejax.attention.mask import BlockMask
+
 __all__ = [
     "SparseDSchedule",
+    "sparsed_blocks",
     "sparsed_generation_start",
-    "sparsed_block_select",
     "sparsed_mask",
     "sparsed_update",
 ]
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_rho(rho: float) -> float:
-    if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be a float in [0, 1], got {rho!r}")
-    return float(rho)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +55,8 @@ class SparseDSchedule:
     skip: float = 0.2
 
     def __post_init__(self):
-        _check_int(self.num_steps, "num_steps", 1)
-        if not isinstance(self.skip, (int, float)) or not 0.0 <= self.skip <= 1.0:
-            raise ValueError(f"skip must be a float in [0, 1], got {self.skip!r}")
+        check_int(self.num_steps, "num_steps", minimum=1)
+        check_sparsity(self.skip, "skip")
 
     @property
     def end(self) -> int:
@@ -90,12 +79,18 @@ class SparseDSchedule:
 def sparsed_generation_start(seq_len: int, new_generation: int, block_size: int) -> int:
     """Index ``last`` of the first generation block (the reference's rule).
 
-    The first query block ``idx`` with ``seq_len - idx * block_size <= new_generation``, or the last
-    block if none.
+    Args:
+        seq_len: Sequence length ``L`` (prompt plus generation tokens).
+        new_generation: Generation tokens at the end of the sequence.
+        block_size: Selection block.
+
+    Returns:
+        The first query block ``idx`` with ``seq_len - idx * block_size <= new_generation``, or
+        the last block if none.
     """
-    _check_int(seq_len, "seq_len", 1)
-    _check_int(new_generation, "new_generation", 0)
-    _check_int(block_size, "block_size", 1)
+    check_int(seq_len, "seq_len", minimum=1)
+    check_int(new_generation, "new_generation", minimum=0)
+    check_int(block_size, "block_size", minimum=1)
     nb = -(-seq_len // block_size)
     first = max(0, -(-(seq_len - new_generation) // block_size))
     return min(first, nb - 1)
@@ -120,12 +115,7 @@ def _block_scores(
     return jnp.abs(a).sum(axis=(2, 4)) / (block_size * block_size)
 
 
-def _topk_mask(scores: jnp.ndarray, k: int) -> jnp.ndarray:
-    _, idx = jax.lax.top_k(scores, k)
-    return jnp.any(jax.nn.one_hot(idx, scores.shape[-1], dtype=bool), axis=-2)
-
-
-def sparsed_block_select(
+def sparsed_blocks(
     q: Float[Array, "batch heads seq dim"],
     k: Float[Array, "batch kv_heads seq dim"],
     *,
@@ -142,43 +132,44 @@ def sparsed_block_select(
         new_generation: number of generation (masked) tokens at the end of the sequence.
         block_size: selection block (128 long prompts / 32 short in the reference).
         rho: selection ratio (0.3 long / 0.5 short).
-        scale: logit scale, default ``1 / sqrt(D)``.
+        scale: Logit scale of the selection softmax. The two reference models differ here:
+            SparseD's Dream code (``models/Dream/modeling_dream.py``) divides the logits by
+            ``sqrt(head_dim)``, which is the default ``scale=None`` (``1 / sqrt(D)``); its LLaDA
+            code (``models/LLaDA/modeling_llada.py``) divides by ``sqrt(num_heads)`` (the number
+            of query heads), so reproduce LLaDA with ``scale=1 / math.sqrt(H)`` (LLaDA-8B:
+            ``H = 32``, ``D = 128``, i.e. logits twice as large as Dream's convention).
 
     Returns:
-        Bool ``[B, H, nb, nb]`` block mask, ``nb = ceil(L / block_size)``: query block ``m`` visits
-        KV block ``j`` (bidirectional).
+        Bool ``[B, H, nb, nb]`` block selection, ``nb = ceil(L / block_size)``: query block ``m``
+        visits KV block ``j`` (bidirectional).
     """
-    if q.ndim != 4 or k.ndim != 4:
-        raise ValueError(f"q and k must be [B, H, L, D], got shapes {q.shape} and {k.shape}")
-    b, h, lq, d = q.shape
-    if k.shape[0] != b or k.shape[2] != lq or k.shape[3] != d:
-        raise ValueError(f"k must be [B, Hkv, L, D] matching q {q.shape}, got {k.shape}")
-    if h % k.shape[1]:
-        raise ValueError(f"q heads ({h}) must be a multiple of k heads ({k.shape[1]})")
-    block_size = _check_int(block_size, "block_size", 1)
-    rho = _check_rho(rho)
-    new_generation = _check_int(new_generation, "new_generation", 0)
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    return _select_core(
-        q, k, new_generation=new_generation, block_size=block_size, rho=rho, scale=float(scale)
+    _, _, _, d = check_qk(q, k)
+    block_size = check_int(block_size, "block_size", minimum=1)
+    check_sparsity(rho, "rho")
+    rho = float(rho)
+    new_generation = check_int(new_generation, "new_generation", minimum=0)
+    scale = 1.0 / math.sqrt(d) if scale is None else check_positive_float(scale, "scale")
+    lq = q.shape[2]
+    nb = -(-lq // block_size)
+    last = sparsed_generation_start(lq, new_generation, block_size)
+    n_gen = nb - last
+    keep = jnp.asarray(  # traced budgets: a sweep over rho compiles once
+        [min(nb, max(1, int(nb * rho) + 1)), min(n_gen, max(1, int(n_gen * rho) + 1))], jnp.int32
     )
+    return _select_core(q, k, keep, jnp.float32(scale), last=last, block_size=block_size)
 
 
-@functools.partial(jax.jit, static_argnames=("new_generation", "block_size", "rho", "scale"))
-def _select_core(q, k, *, new_generation, block_size, rho, scale):
+@functools.partial(jax.jit, static_argnames=("last", "block_size"))
+def _select_core(q, k, keep, scale, *, last, block_size):
     b, h, lq, d = q.shape
-    k = jnp.repeat(k, h // k.shape[1], axis=1)
+    k = repeat_kv(k, h)
     nb = -(-lq // block_size)
     pad = nb * block_size - lq
     qp = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
     kp = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
     pos = jnp.arange(nb * block_size)
     kv_valid = pos < lq
-    last = sparsed_generation_start(lq, new_generation, block_size)
-    keep_all = min(nb, max(1, int(nb * rho) + 1))
-    n_gen = nb - last
-    keep_gen = min(n_gen, max(1, int(n_gen * rho) + 1))
+    keep_all, keep_gen = keep[0], keep[1]
     gen_valid = kv_valid[last * block_size :]
     k_gen = kp[:, :, last * block_size :]
     q_blocks = qp.reshape(b, h, nb, block_size, d).transpose(2, 0, 1, 3, 4)
@@ -187,9 +178,9 @@ def _select_core(q, k, *, new_generation, block_size, rho, scale):
     def one_block(args):
         q_blk, rows = args
         s_all = _block_scores(q_blk, kp, kv_valid, rows, block_size, scale)  # [B,H,nb]
-        prompt = _topk_mask(s_all, keep_all) & (jnp.arange(nb) < last)
+        prompt = topk_rows(s_all, keep_all) & (jnp.arange(nb) < last)
         s_gen = _block_scores(q_blk, k_gen, gen_valid, rows, block_size, scale)  # [B,H,n_gen]
-        gen = _topk_mask(s_gen, keep_gen)
+        gen = topk_rows(s_gen, keep_gen)
         return prompt | jnp.pad(gen, ((0, 0), (0, 0), (last, 0)))
 
     out = jax.lax.map(one_block, (q_blocks, row_valid))  # [nb, B, H, nb]
@@ -204,15 +195,23 @@ def sparsed_mask(
     block_size: int = 128,
     rho: float = 0.3,
     scale: float | None = None,
-):
-    """SparseD selection as a `sparsejax.attention.mask.BlockMask` (``block_size`` blocks).
+) -> BlockMask:
+    """SparseD selection as a ``BlockMask``: `sparsed_blocks` with full kept blocks.
 
-    See `sparsed_block_select`; the returned mask is ``[B, H, L, L]`` with no token mask
-    inside kept blocks (bidirectional).
+    Args:
+        q: Queries ``[B, H, L, D]``.
+        k: Keys ``[B, Hkv, L, D]``.
+        new_generation: Generation tokens at the end of the sequence.
+        block_size: Selection block (also the mask's block).
+        rho: Selection ratio.
+        scale: Logit scale of the selection (see `sparsed_blocks` for Dream vs LLaDA).
+
+    Returns:
+        A dynamic ``BlockMask`` ``[B, H, L, L]`` (bidirectional: no token mask inside kept
+        blocks). It is ``BlockMask.from_blocks(sparsed_blocks(...), block_size, block_size, L, L)``,
+        the same step that turns the block selection cached by `sparsed_update` into a mask.
     """
-    from sparsejax.attention.mask import BlockMask
-
-    blocks = sparsed_block_select(
+    blocks = sparsed_blocks(
         q, k, new_generation=new_generation, block_size=block_size, rho=rho, scale=scale
     )
     lq = q.shape[2]
@@ -233,27 +232,35 @@ def sparsed_update(
 ) -> tuple[Bool[Array, ""], Bool[Array, "batch heads nb nb"]]:
     """One denoising step of the SparseD schedule (jit-compatible, ``step`` may be traced).
 
+    The cache is the ``[B, H, nb, nb]`` block selection, not a mask object, so it has a fixed
+    shape and dtype across ``lax.cond``/``lax.scan`` steps. A sparse step turns it into a mask
+    with ``BlockMask.from_blocks(cached, block_size, block_size, L, L)`` and attends with it::
+
+        dense, cached = sparsed_update(schedule, step, q, k, cached, new_generation=g)
+        mask = BlockMask.from_blocks(cached, bs, bs, L, L)
+        out = jax.lax.cond(dense, lambda: attention(q, k, v), lambda: attention(q, k, v, mask))
+
     Args:
-        schedule: the `SparseDSchedule`.
-        step: current denoising step.
-        q: this step's queries ``[B, H, L, D]``.
-        k: this step's keys ``[B, Hkv, L, D]``.
-        cached: the cached block mask (any value before step ``end``; e.g. all True).
-        new_generation: generation tokens at the end of the sequence.
-        block_size: selection block.
-        rho: selection ratio.
-        scale: logit scale (default ``1 / sqrt(D)``).
+        schedule: The `SparseDSchedule`.
+        step: Current denoising step.
+        q: This step's queries ``[B, H, L, D]``.
+        k: This step's keys ``[B, Hkv, L, D]``.
+        cached: The cached block selection (any value before step ``end``; e.g. all True).
+        new_generation: Generation tokens at the end of the sequence.
+        block_size: Selection block.
+        rho: Selection ratio.
+        scale: Logit scale (see `sparsed_blocks`).
 
     Returns:
-        ``(dense, mask)``: ``dense`` is True when this step must use full attention; ``mask`` is
-        the block mask to cache (recomputed at ``step == end``, otherwise ``cached`` unchanged),
-        which the sparse steps (``step > end``) use.
+        ``(dense, blocks)``: ``dense`` is True when this step must use full attention; ``blocks``
+        is the selection to cache (recomputed at ``step == end``, otherwise ``cached``
+        unchanged), which the sparse steps (``step > end``) use.
     """
 
     def build(_):
-        return sparsed_block_select(
+        return sparsed_blocks(
             q, k, new_generation=new_generation, block_size=block_size, rho=rho, scale=scale
         )
 
-    mask = jax.lax.cond(jnp.asarray(schedule.builds_mask(step)), build, lambda _: cached, None)
-    return jnp.asarray(schedule.is_dense(step)), mask
+    blocks = jax.lax.cond(jnp.asarray(schedule.builds_mask(step)), build, lambda _: cached, None)
+    return jnp.asarray(schedule.is_dense(step)), blocks

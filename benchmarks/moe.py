@@ -1,0 +1,133 @@
+"""Top-2-of-8 MoE feed-forward through each `moe_ffn` implementation vs an equal-FLOPs dense FFN.
+
+Layer: ``T`` tokens (``--tokens``, default 8192) of width ``d`` (``--d-model``, 512), ``E = 8``
+experts of hidden width ``F`` (``--d-ff``, 1024), top-2 routing from a random linear router. The
+dense baseline is a two-layer FFN of hidden width ``2 * F`` (the same *active* FLOPs per token).
+Each MoE time includes the router matmul, routing, dispatch, the experts and the combine.
+Rows (all in one run, median of ``--repeats``, dense and MoE interleaved, ratio = median of
+per-pair ratios so load changes on a shared machine cancel):
+
+* ``ragged``: dropless top-2 through the grouped matmul (`sparsejax.moe.gmm`, ``"auto"``:
+  the tiled XLA loop on CPU, ``jax.lax.ragged_dot`` on GPU/TPU);
+* ``ragged_dot``: the same with ``jax.lax.ragged_dot`` forced (CPU: dense per-group lowering);
+* ``block_sparse``: dropless, MegaBlocks formulation on `sparsejax.ops` (XLA backend on CPU);
+* ``einsum``: capacity factor 1.25 (dropless einsum would need ``[T, E, T]`` dispatch tensors);
+* each forward only and forward + backward (gradients w.r.t. x, w1, w2 and the router).
+
+Goal (issue 13, CPU): ``ragged`` within 1.3x of the dense FFN and faster than ``einsum``.
+Accelerator section (only when JAX sees a GPU/TPU): the same in bfloat16 through
+``block_sparse`` with ``backend="auto"`` (Pallas) and ``ragged`` (``ragged_dot``).
+
+Run: ``python benchmarks/moe.py [--tokens 8192] [--out results/moe.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsejax import moe
+
+
+def paired(dense_fn, moe_fn, args_dense, args_moe, repeats: int) -> dict:
+    jax.block_until_ready(dense_fn(*args_dense))
+    jax.block_until_ready(moe_fn(*args_moe))
+    td, tm = [], []
+    for _ in range(repeats):
+        for fn, args, out in ((dense_fn, args_dense, td), (moe_fn, args_moe, tm)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            out.append(time.perf_counter() - t0)
+    return {"dense_s": float(np.median(td)), "moe_s": float(np.median(tm)),
+            "ratio": float(np.median(np.asarray(tm) / np.asarray(td)))}
+
+
+def run(tokens: int, d: int, f: int, e: int, k: int, dtype, rows: list[tuple[str, dict]],
+        repeats: int, seed: int, tile: int) -> dict:
+    ks = jax.random.split(jax.random.key(seed), 6)
+    x = jax.random.normal(ks[0], (tokens, d), dtype)
+    wr = jax.random.normal(ks[1], (d, e), dtype) * 0.02
+    w1 = jax.random.normal(ks[2], (e, d, f), dtype) / np.sqrt(d)
+    w2 = jax.random.normal(ks[3], (e, f, d), dtype) / np.sqrt(f)
+    d1 = jax.random.normal(ks[4], (d, k * f), dtype) / np.sqrt(d)
+    d2 = jax.random.normal(ks[5], (k * f, d), dtype) / np.sqrt(k * f)
+
+    def dense(x, d1, d2):
+        return jax.nn.gelu(x @ d1) @ d2
+
+    def make(kw, capacity_factor):
+        def layer(x, wr, w1, w2):
+            routing = moe.top_k_routing(x @ wr, k, capacity_factor=capacity_factor)
+            return moe.moe_ffn(x, routing, w1, w2, tile=tile, **kw)
+        return layer
+
+    def loss(fn):
+        return jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32) ** 2),
+                                argnums=tuple(range(3 if fn is dense else 4))))
+
+    out = {}
+    for name, spec in rows:
+        kw, cf = dict(spec), spec.get("capacity_factor")
+        kw.pop("capacity_factor", None)
+        layer = make(kw, cf)
+        fwd = paired(jax.jit(dense), jax.jit(layer), (x, d1, d2), (x, wr, w1, w2), repeats)
+        bwd = paired(loss(dense), loss(layer), (x, d1, d2), (x, wr, w1, w2), repeats)
+        out[name] = {"forward": fwd, "forward_backward": bwd, "config": spec}
+        print(f"  {name:<14} forward {fwd['moe_s'] * 1e3:8.1f} ms  ({fwd['ratio']:.2f}x dense "
+              f"{fwd['dense_s'] * 1e3:.1f} ms)   fwd+bwd {bwd['moe_s'] * 1e3:8.1f} ms  "
+              f"({bwd['ratio']:.2f}x dense {bwd['dense_s'] * 1e3:.1f} ms)", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--d-model", type=int, default=512)
+    parser.add_argument("--d-ff", type=int, default=1024)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--tile", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", nargs="*", default=[], help="row names to leave out")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/moe.json"))
+    args = parser.parse_args(argv)
+    shape = dict(tokens=args.tokens, d=args.d_model, f=args.d_ff, e=args.experts, k=args.k)
+    results = {"shape": shape, "machine": platform.platform(), "jax": jax.__version__,
+               "devices": [str(dv) for dv in jax.devices()], "repeats": args.repeats}
+    cpu_rows = [
+        ("ragged", {"implementation": "ragged", "backend": "xla"}),
+        ("block_sparse", {"implementation": "block_sparse", "backend": "xla"}),
+        ("einsum_cf1.25", {"implementation": "einsum", "capacity_factor": 1.25}),
+        ("ragged_dot", {"implementation": "ragged", "backend": "ragged_dot"}),
+    ]
+    cpu_rows = [r for r in cpu_rows if r[0] not in args.skip]
+    print(f"CPU float32 {shape}; time per call, ratio to the equal-active-FLOPs dense FFN")
+    with jax.default_device(jax.devices("cpu")[0]):
+        results["cpu"] = run(**shape, dtype=jnp.float32, rows=cpu_rows, repeats=args.repeats,
+                             seed=args.seed, tile=args.tile)
+    if jax.default_backend() != "cpu":
+        accel_rows = [
+            ("ragged", {"implementation": "ragged", "backend": "ragged_dot"}),
+            ("block_sparse", {"implementation": "block_sparse", "backend": "auto",
+                              "block_shape": (128, 128)}),
+            ("einsum_cf1.25", {"implementation": "einsum", "capacity_factor": 1.25}),
+        ]
+        print(f"{jax.default_backend()} bfloat16 {shape}")
+        results["accelerator"] = run(**shape, dtype=jnp.bfloat16, rows=accel_rows,
+                                     repeats=args.repeats, seed=args.seed, tile=128)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
