@@ -202,3 +202,22 @@ def test_ssvi_10_percent_density_vs_dense_vi_on_digits():
     assert sparse["ece"] <= 1.5 * dense["ece"], rows
     np.testing.assert_allclose(sparse["flops_ratio"], 0.1, atol=0.01)
     assert sparse["weights"] == round(0.1 * 84480)
+
+
+@pytest.mark.slow
+def test_demo_ssvi_stage_quick(capsys):
+    import json
+
+    from sparsejax.demo import STAGES, make_context
+    from sparsejax.demo.ssvi import run
+
+    assert STAGES["ssvi"] == "sparsejax.demo.ssvi"
+    ctx = make_context(steps=20, finetune_steps=5, quick=True, progress=False)
+    result = run(ctx)
+    out = capsys.readouterr().out
+    assert "dense VI" in out and "SSVI 10%" in out
+    json.dumps(result)
+    dense, sparse = result["rows"]
+    assert dense["weights"] == 64 * 64 + 64 * 10
+    assert sparse["weights"] == round(0.1 * 64 * 64) + round(0.1 * 64 * 10)
+    assert 0.0 <= sparse["accuracy"] <= 1.0 and sparse["flops_ratio"] < 0.11
