@@ -72,9 +72,11 @@ def test_expected_abs_and_snr_against_monte_carlo():
     np.testing.assert_allclose(B.snr(mu, sigma), mean / std, rtol=1e-2)
 
 
-def test_expected_abs_rejects_integers():
+def test_expected_abs_rejects_integers_and_negative_sigma():
     with pytest.raises(TypeError, match="mu"):
         B.expected_abs(jnp.arange(3), jnp.ones(3))
+    with pytest.raises(ValueError, match="sigma"):
+        B.snr(jnp.zeros(2), jnp.array([1.0, -0.5]))
 
 
 # ---------------------------------------------------------------- LRT
@@ -171,6 +173,8 @@ def test_lrt_bad_input():
         B.linear_lrt(KEY, x[:, :3], mu, sigma, mask)
     with pytest.raises(TypeError, match="x"):
         B.linear_lrt(KEY, x.astype(jnp.int32), mu, sigma, mask)
+    with pytest.raises(ValueError, match="sigma"):
+        B.linear_lrt(KEY, x, mu, -sigma, mask)
 
 
 # ---------------------------------------------------------------- posterior, KL, ELBO
