@@ -14,9 +14,10 @@ in the time. Goal (issue 9): the sparse step not slower than the dense VI step; 
 measure.
 
 SBL: ``--problems`` (default 4096) regressions ``y = X w + noise`` with ``X`` 64 x 256 (one per
-problem) and 8-sparse ``w``, solved by `sparsejax.bayes.sbl` batched under ``jit`` in float64,
-against a Python loop of ``sklearn.linear_model.ARDRegression(fit_intercept=False)`` over the
-first ``--sklearn-problems`` (default 256) problems, extrapolated per problem (the full loop takes
+problem) and 8-sparse ``w``, solved by `sparsejax.bayes.sbl` batched under ``jit`` in float64
+(median of 3 calls), against a Python loop of
+``sklearn.linear_model.ARDRegression(fit_intercept=False)`` over the first
+``--sklearn-problems`` (default 256) problems, extrapolated per problem (the full loop takes
 minutes). Goal: >= 10x faster. Run the baseline with the OpenBLAS variables unset:
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/ssvi.py``.
 
@@ -123,9 +124,12 @@ def sbl_speed(problems: int, sklearn_problems: int, seed: int = 0) -> dict:
         t0 = time.perf_counter()
         jax.block_until_ready(fn(xs, ys))
         first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        res = jax.block_until_ready(fn(xs, ys))
-        ours = time.perf_counter() - t0
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            res = jax.block_until_ready(fn(xs, ys))
+            times.append(time.perf_counter() - t0)
+        ours = float(np.median(times))
         coef = np.asarray(res.coef)
         iters = np.asarray(res.n_iter)
     m = min(sklearn_problems, problems)
@@ -140,12 +144,14 @@ def sbl_speed(problems: int, sklearn_problems: int, seed: int = 0) -> dict:
     rel = np.abs(coef[:m] - sk_coef).max(axis=1) / np.abs(sk_coef).max(axis=1)
     same_support = float(np.mean(np.all((coef[:m] == 0) == (sk_coef == 0), axis=1)))
     support_recovered = float(np.mean(np.all((np.abs(coef) > 0.1) == (w != 0), axis=1)))
-    print(f"sbl: {problems} problems {n}x{d}: sparsejax batched jit {ours:.2f} s (first call "
+    print(f"sbl: {problems} problems {n}x{d}: sparsejax batched jit {ours:.2f} s (median of 3; "
+          f"runs {', '.join(f'{t:.1f}' for t in times)} s; first call "
           f"{first:.2f} s incl. compile), sklearn loop {sk:.1f} s (extrapolated from {m}); "
           f"speed-up {sk / ours:.1f}x; median rel. coef diff {np.median(rel):.1e}, same pruned set "
           f"{same_support:.3f}, support recovered {support_recovered:.3f}, iterations "
           f"median {np.median(iters):.0f} max {iters.max()}")
-    return {"problems": problems, "n": n, "d": d, "ours_s": ours, "ours_first_call_s": first,
+    return {"problems": problems, "n": n, "d": d, "ours_s": ours, "ours_runs_s": times,
+            "ours_first_call_s": first,
             "sklearn_s_extrapolated": sk, "sklearn_problems_timed": m, "speedup": sk / ours,
             "median_rel_coef_diff": float(np.median(rel)), "same_pruned_set": same_support,
             "support_recovered": support_recovered, "iterations_max": int(iters.max())}

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from jax import lax
 
 from sparsejax import bayes as B
+from sparsejax.training import drop_fraction_at
 
 KEY = jax.random.key(0)
 
@@ -71,9 +72,11 @@ def test_expected_abs_and_snr_against_monte_carlo():
     np.testing.assert_allclose(B.snr(mu, sigma), mean / std, rtol=1e-2)
 
 
-def test_expected_abs_rejects_integers():
+def test_expected_abs_rejects_integers_and_negative_sigma():
     with pytest.raises(TypeError, match="mu"):
         B.expected_abs(jnp.arange(3), jnp.ones(3))
+    with pytest.raises(ValueError, match="sigma"):
+        B.snr(jnp.zeros(2), jnp.array([1.0, -0.5]))
 
 
 # ---------------------------------------------------------------- LRT
@@ -91,7 +94,7 @@ def _lrt_problem(shape=(6, 5), batch=4, sparsity=0.5, key=KEY):
 
 def test_linear_lrt_moments_match_sampled_weights():
     x, mu, sigma, mask, bias = _lrt_problem()
-    n = 20_000
+    n = 10_000
     keys = jax.random.split(jax.random.key(1), n)
     lrt = jax.vmap(lambda k: B.linear_lrt(k, x, mu, sigma, mask, bias))(keys)
     w = jnp.where(mask, mu + sigma * jax.random.normal(jax.random.key(2), (n, *mu.shape)), 0.0)
@@ -101,7 +104,7 @@ def test_linear_lrt_moments_match_sampled_weights():
     for samples in (lrt, direct):
         se = jnp.sqrt(exact_var / n)
         assert float(jnp.max(jnp.abs(samples.mean(0) - exact_mean) / se)) < 5.0
-        np.testing.assert_allclose(samples.var(0), exact_var, rtol=0.05)
+        np.testing.assert_allclose(samples.var(0), exact_var, rtol=5 * math.sqrt(2 / n))
     # entries of mu / sigma outside the mask play no part
     junk = B.linear_lrt(keys[0], x, jnp.where(mask, mu, 99.0), jnp.where(mask, sigma, 99.0), mask,
                         bias)
@@ -112,12 +115,12 @@ def test_linear_lrt_moments_match_sampled_weights():
 
 def test_conv_lrt_moments_match_sampled_weights():
     ks = jax.random.split(jax.random.key(3), 4)
-    x = jax.random.normal(ks[0], (1, 5, 5, 3))
-    shape = (3, 3, 3, 4)
+    x = jax.random.normal(ks[0], (1, 5, 5, 2))
+    shape = (3, 3, 2, 3)
     mask = jax.random.uniform(ks[1], shape) > 0.5
     mu = jax.random.normal(ks[2], shape) * 0.5
     sigma = jax.random.uniform(ks[3], shape, minval=0.1, maxval=0.6)
-    n = 2000
+    n = 1500
 
     def conv(inputs, kernel):
         return lax.conv_general_dilated(inputs, kernel, (2, 2), "SAME",
@@ -127,7 +130,7 @@ def test_conv_lrt_moments_match_sampled_weights():
     direct = jax.vmap(lambda k: conv(x, k))(w)
     keys = jax.random.split(jax.random.key(5), n)
     lrt = jax.vmap(lambda k: B.conv_lrt(k, x, mu, sigma, mask, strides=2))(keys)
-    assert lrt.shape == direct.shape == (n, 1, 3, 3, 4)
+    assert lrt.shape == direct.shape == (n, 1, 3, 3, 3)
     exact_mean = conv(x, jnp.where(mask, mu, 0))
     exact_var = conv(x**2, jnp.where(mask, sigma**2, 0)) + 1e-8
     for samples in (direct, lrt):  # within 5 standard errors of the exact moments
@@ -170,6 +173,8 @@ def test_lrt_bad_input():
         B.linear_lrt(KEY, x[:, :3], mu, sigma, mask)
     with pytest.raises(TypeError, match="x"):
         B.linear_lrt(KEY, x.astype(jnp.int32), mu, sigma, mask)
+    with pytest.raises(ValueError, match="sigma"):
+        B.linear_lrt(KEY, x, mu, -sigma, mask)
 
 
 # ---------------------------------------------------------------- posterior, KL, ELBO
@@ -282,12 +287,6 @@ def test_posterior_structure_errors():
 # ---------------------------------------------------------------- subspace update
 
 
-def test_drop_fraction_schedule():
-    np.testing.assert_allclose(B.drop_fraction_at(0, 100, 0.3), 0.3)
-    np.testing.assert_allclose(B.drop_fraction_at(50, 100, 0.3), 0.15, atol=1e-7)
-    np.testing.assert_allclose(B.drop_fraction_at(100, 100, 0.3), 0.0, atol=1e-7)
-
-
 def _check_update(post, new, grads, frac, criterion="snr"):
     """The drop/grow invariants of one update, leaf by leaf, against numpy."""
     scores = B.removal_scores(post, criterion)
@@ -333,7 +332,7 @@ def test_subspace_update_drops_lowest_grows_highest(jitted_update):
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape), post.mu)
     for step in (10, 20, 90):
         new = jitted_update(post, grads, step)
-        _check_update(post, new, grads, B.drop_fraction_at(step, 100, 0.3))
+        _check_update(post, new, grads, drop_fraction_at(step, 0.3, 100))
     for step in (0, 5, 100, 110):  # not an update step: unchanged
         new = jitted_update(post, grads, step)
         for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(post)):
@@ -347,7 +346,7 @@ def test_subspace_update_criteria(criterion):
     post = _posterior()
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape), post.mu)
     new = B.subspace_update(post, grads, 10, end_step=100, update_every=10, criterion=criterion)
-    _check_update(post, new, grads, B.drop_fraction_at(10, 100, 0.3), criterion)
+    _check_update(post, new, grads, drop_fraction_at(10, 0.3, 100), criterion)
 
 
 def test_subspace_update_random_growth():

@@ -1,6 +1,7 @@
 """sparsejax.bayes.sbl / kron_sbl against scikit-learn's ARDRegression (float64)."""
 
 import warnings
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -46,18 +47,24 @@ def test_sbl_batched_equals_loop_and_recovers_support(x64):
     for i in range(3):
         w[i, rng.choice(64, 4, replace=False)] = rng.choice([-2.0, 2.0], 4)
     y = w @ x.T + 0.05 * rng.normal(size=(3, 40))
-    batched = sbl(jnp.asarray(x), jnp.asarray(y))
+    fit = jax.jit(partial(sbl, chunk_size=None))  # one vmap; one compilation per input shape
+    batched = fit(jnp.asarray(x), jnp.asarray(y))
     assert batched.coef.shape == (3, 64) and batched.n_iter.shape == (3,)
     for i in range(3):
-        one = sbl(jnp.asarray(x), jnp.asarray(y[i]))
+        one = fit(jnp.asarray(x), jnp.asarray(y[i]))
         # batched linear algebra rounds differently; agreement to the convergence tolerance
         # (with very low noise the ARD path is ill-conditioned: sklearn itself then differs)
         np.testing.assert_allclose(batched.coef[i], one.coef, rtol=0, atol=1e-3)
         np.testing.assert_array_equal(batched.keep[i], one.keep)
         np.testing.assert_array_equal(np.abs(np.asarray(one.coef)) > 0.5, w[i] != 0)
     # one design per problem
-    per = sbl(jnp.broadcast_to(jnp.asarray(x), (3, 40, 64)), jnp.asarray(y))
+    per = fit(jnp.broadcast_to(jnp.asarray(x), (3, 40, 64)), jnp.asarray(y))
     np.testing.assert_allclose(per.coef, batched.coef, rtol=0, atol=1e-3)
+    # chunks of 2 (the last one padded) in sequence; the default on CPU is chunks of 1
+    for chunk_size in (2,):
+        other = sbl(jnp.asarray(x), jnp.asarray(y), chunk_size=chunk_size)
+        np.testing.assert_allclose(other.coef, batched.coef, rtol=0, atol=1e-3)
+        np.testing.assert_array_equal(other.keep, batched.keep)
 
 
 def test_kron_sbl_equals_sbl_on_the_kronecker_product(x64):
@@ -85,6 +92,7 @@ def test_sbl_float32_under_jit():
     (dict(max_iter=0), ValueError, "max_iter"),
     (dict(tol=-1.0), ValueError, "tol"),
     (dict(prune_threshold=0.0), ValueError, "prune_threshold"),
+    (dict(chunk_size=0), ValueError, "chunk_size"),
 ])
 def test_sbl_bad_options(kwargs, err, match):
     x, y, _ = _problem(0, 10, 5)

@@ -27,7 +27,7 @@ from sparsejax.bayes.posterior import (
     sigma_of,
 )
 from sparsejax.bayes.sbl import SBLResult, kron_sbl, sbl
-from sparsejax.bayes.subspace import CRITERIA, drop_fraction_at, removal_scores, subspace_update
+from sparsejax.bayes.subspace import CRITERIA, removal_scores, subspace_update
 from sparsejax.bayes.transform import SSVIState, masks_of, ssvi
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "SSVIState",
     "accuracy",
     "conv_lrt",
-    "drop_fraction_at",
     "elbo",
     "expected_abs",
     "expected_calibration_error",

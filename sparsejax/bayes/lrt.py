@@ -22,13 +22,21 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
-from sparsejax._checks import check_bool_array, check_float_array
+from sparsejax._checks import check_bool_array, check_float_array, is_concrete, must_be
 
 __all__ = ["conv_lrt", "expected_abs", "linear_lrt", "snr"]
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT2_OVER_PI = math.sqrt(2.0 / math.pi)
 LRT_EPS = 1e-8
+
+
+def _check_sigma(sigma) -> jax.Array:
+    """A float array of standard deviations; ``ValueError`` on a negative entry (when concrete)."""
+    sigma = check_float_array(sigma, "sigma")
+    if is_concrete(sigma) and sigma.size and bool(jnp.any(sigma < 0)):
+        raise ValueError(must_be("sigma", "non-negative", f"min {float(jnp.min(sigma))}", raw=True))
+    return sigma
 
 
 def _folded_parts(mu: jax.Array, sigma: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -61,8 +69,7 @@ def expected_abs(mu: Float[Array, "*shape"], sigma: Float[Array, "*shape"]) -> F
         float array of the broadcast shape.
     """
     mu = check_float_array(mu, "mu")
-    sigma = check_float_array(sigma, "sigma")
-    return _folded_parts(mu, sigma)[0]
+    return _folded_parts(mu, _check_sigma(sigma))[0]
 
 
 def snr(mu: Float[Array, "*shape"], sigma: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -81,8 +88,7 @@ def snr(mu: Float[Array, "*shape"], sigma: Float[Array, "*shape"]) -> Float[Arra
         float array of the broadcast shape, ``>= 0``.
     """
     mu = check_float_array(mu, "mu")
-    sigma = check_float_array(sigma, "sigma")
-    mean, var, positive = _folded_parts(mu, sigma)
+    mean, var, positive = _folded_parts(mu, _check_sigma(sigma))
     tiny = jnp.finfo(var.dtype).tiny
     ratio = mean / jnp.sqrt(jnp.maximum(var, tiny))
     return jnp.where(positive, ratio, jnp.where(mean > 0, jnp.inf, 0.0)).astype(mean.dtype)
@@ -109,7 +115,7 @@ def _lrt(key, op, x, mu, sigma, mask, bias):
 def _check_lrt(x, mu, sigma, mask):
     x = check_float_array(x, "x")
     mu = check_float_array(mu, "mu")
-    sigma = check_float_array(sigma, "sigma")
+    sigma = _check_sigma(sigma)
     mask = check_bool_array(mask, "mask")
     if not (mu.shape == sigma.shape == mask.shape):
         raise ValueError(f"`mu`, `sigma` and `mask` must have the same shape; got {mu.shape}, "

@@ -5,7 +5,7 @@ hyperpriors on ``alpha`` and every ``lambda_j``. Each iteration (scikit-learn's 
 Tipping 2001; MacKay 1992):
 
 * posterior ``Sigma = (diag(lambda) + alpha X^T X)^-1`` and mean ``w = alpha Sigma X^T y`` over the
-  kept weights (with the Woodbury identity when ``n < d``: an ``n x n`` solve);
+  kept weights (with the Woodbury identity when ``n < d``: an ``n x n`` Cholesky factorisation);
 * ``gamma_j = 1 - lambda_j Sigma_jj``, ``lambda_j = (gamma_j + 2 l1) / (w_j^2 + 2 l2)``,
   ``alpha = (n - sum(gamma) + 2 a1) / (||y - X w||^2 + 2 a2)``;
 * weights whose precision reaches ``prune_threshold`` are pruned for good (``w_j = 0``);
@@ -67,8 +67,9 @@ class _Dense(NamedTuple):
     def xlx(self, inv_lam):  # X diag(inv_lam) X^T, [n, n]
         return (self.x * inv_lam) @ self.x.T
 
-    def diag_xtsx(self, s):  # diag(X^T S X), [d]
-        return jnp.sum(self.x * (s @ self.x), axis=0)
+    def diag_xtsx(self, r):  # diag(X^T R^T R X), [d]
+        z = r @ self.x
+        return jnp.sum(z * z, axis=0)
 
     def gram(self):
         return self.x.T @ self.x
@@ -95,7 +96,8 @@ class _Kron(NamedTuple):
         n = self.shape[0]
         return m.reshape(n, n)
 
-    def diag_xtsx(self, s):
+    def diag_xtsx(self, r):  # diag(X^T R^T R X) through S = R^T R, never forming kron(a, b)
+        s = r.T @ r
         na, nb = self.a.shape[0], self.b.shape[0]
         s4 = s.reshape(na, nb, na, nb)
         u = jnp.einsum("ij,ikpq,pj->jkq", self.a, s4, self.a)
@@ -106,24 +108,31 @@ class _Kron(NamedTuple):
 
 
 def _posterior(op, y, alpha, lam, keep):
-    """``(coef, diag Sigma)`` over the kept weights (pruned: coef 0)."""
+    """``(coef, gamma)`` over the kept weights (pruned: 0), by Cholesky factorisations.
+
+    ``gamma_j = 1 - lambda_j Sigma_jj`` (the well-determinedness of weight ``j``).
+    """
     n, d = op.shape
     dtype = y.dtype
-    if n < d:  # Woodbury: Sigma = L - L X^T (I/alpha + X L X^T)^-1 X L, L = diag(1/lambda)
+    if n < d:
+        # Woodbury with C = I/alpha + X L X^T, L = diag(1/lambda) on the kept weights:
+        # coef = L X^T C^-1 y and gamma = L diag(X^T C^-1 X), free of the cancellations of
+        # alpha Sigma X^T y and 1 - lambda Sigma_jj (which lose float32 when noise is low)
         inv_lam = jnp.where(keep, 1.0 / lam, 0.0)
-        inner = jnp.eye(n, dtype=dtype) / alpha + op.xlx(inv_lam)
-        s = jnp.linalg.inv(inner)
-        s = (s + s.T) / 2
-        u = inv_lam * op.rmatvec(y)
-        coef = alpha * (u - inv_lam * op.rmatvec(s @ op.matvec(u)))
-        diag = inv_lam - inv_lam**2 * op.diag_xtsx(s)
+        chol = jnp.linalg.cholesky(jnp.eye(n, dtype=dtype) / alpha + op.xlx(inv_lam))
+        # C^-1 = R^T R with R = chol^-1: one small triangular solve, then matmuls (batched
+        # triangular solves with wide right-hand sides are slow on CPU)
+        r = jax.scipy.linalg.solve_triangular(chol, jnp.eye(n, dtype=dtype), lower=True)
+        coef = inv_lam * op.rmatvec(r.T @ (r @ y))
+        gamma = inv_lam * op.diag_xtsx(r)
     else:  # Sigma = (diag(lambda) + alpha X^T X)^-1 on the kept block; pruned rows decoupled
         both = keep[:, None] & keep[None, :]
         a = jnp.diag(jnp.where(keep, lam, 1.0)) + alpha * jnp.where(both, op.gram(), 0.0)
-        sigma = jnp.linalg.inv(a)
-        coef = alpha * (sigma @ jnp.where(keep, op.rmatvec(y), 0.0))
-        diag = jnp.diagonal(sigma)
-    return jnp.where(keep, coef, 0.0), diag
+        chol = jnp.linalg.cholesky(a)
+        coef = alpha * jax.scipy.linalg.cho_solve((chol, True), jnp.where(keep, op.rmatvec(y), 0.0))
+        inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(d, dtype=dtype), lower=True)
+        gamma = 1.0 - lam * jnp.sum(inv_chol**2, axis=0)
+    return jnp.where(keep, coef, 0.0), jnp.where(keep, gamma, 0.0)
 
 
 def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
@@ -141,9 +150,8 @@ def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
 
     def body(state):
         it, coef, coef_old, alpha, lam, keep, _ = state
-        coef, diag = _posterior(op, y, alpha, lam, keep)
+        coef, gamma = _posterior(op, y, alpha, lam, keep)
         sse = jnp.sum((y - op.matvec(coef)) ** 2)
-        gamma = jnp.where(keep, 1.0 - lam * diag, 0.0)
         lam = jnp.where(keep, (gamma + 2.0 * l1) / (coef**2 + 2.0 * l2), lam)
         alpha = (n - jnp.sum(gamma) + 2.0 * a1) / (sse + 2.0 * a2)
         keep = lam < threshold
@@ -165,8 +173,17 @@ def _check_options(max_iter, tol, prune_threshold):
     return max_iter
 
 
-def _run(make_op, factors, targets, n, max_iter, tol, prune_threshold, hyper):
-    """vmap `_sbl_one` over the leading dims of ``targets`` (and of the factors, if batched)."""
+def _chunk(chunk_size: int | str | None) -> int | None:
+    if chunk_size == "auto":
+        return 1 if jax.default_backend() == "cpu" else None
+    if chunk_size is None:
+        return None
+    return check_int(chunk_size, "chunk_size", minimum=1)
+
+
+def _run(make_op, factors, targets, n, max_iter, tol, prune_threshold, hyper, chunk_size):
+    """`_sbl_one` over the leading dims of ``targets`` (and of the factors, if batched): ``vmap``
+    over chunks of ``chunk_size`` problems, chunks in sequence (``lax.map``)."""
     batch = targets.shape[:-1]
     for f in factors:
         if f.ndim > 2 and f.shape[:-2] != batch:
@@ -183,8 +200,29 @@ def _run(make_op, factors, targets, n, max_iter, tol, prune_threshold, hyper):
         return _sbl_one(make_op(*fs), y_i, max_iter, tol, prune_threshold, *hyper)
 
     flat = [f.reshape(-1, *f.shape[-2:]) if f.ndim > 2 else f for f in factors]
-    in_axes = (0, *(0 if f.ndim > 2 else None for f in factors))
-    out = jax.vmap(one, in_axes=in_axes)(y, *flat)
+    batched = [f.ndim > 2 for f in factors]
+    solve = jax.vmap(one, in_axes=(0, *(0 if b else None for b in batched)))
+    problems = y.shape[0]
+    c = _chunk(chunk_size)
+    if c is None or c >= problems:
+        out = solve(y, *flat)
+    else:  # each chunk's while_loop stops at its own slowest problem
+        pad = -problems % c
+
+        def chunks(a):
+            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
+            return a.reshape(-1, c, *a.shape[1:])
+
+        per = [chunks(f) for f, b in zip(flat, batched) if b]
+        shared = [f for f, b in zip(flat, batched) if not b]
+
+        def run_chunk(args):
+            y_c, *per_c = args
+            it_per, it_shared = iter(per_c), iter(shared)
+            return solve(y_c, *(next(it_per) if b else next(it_shared) for b in batched))
+
+        out = lax.map(run_chunk, (chunks(y), *per))
+        out = jax.tree.map(lambda z: z.reshape(-1, *z.shape[2:])[:problems], out)
     return jax.tree.map(lambda z: z.reshape(*batch, *z.shape[1:]), out)
 
 
@@ -199,6 +237,7 @@ def sbl(
     alpha_2: float = 1e-6,
     lambda_1: float = 1e-6,
     lambda_2: float = 1e-6,
+    chunk_size: int | str | None = "auto",
 ) -> SBLResult:
     """ARD / sparse Bayesian learning regression, batched over target vectors (and designs).
 
@@ -215,6 +254,10 @@ def sbl(
             ``threshold_lambda``).
         alpha_1, alpha_2: Gamma hyperprior (shape, rate) of the noise precision.
         lambda_1, lambda_2: Gamma hyperprior (shape, rate) of the weight precisions.
+        chunk_size: problems solved together: ``vmap`` over chunks of this many problems, the
+            chunks in sequence (``lax.map``), so each chunk iterates only until its own slowest
+            problem converges. ``None``: all problems in one ``vmap`` (every problem iterates as
+            long as the slowest; best on GPU/TPU). ``"auto"``: ``1`` on CPU, ``None`` elsewhere.
 
     Returns:
         `SBLResult` with the targets' leading dimensions.
@@ -229,7 +272,7 @@ def sbl(
     if design.ndim < 2:
         raise ValueError(f"`design` must be [n, d] or [..., n, d]; got shape {design.shape}.")
     return _run(_Dense, [design], targets, design.shape[-2], max_iter, tol, prune_threshold,
-                (alpha_1, alpha_2, lambda_1, lambda_2))
+                (alpha_1, alpha_2, lambda_1, lambda_2), chunk_size)
 
 
 def kron_sbl(
@@ -244,6 +287,7 @@ def kron_sbl(
     alpha_2: float = 1e-6,
     lambda_1: float = 1e-6,
     lambda_2: float = 1e-6,
+    chunk_size: int | str | None = "auto",
 ) -> SBLResult:
     """`sbl` with the design ``kron(a, b)`` applied through its factors, never formed.
 
@@ -256,7 +300,8 @@ def kron_sbl(
         a: ``[na, da]`` (or batched ``[..., na, da]``).
         b: ``[nb, db]`` (or batched ``[..., nb, db]``).
         targets: ``[na * nb]`` or ``[..., na * nb]``.
-        max_iter, tol, prune_threshold, alpha_1, alpha_2, lambda_1, lambda_2: as in `sbl`.
+        max_iter, tol, prune_threshold, alpha_1, alpha_2, lambda_1, lambda_2, chunk_size: as in
+            `sbl`.
 
     Returns:
         `SBLResult` with ``d = da * db`` coefficients.
@@ -269,4 +314,4 @@ def kron_sbl(
         if f.ndim < 2:
             raise ValueError(f"`{name}` must be a matrix [n, d] (or batched); got shape {f.shape}.")
     return _run(_Kron, [a, b], targets, a.shape[-2] * b.shape[-2], max_iter, tol, prune_threshold,
-                (alpha_1, alpha_2, lambda_1, lambda_2))
+                (alpha_1, alpha_2, lambda_1, lambda_2), chunk_size)

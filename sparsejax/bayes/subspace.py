@@ -17,14 +17,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Int
 
 from sparsejax import masks as _masks
 from sparsejax._checks import _is_none, check_choice, check_int, check_same_structure, check_sparsity
 from sparsejax.bayes.lrt import expected_abs, snr
 from sparsejax.bayes.posterior import Posterior, _check_posterior, sigma_of
+from sparsejax.training import drop_fraction_at
 
-__all__ = ["CRITERIA", "drop_fraction_at", "removal_scores", "subspace_update"]
+__all__ = ["CRITERIA", "removal_scores", "subspace_update"]
 
 Criterion = str | Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -62,13 +63,6 @@ def removal_scores(posterior: Posterior, criterion: Criterion = "snr") -> Any:
     fn = _criterion_fn(criterion)
     return jax.tree.map(lambda mu, rho, m: None if m is None else fn(mu, sigma_of(rho, m)),
                         posterior.mu, posterior.rho, posterior.mask, is_leaf=_is_none)
-
-
-def drop_fraction_at(step: Int[Array, ""] | int, end_step: int, drop_fraction: float = 0.3
-                     ) -> Float[Array, ""]:
-    """Cosine-decayed drop fraction ``drop_fraction / 2 * (1 + cos(pi * step / end_step))``."""
-    t = jnp.asarray(step, jnp.float32)
-    return jnp.float32(drop_fraction) / 2 * (1 + jnp.cos(jnp.pi * t / end_step))
 
 
 def _leaf_update(mu, rho, mask, score, grow_score, frac):
@@ -119,7 +113,7 @@ def subspace_update(
         step: the training step (int or traced int scalar).
         end_step: last step (exclusive) at which the subspace changes (SSVI: 0.75 of training).
         update_every: period ``Delta T`` of the updates.
-        drop_fraction: initial drop fraction (cosine-decayed, see `drop_fraction_at`).
+        drop_fraction: initial drop fraction (cosine-decayed, `sparsejax.training.drop_fraction_at`).
         criterion: removal score, see `removal_scores`.
         grow: ``"gradient"`` (highest ``|dL/dmu|`` among inactive entries) or ``"random"``.
         key: PRNG key, required for ``grow="random"``.
@@ -163,7 +157,7 @@ def subspace_update(
 
     step = jnp.asarray(step, jnp.int32)
     active = (step > 0) & (step % update_every == 0) & (step < end_step)
-    frac = drop_fraction_at(step, end_step, drop_fraction)
+    frac = drop_fraction_at(step, drop_fraction, end_step)
     chosen = [i for i, m in enumerate(mask_leaves) if m is not None]
     operand = tuple((mu_leaves[i], rho_leaves[i], mask_leaves[i], grow_scores[i]) for i in chosen)
 

@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Int
 
-from sparsejax._checks import _is_none, check_choice, check_int, check_sparsity
+from sparsejax._checks import _is_none, check_choice, check_int, check_sparsity, must_be
 from sparsejax.bayes.posterior import Posterior, _check_posterior
 from sparsejax.bayes.subspace import GROW, Criterion, _criterion_fn, subspace_update
+from sparsejax.training import reset_moments
 
 __all__ = ["SSVIState", "masks_of", "ssvi"]
 
@@ -115,16 +116,13 @@ def ssvi(
         ValueError / TypeError: bad arguments; at ``init`` a posterior without a mask or an inner
             state the moment reset cannot match.
     """
-    from sparsejax.training import reset_moments  # noqa: PLC0415 - lands with the training branch
-    from sparsejax.training._transform import key_data  # noqa: PLC0415
-
     update_every = check_int(update_every, "update_every", minimum=1)
     end_step = check_int(end_step, "end_step", minimum=1)
     check_sparsity(drop_fraction, "drop_fraction")
     _criterion_fn(criterion)
     check_choice(grow, "grow", GROW)
-    if grow == "random":
-        key = key_data(key)
+    if grow == "random" and key is None:
+        raise ValueError(must_be("key", "a jax.random key for grow='random'", key))
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
