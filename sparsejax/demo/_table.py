@@ -36,9 +36,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(title), title_justify="left",
-                  caption=None if caption is None else Text(caption), caption_justify="left",
-                  header_style="bold")
+    table = Table(header_style="bold")
     for i, name in enumerate(columns):
         table.add_column(Text(name), justify="left" if i == 0 else "right")
     for row in rows:
@@ -46,5 +44,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
             raise ValueError(f"each row must have {len(columns)} cells (one per column); "
                              f"got {len(row)}: {row!r}")
         table.add_row(*(Text(_fmt(v)) for v in row))
-    Console(width=max(110, len(title) + 2), emoji=False, markup=False,
-            highlight=False).print(table)
+    console = Console(width=max(110, len(title) + 2, len(caption or "") + 2), emoji=False,
+                      markup=False, highlight=False)
+    console.print(Text(title))  # title and caption on their own lines, never wrapped to the table
+    console.print(table)
+    if caption:
+        console.print(Text(caption))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sparsejax.attention import (
     attention,
@@ -14,17 +11,8 @@ from sparsejax.attention import (
     sink_window_mask,
     sliding_window_mask,
 )
-from sparsejax.demo.context import DemoContext
-
-
-def _time(fn, *args, repeats: int = 2) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from sparsejax.demo._table import print_table
+from sparsejax.demo.context import DemoContext, median_time
 
 
 def run(ctx: DemoContext) -> dict:
@@ -46,16 +34,14 @@ def run(ctx: DemoContext) -> dict:
         "sliding_window": sliding_window_mask(seq, window=(seq // 8 - 1, 0), **geo),
         "sink_window": sink_window_mask(seq, sink=16, window=seq // 16, **geo),
     }
-    dense_ms = 1e3 * _time(jax.jit(lambda q, k, v: attention(q, k, v, backend="xla")), q, k, v)
-    print(f"sparse attention: seq {seq}, {heads} heads, dim {dim}, blocks {block}; "
-          f"dense xla {dense_ms:.1f} ms")
-    print(f"{'pattern':<16}{'density':>9}{'ms':>9}{'x dense':>9}{'max err':>11}")
+    dense = jax.jit(lambda q, k, v: attention(q, k, v, backend="xla"))
+    dense_ms = 1e3 * median_time(dense, q, k, v, repeats=3)
     results = {}
     for name, mask in patterns.items():
         sparse = jax.jit(lambda q, k, v, m=mask: attention(q, k, v, m, backend="xla"))
         ref = jax.jit(lambda q, k, v, m=mask: attention(q, k, v, m, backend="reference"))
         err = float(jnp.max(jnp.abs(sparse(q, k, v) - ref(q, k, v))))
-        ms = 1e3 * _time(sparse, q, k, v)
+        ms = 1e3 * median_time(sparse, q, k, v, repeats=3)
         density = float(mask.density)
         results[name] = {
             "density": density,
@@ -63,5 +49,26 @@ def run(ctx: DemoContext) -> dict:
             "time_ratio": ms / dense_ms,
             "max_abs_err": err,
         }
-        print(f"{name:<16}{density:>9.3f}{ms:>9.1f}{ms / dense_ms:>9.2f}{err:>11.2e}")
+    print_table(
+        f"== block-sparse attention (xla path): seq {seq}, {heads} heads, dim {dim}, "
+        f"{block}x{block} blocks ==",
+        ("pattern", "block density", "ms", "x dense", "max err"),
+        [("dense", "1.000", f"{dense_ms:.2f}", "1.00", "-")]
+        + [(name, f"{r['density']:.3f}", f"{r['ms']:.2f}", f"{r['time_ratio']:.2f}",
+            f"{r['max_abs_err']:.2e}") for name, r in results.items()],
+        caption="time: median of 3 jitted calls on this machine's CPU; max err against the "
+                "reference (dense softmax with the same token mask)")
     return {"seq": seq, "heads": heads, "dim": dim, "dense_ms": dense_ms, "patterns": results}
+
+
+def plot(ax, result: dict, results: dict) -> None:
+    """Time of each static pattern relative to dense attention against its block density."""
+    pats = result.get("patterns", {})
+    for name, r in pats.items():
+        ax.plot([r["density"]], [r["time_ratio"]], "o", label=name)
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", label="time = density")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(1.2, *(r["time_ratio"] for r in pats.values())) if pats else 1.2)
+    ax.set_xlabel("kept block fraction")
+    ax.set_ylabel("time vs dense attention")
+    ax.set_title(f"sparse attention, seq {result.get('seq')}")

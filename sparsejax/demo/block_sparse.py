@@ -8,14 +8,12 @@ stage prints accuracy, stored bytes and the hidden layer's matmul time against t
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sparsejax.demo._table import print_table
-from sparsejax.demo.context import DemoContext
+from sparsejax.demo.context import DemoContext, median_time
 from sparsejax.formats import BlockSparse
 from sparsejax.ops import dense_bsr_matmul
 
@@ -57,16 +55,6 @@ def make_apply(structure: BlockSparse):
     return apply
 
 
-def _median_time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def run(ctx: DemoContext) -> dict:
     """Replace the hidden 256x256 layer by block-sparse ones, fine-tune, compare with dense."""
     densities = [0.5, 0.25]
@@ -78,7 +66,7 @@ def run(ctx: DemoContext) -> dict:
 
     dense_mm = jax.jit(lambda h, w: h @ w)
     sparse_mm = jax.jit(dense_bsr_matmul)
-    t_dense = _median_time(dense_mm, hidden, kernel, repeats=repeats)
+    t_dense = median_time(dense_mm, hidden, kernel, repeats=repeats)
     dense_bytes = int(kernel.nbytes)
 
     rows = []
@@ -92,7 +80,7 @@ def run(ctx: DemoContext) -> dict:
         tuned = ctx.finetune(params, None, apply_fn=apply, desc=f"bsr {density:.2f}")
         acc1 = ctx.accuracy(tuned, apply)
         tuned_bsr = bsr.replace(data=tuned[LAYER]["data"])
-        t_sparse = _median_time(sparse_mm, hidden, tuned_bsr, repeats=repeats)
+        t_sparse = median_time(sparse_mm, hidden, tuned_bsr, repeats=repeats)
         row = {"block_density": float(mask.mean()), "accuracy_one_shot": acc0,
                "accuracy_finetuned": acc1, "weight_bytes": tuned_bsr.nbytes,
                "matmul_seconds": t_sparse, "matmul_vs_dense": t_sparse / t_dense}

@@ -73,6 +73,19 @@ def accuracy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array) -> 
     return float(jnp.mean(jnp.argmax(apply_fn(params, x), -1) == y))
 
 
+def median_time(fn: Callable, *args, repeats: int = 5) -> float:
+    """Median wall seconds of ``fn(*args)`` over ``repeats`` calls after one warm-up (compile) call."""
+    import time
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 @functools.lru_cache(maxsize=32)
 def _train_step(apply_fn: Callable, learning_rate: float) -> Callable:
     """One compiled Adam step per (model, learning rate), shared by every call of `train`; the mask
