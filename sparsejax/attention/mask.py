@@ -94,7 +94,7 @@ class TokenPredicate:
         return AndPredicate(self, other)
 
 
-def register_predicate(cls=None, *, data_fields: tuple[str, ...] = ()) -> Any:
+def register_predicate(cls: type | None = None, *, data_fields: tuple[str, ...] = ()) -> Any:
     """Class decorator: make a `TokenPredicate` subclass a frozen dataclass and a pytree.
 
     Args:

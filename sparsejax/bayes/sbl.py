@@ -252,8 +252,10 @@ def sbl(
         tol: convergence threshold on ``sum |w_old - w|``.
         prune_threshold: precision above which a weight is pruned (scikit-learn's
             ``threshold_lambda``).
-        alpha_1, alpha_2: Gamma hyperprior (shape, rate) of the noise precision.
-        lambda_1, lambda_2: Gamma hyperprior (shape, rate) of the weight precisions.
+        alpha_1: shape of the Gamma hyperprior of the noise precision.
+        alpha_2: rate of the Gamma hyperprior of the noise precision.
+        lambda_1: shape of the Gamma hyperprior of the weight precisions.
+        lambda_2: rate of the Gamma hyperprior of the weight precisions.
         chunk_size: problems solved together: ``vmap`` over chunks of this many problems, the
             chunks in sequence (``lax.map``), so each chunk iterates only until its own slowest
             problem converges. ``None``: all problems in one ``vmap`` (every problem iterates as
@@ -300,8 +302,14 @@ def kron_sbl(
         a: ``[na, da]`` (or batched ``[..., na, da]``).
         b: ``[nb, db]`` (or batched ``[..., nb, db]``).
         targets: ``[na * nb]`` or ``[..., na * nb]``.
-        max_iter, tol, prune_threshold, alpha_1, alpha_2, lambda_1, lambda_2, chunk_size: as in
-            `sbl`.
+        max_iter: as in `sbl`.
+        tol: as in `sbl`.
+        prune_threshold: as in `sbl`.
+        alpha_1: as in `sbl`.
+        alpha_2: as in `sbl`.
+        lambda_1: as in `sbl`.
+        lambda_2: as in `sbl`.
+        chunk_size: as in `sbl`.
 
     Returns:
         `SBLResult` with ``d = da * db`` coefficients.

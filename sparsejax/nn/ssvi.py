@@ -83,7 +83,8 @@ class SSVILinear(_SSVIBase):
     """SSVI linear layer ``[in, out]`` (SSVI's ``StoLinear``) on a random sparse subspace.
 
     Args:
-        in_features, out_features: sizes.
+        in_features: input size.
+        out_features: output size.
         sparsity: fraction of kernel entries outside the subspace, in ``[0, 1]``.
         rho_init: initial ``rho`` of the active entries.
         use_bias: add a deterministic bias.
@@ -109,12 +110,16 @@ class SSVIConv(_SSVIBase):
     """SSVI 2-D convolution (SSVI's ``StoConv2d``), NHWC inputs, HWIO kernel.
 
     Args:
-        in_features, out_features: input / output channels.
+        in_features: input channels.
+        out_features: output channels.
         kernel_size: ``(kh, kw)`` or an int.
         sparsity: fraction of kernel entries outside the subspace, in ``[0, 1]``.
         strides: an int or a pair.
         padding: ``"SAME"``, ``"VALID"`` or explicit pairs.
-        rho_init, use_bias, param_dtype, rngs: as in `SSVILinear`.
+        rho_init: as in `SSVILinear`.
+        use_bias: as in `SSVILinear`.
+        param_dtype: as in `SSVILinear`.
+        rngs: as in `SSVILinear`.
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int], *,

@@ -168,7 +168,8 @@ def structure_decay_masks(params: PyTree, step: Int[Array, ""] | int, *, n: int,
     Args:
         params: the dense params.
         step: the training step (may be traced).
-        n, m: the final N:M (``n`` kept of every ``m``).
+        n: the final N:M's kept entries per group.
+        m: the final N:M's group size.
         axis: the grouping axis (0 for a Flax ``[in, out]`` kernel's reduction axis).
         interval: steps per rung, ``>= 1``.
         where: leaf selector.
