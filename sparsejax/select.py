@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr
 
-from sparsejax._checks import _is_none as _is_none  # re-exported: used by sparsejax.nn
 from sparsejax._checks import must_be
 
 __all__ = ["EMBEDDING_NAMES", "Where", "matches", "path_str", "select"]

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sparsejax._checks import check_same_structure
-from sparsejax.select import _is_none, select
+from sparsejax._checks import _is_none, check_same_structure
+from sparsejax.select import select
 from sparsejax.training.moments import reset_moments
 from sparsejax.training.state import SparseState
 from sparsejax.tree import apply_masks

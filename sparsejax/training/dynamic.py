@@ -19,8 +19,8 @@ import optax
 
 from sparsejax import allocation as _allocation
 from sparsejax import masks as _masks
-from sparsejax._checks import check_int, check_sparsity
-from sparsejax.select import Where, _is_none
+from sparsejax._checks import _is_none, check_int, check_sparsity
+from sparsejax.select import Where
 from sparsejax.training._transform import key_data, masked_transform
 from sparsejax.tree import compute_masks
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr, tree_map_with_path
 
-from sparsejax.select import _is_none
+from sparsejax._checks import _is_none
 
 __all__ = ["reset_moments"]
 

@@ -13,8 +13,8 @@ import optax
 
 from sparsejax import allocation as _allocation
 from sparsejax import schedules as _schedules
-from sparsejax._checks import check_int, check_sparsity, is_concrete
-from sparsejax.select import Where, _is_none
+from sparsejax._checks import _is_none, check_int, check_sparsity, is_concrete
+from sparsejax.select import Where
 from sparsejax.training._transform import full_masks, key_data, masked_transform
 from sparsejax.tree import compute_masks
 

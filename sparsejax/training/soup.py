@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax._checks import check_same_structure, is_concrete
-from sparsejax.select import _is_none
+from sparsejax._checks import _is_none, check_same_structure, is_concrete
 from sparsejax.tree import apply_masks
 
 __all__ = ["soup"]

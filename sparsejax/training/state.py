@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Int
 
-from sparsejax.select import _is_none
+from sparsejax._checks import _is_none
 
 __all__ = ["SparseState", "masks_of"]
 

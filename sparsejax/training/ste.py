@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_int, check_same_structure
-from sparsejax.select import Where, _is_none
+from sparsejax._checks import _is_none, check_int, check_same_structure
+from sparsejax.select import Where
 from sparsejax.tree import compute_masks
 
 __all__ = [
