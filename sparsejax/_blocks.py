@@ -46,7 +46,7 @@ def _xp(*arrays: Any):
     return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
 
 
-def _argsort_kept_first(keep: ArrayLike, xp) -> ArrayLike:
+def _kept_first(keep: ArrayLike, xp) -> ArrayLike:
     """Each row's kept positions first, ascending (the slots past the row's count are filler).
 
     The jnp path is a cumsum-and-scatter compaction, O(N) per row instead of a sort (25-40x faster
@@ -99,7 +99,7 @@ def pack_indices(
         width = max(1, int(np.max(np.asarray(total), initial=0)))
     width = check_int(width, "width", minimum=0)
     counts = xp.minimum(total, width).astype(xp.int32)
-    order = _argsort_kept_first(keep, xp).astype(xp.int32)
+    order = _kept_first(keep, xp).astype(xp.int32)
     n = keep.shape[-1]
     if width > n:
         order = xp.concatenate(
