@@ -29,6 +29,7 @@ from sparsejax._checks import _is_none, check_choice, check_int, check_sparsity,
 from sparsejax.bayes.posterior import Posterior, _check_posterior
 from sparsejax.bayes.subspace import GROW, Criterion, _criterion_fn, subspace_update
 from sparsejax.training import reset_moments
+from sparsejax.training.state import find_state
 
 __all__ = ["SSVIState", "masks_of", "ssvi"]
 
@@ -53,11 +54,7 @@ class SSVIState(NamedTuple):
 
 def masks_of(opt_state: PyTree) -> PyTree:
     """The mask tree of the one `SSVIState` inside ``opt_state`` (bare or inside a chain)."""
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, SSVIState))
-             if isinstance(x, SSVIState)]
-    if len(found) != 1:
-        raise ValueError(f"`opt_state` must contain exactly one SSVIState; got {len(found)}.")
-    return found[0].masks
+    return find_state(opt_state, SSVIState, "SSVIState").masks
 
 
 def _pack(mu: PyTree, rho: PyTree, masks: PyTree) -> tuple:

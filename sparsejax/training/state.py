@@ -33,10 +33,6 @@ class SparseState(NamedTuple):
     key: Any = None
 
 
-def _is_state(x: Any) -> bool:
-    return isinstance(x, SparseState)
-
-
 def _unwrap(x: Any) -> Any:
     """Array payload of a Flax NNX variable (``nnx.Optimizer`` wraps state arrays); identity else."""
     if x is None or isinstance(x, jax.Array | np.ndarray):
@@ -62,10 +58,20 @@ def masks_of(opt_state: PyTree) -> PyTree:
     Raises:
         ValueError: ``opt_state`` contains no `SparseState`, or more than one.
     """
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_state) if _is_state(x)]
-    if len(found) != 1:
-        raise ValueError(f"`opt_state` must contain exactly one sparsejax.training SparseState "
-                         f"(from prune / rigl / sparse_evolutionary / static_sparse); got "
-                         f"{len(found)}.")
-    return jax.tree.map(_unwrap, found[0].masks, is_leaf=lambda x: _is_none(x) or not isinstance(
+    state = find_state(opt_state, SparseState,
+                       "sparsejax.training SparseState (from prune / rigl / sparse_evolutionary / "
+                       "static_sparse)")
+    return jax.tree.map(_unwrap, state.masks, is_leaf=lambda x: _is_none(x) or not isinstance(
         x, dict | list | tuple) and hasattr(x, "get_value"))
+
+
+def find_state(opt_state: PyTree, state_type: type, label: str) -> Any:
+    """The one ``state_type`` instance anywhere inside ``opt_state`` (bare, in a chain, in an
+    ``inject_hyperparams`` state); ``ValueError`` naming ``label`` unless there is exactly one.
+    Shared by the transforms that keep masks in their state (`masks_of`,
+    `sparsejax.bayes.masks_of`)."""
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, state_type))
+             if isinstance(x, state_type)]
+    if len(found) != 1:
+        raise ValueError(f"`opt_state` must contain exactly one {label}; got {len(found)}.")
+    return found[0]
