@@ -283,10 +283,12 @@ def test_errors():
         T.prune(optax.sgd(0.1), 1.5)
     with pytest.raises(ValueError, match="update_every"):
         T.prune(optax.sgd(0.1), 0.5, update_every=0)
-    with pytest.raises(ValueError, match="end_step"):
-        T.rigl(optax.sgd(0.1), 0.5, update_every=10, end_step=10, key=key)
-    with pytest.raises(ValueError, match="key"):
+    with pytest.raises(ValueError, match="end_step"):  # inclusive: 10 is the first update
+        T.rigl(optax.sgd(0.1), 0.5, update_every=10, end_step=9, key=key)
+    with pytest.raises(TypeError, match="key"):  # required in the signature
         T.rigl(optax.sgd(0.1), 0.5, end_step=1000)
+    with pytest.raises(ValueError, match="key"):
+        T.rigl(optax.sgd(0.1), 0.5, end_step=1000, key=None)
     with pytest.raises(ValueError, match="sparsity"):
         T.rigl(optax.sgd(0.1), -0.1, end_step=1000, key=key)
     with pytest.raises(ValueError, match="allocation"):

@@ -13,7 +13,7 @@ import optax
 
 from sparsejax import allocation as _allocation
 from sparsejax import schedules as _schedules
-from sparsejax._checks import _is_none, check_int, check_sparsity, is_concrete
+from sparsejax._checks import _is_none, check_int, check_sparsity, is_concrete, must_be
 from sparsejax.select import Where
 from sparsejax.training._transform import full_masks, key_data, masked_transform
 from sparsejax.tree import compute_masks
@@ -57,20 +57,25 @@ def prune(
     allocation: str | Callable = "uniform",
     where: Where = None,
     update_every: int = 10,
+    begin_step: int | None = None,
     end_step: int | None = None,
+    update_at_mask_step: bool = True,
     key: jax.Array | None = None,
     **pattern_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradual pruning: wrap ``inner`` so the weights are pruned to ``schedule(step)`` and held.
 
-    Every ``update_every`` optimizer steps (``count % update_every == 0``, step 0 included) the
-    masks are recomputed by ``pattern x scores x allocation`` at sparsity ``schedule(count)``,
-    under ``lax.cond`` (one compiled step). Entries already pruned get score ``-inf``, so under a
-    non-decreasing schedule masks only shrink: a pruned entry never comes back. The updates
-    returned leave the params exactly masked after every step (pruned entries get ``-params``),
-    so ``optax.apply_updates`` is all the user calls. Gradients are masked (by the masks before
-    and after this step's update) before ``inner`` sees them: moments of pruned entries receive
-    zeros, and a global statistic such as ``optax.clip_by_global_norm`` sees the sparse gradient.
+    At the steps ``t`` (``count``, optimizer steps already taken) with ``begin_step <= t <=
+    end_step`` and ``(t - begin_step) % update_every == 0`` (TF-MOT's ``PruningSchedule``: the
+    period counts from ``begin_step``, ``end_step`` inclusive) the masks are recomputed by ``pattern
+    x scores x allocation`` at sparsity ``schedule(t)``, under ``lax.cond`` (one compiled step).
+    Before ``begin_step`` the weights stay dense, whatever ``schedule(0)`` is (TF-MOT: the first
+    mask is chosen from the warmed-up weights). Entries already pruned get score ``-inf``, so under
+    a non-decreasing schedule masks only shrink: a pruned entry never comes back. The updates
+    returned leave the params exactly masked after every step (pruned entries get ``-params``), so
+    ``optax.apply_updates`` is all the user calls. Gradients are masked (by the masks before and
+    after this step's update) before ``inner`` sees them: moments of pruned entries receive zeros,
+    and a global statistic such as ``optax.clip_by_global_norm`` sees the sparse gradient.
 
     Step convention: ``count`` = steps already taken (TF-MOT's; jaxpruner evaluates its
     ``PolynomialSchedule`` at ``count + 1``). A float ``schedule`` is one-shot pruning at step 0.
@@ -92,10 +97,15 @@ def prune(
             ``(params, sparsity) -> per-leaf sparsity tree`` (treated like ``"erk"``; it is
             called while tracing the step, so it must read only the params' shapes).
         where: leaf selector (default: float leaves with ``ndim >= 2``).
-        update_every: mask update period in steps, ``>= 1``.
-        end_step: last step (inclusive) with a mask update, e.g. the schedule's end (jaxpruner's
-            ``update_end_step``); ``None`` keeps updating every ``update_every`` steps (a no-op
-            once the schedule is constant, but each such update costs a top-k).
+        update_every: mask update period in optimizer steps, ``>= 1`` (TF-MOT's ``frequency``).
+        begin_step: first mask update; ``None``: the schedule's ``begin_step`` if it has one
+            (`sparsejax.schedules.polynomial`), else ``0``.
+        end_step: last step (inclusive) with a mask update; ``None``: the schedule's
+            ``end_step`` if it has one, else no end (each update past the ramp is a no-op that
+            costs a top-k).
+        update_at_mask_step: also take the inner optimizer step at a mask-update step (on the
+            entries kept by both masks), as TF-MOT does (its pruned forward and the optimizer
+            step happen in the same step); ``False`` only changes the masks at such a step.
         key: PRNG key, needed by ``scores="random"``.
         **pattern_kwargs: passed to the pattern (``n``, ``m``, ``axis``, ``block_shape``...).
 
@@ -108,8 +118,16 @@ def prune(
             allocation, ``"global"`` with a structured pattern; pattern/shape errors at ``init``.
     """
     update_every = check_int(update_every, "update_every", minimum=1)
+    if begin_step is None:
+        begin_step = getattr(schedule, "begin_step", 0)
+    begin_step = check_int(begin_step, "begin_step", minimum=0)
+    if end_step is None:
+        end_step = getattr(schedule, "end_step", None)
     if end_step is not None:
         end_step = check_int(end_step, "end_step", minimum=0)
+        if end_step < begin_step:
+            raise ValueError(must_be("end_step", f">= begin_step = {begin_step} (inclusive)",
+                                     end_step))
     if not callable(schedule):
         check_sparsity(schedule, "schedule")
         schedule = _schedules.constant(float(schedule))
@@ -168,7 +186,8 @@ def prune(
                              allocation=alloc, **pattern_kwargs)
 
     def should_update(step):
-        due = step % update_every == 0
+        due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
         return due if end_step is None else due & (step <= end_step)
 
-    return masked_transform(inner, init_masks, update_masks, should_update, key=key)
+    return masked_transform(inner, init_masks, update_masks, should_update, key=key,
+                            update_at_mask_step=update_at_mask_step)
