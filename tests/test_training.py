@@ -163,7 +163,7 @@ def test_prune_nm_pattern_and_random_scores():
 
 def test_prune_user_score_callable():
     params = make_params()
-    tx = T.prune(optax.sgd(0.0), 0.5, scores=lambda w, g: -jnp.abs(w))  # keep the smallest
+    tx = T.prune(optax.sgd(0.0), 0.5, grad_scores=lambda w, g: -jnp.abs(w))  # keep the smallest
     _, state = tx.update(grads_at(params, 0), tx.init(params), params)
     w = np.asarray(params["l1"]["kernel"])
     np.testing.assert_array_equal(T.masks_of(state)["l1"]["kernel"], topk_np(-np.abs(w), 96))

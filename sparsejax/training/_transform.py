@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -42,6 +43,14 @@ class MaskUpdate(NamedTuple):
 
     masks: PyTree
     values: PyTree
+
+
+def is_function(value: Any) -> bool:
+    """A function to call, not a tree: callable and without array leaves (an Equinox module is
+    callable but holds arrays). Same rule as the core branch's ``_checks.is_function``; replace
+    this one by it once both are merged."""
+    return callable(value) and not any(isinstance(x, jax.Array | np.ndarray)
+                                       for x in jax.tree.leaves(value))
 
 
 def key_data(key: Any, name: str = "key") -> jax.Array:

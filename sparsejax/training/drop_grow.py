@@ -13,10 +13,11 @@ as in TF-MOT (``step <= end_step``), rigl and jaxpruner (``update_end_step``).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from sparsejax import masks as _masks
@@ -34,6 +35,18 @@ from sparsejax._checks import (
 __all__ = ["ANNEALS", "DropGrowSchedule", "drop_and_grow"]
 
 ANNEALS = ("cosine", "constant")
+
+
+def hyper_int(value: Any, name: str, *, minimum: int) -> Any:
+    """An int argument that may arrive as a hyperparameter of ``optax.inject_hyperparams``: a
+    Python int, a concrete integer scalar array (made a Python int) or a tracer (kept; used only
+    in arithmetic on the step)."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if (hasattr(value, "dtype") and np.ndim(value) == 0
+            and np.issubdtype(np.asarray(value).dtype, np.integer)):
+        value = int(value)
+    return check_int(value, name, minimum=minimum)
 
 
 def _finite(score: jax.Array) -> jax.Array:
@@ -109,7 +122,8 @@ class DropGrowSchedule(NamedTuple):
     examples start it).
 
     Attributes:
-        update_every: period ``>= 1`` of the updates (counts optimizer steps).
+        update_every: period ``>= 1`` of the updates (counts optimizer steps). The int fields
+            may be traced (under ``optax.inject_hyperparams``); they are then not validated.
         end_step: last step (inclusive) at which masks may change.
         drop_fraction: initial drop fraction in ``[0, 1]``.
         begin_step: first update step.
@@ -132,16 +146,16 @@ class DropGrowSchedule(NamedTuple):
                 ``end_step < begin_step`` (no update would ever happen), a drop fraction outside
                 ``[0, 1]``, an unknown ``anneal``.
         """
-        update_every = check_int(update_every, "update_every", minimum=1)
-        begin_step = update_every if begin_step is None else check_int(begin_step, "begin_step",
+        update_every = hyper_int(update_every, "update_every", minimum=1)
+        begin_step = update_every if begin_step is None else hyper_int(begin_step, "begin_step",
                                                                        minimum=0)
-        end_step = check_int(end_step, "end_step", minimum=1)
-        if end_step < begin_step:
+        end_step = hyper_int(end_step, "end_step", minimum=1)
+        if is_concrete(end_step) and is_concrete(begin_step) and end_step < begin_step:
             raise ValueError(must_be("end_step", f">= begin_step = {begin_step} (the first mask "
                                      f"update; end_step is inclusive)", end_step))
         check_sparsity(drop_fraction, "drop_fraction")
         check_choice(anneal, "anneal", ANNEALS)
-        return cls(update_every, end_step, float(drop_fraction), begin_step, anneal)
+        return cls(update_every, end_step, drop_fraction, begin_step, anneal)
 
     def active(self, step: Int[Array, ""] | int) -> Bool[Array, ""]:
         """Whether the masks are updated at ``step`` (traced bool scalar)."""
@@ -151,7 +165,7 @@ class DropGrowSchedule(NamedTuple):
 
     def fraction(self, step: Int[Array, ""] | int) -> Float[Array, ""]:
         """The drop fraction used by an update at ``step`` (float32 scalar)."""
-        f0 = jnp.float32(self.drop_fraction)
+        f0 = jnp.asarray(self.drop_fraction, jnp.float32)
         if self.anneal == "constant":
             return f0
         t = jnp.minimum(jnp.asarray(step, jnp.float32), self.end_step)
