@@ -223,8 +223,13 @@ def prune(
             alloc = None
         else:
             sparsity, alloc = s, allocation
-        return compute_masks(params, pattern, sparsity=sparsity, scores=score_tree, where=where,
-                             allocation=alloc, **pattern_kwargs)
+        # the scores go in as a function of the leaf path, not as a tree: a tree of scores for an
+        # Equinox model is itself a callable module
+        by_path = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(
+            score_tree)[0]}
+        return compute_masks(params, pattern, sparsity=sparsity, where=where, allocation=alloc,
+                             scores=lambda path, leaf: by_path[jax.tree_util.keystr(path)],
+                             **pattern_kwargs)
 
     def should_update(step):
         due = (step >= begin_step) & ((step - begin_step) % update_every == 0)
