@@ -124,6 +124,14 @@ def test_iso_flop_width():
     assert T.iso_flop_width(256, 0.75) == 512
     assert T.iso_flop_width(100, 0.5) == round(100 * 2 ** 0.5)
     assert T.iso_flop_width(100, 0.5, multiple_of=32) == 128
+    # Sparse-IFT truncates int(width * k): 256 * sqrt(10) = 809.56
+    assert T.iso_flop_width(256, 0.9) == 809
+    assert T.iso_flop_width(256, 0.9, rounding="nearest") == 810
+    assert T.iso_flop_width(100, 0.5, multiple_of=32, rounding="nearest") == 128
+    assert T.iso_flop_width(130, 0.5, multiple_of=32) == 160  # 183.8 = 5.74 * 32
+    assert T.iso_flop_width(130, 0.5, multiple_of=32, rounding="nearest") == 192
+    with pytest.raises(ValueError, match="`rounding` must be one of"):
+        T.iso_flop_width(130, 0.5, rounding="up")
     w = T.iso_flop_width(1000, 0.9)
     assert abs(w * w * 0.1 - 1000 * 1000) / 1e6 < 1e-2  # FLOPs match the dense layer's
     with pytest.raises(ValueError, match="sparsity"):
