@@ -1,6 +1,7 @@
-"""Sparse dictionary codes: OMP, ISTA/FISTA/LISTA, dictionary learning, semi-NMF, CoSpaDi,
-tokenizer transplantation (this package) and sparse autoencoders (the subpackage
-`sparsejax.dictionary.sae`, whose names are used qualified: ``sae.topk``, ``sae.forward``)."""
+"""Sparse dictionary codes: OMP, ISTA/FISTA/LISTA, the elastic net, dictionary learning,
+semi-NMF, CoSpaDi, Concept Lancet, tokenizer transplantation (this package) and sparse
+autoencoders (the subpackage `sparsejax.dictionary.sae`, whose names are used qualified:
+``sae.topk``, ``sae.forward``)."""
 
 from sparsejax.dictionary import sae
 from sparsejax.dictionary.cospadi import (
@@ -9,7 +10,15 @@ from sparsejax.dictionary.cospadi import (
     output_error,
     truncated_svd,
 )
+from sparsejax.dictionary.lancet import (
+    add_concept,
+    concept_atoms,
+    concept_coefficients,
+    remove_concept,
+    replace_concept,
+)
 from sparsejax.dictionary.lasso import (
+    elastic_net,
     fista,
     ista,
     lasso_objective,
@@ -47,8 +56,12 @@ __all__ = [
     "OnlineDictionaryState",
     "SemiNMFResult",
     "SparseCode",
+    "add_concept",
     "atom_recovery",
+    "concept_atoms",
     "cospadi",
+    "concept_coefficients",
+    "elastic_net",
     "fista",
     "init_dictionary",
     "ista",
@@ -63,6 +76,8 @@ __all__ = [
     "online_dictionary_init",
     "online_dictionary_update",
     "output_error",
+    "remove_concept",
+    "replace_concept",
     "sae",
     "semi_nmf",
     "semi_nmf_step",
