@@ -1,5 +1,7 @@
 """Matryoshka BatchTopK and gradient-aware TopK (g-SAE): transcriptions and SAELens parity."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,10 +168,13 @@ def test_matryoshka_matches_saelens(x64):
     params = _params(config, seed=7)
     with torch.no_grad():
         for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-            getattr(ref, name).copy_(torch.from_numpy(np.asarray(params[name])))
+            getattr(ref, name).copy_(torch.from_numpy(np.array(params[name])))
     x = np.random.default_rng(8).normal(size=(16, d_in))
+    fields = {f.name for f in dataclasses.fields(TrainStepInput)}
+    extra = {"is_logging_step": False} if "is_logging_step" in fields else {}
     out = ref.training_forward_pass(TrainStepInput(
-        sae_in=torch.from_numpy(x), coefficients={}, dead_neuron_mask=None, n_training_steps=0))
+        sae_in=torch.from_numpy(x), coefficients={}, dead_neuron_mask=None, n_training_steps=0,
+        **extra))
     out.loss.backward()
     loss, _ = S.sae_loss(params, jnp.asarray(x), config, S.init_state(config))
     grads = jax.grad(lambda p: S.sae_loss(p, jnp.asarray(x), config,
