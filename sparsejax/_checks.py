@@ -236,8 +236,9 @@ def check_nm(n: Any, m: Any, *, max_m: int | None = None) -> tuple[int, int]:
 
 
 NM_AXIS_HELP = ("given for pattern 'nm': the axis along which groups of m consecutive entries "
-                "are formed, the reduction axis of the sparse operand (axis=0 for a Flax [in, out] kernel, -2 for "
-                "a conv [kh, kw, in, out] kernel, 1 for an Equinox or torch [out, in] weight)")
+                "are formed, the reduction axis of the sparse operand (axis=0 for a Flax "
+                "[in, out] kernel, -2 for a conv [kh, kw, in, out] kernel, 1 for an Equinox or "
+                "torch [out, in] weight)")
 
 
 def check_nm_axis(axis: Any, ndim: int | None = None, name: str = "axis", *,

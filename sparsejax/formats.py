@@ -44,7 +44,6 @@ from sparsejax._checks import (
     check_nm,
     check_nm_axis,
     is_concrete,
-    must_be,
     normalize_axis,
 )
 
@@ -185,8 +184,8 @@ class NMSparse:
 
         Raises:
             TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m`` or ``axis``.
-            ValueError: ``axis`` missing, ``n`` outside ``[0, m]``, ``x.shape[axis]`` not divisible by ``m``, a mask
-                of the wrong shape or one keeping more than ``n`` of some group.
+            ValueError: ``axis`` missing, ``n`` outside ``[0, m]``, ``x.shape[axis]`` not
+                divisible by ``m``, a mask of the wrong shape or one keeping more than ``n`` of some group.
         """
         n, m = check_nm(n, m, max_m=256)  # uint8 indices
         check_nm_axis(axis)
