@@ -80,12 +80,12 @@ def test_ssvi_keeps_posterior_masked_and_nnz_constant(trained):
                 assert float(jnp.max(jnp.abs(jnp.where(new_m, 0, tree[name]["kernel"])))) == 0.0
             if bool(jnp.any(old_m != new_m)):
                 changed_steps.append(t)
-    assert sorted(set(changed_steps)) == [4, 8]  # count % update_every == 0, count > 0
+    assert sorted(set(changed_steps)) == [3, 7]  # step = count + 1 with step % update_every == 0
 
 
 def test_ssvi_update_step_matches_subspace_update_and_resets_moments(trained):
     history, _ = trained
-    v, state, new_v, new_state, grads = history[4]
+    v, state, new_v, new_state, grads = history[3]  # the 4th update call: step 4
     expected = B.subspace_update(v._replace(mask=state.masks), grads.mu, 4, end_step=40,
                                  update_every=4)
     adam_state = new_state.inner_state[1][0]
@@ -95,6 +95,12 @@ def test_ssvi_update_step_matches_subspace_update_and_resets_moments(trained):
         grown, dropped = new_m & ~old_m, old_m & ~new_m
         assert int(grown.sum()) > 0 and int(dropped.sum()) > 0
         np.testing.assert_array_equal(new_v.mu[name]["kernel"][grown], 0.0)
+        # no optimizer step at a subspace-update step (the reference's `if pruner(): step()`)
+        kept = old_m & new_m
+        np.testing.assert_array_equal(new_v.mu[name]["kernel"][kept], v.mu[name]["kernel"][kept])
+        np.testing.assert_array_equal(new_v.rho[name]["kernel"][kept],
+                                      v.rho[name]["kernel"][kept])
+        np.testing.assert_array_equal(new_v.mu[name]["bias"], v.mu[name]["bias"])
         np.testing.assert_allclose(new_v.rho[name]["kernel"][grown],
                                    expected.rho[name]["kernel"][grown])
         i = 0 if name == "l1" else 1

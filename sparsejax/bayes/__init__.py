@@ -3,12 +3,12 @@
 * SSVI (sparse subspace variational inference): a mean-field Gaussian posterior on a sparse
   subspace (`Posterior`, `init_posterior`), the local reparameterisation trick (`linear_lrt`,
   `conv_lrt`), the KL and ELBO (`kl_divergence`, `elbo`), SSVI's removal scores (`expected_abs`,
-  `snr`) and subspace update (`subspace_update`); predictive metrics (`predict`, `accuracy`,
+  `snr_mean_abs`) and subspace update (`subspace_update`); predictive metrics (`predict`, `accuracy`,
   `nll`, `expected_calibration_error`, `predictive_entropy`) and `training_flops`.
 * Sparse Bayesian learning: ARD regression (`sbl`) and its Kronecker-dictionary form (`kron_sbl`).
 """
 
-from sparsejax.bayes.lrt import conv_lrt, expected_abs, linear_lrt, snr
+from sparsejax.bayes.lrt import conv_lrt, expected_abs, linear_lrt, snr_mean_abs
 from sparsejax.bayes.metrics import (
     accuracy,
     expected_calibration_error,
@@ -27,7 +27,7 @@ from sparsejax.bayes.posterior import (
     sigma_of,
 )
 from sparsejax.bayes.sbl import SBLResult, kron_sbl, sbl
-from sparsejax.bayes.subspace import CRITERIA, removal_scores, subspace_update
+from sparsejax.bayes.subspace import CRITERIA, is_update_step, removal_scores, subspace_update
 from sparsejax.bayes.transform import SSVIState, masks_of, ssvi
 
 __all__ = [
@@ -41,11 +41,12 @@ __all__ = [
     "expected_abs",
     "expected_calibration_error",
     "init_posterior",
+    "is_update_step",
     "kl_divergence",
     "kl_weight",
     "kron_sbl",
-    "masks_of",
     "linear_lrt",
+    "masks_of",
     "nll",
     "predict",
     "predictive_entropy",
@@ -53,7 +54,7 @@ __all__ = [
     "sample_weights",
     "sbl",
     "sigma_of",
-    "snr",
+    "snr_mean_abs",
     "ssvi",
     "subspace_update",
     "training_flops",
