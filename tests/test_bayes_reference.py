@@ -171,3 +171,58 @@ def test_ssvi_update_at_mask_step_option_steps_kept_entries():
         np.testing.assert_allclose(updates.mu[k]["bias"], -LR * grads[4][k]["bias"], rtol=1e-5)
     with pytest.raises(TypeError, match="update_at_mask_step"):
         B.ssvi(optax.sgd(LR), end_step=30, update_at_mask_step="no")
+
+
+# ---------------------------------------------------------------- the paper's preset
+
+
+def test_ssvi_cifar_preset_values_and_init():
+    cfg = B.SSVI_CIFAR
+    assert (cfg.density, cfg.prior_sigma, cfg.kl_scale, cfg.update_every, cfg.drop_fraction,
+            cfg.criterion, cfg.regrow_dropped) == (0.1, 0.005, 0.01, 100, 0.3, "SNR_mean_abs", True)
+    params = {"conv_init": {"kernel": jnp.zeros((3, 3, 3, 16))},
+              "dense": {"kernel": jnp.zeros((200, 50)), "bias": jnp.ones(50)}}
+    post = cfg.init_posterior(jax.random.key(0), params, dense="conv_init/*")
+    assert bool(post.mask["conv_init"]["kernel"].all())            # first layer: dense, Bayesian
+    assert int(post.mask["dense"]["kernel"].sum()) == 1000         # 10% of 10000
+    assert post.mask["dense"]["bias"] is None and bool((post.mu["dense"]["bias"] == 1).all())
+    m = np.asarray(post.mask["dense"]["kernel"])
+    mu, rho = np.asarray(post.mu["dense"]["kernel"]), np.asarray(post.rho["dense"]["kernel"])
+    assert (mu[~m] == 0).all() and (rho[~m] == 0).all()
+    assert abs(mu[m].std() - 0.01) < 0.001
+    sigma = np.log1p(np.exp(rho[m].astype(np.float64)))
+    # |N(6e-4, 5e-4)|: mean 6.6e-4 (folded normal), as the reference's log(expm1(|x|))
+    assert abs(sigma.mean() - 6.6e-4) < 0.5e-4
+    np.testing.assert_allclose(cfg.kl_weight(0, 10), 0.01 * 1 / 100)
+    np.testing.assert_allclose(cfg.kl_weight(995, 10), 0.01 * 100 / 100)
+    np.testing.assert_allclose(cfg.kl_weight(5000, 10), 0.01)
+
+
+def test_ssvi_cifar_optimizer_is_the_reference_sgd():
+    """The inner step against torch's SGD(momentum 0.9, wd 5e-4 on means and biases only, lr_std on
+    rho) under a per-epoch CosineAnnealingLR(T_max=epochs), float64, before the first update."""
+    cfg = B.SSVIPreset(epochs=3, update_every=50, weight_decay=0.1, std_learning_rate=0.05)
+    spe, steps = 2, 6
+    params, masks, grads = _problem(2, steps, density=0.5)
+    opt = cfg.optimizer(steps_per_epoch=spe)
+    state = opt.init(_to_posterior(params, masks))
+    v = _to_posterior(params)
+    update = jax.jit(opt.update)
+    p = {k: {n: np.array(x, np.float64) for n, x in d.items()} for k, d in params.items()}
+    buf = {k: {n: 0.0 for n in d} for k, d in p.items()}
+    for t, g in enumerate(grads):
+        updates, state = update(_to_posterior(g), state, v)
+        v = optax.apply_updates(v, updates)
+        lr_factor = 0.5 * (1 + np.cos(np.pi * (t // spe) / cfg.epochs))
+        for k in p:
+            for n in p[k]:
+                gn = np.asarray(g[k][n], np.float64) * (1 if n == "bias" else masks[k])
+                if n != "rho":
+                    gn = gn + cfg.weight_decay * p[k][n]
+                buf[k][n] = cfg.momentum * buf[k][n] + gn
+                base = cfg.std_learning_rate if n == "rho" else cfg.learning_rate
+                p[k][n] = p[k][n] - base * lr_factor * buf[k][n]
+        for k in SHAPES:
+            np.testing.assert_allclose(v.mu[k]["kernel"], p[k]["mu"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(v.rho[k]["kernel"], p[k]["rho"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(v.mu[k]["bias"], p[k]["bias"], rtol=1e-5, atol=1e-6)

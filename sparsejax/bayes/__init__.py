@@ -4,7 +4,8 @@
   subspace (`Posterior`, `init_posterior`), the local reparameterisation trick (`linear_lrt`,
   `conv_lrt`), the KL and ELBO (`kl_divergence`, `elbo`), SSVI's removal scores (`expected_abs`,
   `snr_mean_abs`) and subspace update (`subspace_update`); predictive metrics (`predict`, `accuracy`,
-  `nll`, `expected_calibration_error`, `predictive_entropy`) and `training_flops`.
+  `nll`, `expected_calibration_error`, `predictive_entropy`) and `training_flops`; the paper's
+  configuration as one object (`SSVI_CIFAR`, an `SSVIPreset`).
 * Sparse Bayesian learning: ARD regression (`sbl`) and its Kronecker-dictionary form (`kron_sbl`).
 """
 
@@ -26,6 +27,7 @@ from sparsejax.bayes.posterior import (
     sample_weights,
     sigma_of,
 )
+from sparsejax.bayes.preset import SSVI_CIFAR, SSVIPreset
 from sparsejax.bayes.sbl import SBLResult, kron_sbl, sbl
 from sparsejax.bayes.subspace import CRITERIA, is_update_step, removal_scores, subspace_update
 from sparsejax.bayes.transform import SSVIState, masks_of, ssvi
@@ -34,6 +36,8 @@ __all__ = [
     "CRITERIA",
     "Posterior",
     "SBLResult",
+    "SSVIPreset",
+    "SSVI_CIFAR",
     "SSVIState",
     "accuracy",
     "conv_lrt",
