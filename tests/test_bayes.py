@@ -454,6 +454,23 @@ def test_metrics_against_numpy():
         B.nll(p, y[:3])
 
 
+def test_metrics_reject_out_of_range_labels_and_logits():
+    probs = jax.nn.softmax(jax.random.normal(KEY, (6, 4)))
+    labels = jnp.array([0, 1, 2, 3, 0, 1])
+    for fn in (B.nll, B.accuracy, B.expected_calibration_error):
+        with pytest.raises(ValueError, match=r"`labels` must be class indices in \[0, 3\].*-1"):
+            fn(probs, labels.at[2].set(-1))
+        with pytest.raises(ValueError, match="`labels` must be class indices.*4"):
+            fn(probs, labels.at[0].set(4))
+    logits = jax.random.normal(KEY, (6, 4)) * 3
+    with pytest.raises(ValueError, match="`probs` must be probabilities.*softmax"):
+        B.expected_calibration_error(logits, labels)
+    with pytest.raises(ValueError, match="`probs` must be probabilities"):
+        B.predictive_entropy(jnp.full((2, 4), 0.5))  # in [0, 1] but rows sum to 2
+    # under jit nothing is checked (documented): the values are what they are
+    assert np.isfinite(float(jax.jit(B.nll)(probs, labels)))
+
+
 def test_predict_and_training_flops():
     post = B.init_posterior(KEY, _params(), 0.9)
     x = jnp.ones((3, 12))
