@@ -3,9 +3,10 @@
 * SSVI (sparse subspace variational inference): a mean-field Gaussian posterior on a sparse
   subspace (`Posterior`, `init_posterior`), the local reparameterisation trick (`linear_lrt`,
   `conv_lrt`), the KL and ELBO (`kl_divergence`, `elbo`), SSVI's removal scores (`expected_abs`,
-  `snr_mean_abs`) and subspace update (`subspace_update`); predictive metrics (`predict`, `accuracy`,
-  `nll`, `expected_calibration_error`, `predictive_entropy`) and `training_flops`; the paper's
-  configuration as one object (`SSVI_CIFAR`, an `SSVIPreset`).
+  `snr_mean_abs`) and subspace update (`subspace_update`); predictive metrics (`predict`,
+  `predict_model` over a whole model, `accuracy`, `nll`, `expected_calibration_error`,
+  `predictive_entropy`) and `training_flops`; the paper's configuration as one object
+  (`SSVI_CIFAR`, an `SSVIPreset`).
 * Sparse Bayesian learning: ARD regression (`sbl`) and its Kronecker-dictionary form (`kron_sbl`).
 """
 
@@ -15,12 +16,14 @@ from sparsejax.bayes.metrics import (
     expected_calibration_error,
     nll,
     predict,
+    predict_model,
     predictive_entropy,
     training_flops,
 )
 from sparsejax.bayes.posterior import (
     Posterior,
     elbo,
+    init_kernel,
     init_posterior,
     kl_divergence,
     kl_weight,
@@ -44,6 +47,7 @@ __all__ = [
     "elbo",
     "expected_abs",
     "expected_calibration_error",
+    "init_kernel",
     "init_posterior",
     "is_update_step",
     "kl_divergence",
@@ -53,6 +57,7 @@ __all__ = [
     "masks_of",
     "nll",
     "predict",
+    "predict_model",
     "predictive_entropy",
     "removal_scores",
     "sample_weights",

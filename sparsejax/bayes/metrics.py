@@ -23,6 +23,7 @@ __all__ = [
     "expected_calibration_error",
     "nll",
     "predict",
+    "predict_model",
     "predictive_entropy",
     "training_flops",
 ]
@@ -50,6 +51,39 @@ def predict(
     samples = check_int(samples, "samples", minimum=1)
     keys = jax.random.split(key, samples)
     return jnp.mean(jax.vmap(lambda k: fn(k, x))(keys), axis=0)
+
+
+def predict_model(
+    model: Callable[..., Any],
+    x: Any,
+    key: jax.Array,
+    *,
+    samples: int,
+    link: Callable[[jax.Array], jax.Array] | None = jax.nn.softmax,
+) -> Float[Array, "*batch k"]:
+    """Monte-Carlo predictive of a whole model: ``(1/K) sum_k link(model(x, key=key_k))``.
+
+    ``model`` is anything called as ``model(x, key=k)`` for one stochastic pass and
+    ``model(x)`` for the mean weights: a Flax NNX or Equinox model built from the SSVI layers
+    (`sparsejax.nn.SSVILinear`, ...) that passes ``key`` on to them.
+
+    Args:
+        model: the model (NNX module, Equinox module or function).
+        x: its inputs.
+        key: PRNG key, split into ``samples`` keys.
+        samples: ``K >= 1``.
+        link: applied to each pass before averaging: ``jax.nn.softmax`` (default: class
+            probabilities from logits) or ``None`` (average the raw outputs).
+
+    Returns:
+        the average of the ``K`` linked outputs.
+    """
+    if link is not None and not callable(link):
+        raise TypeError(must_be("link", "a callable (e.g. jax.nn.softmax) or None", link))
+    if not callable(model):
+        raise TypeError(must_be("model", "a callable model(x, key=k)", model))
+    fn = (lambda out: out) if link is None else link
+    return predict(lambda k, xb: fn(model(xb, key=k)), key, x, samples=samples)
 
 
 def _check_probs(probs, labels=None):
