@@ -13,7 +13,7 @@ from sparsejax.nn.lista import LISTA
 from sparsejax.nn.masked import Masked
 from sparsejax.nn.moe import MoE
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
-from sparsejax.nn.ssvi import SSVIConv, SSVILinear
+from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
 from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "SparseMultiHeadAttention",
     "SparseStructure",
     "eqx",
+    "merge_posterior",
+    "split_posterior",
     "to_dense",
     "to_sparse",
 ]
