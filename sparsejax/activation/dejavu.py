@@ -79,8 +79,8 @@ def dejavu_train(
     Returns:
         The trained `DejaVuPredictor`.
     """
-    x = check_float_array(x, "x")
-    acts = check_float_array(acts, "acts")
+    x = jnp.asarray(check_float_array(x, "x"))
+    acts = jnp.asarray(check_float_array(acts, "acts"))
     steps = check_int(steps, "steps", minimum=0)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     learning_rate = check_positive_float(learning_rate, "learning_rate")

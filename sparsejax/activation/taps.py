@@ -69,18 +69,21 @@ def collect_inputs(
         return seen
 
     out: dict[str, list] = {}
+    n_batches = 0
     for batch in batches:
+        n_batches += 1
         for name, (x, w) in run(params, batch).items():
             x, w = np.asarray(x, np.float32), np.asarray(w, bool)
             out.setdefault(name, []).append(x.reshape(-1, x.shape[-1])[w.reshape(-1)])
-    if not out:
-        raise ValueError("`batches` must hold at least one batch in which `forward_fn` taps a "
-                         "layer; got none.")
+    if n_batches == 0:
+        raise ValueError("`batches` must hold at least one batch; got none.")
     if wanted is not None:
         missing = [n for n in wanted if n not in out]
         if missing:
             raise ValueError(f"`names` must be layers passed to `tap` by `forward_fn`; got "
                              f"{missing} never tapped.")
+    if not out:
+        raise ValueError("`forward_fn` must pass at least one layer input to `tap`; got none.")
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
