@@ -6,6 +6,7 @@ pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
 from sparsejax import (
+    activation,
     allocation,
     attention,
     bayes,
@@ -33,6 +34,7 @@ __all__ = [
     "BlockSparse",
     "NMSparse",
     "Sparsity",
+    "activation",
     "allocation",
     "attention",
     "bayes",
