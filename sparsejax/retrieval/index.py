@@ -224,7 +224,7 @@ def build_index(
     if offsets[:, -1].max() >= 2**31:
         raise ValueError(must_be("docs", "fewer than 2**31 postings per shard",
                                  int(offsets[:, -1].max()), raw=True))
-    width = max(int(offsets[:, -1].max()), 1)
+    width = -(-max(int(offsets[:, -1].max()), 1) // 1024) * 1024  # fewer distinct shapes to compile
     id_dtype = np.uint16 if per <= 2**16 else np.int32
     doc_ids = np.zeros((shards, width), id_dtype)
     weights = np.zeros((shards, width), np.float32)
