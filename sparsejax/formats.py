@@ -903,7 +903,8 @@ class CSR:
 
     def mask(self) -> Bool[Array, "M K"]:
         """Bool ``[M, K]`` of the stored positions."""
-        return _csr_to_dense(self.valid(), self.indices, self.indptr, self.shape)
+        return _csr_to_dense(self.valid().astype(jnp.int8), self.indices, self.indptr,
+                             self.shape) > 0
 
     # -- conversion -----------------------------------------------------------------------
     def to_dense(self) -> Float[Array, "M K"]:
