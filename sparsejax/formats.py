@@ -44,6 +44,7 @@ from sparsejax._checks import (
     check_nm,
     check_nm_axis,
     is_concrete,
+    must_be,
     normalize_axis,
 )
 
