@@ -47,14 +47,6 @@ class MaskUpdate(NamedTuple):
     values: PyTree
 
 
-def is_function(value: Any) -> bool:
-    """A function to call, not a tree: callable and without array leaves (an Equinox module is
-    callable but holds arrays). Same rule as the core branch's ``_checks.is_function``; replace
-    this one by it once both are merged."""
-    return callable(value) and not any(isinstance(x, jax.Array | np.ndarray)
-                                       for x in jax.tree.leaves(value))
-
-
 def key_data(key: Any, name: str = "key") -> jax.Array:
     """Raw uint32 key data of a PRNG key (typed keys converted), validated."""
     if key is None:

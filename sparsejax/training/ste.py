@@ -33,6 +33,7 @@ from sparsejax._checks import (
     check_same_structure,
     check_sparsity,
     is_concrete,
+    is_function,
 )
 from sparsejax.select import Where
 from sparsejax.tree import compute_masks
@@ -51,7 +52,7 @@ Masks = PyTree | Callable[[PyTree], PyTree]
 
 
 def _resolve(params: PyTree, masks: Masks) -> PyTree:
-    if callable(masks):
+    if is_function(masks, params):
         masks = masks(lax.stop_gradient(params))
     check_same_structure(params, masks, "masks")
     return masks
