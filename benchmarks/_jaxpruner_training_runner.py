@@ -5,7 +5,8 @@ dependencies (``--jaxpruner-src`` is put on ``sys.path``, this checkout's sparse
 
 Both prune the same MLP (kernels only, uniform 90%) with plain SGD on the same gradient sequence,
 jaxpruner's ``PolynomialSchedule(update_freq, start, end)`` against
-``prune(sgd, lambda t: polynomial(0.9, start, end)(t + 1), update_every=update_freq)`` (jaxpruner
+``prune(sgd, lambda t: polynomial(0.9, start, end)(t + 1), update_every=update_freq,
+begin_step=start)`` (jaxpruner
 evaluates its schedule at ``count + 1``; sparsejax's schedules at ``count``). jaxpruner's params are
 masked by its separate ``post_gradient_update`` call; sparsejax's by the updates themselves. Prints
 one JSON line: whether the masks agree after every step, and the step times (interleaved medians).
@@ -60,7 +61,7 @@ def main() -> None:
     tx_jp = pruner.wrap_optax(optax.sgd(0.01))
     schedule = sj.schedules.polynomial(0.9, start, end)
     tx_sj = sj.training.prune(optax.sgd(0.01), lambda t: schedule(t + 1), update_every=freq,
-                              end_step=end)
+                              begin_step=start, end_step=end)
 
     @jax.jit
     def step_jp(p, s, g):
