@@ -71,7 +71,7 @@ def eqx_train(model, steps=30):
 
 
 def test_nnx_block_sparse_linear_forward_and_training():
-    mask = masks.random(jax.random.PRNGKey(1), (IN // BS[0], OUT // BS[1]), 0.5)
+    mask = masks.random_mask(jax.random.PRNGKey(1), (IN // BS[0], OUT // BS[1]), 0.5)
     layer = BlockSparseLinear(IN, OUT, block_shape=BS, block_mask=mask, rngs=nnx.Rngs(0))
     x, _ = data()
     w = np.asarray(layer.weight.to_dense())

@@ -49,7 +49,7 @@ def build_bsr(in_features, out_features, block_shape, density, block_mask, kerne
             raise ValueError(f"`density` must be in (0, 1]; got {density!r}.")
         if k_mask is None:
             raise ValueError("a random block mask (`density=`) needs a PRNG key / rngs.")
-        block_mask = masks.random(k_mask, (in_features // bm, out_features // bn),
+        block_mask = masks.random_mask(k_mask, (in_features // bm, out_features // bn),
                                   1.0 - float(density))
     block_mask = jnp.asarray(block_mask)
     if kernel is None:
