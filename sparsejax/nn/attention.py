@@ -22,6 +22,8 @@ from sparsejax._checks import must_be
 from sparsejax.attention.kernel import attention
 from sparsejax.nn._attention import MaskArg, check_heads, resolve_mask, split_heads
 
+__all__ = ["SparseMultiHeadAttention"]
+
 
 class SparseMultiHeadAttention(nnx.Module):
     """Flax NNX multi-head (grouped-query) self-attention with a block-sparse mask.
@@ -72,6 +74,3 @@ class SparseMultiHeadAttention(nnx.Module):
         o = attention(q, k, v, resolve_mask(mask, q, k), causal=self.causal, backend=self.backend)
         b, _, n, _ = o.shape
         return self.out(o.transpose(0, 2, 1, 3).reshape(b, n, -1))
-
-
-__all__ = ["SparseMultiHeadAttention"]
