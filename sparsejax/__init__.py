@@ -20,6 +20,7 @@ from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsit
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
     from sparsejax import (
+        activation,
         attention,
         bayes,
         dictionary,
@@ -32,15 +33,17 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
         training,
     )
     from sparsejax.attention import BlockMask
-    from sparsejax.formats import BlockSparse, NMSparse
+    from sparsejax.formats import CSR, BlockSparse, NMSparse
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BlockMask",
     "BlockSparse",
+    "CSR",
     "NMSparse",
     "Sparsity",
+    "activation",
     "allocation",
     "attention",
     "bayes",
@@ -64,10 +67,10 @@ __all__ = [
     "training",
 ]
 
-_LAZY_MODULES = frozenset({"attention", "bayes", "dictionary", "formats", "models", "moe", "nn",
+_LAZY_MODULES = frozenset({"activation", "attention", "bayes", "dictionary", "formats", "models", "moe", "nn",
                            "oneshot", "ops", "training"})
 _LAZY_NAMES = {"BlockMask": "sparsejax.attention", "BlockSparse": "sparsejax.formats",
-               "NMSparse": "sparsejax.formats"}
+               "CSR": "sparsejax.formats", "NMSparse": "sparsejax.formats"}
 
 
 def __getattr__(name: str) -> Any:

@@ -298,8 +298,11 @@ def is_function(value: Any, tree: Any = None) -> bool:
     A callable pytree with array leaves (an Equinox module, even one that does not mirror
     ``tree``) is never taken for a function: it is a tree (a mistaken one is reported as such).
     """
-    if not callable(value) or (tree is not None and mirrors(value, tree)):
+    if not callable(value):
         return False
+    if tree is not None and not jax.tree_util.treedef_is_leaf(jax.tree.structure(value)) \
+            and mirrors(value, tree):
+        return False  # a callable container shaped like the tree (an Equinox module): a tree
     return not any(isinstance(x, jax.Array | np.ndarray) for x in jax.tree.leaves(value))
 
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from sparsejax.nn.masked import Masked
     from sparsejax.nn.moe import MoE
     from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
-    from sparsejax.nn.ssvi import SSVIConv, SSVILinear
+    from sparsejax.nn.sparse_linear import SparseConv1x1, SparseLinear
+    from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
     from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
@@ -34,9 +35,13 @@ __all__ = [
     "SSVIConv",
     "SSVILinear",
     "SparseAutoencoder",
+    "SparseConv1x1",
+    "SparseLinear",
     "SparseMultiHeadAttention",
     "SparseStructure",
     "eqx",
+    "merge_posterior",
+    "split_posterior",
     "to_dense",
     "to_sparse",
 ]
@@ -53,6 +58,10 @@ _HOMES = {
     "SparseAutoencoder": "sae",
     "SSVIConv": "ssvi",
     "SSVILinear": "ssvi",
+    "merge_posterior": "ssvi",
+    "split_posterior": "ssvi",
+    "SparseConv1x1": "sparse_linear",
+    "SparseLinear": "sparse_linear",
     "to_dense": "surgery",
     "to_sparse": "surgery",
 }

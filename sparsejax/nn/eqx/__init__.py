@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from sparsejax.nn.eqx.masked import Masked
     from sparsejax.nn.eqx.moe import MoE
     from sparsejax.nn.eqx.sae import SparseAutoencoder
-    from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear
+    from sparsejax.nn.eqx.sparse_linear import SparseConv1x1, SparseLinear
+    from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear, posterior_of, with_posterior
     from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
@@ -28,9 +29,13 @@ __all__ = [
     "SSVIConv",
     "SSVILinear",
     "SparseAutoencoder",
+    "SparseConv1x1",
+    "SparseLinear",
     "SparseMultiHeadAttention",
+    "posterior_of",
     "to_dense",
     "to_sparse",
+    "with_posterior",
 ]
 
 _HOMES = {
@@ -43,6 +48,10 @@ _HOMES = {
     "SparseAutoencoder": "sae",
     "SSVIConv": "ssvi",
     "SSVILinear": "ssvi",
+    "posterior_of": "ssvi",
+    "with_posterior": "ssvi",
+    "SparseConv1x1": "sparse_linear",
+    "SparseLinear": "sparse_linear",
     "to_dense": "surgery",
     "to_sparse": "surgery",
 }
