@@ -13,6 +13,7 @@ from sparsejax.nn.lista import LISTA
 from sparsejax.nn.masked import Masked
 from sparsejax.nn.moe import MoE
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
+from sparsejax.nn.sparse_linear import SparseConv1x1, SparseLinear
 from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
 from sparsejax.nn.surgery import to_dense, to_sparse
 
@@ -26,6 +27,8 @@ __all__ = [
     "SSVIConv",
     "SSVILinear",
     "SparseAutoencoder",
+    "SparseConv1x1",
+    "SparseLinear",
     "SparseMultiHeadAttention",
     "SparseStructure",
     "eqx",

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsejax import allocation as _allocation
+from sparsejax import _registry
 from sparsejax._checks import _is_none, check_sparsity
 from sparsejax.select import Where
 from sparsejax.training._transform import key_data, masked_transform
@@ -25,7 +25,7 @@ from sparsejax.tree import compute_masks
 __all__ = ["dynamic_sparse", "random_masks", "rigl", "sparse_evolutionary"]
 
 PyTree = Any
-ALLOCATIONS = ("uniform", "erk", "er")
+ALLOCATIONS = _registry.SHAPE_ALLOCATIONS
 
 
 def random_masks(params: PyTree, sparsity: float, key: jax.Array, *, allocation: str = "erk",
@@ -45,8 +45,7 @@ def random_masks(params: PyTree, sparsity: float, key: jax.Array, *, allocation:
     check_sparsity(sparsity)
     if allocation not in ALLOCATIONS:
         raise ValueError(f"`allocation` must be one of {ALLOCATIONS}; got {allocation!r}.")
-    fn = {"erk": _allocation.erk, "er": _allocation.er, "uniform": _allocation.uniform}[allocation]
-    budget = fn(params, float(sparsity), where=where)
+    budget = _registry.ALLOCATIONS[allocation](params, float(sparsity), where=where)
     return compute_masks(params, sparsity=budget, scores="random", key=key, where=where)
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsejax import allocation as _allocation
+from sparsejax import _registry
 from sparsejax._checks import (
     _is_none,
     check_callable,
@@ -27,8 +27,8 @@ from sparsejax.tree import compute_masks
 __all__ = ["prune"]
 
 PyTree = Any
-SCORES = ("magnitude", "saliency", "random")
-ALLOCATIONS = ("uniform", "erk", "er", "global")
+SCORES = tuple(name for name in _registry.SCORES if name != "wanda")  # wanda needs calibration
+ALLOCATIONS = tuple(_registry.ALLOCATIONS)
 
 
 def _score_fn(scores: str | Callable, grad_scores: Callable | None) -> Callable:
@@ -120,7 +120,7 @@ def prune(
         allocation: ``"uniform"``, ``"global"`` (one top-k over all leaves; unstructured only),
             ``"erk"``/``"er"`` (per-leaf budgets of the final sparsity, each leaf following the
             schedule scaled to its budget, as jaxpruner does), or a callable
-            ``(params, sparsity) -> per-leaf sparsity tree`` (treated like ``"erk"``; it is
+            ``(params, sparsity, *, where) -> per-leaf sparsity tree`` (treated like ``"erk"``; it is
             called while tracing the step, so it must read only the params' shapes).
         where: leaf selector (default: float leaves with ``ndim >= 2``).
         update_every: mask update period in optimizer steps, ``>= 1`` (TF-MOT's ``frequency``).
@@ -177,7 +177,7 @@ def prune(
         key = key_data(key)
     if not (callable(allocation) or allocation in ALLOCATIONS):
         raise ValueError(f"`allocation` must be one of {ALLOCATIONS} or a callable "
-                         f"(params, sparsity) -> sparsity tree; got {allocation!r}.")
+                         f"(params, sparsity, *, where) -> sparsity tree; got {allocation!r}.")
     if pattern == "nm" and allocation != "uniform":
         raise ValueError(f"`allocation` must be 'uniform' with pattern='nm' (every leaf keeps N of "
                          f"M, there is no budget to split); got {allocation!r}.")
@@ -190,9 +190,8 @@ def prune(
 
     def budgets(params):
         if allocation in ("erk", "er"):
-            fn = _allocation.erk if allocation == "erk" else _allocation.er
-            return fn(params, final, where=where)
-        return allocation(params, final)
+            return _registry.ALLOCATIONS[allocation](params, final, where=where)
+        return allocation(params, final, where=where)
 
     def init_masks(params, k):
         del k
