@@ -7,6 +7,7 @@ model surgery that deploys a pruned model's ``Linear`` layers on the sparse kern
 """
 
 from sparsejax.nn import eqx
+from sparsejax.nn.activation import Threshold, ThresholdLinear
 from sparsejax.nn.attention import SparseMultiHeadAttention
 from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
 from sparsejax.nn.lista import LISTA
@@ -28,6 +29,8 @@ __all__ = [
     "SparseAutoencoder",
     "SparseMultiHeadAttention",
     "SparseStructure",
+    "Threshold",
+    "ThresholdLinear",
     "eqx",
     "to_dense",
     "to_sparse",

@@ -1,6 +1,7 @@
 """Equinox layers over sparsejax's core, with the same class names as their Flax NNX
 counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`)."""
 
+from sparsejax.nn.eqx.activation import ThresholdLinear
 from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
 from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
 from sparsejax.nn.eqx.lista import LISTA
@@ -20,6 +21,7 @@ __all__ = [
     "SSVILinear",
     "SparseAutoencoder",
     "SparseMultiHeadAttention",
+    "ThresholdLinear",
     "to_dense",
     "to_sparse",
 ]
