@@ -23,7 +23,7 @@ from sparsejax import (
     training,
 )
 from sparsejax.attention import BlockMask
-from sparsejax.formats import BlockSparse, NMSparse
+from sparsejax.formats import CSR, BlockSparse, NMSparse
 from sparsejax.select import path_str, select
 from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsity, summary
 
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockMask",
     "BlockSparse",
+    "CSR",
     "NMSparse",
     "Sparsity",
     "activation",

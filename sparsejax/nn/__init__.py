@@ -14,7 +14,8 @@ from sparsejax.nn.lista import LISTA
 from sparsejax.nn.masked import Masked
 from sparsejax.nn.moe import MoE
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
-from sparsejax.nn.ssvi import SSVIConv, SSVILinear
+from sparsejax.nn.sparse_linear import SparseConv1x1, SparseLinear
+from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
 from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
@@ -27,11 +28,15 @@ __all__ = [
     "SSVIConv",
     "SSVILinear",
     "SparseAutoencoder",
+    "SparseConv1x1",
+    "SparseLinear",
     "SparseMultiHeadAttention",
     "SparseStructure",
     "Threshold",
     "ThresholdLinear",
     "eqx",
+    "merge_posterior",
+    "split_posterior",
     "to_dense",
     "to_sparse",
 ]

@@ -8,7 +8,8 @@ from sparsejax.nn.eqx.lista import LISTA
 from sparsejax.nn.eqx.masked import Masked
 from sparsejax.nn.eqx.moe import MoE
 from sparsejax.nn.eqx.sae import SparseAutoencoder
-from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear
+from sparsejax.nn.eqx.sparse_linear import SparseConv1x1, SparseLinear
+from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear, posterior_of, with_posterior
 from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
@@ -20,8 +21,12 @@ __all__ = [
     "SSVIConv",
     "SSVILinear",
     "SparseAutoencoder",
+    "SparseConv1x1",
+    "SparseLinear",
     "SparseMultiHeadAttention",
     "ThresholdLinear",
+    "posterior_of",
     "to_dense",
     "to_sparse",
+    "with_posterior",
 ]
