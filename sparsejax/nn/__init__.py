@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sparsejax.nn import eqx
+    from sparsejax.nn.activation import Threshold, ThresholdLinear
     from sparsejax.nn.attention import SparseMultiHeadAttention
     from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
     from sparsejax.nn.lista import LISTA
@@ -39,6 +40,8 @@ __all__ = [
     "SparseLinear",
     "SparseMultiHeadAttention",
     "SparseStructure",
+    "Threshold",
+    "ThresholdLinear",
     "eqx",
     "merge_posterior",
     "split_posterior",
@@ -47,6 +50,8 @@ __all__ = [
 ]
 
 _HOMES = {
+    "Threshold": "activation",
+    "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sparsejax.nn.eqx.activation import ThresholdLinear
     from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
     from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
     from sparsejax.nn.eqx.lista import LISTA
@@ -32,6 +33,7 @@ __all__ = [
     "SparseConv1x1",
     "SparseLinear",
     "SparseMultiHeadAttention",
+    "ThresholdLinear",
     "posterior_of",
     "to_dense",
     "to_sparse",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",
