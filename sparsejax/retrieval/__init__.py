@@ -13,6 +13,7 @@ index.
 * metrics: `mrr_at_k`, `recall_at_k`.
 """
 
+from sparsejax.retrieval import corpus
 from sparsejax.retrieval.encode import (
     idf,
     inference_free_query,
@@ -28,6 +29,7 @@ from sparsejax.retrieval.prune import keep_above_fraction, max_active_dims
 
 __all__ = [
     "InvertedIndex",
+    "corpus",
     "build_index",
     "contrastive_loss",
     "convex_fusion",
