@@ -58,6 +58,37 @@ def scipy_topk(Q, D, k):
     return np.take_along_axis(vals, order, 1), np.take_along_axis(ids, order, 1), S
 
 
+def accel_section(docs: int, queries: int, vocab: int = 30_000, terms: int = 100,
+                  query_terms: int = 20, k: int = 10, repeats: int = 3) -> dict:
+    """Exact top-k on the default JAX device (GPU/TPU) vs scipy on the host: same ids, times.
+
+    Used by ``benchmarks/device_check.py``; returns a dict with a ``failures`` list.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from sparsejax import retrieval as R
+
+    rng = np.random.default_rng(0)
+    d_ids, d_w = zipf_rows(rng, docs, vocab, terms, 1.25)
+    q_ids, q_w = zipf_rows(rng, queries, vocab, query_terms, 1.1)
+    index = R.build_index((d_ids, d_w), vocab_size=vocab)
+    qs = (jnp.asarray(q_ids), jnp.asarray(q_w))
+    jax.block_until_ready(R.search(index, qs, k))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        s_ours, i_ours = jax.block_until_ready(R.search(index, qs, k))
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    s_ref, i_ref, _ = scipy_topk(to_csr(q_ids, q_w, vocab), to_csr(d_ids, d_w, vocab), k)
+    scipy_s = time.perf_counter() - t
+    same = bool((np.asarray(i_ours) == i_ref).all())
+    return {"docs": docs, "queries": queries, "k": k, "device": str(jax.devices()[0].device_kind),
+            "search_s": min(times), "scipy_host_s": scipy_s, "same_ids_as_scipy": same,
+            "failures": [] if same else ["retrieval: ids differ from scipy brute force"]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=100_000)
