@@ -58,8 +58,7 @@ def splade_encoder(params, ids, mask, config):
 
 def unicoil_encoder(params, ids, mask, config, special):
     h = encode(params["bert"], ids, mask, config)
-    w = jax.nn.relu(h @ params["kernel"] + params["head_bias"])[..., 0]
-    return R.term_weight_pool(w, ids, mask * special, config.vocab_size)
+    return R.term_weight_head(params["head"], h, ids, mask * special, config.vocab_size)
 
 
 def batched(fn, ids, mask, size=64):
@@ -169,8 +168,7 @@ def main(argv=None):
 
     # inference-free LSR: IDF queries x MiniLM + uniCOIL doc encoder
     d_special = (d_ids != tok.cls) & (d_ids != tok.sep)
-    free_params = {"bert": model.params, "kernel": jnp.zeros((config.hidden, 1)),
-                   "head_bias": jnp.ones(1)}
+    free_params = {"bert": model.params, "head": R.term_weight_head_init(config.hidden)}
     doc_enc = partial(unicoil_encoder, config=config)
 
     def free_loss(p, batch, t):

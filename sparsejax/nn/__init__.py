@@ -10,6 +10,7 @@ from sparsejax.nn import eqx
 from sparsejax.nn.attention import SparseMultiHeadAttention
 from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
 from sparsejax.nn.lista import LISTA
+from sparsejax.nn.lsr import TermWeightHead
 from sparsejax.nn.masked import Masked
 from sparsejax.nn.moe import MoE
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
@@ -28,6 +29,7 @@ __all__ = [
     "SparseAutoencoder",
     "SparseMultiHeadAttention",
     "SparseStructure",
+    "TermWeightHead",
     "eqx",
     "to_dense",
     "to_sparse",

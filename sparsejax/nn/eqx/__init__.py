@@ -4,6 +4,7 @@ counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`)."""
 from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
 from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
 from sparsejax.nn.eqx.lista import LISTA
+from sparsejax.nn.eqx.lsr import TermWeightHead
 from sparsejax.nn.eqx.masked import Masked
 from sparsejax.nn.eqx.moe import MoE
 from sparsejax.nn.eqx.sae import SparseAutoencoder
@@ -20,6 +21,7 @@ __all__ = [
     "SSVILinear",
     "SparseAutoencoder",
     "SparseMultiHeadAttention",
+    "TermWeightHead",
     "to_dense",
     "to_sparse",
 ]
