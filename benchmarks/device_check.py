@@ -10,9 +10,11 @@ On a machine where JAX sees a GPU, ``python benchmarks/device_check.py``:
    forward+backward) and of ``benchmarks/attention.py`` (bf16, 8k to 64k tokens, 10% block
    density; ``pallas_gpu`` and ``xla`` against ``jax.nn.dot_product_attention`` with cuDNN,
    forward and forward+backward), each point also checked against a dense result;
-3. prints one JSON summary (device, jax/jaxlib versions, tests passed/failed, every ratio) and
+3. runs ``benchmarks/retrieval.py``'s accelerator section (exact top-10 of 1000 sparse queries
+   over 100k synthetic documents on the device, same ids as scipy on the host);
+4. prints one JSON summary (device, jax/jaxlib versions, tests passed/failed, every ratio) and
    writes it to ``--out`` (default ``results/device_check.json``);
-4. exits 1 if any on-device test or benchmark point failed, else 0.
+5. exits 1 if any on-device test or benchmark point failed, else 0.
 
 Sized to finish in under 8 minutes on one H200 (``--budget`` seconds for the attention sweep,
 whose longest lengths are skipped, and reported as skipped, once it is spent). Without a GPU it
@@ -42,9 +44,10 @@ TEST_FILES = ("tests/test_ops_pallas.py", "tests/test_attention_kernel.py")
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 FULL = dict(matmul_size=8192, matmul_block=128, densities=(1.0, 0.5, 0.25, 0.1, 0.05),
-            seqs=(8192, 16384, 32768, 65536), heads=8, dim=64, attn_block=128, repeats=5)
+            seqs=(8192, 16384, 32768, 65536), heads=8, dim=64, attn_block=128, repeats=5,
+            retrieval_docs=100_000, retrieval_queries=1000)
 DRY = dict(matmul_size=64, matmul_block=16, densities=(1.0, 0.25), seqs=(64,), heads=2, dim=16,
-           attn_block=16, repeats=1)
+           attn_block=16, repeats=1, retrieval_docs=500, retrieval_queries=8)
 
 
 def _load(name: str):
@@ -135,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         density=0.1, backends=("pallas_gpu", "xla"), repeats=cfg["repeats"],
         interpret=interpret, budget_s=args.budget)
     summary["attention"] = attention
+    retrieval = _load("retrieval").accel_section(cfg["retrieval_docs"], cfg["retrieval_queries"])
+    summary["retrieval"] = retrieval
     failed_tests = summary["tests"]["failed"] if summary["tests"] else 0
-    summary["failures"] = failed_tests + len(matmul["failures"]) + len(attention["failures"])
+    summary["failures"] = (failed_tests + len(matmul["failures"]) + len(attention["failures"])
+                           + len(retrieval["failures"]))
     summary["wall_s"] = time.perf_counter() - start
     summary["ok"] = summary["failures"] == 0
     out.parent.mkdir(parents=True, exist_ok=True)

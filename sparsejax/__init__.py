@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
         nn,
         oneshot,
         ops,
+        retrieval,
         training,
     )
     from sparsejax.attention import BlockMask
@@ -59,6 +60,7 @@ __all__ = [
     "nbytes",
     "oneshot",
     "path_str",
+    "retrieval",
     "schedules",
     "scores",
     "select",
@@ -68,7 +70,7 @@ __all__ = [
 ]
 
 _LAZY_MODULES = frozenset({"activation", "attention", "bayes", "dictionary", "formats", "models", "moe", "nn",
-                           "oneshot", "ops", "training"})
+                           "oneshot", "ops", "retrieval", "training"})
 _LAZY_NAMES = {"BlockMask": "sparsejax.attention", "BlockSparse": "sparsejax.formats",
                "CSR": "sparsejax.formats", "NMSparse": "sparsejax.formats"}
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sparsejax.nn.attention import SparseMultiHeadAttention
     from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
     from sparsejax.nn.lista import LISTA
+    from sparsejax.nn.lsr import TermWeightHead
     from sparsejax.nn.masked import Masked
     from sparsejax.nn.moe import MoE
     from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
@@ -40,6 +41,7 @@ __all__ = [
     "SparseLinear",
     "SparseMultiHeadAttention",
     "SparseStructure",
+    "TermWeightHead",
     "Threshold",
     "ThresholdLinear",
     "eqx",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "TermWeightHead": "lsr",
     "Threshold": "activation",
     "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",

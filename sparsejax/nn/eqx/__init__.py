@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
     from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
     from sparsejax.nn.eqx.lista import LISTA
+    from sparsejax.nn.eqx.lsr import TermWeightHead
     from sparsejax.nn.eqx.masked import Masked
     from sparsejax.nn.eqx.moe import MoE
     from sparsejax.nn.eqx.sae import SparseAutoencoder
@@ -33,6 +34,7 @@ __all__ = [
     "SparseConv1x1",
     "SparseLinear",
     "SparseMultiHeadAttention",
+    "TermWeightHead",
     "ThresholdLinear",
     "posterior_of",
     "to_dense",
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "TermWeightHead": "lsr",
     "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
     "BlockSparseLinear": "linear",
