@@ -1,0 +1,141 @@
+"""Unstructured sparse (CSR) products on CPU: sparse 1x1 convolutions vs dense, and SpMM vs peers.
+
+Section ``conv1x1`` ("Fast Sparse ConvNets", MobileNet's late layers): `sparsejax.ops.sparse_conv1x1`
+against the dense ``lax.conv_general_dilated`` 1x1 convolution for ``C_in = C_out = --channels``
+(512) on a ``--hw`` x ``--hw`` (14 x 14) map, batch 1, float32, NHWC and NCHW, at 70, 80, 90 and
+95% unstructured sparsity (uniformly random masks). Goal (issue 26): faster than dense from 80%.
+
+Section ``spmm``: `sparsejax.ops.csr_matmul` ``W @ X`` with the same ``[C_out, C_in]`` weights and
+``X [C_in, hw*hw]`` against ``jax.experimental.sparse.BCSR @ X`` (jitted) and
+``scipy.sparse.csr_matrix @ X`` (numpy, single-threaded). Goal: at least as fast as both at 90%.
+
+Timing: jitted functions, a warm-up call, then ``--repeats`` interleaved runs (dense/sparse pairs,
+`paired_times` of ``benchmarks/matmul.py``), so load changes on a shared machine hit both alike;
+each ratio is the median of per-pair ratios. Every point also checks the result against the dense
+one (max relative error). The 1-minute load average is recorded next to the figures.
+
+Run: ``python benchmarks/csr.py [--repeats 30] [--out results/csr.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from jax.experimental import sparse as jsparse
+
+from sparsejax.formats import CSR
+from sparsejax.ops import csr_matmul, sparse_conv1x1
+
+SPARSITIES = (0.7, 0.8, 0.9, 0.95)
+
+
+def _load(name: str):
+    """A sibling benchmark module by path (``benchmarks/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}",
+                                                  pathlib.Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+paired_times = _load("matmul").paired_times
+
+
+def _rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(1e-30, np.max(np.abs(want))))
+
+
+def _weight(rng: np.random.Generator, c: int, sparsity: float) -> np.ndarray:
+    w = rng.standard_normal((c, c)).astype(np.float32)
+    keep = np.zeros(c * c, bool)
+    keep[rng.permutation(c * c)[: int(round((1 - sparsity) * c * c))]] = True
+    return np.where(keep.reshape(c, c), w, 0).astype(np.float32)
+
+
+def conv_section(channels: int, hw: int, sparsities, repeats: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fmt in ("NHWC", "NCHW"):
+        shape = (1, hw, hw, channels) if fmt == "NHWC" else (1, channels, hw, hw)
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        dense = jax.jit(lambda x, w, fmt=fmt: jax.lax.conv_general_dilated(
+            x, w[:, :, None, None], (1, 1), "VALID", dimension_numbers=(fmt, "OIHW", fmt)))
+        sparse = jax.jit(lambda x, w, fmt=fmt: sparse_conv1x1(x, w, data_format=fmt))
+        for s in sparsities:
+            w = _weight(rng, channels, s)
+            a = CSR.from_dense(w)
+            td, ts, ratio = paired_times(dense, (x, jnp.asarray(w)), sparse, (x, a), repeats)
+            rows.append(dict(layout=fmt, sparsity=s, dense_ms=td * 1e3, sparse_ms=ts * 1e3,
+                             ratio=ratio, rel_err=_rel_err(sparse(x, a), dense(x, w))))
+            print(f"conv1x1 {fmt} sparsity {s:.2f}: dense {td * 1e3:7.3f} ms  sparse "
+                  f"{ts * 1e3:7.3f} ms  ratio {ratio:5.2f}", flush=True)
+    return rows
+
+
+def _scipy_time(m, x: np.ndarray, repeats: int) -> float:
+    m @ x
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        m @ x
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def spmm_section(channels: int, hw: int, sparsities, repeats: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((channels, hw * hw)).astype(np.float32)
+    xj = jnp.asarray(x)
+    ours = jax.jit(lambda a, x: csr_matmul(a, x))
+    bcsr = jax.jit(lambda b, x: b @ x)
+    rows = []
+    for s in sparsities:
+        w = _weight(rng, channels, s)
+        a, b, m = CSR.from_dense(w), jsparse.BCSR.fromdense(jnp.asarray(w)), sp.csr_matrix(w)
+        t_b, t_o, r_b = paired_times(bcsr, (b, xj), ours, (a, xj), repeats)
+        t_s = _scipy_time(m, x, repeats)
+        ref = w.astype(np.float64) @ x
+        rows.append(dict(sparsity=s, csr_matmul_ms=t_o * 1e3, bcsr_ms=t_b * 1e3,
+                         scipy_ms=t_s * 1e3, ratio_vs_bcsr=r_b, ratio_vs_scipy=t_o / t_s,
+                         rel_err=_rel_err(ours(a, xj), ref),
+                         bcsr_rel_err=_rel_err(bcsr(b, xj), ref)))
+        print(f"spmm sparsity {s:.2f}: csr_matmul {t_o * 1e3:7.3f} ms  BCSR {t_b * 1e3:7.3f} ms"
+              f"  scipy {t_s * 1e3:7.3f} ms", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=512)
+    parser.add_argument("--hw", type=int, default=14)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/csr.json"))
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    results = dict(
+        device=jax.devices()[0].device_kind, platform=platform.platform(),
+        jax=jax.__version__, channels=args.channels, hw=args.hw, repeats=args.repeats,
+        conv1x1=conv_section(args.channels, args.hw, args.sparsities, args.repeats, args.seed),
+        spmm=spmm_section(args.channels, args.hw, args.sparsities, args.repeats, args.seed),
+        load_avg_1min=[load_before, os.getloadavg()[0]], cpu_count=os.cpu_count())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(dict(load_avg_1min=results["load_avg_1min"])))
+    return results
+
+
+if __name__ == "__main__":
+    main()
