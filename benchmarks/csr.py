@@ -9,6 +9,14 @@ Section ``spmm``: `sparsejax.ops.csr_matmul` ``W @ X`` with the same ``[C_out, C
 ``X [C_in, hw*hw]`` against ``jax.experimental.sparse.BCSR @ X`` (jitted) and
 ``scipy.sparse.csr_matrix @ X`` (numpy, single-threaded). Goal: at least as fast as both at 90%.
 
+Section ``mobilenet`` (end to end, issue 26): a MobileNet-style block on scikit-learn's 8x8 digits
+(3x3 stem conv 1->32, pointwise 32->128, depthwise 3x3, pointwise 128->64, pooled linear 64->10;
+NHWC, Flax NNX) trained with RigL (`sparsejax.training.rigl`, ERK) to 90% sparsity of the
+pointwise and linear kernels (stem and depthwise stay dense, as in "Fast Sparse ConvNets"), then
+deployed with ``sparsejax.nn.to_sparse(model, masks_of(opt_state), "csr")``: the pointwise convs
+become `sparsejax.nn.SparseConv1x1`, the head `sparsejax.nn.SparseLinear`. Reports the test
+accuracy of both, the largest difference of their logits and the realised sparsity.
+
 Timing: jitted functions, a warm-up call, then ``--repeats`` interleaved runs (dense/sparse pairs,
 `paired_times` of ``benchmarks/matmul.py``), so load changes on a shared machine hit both alike;
 each ratio is the median of per-pair ratios. Every point also checks the result against the dense
@@ -31,8 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
+from flax import nnx
 from jax.experimental import sparse as jsparse
 
+import sparsejax as sj
+from sparsejax import training as T
 from sparsejax.formats import CSR
 from sparsejax.ops import csr_matmul, sparse_conv1x1
 
@@ -115,6 +126,77 @@ def spmm_section(channels: int, hw: int, sparsities, repeats: int, seed: int) ->
     return rows
 
 
+class MobileBlock(nnx.Module):
+    """A MobileNet-v2-style inverted residual tail for 8x8 single-channel images (NHWC)."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.stem = nnx.Conv(1, 32, (3, 3), rngs=rngs)
+        self.expand = nnx.Conv(32, 128, (1, 1), rngs=rngs)
+        self.depthwise = nnx.Conv(128, 128, (3, 3), feature_group_count=128, rngs=rngs)
+        self.project = nnx.Conv(128, 64, (1, 1), rngs=rngs)
+        self.head = nnx.Linear(64, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.stem(x))
+        x = jax.nn.relu(self.expand(x))
+        x = jax.nn.relu(self.depthwise(x))
+        x = jax.nn.relu(self.project(x))
+        return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+SPARSE_KERNELS = ["expand/kernel", "project/kernel", "head/kernel"]
+
+
+def mobilenet_section(steps: int, seed: int, sparsity: float = 0.9) -> dict:
+    """Train `MobileBlock` with RigL on digits, deploy it on the CSR layers, compare."""
+    import optax
+
+    from sparsejax.demo.context import load_digits_split
+
+    x_tr, y_tr, x_te, y_te = load_digits_split(seed)
+    x_tr, x_te = x_tr.reshape(-1, 8, 8, 1), x_te.reshape(-1, 8, 8, 1)
+    model = MobileBlock(nnx.Rngs(seed))
+    tx = T.rigl(optax.adam(3e-3), sparsity, update_every=max(1, steps // 20),
+                end_step=max(2, int(steps * 0.75)), key=jax.random.PRNGKey(seed),
+                where=SPARSE_KERNELS)
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, xb, yb):
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(xb), yb).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        opt.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx = rng.integers(0, len(x_tr), 128)
+        step(model, opt, x_tr[idx], y_tr[idx])
+    train_s = time.perf_counter() - t0
+    masks = T.masks_of(opt.opt_state)
+    sparse = sj.nn.to_sparse(model, masks, "csr")
+    dense_logits, sparse_logits = model(x_te), sparse(x_te)
+    kept = [np.asarray(m) for m in jax.tree.leaves(masks)]
+    out = dict(steps=steps, target_sparsity=sparsity, train_seconds=train_s,
+               realised_sparsity=1 - sum(k.sum() for k in kept) / sum(k.size for k in kept),
+               dense_accuracy=float(np.mean(np.argmax(dense_logits, -1) == y_te)),
+               sparse_accuracy=float(np.mean(np.argmax(sparse_logits, -1) == y_te)),
+               same_predictions=float(np.mean(np.argmax(dense_logits, -1)
+                                              == np.argmax(sparse_logits, -1))),
+               max_logit_diff=float(np.max(np.abs(dense_logits - sparse_logits))),
+               layers={k: type(v).__name__ for k, v in (("expand", sparse.expand),
+                                                       ("project", sparse.project),
+                                                       ("head", sparse.head))})
+    print(f"mobilenet RigL {sparsity:.0%}: dense-masked acc {out['dense_accuracy']:.4f}, "
+          f"to_sparse(csr) acc {out['sparse_accuracy']:.4f}, max |logit diff| "
+          f"{out['max_logit_diff']:.2e}, realised sparsity {out['realised_sparsity']:.3f}",
+          flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=512)
@@ -122,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mobilenet-steps", type=int, default=600,
+                        help="RigL steps of the end-to-end section (0 skips it)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/csr.json"))
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
@@ -130,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         jax=jax.__version__, channels=args.channels, hw=args.hw, repeats=args.repeats,
         conv1x1=conv_section(args.channels, args.hw, args.sparsities, args.repeats, args.seed),
         spmm=spmm_section(args.channels, args.hw, args.sparsities, args.repeats, args.seed),
+        mobilenet=(mobilenet_section(args.mobilenet_steps, args.seed)
+                   if args.mobilenet_steps else None),
         load_avg_1min=[load_before, os.getloadavg()[0]], cpu_count=os.cpu_count())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
