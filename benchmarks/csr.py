@@ -17,6 +17,13 @@ deployed with ``sparsejax.nn.to_sparse(model, masks_of(opt_state), "csr")``: the
 become `sparsejax.nn.SparseConv1x1`, the head `sparsejax.nn.SparseLinear`. Reports the test
 accuracy of both, the largest difference of their logits and the realised sparsity.
 
+Section ``gpu`` (`gpu_section`, run by ``benchmarks/device_check.py`` on a GPU): float32
+``W [size, size]`` at 90% (and 80, 95%) unstructured sparsity times ``X [size, n]`` through
+``csr_matmul(backend="pallas_gpu")`` against ``jax.experimental.sparse.BCSR @ X`` (cuSPARSE on
+GPU) and the dense cuBLAS ``jnp.dot``; reports times, the ratio to cuSPARSE (goal <= 1 at 90%)
+and the effective memory bandwidth of the kernel (stored values, indices, pointers, ``X`` and the
+output read/written once: the roofline's bytes), to compare with half the device's peak.
+
 Timing: jitted functions, a warm-up call, then ``--repeats`` interleaved runs (dense/sparse pairs,
 `paired_times` of ``benchmarks/matmul.py``), so load changes on a shared machine hit both alike;
 each ratio is the median of per-pair ratios. Every point also checks the result against the dense
@@ -195,6 +202,33 @@ def mobilenet_section(steps: int, seed: int, sparsity: float = 0.9) -> dict:
           f"{out['max_logit_diff']:.2e}, realised sparsity {out['realised_sparsity']:.3f}",
           flush=True)
     return out
+
+
+def gpu_section(size: int, n: int, sparsities, repeats: int, *, interpret: bool = False,
+                seed: int = 0) -> dict:
+    """The ``pallas_gpu`` SpMM against cuSPARSE (BCSR) and dense cuBLAS; see the module doc."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((size, n)), jnp.float32)
+    ours = jax.jit(lambda a, x: csr_matmul(a, x, backend="pallas_gpu", interpret=interpret))
+    bcsr = jax.jit(lambda b, x: b @ x)
+    dense = jax.jit(jnp.dot)
+    rows, failures = [], []
+    for s in sparsities:
+        w = _weight(rng, size, s)
+        a, b = CSR.from_dense(w), jsparse.BCSR.fromdense(jnp.asarray(w))
+        t_b, t_o, r_b = paired_times(bcsr, (b, x), ours, (a, x), repeats)
+        t_d, _, r_d = paired_times(dense, (jnp.asarray(w), x), ours, (a, x), repeats)
+        nnz = int(a.nnz)
+        moved = nnz * 8 + (size + 1) * 4 + 2 * size * n * 4  # values+cols, ptrs, X, out
+        err = _rel_err(ours(a, x), np.asarray(w, np.float64) @ np.asarray(x, np.float64))
+        rows.append(dict(sparsity=s, pallas_ms=t_o * 1e3, cusparse_ms=t_b * 1e3,
+                         dense_ms=t_d * 1e3, ratio_vs_cusparse=r_b, ratio_vs_dense=r_d,
+                         effective_gbs=moved / t_o / 1e9, rel_err=err))
+        if not err < 1e-4:
+            failures.append(f"csr_matmul pallas_gpu sparsity {s}: rel err {err:.2e}")
+        print(f"csr gpu sparsity {s:.2f}: pallas {t_o * 1e3:.3f} ms  cuSPARSE {t_b * 1e3:.3f} ms"
+              f"  dense {t_d * 1e3:.3f} ms  {moved / t_o / 1e9:.0f} GB/s", flush=True)
+    return dict(size=size, n=n, rows=rows, failures=failures)
 
 
 def main(argv: list[str] | None = None) -> dict:

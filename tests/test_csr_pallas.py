@@ -66,3 +66,18 @@ def test_gpu_kernels_lower_to_triton(dtype):
     x, u, v = jnp.ones((5, 300), dtype), jnp.ones((6, 100), dtype), jnp.ones((100, 5), dtype)
     assert "xla.gpu.triton" in _lower(csr_pallas_gpu.csr_matmul, a, x)
     assert "xla.gpu.triton" in _lower(csr_pallas_gpu.csr_sddmm, u, v, a)
+
+
+@pytest.mark.skipif(jax.default_backend() not in ("gpu", "cuda", "rocm"), reason="needs a GPU")
+def test_on_device_gpu_compiled_kernels():
+    rng = np.random.default_rng(7)
+    w = np.where(rng.random((300, 200)) < 0.1, rng.standard_normal((300, 200)), 0)
+    w[5] = rng.standard_normal(200)
+    a = CSR.from_dense(jnp.asarray(w, jnp.float32), nse=int((w != 0).sum()) + 5)
+    x = rng.standard_normal((200, 130)).astype(np.float32)
+    y = ops.csr_matmul(a, x, backend="pallas_gpu", interpret=False)
+    np.testing.assert_allclose(y, w @ x, atol=1e-4, rtol=1e-4)
+    p, q = rng.standard_normal((300, 70)), rng.standard_normal((70, 200))
+    got = ops.csr_sddmm(p.astype(np.float32), q.astype(np.float32), a, backend="pallas_gpu",
+                        interpret=False)
+    np.testing.assert_allclose(got.to_dense(), np.where(w != 0, p @ q, 0), atol=1e-4, rtol=1e-4)
