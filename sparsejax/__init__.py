@@ -6,6 +6,7 @@ pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
 """
 
 from sparsejax import (
+    activation,
     allocation,
     attention,
     bayes,
@@ -34,6 +35,7 @@ __all__ = [
     "CSR",
     "NMSparse",
     "Sparsity",
+    "activation",
     "allocation",
     "attention",
     "bayes",

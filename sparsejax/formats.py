@@ -42,6 +42,7 @@ from sparsejax._checks import (
     check_float_array,
     check_int,
     check_nm,
+    check_nm_axis,
     is_concrete,
     must_be,
     normalize_axis,
@@ -183,16 +184,12 @@ class NMSparse:
             The compressed array; ``to_dense()`` equals ``x * mask``.
 
         Raises:
-            TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m``, ``axis``
-                missing or not an int.
-            ValueError: ``n`` outside ``[0, m]``, ``x.shape[axis]`` not divisible by ``m``, a mask
-                of the wrong shape or one keeping more than ``n`` of some group.
+            TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m`` or ``axis``.
+            ValueError: ``axis`` missing, ``n`` outside ``[0, m]``, ``x.shape[axis]`` not
+                divisible by ``m``, a mask of the wrong shape or one keeping more than ``n`` of some group.
         """
         n, m = check_nm(n, m, max_m=256)  # uint8 indices
-        if axis is None:
-            raise TypeError(must_be("axis", "given: the grouped (reduction) axis, as in "
-                                    "sparsejax.masks.nm; 0 for a Flax [in, out] kernel, 1 for "
-                                    "a torch [out, in] weight", None))
+        check_nm_axis(axis)
         x = check_float_array(jnp.asarray(x), "x")
         if x.ndim < 1:
             raise ValueError(f"`x` must have at least one axis; got shape {x.shape}.")

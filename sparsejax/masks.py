@@ -33,6 +33,7 @@ from sparsejax._checks import (
     check_float_array,
     check_int,
     check_nm,
+    check_nm_axis,
     check_sparsity,
     is_concrete,
     must_be,
@@ -275,12 +276,9 @@ def nm(scores: Float[Array, "*shape"], n: int, m: int, axis: int | None = None
         ValueError: ``axis`` missing or out of range, ``n``/``m`` out of range, or
             ``scores.shape[axis]`` not divisible by ``m``.
     """
-    scores = check_float_array(scores, "scores")
-    if axis is None:
-        raise ValueError(must_be("axis", "given: the reduction axis of the sparse operand (0 for "
-                                 "a Flax [in, out] kernel, 1 for a torch [out, in] weight)", None))
+    scores = check_float_array(scores, "scores", min_ndim=1)
+    check_nm_axis(axis)
     n, m = check_nm(n, m)
-    check_float_array(scores, "scores", min_ndim=1)
     axis = normalize_axis(axis, scores.ndim)
     check_divisible(scores.shape[axis], m, f"scores.shape[{axis}]", "m")
     return _nm(scores, n, m, axis)
@@ -432,9 +430,7 @@ def satisfies_nm(x: Array, n: int, m: int, axis: int | None = None) -> Bool[Arra
     """
     m = check_int(m, "m", minimum=1)
     n = check_int(n, "n", minimum=0)
-    if axis is None:
-        raise ValueError(must_be("axis", "given (the grouping axis, as for `nm`)", None))
-    axis = normalize_axis(axis, jnp.ndim(x))
+    axis = check_nm_axis(axis, jnp.ndim(x))
     if x.shape[axis] % m:
         return jnp.asarray(False)
     moved = jnp.moveaxis(x != 0, axis, -1)

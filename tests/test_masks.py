@@ -237,7 +237,7 @@ def test_empty_arrays():
     (lambda: masks.unstructured(jnp.ones(4), jnp.ones(2)), ValueError, "must be a scalar"),
     (lambda: masks.nm(jnp.ones((8, 4)), 3, 2, axis=0), ValueError, r"`n` must be in \[0, m=2\]"),
     (lambda: masks.nm(jnp.ones((8, 4)), -1, 4, axis=0), ValueError, "`n` must be in"),
-    (lambda: masks.nm(jnp.ones((8, 4)), 2, 4), ValueError, "`axis` must be given: the reduction axis"),
+    (lambda: masks.nm(jnp.ones((8, 4)), 2, 4), ValueError, "`axis` must be given for pattern .nm.: the axis along which .* the reduction axis"),
     (lambda: masks.satisfies_nm(jnp.ones((8, 4)), 2, 4), ValueError, "`axis` must be given"),
     (lambda: masks.nm(jnp.ones((6, 4)), 2, 4, axis=0), ValueError, r"`scores.shape\[0\]` must be divisible by `m`=4; got 6"),
     (lambda: masks.nm(jnp.ones((8, 4)), 2.0, 4, axis=0), TypeError, "`n` must be a Python int"),

@@ -2,18 +2,22 @@
 
 The optimized parameters are ``post._replace(mask=None)`` (a `Posterior` whose ``mask`` is ``None``:
 float leaves only, so ``jax.grad`` and ``optax.apply_updates`` work unchanged); the mask lives in the
-optimizer state (`SSVIState`, read back with `masks_of`). One ``update``:
+optimizer state (`SSVIState`, read back with `masks_of`). The ``k``-th ``update`` (``k = count + 1``,
+the reference's 1-based scheduler step) does what one iteration of the reference's training loop
+(``ljb121002/SSVI``, ``train_cifar.py``: ``if pruner(): optimizer.step()``) does:
 
-1. masks the gradients of ``mu`` and ``rho`` to the active entries and runs the inner optimizer;
-2. at a subspace-update step, runs `subspace_update` on the posterior this update receives with the
-   *dense* ``dL/dmu`` (grow signal), and resets the inner optimizer's moments of every entry whose
-   mask changed (`sparsejax.training.reset_moments`);
-3. returns updates after which the posterior is exactly the new one: active entries move by the
-   inner update, dropped entries are exactly ``0``, added entries hold ``mu = 0`` and the mean
-   ``rho``.
+* at a subspace-update step (`is_update_step`: ``k % update_every == 0`` and ``k < end_step``) it
+  runs `subspace_update` with the *dense* ``dL/dmu`` (grow signal) and resets the inner optimizer's
+  moments of every entry whose mask changed (`sparsejax.training.reset_moments`), and takes **no**
+  optimizer step: kept ``mu``, ``rho`` and every unselected leaf (biases) stay where they are, the
+  inner state is not advanced;
+* at every other step it masks the gradients of ``mu`` and ``rho`` to the active entries and runs
+  the inner optimizer.
 
-Step convention (as `sparsejax.training.dynamic_sparse`): the subspace update is keyed on the
-state's ``count`` (steps already taken) and computed from the parameters before this step.
+``update_at_mask_step=True`` also runs the inner optimizer at a subspace-update step (kept entries
+move by the inner update; sparsejax's behaviour before it followed the reference). In both cases the
+returned updates make the posterior exactly the new one: dropped entries are exactly ``0``, grown
+entries hold ``mu = 0`` and the mean ``rho``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,26 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 from jaxtyping import Array, Int
 
-from sparsejax._checks import _is_none, check_choice, check_int, check_sparsity, must_be
+from sparsejax._checks import (
+    _is_none,
+    check_bool,
+    check_choice,
+    check_int,
+    check_sparsity,
+    must_be,
+)
 from sparsejax.bayes.posterior import Posterior, _check_posterior
-from sparsejax.bayes.subspace import GROW, Criterion, _criterion_fn, subspace_update
+from sparsejax.bayes.subspace import (
+    DEFAULT_CRITERION,
+    GROW,
+    Criterion,
+    _criterion_fn,
+    is_update_step,
+    subspace_update,
+)
 from sparsejax.training import reset_moments
 from sparsejax.training.state import find_state
 
@@ -40,7 +59,7 @@ class SSVIState(NamedTuple):
     """State of `ssvi`.
 
     Attributes:
-        count: optimizer steps already taken (int32 scalar).
+        count: ``update`` calls already made (int32 scalar; the next call is step ``count + 1``).
         masks: the current mask tree, mirroring ``posterior.mu`` (``None`` on unselected leaves).
         inner_state: the inner optimizer's state, built on ``(mu, [rho of selected leaves])``.
         key: PRNG key data for ``grow="random"``, or ``None``.
@@ -85,8 +104,10 @@ def ssvi(
     end_step: int,
     update_every: int = 100,
     drop_fraction: float = 0.3,
-    criterion: Criterion = "snr",
+    criterion: Criterion = DEFAULT_CRITERION,
     grow: str = "gradient",
+    regrow_dropped: bool = False,
+    update_at_mask_step: bool = False,
     key: jax.Array | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SSVI (sparse subspace variational inference) around the user's optimizer.
@@ -99,11 +120,18 @@ def ssvi(
     Args:
         inner: the user's optimizer (adam, sgd with momentum, chains, ``inject_hyperparams``; its
             per-parameter state must mirror the params, checked at ``init``).
-        end_step: last step (exclusive) with subspace updates (SSVI: 0.75 of training).
-        update_every: subspace update period ``>= 1``.
-        drop_fraction: initial drop fraction in ``[0, 1]`` (cosine-decayed).
-        criterion: removal score (see `removal_scores`).
+        end_step: subspace updates happen at steps ``k < end_step`` (exclusive, as the
+            reference's ``T_end``; SSVI: 0.75 of training).
+        update_every: subspace update period ``>= 1`` (the reference's ``delta``).
+        drop_fraction: initial drop fraction in ``[0, 1]`` (cosine-decayed; the reference's
+            ``alpha``).
+        criterion: removal score (see `removal_scores`; default ``"SNR_mean_abs"``, the
+            reference's default).
         grow: ``"gradient"`` or ``"random"`` (needs ``key``).
+        regrow_dropped: let a just-dropped entry grow back at the same update (the reference
+            does; default ``False``, see `subspace_update`).
+        update_at_mask_step: also take the inner optimizer step at a subspace-update step
+            (default ``False``: only the subspace changes, as in the reference).
         key: PRNG key for ``grow="random"``.
 
     Returns:
@@ -118,6 +146,8 @@ def ssvi(
     check_sparsity(drop_fraction, "drop_fraction")
     _criterion_fn(criterion)
     check_choice(grow, "grow", GROW)
+    regrow_dropped = check_bool(regrow_dropped, "regrow_dropped")
+    update_at_mask_step = check_bool(update_at_mask_step, "update_at_mask_step")
     if grow == "random" and key is None:
         raise ValueError(must_be("key", "a jax.random key for grow='random'", key))
     inner = optax.with_extra_args_support(inner)
@@ -145,16 +175,30 @@ def ssvi(
 
         g_packed = _pack(masked(grads.mu), masked(grads.rho), masks)
         p_packed = _pack(params.mu, params.rho, masks)
-        u_packed, inner_state = inner.update(g_packed, state.inner_state, p_packed, **extra_args)
+        step = optax.safe_increment(state.count)  # the reference's 1-based scheduler step
+
+        def inner_step(_):
+            return inner.update(g_packed, state.inner_state, p_packed, **extra_args)
+
+        if update_at_mask_step:
+            u_packed, inner_state = inner_step(None)
+        else:
+            def skip(_):
+                u, _ = jax.eval_shape(inner_step, None)
+                return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), u), state.inner_state
+
+            u_packed, inner_state = lax.cond(is_update_step(step, update_every, end_step), skip,
+                                             inner_step, None)
         u_mu, u_rho = u_packed[0], _unpack_rho(u_packed[1], masks)
 
         k_state, k_update = state.key, None
         if k_state is not None:
             k_state, k_update = jax.random.split(k_state)
         old = Posterior(params.mu, params.rho, masks)
-        new = subspace_update(old, grads.mu, state.count, end_step=end_step,
+        new = subspace_update(old, grads.mu, step, end_step=end_step,
                               update_every=update_every, drop_fraction=drop_fraction,
-                              criterion=criterion, grow=grow, key=k_update)
+                              criterion=criterion, grow=grow, regrow_dropped=regrow_dropped,
+                              key=k_update)
         changed = jax.tree.map(lambda a, b: None if a is None else a != b, masks, new.mask,
                                is_leaf=_is_none)
         inner_state = reset_moments(inner_state, p_packed, _pack(changed, changed, masks))
@@ -168,7 +212,7 @@ def ssvi(
         upd_rho = jax.tree.map(lambda u, p, n, a, b: None if a is None else out(u, p, n, a, b),
                                u_rho, params.rho, new.rho, masks, new.mask, is_leaf=_is_none)
         return (Posterior(upd_mu, upd_rho, None),
-                SSVIState(optax.safe_increment(state.count), new.mask, inner_state, k_state))
+                SSVIState(step, new.mask, inner_state, k_state))
 
     return optax.GradientTransformationExtraArgs(init, update)
 

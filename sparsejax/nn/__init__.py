@@ -14,7 +14,7 @@ from sparsejax.nn.masked import Masked
 from sparsejax.nn.moe import MoE
 from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
 from sparsejax.nn.sparse_linear import SparseConv1x1, SparseLinear
-from sparsejax.nn.ssvi import SSVIConv, SSVILinear
+from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
 from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "SparseMultiHeadAttention",
     "SparseStructure",
     "eqx",
+    "merge_posterior",
+    "split_posterior",
     "to_dense",
     "to_sparse",
 ]

@@ -5,7 +5,9 @@ updates leave the params exactly masked after every step; `masks_of` reads the m
 "Sparse training" docs page for the recipes (optax, Flax NNX, Equinox, orbax, sharding).
 """
 
+from sparsejax.training._transform import MaskUpdate, masked_transform
 from sparsejax.training.blocks import compact_blocks
+from sparsejax.training.drop_grow import DropGrowSchedule, drop_and_grow
 from sparsejax.training.dynamic import (
     drop_fraction_at,
     dynamic_sparse,
@@ -29,13 +31,17 @@ from sparsejax.training.ste import (
 )
 
 __all__ = [
+    "DropGrowSchedule",
+    "MaskUpdate",
     "SparseState",
     "compact_blocks",
     "decay_factor",
+    "drop_and_grow",
     "drop_fraction_at",
     "dynamic_sparse",
     "iso_flop_width",
     "mask_decay",
+    "masked_transform",
     "masks_of",
     "prune",
     "random_masks",

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import _is_none, check_int, check_same_structure
+from sparsejax._checks import _is_none, check_int, check_same_structure, is_function
 from sparsejax.select import Where
 from sparsejax.tree import compute_masks
 
@@ -41,7 +41,7 @@ Masks = PyTree | Callable[[PyTree], PyTree]
 
 
 def _resolve(params: PyTree, masks: Masks) -> PyTree:
-    if callable(masks):
+    if is_function(masks, params):
         masks = masks(lax.stop_gradient(params))
     check_same_structure(params, masks, "masks")
     return masks

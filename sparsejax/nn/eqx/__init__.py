@@ -8,7 +8,7 @@ from sparsejax.nn.eqx.masked import Masked
 from sparsejax.nn.eqx.moe import MoE
 from sparsejax.nn.eqx.sae import SparseAutoencoder
 from sparsejax.nn.eqx.sparse_linear import SparseConv1x1, SparseLinear
-from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear
+from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear, posterior_of, with_posterior
 from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "SparseConv1x1",
     "SparseLinear",
     "SparseMultiHeadAttention",
+    "posterior_of",
     "to_dense",
     "to_sparse",
+    "with_posterior",
 ]
