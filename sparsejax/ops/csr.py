@@ -41,7 +41,7 @@ from sparsejax.ops.api import _dispatch
 
 __all__ = ["CSR_BACKENDS", "csr_matmul", "csr_sddmm", "dense_csr_matmul", "sparse_conv1x1"]
 
-CSR_BACKENDS = ("auto", "reference", "xla")
+CSR_BACKENDS = ("auto", "reference", "xla", "pallas_gpu")
 """Accepted ``backend=`` values of the CSR products."""
 
 _PALLAS_MODULES = {"pallas_gpu": "csr_pallas_gpu"}
