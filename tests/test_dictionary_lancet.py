@@ -20,15 +20,15 @@ def x64():
         yield
 
 
-@pytest.mark.parametrize("alpha,l1_ratio,positive", [(0.05, 0.5, False), (0.1, 0.9, False),
-                                                     (0.02, 0.1, True), (0.03, 1.0, False)])
+@pytest.mark.parametrize("alpha,l1_ratio,positive", [(0.05, 0.5, False), (0.02, 0.1, True),
+                                                     (0.03, 1.0, False)])
 def test_elastic_net_matches_sklearn(x64, alpha, l1_ratio, positive):
     from sklearn.linear_model import ElasticNet
 
     rng = np.random.default_rng(0)
     d = rng.normal(size=(30, 12))
     y = rng.normal(size=(3, 30))
-    got = np.asarray(elastic_net(d, y, alpha, l1_ratio, positive=positive, n_iter=3000))
+    got = np.asarray(elastic_net(d, y, alpha, l1_ratio, positive=positive, n_iter=2000))
     for row, target in zip(got, y):
         ref = ElasticNet(alpha=alpha, l1_ratio=l1_ratio, fit_intercept=False, positive=positive,
                          tol=1e-12, max_iter=100_000).fit(d, target).coef_

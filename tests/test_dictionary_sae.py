@@ -440,20 +440,23 @@ def test_every_variant_shapes_loss_and_grads(activation):
     cfg = S.SAEConfig(12, 48, activation=activation, k=4, dead_tokens=0)
     params = S.init_sae(jax.random.PRNGKey(0), cfg)
     x = jnp.asarray(RNG.normal(size=(2, 16, 12)).astype(np.float32))
-    recon, codes = S.forward(params, x, cfg)
+    kw = {"grad": jnp.flip(x, -1)} if activation == "gradient_topk" else {}
+    recon, codes = S.forward(params, x, cfg, **kw)
     assert codes.shape == (2, 16, 48) and recon.shape == x.shape
-    np.testing.assert_array_equal(codes, S.encode(params, x, cfg))
+    np.testing.assert_array_equal(codes, S.encode(params, x, cfg, **kw))
     state = S.init_state(cfg)
     state = state._replace(step=jnp.asarray(1), density=jnp.linspace(0.5, 0.0, 48),
                            tokens_since_fired=jnp.full((48,), 100, jnp.int32))
-    (loss, out), grads = jax.jit(jax.value_and_grad(S.sae_loss, has_aux=True),
-                                 static_argnums=2)(params, x, cfg, state)
+    (loss, out), grads = jax.jit(jax.value_and_grad(
+        lambda p, x, s: S.sae_loss(p, x, cfg, s, **kw), has_aux=True))(params, x, state)
     assert np.isfinite(float(loss))
     assert set(out.metrics) == {"loss", "mse", "fvu", "l0", "aux", "dead_fraction"}
     assert out.codes.shape == (32, 48) and out.reconstruction.shape == (32, 12)
     for name, g in grads.items():
         assert g.shape == params[name].shape and bool(jnp.all(jnp.isfinite(g))), name
     assert float(jnp.abs(grads["W_dec"]).sum()) > 0
+    if activation in ("topk", "abs_topk", "gradient_topk"):
+        assert bool(jnp.all(jnp.sum(codes != 0, -1) <= 4))
     if activation in ("topk", "abs_topk"):
         np.testing.assert_array_equal(jnp.sum(codes != 0, -1), 4)
     if activation in ("batch_topk", "mutual_choice"):

@@ -130,11 +130,16 @@ def _posterior_terms(params, y, sm, h_prime, temperature):
     w, pi, sigma = params.W, params.pi, params.sigma
     d, h = w.shape
     cand = bsc_candidates(w, y, h_prime)
-    wt = w.T                                                  # [H, D]
+    # ||y - W s||^2 = ||y||^2 - 2 s.(W^T y) + s^T (W^T W) s: no [N, S, D] array of W s
+    wty = y @ w                                               # [N, H]
+    gram = w.T @ w                                            # [H, H]
     sq0 = jnp.sum(y * y, -1)[:, None]                         # [N, 1]
-    sq1 = jnp.sum((wt[None] - y[:, None]) ** 2, -1)           # [N, H]
-    wbar = jnp.einsum("sa,nad->nsd", sm, wt[cand])            # [N, S, D]
-    sqm = jnp.sum((wbar - y[:, None]) ** 2, -1)               # [N, S]
+    sq1 = sq0 - 2 * wty + jnp.diag(gram)                      # [N, H]
+    wty_c = jnp.take_along_axis(wty, cand, axis=1)            # [N, H']
+    gram_c = gram[cand[:, :, None], cand[:, None, :]]         # [N, H', H']
+    pairs = (sm[:, :, None] * sm[:, None, :]).reshape(sm.shape[0], -1)   # [S, H'^2]
+    quad = gram_c.reshape(gram_c.shape[0], -1) @ pairs.T      # [N, S]: s^T G s
+    sqm = sq0 - 2 * wty_c @ sm.T + quad
     sq = jnp.concatenate([sq0, sq1, sqm], axis=1)
     n_active = jnp.concatenate([jnp.zeros(1), jnp.ones(h), jnp.sum(sm, 1)]).astype(y.dtype)
     log_prior = n_active * jnp.log(pi / (1 - pi)) + h * jnp.log1p(-pi)
