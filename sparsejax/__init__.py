@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
         nn,
         oneshot,
         ops,
+        retrieval,
         training,
     )
     from sparsejax.attention import BlockMask
@@ -59,6 +60,7 @@ __all__ = [
     "nbytes",
     "oneshot",
     "path_str",
+    "retrieval",
     "schedules",
     "scores",
     "select",
@@ -68,7 +70,8 @@ __all__ = [
 ]
 
 _HOMES = {name: name for name in ("activation", "attention", "bayes", "dictionary", "formats",
-                                   "models", "moe", "nn", "oneshot", "ops", "training")}
+                                   "models", "moe", "nn", "oneshot", "ops", "retrieval",
+                                   "training")}
 _HOMES.update(BlockMask="attention", BlockSparse="formats", CSR="formats", NMSparse="formats")
 
 __getattr__ = lazy_getattr("sparsejax", globals(), _HOMES)

@@ -16,9 +16,11 @@ from sparsejax._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from sparsejax.nn import eqx
+    from sparsejax.nn.activation import Threshold, ThresholdLinear
     from sparsejax.nn.attention import SparseMultiHeadAttention
     from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
     from sparsejax.nn.lista import LISTA
+    from sparsejax.nn.lsr import TermWeightHead
     from sparsejax.nn.masked import Masked
     from sparsejax.nn.moe import MoE
     from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
@@ -40,6 +42,9 @@ __all__ = [
     "SparseLinear",
     "SparseMultiHeadAttention",
     "SparseStructure",
+    "TermWeightHead",
+    "Threshold",
+    "ThresholdLinear",
     "eqx",
     "merge_posterior",
     "split_posterior",
@@ -49,6 +54,9 @@ __all__ = [
 
 _HOMES = {
     "eqx": "eqx",
+    "TermWeightHead": "lsr",
+    "Threshold": "activation",
+    "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 from sparsejax._lazy import lazy_getattr
 
 if TYPE_CHECKING:
+    from sparsejax.nn.eqx.activation import ThresholdLinear
     from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
     from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
     from sparsejax.nn.eqx.lista import LISTA
+    from sparsejax.nn.eqx.lsr import TermWeightHead
     from sparsejax.nn.eqx.masked import Masked
     from sparsejax.nn.eqx.moe import MoE
     from sparsejax.nn.eqx.sae import SparseAutoencoder
@@ -33,6 +35,8 @@ __all__ = [
     "SparseConv1x1",
     "SparseLinear",
     "SparseMultiHeadAttention",
+    "TermWeightHead",
+    "ThresholdLinear",
     "posterior_of",
     "to_dense",
     "to_sparse",
@@ -40,6 +44,8 @@ __all__ = [
 ]
 
 _HOMES = {
+    "TermWeightHead": "lsr",
+    "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",
