@@ -11,10 +11,10 @@ so importing sparsejax costs little more than importing JAX.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sparsejax import allocation, masks, schedules, scores
+from sparsejax._lazy import lazy_getattr
 from sparsejax.select import path_str, select
 from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsity, summary
 
@@ -69,21 +69,12 @@ __all__ = [
     "training",
 ]
 
-_LAZY_MODULES = frozenset({"activation", "attention", "bayes", "dictionary", "formats", "models", "moe", "nn",
-                           "oneshot", "ops", "retrieval", "training"})
-_LAZY_NAMES = {"BlockMask": "sparsejax.attention", "BlockSparse": "sparsejax.formats",
-               "CSR": "sparsejax.formats", "NMSparse": "sparsejax.formats"}
+_HOMES = {name: name for name in ("activation", "attention", "bayes", "dictionary", "formats",
+                                   "models", "moe", "nn", "oneshot", "ops", "retrieval",
+                                   "training")}
+_HOMES.update(BlockMask="attention", BlockSparse="formats", CSR="formats", NMSparse="formats")
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_MODULES:
-        module = importlib.import_module(f"sparsejax.{name}")
-    elif name in _LAZY_NAMES:
-        module = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
-    else:
-        raise AttributeError(f"module 'sparsejax' has no attribute {name!r}")
-    globals()[name] = module
-    return module
+__getattr__ = lazy_getattr("sparsejax", globals(), _HOMES)
 
 
 def __dir__() -> list[str]:

@@ -19,10 +19,26 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 SKIP_MARK = "<!-- skip -->"
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
-KNOWN_FAILING: dict[str, str] = {}
+KNOWN_FAILING: dict[str, str] = {
+    "docs/attention-patterns.md": "fragment: NameError 'alphas' (line 47)",
+    "docs/attention.md": "fragment: NameError 'L' (line 159)",
+    "docs/bayes.md": "fragment: NameError 'params' (line 25)",
+    "docs/block-sparse-matmul.md": "fragment: NameError 'w' (line 23)",
+    "docs/dictionary.md": "fragment: NameError 'dictionary' (line 23)",
+    "docs/formats.md": "fragment: NameError 'sparsejax' (line 16)",
+    "docs/moe.md": "fragment: NameError 'x' (line 120)",
+    "docs/pallas-kernels.md": "a block raises ValueError on CPU (GPU/TPU block without <!-- skip -->?)",
+    "docs/sae.md": "fragment: NameError 'activations' (line 12)",
+    "docs/training.md": "fragment: NameError 'MyModel' (line 122)",
+}
 """Pages (relative paths) whose blocks do not run yet, with the reason; cleared by their owners."""
 
-SLOW = {"docs/oneshot.md": "loads MiniLM and runs SparseGPT on it"}
+SLOW = {
+    "docs/oneshot.md": "loads MiniLM and runs SparseGPT on it",
+    "docs/layers.md": "trains and converts layers (164 s at load ~20 on 2 cores)",
+    "docs/getting-started.md": "trains the digits MLP four times (102 s at load ~20)",
+    "docs/concepts.md": "many jitted mask computations (95 s at load ~20)",
+}
 """Pages that take more than a few seconds, run only without ``-m 'not slow'``."""
 
 

@@ -10,8 +10,9 @@ Every name loads on first use, so ``import sparsejax.nn.eqx`` never imports Flax
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sparsejax._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from sparsejax.nn import eqx
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "eqx": "eqx",
     "TermWeightHead": "lsr",
     "Threshold": "activation",
     "ThresholdLinear": "activation",
@@ -74,16 +76,7 @@ _HOMES = {
     "to_sparse": "surgery",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name == "eqx":
-        value = importlib.import_module("sparsejax.nn.eqx")
-    elif name in _HOMES:
-        value = getattr(importlib.import_module(f"sparsejax.nn.{_HOMES[name]}"), name)
-    else:
-        raise AttributeError(f"module 'sparsejax.nn' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("sparsejax.nn", globals(), _HOMES)
 
 
 def __dir__() -> list[str]:

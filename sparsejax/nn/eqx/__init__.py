@@ -6,8 +6,9 @@ Every name loads on first use; none of these modules imports Flax.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sparsejax._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from sparsejax.nn.eqx.activation import ThresholdLinear
@@ -62,13 +63,7 @@ _HOMES = {
     "to_sparse": "surgery",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'sparsejax.nn.eqx' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sparsejax.nn.eqx.{_HOMES[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("sparsejax.nn.eqx", globals(), _HOMES)
 
 
 def __dir__() -> list[str]:
