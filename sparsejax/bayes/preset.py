@@ -113,7 +113,7 @@ class SSVIPreset:
                 continue
             k_mask, k_mu, k_rho = jax.random.split(k, 3)
             m = (jnp.ones(x.shape, bool) if is_dense(path, x)
-                 else _masks.random(k_mask, x.shape, 1.0 - self.density))
+                 else _masks.random_mask(k_mask, x.shape, 1.0 - self.density))
             sigma = jnp.maximum(jnp.abs(mean + std * jax.random.normal(k_rho, x.shape, x.dtype)),
                                 1e-8)
             zero = jnp.zeros((), x.dtype)

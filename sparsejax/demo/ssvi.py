@@ -43,10 +43,11 @@ def bnn_apply(post: B.Posterior, key: jax.Array | None, x: jax.Array) -> jax.Arr
 
 @functools.lru_cache(maxsize=8)
 def _step_function(n: int, batch_size: int, learning_rate: float, prior_sigma: float, warmup: int,
-                   update_every: int, end_step: int):
-    """``(opt, jitted step)`` for one training configuration (cached: dense VI and SSVI share the
-    compiled step, their posteriors have the same shapes)."""
-    opt = B.ssvi(optax.adam(learning_rate), end_step=end_step, update_every=update_every)
+                   update_every: int, end_step: int, dense: bool = False):
+    """``(opt, jitted step)`` for one training configuration (cached). ``dense``: dense mean-field
+    VI, whose masks never change, so it steps at every step (``update_at_mask_step=True``)."""
+    opt = B.ssvi(optax.adam(learning_rate), end_step=end_step, update_every=update_every,
+                 update_at_mask_step=dense)
 
     def loss_fn(v, masks, key, xb, yb, step):
         p = v._replace(mask=masks)
@@ -97,7 +98,8 @@ def train_bnn(
     end_step = max(int(0.75 * steps), 1)
     x, y = jnp.asarray(x), jnp.asarray(y)
     opt, step_fn = _step_function(x.shape[0], batch_size, learning_rate, prior_sigma,
-                                  int(warmup_fraction * steps), update_every, end_step)
+                                  int(warmup_fraction * steps), update_every, end_step,
+                                  sparsity == 0)
     state = opt.init(post)
     variational = post._replace(mask=None)
     keys = jax.random.split(k_train, steps)
