@@ -25,7 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Float
 
-from sparsejax._pallas import check_rank, check_tile, pad_to, result_dtype, tile_and_padded
+from sparsejax._pallas import check_spmm, pad_to, tile_and_padded
 from sparsejax.ops import csr_xla
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -71,13 +71,7 @@ def csr_matmul(
       UnsupportedDtypeError: a dtype other than float32/bfloat16/float16.
       ValueError: shapes that do not chain, a bad ``block_n``.
     """
-    check_rank(x, "x")
-    m, k = a.shape
-    if x.shape[0] != k:
-        raise ValueError(f"`x` must have shape [K, N] with K = a.shape[1] = {k}; got {x.shape}.")
-    block_n = check_tile(block_n, "block_n")
-    dtype = result_dtype("csr_matmul", a.data.dtype, x.dtype)
-    n = int(x.shape[1])
+    m, k, n, dtype, block_n = check_spmm(a, x, block_n)
     if m == 0 or n == 0 or k == 0:
         return jnp.zeros((m, n), dtype)
     tn, np_ = tile_and_padded(n, max(128, block_n // 128 * 128))
