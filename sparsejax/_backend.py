@@ -255,6 +255,9 @@ def _register_all() -> None:
         register("moe_ffn", f"block_sparse_{name}", "sparsejax.moe.dispatch",
                  f"block_sparse_{name}_ffn", platforms=())
     # unstructured (CSR) products: Triton row-split kernel on GPU, segment sums elsewhere
+    register("csr_matmul", "pallas_tpu", "sparsejax.ops.csr_pallas_tpu", platforms=TPU_PLATFORMS,
+             kernel=True)
+    register("csr_sddmm", "pallas_tpu", "sparsejax.ops.csr_pallas_tpu", platforms=(), kernel=True)
     for op in ("csr_matmul", "csr_sddmm"):
         register(op, "pallas_gpu", "sparsejax.ops.csr_pallas_gpu", platforms=GPU_PLATFORMS,
                  kernel=True)

@@ -134,12 +134,27 @@ def flat_index(a: Any) -> tuple[jax.Array, jax.Array]:
     return a.indices.reshape(-1).astype(jnp.int32), a.counts.astype(jnp.int32)
 
 
+def check_spmm(a: Any, x: Any, block_n: Any) -> tuple[int, int, int, jnp.dtype, int]:
+    """The prologue of a CSR SpMM kernel ``a [M, K] @ x [K, N]`` (`sparsejax.formats.CSR`):
+    ``(M, K, N, dtype, block_n)``; errors for a non-2-D ``x``, shapes that do not chain, a bad
+    tile or a dtype outside `KERNEL_DTYPES`."""
+    check_rank(x, "x")
+    m, k = (int(d) for d in a.shape)
+    if x.shape[0] != k:
+        raise ValueError(must_be("x", f"of shape [K, N] with K = a.shape[1] = {k}",
+                                 f"shape {tuple(x.shape)}", raw=True))
+    block_n = check_tile(block_n, "block_n")
+    dtype = result_dtype("csr_matmul", a.data.dtype, x.dtype)
+    return m, k, int(x.shape[1]), dtype, block_n
+
+
 __all__ = [
     "KERNEL_DTYPES",
     "Geometry",
     "check_block_sparse",
     "check_pow2",
     "check_rank",
+    "check_spmm",
     "check_tile",
     "flat_index",
     "geometry",

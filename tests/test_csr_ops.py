@@ -172,3 +172,16 @@ def test_errors():
         ops.sparse_conv1x1(np.ones((1, 2, 2, K + 1), np.float32), a)
     with pytest.raises(ValueError, match="`a` must be an unbatched CSR"):
         ops.csr_matmul(a.replace(indptr=a.indptr[:-1]), x)
+
+
+@pytest.mark.parametrize("kind", ["mixed", "zero"])
+def test_segment_sum_path_of_non_cpu_platforms(kind):
+    """The ``xla`` backend's gather + segment-sum formulation (its lowering off the CPU, where
+    the CPU lowering uses JAX's native CSR kernel instead), run directly here."""
+    from sparsejax.ops import csr_xla
+
+    w = case(kind, seed=18)
+    a = CSR.from_dense(w, nse=M * K + 2)
+    x = dense_x(19, (K, N))
+    np.testing.assert_allclose(csr_xla._segment_matmul(a, x, jnp.float32), w @ x,
+                               atol=1e-5, rtol=1e-5)

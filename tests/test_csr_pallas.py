@@ -81,3 +81,17 @@ def test_on_device_gpu_compiled_kernels():
     got = ops.csr_sddmm(p.astype(np.float32), q.astype(np.float32), a, backend="pallas_gpu",
                         interpret=False)
     np.testing.assert_allclose(got.to_dense(), np.where(w != 0, p @ q, 0), atol=1e-4, rtol=1e-4)
+
+
+def test_tpu_kernel_interpret_and_lowering():
+    from sparsejax.ops import csr_pallas_tpu
+
+    w = np.concatenate([W, W[::-1], W[:1]])  # 13 rows: a padded sublane tile
+    a = CSR.from_dense(w, nse=40)
+    np.testing.assert_allclose(ops.csr_matmul(a, X, backend="pallas_tpu"), w @ X,
+                               atol=1e-5, rtol=1e-5)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        ad = CSR.from_dense(jnp.asarray(w, dtype), nse=40)
+        txt = jax.jit(csr_pallas_tpu.csr_matmul).trace(ad, jnp.ones((5, 300), dtype)).lower(
+            lowering_platforms=("tpu",)).as_text()
+        assert "tpu_custom_call" in txt

@@ -28,7 +28,7 @@ def build_csr(in_features: int, out_features: int, density: float | None,
                                      density))
         if k_mask is None:
             raise ValueError("a random mask (`density=`) needs a PRNG key / rngs.")
-        mask = masks.random(k_mask, shape, 1.0 - float(density))
+        mask = masks.random_mask(k_mask, shape, 1.0 - float(density))
     if mask is not None:
         mask = check_bool_array(jnp.asarray(mask), "mask")
         if mask.shape != shape:

@@ -9,9 +9,10 @@
 
 Backends (keyword-only ``backend=``, the one dispatcher `sparsejax._backend`): ``"reference"``
 (densify + ``jnp``), ``"xla"`` (cost scales with the stored entries; see
-`sparsejax.ops.csr_xla`), ``"pallas_gpu"`` (Triton kernels, `sparsejax.ops.csr_pallas_gpu`)
-and ``"auto"`` (``pallas_gpu`` on GPU, ``xla`` elsewhere; a dtype the kernel does not take
-falls back to ``xla``). There is no TPU kernel: ``"auto"`` on TPU runs ``xla``.
+`sparsejax.ops.csr_xla`), ``"pallas_gpu"`` (Triton kernels, `sparsejax.ops.csr_pallas_gpu`),
+``"pallas_tpu"`` (a Mosaic SpMM kernel, `sparsejax.ops.csr_pallas_tpu`; its SDDMM is the XLA
+gather path) and ``"auto"`` (``pallas_gpu`` on GPU, ``pallas_tpu`` on TPU, ``xla`` elsewhere; a
+dtype a kernel does not take falls back to ``xla``).
 
 Gradients are ``jax.custom_vjp`` rules made of the other products of the same backend: for
 ``y = A @ X``, ``dA.data = csr_sddmm(dy, X.T, like=A)`` (stored entries only, never a dense
@@ -40,9 +41,8 @@ from sparsejax.ops import csr_xla
 
 __all__ = ["CSR_BACKENDS", "csr_matmul", "csr_sddmm", "dense_csr_matmul", "sparse_conv1x1"]
 
-CSR_BACKENDS = ("auto", "reference", "xla", "pallas_gpu")  # = _backend.backends("csr_matmul")
+CSR_BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")  # = _backend.backends("csr_matmul")
 """Accepted ``backend=`` values of the CSR products."""
-
 
 
 def _impl(backend: Resolved, name: str, interpret: Any) -> Callable:
@@ -168,7 +168,7 @@ def csr_matmul(
     Args:
         a: the CSR left operand ``[M, K]``.
         x: dense ``[K, N]`` (or a vector ``[K]``).
-        backend: ``"auto"``, ``"reference"``, ``"xla"`` or ``"pallas_gpu"``.
+        backend: ``"auto"``, ``"reference"``, ``"xla"``, ``"pallas_tpu"`` or ``"pallas_gpu"``.
         interpret: run a Pallas backend in interpret mode; ``None``: exactly on CPU.
 
     Returns:

@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 from jaxtyping import Array, Float
 
-from sparsejax._pallas import check_rank, check_tile, pad_to, pow2_tile, result_dtype
+from sparsejax._pallas import check_rank, check_spmm, check_tile, pad_to, pow2_tile, result_dtype
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from sparsejax.formats import CSR
@@ -86,13 +86,7 @@ def csr_matmul(
       UnsupportedDtypeError: a dtype other than float32/bfloat16/float16.
       ValueError: shapes that do not chain, a bad ``block_n``.
     """
-    check_rank(x, "x")
-    m, k = a.shape
-    if x.shape[0] != k:
-        raise ValueError(f"`x` must have shape [K, N] with K = a.shape[1] = {k}; got {x.shape}.")
-    block_n = check_tile(block_n, "block_n")
-    dtype = result_dtype("csr_matmul", a.data.dtype, x.dtype)
-    n = int(x.shape[1])
+    m, k, n, dtype, block_n = check_spmm(a, x, block_n)
     tn, np_ = pow2_tile(n, block_n, "block_n")
     if m == 0 or n == 0 or k == 0:
         return jnp.zeros((m, n), dtype)
