@@ -55,7 +55,7 @@ def test_nnx_to_sparse_matches_the_masked_dense_model(block):
 
 
 def test_nnx_layers_train_only_the_stored_values_and_errors(block):
-    lin = nn.SparseLinear(8, 5, density=0.3, rngs=nnx.Rngs(0))
+    lin = nn.SparseLinear(8, 5, sparsity=0.7, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 8))
     np.testing.assert_allclose(lin(x), x @ lin.dense_kernel() + lin.bias[...], atol=1e-5)
     assert lin.weight.shape == (5, 8) and (lin.in_features, lin.out_features) == (8, 5)

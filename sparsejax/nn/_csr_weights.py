@@ -14,21 +14,21 @@ from sparsejax.nn._weights import check_features, init_kernel
 DATA_FORMATS = ("NHWC", "NCHW")
 
 
-def build_csr(in_features: int, out_features: int, density: float | None,
+def build_csr(in_features: int, out_features: int, sparsity: float | None,
               mask: Bool[Array, "in out"] | None, kernel: Float[Array, "in out"] | None,
               key: jax.Array | None, dtype) -> CSR:
     """The CSR weight ``[out, in]`` (rows = output units) of ``kernel [in, out]`` kept at
-    ``mask`` (default: a random mask of ``density``, or ``kernel``'s nonzeros)."""
+    ``mask`` (default: a random mask at ``sparsity``, or ``kernel``'s nonzeros)."""
     check_features(in_features, out_features)
     k_mask, k_init = jax.random.split(key) if key is not None else (None, None)
     shape = (in_features, out_features)
     if mask is None and kernel is None:
-        if density is None or not 0.0 < float(density) <= 1.0:
-            raise ValueError(must_be("density", "in (0, 1] (or pass `mask` / `kernel`)",
-                                     density))
+        if sparsity is None or not 0.0 <= float(sparsity) < 1.0:
+            raise ValueError(must_be("sparsity", "in [0, 1) (or pass `mask` / `kernel`)",
+                                     sparsity))
         if k_mask is None:
-            raise ValueError("a random mask (`density=`) needs a PRNG key / rngs.")
-        mask = masks.random_mask(k_mask, shape, 1.0 - float(density))
+            raise ValueError("a random mask (`sparsity=`) needs a PRNG key / rngs.")
+        mask = masks.random_mask(k_mask, shape, float(sparsity))
     if mask is not None:
         mask = check_bool_array(jnp.asarray(mask), "mask")
         if mask.shape != shape:

@@ -28,10 +28,10 @@ __all__ = ["SparseConv1x1", "SparseLinear", "from_dense_layer", "to_dense_layer"
 
 
 class _CSRLayer(_SparseLinear):
-    def _init(self, in_features, out_features, density, mask, kernel, bias, use_bias, backend,
+    def _init(self, in_features, out_features, sparsity, mask, kernel, bias, use_bias, backend,
               param_dtype, rngs):
         key = rngs.params() if rngs is not None else None
-        w = build_csr(in_features, out_features, density, mask, kernel, key, param_dtype)
+        w = build_csr(in_features, out_features, sparsity, mask, kernel, key, param_dtype)
         self._set(w, init_bias(bias, use_bias, out_features, w.dtype), backend)
         self.in_features, self.out_features = in_features, out_features
 
@@ -46,7 +46,7 @@ class SparseLinear(_CSRLayer):
     Args:
         in_features: input size.
         out_features: output size.
-        density: fraction of weights kept at random (used when neither ``mask`` nor ``kernel``
+        sparsity: fraction of weights pruned at random (used when neither ``mask`` nor ``kernel``
             is given).
         mask: bool ``[in, out]`` kept entries (e.g. a `sparsejax.training` / `sparsejax.oneshot`
             mask of an ``nnx.Linear`` kernel); stored zeros are kept, so the pattern is exactly
@@ -66,13 +66,13 @@ class SparseLinear(_CSRLayer):
         bias: ``nnx.Param [out]`` or ``None``.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, density: float | None = 0.1,
+    def __init__(self, in_features: int, out_features: int, *, sparsity: float | None = 0.9,
                  mask: Bool[Array, "in out"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
                  rngs: nnx.Rngs | None = None):
-        self._init(in_features, out_features, density, mask, kernel, bias, use_bias, backend,
+        self._init(in_features, out_features, sparsity, mask, kernel, bias, use_bias, backend,
                    param_dtype, rngs)
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
@@ -94,7 +94,7 @@ class SparseConv1x1(_CSRLayer):
         in_features: input channels.
         out_features: output channels.
         data_format: ``"NHWC"`` (Flax's layout, default) or ``"NCHW"``.
-        density: see `SparseLinear`.
+        sparsity: see `SparseLinear`.
         mask: bool ``[in, out]`` kept entries.
         kernel: an initial dense kernel ``[in, out]``.
         bias: an initial bias ``[out]``; default zeros.
@@ -111,13 +111,13 @@ class SparseConv1x1(_CSRLayer):
     """
 
     def __init__(self, in_features: int, out_features: int, *, data_format: str = "NHWC",
-                 density: float | None = 0.1, mask: Bool[Array, "in out"] | None = None,
+                 sparsity: float | None = 0.9, mask: Bool[Array, "in out"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
                  rngs: nnx.Rngs | None = None):
         self.data_format = check_data_format(data_format)
-        self._init(in_features, out_features, density, mask, kernel, bias, use_bias, backend,
+        self._init(in_features, out_features, sparsity, mask, kernel, bias, use_bias, backend,
                    param_dtype, rngs)
 
     def __call__(self, x: Float[Array, "B ..."]) -> Float[Array, "B ..."]:

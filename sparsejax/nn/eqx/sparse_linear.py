@@ -43,13 +43,13 @@ class SparseLinear(eqx.Module):
     bias: Array | None
     backend: str = eqx.field(static=True)
 
-    def __init__(self, in_features: int, out_features: int, *, density: float | None = 0.1,
+    def __init__(self, in_features: int, out_features: int, *, sparsity: float | None = 0.9,
                  mask: Bool[Array, "in out"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
                  key: jax.Array | None = None):
-        self.weight = build_csr(in_features, out_features, density, mask, kernel, key,
+        self.weight = build_csr(in_features, out_features, sparsity, mask, kernel, key,
                                 param_dtype)
         self.bias = init_bias(bias, use_bias, out_features, self.weight.dtype)
         self.backend = backend
@@ -93,13 +93,13 @@ class SparseConv1x1(eqx.Module):
     backend: str = eqx.field(static=True)
 
     def __init__(self, in_features: int, out_features: int, *, data_format: str = "NCHW",
-                 density: float | None = 0.1, mask: Bool[Array, "in out"] | None = None,
+                 sparsity: float | None = 0.9, mask: Bool[Array, "in out"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
                  key: jax.Array | None = None):
         self.data_format = check_data_format(data_format)
-        self.weight = build_csr(in_features, out_features, density, mask, kernel, key,
+        self.weight = build_csr(in_features, out_features, sparsity, mask, kernel, key,
                                 param_dtype)
         self.bias = init_bias(bias, use_bias, out_features, self.weight.dtype)
         self.backend = backend
