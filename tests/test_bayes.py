@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from jax import lax
 
 from sparsejax import bayes as B
-from sparsejax.training import drop_fraction_at
+from sparsejax.training import DropGrowSchedule
 
 KEY = jax.random.key(0)
 
@@ -332,7 +332,7 @@ def test_subspace_update_drops_lowest_grows_highest(jitted_update):
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape), post.mu)
     for step in (10, 20, 90):
         new = jitted_update(post, grads, step)
-        _check_update(post, new, grads, drop_fraction_at(step, 0.3, 100))
+        _check_update(post, new, grads, DropGrowSchedule.create(update_every=1, end_step=100, drop_fraction=0.3, begin_step=0).fraction(step))
     for step in (0, 5, 100, 110):  # not an update step: unchanged
         new = jitted_update(post, grads, step)
         for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(post)):
@@ -346,7 +346,7 @@ def test_subspace_update_criteria(criterion):
     post = _posterior()
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape), post.mu)
     new = B.subspace_update(post, grads, 10, end_step=100, update_every=10, criterion=criterion)
-    _check_update(post, new, grads, drop_fraction_at(10, 0.3, 100), criterion)
+    _check_update(post, new, grads, DropGrowSchedule.create(update_every=1, end_step=100, drop_fraction=0.3, begin_step=0).fraction(10), criterion)
 
 
 def test_removal_score_names_are_the_references():

@@ -208,7 +208,7 @@ def test_rigl_drop_lowest_weight_grow_highest_gradient_zero_moments(dynamic_run)
     for t, p_before, g, s_before, params, state in record:
         if t == 0 or t % 2 or t >= 9:
             continue
-        f = float(T.drop_fraction_at(t, 0.3, 9))
+        f = float(T.DropGrowSchedule.create(update_every=1, end_step=9, drop_fraction=0.3, begin_step=0).fraction(t))
         old, new = T.masks_of(s_before), T.masks_of(state)
         adam = state.inner_state[1][0]
         for name in ("l1", "l2"):
@@ -229,9 +229,9 @@ def test_rigl_drop_lowest_weight_grow_highest_gradient_zero_moments(dynamic_run)
 
 
 def test_drop_fraction_cosine():
-    np.testing.assert_allclose(T.drop_fraction_at(0, 0.3, 100), 0.3)
-    np.testing.assert_allclose(T.drop_fraction_at(50, 0.3, 100), 0.15, rtol=1e-6)
-    np.testing.assert_allclose(T.drop_fraction_at(100, 0.3, 100), 0.0, atol=1e-7)
+    np.testing.assert_allclose(T.DropGrowSchedule.create(update_every=1, end_step=100, drop_fraction=0.3, begin_step=0).fraction(0), 0.3)
+    np.testing.assert_allclose(T.DropGrowSchedule.create(update_every=1, end_step=100, drop_fraction=0.3, begin_step=0).fraction(50), 0.15, rtol=1e-6)
+    np.testing.assert_allclose(T.DropGrowSchedule.create(update_every=1, end_step=100, drop_fraction=0.3, begin_step=0).fraction(100), 0.0, atol=1e-7)
 
 
 def test_static_sparse_mask_fixed():

@@ -10,7 +10,6 @@ from sparsejax.training.apply import keep_masked, sparsify
 from sparsejax.training.blocks import compact_blocks
 from sparsejax.training.drop_grow import DropGrowSchedule, drop_and_grow
 from sparsejax.training.dynamic import (
-    drop_fraction_at,
     dynamic_sparse,
     random_masks,
     rigl,
@@ -38,7 +37,6 @@ __all__ = [
     "compact_blocks",
     "decay_factor",
     "drop_and_grow",
-    "drop_fraction_at",
     "dynamic_sparse",
     "iso_flop_width",
     "keep_masked",

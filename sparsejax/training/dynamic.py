@@ -49,12 +49,6 @@ def random_masks(params: PyTree, sparsity: float, key: jax.Array, *, allocation:
     return compute_masks(params, sparsity=budget, scores="random", key=key, where=where)
 
 
-def drop_fraction_at(step: jax.Array, drop_fraction: float, end_step: int) -> jax.Array:
-    """Cosine-decayed drop fraction ``f0 / 2 * (1 + cos(pi * min(t, T) / T))`` (float32);
-    `DropGrowSchedule.fraction` with ``anneal="cosine"``."""
-    return DropGrowSchedule(1, end_step, drop_fraction, 0).fraction(step)
-
-
 def dynamic_sparse(
     inner: optax.GradientTransformation,
     sparsity: float,
