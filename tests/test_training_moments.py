@@ -67,3 +67,15 @@ def test_masks_must_mirror_params():
     state = optax.adam(1e-3).init(PARAMS)
     with pytest.raises(ValueError, match="reset_masks"):
         reset_moments(state, PARAMS, {"a": MASKS["a"]})
+
+
+def test_reset_moments_params_with_none_leaves():
+    """A ``None`` params leaf (e.g. ``eqx.filter`` output) does not shift the masks of the leaves after it."""
+    params = {"a": None, "b": jnp.ones((2, 2)), "c": jnp.ones((3,))}
+    state = optax.adam(1e-3).init(params)
+    state = jax.tree.map(lambda x: x + 1.0 if jnp.ndim(x) else x, state)
+    masks = {"a": None, "b": jnp.array([[True, False], [False, False]]), "c": None}
+    out = reset_moments(state, params, masks)
+    mu = out[0].mu
+    np.testing.assert_array_equal(mu["b"], [[0.0, 1.0], [1.0, 1.0]])
+    np.testing.assert_array_equal(mu["c"], [1.0, 1.0, 1.0])

@@ -61,7 +61,10 @@ def reset_moments(inner_state: PyTree, params: PyTree, reset_masks: PyTree,
     if m_treedef != p_none_treedef:
         raise ValueError(f"`reset_masks` must mirror the structure of params (a bool array or None "
                          f"per leaf); got {m_treedef}, params have {p_none_treedef}.")
-    mask_leaves = jax.tree.leaves(reset_masks, is_leaf=_is_none)
+    # aligned with the params' array leaves: a None params leaf has no statistic to reset
+    mask_leaves = [m for p, m in zip(jax.tree.leaves(params, is_leaf=_is_none),
+                                     jax.tree.leaves(reset_masks, is_leaf=_is_none))
+                   if p is not None]
 
     def is_params_copy(node: Any) -> bool:
         if node is None:
