@@ -140,3 +140,23 @@ def test_kernels_lower_for_tpu_and_gpu(dtype, b):
     assert "tpu_custom_call" in _lower(sparse_input_tpu.sparse_input_matmul, x, w, platform="tpu")
     assert "xla.gpu.triton" in _lower(sparse_input_gpu.sparse_input_matmul, x, w,
                                       platform="cuda")
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_on_device(platform):
+    # Compiled kernels (interpret=False) only on a host of the matching platform
+    # (benchmarks/device_check.py runs this on a GPU).
+    if jax.default_backend() != platform:
+        pytest.skip(f"needs a {platform.upper()}; this host runs {jax.default_backend()}")
+    mod = sparse_input_gpu if platform == "gpu" else sparse_input_tpu
+    backend = f"pallas_{platform}"
+    for dtype in (jnp.float32, jnp.bfloat16):
+        for b, sparsity in [(1, 0.5), (1, 0.0), (1, 1.0), (8, 0.7)]:
+            x, w = _operands(b, b, 1024, 512, sparsity, dtype)
+            y = jax.jit(mod.sparse_input_matmul)(x, w)
+            # bf16 passes / TF32 on device: compare at bf16 tolerance
+            np.testing.assert_allclose(np.float32(y), _dense(x, w), rtol=2e-2, atol=0.3)
+    x, w = _operands(11, 2, 256, 128, 0.5)
+    g = jax.grad(lambda w: jnp.sum(sparse_input_matmul(x, w, backend=backend) ** 2))(w)
+    want = jax.grad(lambda w: jnp.sum(jnp.matmul(x, w, precision="highest") ** 2))(w)
+    np.testing.assert_allclose(g, want, rtol=2e-2, atol=0.3)
