@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sparsejax.ops import sparse_input_gpu, sparse_input_matmul, sparse_input_tpu
 from sparsejax.ops.sparse_input import compact_inputs
 
+
 def _operands(seed, b, k, n, sparsity, dtype=jnp.float32):
     kx, kw, km = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(kx, (b, k))
