@@ -38,7 +38,8 @@ CASES = [
 
 @pytest.mark.parametrize("backend,b,k,n,sparsity", [
     *[("xla", *c) for c in CASES],
-    *[(be, *c) for be in ("pallas_gpu", "pallas_tpu") for c in (CASES[0], CASES[1], CASES[3])],
+    *[("pallas_gpu", *c) for c in (CASES[0], CASES[1])],
+    *[("pallas_tpu", *c) for c in (CASES[0], CASES[3])],
     ("reference", *CASES[0]),
 ])
 def test_matches_dense(backend, b, k, n, sparsity):
@@ -68,7 +69,7 @@ def test_per_row_zeros_use_the_union_and_leading_axes():
                                rtol=1e-4, atol=1e-4)
 
 
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(st.floats(0.0, 1.0), st.integers(0, 2**16))
 def test_xla_equals_dense_property(sparsity, seed):
     # one shape (one compilation); the chunk loop's trip count varies with the data
