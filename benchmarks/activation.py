@@ -174,6 +174,23 @@ def quality(calib: int, batch: int, seed: int, greedy_step: float, greedy_batche
         sp = {n: target for n in names}
         record("teal", target, target, threshold_embed(taus(sp)))
 
+    # R-Sparse at the same weight-read budget
+    rng = np.random.default_rng(seed)
+    sub = {n: a[rng.choice(len(a), min(len(a), 2048), replace=False)] for n, a in acts.items()}
+    kernels = {n: _leaf(model.params, n) for n in names}
+    for target in targets:
+        t0 = time.perf_counter()
+        factors = rsparse_search(kernels, sub, 1.0 - target)
+        search_s = time.perf_counter() - t0
+        eff = []
+        for n, f in factors.items():
+            n_in, n_out = kernels[n].shape
+            kept = float(np.mean(np.abs(sub[n] * np.asarray(f.scale)) > float(f.tau)))
+            reads = kept + f.us.shape[1] * (n_in + n_out) / (n_in * n_out)
+            eff.append((1 - reads) * weights_by_name[n])
+        ranks = {n: int(f.us.shape[1]) for n, f in factors.items()}
+        record("rsparse", target, sum(eff) / total, embed_with(rsparse_tap, factors),
+               {"search_s": search_s, "mean_rank": float(np.mean(list(ranks.values())))})
     # TEAL greedy, per block, on the calibration batches, block inputs from the dense model
     t0 = time.perf_counter()
     layer_out = jax.jit(lambda p, b, t, i: _block_output(config, p, b, threshold_tap(t), i),
@@ -196,6 +213,8 @@ def quality(calib: int, batch: int, seed: int, greedy_step: float, greedy_batche
 
         w = {n: weights_by_name[n] for n in block}
         paths[i] = greedy_sparsities(error, w, max(targets), step=greedy_step).history
+        print(f"  greedy block {i}: {len(paths[i])} steps, {time.perf_counter() - t0:.0f} s",
+              flush=True)
     greedy_s = time.perf_counter() - t0
     for target in targets:
         sp = {}
@@ -208,23 +227,6 @@ def quality(calib: int, batch: int, seed: int, greedy_step: float, greedy_batche
         record("teal_greedy", target, eff, threshold_embed(taus(sp)),
                {"search_s": greedy_s})
 
-    # R-Sparse at the same weight-read budget
-    rng = np.random.default_rng(seed)
-    sub = {n: a[rng.choice(len(a), min(len(a), 2048), replace=False)] for n, a in acts.items()}
-    kernels = {n: _leaf(model.params, n) for n in names}
-    for target in targets:
-        t0 = time.perf_counter()
-        factors = rsparse_search(kernels, sub, 1.0 - target)
-        search_s = time.perf_counter() - t0
-        eff = []
-        for n, f in factors.items():
-            n_in, n_out = kernels[n].shape
-            kept = float(np.mean(np.abs(sub[n] * np.asarray(f.scale)) > float(f.tau)))
-            reads = kept + f.us.shape[1] * (n_in + n_out) / (n_in * n_out)
-            eff.append((1 - reads) * weights_by_name[n])
-        ranks = {n: int(f.us.shape[1]) for n, f in factors.items()}
-        record("rsparse", target, sum(eff) / total, embed_with(rsparse_tap, factors),
-               {"search_s": search_s, "mean_rank": float(np.mean(list(ranks.values())))})
     return {"calibration_sentences": len(cal), "held_out_sentences": len(held),
             "greedy_step": greedy_step, "rows": rows}
 
@@ -261,8 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calib", type=int, default=64, help="calibration sentences (64)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--greedy-step", type=float, default=0.25,
-                        help="TEAL base step per projection of weight 1 (0.25)")
+    parser.add_argument("--greedy-step", type=float, default=0.5,
+                        help="TEAL base step per projection of weight 1 (0.5)")
     parser.add_argument("--greedy-batches", type=int, default=1,
                         help="calibration batches in the greedy block-output error (1)")
     parser.add_argument("--skip-quality", action="store_true")
