@@ -305,18 +305,16 @@ def _bsr_to_dense(data: Array, indices: Array, counts: Array, shape: tuple[int, 
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
-def _bsr_slot_table(indices: Array, counts: Array, c: int) -> tuple[Array, Array]:
-    """``table[r, c]`` = slot of block ``(r, c)`` in row ``r`` or -1; kept blocks per column."""
-    table = BlockIndex(indices, counts).slot_table(c)
-    return table, jnp.sum(table >= 0, axis=0, dtype=jnp.int32)
+def _bsr_col_counts(indices: Array, counts: Array, c: int) -> Array:
+    """Kept blocks per block column."""
+    return BlockIndex(indices, counts).transpose(c, indices.shape[0])[0].counts
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _bsr_transpose(data: Array, table: Array, s: int) -> tuple[Array, Array, Array]:
-    c = table.shape[1]
-    t = pack_blocks((table >= 0).T, s)
-    src_slot = table[t.indices, jnp.arange(c)[:, None]]  # [C, s]
-    blocks = data[t.indices, jnp.maximum(src_slot, 0)]  # [C, s, bm, bn]
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _bsr_transpose(data: Array, indices: Array, counts: Array, c: int, s: int
+                   ) -> tuple[Array, Array, Array]:
+    t, src = BlockIndex(indices, counts).transpose(c, s)
+    blocks = data[t.indices, src]  # [C, s, bm, bn]
     blocks = jnp.where(t.valid()[:, :, None, None], blocks, jnp.zeros((), data.dtype))
     return blocks.transpose(0, 1, 3, 2), t.indices, t.counts
 
@@ -577,8 +575,8 @@ class BlockSparse:
         if self.data.ndim > 4:
             return jax.vmap(lambda a: a.transpose(max_blocks_per_row))(self)
         r = self.n_block_rows
-        table, t_counts = _bsr_slot_table(self.indices, self.counts, self.n_block_cols)
-        if max_blocks_per_row is None and not is_concrete(table):
+        t_counts = _bsr_col_counts(self.indices, self.counts, self.n_block_cols)
+        if max_blocks_per_row is None and not is_concrete(t_counts):
             max_blocks_per_row = r
         if max_blocks_per_row is None:
             s = max(1, int(np.max(np.asarray(t_counts), initial=0)))
@@ -587,7 +585,8 @@ class BlockSparse:
             if is_concrete(t_counts) and int(np.max(np.asarray(t_counts), initial=0)) > s:
                 raise ValueError(f"`max_blocks_per_row`={s} is smaller than the kept blocks of "
                                  "some block column.")
-        blocks, t_idx, t_counts = _bsr_transpose(self.data, table, s)
+        blocks, t_idx, t_counts = _bsr_transpose(self.data, self.indices, self.counts,
+                                                 self.n_block_cols, s)
         bm, bn = self.block_shape
         return BlockSparse(blocks, t_idx, t_counts, (self.shape[1], self.shape[0]), (bn, bm))
 

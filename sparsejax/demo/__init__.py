@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "oneshot": "sparsejax.demo.oneshot",
     "ssvi": "sparsejax.demo.ssvi",
     "training": "sparsejax.demo.training",
+    "lsr": "sparsejax.demo.lsr",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]
