@@ -263,6 +263,14 @@ def _register_all() -> None:
                  kernel=True)
         register(op, "xla", "sparsejax.ops.csr_xla", f"xla_{op}")
         register(op, "reference", "sparsejax.ops.csr_xla", f"reference_{op}", platforms=())
+    # dense-weight product with a mostly-zero input: only the rows of W with a nonzero input
+    register("sparse_input_matmul", "pallas_tpu", "sparsejax.ops.sparse_input_tpu",
+             platforms=TPU_PLATFORMS, kernel=True)
+    register("sparse_input_matmul", "pallas_gpu", "sparsejax.ops.sparse_input_gpu",
+             platforms=GPU_PLATFORMS, kernel=True)
+    register("sparse_input_matmul", "xla", "sparsejax.ops.sparse_input", "_xla")
+    register("sparse_input_matmul", "reference", "sparsejax.ops.sparse_input", "_reference",
+             platforms=())
 
 
 _register_all()
