@@ -169,15 +169,46 @@ class BlockIndex(NamedTuple):
     def slot_table(self, num_cols: int) -> Int[Array, "*lead R C"]:
         """``int32 [..., R, C]``: the slot holding block ``(r, c)``, ``-1`` where it is not kept.
 
-        The column-major view of the index: ``pack_indices(table.swapaxes(-1, -2) >= 0)``
-        lists the kept blocks of each block column (what a transpose or a dense x sparse kernel
-        iterates over).
+        `transpose` builds the column-major view from it.
         """
         xp = _xp(self.indices, self.counts)
         cols = xp.arange(num_cols, dtype=xp.int32)
         hit = (self.indices[..., None] == cols) & self.valid()[..., None]  # [..., R, S, C]
         slots = xp.arange(self.width, dtype=xp.int32)[:, None]
         return xp.where(hit, slots, -1).max(axis=-2, initial=-1).astype(xp.int32)
+
+    def transpose(self, num_cols: int, width: int | None = None, *,
+                  pad: Literal["last", "zero"] = "last"
+                  ) -> tuple[BlockIndex, Int[Array, "*lead C W"]]:
+        """The column-major view: the index of the transposed block grid ``[..., C, R]``.
+
+        Row ``c`` of the result lists the block rows that keep a block in block column ``c``
+        (ascending), what a transpose or a dense x sparse kernel iterates over.
+
+        Args:
+            num_cols: ``C``, the block columns of the grid.
+            width: slots ``W`` of the result (`pack_indices`; ``None``: the most kept blocks of any
+                column, for a concrete index).
+            pad: padding of the result's ``indices`` (`pack_indices`).
+
+        Returns:
+            ``(t, src)``: the transposed `BlockIndex` (``kinds`` carried over) and int32
+            ``src [..., C, W]``, the slot in ``self`` holding each of its blocks (``0`` at padding
+            slots): block ``(t.indices[c, j], c)`` is ``self`` slot ``src[c, j]`` of that row.
+        """
+        xp = _xp(self.indices, self.counts)
+        table = xp.swapaxes(self.slot_table(num_cols), -1, -2)  # [..., C, R]
+        rows, counts = pack_indices(table >= 0, width, pad=pad)
+        valid = slot_mask(counts, rows.shape[-1])
+        src = xp.where(valid, xp.take_along_axis(table, rows, axis=-1), 0).astype(xp.int32)
+        kinds = None
+        if self.kinds is not None:
+            s = self.width
+            flat = self.kinds.reshape(*self.kinds.shape[:-2], -1)
+            idx = (rows * s + src).reshape(*rows.shape[:-2], -1)
+            kinds = xp.take_along_axis(flat, idx, axis=-1).reshape(rows.shape)
+            kinds = xp.where(valid, kinds, EMPTY).astype(xp.int8)
+        return BlockIndex(rows, counts, kinds), src
 
     def to_block_map(self, num_cols: int) -> Int[Array, "*lead R C"]:
         """The ``int8`` block grid ``[..., R, C]`` of `EMPTY` / `PARTIAL` / `FULL`."""

@@ -15,8 +15,9 @@ Generic validators, for any module:
   `check_choice`, `check_callable`, `check_sparsity`;
 * arrays: `check_float_array`, `check_bool_array`, `check_shape`, `check_last_dim`,
   `check_divisible`;
-* layout: `normalize_axis`, `check_nm`, `check_block_shape`;
-* pytrees: `check_same_structure` (names the first differing path), `check_mask_tree`.
+* layout: `normalize_axis`, `check_nm`, `check_nm_axis`, `check_block_shape`;
+* pytrees: `mirrors` (a tree, not a function: decided by structure), `check_same_structure`
+  (names the first differing path), `check_mask_tree`.
 """
 
 from __future__ import annotations
@@ -234,6 +235,24 @@ def check_nm(n: Any, m: Any, *, max_m: int | None = None) -> tuple[int, int]:
     return n, m
 
 
+NM_AXIS_HELP = ("given for pattern 'nm': the axis along which groups of m consecutive entries "
+                "are formed, the reduction axis of the sparse operand (axis=0 for a Flax "
+                "[in, out] kernel, -2 for a conv [kh, kw, in, out] kernel, 1 for an Equinox or "
+                "torch [out, in] weight)")
+
+
+def check_nm_axis(axis: Any, ndim: int | None = None, name: str = "axis", *,
+                  extra: str = "") -> int | None:
+    """The required N:M grouping (reduction) axis: ``ValueError`` when ``None``.
+
+    With ``ndim`` the axis is also range-checked and returned non-negative. ``extra`` is appended
+    to what is allowed (e.g. the per-leaf rule forms `compute_masks` accepts).
+    """
+    if axis is None:
+        raise ValueError(must_be(name, NM_AXIS_HELP + extra, None))
+    return axis if ndim is None else normalize_axis(axis, ndim, name)
+
+
 def check_block_shape(block_shape: Any, name: str = "block_shape", *,
                       ndim: int | None = None) -> tuple[int, ...]:
     """A tuple of ints ``>= 1`` (exactly ``ndim`` of them when given)."""
@@ -257,6 +276,34 @@ def _path_str(path: tuple) -> str:
 
 def _leaf_paths(tree: Any) -> list[tuple]:
     return [p for p, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]]
+
+
+def mirrors(other: Any, tree: Any) -> bool:
+    """Whether ``other`` is a tree with the pytree structure of ``tree`` (``None`` = a leaf).
+
+    The test that tells a tree argument (scores, sparsities, masks) from a function argument:
+    by structure, never by ``callable()``, since an Equinox module is both a pytree and callable.
+    """
+    try:
+        return (jax.tree.structure(other, is_leaf=_is_none)
+                == jax.tree.structure(tree, is_leaf=_is_none))
+    except Exception:  # noqa: BLE001 - an unflattenable object is not a mirroring tree
+        return False
+
+
+def is_function(value: Any, tree: Any = None) -> bool:
+    """``value`` is a function to call, not a tree: callable, not `mirrors` of ``tree`` (when
+    given), and without array leaves.
+
+    A callable pytree with array leaves (an Equinox module, even one that does not mirror
+    ``tree``) is never taken for a function: it is a tree (a mistaken one is reported as such).
+    """
+    if not callable(value):
+        return False
+    if tree is not None and not jax.tree_util.treedef_is_leaf(jax.tree.structure(value)) \
+            and mirrors(value, tree):
+        return False  # a callable container shaped like the tree (an Equinox module): a tree
+    return not any(isinstance(x, jax.Array | np.ndarray) for x in jax.tree.leaves(value))
 
 
 def check_same_structure(tree: Any, other: Any, name: str = "masks",

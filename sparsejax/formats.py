@@ -42,12 +42,13 @@ from sparsejax._checks import (
     check_float_array,
     check_int,
     check_nm,
+    check_nm_axis,
     is_concrete,
     must_be,
     normalize_axis,
 )
 
-__all__ = ["BlockSparse", "NMSparse"]
+__all__ = ["CSR", "BlockSparse", "NMSparse"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,16 +184,12 @@ class NMSparse:
             The compressed array; ``to_dense()`` equals ``x * mask``.
 
         Raises:
-            TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m``, ``axis``
-                missing or not an int.
-            ValueError: ``n`` outside ``[0, m]``, ``x.shape[axis]`` not divisible by ``m``, a mask
-                of the wrong shape or one keeping more than ``n`` of some group.
+            TypeError: non-float ``x``, non-bool ``mask``, non-int ``n``/``m`` or ``axis``.
+            ValueError: ``axis`` missing, ``n`` outside ``[0, m]``, ``x.shape[axis]`` not
+                divisible by ``m``, a mask of the wrong shape or one keeping more than ``n`` of some group.
         """
         n, m = check_nm(n, m, max_m=256)  # uint8 indices
-        if axis is None:
-            raise TypeError(must_be("axis", "given: the grouped (reduction) axis, as in "
-                                    "sparsejax.masks.nm; 0 for a Flax [in, out] kernel, 1 for "
-                                    "a torch [out, in] weight", None))
+        check_nm_axis(axis)
         x = check_float_array(jnp.asarray(x), "x")
         if x.ndim < 1:
             raise ValueError(f"`x` must have at least one axis; got shape {x.shape}.")
@@ -308,18 +305,16 @@ def _bsr_to_dense(data: Array, indices: Array, counts: Array, shape: tuple[int, 
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
-def _bsr_slot_table(indices: Array, counts: Array, c: int) -> tuple[Array, Array]:
-    """``table[r, c]`` = slot of block ``(r, c)`` in row ``r`` or -1; kept blocks per column."""
-    table = BlockIndex(indices, counts).slot_table(c)
-    return table, jnp.sum(table >= 0, axis=0, dtype=jnp.int32)
+def _bsr_col_counts(indices: Array, counts: Array, c: int) -> Array:
+    """Kept blocks per block column."""
+    return BlockIndex(indices, counts).transpose(c, indices.shape[0])[0].counts
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _bsr_transpose(data: Array, table: Array, s: int) -> tuple[Array, Array, Array]:
-    c = table.shape[1]
-    t = pack_blocks((table >= 0).T, s)
-    src_slot = table[t.indices, jnp.arange(c)[:, None]]  # [C, s]
-    blocks = data[t.indices, jnp.maximum(src_slot, 0)]  # [C, s, bm, bn]
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _bsr_transpose(data: Array, indices: Array, counts: Array, c: int, s: int
+                   ) -> tuple[Array, Array, Array]:
+    t, src = BlockIndex(indices, counts).transpose(c, s)
+    blocks = data[t.indices, src]  # [C, s, bm, bn]
     blocks = jnp.where(t.valid()[:, :, None, None], blocks, jnp.zeros((), data.dtype))
     return blocks.transpose(0, 1, 3, 2), t.indices, t.counts
 
@@ -580,8 +575,8 @@ class BlockSparse:
         if self.data.ndim > 4:
             return jax.vmap(lambda a: a.transpose(max_blocks_per_row))(self)
         r = self.n_block_rows
-        table, t_counts = _bsr_slot_table(self.indices, self.counts, self.n_block_cols)
-        if max_blocks_per_row is None and not is_concrete(table):
+        t_counts = _bsr_col_counts(self.indices, self.counts, self.n_block_cols)
+        if max_blocks_per_row is None and not is_concrete(t_counts):
             max_blocks_per_row = r
         if max_blocks_per_row is None:
             s = max(1, int(np.max(np.asarray(t_counts), initial=0)))
@@ -590,7 +585,8 @@ class BlockSparse:
             if is_concrete(t_counts) and int(np.max(np.asarray(t_counts), initial=0)) > s:
                 raise ValueError(f"`max_blocks_per_row`={s} is smaller than the kept blocks of "
                                  "some block column.")
-        blocks, t_idx, t_counts = _bsr_transpose(self.data, table, s)
+        blocks, t_idx, t_counts = _bsr_transpose(self.data, self.indices, self.counts,
+                                                 self.n_block_cols, s)
         bm, bn = self.block_shape
         return BlockSparse(blocks, t_idx, t_counts, (self.shape[1], self.shape[0]), (bn, bm))
 
@@ -598,3 +594,334 @@ class BlockSparse:
     def T(self) -> BlockSparse:  # noqa: N802
         """Shorthand for `transpose`."""
         return self.transpose()
+
+
+
+# --------------------------------------------------------------------------------------------
+# CSR (unstructured)
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _csr_pack(x: Array, keep: Array, nse: int) -> tuple[Array, Array, Array]:
+    """Row-major kept entries of ``x`` (first ``nse``; zero value / column 0 in padded slots)."""
+    mdim, kdim = x.shape
+    if x.size == 0:  # nothing to gather from
+        return (jnp.zeros((nse,), x.dtype), jnp.zeros((nse,), jnp.int32),
+                jnp.zeros((mdim + 1,), jnp.int32))
+    flat = keep.reshape(-1)
+    (pos,) = jnp.nonzero(flat, size=nse, fill_value=0)
+    nnz = jnp.minimum(jnp.sum(flat, dtype=jnp.int32), nse)
+    valid = jnp.arange(nse) < nnz
+    data = jnp.where(valid, x.reshape(-1)[pos], jnp.zeros((), x.dtype))
+    indices = jnp.where(valid, pos % max(kdim, 1), 0).astype(jnp.int32)
+    counts = jnp.cumsum(jnp.sum(keep, axis=1, dtype=jnp.int32))
+    indptr = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.minimum(counts, nse)])
+    return data, indices, indptr
+
+
+@jax.jit
+def _csr_row_ids(indptr: Array, nse_like: Array) -> Array:
+    """Row of every slot; padded slots (at or past ``indptr[-1]``) get row ``M``."""
+    slots = jnp.arange(nse_like.shape[0], dtype=jnp.int32)
+    return (jnp.searchsorted(indptr, slots, side="right") - 1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _csr_to_dense(data: Array, indices: Array, indptr: Array, shape: tuple[int, int]) -> Array:
+    rows = _csr_row_ids(indptr, data)
+    return jnp.zeros(shape, data.dtype).at[rows, indices].add(data, mode="drop")
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _csr_transpose(data: Array, indices: Array, indptr: Array, shape: tuple[int, int]
+                   ) -> tuple[Array, Array, Array]:
+    mdim, kdim = shape
+    nse = data.shape[0]
+    rows = _csr_row_ids(indptr, data)
+    valid = rows < mdim
+    key = jnp.where(valid, indices, kdim)  # padded slots sort last
+    order = jnp.lexsort((rows, key))
+    t_data = jnp.where(valid[order], data[order], jnp.zeros((), data.dtype))
+    t_indices = jnp.where(valid[order], rows[order], 0).astype(jnp.int32)
+    per_col = jnp.zeros((kdim,), jnp.int32).at[key].add(1, mode="drop")
+    t_indptr = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(per_col)])
+    return t_data, t_indices, jnp.minimum(t_indptr, nse).astype(jnp.int32)
+
+
+@jax.tree_util.register_pytree_node_class
+class CSR:
+    """An unstructured sparse matrix in compressed sparse row layout, padded to a static size.
+
+    For a dense ``[M, K]`` matrix with ``nnz`` stored entries and a static capacity ``nse >= nnz``
+    (number of stored elements, as in `jax.experimental.sparse.BCSR`):
+
+    * ``data [nse]``: the stored values, row by row, columns ascending within a row; the
+      ``nse - nnz`` padded slots at the end hold ``0``.
+    * ``indices int32 [nse]``: the column of each stored value (``0`` in padded slots).
+    * ``indptr int32 [M + 1]``: row ``i`` holds slots ``indptr[i]:indptr[i + 1]``;
+      ``indptr[0] = 0`` and ``indptr[M] = nnz``.
+
+    The static auxiliary data is ``shape = (M, K)``; ``nse`` is an array dimension, so a jitted
+    function retraces when it changes but not when values or the sparsity pattern change
+    (within ``nse``). Stored entries may be zero (`from_mask` keeps the mask's pattern, so a
+    pruned weight keeps its structure while it trains).
+
+    Products: `sparsejax.ops.csr_matmul` (``a @ x``), `sparsejax.ops.dense_csr_matmul`
+    (``x @ a``), `sparsejax.ops.csr_sddmm` and `sparsejax.ops.sparse_conv1x1`; the ``@``
+    operator is registered by `sparsejax.ops` (imported by ``import sparsejax``).
+
+    Gradients: ``indices``/``indptr`` are integer leaves, so differentiate with respect to the
+    values, ``jax.grad(lambda d: loss(a.replace(data=d)))(a.data)``, or pass
+    ``allow_int=True``.
+
+    Attributes:
+        data: ``[nse]`` stored values.
+        indices: ``int32 [nse]`` column of each stored value.
+        indptr: ``int32 [M + 1]`` row pointers.
+        shape: dense shape ``(M, K)``.
+    """
+
+    __array_priority__ = 100  # numpy defers ``ndarray @ CSR`` to ``__rmatmul__``
+
+    def __init__(self, data: Array, indices: Array, indptr: Array, shape: tuple[int, int]):
+        self.data = data
+        self.indices = indices
+        self.indptr = indptr
+        self.shape = tuple(shape)
+
+    # -- pytree ---------------------------------------------------------------------------
+    def tree_flatten(self):
+        return (self.data, self.indices, self.indptr), (self.shape,)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
+
+    def __repr__(self) -> str:
+        return f"CSR(shape={self.shape}, nse={self.nse}, dtype={self.dtype})"
+
+    def replace(self, **kwargs: Any) -> CSR:
+        """A copy with some fields replaced (e.g. ``a.replace(data=new_data)``)."""
+        fields = dict(data=self.data, indices=self.indices, indptr=self.indptr, shape=self.shape)
+        unknown = set(kwargs) - set(fields)
+        if unknown:
+            raise TypeError(f"`replace` takes fields {sorted(fields)}; got {sorted(unknown)}.")
+        fields.update(kwargs)
+        return CSR(**fields)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_dense(cls, x: Float[Array, "M K"], *, nse: int | None = None) -> CSR:
+        """Compress the nonzero entries of a dense matrix.
+
+        Args:
+            x: ``[M, K]`` float matrix.
+            nse: the static capacity (``>= 1``). ``None`` uses ``max(1, nnz)`` of a concrete
+                ``x``; under ``jit`` it must be given (entries past ``nse``, in row-major
+                order, would be dropped: choose an upper bound).
+
+        Returns:
+            The CSR matrix; ``to_dense()`` equals ``x``.
+
+        Raises:
+            TypeError: non-float ``x``.
+            ValueError: non-2-D ``x``, ``nse`` missing under ``jit`` or smaller than a concrete
+                ``nnz``.
+        """
+        x = _check_csr_dense(x, "x")
+        return cls._pack(x, x != 0, nse)
+
+    @classmethod
+    def from_mask(cls, x: Float[Array, "M K"], mask: Bool[Array, "M K"], *,
+                  nse: int | None = None) -> CSR:
+        """The entries of ``x`` where ``mask`` is True, zeros included (the mask's pattern).
+
+        This is how a weight pruned by `sparsejax.training` or `sparsejax.oneshot` deploys: the
+        stored pattern is exactly the mask, so the values can keep training in place.
+
+        Args:
+            x: ``[M, K]`` float matrix.
+            mask: bool ``[M, K]``.
+            nse: the static capacity; see `from_dense` (``None``: ``max(1, mask.sum())``).
+
+        Returns:
+            The CSR matrix; ``to_dense()`` equals ``where(mask, x, 0)`` and ``nnz`` equals
+            ``mask.sum()``.
+
+        Raises:
+            TypeError: non-float ``x``, non-bool ``mask``.
+            ValueError: non-2-D ``x``, ``mask`` of another shape, bad ``nse``.
+        """
+        x = _check_csr_dense(x, "x")
+        mask = check_bool_array(jnp.asarray(mask), "mask")
+        if mask.shape != x.shape:
+            raise ValueError(must_be("mask", f"a bool array of x's shape {x.shape}",
+                                     f"shape {mask.shape}", raw=True))
+        return cls._pack(x, mask, nse)
+
+    @classmethod
+    def _pack(cls, x: Array, keep: Array, nse: int | None) -> CSR:
+        if nse is None:
+            if not is_concrete(keep):
+                raise ValueError(must_be("nse", "given under jit/vmap/grad (the capacity is a "
+                                         "static array dimension): an int >= the stored entries",
+                                         None))
+            nse = max(1, int(np.sum(np.asarray(keep))))
+        else:
+            nse = check_int(nse, "nse", minimum=1)
+            if is_concrete(keep) and int(np.sum(np.asarray(keep))) > nse:
+                raise ValueError(must_be("nse", f">= the {int(np.sum(np.asarray(keep)))} stored "
+                                         "entries", nse))
+        data, indices, indptr = _csr_pack(x, keep, nse)
+        return cls(data, indices, indptr, x.shape)
+
+    @classmethod
+    def from_scipy(cls, m: Any, *, nse: int | None = None, dtype: Any = None) -> CSR:
+        """From any ``scipy.sparse`` matrix or array (explicitly stored zeros are kept).
+
+        Duplicate entries are summed and columns sorted (on a copy).
+
+        Args:
+            m: a ``scipy.sparse`` matrix/array of shape ``[M, K]``.
+            nse: the capacity (``None``: ``max(1, m.nnz)``).
+            dtype: the values' dtype (``None``: ``m.dtype``; float64 becomes float32 unless
+                ``jax_enable_x64`` is on).
+
+        Returns:
+            The CSR matrix.
+
+        Raises:
+            TypeError: ``m`` not a scipy sparse matrix, non-float values.
+            ValueError: ``nse < m.nnz``.
+        """
+        try:
+            import scipy.sparse as sp
+        except ImportError as err:  # pragma: no cover - scipy is an optional dependency
+            raise ImportError("CSR.from_scipy needs scipy (`pip install scipy`).") from err
+        if not sp.issparse(m):
+            raise TypeError(must_be("m", "a scipy.sparse matrix or array", type(m).__name__,
+                                    raw=True))
+        m = sp.csr_matrix(m, copy=True)
+        m.sum_duplicates()
+        m.sort_indices()
+        data = check_float_array(jnp.asarray(m.data, dtype), "m.data")
+        nnz = int(m.nnz)
+        nse = max(1, nnz) if nse is None else check_int(nse, "nse", minimum=1)
+        if nse < nnz:
+            raise ValueError(must_be("nse", f">= m.nnz = {nnz}", nse))
+        pad = nse - nnz
+        data = jnp.concatenate([data, jnp.zeros((pad,), data.dtype)])
+        indices = jnp.asarray(np.concatenate([m.indices, np.zeros(pad, np.int64)]), jnp.int32)
+        return cls(data, indices, jnp.asarray(m.indptr, jnp.int32), m.shape)
+
+    def to_scipy(self) -> Any:
+        """The ``scipy.sparse.csr_matrix`` of the ``nnz`` stored entries (padding dropped)."""
+        import scipy.sparse as sp
+
+        indptr = np.asarray(self.indptr)
+        nnz = int(indptr[-1])
+        data = np.asarray(self.data[:nnz].astype(jnp.float32) if self.dtype == jnp.bfloat16
+                          else self.data[:nnz])
+        return sp.csr_matrix((data, np.asarray(self.indices[:nnz]), indptr), shape=self.shape)
+
+    @classmethod
+    def from_bcsr(cls, m: Any) -> CSR:
+        """From a 2-D `jax.experimental.sparse.BCSR` (no batch or dense dims); works under jit.
+
+        Slots past ``indptr[-1]`` (BCSR's padding, whose column is ``K``) become this format's
+        padding (value 0, column 0); the capacity ``nse`` is kept.
+
+        Raises:
+            TypeError: ``m`` not a BCSR.
+            ValueError: ``m`` with batch or dense dimensions.
+        """
+        from jax.experimental import sparse as jsparse
+
+        if not isinstance(m, jsparse.BCSR):
+            raise TypeError(must_be("m", "a jax.experimental.sparse.BCSR", type(m).__name__,
+                                    raw=True))
+        if m.n_batch or m.n_dense or len(m.shape) != 2:
+            raise ValueError(must_be("m", "a 2-D BCSR without batch or dense dimensions",
+                                     f"n_batch={m.n_batch}, n_dense={m.n_dense}, "
+                                     f"shape={m.shape}", raw=True))
+        data = check_float_array(m.data, "m.data")
+        indptr = jnp.asarray(m.indptr, jnp.int32)
+        valid = jnp.arange(data.shape[0]) < indptr[-1]
+        return cls(jnp.where(valid, data, jnp.zeros((), data.dtype)),
+                   jnp.where(valid, m.indices, 0).astype(jnp.int32), indptr, m.shape)
+
+    def to_bcsr(self) -> Any:
+        """The `jax.experimental.sparse.BCSR` with the same arrays (same ``nse``; padded slots
+        get column ``K``, BCSR's padding convention). Works under jit."""
+        from jax.experimental import sparse as jsparse
+
+        indices = jnp.where(self.valid(), self.indices, self.shape[1]).astype(jnp.int32)
+        return jsparse.BCSR((self.data, indices, self.indptr), shape=self.shape)
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def dtype(self):
+        """Dtype of the values."""
+        return self.data.dtype
+
+    @property
+    def nse(self) -> int:
+        """The static capacity (stored slots, including padding)."""
+        return self.data.shape[-1]
+
+    @property
+    def nnz(self) -> Int[Array, ""]:
+        """Number of stored entries, ``indptr[-1]`` (a scalar array; works under ``jit``)."""
+        return self.indptr[-1]
+
+    @property
+    def density(self) -> Float[Array, ""]:
+        """Fraction of stored entries: ``nnz / (M * K)`` (a scalar array)."""
+        return self.nnz / max(1, self.shape[0] * self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: data + indices (including padded slots) + indptr."""
+        return int(self.data.nbytes + self.indices.nbytes + self.indptr.nbytes)
+
+    def row_ids(self) -> Int[Array, " nse"]:
+        """``int32 [nse]``: the row of each slot (``M`` for a padded slot)."""
+        return _csr_row_ids(self.indptr, self.data)
+
+    def row_counts(self) -> Int[Array, " M"]:
+        """``int32 [M]``: stored entries per row."""
+        return jnp.diff(self.indptr)
+
+    def valid(self) -> Bool[Array, " nse"]:
+        """Bool ``[nse]``: which slots hold a stored entry (the first ``nnz``)."""
+        return jnp.arange(self.nse) < self.indptr[-1]
+
+    def mask(self) -> Bool[Array, "M K"]:
+        """Bool ``[M, K]`` of the stored positions."""
+        return _csr_to_dense(self.valid().astype(jnp.int8), self.indices, self.indptr,
+                             self.shape) > 0
+
+    # -- conversion -----------------------------------------------------------------------
+    def to_dense(self) -> Float[Array, "M K"]:
+        """The dense ``[M, K]`` matrix (zeros outside the stored entries)."""
+        return _csr_to_dense(self.data, self.indices, self.indptr, self.shape)
+
+    def transpose(self) -> CSR:
+        """The CSR of the transpose ``[K, M]`` (same ``nse``; one sort of the slots, no dense
+        matrix). Works under jit."""
+        data, indices, indptr = _csr_transpose(self.data, self.indices, self.indptr, self.shape)
+        return CSR(data, indices, indptr, (self.shape[1], self.shape[0]))
+
+    @property
+    def T(self) -> CSR:  # noqa: N802
+        """Shorthand for `transpose`."""
+        return self.transpose()
+
+
+def _check_csr_dense(x: Any, name: str) -> Array:
+    x = check_float_array(jnp.asarray(x), name)
+    if x.ndim != 2:
+        raise ValueError(must_be(name, "a 2-D matrix [M, K] (use jax.vmap for stacks)",
+                                 f"shape {x.shape}", raw=True))
+    return x

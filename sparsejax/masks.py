@@ -1,5 +1,10 @@
 """Pattern functions: a score array in, a bool mask of the same shape out.
 
+Naming: a function named after a pattern (`unstructured`, `nm`, `block`, `channel`, `topk`)
+returns a mask; one named after a *method* says what it returns with its suffix, as everywhere
+in sparsejax: `magnitude_mask` and `random_mask` return masks (`sparsejax.scores.magnitude`
+returns the score, `sparsejax.oneshot.magnitude_prune` a ``(pruned_weight, mask)`` pair).
+
 Every function here is pure and works under ``jit`` (with ``sparsity`` a *traced* scalar, which
 schedules need), under ``vmap`` and on any float dtype, bfloat16 included. ``True`` means *kept*.
 
@@ -33,6 +38,7 @@ from sparsejax._checks import (
     check_float_array,
     check_int,
     check_nm,
+    check_nm_axis,
     check_sparsity,
     is_concrete,
     must_be,
@@ -43,9 +49,9 @@ __all__ = [
     "block",
     "channel",
     "kept_count",
-    "magnitude",
+    "magnitude_mask",
     "nm",
-    "random",
+    "random_mask",
     "satisfies_nm",
     "topk",
     "unstructured",
@@ -228,13 +234,14 @@ def _unstructured(scores: jax.Array, sparsity: jax.Array, axis: int | None) -> j
     return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
 
 
-def magnitude(x: Float[Array, "*shape"], sparsity: float | Float[Array, ""]) -> Bool[Array, "*shape"]:
-    """Unstructured magnitude mask: `unstructured` on ``|x|``."""
+def magnitude_mask(x: Float[Array, "*shape"], sparsity: float | Float[Array, ""]
+                   ) -> Bool[Array, "*shape"]:
+    """Unstructured magnitude mask: `unstructured` on ``|x|`` (score: `sparsejax.scores.magnitude`)."""
     x = check_float_array(x, "x")
     return unstructured(jnp.abs(x), sparsity)
 
 
-def random(
+def random_mask(
     key: jax.Array, shape: tuple[int, ...], sparsity: float | Float[Array, ""]
 ) -> Bool[Array, "*shape"]:
     """Uniformly random unstructured mask of ``shape`` with the exact kept count of
@@ -275,12 +282,9 @@ def nm(scores: Float[Array, "*shape"], n: int, m: int, axis: int | None = None
         ValueError: ``axis`` missing or out of range, ``n``/``m`` out of range, or
             ``scores.shape[axis]`` not divisible by ``m``.
     """
-    scores = check_float_array(scores, "scores")
-    if axis is None:
-        raise ValueError(must_be("axis", "given: the reduction axis of the sparse operand (0 for "
-                                 "a Flax [in, out] kernel, 1 for a torch [out, in] weight)", None))
+    scores = check_float_array(scores, "scores", min_ndim=1)
+    check_nm_axis(axis)
     n, m = check_nm(n, m)
-    check_float_array(scores, "scores", min_ndim=1)
     axis = normalize_axis(axis, scores.ndim)
     check_divisible(scores.shape[axis], m, f"scores.shape[{axis}]", "m")
     return _nm(scores, n, m, axis)
@@ -432,9 +436,7 @@ def satisfies_nm(x: Array, n: int, m: int, axis: int | None = None) -> Bool[Arra
     """
     m = check_int(m, "m", minimum=1)
     n = check_int(n, "n", minimum=0)
-    if axis is None:
-        raise ValueError(must_be("axis", "given (the grouping axis, as for `nm`)", None))
-    axis = normalize_axis(axis, jnp.ndim(x))
+    axis = check_nm_axis(axis, jnp.ndim(x))
     if x.shape[axis] % m:
         return jnp.asarray(False)
     moved = jnp.moveaxis(x != 0, axis, -1)

@@ -94,4 +94,7 @@ def polynomial(
         p = jnp.clip((t - begin_step) / (end_step - begin_step), 0.0, 1.0).astype(jnp.float32)
         return (final + (initial - final) * (1.0 - p) ** power).astype(jnp.float32)
 
+    # read by `sparsejax.training.prune` as its default update range (TF-MOT's PolynomialDecay
+    # carries its begin / end step the same way)
+    schedule.begin_step, schedule.end_step = begin_step, end_step
     return schedule

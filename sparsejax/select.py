@@ -30,7 +30,7 @@ from jax.tree_util import keystr
 
 from sparsejax._checks import must_be
 
-__all__ = ["EMBEDDING_NAMES", "Where", "matches", "path_str", "select"]
+__all__ = ["EMBEDDING_NAMES", "Where", "matches", "path_str", "select", "unwrap_variables"]
 
 Where = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
@@ -40,6 +40,24 @@ EMBEDDING_NAMES = ("embedding", "embeddings")
 
 def _is_float_array(x: Any) -> bool:
     return isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _is_variable(x: Any) -> bool:
+    return (x is not None and not isinstance(x, dict | list | tuple | jax.Array | np.ndarray)
+            and hasattr(x, "get_value"))
+
+
+def unwrap_variables(tree: Any) -> Any:
+    """``tree`` with every Flax NNX variable replaced by its value (``nnx.as_pure``'s result).
+
+    So ``nnx.state(model)`` and ``nnx.as_pure(nnx.state(model))`` (and mask trees made from
+    either) give the same paths and structure; any other tree is returned unchanged. Needs no
+    Flax import (variables are recognised by their ``get_value`` method).
+    """
+    if not any(_is_variable(x) for x in jax.tree.leaves(tree, is_leaf=_is_variable)):
+        return tree
+    return jax.tree.map(lambda x: x.get_value() if _is_variable(x) else x, tree,
+                        is_leaf=_is_variable)
 
 
 def path_str(path: tuple) -> str:

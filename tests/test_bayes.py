@@ -33,7 +33,7 @@ def _posterior(key=KEY, sparsity=0.6):
     return post._replace(rho=rho)
 
 
-# ---------------------------------------------------------------- expected_abs / snr
+# ---------------------------------------------------------------- expected_abs / snr_mean_abs
 
 
 def test_expected_abs_and_snr_hand_values():
@@ -41,12 +41,12 @@ def test_expected_abs_and_snr_hand_values():
     np.testing.assert_allclose(B.expected_abs(jnp.zeros(3), sigma), sigma * math.sqrt(2 / math.pi),
                                rtol=1e-6)
     snr0 = math.sqrt(2 / math.pi) / math.sqrt(1 - 2 / math.pi)
-    np.testing.assert_allclose(B.snr(jnp.zeros(3), sigma), snr0, rtol=1e-5)
+    np.testing.assert_allclose(B.snr_mean_abs(jnp.zeros(3), sigma), snr0, rtol=1e-5)
     # sigma = 0: |mu| and a deterministic weight's infinite SNR (0 for mu = sigma = 0)
     np.testing.assert_allclose(B.expected_abs(jnp.array([-3.0, 0.0]), jnp.zeros(2)), [3.0, 0.0])
-    assert np.asarray(B.snr(jnp.array([-3.0, 0.0]), jnp.zeros(2))).tolist() == [np.inf, 0.0]
+    assert np.asarray(B.snr_mean_abs(jnp.array([-3.0, 0.0]), jnp.zeros(2))).tolist() == [np.inf, 0.0]
     # |mu| >> sigma: E|theta| -> |mu|, std|theta| -> sigma, no cancellation in float32
-    np.testing.assert_allclose(B.snr(jnp.array([1e4, -50.0]), jnp.array([1.0, 0.01])),
+    np.testing.assert_allclose(B.snr_mean_abs(jnp.array([1e4, -50.0]), jnp.array([1.0, 0.01])),
                                [1e4, 5e3], rtol=1e-5)
 
 
@@ -69,14 +69,14 @@ def test_expected_abs_and_snr_against_monte_carlo():
     mean, std = theta.mean(0), theta.std(0)
     # standard errors: std / sqrt(N) ~ 2e-3; 5 sigma tolerance
     np.testing.assert_allclose(B.expected_abs(mu, sigma), mean, atol=5 * 1.5 / 632)
-    np.testing.assert_allclose(B.snr(mu, sigma), mean / std, rtol=1e-2)
+    np.testing.assert_allclose(B.snr_mean_abs(mu, sigma), mean / std, rtol=1e-2)
 
 
 def test_expected_abs_rejects_integers_and_negative_sigma():
     with pytest.raises(TypeError, match="mu"):
         B.expected_abs(jnp.arange(3), jnp.ones(3))
     with pytest.raises(ValueError, match="sigma"):
-        B.snr(jnp.zeros(2), jnp.array([1.0, -0.5]))
+        B.snr_mean_abs(jnp.zeros(2), jnp.array([1.0, -0.5]))
 
 
 # ---------------------------------------------------------------- LRT
@@ -287,7 +287,7 @@ def test_posterior_structure_errors():
 # ---------------------------------------------------------------- subspace update
 
 
-def _check_update(post, new, grads, frac, criterion="snr"):
+def _check_update(post, new, grads, frac, criterion="SNR_mean_abs"):
     """The drop/grow invariants of one update, leaf by leaf, against numpy."""
     scores = B.removal_scores(post, criterion)
     for name in ("l1", "l2"):
@@ -340,13 +340,33 @@ def test_subspace_update_drops_lowest_grows_highest(jitted_update):
     assert len(jitted_update.traces) == 1  # one compiled function, lax.cond on the step
 
 
-@pytest.mark.parametrize("criterion", ["abs_mean", "mean_over_std", "expected_abs",
+@pytest.mark.parametrize("criterion", ["mean", "snr", "E_mean_abs",
                                        lambda mu, sigma: -jnp.abs(mu)])
 def test_subspace_update_criteria(criterion):
     post = _posterior()
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(9), x.shape), post.mu)
     new = B.subspace_update(post, grads, 10, end_step=100, update_every=10, criterion=criterion)
     _check_update(post, new, grads, drop_fraction_at(10, 0.3, 100), criterion)
+
+
+def test_removal_score_names_are_the_references():
+    """Each name computes what the reference's ``--drop_criteria`` of that name computes
+    (rigl_torch/RigL.py::_rigl_step, float64 transcription)."""
+    post = _posterior()
+    mu = np.asarray(post.mu["l1"]["kernel"], np.float64)
+    m = np.asarray(post.mask["l1"]["kernel"])
+    sigma = np.log1p(np.exp(np.asarray(post.rho["l1"]["kernel"], np.float64))) * m
+    erf = np.vectorize(math.erf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e_mean_abs = mu * erf(mu / sigma / np.sqrt(2)) + 2 * sigma * np.exp(
+            -mu**2 / (2 * sigma**2)) / np.sqrt(2 * np.pi)
+        expected = {"mean": np.abs(mu), "E_mean_abs": e_mean_abs, "snr": np.abs(mu) / sigma,
+                    "SNR_mean_abs": e_mean_abs / np.sqrt(sigma**2 + mu**2 - e_mean_abs**2)}
+    assert sorted(B.CRITERIA) == sorted(expected)
+    for name, ref in expected.items():
+        ours = np.asarray(B.removal_scores(post, name)["l1"]["kernel"])
+        np.testing.assert_allclose(ours[m], ref[m], rtol=2e-4, err_msg=name)
+        assert B.removal_scores(post, name)["l1"]["bias"] is None
 
 
 def test_subspace_update_random_growth():
@@ -432,6 +452,23 @@ def test_metrics_against_numpy():
         B.accuracy(p, y.astype(jnp.float32))
     with pytest.raises(ValueError, match="labels"):
         B.nll(p, y[:3])
+
+
+def test_metrics_reject_out_of_range_labels_and_logits():
+    probs = jax.nn.softmax(jax.random.normal(KEY, (6, 4)))
+    labels = jnp.array([0, 1, 2, 3, 0, 1])
+    for fn in (B.nll, B.accuracy, B.expected_calibration_error):
+        with pytest.raises(ValueError, match=r"`labels` must be class indices in \[0, 3\].*-1"):
+            fn(probs, labels.at[2].set(-1))
+        with pytest.raises(ValueError, match="`labels` must be class indices.*4"):
+            fn(probs, labels.at[0].set(4))
+    logits = jax.random.normal(KEY, (6, 4)) * 3
+    with pytest.raises(ValueError, match="`probs` must be probabilities.*softmax"):
+        B.expected_calibration_error(logits, labels)
+    with pytest.raises(ValueError, match="`probs` must be probabilities"):
+        B.predictive_entropy(jnp.full((2, 4), 0.5))  # in [0, 1] but rows sum to 2
+    # under jit nothing is checked (documented): the values are what they are
+    assert np.isfinite(float(jax.jit(B.nll)(probs, labels)))
 
 
 def test_predict_and_training_flops():

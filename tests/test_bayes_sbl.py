@@ -12,12 +12,6 @@ from sklearn.linear_model import ARDRegression
 from sparsejax.bayes import kron_sbl, sbl
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _problem(seed, n, d, k=5, noise=0.05):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))
@@ -113,3 +107,18 @@ def test_sbl_bad_input():
         sbl(jnp.stack([x, x]), jnp.stack([y, y, y]))
     with pytest.raises(ValueError, match="targets"):
         kron_sbl(x, x, y)
+
+
+def test_sbl_rejects_nan_and_empty_data():
+    x, y, _ = _problem(0, 20, 8)
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    with pytest.raises(ValueError, match="`targets` must be finite.*1 non-finite"):
+        sbl(x, y.at[3].set(jnp.nan))
+    with pytest.raises(ValueError, match="`design` must be finite"):
+        sbl(x.at[2, 5].set(jnp.inf), y)
+    with pytest.raises(ValueError, match="`a` must be finite"):
+        kron_sbl(x[:4, :2].at[0, 0].set(jnp.nan), x[:5, :2], y[:20])
+    with pytest.raises(ValueError, match="at least one sample"):
+        sbl(jnp.zeros((0, 8)), jnp.zeros((0,)))
+    with pytest.raises(ValueError, match="at least one sample"):
+        sbl(jnp.zeros((5, 0)), jnp.zeros((5,)))

@@ -10,6 +10,7 @@ from flax import nnx
 
 from sparsejax import bayes as B
 from sparsejax import nn as snn
+from sparsejax.training import masks_of
 
 KEY = jax.random.key(0)
 
@@ -55,7 +56,7 @@ def trained():
     @jax.jit
     def step(v, state, key):
         traces.append(1)
-        grads = jax.grad(_loss)(v, state.masks, key, x, y)
+        grads = jax.grad(_loss)(v, masks_of(state)[0], key, x, y)
         updates, new_state = opt.update(grads, state, v)
         return optax.apply_updates(v, updates), new_state, grads
 
@@ -74,27 +75,33 @@ def test_ssvi_keeps_posterior_masked_and_nnz_constant(trained):
     changed_steps = []
     for t, (_, state, new_v, new_state, _) in enumerate(history):
         for name in ("l1", "l2"):
-            old_m, new_m = state.masks[name]["kernel"], new_state.masks[name]["kernel"]
+            old_m, new_m = masks_of(state)[0][name]["kernel"], masks_of(new_state)[0][name]["kernel"]
             assert int(old_m.sum()) == int(new_m.sum())
             for tree in (new_v.mu, new_v.rho):
                 assert float(jnp.max(jnp.abs(jnp.where(new_m, 0, tree[name]["kernel"])))) == 0.0
             if bool(jnp.any(old_m != new_m)):
                 changed_steps.append(t)
-    assert sorted(set(changed_steps)) == [4, 8]  # count % update_every == 0, count > 0
+    assert sorted(set(changed_steps)) == [3, 7]  # step = count + 1 with step % update_every == 0
 
 
 def test_ssvi_update_step_matches_subspace_update_and_resets_moments(trained):
     history, _ = trained
-    v, state, new_v, new_state, grads = history[4]
-    expected = B.subspace_update(v._replace(mask=state.masks), grads.mu, 4, end_step=40,
+    v, state, new_v, new_state, grads = history[3]  # the 4th update call: step 4
+    expected = B.subspace_update(v._replace(mask=masks_of(state)[0]), grads.mu, 4, end_step=40,
                                  update_every=4)
     adam_state = new_state.inner_state[1][0]
     for name in ("l1", "l2"):
-        old_m, new_m = state.masks[name]["kernel"], new_state.masks[name]["kernel"]
+        old_m, new_m = masks_of(state)[0][name]["kernel"], masks_of(new_state)[0][name]["kernel"]
         np.testing.assert_array_equal(new_m, expected.mask[name]["kernel"])
         grown, dropped = new_m & ~old_m, old_m & ~new_m
         assert int(grown.sum()) > 0 and int(dropped.sum()) > 0
         np.testing.assert_array_equal(new_v.mu[name]["kernel"][grown], 0.0)
+        # no optimizer step at a subspace-update step (the reference's `if pruner(): step()`)
+        kept = old_m & new_m
+        np.testing.assert_array_equal(new_v.mu[name]["kernel"][kept], v.mu[name]["kernel"][kept])
+        np.testing.assert_array_equal(new_v.rho[name]["kernel"][kept],
+                                      v.rho[name]["kernel"][kept])
+        np.testing.assert_array_equal(new_v.mu[name]["bias"], v.mu[name]["bias"])
         np.testing.assert_allclose(new_v.rho[name]["kernel"][grown],
                                    expected.rho[name]["kernel"][grown])
         i = 0 if name == "l1" else 1
@@ -105,9 +112,9 @@ def test_ssvi_update_step_matches_subspace_update_and_resets_moments(trained):
             assert float(jnp.max(jnp.abs(moment[0][name]["kernel"]))) > 0
     # off-schedule steps: the inner update on the active entries only
     v, state, new_v, new_state, grads = history[2]
-    m = state.masks["l1"]["kernel"]
+    m = masks_of(state)[0]["l1"]["kernel"]
     assert bool(jnp.all(jnp.where(m, new_v.mu["l1"]["kernel"] != v.mu["l1"]["kernel"], True)))
-    assert B.masks_of((optax.EmptyState(), new_state)) is new_state.masks
+    assert masks_of((optax.EmptyState(), new_state))[0]["l1"]["kernel"] is not None
 
 
 def test_ssvi_random_growth_and_errors():
@@ -116,12 +123,12 @@ def test_ssvi_random_growth_and_errors():
                  key=jax.random.key(1))
     state = opt.init(post)
     v = post._replace(mask=None)
-    grads = jax.grad(_loss)(v, state.masks, KEY, x, y)
+    grads = jax.grad(_loss)(v, masks_of(state)[0], KEY, x, y)
     update = jax.jit(opt.update)
     state = update(grads, state, v)[1]
     updates, state2 = update(grads, state, v)
-    assert bool(jnp.any(state2.masks["l1"]["kernel"] != state.masks["l1"]["kernel"]))
-    assert int(state2.masks["l1"]["kernel"].sum()) == int(state.masks["l1"]["kernel"].sum())
+    m1, m2 = masks_of(state)[0]["l1"]["kernel"], masks_of(state2)[0]["l1"]["kernel"]
+    assert bool(jnp.any(m1 != m2)) and int(m1.sum()) == int(m2.sum())
     with pytest.raises(ValueError, match="mask"):
         opt.update(grads, state, post)
     with pytest.raises(ValueError, match="params"):
@@ -135,7 +142,8 @@ def test_ssvi_random_growth_and_errors():
     with pytest.raises(ValueError, match="update_every"):
         B.ssvi(optax.adam(1e-3), end_step=10, update_every=0)
     with pytest.raises(ValueError, match="inner_state"):  # adafactor's factored moments
-        B.ssvi(optax.adafactor(1e-3, min_dim_size_to_factor=2), end_step=10).init(post)
+        B.ssvi(optax.adafactor(1e-3, min_dim_size_to_factor=2), end_step=10,
+               update_every=5).init(post)
 
 
 # ---------------------------------------------------------------- layers
@@ -221,3 +229,102 @@ def test_demo_ssvi_stage_quick(capsys):
     assert dense["weights"] == 64 * 64 + 64 * 10
     assert sparse["weights"] == round(0.1 * 64 * 64) + round(0.1 * 64 * 10)
     assert 0.0 <= sparse["accuracy"] <= 1.0 and sparse["flops_ratio"] < 0.11
+
+
+# ---------------------------------------------------------------- whole models: NNX and Equinox
+
+
+class _NNXNet(nnx.Module):
+    def __init__(self, rngs):
+        self.l1 = snn.SSVILinear(12, 16, sparsity=0.6, rngs=rngs)
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x, *, key=None):
+        return self.head(jnp.tanh(self.l1(x, key=key)))
+
+
+class _EqxNet(eqx.Module):
+    l1: snn.eqx.SSVILinear
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.l1 = snn.eqx.SSVILinear(12, 16, sparsity=0.6, key=k1)
+        self.head = eqx.nn.Linear(16, 3, key=k2)
+
+    def __call__(self, x, *, key=None):
+        return jax.vmap(self.head)(jnp.tanh(self.l1(x, key=key)))
+
+
+def _train_model(post, rebuild, steps=11):
+    """``steps`` jitted ssvi(adam) steps on a whole model (updates at steps 5 and 10)."""
+    _, x, y = _setup()
+    opt = B.ssvi(optax.adam(1e-2), end_step=40, update_every=5)
+    state = opt.init(post)
+
+    @jax.jit
+    def step(v, state, key):
+        def loss(v):
+            p = v._replace(mask=masks_of(state)[0])
+            logits = rebuild(p)(x, key=key)
+            ll = -optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return -B.elbo(ll, B.kl_divergence(p), num_data=100)
+
+        updates, state = opt.update(jax.grad(loss)(v), state, v)
+        return optax.apply_updates(v, updates), state
+
+    v = post._replace(mask=None)
+    for t in range(steps):
+        v, state = step(v, state, jax.random.key(t))
+    return rebuild(v._replace(mask=masks_of(state)[0]))
+
+
+@pytest.mark.parametrize("family", ["nnx", "equinox"])
+def test_whole_model_ssvi_training_path(family):
+    """The model-level path (split the model into a Posterior, `ssvi`, rebuild) keeps every SSVI
+    kernel exactly on its mask through subspace updates (a plain optimizer on masked gradients
+    does not: Adam's moments move dropped entries), and `predict_model` is the MC predictive."""
+    _, x, _ = _setup()
+    if family == "nnx":
+        model = _NNXNet(nnx.Rngs(0))
+        graphdef, post, rest = snn.split_posterior(model)
+        rebuild = lambda p: snn.merge_posterior(graphdef, p, rest)  # noqa: E731
+        arrays = lambda m: (m.l1.mu[...], m.l1.rho[...], m.l1.mask[...])  # noqa: E731
+    else:
+        model = _EqxNet(jax.random.key(0))
+        post = snn.eqx.posterior_of(model)
+        rebuild = lambda p: snn.eqx.with_posterior(model, p)  # noqa: E731
+        arrays = lambda m: (m.l1.mu, m.l1.rho, m.l1.mask)  # noqa: E731
+    np.testing.assert_array_equal(rebuild(post)(x), model(x))  # round trip
+    mu0, _, mask0 = arrays(model)
+    trained = _train_model(post, rebuild)
+    mu, rho, mask = arrays(trained)
+    assert bool(jnp.any(mask != mask0)) and int(mask.sum()) == int(mask0.sum())
+    assert float(jnp.max(jnp.abs(jnp.where(mask, 0, mu)))) == 0.0
+    assert float(jnp.max(jnp.abs(jnp.where(mask, 0, rho)))) == 0.0
+    assert bool(jnp.any(mu != mu0))
+    keys = jax.random.split(jax.random.key(7), 5)
+    expected = jnp.mean(jnp.stack([jax.nn.softmax(trained(x, key=k)) for k in keys]), 0)
+    np.testing.assert_allclose(B.predict_model(trained, x, jax.random.key(7), samples=5),
+                               expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model"):
+        snn.split_posterior(nnx.Linear(2, 2, rngs=nnx.Rngs(0))) if family == "nnx" else \
+            snn.eqx.posterior_of(eqx.nn.Linear(2, 2, key=KEY))
+
+
+def test_equinox_ssvi_module_imports_no_flax():
+    """The Equinox layers and their kernel initialiser sit on `sparsejax.bayes`, not on Flax."""
+    import ast
+    import inspect
+
+    import sparsejax.bayes.posterior as posterior
+    import sparsejax.nn.eqx.ssvi as eqx_ssvi
+
+    for module in (eqx_ssvi, posterior):
+        imported = set()
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        assert not {m for m in imported if m.startswith(("flax", "sparsejax.nn"))}, imported

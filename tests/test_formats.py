@@ -160,7 +160,7 @@ def test_nm_pytree_static_aux():
         (dict(n=2, m=0, axis=0), ValueError, r"`m` must be >= 1; got 0"),
         (dict(n=2, m=3, axis=0), ValueError, r"x.shape\[axis\]` = 8.*divisible by m=3"),
         (dict(n=2, m=4, axis=2), ValueError, r"`?axis`? must be in \[-2, 1\]"),
-        (dict(n=2, m=4, axis=None), TypeError, r"`axis` must be given"),
+        (dict(n=2, m=4, axis=None), ValueError, r"`axis` must be given"),
     ],
 )
 def test_nm_errors(kwargs, err, match):

@@ -53,10 +53,10 @@ def dense_reference(x, gates, w1, w2, act=jax.nn.gelu):
 
 IMPLS = [
     ("einsum", {}),
-    ("ragged", dict(tile=8)),
-    ("ragged", dict(backend="ragged_dot")),
-    ("block_sparse", dict(tile=8)),
-    ("block_sparse", dict(block_shape=(4, 8), backend="reference")),
+    ("ragged_xla", dict(tile=8)),
+    ("ragged_dot", {}),
+    ("block_sparse_xla", dict(tile=8)),
+    ("block_sparse_reference", dict(block_shape=(4, 8))),
 ]
 ROUTERS = {
     "top2_dropless": lambda lg: moe.top_k_routing(lg, 2),
@@ -233,7 +233,7 @@ def _value_and_grad(impl, kw_items, router):
 
     def loss(x, w1, w2, logits):
         r = ROUTERS[router](logits)
-        y = moe.moe_ffn(x, r, w1, w2, implementation=impl, **kw) if impl else dense_reference(
+        y = moe.moe_ffn(x, r, w1, w2, backend=impl, **kw) if impl else dense_reference(
             x, r.gates(), w1, w2)
         return jnp.sum(jnp.tanh(y) * jnp.cos(x)), y
 
@@ -266,7 +266,7 @@ def test_moe_ffn_bfloat16(problem):
     x, w1, w2, logits = problem
     r = moe.top_k_routing(logits, 2, capacity_factor=1.25)
     xb, w1b, w2b = (a.astype(jnp.bfloat16) for a in (x, w1, w2))
-    y = moe.moe_ffn(xb, r, w1b, w2b, implementation=impl, **kw)
+    y = moe.moe_ffn(xb, r, w1b, w2b, backend=impl, **kw)
     assert y.dtype == jnp.bfloat16
     ref = loop_reference(xb.astype(jnp.float32), r, w1b.astype(jnp.float32),
                          w2b.astype(jnp.float32))
@@ -279,7 +279,7 @@ def test_moe_ffn_jit_and_vmap_over_groups(problem):
     @jax.jit
     def layer(x, logits):
         r = moe.top_k_routing(logits, 2, capacity_factor=1.0)
-        return moe.moe_ffn(x, r, w1, w2, implementation="ragged", tile=8)
+        return moe.moe_ffn(x, r, w1, w2, backend="ragged_xla", tile=8)
 
     xs, ls = x.reshape(2, T // 2, D), logits.reshape(2, T // 2, E)
     out = jax.vmap(layer)(xs, ls)
@@ -313,14 +313,14 @@ def test_moe_ffn_errors(problem):
     r5 = moe.top_k_routing(jnp.zeros((T, 5)), 2)
     with pytest.raises(ValueError, match="num_experts"):
         moe.moe_ffn(x, r5, w1, w2)
-    with pytest.raises(ValueError, match="implementation"):
-        moe.moe_ffn(x, r, w1, w2, implementation="dense")
+    with pytest.raises(ValueError, match="`backend` must be one of"):
+        moe.moe_ffn(x, r, w1, w2, backend="dense")
     with pytest.raises(ValueError, match="w2"):
         moe.moe_ffn(x, r, w1, w1)
     with pytest.raises(ValueError, match="d_model"):
         moe.moe_ffn(x[:, :4], r, w1, w2)
     with pytest.raises(ValueError, match="block_shape"):
-        moe.moe_ffn(x, r, w1, w2, implementation="block_sparse", block_shape=(4, 5))
+        moe.moe_ffn(x, r, w1, w2, backend="block_sparse_xla", block_shape=(4, 5))
     with pytest.raises(TypeError, match="Routing"):
         moe.moe_ffn(x, logits, w1, w2)
     with pytest.raises(ValueError, match="tokens"):
@@ -335,10 +335,9 @@ def test_block_sparse_through_pallas_kernels_interpret(problem, backend, block_s
     r = moe.top_k_routing(logits, 2, capacity_factor=1.0)
 
     def loss(w1, impl, **kw):
-        return jnp.sum(moe.moe_ffn(x, r, w1, w2, implementation=impl, **kw) ** 2)
+        return jnp.sum(moe.moe_ffn(x, r, w1, w2, backend=impl, **kw) ** 2)
 
-    y = moe.moe_ffn(x, r, w1, w2, implementation="block_sparse", backend=backend,
-                    block_shape=block_shape)
+    y = moe.moe_ffn(x, r, w1, w2, backend=f"block_sparse_{backend}", block_shape=block_shape)
     np.testing.assert_allclose(y, loop_reference(x, r, w1, w2), atol=2e-5)
-    g = jax.grad(loss)(w1, "block_sparse", backend=backend, block_shape=block_shape)
+    g = jax.grad(loss)(w1, f"block_sparse_{backend}", block_shape=block_shape)
     np.testing.assert_allclose(g, jax.grad(loss)(w1, "einsum"), atol=3e-5, rtol=1e-4)

@@ -94,33 +94,3 @@ def test_comet_errors():
         moe.comet_routing(params, jnp.zeros((3, 4)), capacity_factor=0)
     with pytest.raises(TypeError, match="comet_init"):
         moe.comet_gates({"w": 1}, jnp.zeros((3, 4)))
-
-
-def test_moex_second_moment_formula_vs_quadrature():
-    mu = np.array([-1.5, 0.0, 0.7, 2.0])
-    sigma = np.array([0.5, 1.0, 2.0, 0.3])
-    z = np.linspace(-20, 20, 400001)
-    ref = [np.trapezoid(np.maximum(z, 0) ** 2 * np.exp(-(z - m) ** 2 / (2 * s * s))
-                        / (s * np.sqrt(2 * np.pi)), z) for m, s in zip(mu, sigma)]
-    # one input feature: mu = x * mean(w), sigma^2 = x^2 * var(w); choose w with that mean/var
-    x = jnp.ones((1, 1))
-    w1 = jnp.stack([jnp.array([[m - s, m + s]]) for m, s in zip(mu, sigma)])  # [E, 1, 2]
-    got = np.exp(2 * np.asarray(moe.moex_logits(x, w1, eps=0.0))[0]) / 2
-    np.testing.assert_allclose(got, ref, rtol=1e-4)
-
-
-def test_moex_logits_track_realised_relu_norm():
-    e, d, f = 6, 32, 1024
-    k = jax.random.split(jax.random.key(7), 4)
-    means = jax.random.normal(k[0], (e, d, 1)) * 0.3
-    scales = jax.random.uniform(k[1], (e, d, 1), minval=0.2, maxval=1.0)
-    w1 = means + scales * jax.random.normal(k[2], (e, d, f))  # i.i.d. columns per expert
-    x = jax.random.normal(k[3], (20, d))
-    est = np.exp(np.asarray(moe.moex_logits(x, w1)))
-    real = np.asarray(jnp.linalg.norm(jax.nn.relu(jnp.einsum("td,edf->tef", x, w1)), axis=-1))
-    np.testing.assert_allclose(est, real, rtol=0.15)
-    r = moe.top_k_routing(moe.moex_logits(x, w1), 2)
-    best = np.argsort(-real, axis=1)[:, :2]
-    assert np.mean(np.sort(best, 1) == np.sort(np.asarray(r.expert_index), 1)) > 0.8
-    with pytest.raises(ValueError, match="same d"):
-        moe.moex_logits(x, w1[:, :4])

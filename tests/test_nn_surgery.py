@@ -146,8 +146,9 @@ def test_masks_that_do_not_fit_the_format_raise(nnx_model, eqx_model):
         nn.to_sparse(model, nm, "block", block_shape=BLOCK)
     with pytest.raises(ValueError, match=r"divisible by m=3"):
         nn.to_sparse(model, sj.compute_masks(params, "nm", n=1, m=2, axis=0), "nm", n=1, m=3)
-    with pytest.raises(ValueError, match=r"`format` must be one of \('nm', 'block'\); got 'csr'"):
-        nn.to_sparse(model, nm, "csr")
+    with pytest.raises(ValueError,
+                       match=r"`format` must be one of \('nm', 'block', 'csr'\); got 'coo'"):
+        nn.to_sparse(model, nm, "coo")
     with pytest.raises(ValueError, match="`block_shape` must be given"):
         nn.to_sparse(model, nm, "block")
     with pytest.raises(TypeError, match=r"must be a bool array; got dtype float32"):

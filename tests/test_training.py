@@ -163,7 +163,7 @@ def test_prune_nm_pattern_and_random_scores():
 
 def test_prune_user_score_callable():
     params = make_params()
-    tx = T.prune(optax.sgd(0.0), 0.5, scores=lambda w, g: -jnp.abs(w))  # keep the smallest
+    tx = T.prune(optax.sgd(0.0), 0.5, grad_scores=lambda w, g: -jnp.abs(w))  # keep the smallest
     _, state = tx.update(grads_at(params, 0), tx.init(params), params)
     w = np.asarray(params["l1"]["kernel"])
     np.testing.assert_array_equal(T.masks_of(state)["l1"]["kernel"], topk_np(-np.abs(w), 96))
@@ -283,10 +283,12 @@ def test_errors():
         T.prune(optax.sgd(0.1), 1.5)
     with pytest.raises(ValueError, match="update_every"):
         T.prune(optax.sgd(0.1), 0.5, update_every=0)
-    with pytest.raises(ValueError, match="end_step"):
-        T.rigl(optax.sgd(0.1), 0.5, update_every=10, end_step=10, key=key)
-    with pytest.raises(ValueError, match="key"):
+    with pytest.raises(ValueError, match="end_step"):  # inclusive: 10 is the first update
+        T.rigl(optax.sgd(0.1), 0.5, update_every=10, end_step=9, key=key)
+    with pytest.raises(TypeError, match="key"):  # required in the signature
         T.rigl(optax.sgd(0.1), 0.5, end_step=1000)
+    with pytest.raises(ValueError, match="key"):
+        T.rigl(optax.sgd(0.1), 0.5, end_step=1000, key=None)
     with pytest.raises(ValueError, match="sparsity"):
         T.rigl(optax.sgd(0.1), -0.1, end_step=1000, key=key)
     with pytest.raises(ValueError, match="allocation"):

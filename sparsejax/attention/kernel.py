@@ -32,16 +32,16 @@ from jaxtyping import Array, Float
 
 from sparsejax._backend import (
     BACKENDS,
-    backend_module,
-    resolve_backend,
+    IMPLEMENTATIONS,
+    implementation,
+    resolve,
     resolve_interpret,
     with_fallback,
 )
+from sparsejax._pallas import KERNEL_DTYPES
 from sparsejax.attention import xla
 from sparsejax.attention.mask import BlockMask
 from sparsejax.attention.static import DEFAULT_BLOCK, causal_mask, full_mask
-
-_FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
 def _default_block(seq: int) -> int:
@@ -98,7 +98,7 @@ def _validate(q, k, v):
             raise ValueError(
                 f"{name} must have shape [batch, heads, seq, dim], got {getattr(x, 'shape', None)}"
             )
-        if not any(x.dtype == f for f in _FLOATS):
+        if x.dtype not in KERNEL_DTYPES:
             raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
     if k.shape[:3] != v.shape[:3]:
         raise ValueError(f"k and v must agree on [batch, heads, seq]: {k.shape} vs {v.shape}")
@@ -201,20 +201,20 @@ def attention(
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
         raise TypeError(f"scale must be a Python float or None, got {scale!r}")
     scale = float(scale)
-    name = resolve_backend(backend)
+    choice = resolve("attention", backend)
     mask = resolve_mask(
         mask, causal=causal, batch=batch, heads=heads, seq_q=seq_q, seq_kv=seq_kv
     )
-    if name in ("reference", "xla"):
-        return backend_module("sparsejax.attention", name).attention(q, k, v, mask, scale)
-    kernel = backend_module("sparsejax.attention", name).attention
+    if choice.name in ("reference", "xla"):
+        return implementation("attention", choice)(q, k, v, mask, scale)
+    kernel = IMPLEMENTATIONS["attention"][choice.name].load()  # interpret, fallback: below
     run_interpret = resolve_interpret(interpret)
 
     def fwd(q, k, v, m):
         return kernel(q, k, v, m, scale, interpret=run_interpret)
 
     run = with_fallback(lambda: _with_xla_grad(fwd, q, k, v, mask, scale),
-                        lambda: xla.attention(q, k, v, mask, scale), auto=backend == "auto")
+                        lambda: xla.attention(q, k, v, mask, scale), auto=choice.auto)
     return run()
 
 

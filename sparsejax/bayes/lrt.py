@@ -1,7 +1,8 @@
 """Closed-form moments of ``|theta|`` and the local reparameterisation trick on a sparse subspace.
 
-* `expected_abs` / `snr`: ``E|theta|`` and ``E|theta| / std|theta|`` of ``theta ~ N(mu, sigma^2)``
-  (the folded normal), SSVI's removal score.
+* `expected_abs` / `snr_mean_abs`: ``E|theta|`` and ``E|theta| / std|theta|`` of
+  ``theta ~ N(mu, sigma^2)`` (the folded normal): the SSVI reference's removal scores
+  ``E_mean_abs`` and ``SNR_mean_abs`` (its default).
 * `linear_lrt` / `conv_lrt`: the pre-activations of a mean-field Gaussian linear / 2-D convolution
   layer sampled by the local reparameterisation trick (Kingma et al., 2015), as in SSVI's
   ``StoLinear`` / ``StoConv2d``: ``out = x @ (mu*M) + sqrt(x^2 @ (sigma*M)^2 + 1e-8) * eps``.
@@ -24,7 +25,7 @@ from jaxtyping import Array, Bool, Float
 
 from sparsejax._checks import check_bool_array, check_float_array, is_concrete, must_be
 
-__all__ = ["conv_lrt", "expected_abs", "linear_lrt", "snr"]
+__all__ = ["conv_lrt", "expected_abs", "linear_lrt", "snr_mean_abs"]
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -58,6 +59,8 @@ def _folded_parts(mu: jax.Array, sigma: jax.Array) -> tuple[jax.Array, jax.Array
 def expected_abs(mu: Float[Array, "*shape"], sigma: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     """``E|theta|`` for ``theta ~ N(mu, sigma^2)`` (mean of the folded normal), elementwise.
 
+    The SSVI reference's removal score ``E_mean_abs``.
+
     ``E|theta| = mu erf(mu / (sigma sqrt 2)) + sigma sqrt(2/pi) exp(-mu^2 / (2 sigma^2))``; equals
     ``|mu|`` where ``sigma == 0``.
 
@@ -72,8 +75,12 @@ def expected_abs(mu: Float[Array, "*shape"], sigma: Float[Array, "*shape"]) -> F
     return _folded_parts(mu, _check_sigma(sigma))[0]
 
 
-def snr(mu: Float[Array, "*shape"], sigma: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
-    """Signal-to-noise ratio of ``|theta|``: ``E|theta| / sqrt(Var|theta|)``, SSVI's removal score.
+def snr_mean_abs(mu: Float[Array, "*shape"], sigma: Float[Array, "*shape"]
+                 ) -> Float[Array, "*shape"]:
+    """Signal-to-noise ratio of ``|theta|``: ``E|theta| / sqrt(Var|theta|)``.
+
+    The SSVI reference's default removal score ``SNR_mean_abs`` (not its ``snr``, which is
+    ``|mu| / sigma``).
 
     ``Var|theta| = mu^2 + sigma^2 - (E|theta|)^2``, evaluated without cancellation for
     ``|mu| >> sigma`` (see `expected_abs`). ``sigma == 0`` gives ``inf`` (a deterministic nonzero

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import _is_none, check_float_array, check_int
+from sparsejax._checks import _is_none, check_float_array, check_int, is_concrete, must_be
 from sparsejax.bayes.posterior import Posterior, _check_posterior
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "expected_calibration_error",
     "nll",
     "predict",
+    "predict_model",
     "predictive_entropy",
     "training_flops",
 ]
@@ -52,27 +53,89 @@ def predict(
     return jnp.mean(jax.vmap(lambda k: fn(k, x))(keys), axis=0)
 
 
+def predict_model(
+    model: Callable[..., Any],
+    x: Any,
+    key: jax.Array,
+    *,
+    samples: int,
+    link: Callable[[jax.Array], jax.Array] | None = jax.nn.softmax,
+) -> Float[Array, "*batch k"]:
+    """Monte-Carlo predictive of a whole model: ``(1/K) sum_k link(model(x, key=key_k))``.
+
+    ``model`` is anything called as ``model(x, key=k)`` for one stochastic pass and
+    ``model(x)`` for the mean weights: a Flax NNX or Equinox model built from the SSVI layers
+    (`sparsejax.nn.SSVILinear`, ...) that passes ``key`` on to them.
+
+    Args:
+        model: the model (NNX module, Equinox module or function).
+        x: its inputs.
+        key: PRNG key, split into ``samples`` keys.
+        samples: ``K >= 1``.
+        link: applied to each pass before averaging: ``jax.nn.softmax`` (default: class
+            probabilities from logits) or ``None`` (average the raw outputs).
+
+    Returns:
+        the average of the ``K`` linked outputs.
+    """
+    if link is not None and not callable(link):
+        raise TypeError(must_be("link", "a callable (e.g. jax.nn.softmax) or None", link))
+    if not callable(model):
+        raise TypeError(must_be("model", "a callable model(x, key=k)", model))
+    fn = (lambda out: out) if link is None else link
+    return predict(lambda k, xb: fn(model(xb, key=k)), key, x, samples=samples)
+
+
 def _check_probs(probs, labels=None):
+    """Probabilities ``[..., K]`` and integer labels in ``[0, K)``, checked where concrete.
+
+    Under ``jit`` the values are not checked: an out-of-range label indexes out of bounds (``nll``
+    of a label ``-1`` scores the last class) and logits give meaningless metrics.
+    """
     probs = check_float_array(probs, "probs")
     if probs.ndim < 1:
         raise ValueError(f"`probs` must be [..., classes]; got shape {probs.shape}.")
+    if is_concrete(probs) and probs.size:
+        lo, hi = float(jnp.min(probs)), float(jnp.max(probs))
+        row_sums = jnp.sum(probs.astype(jnp.float32), axis=-1)
+        worst = float(jnp.max(jnp.abs(row_sums - 1)))
+        if not (lo >= 0 and hi <= 1 and worst <= 1e-2):
+            raise ValueError(must_be("probs", "probabilities (entries in [0, 1], each row "
+                                     "summing to 1; apply jax.nn.softmax to logits)",
+                                     f"entries in [{lo:.4g}, {hi:.4g}], row sums off by up to "
+                                     f"{worst:.3g}", raw=True))
     if labels is not None:
         labels = jnp.asarray(labels)
         if not jnp.issubdtype(labels.dtype, jnp.integer):
             raise TypeError(f"`labels` must be an integer array; got dtype {labels.dtype}.")
         if labels.shape != probs.shape[:-1]:
             raise ValueError(f"`labels` must have shape {probs.shape[:-1]}; got {labels.shape}.")
+        k = probs.shape[-1]
+        if is_concrete(labels) and labels.size:
+            lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+            if lo < 0 or hi >= k:
+                raise ValueError(must_be("labels", f"class indices in [0, {k - 1}] ({k} classes)",
+                                         f"values in [{lo}, {hi}]", raw=True))
     return probs, labels
 
 
 def accuracy(probs: Float[Array, "*batch k"], labels: Int[Array, "*batch"]) -> Float[Array, ""]:
-    """Fraction of ``argmax(probs) == labels``."""
+    """Fraction of ``argmax(probs) == labels``.
+
+    ``probs`` must be probabilities and ``labels`` in ``[0, K)``: checked when concrete, not under
+    ``jit`` (where an out-of-range label is silently out of bounds).
+    """
     probs, labels = _check_probs(probs, labels)
     return jnp.mean(jnp.argmax(probs, axis=-1) == labels)
 
 
 def nll(probs: Float[Array, "*batch k"], labels: Int[Array, "*batch"]) -> Float[Array, ""]:
-    """Mean negative log-likelihood ``-log p(label)`` of the predictive probabilities."""
+    """Mean negative log-likelihood ``-log p(label)`` of the predictive probabilities.
+
+    ``ValueError`` for a label outside ``[0, K)`` or ``probs`` that are not probabilities (e.g.
+    logits), when concrete. Under ``jit`` nothing is checked: a label ``-1`` scores the last
+    class and a label ``K`` gives ``NaN``; check labels before jitting.
+    """
     probs, labels = _check_probs(probs, labels)
     p = jnp.take_along_axis(probs, labels[..., None], axis=-1)[..., 0]
     return -jnp.mean(jnp.log(jnp.maximum(p, jnp.finfo(probs.dtype).tiny)))
@@ -83,6 +146,7 @@ def expected_calibration_error(probs: Float[Array, "*batch k"], labels: Int[Arra
     """ECE: ``sum_b |B_b|/N * |accuracy(B_b) - confidence(B_b)|`` over equal-width confidence bins.
 
     Confidence is ``max(probs)``; bin ``b`` holds confidences in ``(b/bins, (b+1)/bins]``.
+    ``probs`` must be probabilities (``ValueError`` for logits, when concrete).
     """
     probs, labels = _check_probs(probs, labels)
     bins = check_int(bins, "bins", minimum=1)

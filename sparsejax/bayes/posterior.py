@@ -17,6 +17,7 @@ transform keeps it in its state).
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ from sparsejax.tree import compute_masks
 __all__ = [
     "Posterior",
     "elbo",
+    "init_kernel",
     "init_posterior",
     "kl_divergence",
     "kl_weight",
@@ -142,6 +144,41 @@ def init_posterior(
     mu = jax.tree.map(mu_leaf, params, masks, is_leaf=_is_none)
     rho = jax.tree.map(rho_leaf, params, masks, is_leaf=_is_none)
     return Posterior(mu, rho, masks)
+
+
+def init_kernel(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    *,
+    fan_in: int,
+    sparsity: float,
+    rho_init: float = -5.0,
+    dtype: Any = jnp.float32,
+) -> Posterior:
+    """A fresh SSVI kernel (the layers' initialiser): a single-array `Posterior`.
+
+    LeCun-normal means scaled to the *kept* fan-in, ``std = 1 / sqrt(max(1, (1 - sparsity) *
+    fan_in))``, then `init_posterior` on them: a uniformly random mask with the exact kept count of
+    `sparsejax.masks.unstructured`, ``mu`` the means on the mask and ``rho = rho_init`` there.
+
+    Args:
+        key: PRNG key.
+        shape: kernel shape (``[in, out]`` or ``[kh, kw, in, out]``).
+        fan_in: inputs per output (``in`` or ``kh * kw * in``).
+        sparsity: fraction of entries outside the subspace, in ``[0, 1]``.
+        rho_init: initial ``rho`` on the mask.
+        dtype: parameter dtype.
+
+    Returns:
+        ``Posterior(mu, rho, mask)`` with arrays of ``shape`` (not trees).
+    """
+    check_sparsity(sparsity)
+    fan_in = check_int(fan_in, "fan_in", minimum=1)
+    k_mask, k_mu = jax.random.split(key)
+    std = 1.0 / math.sqrt(max(1.0, (1.0 - float(sparsity)) * fan_in))
+    means = jax.random.normal(k_mu, shape, dtype) * jnp.asarray(std, dtype)
+    return init_posterior(k_mask, means, sparsity, where=lambda path, leaf: True,
+                          rho_init=rho_init)
 
 
 def sample_weights(key: jax.Array, posterior: Posterior) -> PyTree:

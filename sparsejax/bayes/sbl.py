@@ -28,7 +28,13 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from sparsejax._checks import check_float_array, check_int, check_positive_float
+from sparsejax._checks import (
+    check_float_array,
+    check_int,
+    check_positive_float,
+    is_concrete,
+    must_be,
+)
 
 __all__ = ["SBLResult", "kron_sbl", "sbl"]
 
@@ -173,6 +179,14 @@ def _check_options(max_iter, tol, prune_threshold):
     return max_iter
 
 
+def _check_data(x: jax.Array, name: str) -> None:
+    """Concrete ``x`` must be finite (one NaN would stop the iteration at all-zero coefficients)."""
+    if is_concrete(x) and x.size and not bool(jnp.all(jnp.isfinite(x))):
+        bad = int(jnp.sum(~jnp.isfinite(x)))
+        raise ValueError(must_be(name, "finite (no NaN or inf)", f"{bad} non-finite entries of "
+                                 f"{x.size}", raw=True))
+
+
 def _chunk(chunk_size: int | str | None) -> int | None:
     if chunk_size == "auto":
         return 1 if jax.default_backend() == "cpu" else None
@@ -184,6 +198,10 @@ def _chunk(chunk_size: int | str | None) -> int | None:
 def _run(make_op, factors, targets, n, max_iter, tol, prune_threshold, hyper, chunk_size):
     """`_sbl_one` over the leading dims of ``targets`` (and of the factors, if batched): ``vmap``
     over chunks of ``chunk_size`` problems, chunks in sequence (``lax.map``)."""
+    if n == 0 or any(f.shape[-1] == 0 for f in factors):
+        raise ValueError(must_be("design", "[..., n, d] with at least one sample (row) and one "
+                                 "feature (column)", f"shape {factors[0].shape}"
+                                 + "".join(f" x {f.shape}" for f in factors[1:]), raw=True))
     batch = targets.shape[:-1]
     for f in factors:
         if f.ndim > 2 and f.shape[:-2] != batch:
@@ -266,13 +284,18 @@ def sbl(
 
     Raises:
         TypeError: non-float ``design``/``targets``.
-        ValueError: shapes that do not match, ``max_iter < 1``, non-positive ``tol`` or threshold.
+        ValueError: shapes that do not match, no samples (``n == 0``) or features, non-finite
+            ``design``/``targets`` (checked when concrete: under ``jit`` a NaN makes the result
+            meaningless, check the data before), ``max_iter < 1``, non-positive ``tol`` or
+            threshold.
     """
     design = check_float_array(design, "design")
     targets = check_float_array(targets, "targets")
     max_iter = _check_options(max_iter, tol, prune_threshold)
     if design.ndim < 2:
         raise ValueError(f"`design` must be [n, d] or [..., n, d]; got shape {design.shape}.")
+    _check_data(design, "design")
+    _check_data(targets, "targets")
     return _run(_Dense, [design], targets, design.shape[-2], max_iter, tol, prune_threshold,
                 (alpha_1, alpha_2, lambda_1, lambda_2), chunk_size)
 
@@ -321,5 +344,7 @@ def kron_sbl(
     for name, f in (("a", a), ("b", b)):
         if f.ndim < 2:
             raise ValueError(f"`{name}` must be a matrix [n, d] (or batched); got shape {f.shape}.")
+        _check_data(f, name)
+    _check_data(targets, "targets")
     return _run(_Kron, [a, b], targets, a.shape[-2] * b.shape[-2], max_iter, tol, prune_threshold,
                 (alpha_1, alpha_2, lambda_1, lambda_2), chunk_size)

@@ -12,6 +12,7 @@ STAGES: dict[str, str] = {
     "attention": "sparsejax.demo.attention",
     "sae": "sparsejax.demo.sae",
     "moe": "sparsejax.demo.moe",
+    "activation": "sparsejax.demo.activation",
     "oneshot": "sparsejax.demo.oneshot",
     "ssvi": "sparsejax.demo.ssvi",
     "training": "sparsejax.demo.training",

@@ -21,7 +21,7 @@ from sparsejax.demo.context import DemoContext, init_mlp
 from sparsejax.moe import MoEConfig, init_moe, moe_apply
 
 CONFIG = MoEConfig(d_model=256, d_ff=64, num_experts=8, k=2, capacity_factor=1.25,
-                   activation="relu", implementation="ragged", tile=64)
+                   activation="relu", tile=64)
 
 
 def init(key: jax.Array) -> dict:

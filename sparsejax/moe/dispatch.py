@@ -1,28 +1,36 @@
-"""Dispatch + expert feed-forward + combine, three interchangeable implementations.
+"""Dispatch + expert feed-forward + combine, with interchangeable backends.
 
-For a `Routing` of ``T`` tokens and expert weights ``w1 [E, d, F]``, ``w2 [E, F, d]``,
-`moe_ffn` computes ::
+For a `Routing` of ``T`` tokens and expert weights ``w1 [E, d, F]``, ``w2 [E, F, d]`` (and, for
+gated experts, ``w3 [E, d, F]``), `moe_ffn` computes ::
 
-    y[t] = sum_j combine_weights[t, j] * act(x[t] @ w1[e]) @ w2[e],   e = expert_index[t, j]
+    y[t] = sum_j combine_weights[t, j] * expert(e, x[t]),   e = expert_index[t, j]
+    expert(e, x) = act(x @ w1[e]) @ w2[e]                     (two-matrix MLP)
+    expert(e, x) = (act(x @ w1[e]) * (x @ w3[e])) @ w2[e]     (gated: SwiGLU with silu, GEGLU)
 
-over the kept slots ``j``. The implementations compute exactly this and differ in layout:
+over the kept slots ``j``. The gated names are Mixtral's: ``w1`` is the gate projection
+(``w_gate``, ``gate_proj``), ``w3`` the up projection (``w_up``, ``up_proj``), ``w2`` the down
+projection (``w_down``, ``down_proj``).
+
+``backend=`` names one registered implementation (op ``"moe_ffn"`` of
+`sparsejax._backend.IMPLEMENTATIONS`); all compute exactly the sum above and differ in layout:
 
 * ``"einsum"``: one-hot dispatch and combine tensors ``[T, E, capacity]`` and batched einsums
   over the ``[E, capacity, d]`` expert buffers (the Switch/GShard/flaxformer reference; memory
   and FLOPs scale with ``E * capacity``, i.e. ``T * E`` when dropless).
-* ``"ragged"``: the kept slots sorted by expert into ``min(T * k, E * capacity)`` rows (no
-  padding), two grouped matmuls `sparsejax.moe.gmm` (``jax.lax.ragged_dot`` on GPU/TPU, the
-  tiled XLA loop on CPU), then un-sort and weight (MaxText's dropless path).
-* ``"block_sparse"``: the MegaBlocks formulation on `sparsejax.formats.BlockSparse`: each
-  expert's rows are padded to a multiple of the block rows ``bm``, the hidden layer
-  ``act(x_sorted @ [w1_0 | ... | w1_{E-1}])`` is computed only on the block-diagonal topology
-  (row block of expert ``e`` x column blocks of expert ``e``) with `sparsejax.ops.sddmm`, and the
-  output is `sparsejax.ops.bsr_matmul` of that block-sparse hidden layer with the stacked
-  ``w2``. The ``backend`` argument selects the `sparsejax.ops` backend (Pallas kernels on
-  GPU/TPU).
+* ``"ragged_dot"`` / ``"ragged_xla"``: the kept slots sorted by expert into
+  ``min(T * k, E * capacity)`` rows (no padding), grouped matmuls `sparsejax.moe.gmm` with
+  ``jax.lax.ragged_dot`` (GPU/TPU) or the tiled XLA loop (CPU), then un-sort and weight
+  (MaxText's dropless path). ``w1`` and ``w3`` run as one grouped matmul.
+* ``"block_sparse_<ops backend>"`` (``xla``, ``reference``, ``pallas_gpu``, ``pallas_tpu``):
+  the MegaBlocks formulation on `sparsejax.formats.BlockSparse`: each expert's rows are padded
+  to a multiple of the block rows ``bm``, the hidden layer ``x_sorted @ [w1_0 | ... |
+  w1_{E-1}]`` (and the ``w3`` one) is computed only on the block-diagonal topology with
+  `sparsejax.ops.sddmm`, and the output is `sparsejax.ops.bsr_matmul` of the block-sparse hidden
+  layer with the stacked ``w2`` (Pallas kernels for the ``pallas_*`` names).
+* ``"auto"``: ``ragged_dot`` on GPU/TPU, ``ragged_xla`` elsewhere.
 
-Gradients flow to ``x``, ``w1``, ``w2`` and the combine weights (hence to the router) in all
-three.
+Gradients flow to ``x``, the expert weights and the combine weights (hence to the router) in
+every backend. Products accumulate in float32, or float64 for float64 inputs.
 """
 
 from __future__ import annotations
@@ -35,41 +43,53 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from sparsejax._checks import check_callable, check_choice, check_float_array, check_int
+from sparsejax._backend import backends, implementation, resolve
+from sparsejax._checks import check_callable, check_float_array, check_int, must_be
 from sparsejax.formats import BlockSparse
 from sparsejax.moe.gmm import gmm
 from sparsejax.moe.routing import Routing
 from sparsejax.ops import bsr_matmul, sddmm
 
-__all__ = ["IMPLEMENTATIONS", "moe_ffn"]
+__all__ = ["block_diagonal_topology", "dispatch_tensors", "expert_buffers_ffn", "moe_ffn"]
 
-IMPLEMENTATIONS = ("einsum", "ragged", "block_sparse")
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _check_experts(x: Any, routing: Any, w1: Any, w2: Any) -> tuple[Array, Array, Array]:
+def _check_experts(x: Any, routing: Any, w1: Any, w2: Any, w3: Any
+                   ) -> tuple[Array, Array, Array, Array | None]:
     if not isinstance(routing, Routing):
         raise TypeError(f"`routing` must be a sparsejax.moe.Routing; got {type(routing).__name__}.")
     x = check_float_array(x, "x")
     w1 = check_float_array(w1, "w1")
     w2 = check_float_array(w2, "w2")
     if x.ndim != 2:
-        raise ValueError(f"`x` must be 2-D [tokens, d_model]; got shape {x.shape}.")
-    if w1.ndim != 3 or w2.ndim != 3:
-        raise ValueError(f"`w1` must be [E, d_model, d_ff] and `w2` [E, d_ff, d_model]; got "
-                         f"{w1.shape} and {w2.shape}.")
+        raise ValueError(must_be("x", "2-D [tokens, d_model]", x))
+    if w1.ndim != 3:
+        raise ValueError(must_be("w1", "3-D [E, d_model, d_ff]", w1))
+    if w2.ndim != 3:
+        raise ValueError(must_be("w2", "3-D [E, d_ff, d_model]", w2))
     e, d, f = w1.shape
+    # Blame the one array that disagrees with the other two (x and w2 both carry d_model).
+    if d != x.shape[1] and w2.shape != (e, f, d):
+        raise ValueError(must_be("w1", f"of shape [E, d_model, d_ff] with d_model = "
+                                 f"{x.shape[1]} (x.shape[1]) and [E, d_ff] = "
+                                 f"{[w2.shape[0], w2.shape[1]]} (from w2)", w1))
     if w2.shape != (e, f, d):
-        raise ValueError(f"`w2` must have shape [E, d_ff, d_model] = {(e, f, d)}; got {w2.shape}.")
+        raise ValueError(must_be("w2", f"of shape [E, d_ff, d_model] = {(e, f, d)} (from w1 "
+                                 f"{w1.shape})", w2))
     if x.shape[1] != d:
-        raise ValueError(f"`x` must have d_model = {d} features (w1.shape[1]); got {x.shape}.")
+        raise ValueError(must_be("x", f"[tokens, {d}] (d_model = w1.shape[1] = w2.shape[2])", x))
+    if w3 is not None:
+        w3 = check_float_array(w3, "w3")
+        if w3.shape != w1.shape:
+            raise ValueError(must_be("w3", f"of w1's shape [E, d_model, d_ff] = {w1.shape}", w3))
     if routing.num_experts != e:
         raise ValueError(f"`routing.num_experts` (the router logits' expert axis) must equal the "
                          f"number of experts w1.shape[0] = {e}; got {routing.num_experts}.")
     if routing.num_tokens != x.shape[0]:
         raise ValueError(f"`routing` must route the {x.shape[0]} tokens of `x`; got "
                          f"{routing.num_tokens}.")
-    return x, w1, w2
+    return x, w1, w2, w3
 
 
 def moe_ffn(
@@ -77,61 +97,64 @@ def moe_ffn(
     routing: Routing,
     w1: Float[Array, "E d F"],
     w2: Float[Array, "E F d"],
+    w3: Float[Array, "E d F"] | None = None,
     *,
     activation: Callable[[Array], Array] = jax.nn.gelu,
-    implementation: str = "ragged",
     backend: str = "auto",
+    interpret: bool | None = None,
     block_shape: tuple[int, int] | None = None,
     tile: int = 128,
 ) -> Float[Array, "T d"]:
-    """Mixture-of-experts feed-forward ``sum_j g_tj * act(x_t @ w1[e_tj]) @ w2[e_tj]``.
+    """Mixture-of-experts feed-forward ``sum_j g_tj * expert(e_tj, x_t)`` (module docstring).
 
     Args:
         x: ``[T, d]`` tokens.
         routing: a `Routing` over ``E`` experts for these ``T`` tokens.
-        w1: ``[E, d, F]`` first expert layer.
-        w2: ``[E, F, d]`` second expert layer.
-        activation: elementwise hidden activation.
-        implementation: ``"einsum"``, ``"ragged"`` (default) or ``"block_sparse"``.
-        backend: ``"ragged"``: a `sparsejax.moe.gmm` backend (``"auto"``, ``"ragged_dot"``,
-            ``"xla"``); ``"block_sparse"``: a `sparsejax.ops` backend (``"auto"``,
-            ``"reference"``, ``"xla"``, ``"pallas_tpu"``, ``"pallas_gpu"``). Ignored by
-            ``"einsum"``.
-        block_shape: ``(bm, bn)`` of ``"block_sparse"``, ``bn`` dividing ``F``; default
-            ``(min(tile, 128), F)``.
-        tile: row tile of the ``"ragged"`` XLA loop.
+        w1: ``[E, d, F]`` first layer (the gate projection of gated experts).
+        w2: ``[E, F, d]`` second (down) layer.
+        w3: ``[E, d, F]`` up projection of gated experts, or ``None`` for two-matrix experts.
+        activation: elementwise hidden activation (``jax.nn.silu`` with ``w3``: SwiGLU).
+        backend: one of ``sparsejax._backend.backends("moe_ffn")`` (module docstring).
+        interpret: Pallas interpret mode of the ``block_sparse_pallas_*`` backends
+            (``None``: exactly on CPU).
+        block_shape: ``(bm, bn)`` of the ``block_sparse_*`` backends, ``bn`` dividing ``F``;
+            default ``(min(tile, 128), F)``.
+        tile: row tile of the ``ragged_xla`` loop.
 
     Returns:
         ``[T, d]`` in ``x.dtype`` (tokens with no kept slot give zeros).
 
     Raises:
-        ValueError: mismatched shapes, a routing over another number of experts or tokens, an
-            unknown implementation, a block shape that does not divide ``F``.
+        ValueError: mismatched shapes (naming the argument), a routing over another number of
+            experts or tokens, an unknown backend, a block shape that does not divide ``F``.
         TypeError: non-float arrays, a ``routing`` that is not a `Routing`.
     """
-    x, w1, w2 = _check_experts(x, routing, w1, w2)
+    x, w1, w2, w3 = _check_experts(x, routing, w1, w2, w3)
     tile = check_int(tile, "tile", minimum=1)
-    check_choice(implementation, "implementation", IMPLEMENTATIONS)
+    choice = resolve("moe_ffn", backend)
     check_callable(activation, "activation", "an elementwise callable")
     bm = bn = 0
-    if implementation == "block_sparse":
+    if choice.name.startswith("block_sparse"):
         f = w1.shape[2]
         bm, bn = (min(tile, 128), f) if block_shape is None else block_shape
         bm = check_int(bm, "block_shape[0]", minimum=1)
         bn = check_int(bn, "block_shape[1]", minimum=1)
         if f % bn:
             raise ValueError(f"`block_shape[1]` must divide d_ff = {f}; got {bn}.")
-    y = _moe_ffn(x, routing, w1, w2, activation, implementation, backend, tile, bm, bn)
+    fn = implementation("moe_ffn", choice)
+    y = fn(x, routing, w1, w2, w3, activation=activation, interpret=interpret, tile=tile,
+           block_shape=(bm, bn))
     return y.astype(x.dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6, 7, 8, 9))
-def _moe_ffn(x, routing, w1, w2, activation, implementation, backend, tile, bm, bn):
-    if implementation == "einsum":
-        return _einsum_ffn(x, routing, w1, w2, activation)
-    if implementation == "ragged":
-        return _ragged_ffn(x, routing, w1, w2, activation, backend, tile)
-    return _block_sparse_ffn(x, routing, w1, w2, activation, backend, bm, bn)
+MOE_FFN_BACKENDS = backends("moe_ffn")
+"""The accepted ``backend=`` values of `moe_ffn` (``"auto"`` and the registered ones)."""
+
+
+def _hidden(h1: Array, h3: Array | None, activation: Callable[[Array], Array]) -> Array:
+    """``act(h1)``, or ``act(h1) * h3`` for gated experts."""
+    a = activation(h1)
+    return a if h3 is None else a * h3
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,20 +175,26 @@ def dispatch_tensors(routing: Routing) -> tuple[Array, Array]:
     return dispatch, combine
 
 
-def _einsum_ffn(x, routing, w1, w2, activation):
+@functools.partial(jax.jit, static_argnames=("activation", "interpret", "tile", "block_shape"))
+def einsum_ffn(x, routing, w1, w2, w3=None, *, activation, interpret=None, tile=128,
+               block_shape=(0, 0)):
+    """The ``"einsum"`` backend of `moe_ffn` (validated inputs)."""
+    del interpret, tile, block_shape
     dispatch, combine = dispatch_tensors(routing)
     dt = jnp.result_type(x, w1, w2)
     xin = jnp.einsum("tec,td->ecd", dispatch.astype(dt), x, precision=_HI)
-    out = expert_buffers_ffn(xin, w1, w2, activation)
+    out = expert_buffers_ffn(xin, w1, w2, activation, w3)
     return jnp.einsum("tec,ecd->td", combine.astype(dt), out, precision=_HI)
 
 
 def expert_buffers_ffn(xin: Float[Array, "E C d"], w1: Float[Array, "E d F"],
-                       w2: Float[Array, "E F d"], activation: Callable[[Array], Array]
-                       ) -> Float[Array, "E C d"]:
-    """Each expert's FFN on its ``[C, d]`` buffer: ``act(xin[e] @ w1[e]) @ w2[e]``."""
-    h = activation(jnp.einsum("ecd,edf->ecf", xin, w1, precision=_HI))
-    return jnp.einsum("ecf,efd->ecd", h, w2, precision=_HI)
+                       w2: Float[Array, "E F d"], activation: Callable[[Array], Array],
+                       w3: Float[Array, "E d F"] | None = None) -> Float[Array, "E C d"]:
+    """Each expert's FFN on its ``[C, d]`` buffer: ``act(xin[e] @ w1[e]) @ w2[e]``, gated by
+    ``xin[e] @ w3[e]`` when ``w3`` is given."""
+    h1 = jnp.einsum("ecd,edf->ecf", xin, w1, precision=_HI)
+    h3 = None if w3 is None else jnp.einsum("ecd,edf->ecf", xin, w3, precision=_HI)
+    return jnp.einsum("ecf,efd->ecd", _hidden(h1, h3, activation), w2, precision=_HI)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,12 +234,29 @@ def _combine(y_rows: Array, dest: Array, routing: Routing) -> Array:
     return jnp.einsum("tk,tkd->td", w, y_slots, precision=_HI)
 
 
-def _ragged_ffn(x, routing, w1, w2, activation, backend, tile):
+def _ragged_ffn(gmm_backend, x, routing, w1, w2, w3, activation, tile):
     dest, row_token, group_rows, _ = _layout(routing, 1)
     xs = _gather_rows(x, row_token)
-    h = activation(gmm(xs, w1, group_rows, backend=backend, tile=tile))
-    ys = gmm(h, w2, group_rows, backend=backend, tile=tile)
+    f = w1.shape[2]
+    w13 = w1 if w3 is None else jnp.concatenate([w1, w3], axis=2)  # one grouped matmul
+    h = gmm(xs, w13, group_rows, backend=gmm_backend, tile=tile)
+    h = _hidden(h[:, :f], None if w3 is None else h[:, f:], activation)
+    ys = gmm(h, w2, group_rows, backend=gmm_backend, tile=tile)
     return _combine(ys, dest, routing)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "interpret", "tile", "block_shape"))
+def ragged_dot_ffn(x, routing, w1, w2, w3=None, *, activation, interpret=None, tile=128,
+                   block_shape=(0, 0)):
+    """The ``"ragged_dot"`` backend of `moe_ffn` (validated inputs)."""
+    return _ragged_ffn("ragged_dot", x, routing, w1, w2, w3, activation, tile)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "interpret", "tile", "block_shape"))
+def ragged_xla_ffn(x, routing, w1, w2, w3=None, *, activation, interpret=None, tile=128,
+                   block_shape=(0, 0)):
+    """The ``"ragged_xla"`` backend of `moe_ffn` (validated inputs)."""
+    return _ragged_ffn("xla", x, routing, w1, w2, w3, activation, tile)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,15 +284,40 @@ def block_diagonal_topology(routing: Routing, d_ff: int, block_shape: tuple[int,
     return topo, dest, row_token
 
 
-def _block_sparse_ffn(x, routing, w1, w2, activation, backend, bm, bn):
+def _block_sparse_ffn(ops_backend, x, routing, w1, w2, w3, activation, interpret, bm, bn):
     e, d, f = w1.shape
     dt = jnp.result_type(x, w1, w2)
     topo, dest, row_token = block_diagonal_topology(routing, f, (bm, bn), dt)
     xs = _gather_rows(x, row_token).astype(dt)
-    w1_cat = jnp.transpose(w1, (1, 0, 2)).reshape(d, e * f).astype(dt)
-    w2_cat = w2.reshape(e * f, d).astype(dt)
-    h = sddmm(xs, w1_cat, topo, backend=backend)
-    valid = h.valid_slots()[:, :, None, None]
-    h = h.replace(data=jnp.where(valid, activation(h.data), jnp.zeros((), h.data.dtype)))
-    ys = bsr_matmul(h, w2_cat, backend=backend)
+
+    def hidden(w):
+        w_cat = jnp.transpose(w, (1, 0, 2)).reshape(d, e * f).astype(dt)
+        return sddmm(xs, w_cat, topo, backend=ops_backend, interpret=interpret)
+
+    h1 = hidden(w1)
+    h3 = None if w3 is None else hidden(w3).data
+    valid = h1.valid_slots()[:, :, None, None]
+    act = _hidden(h1.data, h3, activation)
+    h = h1.replace(data=jnp.where(valid, act, jnp.zeros((), act.dtype)))
+    ys = bsr_matmul(h, w2.reshape(e * f, d).astype(dt), backend=ops_backend, interpret=interpret)
     return _combine(ys, dest, routing)
+
+
+def _block_sparse_backend(ops_backend: str) -> Callable:
+    @functools.partial(jax.jit,
+                       static_argnames=("activation", "interpret", "tile", "block_shape"))
+    def run(x, routing, w1, w2, w3=None, *, activation, interpret=None, tile=128,
+            block_shape=(128, 128)):
+        del tile
+        return _block_sparse_ffn(ops_backend, x, routing, w1, w2, w3, activation, interpret,
+                                 *block_shape)
+
+    run.__name__ = run.__qualname__ = f"block_sparse_{ops_backend}_ffn"
+    run.__doc__ = f"The ``\"block_sparse_{ops_backend}\"`` backend of `moe_ffn`."
+    return run
+
+
+block_sparse_xla_ffn = _block_sparse_backend("xla")
+block_sparse_reference_ffn = _block_sparse_backend("reference")
+block_sparse_pallas_gpu_ffn = _block_sparse_backend("pallas_gpu")
+block_sparse_pallas_tpu_ffn = _block_sparse_backend("pallas_tpu")

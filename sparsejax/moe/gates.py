@@ -1,4 +1,4 @@
-"""Learned gates beyond a linear router: COMET tree gating and MoE-X sparsity-aware scores.
+"""COMET tree gating: a learned, differentiable top-k gate beyond a linear router.
 
 COMET (Ibrahim et al., KDD 2023; mazumder-lab/COMET ``model/gates/comet.py``): ``k``
 differentiable binary trees whose ``E`` leaves are the experts. Internal node ``p`` of tree ``j``
@@ -13,17 +13,6 @@ the splits leave the polynomial band: each tree then reaches one expert. With le
 nonzeros when the trees are hard. Trees use heap numbering: internal nodes ``0 .. E-2``, expert
 ``l`` is node ``E - 1 + l`` (any ``E >= 1``, not only powers of two). COMET's permutation-based
 local search is not included.
-
-MoE-X (Yang et al. 2025, "Mixture of Experts Made Intrinsically Interpretable") routes with ReLU
-experts by the expected size of each expert's activation. `moex_logits` estimates it from the
-first-layer weights without running the experts: for expert ``e`` the pre-activations
-``z_j = x . w1[e, :, j]`` over its ``F`` hidden units are modelled as Gaussian with
-``mu = x . mean_j w1[e, :, j]`` and ``sigma^2 = (x * x) . var_j w1[e, :, j]`` (independent
-inputs), whose ReLU has ``E[relu(z)^2] = (mu^2 + sigma^2) Phi(mu / sigma) + mu sigma
-phi(mu / sigma)``; the logit is ``log sqrt(F * E[relu(z)^2])``, the log expected activation norm,
-so `top_k_routing` on it gives weights proportional to the expected norms of the chosen
-experts. Cost: two ``[T, d] x [d, E]`` products, like a linear router. This Gaussian estimator is
-sparsejax's reading of the paper's routing rule, not a transcription of its code.
 """
 
 from __future__ import annotations
@@ -42,7 +31,6 @@ __all__ = [
     "comet_gates",
     "comet_init",
     "comet_routing",
-    "moex_logits",
     "smooth_step",
 ]
 
@@ -158,7 +146,8 @@ def comet_routing(params: dict[str, Array], x: Float[Array, "T d"], *, gamma: fl
     When the trees are hard (at most ``k`` nonzero gates, the regime COMET trains into) the
     routing reproduces the gate exactly (``Routing.gates() == g``); while splits are still soft
     the gate is truncated to its ``k`` largest entries. The routing always holds exactly ``k``
-    distinct experts per token (slots beyond the gate's support get weight 0).
+    distinct experts per token; slots beyond the gate's support get weight 0, are not kept and
+    take no capacity (a hard tree's unused slot never drops another token's assignment).
 
     Args:
         params: from `comet_init`.
@@ -182,41 +171,5 @@ def comet_routing(params: dict[str, Array], x: Float[Array, "T d"], *, gamma: fl
 def _comet_assign(g, k, capacity):
     weights, index = jax.lax.top_k(g, k)
     weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-    return _assign(index, weights, g.shape[1], capacity)
-
-
-def moex_logits(x: Float[Array, "T d"], w1: Float[Array, "E d F"], *, eps: float = 1e-6
-                ) -> Float[Array, "T E"]:
-    """MoE-X sparsity-aware router logits: the log expected ReLU activation norm per expert.
-
-    Args:
-        x: ``[T, d]`` tokens.
-        w1: ``[E, d, F]`` the experts' first (ReLU) layer.
-        eps: variance / norm floor.
-
-    Returns:
-        ``[T, E]`` logits ``0.5 * log(F * E[relu(z)^2] + eps)`` (see the module docstring);
-        feed them to `top_k_routing`.
-
-    Raises:
-        ValueError: ``x`` not ``[T, d]`` or ``w1`` not ``[E, d, F]``.
-    """
-    x = check_float_array(x, "x")
-    w1 = check_float_array(w1, "w1")
-    if x.ndim != 2 or w1.ndim != 3 or w1.shape[1] != x.shape[1]:
-        raise ValueError(f"`x` must be [T, d] and `w1` [E, d, F] with the same d; got x "
-                         f"{x.shape} and w1 {w1.shape}.")
-    return _moex_logits(x, w1, float(eps))
-
-
-@functools.partial(jax.jit, static_argnums=(2,))
-def _moex_logits(x, w1, eps):
-    f = w1.shape[2]
-    mean = jnp.mean(w1, axis=2)  # [E, d]
-    var = jnp.var(w1, axis=2)
-    mu = x @ mean.T
-    sigma = jnp.sqrt((x * x) @ var.T + eps)
-    r = mu / sigma
-    second = (mu ** 2 + sigma ** 2) * jax.scipy.stats.norm.cdf(r) + mu * sigma * \
-        jax.scipy.stats.norm.pdf(r)
-    return 0.5 * jnp.log(f * jnp.maximum(second, 0.0) + eps)
+    # A slot the gate does not reach (weight 0) is not routed: it takes no buffer row.
+    return _assign(index, weights, g.shape[1], capacity, active=weights > 0)

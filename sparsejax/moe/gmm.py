@@ -16,6 +16,10 @@ Backends:
   loop: ``dx = gmm(dy, w^T)`` and ``dw[g] = sum of x_tile^T @ dy_tile`` over the group's tiles
   (tiles of at least 512 rows there: each visit rewrites a ``[K, N]`` slab of ``dw``);
 * ``"auto"``: ``ragged_dot`` on GPU/TPU, ``xla`` on CPU.
+
+Both backends are registered as op ``"gmm"`` in `sparsejax._backend.IMPLEMENTATIONS`. Products
+accumulate in ``promote_types(result_type(x, w), float32)``: float32 for float32 / bfloat16
+operands, float64 for float64 operands (under ``jax_enable_x64``).
 """
 
 from __future__ import annotations
@@ -26,20 +30,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_choice, check_float_array, check_int
+from sparsejax._backend import implementation, resolve
+from sparsejax._checks import check_float_array, check_int
 
-__all__ = ["GMM_BACKENDS", "gmm"]
+__all__ = ["gmm"]
 
-GMM_BACKENDS = ("auto", "ragged_dot", "xla")
 _HI = jax.lax.Precision.HIGHEST
 _DW_TILE = 512  # minimum row tile of the weight-gradient loop (measured on CPU)
 
 
-def _resolve(backend: str) -> str:
-    check_choice(backend, "backend", GMM_BACKENDS)
-    if backend == "auto":
-        return "xla" if jax.default_backend() == "cpu" else "ragged_dot"
-    return backend
+def _acc(*arrays: Array) -> jnp.dtype:
+    """Accumulation dtype: float32, or float64 when an operand is float64."""
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
 
 
 def gmm(
@@ -56,7 +58,8 @@ def gmm(
         x: ``[M, K]`` rows sorted by group.
         w: ``[G, K, N]`` one matrix per group.
         group_sizes: ``int32 [G]`` rows per group, ``sum <= M`` (rows past the sum give 0).
-        backend: ``"auto"``, ``"ragged_dot"`` or ``"xla"`` (see the module docstring).
+        backend: ``"auto"``, ``"ragged_dot"`` or ``"xla"`` (see the module docstring;
+            ``sparsejax._backend.backends("gmm")``).
         tile: row tile of the ``xla`` backend (``>= 1``).
 
     Returns:
@@ -76,9 +79,21 @@ def gmm(
         raise ValueError(f"`group_sizes` must be an int array of shape ({w.shape[0]},); got "
                          f"{group_sizes.dtype}{list(group_sizes.shape)}.")
     tile = check_int(tile, "tile", minimum=1)
-    group_sizes = group_sizes.astype(jnp.int32)
-    if _resolve(backend) == "ragged_dot":
-        return jax.lax.ragged_dot(x, w, group_sizes, precision=_HI)
+    fn = implementation("gmm", resolve("gmm", backend))
+    return fn(x, w, group_sizes.astype(jnp.int32), tile=tile)
+
+
+def gmm_ragged_dot(x: Float[Array, "M K"], w: Float[Array, "G K N"],
+                   group_sizes: Int[Array, " G"], *, tile: int = 128) -> Float[Array, "M N"]:
+    """The ``"ragged_dot"`` backend of `gmm` (``tile`` unused); validated inputs."""
+    del tile
+    return jax.lax.ragged_dot(x, w, group_sizes, precision=_HI,
+                              preferred_element_type=_acc(x, w)).astype(jnp.result_type(x, w))
+
+
+def gmm_xla(x: Float[Array, "M K"], w: Float[Array, "G K N"], group_sizes: Int[Array, " G"],
+            *, tile: int = 128) -> Float[Array, "M N"]:
+    """The ``"xla"`` backend of `gmm` (the tiled loop); validated inputs."""
     return _gmm_xla(min(tile, x.shape[0]), x, w, group_sizes)
 
 
@@ -114,17 +129,18 @@ def _gmm_fwd_loop(tile: int, x: Array, w: Array, group_sizes: Array) -> Array:
     ntiles = -(-m // tile)
     xp = _pad_rows(x, ntiles * tile)
     grp, tl, starts, ends, total = _visits(group_sizes, m, tile)
+    acc = _acc(x, w)
 
     def body(i, out):
         g, t = grp[i], tl[i]
         xs = jax.lax.dynamic_slice_in_dim(xp, t * tile, tile, axis=0)
-        prod = jnp.matmul(xs, w[g], preferred_element_type=jnp.float32, precision=_HI)
+        prod = jnp.matmul(xs, w[g], preferred_element_type=acc, precision=_HI)
         cur = jax.lax.dynamic_slice_in_dim(out, t * tile, tile, axis=0)
         rows = _tile_rows(tile, t * tile, starts, ends, g)[:, None]
         return jax.lax.dynamic_update_slice_in_dim(out, jnp.where(rows, prod, cur), t * tile,
                                                    axis=0)
 
-    out = jax.lax.fori_loop(0, total, body, jnp.zeros((ntiles * tile, w.shape[2]), jnp.float32))
+    out = jax.lax.fori_loop(0, total, body, jnp.zeros((ntiles * tile, w.shape[2]), acc))
     return out[:m].astype(jnp.result_type(x, w))
 
 
@@ -133,16 +149,17 @@ def _gmm_dw_loop(tile: int, x: Array, dy: Array, group_sizes: Array, g_count: in
     ntiles = -(-m // tile)
     xp, dyp = _pad_rows(x, ntiles * tile), _pad_rows(dy, ntiles * tile)
     grp, tl, starts, ends, total = _visits(group_sizes, m, tile)
+    acc = _acc(x, dy)
 
     def body(i, dw):
         g, t = grp[i], tl[i]
         rows = _tile_rows(tile, t * tile, starts, ends, g)[:, None]
         xs = jnp.where(rows, jax.lax.dynamic_slice_in_dim(xp, t * tile, tile, axis=0), 0)
         gs = jax.lax.dynamic_slice_in_dim(dyp, t * tile, tile, axis=0)
-        upd = dw[g] + jnp.matmul(xs.T, gs, preferred_element_type=jnp.float32, precision=_HI)
+        upd = dw[g] + jnp.matmul(xs.T, gs, preferred_element_type=acc, precision=_HI)
         return jax.lax.dynamic_update_index_in_dim(dw, upd, g, axis=0)
 
-    dw = jnp.zeros((g_count, x.shape[1], dy.shape[1]), jnp.float32)
+    dw = jnp.zeros((g_count, x.shape[1], dy.shape[1]), acc)
     return jax.lax.fori_loop(0, total, body, dw)
 
 

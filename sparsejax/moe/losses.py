@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from sparsejax._checks import is_concrete, must_be
 from sparsejax.moe.routing import _check_logits
 
 __all__ = ["load_balancing_loss", "router_z_loss"]
@@ -30,21 +31,34 @@ def load_balancing_loss(logits: Float[Array, "T E"],
         Scalar float32 loss.
 
     Raises:
-        ValueError: logits not 2-D, ``expert_index`` not ``[T, k]`` with the logits' ``T``.
+        ValueError: logits not 2-D, ``expert_index`` not an integer ``[T, k]`` with the logits'
+            ``T``, an index outside ``[0, E)`` (checked when ``expert_index`` is concrete).
     """
     logits = _check_logits(logits)
     expert_index = jnp.asarray(expert_index)
-    if expert_index.ndim != 2 or expert_index.shape[0] != logits.shape[0]:
-        raise ValueError(f"`expert_index` must have shape [T, k] with T = {logits.shape[0]}; "
-                         f"got {expert_index.shape}.")
+    t, e = logits.shape
+    if (expert_index.ndim != 2 or expert_index.shape[0] != t
+            or not jnp.issubdtype(expert_index.dtype, jnp.integer)):
+        raise ValueError(must_be("expert_index", f"an integer array of shape [T, k] with "
+                                 f"T = {t}", expert_index))
+    if is_concrete(expert_index) and expert_index.size and (
+            int(expert_index.min()) < 0 or int(expert_index.max()) >= e):
+        raise ValueError(must_be("expert_index", f"in [0, {e}) (the logits' expert axis)",
+                                 f"values in [{int(expert_index.min())}, "
+                                 f"{int(expert_index.max())}]", raw=True))
     return _balance(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), expert_index)
 
 
-def _balance(probs: Array, expert_index: Array) -> Array:
-    """``E * sum_i f_i P_i`` from router probabilities ``[T, E]`` (or any gate on the simplex)."""
+def _balance(probs: Array, expert_index: Array, mask: Array | None = None) -> Array:
+    """``E * sum_i f_i P_i`` from router probabilities ``[T, E]`` (or any gate on the simplex),
+    averaged over the tokens with ``mask`` True (all when ``None``)."""
     e = probs.shape[1]
     chose = jnp.max(jax.nn.one_hot(expert_index, e, dtype=jnp.float32), axis=1)  # [T, E]
-    return e * jnp.sum(jnp.mean(chose, axis=0) * jnp.mean(probs.astype(jnp.float32), axis=0))
+    w = jnp.ones(probs.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    f = jnp.sum(chose * w[:, None], axis=0) / n
+    p = jnp.sum(probs.astype(jnp.float32) * w[:, None], axis=0) / n
+    return e * jnp.sum(f * p)
 
 
 def router_z_loss(logits: Float[Array, "T E"]) -> Float[Array, ""]:

@@ -33,6 +33,7 @@ def expert_parallel_moe_ffn(
     logits: Float[Array, "T E"],
     w1: Float[Array, "E d F"],
     w2: Float[Array, "E F d"],
+    w3: Float[Array, "E d F"] | None = None,
     *,
     mesh: Mesh,
     axis_name: str,
@@ -46,6 +47,8 @@ def expert_parallel_moe_ffn(
         logits: ``[T, E]`` router logits.
         w1: ``[E, d, F]`` experts' first layer (split into ``n`` slices along ``E``).
         w2: ``[E, F, d]`` experts' second layer.
+        w3: ``[E, d, F]`` up projection of gated experts (see `sparsejax.moe.moe_ffn`), or
+            ``None``.
         mesh: a ``jax.sharding.Mesh``.
         axis_name: the mesh axis of size ``n`` the experts and token groups are split over.
         router: ``logits [T / n, E] -> Routing`` applied per group, e.g.
@@ -73,6 +76,10 @@ def expert_parallel_moe_ffn(
         raise ValueError(f"`w1` must be [E, d, F] and `w2` [E, F, d]; got {w1.shape} and "
                          f"{w2.shape}.")
     e, d, _ = w1.shape
+    if w3 is not None:
+        w3 = check_float_array(w3, "w3")
+        if w3.shape != w1.shape:
+            raise ValueError(f"`w3` must have w1's shape {w1.shape}; got {w3.shape}.")
     if x.ndim != 2 or x.shape[1] != d or logits.shape != (x.shape[0], e):
         raise ValueError(f"`x` must be [T, {d}] and `logits` [T, {e}] (the experts' axis); got "
                          f"x {x.shape} and logits {logits.shape}.")
@@ -84,7 +91,7 @@ def expert_parallel_moe_ffn(
                          f"of mesh axis {axis_name!r}.")
     spec = PartitionSpec(axis_name)
 
-    def local(x, logits, w1, w2):
+    def local(x, logits, w1, w2, w3):
         routing = router(logits)
         if not isinstance(routing, Routing) or routing.num_experts != e:
             raise ValueError(f"`router` must return a Routing over {e} experts.")
@@ -92,10 +99,12 @@ def expert_parallel_moe_ffn(
         dt = jnp.result_type(x, w1, w2)
         xin = jnp.einsum("tec,td->ecd", dispatch.astype(dt), x, precision=_HI)
         xin = jax.lax.all_to_all(xin, axis_name, 0, 1, tiled=True)  # [E/n, n*C, d]
-        out = expert_buffers_ffn(xin, w1, w2, activation)
+        out = expert_buffers_ffn(xin, w1, w2, activation, w3)
         out = jax.lax.all_to_all(out, axis_name, 1, 0, tiled=True)  # [E, C, d]
         y = jnp.einsum("tec,ecd->td", combine.astype(dt), out, precision=_HI)
         return y.astype(x.dtype)
 
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec)
-    return fn(x, logits, w1, w2)
+    w3_spec = None if w3 is None else spec
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, spec, w3_spec),
+                       out_specs=spec)
+    return fn(x, logits, w1, w2, w3)

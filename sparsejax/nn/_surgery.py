@@ -10,11 +10,13 @@ import numpy as np
 from sparsejax._checks import _is_none, check_int
 from sparsejax.select import path_str
 
-FORMATS = ("nm", "block")
+FORMATS = ("nm", "block", "csr")
 
 
 def check_format(format: Any, n: Any, m: Any, block_shape: Any) -> dict[str, Any]:
     """Validate ``format`` and its arguments; the keyword arguments of the sparse layer."""
+    if format == "csr":  # unstructured: any mask fits
+        return {}
     if format == "nm":
         n, m = check_int(n, "n", minimum=0), check_int(m, "m", minimum=1)
         if n > m:
@@ -64,6 +66,8 @@ def sparse_kwargs(key: str, mask: np.ndarray, fmt: str, spec: dict[str, Any],
     every block. ``axis_hint`` is the model's input axis, quoted in the N:M message.
     """
     k_in, k_out = mask.shape
+    if fmt == "csr":
+        return {"mask": mask}
     if fmt == "nm":
         n, m = spec["n"], spec["m"]
         if k_in % m:

@@ -1,7 +1,9 @@
 """Model surgery for Flax NNX: deploy a pruned model's ``nnx.Linear`` layers on the sparse kernels.
 
 `to_sparse` replaces every ``nnx.Linear`` whose kernel has a mask by a `sparsejax.nn.NMLinear`
-(``format="nm"``) or `sparsejax.nn.BlockSparseLinear` (``format="block"``) holding the masked
+(``format="nm"``), a `sparsejax.nn.SparseLinear` (``format="csr"``, which also turns masked
+pointwise ``nnx.Conv`` layers into `sparsejax.nn.SparseConv1x1`) or
+`sparsejax.nn.BlockSparseLinear` (``format="block"``) holding the masked
 kernel, so the converted model computes what the masked dense model computes, through
 `sparsejax.ops`. `to_dense` turns those layers back into ``nnx.Linear``. The Equinox versions are
 `sparsejax.nn.eqx.to_sparse` / `sparsejax.nn.eqx.to_dense`.
@@ -22,6 +24,12 @@ from flax import nnx
 
 from sparsejax.nn import _surgery
 from sparsejax.nn.linear import BlockSparseLinear, NMLinear
+from sparsejax.nn.sparse_linear import (
+    SparseConv1x1,
+    SparseLinear,
+    from_dense_layer,
+    to_dense_layer,
+)
 
 __all__ = ["to_dense", "to_sparse"]
 
@@ -55,7 +63,9 @@ def to_sparse(model: nnx.Module, masks: Any, format: str, *, n: int = 2, m: int 
             ``sparsejax.compute_masks(nnx.state(model, nnx.Param), ...)`` (an ``nnx.State``), or a
             flat ``{"path/kernel": mask}`` dict: a bool ``[in, out]`` array per converted kernel,
             ``None`` elsewhere.
-        format: ``"nm"`` (every group of ``m`` consecutive inputs keeps at most ``n``: a mask from
+        format: ``"csr"`` (any mask: a `sparsejax.nn.SparseLinear`, and a pointwise
+            ``nnx.Conv`` becomes a `sparsejax.nn.SparseConv1x1`), ``"nm"`` (every group of
+            ``m`` consecutive inputs keeps at most ``n``: a mask from
             ``compute_masks(..., "nm", n=n, m=m, axis=0)``) or ``"block"`` (whole
             ``block_shape`` blocks kept or dropped: ``compute_masks(..., "block",
             block_shape=...)``).
@@ -76,13 +86,17 @@ def to_sparse(model: nnx.Module, masks: Any, format: str, *, n: int = 2, m: int 
     spec = _surgery.check_format(format, n, m, block_shape)
     table = _surgery.mask_table(masks)
     model = nnx.clone(model)
-    targets = [(p, mod) for p, mod in nnx.iter_modules(model) if isinstance(mod, nnx.Linear)]
+    types = (nnx.Linear, nnx.Conv) if format == "csr" else nnx.Linear
+    targets = [(p, mod) for p, mod in nnx.iter_modules(model) if isinstance(mod, types)]
     for path, lin in targets:
         key = _surgery.join(path, "kernel")
         if key not in table:
             continue
         kernel = lin.kernel[...]
         mask = _surgery.concrete_mask(key, table.pop(key), kernel.shape)
+        if format == "csr":
+            model = _replace(model, path, from_dense_layer(key, lin, mask, backend))
+            continue
         kwargs = _surgery.sparse_kwargs(key, mask, format, spec, axis_hint=0)
         bias = None if lin.bias is None else lin.bias[...]
         cls = NMLinear if format == "nm" else BlockSparseLinear
@@ -94,8 +108,9 @@ def to_sparse(model: nnx.Module, masks: Any, format: str, *, n: int = 2, m: int 
 
 
 def to_dense(model: nnx.Module) -> nnx.Module:
-    """A copy of ``model`` whose `sparsejax.nn.NMLinear` / `sparsejax.nn.BlockSparseLinear`
-    layers are ``nnx.Linear`` layers with the dense kernel (zeros where nothing is stored).
+    """A copy of ``model`` whose `sparsejax.nn.NMLinear` / `sparsejax.nn.BlockSparseLinear` /
+    `sparsejax.nn.SparseLinear` layers are ``nnx.Linear`` layers (`sparsejax.nn.SparseConv1x1`:
+    pointwise ``nnx.Conv``) with the dense kernel (zeros where nothing is stored).
 
     Args:
         model: a Flax NNX module (or a sparse layer itself); it is not modified.
@@ -106,6 +121,10 @@ def to_dense(model: nnx.Module) -> nnx.Module:
     model = nnx.clone(model)
     targets = [(p, mod) for p, mod in nnx.iter_modules(model)
                if isinstance(mod, NMLinear | BlockSparseLinear)]
+    csr_targets = [(p, mod) for p, mod in nnx.iter_modules(model)
+                   if isinstance(mod, SparseLinear | SparseConv1x1)]
+    for path, layer in csr_targets:
+        model = _replace(model, path, to_dense_layer(layer))
     for path, layer in targets:
         kernel = layer.weight.to_dense()
         bias = None if layer.bias is None else layer.bias[...]

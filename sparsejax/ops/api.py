@@ -54,9 +54,10 @@ from jaxtyping import Array, Float
 
 from sparsejax._backend import (
     BACKENDS,
-    backend_module,
+    Resolved,
+    implementation,
+    resolve,
     resolve_backend,
-    resolve_interpret,
     with_fallback,
 )
 from sparsejax._checks import check_float_array
@@ -73,24 +74,9 @@ __all__ = [
     "sddmm",
 ]
 
-_NM_BACKENDS = ("auto", "reference", "xla", "pallas_gpu")
-
-
-def _dispatch(backend: str, allowed: tuple[str, ...] = BACKENDS) -> str:
-    """`resolve_backend`, except that an ``"auto"`` that picks a Pallas backend is marked
-    ``"auto:<backend>"``: such a call falls back to ``xla`` on `NotSupportedError`."""
-    resolved = resolve_backend(backend, allowed=allowed)
-    return f"auto:{resolved}" if backend == "auto" and resolved.startswith("pallas") else resolved
-
-
-def _impl(backend: str, name: str, interpret: Any) -> Callable:
-    auto = backend.startswith("auto:")
-    backend = backend.removeprefix("auto:")
-    fn = getattr(backend_module("sparsejax.ops", backend), name)
-    if backend in ("reference", "xla"):
-        return fn
-    kernel = functools.partial(fn, interpret=resolve_interpret(interpret))
-    return with_fallback(kernel, getattr(xla, name), auto=auto)
+def _impl(backend: Resolved, name: str, interpret: Any) -> Callable:
+    """The registered implementation of op ``name`` (`sparsejax._backend.IMPLEMENTATIONS`)."""
+    return implementation(name, backend, interpret=interpret)
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +106,7 @@ def _bsr_cotangent(a: BlockSparse, data: Array) -> BlockSparse:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _bsr_mm(backend: str, interpret: bool, a: BlockSparse, b: Array) -> Array:
+def _bsr_mm(backend: Resolved, interpret: bool, a: BlockSparse, b: Array) -> Array:
     return _impl(backend, "bsr_matmul", interpret)(a, b)
 
 
@@ -140,7 +126,7 @@ _bsr_mm.defvjp(_bsr_mm_fwd, _bsr_mm_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _dense_bsr_mm(backend: str, interpret: bool, x: Array, a: BlockSparse) -> Array:
+def _dense_bsr_mm(backend: Resolved, interpret: bool, x: Array, a: BlockSparse) -> Array:
     return _impl(backend, "dense_bsr_matmul", interpret)(x, a)
 
 
@@ -160,7 +146,7 @@ _dense_bsr_mm.defvjp(_dense_bsr_mm_fwd, _dense_bsr_mm_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sddmm(backend: str, interpret: bool, a: Array, b: Array, like: BlockSparse) -> Array:
+def _sddmm(backend: Resolved, interpret: bool, a: Array, b: Array, like: BlockSparse) -> Array:
     return _impl(backend, "sddmm", interpret)(a, b, like).data
 
 
@@ -204,7 +190,7 @@ def bsr_matmul(
     """
     a = _check_bsr(a, "a")
     b = check_float_array(jnp.asarray(b), "b")
-    backend = _dispatch(backend)
+    backend = resolve("bsr_matmul", backend)
     if b.ndim not in (1, 2) or b.shape[0] != a.shape[1]:
         raise ValueError(f"`b` must have shape [K] or [K, N] with K = a.shape[1] = {a.shape[1]}; "
                          f"got {b.shape}.")
@@ -237,7 +223,7 @@ def dense_bsr_matmul(
     """
     a = _check_bsr(a, "a")
     x = check_float_array(jnp.asarray(x), "x")
-    backend = _dispatch(backend)
+    backend = resolve("dense_bsr_matmul", backend)
     if x.ndim < 1 or x.shape[-1] != a.shape[0]:
         raise ValueError(f"`x` must have shape [..., M] with M = a.shape[0] = {a.shape[0]}; "
                          f"got {x.shape}.")
@@ -275,7 +261,7 @@ def sddmm(
     like = _check_bsr(like, "like")
     a = check_float_array(jnp.asarray(a), "a")
     b = check_float_array(jnp.asarray(b), "b")
-    backend = _dispatch(backend)
+    backend = resolve("sddmm", backend)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or (
             a.shape[0], b.shape[1]) != like.shape:
         raise ValueError(f"`a` [M, Kd] and `b` [Kd, N] must chain to like.shape {like.shape}; "
@@ -292,14 +278,14 @@ def sddmm(
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _nm_pallas_gpu(interpret: bool, w: NMSparse, x: Array) -> Array:
     """``W @ x`` (``W`` grouped along its last axis) with the Pallas GPU kernel."""
-    return _impl("pallas_gpu", "nm_matmul", interpret)(w, x)
+    return _impl(Resolved("pallas_gpu"), "nm_matmul", interpret)(w, x)
 
 
-def _nm_gpu(backend: str, interpret: Any, w: NMSparse, x: Array) -> Array:
-    """``W @ x`` through the Pallas GPU kernel; with ``backend="auto:pallas_gpu"`` a geometry or
-    dtype the kernel does not support falls back to the XLA gather path."""
+def _nm_gpu(backend: Resolved, interpret: Any, w: NMSparse, x: Array) -> Array:
+    """``W @ x`` through the Pallas GPU kernel; when ``auto`` chose it, a geometry or dtype the
+    kernel does not support falls back to the XLA gather path."""
     run = with_fallback(functools.partial(_nm_pallas_gpu, interpret), xla.nm_matmul,
-                        auto=backend.startswith("auto:"))
+                        auto=backend.auto)
     return run(w, x)
 
 
@@ -359,7 +345,7 @@ def nm_matmul(
     """
     w = _check_nmsparse(w)
     x = check_float_array(jnp.asarray(x), "x")
-    backend = _dispatch(backend, _NM_BACKENDS)
+    backend = resolve("nm_matmul", backend)
     k = w.shape[1]
     if x.ndim not in (1, 2) or x.shape[0] != k:
         raise ValueError(f"`x` must have shape [K] or [K, N] with K = {k}; got {x.shape}.")
@@ -368,10 +354,10 @@ def nm_matmul(
     return _nm_matmul_2d(w, x, backend, interpret)
 
 
-def _nm_matmul_2d(w: NMSparse, x: Array, backend: str, interpret: Any) -> Array:
-    if backend == "reference" or w.axis != -1:
+def _nm_matmul_2d(w: NMSparse, x: Array, backend: Resolved, interpret: Any) -> Array:
+    if backend.name == "reference" or w.axis != -1:
         return reference.nm_matmul(w, x)
-    if backend.endswith("pallas_gpu"):
+    if backend.name == "pallas_gpu":
         return _nm_gpu(backend, interpret, w, x)
     return xla.nm_matmul(w, x)
 
@@ -405,15 +391,15 @@ def dense_nm_matmul(
     """
     w = _check_nmsparse(w)
     x = check_float_array(jnp.asarray(x), "x")
-    backend = _dispatch(backend, _NM_BACKENDS)
+    backend = resolve("nm_matmul", backend)
     k = w.shape[0]
     if x.ndim < 1 or x.shape[-1] != k:
         raise ValueError(f"`x` must have shape [..., K] with K = {k}; got {x.shape}.")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    if backend == "reference" or w.axis != -2:
+    if backend.name == "reference" or w.axis != -2:
         out = reference.dense_nm_matmul(x2, w)
-    elif backend.endswith("pallas_gpu"):
+    elif backend.name == "pallas_gpu":
         out = _nm_gpu(backend, interpret, _nm_transpose(w), x2.T).T
     else:
         out = xla.dense_nm_matmul(x2, w)

@@ -37,7 +37,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 from jaxtyping import Array, Float, Int
 
-from sparsejax._blocks import BlockIndex, pack_indices, slot_mask
+from sparsejax._blocks import BlockIndex
 from sparsejax._pallas import (
     check_pow2,
     check_rank,
@@ -157,11 +157,9 @@ def _block_columns(
       slot in ``data`` of the ``t``-th kept block of column ``c`` (ascending rows; entries past
       ``col_counts[c]`` are padding: row 0, slot 0), ``col_counts[c]`` the kept blocks in ``c``.
     """
-    nbr = indices.shape[0]
-    slot_of = BlockIndex(indices, counts).slot_table(n_block_cols).T  # [nbc, nbr]
-    rows, col_counts = pack_indices(slot_of >= 0, nbr, pad="zero")
-    slots = jnp.take_along_axis(slot_of, rows, axis=1)
-    return rows, jnp.where(slot_mask(col_counts, nbr), slots, 0), col_counts
+    cols, slots = BlockIndex(indices, counts).transpose(n_block_cols, indices.shape[0],
+                                                        pad="zero")
+    return cols.indices, slots, cols.counts
 
 
 def _dense_bsr_kernel(rows_ref, slots_ref, ccnt_ref, x_ref, a_ref, o_ref, *, nbr, bm, tp, bn):

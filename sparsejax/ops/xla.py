@@ -135,7 +135,8 @@ def _sddmm_loop(a: Array, b: Array, like: BlockSparse) -> Array:
         i, s = rows[k], slots[k]
         j = like.indices[i, s]
         blk = _bdot(ar[i], bt[j]).astype(out_dtype)
-        return jax.lax.dynamic_update_slice(data, blk[None, None], (i, s, 0, 0))
+        zero = jnp.zeros((), i.dtype)  # one index dtype, also under jax_enable_x64
+        return jax.lax.dynamic_update_slice(data, blk[None, None], (i, s, zero, zero))
 
     return jax.lax.fori_loop(0, nnz, body, jnp.zeros((r, s_max, bm, bn), out_dtype))
 

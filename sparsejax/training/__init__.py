@@ -5,7 +5,10 @@ updates leave the params exactly masked after every step; `masks_of` reads the m
 "Sparse training" docs page for the recipes (optax, Flax NNX, Equinox, orbax, sharding).
 """
 
+from sparsejax.training._transform import MaskUpdate, masked_transform
+from sparsejax.training.apply import keep_masked, sparsify
 from sparsejax.training.blocks import compact_blocks
+from sparsejax.training.drop_grow import DropGrowSchedule, drop_and_grow
 from sparsejax.training.dynamic import (
     drop_fraction_at,
     dynamic_sparse,
@@ -29,19 +32,25 @@ from sparsejax.training.ste import (
 )
 
 __all__ = [
+    "DropGrowSchedule",
+    "MaskUpdate",
     "SparseState",
     "compact_blocks",
     "decay_factor",
+    "drop_and_grow",
     "drop_fraction_at",
     "dynamic_sparse",
     "iso_flop_width",
+    "keep_masked",
     "mask_decay",
+    "masked_transform",
     "masks_of",
     "prune",
     "random_masks",
     "reset_moments",
     "rigl",
     "soup",
+    "sparsify",
     "sparse_evolutionary",
     "sr_ste",
     "static_sparse",

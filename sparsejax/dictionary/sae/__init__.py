@@ -3,7 +3,8 @@
 The functional core (`.functional`) takes a params dict and a static `SAEConfig`;
 `.activations` holds the sparsifying activations, `.losses` the auxiliary losses,
 `.decoder` the unit-norm decoder constraint and the geometric-median bias init,
-`.metrics` FVU / L0 / dead fraction / CE loss recovered, `.train` ``train_sae``.
+`.metrics` FVU / L0 / dead fraction / CE loss recovered, `.train` ``train_sae``,
+`.deactivate` interpret-then-deactivate concept editing.
 The Flax NNX and Equinox modules are `sparsejax.nn.SparseAutoencoder` and
 `sparsejax.nn.eqx.SparseAutoencoder`.
 """
@@ -12,6 +13,7 @@ from sparsejax.dictionary.sae.activations import (
     abs_topk,
     batch_topk,
     feature_choice,
+    gradient_topk,
     jumprelu,
     jumprelu_step,
     mutual_choice,
@@ -20,6 +22,14 @@ from sparsejax.dictionary.sae.activations import (
     topk,
     topk_indices,
     zipf_capacities,
+)
+from sparsejax.dictionary.sae.deactivate import (
+    ConceptEdit,
+    concept_features,
+    deactivate,
+    deactivate_concept,
+    deactivation_error,
+    gate_threshold,
 )
 from sparsejax.dictionary.sae.decoder import (
     geometric_median,
@@ -40,6 +50,7 @@ from sparsejax.dictionary.sae.functional import (
     init_sae,
     init_state,
     pre_activation,
+    prefix_reconstructions,
     sae_loss,
     update_state,
 )
@@ -60,6 +71,7 @@ from sparsejax.dictionary.sae.train import TrainResult, make_train_step, train_s
 
 __all__ = [
     "ACTIVATIONS",
+    "ConceptEdit",
     "SAEConfig",
     "SAEOutput",
     "SAEState",
@@ -69,7 +81,11 @@ __all__ = [
     "auxk_loss",
     "batch_topk",
     "ce_loss_recovered",
+    "concept_features",
     "dead_fraction",
+    "deactivate",
+    "deactivate_concept",
+    "deactivation_error",
     "dead_mask",
     "decode",
     "decoder_weighted_l1",
@@ -78,7 +94,9 @@ __all__ = [
     "feature_choice",
     "forward",
     "fvu",
+    "gate_threshold",
     "geometric_median",
+    "gradient_topk",
     "init_sae",
     "init_state",
     "jumprelu",
@@ -88,6 +106,7 @@ __all__ = [
     "mutual_choice",
     "normalize_decoder",
     "pre_activation",
+    "prefix_reconstructions",
     "rectangle",
     "remove_decoder_parallel_grads",
     "remove_parallel_component",

@@ -40,6 +40,7 @@ __all__ = [
     "abs_topk",
     "batch_topk",
     "feature_choice",
+    "gradient_topk",
     "jumprelu",
     "jumprelu_step",
     "mutual_choice",
@@ -101,6 +102,54 @@ def topk(pre: Float[Array, "... d_sae"], k: int, *, order: str = "relu_first"
     _, indices = topk_indices(pre, k, order=order)
     mask = _row_mask(indices, pre.shape[-1])
     return jnp.where(mask, jax.nn.relu(pre), jnp.zeros((), pre.dtype))
+
+
+def gradient_topk(
+    pre: Float[Array, "... d_sae"],
+    grad: Float[Array, "... d_out"],
+    w_dec: Float[Array, "d_sae d_out"],
+    k: int,
+    *,
+    beta: float = 1.0,
+) -> Float[Array, "... d_sae"]:
+    """g-SAE's gradient-aware TopK: select by ``z + beta z |W_dec grad|``, output ``z`` there.
+
+    ``z = relu(pre)``; each latent's score adds its activation times the magnitude of the
+    downstream loss's derivative along its decoder direction, ``|W_dec[i] . grad|`` (Olmo et al.
+    2024, "Features that make a difference"). The k best-scoring latents of each row keep their
+    activation ``z``; the others are 0. The selection is gradient-free (scores are
+    stop-gradient); the kept codes are differentiable as in `topk`. ``beta = 0`` is `topk`
+    exactly.
+
+    Args:
+        pre: pre-activations ``[..., d_sae]``.
+        grad: ``dL/dx`` of the downstream loss at the reconstructed activation, ``[..., d_out]``
+            with ``pre``'s leading shape.
+        w_dec: decoder ``[d_sae, d_out]``.
+        k: kept latents per row, ``1 <= k <= d_sae``.
+        beta: weight of the gradient term, ``>= 0``.
+
+    Returns:
+        Codes ``[..., d_sae]`` with at most k nonzeros per row.
+    """
+    pre = check_float_array(pre, "pre", min_ndim=1)
+    k = check_int(k, "k", minimum=1, maximum=pre.shape[-1])
+    beta = check_float(beta, "beta", minimum=0.0)
+    grad = check_float_array(grad, "grad", min_ndim=1)
+    w_dec = check_float_array(w_dec, "w_dec", min_ndim=2)
+    if w_dec.shape != (pre.shape[-1], grad.shape[-1]):
+        raise ValueError(f"`w_dec` must have shape (d_sae, d_out)=({pre.shape[-1]}, "
+                         f"{grad.shape[-1]}) for pre {pre.shape} and grad {grad.shape}; got "
+                         f"{w_dec.shape}")
+    if grad.shape[:-1] != pre.shape[:-1]:
+        raise ValueError(f"`grad` must have the leading shape of `pre` {pre.shape[:-1]}; got "
+                         f"{grad.shape}")
+    z = jax.nn.relu(pre)
+    sg = jax.lax.stop_gradient
+    effect = jnp.abs(sg(grad).astype(pre.dtype) @ sg(w_dec).astype(pre.dtype).T)
+    score = sg(z) + beta * sg(z) * effect
+    _, indices = jax.lax.top_k(score, k)
+    return jnp.where(_row_mask(indices, pre.shape[-1]), z, jnp.zeros((), pre.dtype))
 
 
 def abs_topk(pre: Float[Array, "... d_sae"], k: int) -> Float[Array, "... d_sae"]:

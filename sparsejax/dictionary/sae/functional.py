@@ -70,13 +70,14 @@ __all__ = [
     "init_sae",
     "init_state",
     "pre_activation",
+    "prefix_reconstructions",
     "sae_loss",
     "update_state",
 ]
 
 ACTIVATIONS = ("relu", "topk", "batch_topk", "jumprelu", "abs_topk", "mutual_choice",
-               "feature_choice", "gated")
-_AUXK = ("topk", "batch_topk", "abs_topk")
+               "feature_choice", "gated", "gradient_topk")
+_AUXK = ("topk", "batch_topk", "abs_topk", "gradient_topk")
 _ZIPF = ("mutual_choice", "feature_choice")
 _COUNT_CAP = 2**30
 
@@ -91,7 +92,8 @@ class SAEConfig:
         d_in: input width.
         d_sae: number of latents.
         activation: one of ``relu``, ``topk``, ``batch_topk``, ``jumprelu``, ``abs_topk``,
-            ``mutual_choice``, ``feature_choice``, ``gated``.
+            ``mutual_choice``, ``feature_choice``, ``gated``, ``gradient_topk`` (g-SAE: needs
+            the downstream gradient ``grad`` in `encode` / `sae_loss`).
         k: latents per token (TopK, AbsTopK), average per token (BatchTopK, Mutual Choice, whose
             total budget is ``k * n_tokens``) or the budget Feature Choice's default capacity is
             derived from.
@@ -117,6 +119,11 @@ class SAEConfig:
         normalize_loss: divide the losses by the target's total variance (FVU, as sparsify).
         apply_b_dec_to_input: subtract ``b_dec`` from the input (default: True for autoencoders,
             must be False for transcoders).
+        matryoshka_widths: ``batch_topk`` only: the widths of the inner Matryoshka prefixes,
+            strictly increasing (the full width ``d_sae`` is the outer level, always included;
+            a trailing ``d_sae`` as SAELens writes it is dropped); each prefix's reconstruction
+            error is added to the loss (SAELens ``matryoshka_widths``; empty: a plain SAE).
+        gradient_beta: ``gradient_topk`` only: the weight ``beta`` of the gradient term.
     """
 
     d_in: int
@@ -141,6 +148,8 @@ class SAEConfig:
     normalize_decoder: bool = True
     normalize_loss: bool = False
     apply_b_dec_to_input: bool | None = None
+    matryoshka_widths: tuple[int, ...] = ()
+    gradient_beta: float = 1.0
 
     def __post_init__(self) -> None:
         check_int(self.d_in, "d_in", minimum=1)
@@ -180,6 +189,20 @@ class SAEConfig:
                         maximum=1.0)
         check_float(self.zipf_fraction, "zipf_fraction", minimum=0.0, exclusive_minimum=True,
                     maximum=1.0)
+        check_float(self.gradient_beta, "gradient_beta", minimum=0.0)
+        widths = self.matryoshka_widths
+        if not isinstance(widths, tuple):
+            raise TypeError(f"`matryoshka_widths` must be a tuple of ints; got {widths!r}")
+        if widths:
+            if self.activation != "batch_topk":
+                raise ValueError(f"`matryoshka_widths` must be empty unless "
+                                 f"activation='batch_topk'; got activation={self.activation!r}")
+            for w in widths:
+                check_int(w, "matryoshka_widths", minimum=1, maximum=self.d_sae)
+            if any(b <= a for a, b in zip(widths, widths[1:])):
+                raise ValueError(f"`matryoshka_widths` must be strictly increasing; got {widths}")
+            if widths[-1] == self.d_sae:  # SAELens lists the outer level too
+                object.__setattr__(self, "matryoshka_widths", widths[:-1])
 
     @property
     def out_dim(self) -> int:
@@ -197,6 +220,12 @@ class SAEConfig:
     def num_aux(self) -> int:
         """Auxiliary latents per token for AuxK / aux_zipf."""
         return self.aux_k if self.aux_k is not None else max(1, min(self.out_dim // 2, self.d_sae))
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """Latents per Matryoshka group: the differences of ``(0, *matryoshka_widths, d_sae)``."""
+        edges = (0, *self.matryoshka_widths, self.d_sae)
+        return tuple(b - a for a, b in zip(edges, edges[1:]))
 
 
 class SAEState(NamedTuple):
@@ -342,8 +371,10 @@ def pre_activation(params: Params, x: Float[Array, "... d_in"], config: SAEConfi
 
 
 def _activate(params: Params, pre: Array, config: SAEConfig, threshold: Array | None,
-              gate: Array | None = None) -> Array:
+              gate: Array | None = None, grad: Array | None = None) -> Array:
     a = config.activation
+    if a == "gradient_topk":
+        return acts.gradient_topk(pre, grad, params["W_dec"], config.k, beta=config.gradient_beta)
     if a == "relu":
         return jax.nn.relu(pre)
     if a == "topk":
@@ -372,7 +403,8 @@ def _activate(params: Params, pre: Array, config: SAEConfig, threshold: Array | 
 
 
 def encode(params: Params, x: Float[Array, "... d_in"], config: SAEConfig, *,
-           threshold: Float[Array, ""] | None = None) -> Float[Array, "... d_sae"]:
+           threshold: Float[Array, ""] | None = None,
+           grad: Float[Array, "... d_out"] | None = None) -> Float[Array, "... d_sae"]:
     """Sparse codes of ``x``.
 
     Args:
@@ -382,11 +414,14 @@ def encode(params: Params, x: Float[Array, "... d_in"], config: SAEConfig, *,
         config: the SAE description.
         threshold: for ``batch_topk`` only: the inference threshold (``state.threshold``); codes
             are then ``relu(pre) * (pre > threshold)`` per token instead of the batch top-k.
+        grad: for ``gradient_topk`` only (and required there): the downstream loss's gradient
+            with respect to the activation, ``[..., d_out]`` (see `.activations.gradient_topk`).
 
     Returns:
         Codes ``[..., d_sae]``.
     """
     config = _check_config(config)
+    _check_grad(grad, config)
     if threshold is not None and config.activation != "batch_topk":
         raise ValueError(f"threshold is only used by activation='batch_topk', got "
                          f"activation={config.activation!r}")
@@ -397,7 +432,7 @@ def encode(params: Params, x: Float[Array, "... d_in"], config: SAEConfig, *,
         gate, mag = _gated_pre(params, x, config)
         return _activate(params, mag, config, None, gate)
     pre = pre_activation(params, x, config)
-    return _activate(params, pre, config, threshold)
+    return _activate(params, pre, config, threshold, grad=grad)
 
 
 def decode(params: Params, codes: Float[Array, "... d_sae"], config: SAEConfig,
@@ -423,11 +458,47 @@ def decode(params: Params, codes: Float[Array, "... d_sae"], config: SAEConfig,
 
 
 def forward(params: Params, x: Float[Array, "... d_in"], config: SAEConfig, *,
-            threshold: Float[Array, ""] | None = None
+            threshold: Float[Array, ""] | None = None,
+            grad: Float[Array, "... d_out"] | None = None,
             ) -> tuple[Float[Array, "... d_out"], Float[Array, "... d_sae"]]:
-    """``(reconstruction, codes)`` of ``x`` (see `encode` for ``threshold``)."""
-    codes = encode(params, x, config, threshold=threshold)
+    """``(reconstruction, codes)`` of ``x`` (see `encode` for ``threshold`` and ``grad``)."""
+    codes = encode(params, x, config, threshold=threshold, grad=grad)
     return decode(params, codes, config, x), codes
+
+
+def _check_grad(grad: Array | None, config: SAEConfig) -> None:
+    if config.activation == "gradient_topk" and grad is None:
+        raise ValueError("activation='gradient_topk' needs `grad`, the downstream loss's gradient "
+                         "with respect to the activation [..., d_out]; got None")
+    if config.activation != "gradient_topk" and grad is not None:
+        raise ValueError(f"`grad` is only used by activation='gradient_topk'; got "
+                         f"activation={config.activation!r}")
+
+
+def prefix_reconstructions(params: Params, codes: Float[Array, "n d_sae"], config: SAEConfig
+                           ) -> Float[Array, "groups n d_out"]:
+    """Reconstructions from every Matryoshka prefix of the latent groups, in one pass.
+
+    Prefix ``g`` decodes the latents of groups ``0..g`` only (the first
+    ``(*matryoshka_widths, d_sae)[g]`` latents). The decoder product is split by group (the
+    FLOPs of one ``codes @ W_dec``) and the prefixes are the cumulative sum over groups; the
+    last prefix is the full reconstruction ``decode(params, codes)`` (without a skip term).
+
+    Args:
+        params: SAE params.
+        codes: ``[n, d_sae]``.
+        config: the SAE description (``config.group_sizes`` gives the groups).
+
+    Returns:
+        ``[n_groups, n, d_out]``, each with ``b_dec`` added.
+    """
+    config = _check_config(config)
+    codes = check_float_array(codes, "codes", min_ndim=2)
+    check_last_dim(codes, config.d_sae, "codes", "d_sae")
+    w_dec = params["W_dec"].astype(codes.dtype)
+    edges = (0, *config.matryoshka_widths, config.d_sae)
+    parts = jnp.stack([codes[..., a:b] @ w_dec[a:b] for a, b in zip(edges, edges[1:])])
+    return jnp.cumsum(parts, axis=0) + params["b_dec"].astype(codes.dtype)
 
 
 def dead_mask(state: SAEState, config: SAEConfig) -> Array:
@@ -492,6 +563,8 @@ def sae_loss(
     config: SAEConfig,
     state: SAEState,
     y: Float[Array, "... d_out"] | None = None,
+    *,
+    grad: Float[Array, "... d_out"] | None = None,
 ) -> tuple[Float[Array, ""], SAEOutput]:
     """Training loss of an SAE or transcoder, and the updated state.
 
@@ -503,14 +576,18 @@ def sae_loss(
         config: the SAE description (static).
         state: the training state (the dead-latent tracker feeds AuxK / aux_zipf).
         y: targets ``[..., d_out]``; required for transcoders, must be None for autoencoders.
+        grad: ``gradient_topk`` only (required there): the downstream gradient ``[..., d_out]``.
 
     Returns:
         ``(loss, SAEOutput(state, metrics, codes, reconstruction))``; metrics hold ``loss``,
         ``mse`` (mean over tokens of the squared error summed over features), ``fvu``, ``l0``,
         ``aux`` (the auxiliary term before its coefficient) and ``dead_fraction`` (from the
-        updated tracker).
+        updated tracker); with ``matryoshka_widths``, also ``prefix_mse`` ``[n_groups]`` (the
+        mse of each prefix, the last being ``mse``). A Matryoshka loss is
+        ``sum_g prefix_mse[g] + aux_coefficient * AuxK`` (SAELens).
     """
     config = _check_config(config)
+    _check_grad(grad, config)
     x = check_float_array(x, "x", min_ndim=1)
     check_last_dim(x, config.d_in, "x", "d_in")
     if config.transcoder:
@@ -535,6 +612,19 @@ def sae_loss(
         gate = None
         pre = pre_activation(params, xf, config)
         codes, recon = _topk_sparse_forward(params, pre, xf, config)
+    elif config.matryoshka_widths:
+        gate = None
+        pre = pre_activation(params, xf, config)
+        codes = _activate(params, pre, config, None)
+        prefixes = prefix_reconstructions(params, codes, config)
+        if config.skip:
+            prefixes = prefixes + xf @ params["W_skip"].astype(xf.dtype)
+        recon = prefixes[-1]
+    elif config.activation == "gradient_topk":
+        gate = None
+        pre = pre_activation(params, xf, config)
+        codes = _activate(params, pre, config, None, grad=grad.reshape(-1, config.out_dim))
+        recon = decode(params, codes, config, xf)
     else:
         gate = None
         pre = pre_activation(params, xf, config)
@@ -549,6 +639,9 @@ def sae_loss(
     a = config.activation
     aux = jnp.asarray(0.0, f32)
     loss = mse / norm
+    if config.matryoshka_widths:
+        prefix_mse = jnp.mean(jnp.sum((yf - prefixes).astype(f32) ** 2, axis=-1), axis=-1)
+        loss = jnp.sum(prefix_mse) / norm
     if a == "relu":
         aux = decoder_weighted_l1(codes, w_dec)
         loss = loss + config.l1_coefficient * aux
@@ -585,4 +678,6 @@ def sae_loss(
         "aux": sg(aux),
         "dead_fraction": jnp.mean(dead_mask(new_state, config).astype(jnp.float32)),
     }
+    if config.matryoshka_widths:
+        metrics["prefix_mse"] = sg(prefix_mse)
     return loss, SAEOutput(new_state, metrics, codes, recon)

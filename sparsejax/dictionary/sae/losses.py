@@ -83,12 +83,14 @@ def auxk_loss(
     if dead_mask.shape != (pre.shape[-1],):
         check_shape(dead_mask, (pre.shape[-1],), "dead_mask")
     n_dead = jnp.sum(dead_mask)
-    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(jnp.float32)
+    dtype = jnp.promote_types(pre.dtype, jnp.float32)
+    scale = jnp.minimum(n_dead / k_aux, 1.0).astype(dtype)
     # skipped entirely (lax.cond) while no latent is dead
     return jax.lax.cond(
         n_dead > 0,
-        lambda: scale * _aux_reconstruction(pre, residual, w_dec, dead_mask, k_aux, signed),
-        lambda: jnp.zeros((), jnp.float32))
+        lambda: (scale * _aux_reconstruction(pre, residual, w_dec, dead_mask, k_aux,
+                                             signed)).astype(dtype),
+        lambda: jnp.zeros((), dtype))
 
 
 def underutilised_mask(density: Float[Array, " d_sae"], *, fraction: float = 0.5

@@ -11,7 +11,7 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from sparsejax.moe.layer import MoEAux, MoEConfig, init_moe, moe_apply
 
@@ -19,10 +19,12 @@ __all__ = ["MoE"]
 
 
 class MoE(eqx.Module):
-    """Router + ``E`` two-layer experts.
+    """Router + ``E`` experts (+ shared experts).
 
-    Fields: ``w1 [E, d, F]``, ``w2 [E, F, d]``, ``router`` (``[d, E]``, the COMET tree dict, or
-    ``None`` for ``router="moex"``) and the static ``config``.
+    Fields: ``params`` (`sparsejax.moe.init_moe`'s dict: ``router``, ``w1``, ``w2``, and
+    ``w3`` / ``expert_bias`` / ``shared`` when configured) and the static ``config``. Keep
+    ``params["expert_bias"]`` out of the optimizer (e.g. ``eqx.partition``) and update it with
+    `sparsejax.moe.update_expert_bias`.
 
     Args:
         config: the `sparsejax.moe.MoEConfig`.
@@ -30,15 +32,13 @@ class MoE(eqx.Module):
         dtype: parameter dtype.
     """
 
-    w1: Array
-    w2: Array
-    router: Any
+    params: dict[str, Any]
     config: MoEConfig = eqx.field(static=True)
 
     def __init__(self, config: MoEConfig, *, key: Array, dtype: Any = jnp.float32):
-        params = init_moe(key, config, dtype)
-        self.w1, self.w2, self.router = params["w1"], params["w2"], params["router"]
+        self.params = init_moe(key, config, dtype)
         self.config = config
 
-    def __call__(self, x: Float[Array, "... d"]) -> tuple[Float[Array, "... d"], MoEAux]:
-        return moe_apply({"router": self.router, "w1": self.w1, "w2": self.w2}, x, self.config)
+    def __call__(self, x: Float[Array, "... d"], *, mask: Bool[Array, "..."] | None = None,
+                 key: Array | None = None) -> tuple[Float[Array, "... d"], MoEAux]:
+        return moe_apply(self.params, x, self.config, mask=mask, key=key)

@@ -1,7 +1,9 @@
 """Model surgery for Equinox: deploy a pruned model's ``eqx.nn.Linear`` layers on the sparse kernels.
 
 `to_sparse` replaces every ``eqx.nn.Linear`` whose weight has a mask by a
-`sparsejax.nn.eqx.NMLinear` (``format="nm"``) or `sparsejax.nn.eqx.BlockSparseLinear`
+`sparsejax.nn.eqx.NMLinear` (``format="nm"``), a `sparsejax.nn.eqx.SparseLinear`
+(``format="csr"``; pointwise ``eqx.nn.Conv2d`` become `sparsejax.nn.eqx.SparseConv1x1`) or
+`sparsejax.nn.eqx.BlockSparseLinear`
 (``format="block"``) holding the masked weight, so the converted model computes what the masked
 dense model computes, through `sparsejax.ops`. `to_dense` turns those layers back into
 ``eqx.nn.Linear``. The Flax NNX versions are `sparsejax.nn.to_sparse` / `sparsejax.nn.to_dense`.
@@ -25,6 +27,12 @@ import jax
 
 from sparsejax.nn import _surgery
 from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
+from sparsejax.nn.eqx.sparse_linear import (
+    SparseConv1x1,
+    SparseLinear,
+    from_dense_layer,
+    to_dense_layer,
+)
 from sparsejax.select import path_str
 
 __all__ = ["to_dense", "to_sparse"]
@@ -50,7 +58,9 @@ def to_sparse(model: Any, masks: Any, format: str, *, n: int = 2, m: int = 4,
         masks: a mask tree mirroring ``model``, e.g. ``sparsejax.compute_masks(model, ...)``, or a
             flat ``{"path/weight": mask}`` dict: a bool ``[out, in]`` array per converted weight,
             ``None`` elsewhere.
-        format: ``"nm"`` (every group of ``m`` consecutive inputs keeps at most ``n``: a mask from
+        format: ``"csr"`` (any mask: a `sparsejax.nn.eqx.SparseLinear`, and a pointwise
+            ``eqx.nn.Conv2d`` becomes a `sparsejax.nn.eqx.SparseConv1x1`), ``"nm"`` (every
+            group of ``m`` consecutive inputs keeps at most ``n``: a mask from
             ``compute_masks(..., "nm", n=n, m=m, axis=-1)``) or ``"block"`` (whole blocks kept or
             dropped: ``compute_masks(..., "block", block_shape=(bn, bm))`` on the ``[out, in]``
             weight).
@@ -76,6 +86,9 @@ def to_sparse(model: Any, masks: Any, format: str, *, n: int = 2, m: int = 4,
         key = _surgery.join((path_str(path),) if path else (), "weight")
         if key not in table:
             return lin
+        if format == "csr":
+            mask = _surgery.concrete_mask(key, table.pop(key), lin.weight.shape)
+            return from_dense_layer(key, lin, mask, backend)
         if lin.weight.ndim != 2 or "scalar" in (lin.in_features, lin.out_features):
             raise ValueError(f"`model` must hold eqx.nn.Linear layers with int features at "
                              f"'{key}'; got in_features={lin.in_features!r}, "
@@ -86,14 +99,17 @@ def to_sparse(model: Any, masks: Any, format: str, *, n: int = 2, m: int = 4,
         return cls(lin.weight.shape[1], lin.weight.shape[0], kernel=lin.weight.T, bias=lin.bias,
                    use_bias=lin.bias is not None, backend=backend, **kwargs)
 
-    out = _map_layers(model, eqx.nn.Linear, convert)
+    types = (eqx.nn.Linear, eqx.nn.Conv) if format == "csr" else eqx.nn.Linear
+    out = _map_layers(model, types, convert)
     _surgery.check_all_used(table, "eqx.nn.Linear")
     return out
 
 
 def to_dense(model: Any) -> Any:
-    """``model`` with its `sparsejax.nn.eqx.NMLinear` / `sparsejax.nn.eqx.BlockSparseLinear`
-    layers as ``eqx.nn.Linear`` layers (``weight = kernel.T``, zeros where nothing is stored).
+    """``model`` with its `sparsejax.nn.eqx.NMLinear` / `sparsejax.nn.eqx.BlockSparseLinear` /
+    `sparsejax.nn.eqx.SparseLinear` / `sparsejax.nn.eqx.SparseConv1x1` layers as
+    ``eqx.nn.Linear`` layers (``weight = kernel.T``; CSR layers: their own ``[out, in]`` weight;
+    pointwise convolutions: ``eqx.nn.Conv2d``), zeros where nothing is stored.
 
     Args:
         model: an Equinox module (or a sparse layer itself).
@@ -101,6 +117,8 @@ def to_dense(model: Any) -> Any:
     Returns:
         The converted model.
     """
+    model = _map_layers(model, (SparseLinear, SparseConv1x1), lambda _, x: to_dense_layer(x))
+
     def convert(_, layer):
         kernel = layer.weight.to_dense()
         lin = eqx.nn.Linear(kernel.shape[0], kernel.shape[1], use_bias=layer.bias is not None,

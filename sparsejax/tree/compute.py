@@ -1,4 +1,4 @@
-"""Mask trees: masks that mirror a params pytree.
+"""Mask construction: `compute_masks` builds a mask tree that mirrors a params pytree.
 
 A mask tree has the structure of the params tree: a bool array where the leaf is sparsified and
 ``None`` where it is left dense. Any pytree works: nested dicts, lists, NamedTuples, dataclasses,
@@ -29,64 +29,52 @@ sparsity rule returning ``None`` leaves that leaf dense.
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from sparsejax import allocation as _allocation
 from sparsejax import masks as _masks
 from sparsejax import scores as _scores
 from sparsejax._checks import (
     _is_none,
-    check_mask_tree,
+    check_nm_axis,
     check_same_structure,
     check_sparsity,
+    is_function,
+    mirrors,
     must_be,
 )
+from sparsejax._registry import ALLOCATIONS, PATTERNS, SCORES
 from sparsejax.select import Where, matches, path_str, select
 
-__all__ = [
-    "PATTERNS",
-    "Sparsity",
-    "apply_masks",
-    "compute_masks",
-    "nbytes",
-    "path_str",
-    "pattern_mask",
-    "select",
-    "sparsity",
-    "summary",
-]
+__all__ = ["compute_masks", "pattern_mask"]
 
 PyTree = Any
 
-PATTERNS = ("unstructured", "nm", "block", "channel")
-"""Pattern names accepted by `compute_masks` and `pattern_mask`."""
-_PATTERN_FUNCTIONS = {_masks.unstructured: "unstructured", _masks.nm: "nm",
-                      _masks.block: "block", _masks.channel: "channel"}
-_ALLOCATIONS = {"uniform": _allocation.uniform, "erk": _allocation.erk, "er": _allocation.er}
-_SCORE_FUNCTIONS = (_scores.magnitude, _scores.saliency, _scores.wanda)
+_PATTERN_NAMES = {fn: name for name, fn in PATTERNS.items()}
+_SCORE_FUNCTIONS = tuple(fn for name, fn in SCORES.items() if name != "random")
+_RULE_FORMS = (", or a per-leaf rule {glob: axis} / (path, leaf) -> axis")
 
 
 def _pattern_name(pattern: Any) -> str | None:
     """The built-in pattern's name, ``None`` for a user callable; raises for anything else."""
     if isinstance(pattern, str):
         if pattern not in PATTERNS:
-            raise ValueError(must_be("pattern", f"one of {PATTERNS} or a callable (scores, "
+            raise ValueError(must_be("pattern", f"one of {tuple(PATTERNS)} or a callable (scores, "
                                      "sparsity, **kwargs) -> bool mask", pattern))
         return pattern
     if callable(pattern):
         try:
-            return _PATTERN_FUNCTIONS.get(pattern)
+            return _PATTERN_NAMES.get(pattern)
         except TypeError:  # unhashable callable
             return None
-    raise TypeError(must_be("pattern", f"one of {PATTERNS} or a callable (scores, sparsity, "
-                            "**kwargs) -> bool mask", pattern))
+    raise TypeError(must_be("pattern", f"one of {tuple(PATTERNS)} or a callable (scores, "
+                            "sparsity, **kwargs) -> bool mask", pattern))
 
 
 def pattern_mask(
@@ -125,8 +113,7 @@ def pattern_mask(
         if missing:
             raise TypeError(must_be("pattern_kwargs", "n= and m= for pattern 'nm' (n kept of "
                                     "every m)", f"no {' or '.join(missing)}", raw=True))
-        if pattern_kwargs.get("axis") is None:
-            raise ValueError(_NM_AXIS_MESSAGE)
+        check_nm_axis(pattern_kwargs.get("axis"))
         return _masks.nm(scores, **pattern_kwargs)
     if name is not None and sparsity is None:
         raise ValueError(must_be("sparsity", f"given for pattern {name!r} (a float in [0, 1], "
@@ -150,26 +137,25 @@ def pattern_mask(
     return out
 
 
-_NM_AXIS_MESSAGE = must_be(
-    "axis", "given for pattern 'nm': the axis along which groups of m consecutive entries are "
-    "formed, the reduction axis of the sparse operand (axis=0 for a Flax [in, out] kernel, -2 for "
-    "a conv [kh, kw, in, out] kernel, 1 for a torch [out, in] weight), or a per-leaf rule "
-    "{glob: axis} / (path, leaf) -> axis", None)
-
-
 def _is_glob_map(value: Any) -> bool:
     return (isinstance(value, Mapping) and len(value) > 0
             and all(isinstance(k, str) for k in value)
             and not any(isinstance(v, Mapping) for v in value.values()))
 
 
+def _is_rule_fn(value: Any) -> bool:
+    """A ``(path, leaf) -> value`` rule: a callable that is not a pytree of arrays (an Equinox
+    module is callable too, but it is a tree, never a rule)."""
+    return is_function(value, None)
+
+
 def _is_rule(value: Any) -> bool:
-    return callable(value) or _is_glob_map(value)
+    return _is_rule_fn(value) or _is_glob_map(value)
 
 
 def _resolve(rule: Any, path: tuple, leaf: Any, name: str) -> Any:
     """A per-leaf rule's value for one leaf (a plain value is returned unchanged)."""
-    if callable(rule):
+    if _is_rule_fn(rule):
         return rule(path, leaf)
     if _is_glob_map(rule):
         for glob, value in rule.items():
@@ -181,33 +167,42 @@ def _resolve(rule: Any, path: tuple, leaf: Any, name: str) -> Any:
     return rule
 
 
+def _keywords(fn: Callable) -> set[str]:
+    """The names of ``fn``'s arguments after the first (the weight)."""
+    return set(list(inspect.signature(fn).parameters)[1:])
+
+
 def _score_leaves(flat, picked, scores, key, score_kwargs, params):
-    """Scores for every picked leaf (``None`` elsewhere), aligned with ``flat``."""
-    is_random = scores is _scores.random or (isinstance(scores, str) and scores == "random")
+    """Scores for every picked leaf (``None`` elsewhere), aligned with ``flat``.
+
+    A tree of scores and a score function are told apart by structure (`mirrors`), never by
+    ``callable()``: a tree of scores for an Equinox model is itself a callable module.
+    """
+    if isinstance(scores, str):
+        if scores not in SCORES:
+            raise ValueError(must_be("scores", f"one of {tuple(SCORES)}, a sparsejax.scores "
+                                     "function, a callable (path, leaf) -> scores or a tree of "
+                                     "scores mirroring params", scores))
+        scores = SCORES[scores]
+    is_random = scores is _scores.random
     if not is_random and key is not None:
         raise ValueError(must_be("key", "None unless scores='random' (it is used for nothing "
                                  "else)", "a key", raw=True))
-    is_score_fn = callable(scores) and any(scores is f for f in _SCORE_FUNCTIONS)
-    if score_kwargs and not is_score_fn:
+    is_score_fn = any(scores is f for f in _SCORE_FUNCTIONS)
+    if score_kwargs and not (is_score_fn and set(score_kwargs) <= _keywords(scores)):
         raise ValueError(must_be("score_kwargs", "None unless scores is a sparsejax.scores "
-                                 "function (magnitude, saliency, wanda)", score_kwargs))
-    if isinstance(scores, str) or scores is _scores.random:
-        if scores == "magnitude":
-            return [_scores.magnitude(x) if c else None for (_, x), c in zip(flat, picked)]
-        if is_random:
-            if key is None:
-                raise ValueError(must_be("key", "a jax.random key when scores='random'", None))
-            keys = jax.random.split(key, max(len(flat), 1))
-            return [_scores.random(k, x) if c else None
-                    for k, (_, x), c in zip(keys, flat, picked)]
-        raise ValueError(must_be("scores", "'magnitude', 'random', a sparsejax.scores function, "
-                                 "a callable (path, leaf) -> scores or a tree of scores mirroring "
-                                 "params", scores))
+                                 "function taking them (saliency: grad; wanda: inputs, norms, "
+                                 "axis)", score_kwargs))
+    if is_random:
+        if key is None:
+            raise ValueError(must_be("key", "a jax.random key when scores='random'", None))
+        keys = jax.random.split(key, max(len(flat), 1))
+        return [_scores.random(k, x) if c else None for k, (_, x), c in zip(keys, flat, picked)]
     if is_score_fn:
         kw = score_kwargs or {}
         return [scores(x, **{k: _resolve(v, p, x, k) for k, v in kw.items()}) if c else None
                 for (p, x), c in zip(flat, picked)]
-    if callable(scores):
+    if is_function(scores, params):
         return [scores(p, x) if c else None for (p, x), c in zip(flat, picked)]
     check_same_structure(params, scores, "scores")
     return jax.tree.leaves(scores, is_leaf=_is_none)
@@ -220,17 +215,19 @@ def _is_scalar(value: Any) -> bool:
 
 def _sparsity_leaves(params, flat, picked, sparsity, allocation, chosen):
     """Per-leaf sparsities aligned with ``flat`` (``None`` where unselected or left dense)."""
+    if isinstance(sparsity, str | bytes):
+        raise TypeError(must_be("sparsity", "a float in [0, 1] (may be traced), a tree mirroring "
+                                "params or a per-leaf rule", sparsity))
     if _is_scalar(sparsity) or isinstance(sparsity, bool):
         check_sparsity(sparsity)
-        alloc = _ALLOCATIONS["uniform"] if allocation is None else allocation
+        alloc = ALLOCATIONS["uniform"] if allocation is None else allocation
         if isinstance(alloc, str):
-            if alloc not in _ALLOCATIONS:
-                raise ValueError(must_be("allocation", f"one of {(*_ALLOCATIONS, 'global')} or "
-                                         "a callable (params, sparsity, *, where) -> tree",
-                                         alloc))
-            alloc = _ALLOCATIONS[alloc]
-        if not callable(alloc):
-            raise TypeError(must_be("allocation", f"one of {(*_ALLOCATIONS, 'global')} or a "
+            if alloc not in ALLOCATIONS:
+                raise ValueError(must_be("allocation", f"one of {tuple(ALLOCATIONS)} or a "
+                                         "callable (params, sparsity, *, where) -> tree", alloc))
+            alloc = ALLOCATIONS[alloc]
+        if not is_function(alloc, params):
+            raise TypeError(must_be("allocation", f"one of {tuple(ALLOCATIONS)} or a "
                                     "callable (params, sparsity, *, where) -> tree", alloc))
         tree = alloc(params, sparsity, where=chosen)
         check_same_structure(params, tree, "allocation's result")
@@ -240,8 +237,7 @@ def _sparsity_leaves(params, flat, picked, sparsity, allocation, chosen):
             raise ValueError(must_be("allocation", "None when sparsity is per-leaf (a tree or "
                                      "a rule already says how much each leaf keeps)",
                                      allocation))
-        if jax.tree.structure(sparsity, is_leaf=_is_none) == jax.tree.structure(
-                params, is_leaf=_is_none):
+        if mirrors(sparsity, params):
             leaves = jax.tree.leaves(sparsity, is_leaf=_is_none)
         elif _is_rule(sparsity):
             leaves = [_resolve(sparsity, p, x, "sparsity") if c else None
@@ -327,8 +323,7 @@ def compute_masks(
         if allocation is not None:
             raise ValueError(must_be("allocation", "None for pattern 'nm' (every leaf keeps n of "
                                      "every m)", allocation))
-        if pattern_kwargs.get("axis") is None:
-            raise ValueError(_NM_AXIS_MESSAGE)
+        check_nm_axis(pattern_kwargs.get("axis"), extra=_RULE_FORMS)
     elif name is not None and sparsity is None:
         raise ValueError(must_be("sparsity", f"given for pattern {name!r} (a float in [0, 1], a "
                                  "per-leaf rule or a tree)", None))
@@ -337,7 +332,8 @@ def compute_masks(
     picked = [x is not None and chosen(p, x) for p, x in flat]
     _check_selection(flat, picked, where, exclude)
     score_leaves = _score_leaves(flat, picked, scores, key, score_kwargs, params)
-    if allocation == "global" or allocation is _allocation.global_topk:
+    if (isinstance(allocation, str) and allocation == "global") or (
+            allocation is ALLOCATIONS["global"]):
         if name != "unstructured" or pattern_kwargs:
             raise ValueError(must_be("allocation", "'global' only with pattern='unstructured' "
                                      "and no pattern arguments", f"allocation={allocation!r} with "
@@ -364,9 +360,9 @@ def compute_masks(
             value = _resolve(rule, path, x, k)
             if value is not None:
                 kwargs[k] = value
-        if name == "nm" and kwargs.get("axis") is None:
-            raise ValueError(f"leaf {path_str(path)} (shape {x.shape}): {_NM_AXIS_MESSAGE}")
         try:
+            if name == "nm":
+                check_nm_axis(kwargs.get("axis"), extra=_RULE_FORMS)
             out.append(pattern_mask(sc, pattern, s, **kwargs))
         except (ValueError, TypeError) as err:
             raise type(err)(f"leaf {path_str(path)} (shape {x.shape}): {err}") from err
@@ -402,297 +398,3 @@ def _global_masks(score_leaves, picked, sparsity):
             out.append(keep[offset:offset + x.size].reshape(x.shape))
             offset += x.size
     return out
-
-
-def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
-    """Zero the masked-out entries: ``where(mask, leaf, 0)`` per leaf, leaves with ``None`` untouched.
-
-    Args:
-        params: any pytree of arrays (params, gradients, optimizer moments...).
-        masks: a mask tree mirroring ``params``: a bool array or ``None`` per leaf.
-
-    Returns:
-        A tree like ``params`` (same dtypes).
-
-    Raises:
-        ValueError: ``masks`` does not mirror ``params`` (the first differing path is named) or a
-            mask's shape differs from its leaf's.
-        TypeError: a mask leaf is not a bool array (a float mask would be silently wrong).
-    """
-    check_same_structure(params, masks, "masks")
-    check_mask_tree(masks)
-
-    def one(path, x, m):
-        if m is None:
-            return x
-        if m.shape != x.shape:
-            raise ValueError(must_be(f"masks[{path_str(path)!r}]", f"of the leaf's shape "
-                                     f"{tuple(x.shape)}", f"shape {tuple(m.shape)}", raw=True))
-        return jnp.where(m, x, jnp.zeros((), x.dtype))
-
-    return jax.tree_util.tree_map_with_path(one, params, masks, is_leaf=_is_none)
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, jax.Array | np.ndarray)
-
-
-def _is_float(x: Any) -> bool:
-    return _is_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
-
-
-def _is_bool(x: Any) -> bool:
-    return _is_array(x) and x.dtype == jnp.bool_
-
-
-def _is_key(x: Any) -> bool:
-    return _is_array(x) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-class Sparsity(NamedTuple):
-    """Result of `sparsity`.
-
-    Attributes:
-        overall: fraction of zero (dropped) entries over the *selected* leaves: the masked leaves
-            of a mask tree, or the leaves ``where`` selects in a params tree (by default the float
-            kernels, not biases, norms, embeddings, counters or RNG keys). float32 scalar.
-        per_leaf: flat ``{path: sparsity}`` for the selected leaves (paths as `path_str`).
-        whole_model: fraction of zero (dropped) entries over *all* float leaves of the params,
-            biases and embeddings included; ``None`` for a mask tree given alone (it does not know
-            the sizes of the leaves it leaves dense: pass ``sparsity(params, masks)``).
-    """
-
-    overall: jax.Array
-    per_leaf: dict[str, jax.Array]
-    whole_model: jax.Array | None
-
-
-def _ratio(zeros: list, sizes: list) -> jax.Array:
-    total = sum(sizes)
-    if not total:
-        return jnp.float32(0)
-    return sum((z.astype(jnp.float32) for z in zeros), jnp.float32(0)) / jnp.float32(total)
-
-
-def sparsity(tree: PyTree, masks: PyTree | None = None, *, where: Where = None) -> Sparsity:
-    """Fraction of zero entries: over the selected leaves, per leaf, and over the whole model.
-
-    Three ways to call it, one meaning of ``overall`` (the selected float leaves):
-
-    * ``sparsity(masks)`` with a mask tree: counts ``False`` (dropped) over the masked leaves;
-    * ``sparsity(params, where=...)``: counts exact zeros over the leaves ``where`` selects
-      (default: float kernels, as `compute_masks`);
-    * ``sparsity(params, masks)``: counts dropped entries over the masked leaves, and fills
-      ``whole_model`` with the dropped fraction of all float parameters.
-
-    Non-float leaves (integer counters, Flax NNX RNG keys) are never counted. Works under ``jit``.
-
-    Returns:
-        `Sparsity` ``(overall, per_leaf, whole_model)``.
-
-    Raises:
-        ValueError: ``masks`` does not mirror ``tree``; ``where`` given with ``masks`` (it would
-            be ignored) or selecting no leaf.
-        TypeError: a mask leaf is not a bool array.
-    """
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
-    floats = [(p, x) for p, x in flat if _is_float(x) and x.size]
-    if masks is not None:
-        if where is not None:
-            raise ValueError(must_be("where", "None when masks are given (the masks say which "
-                                     "leaves are selected)", where))
-        check_same_structure(tree, masks, "masks")
-        check_mask_tree(masks)
-        pairs = zip(flat, jax.tree.leaves(masks, is_leaf=_is_none))
-        picked = [(p, jnp.sum(~m, dtype=jnp.int32), m.size)
-                  for (p, _), m in pairs if m is not None and m.size]
-        whole = _ratio([z for _, z, _ in picked], [x.size for _, x in floats])
-    elif flat and all(x is None or _is_bool(x) for _, x in flat) and any(
-            _is_bool(x) for _, x in flat):
-        if where is not None:
-            raise ValueError(must_be("where", "None for a mask tree", where))
-        picked = [(p, jnp.sum(~m, dtype=jnp.int32), m.size) for p, m in flat
-                  if m is not None and m.size]
-        whole = None
-    else:
-        chosen = select(where, tree=tree)
-        picked = [(p, jnp.sum(x == 0, dtype=jnp.int32), x.size) for p, x in floats
-                  if chosen(p, x)]
-        if where is not None and not picked:
-            raise ValueError(must_be("where", "a selector matching at least one float leaf",
-                                     where))
-        whole = _ratio([jnp.sum(x == 0, dtype=jnp.int32) for _, x in floats],
-                       [x.size for _, x in floats])
-    per_leaf = {path_str(p): z.astype(jnp.float32) / jnp.float32(n) for p, z, n in picked}
-    overall = _ratio([z for _, z, _ in picked], [n for _, _, n in picked])
-    return Sparsity(overall, per_leaf, whole)
-
-
-def _runs(mask: np.ndarray) -> tuple[int, ...]:
-    """Per axis, the largest run length ``b`` such that ``mask`` is constant on runs of ``b``
-    starting at 0 (the gcd of the positions where it changes; the whole axis if it never does)."""
-    out = []
-    for ax in range(mask.ndim):
-        d = mask.shape[ax]
-        moved = np.moveaxis(mask, ax, 0).reshape(d, -1)
-        pos = np.nonzero((moved[1:] != moved[:-1]).any(axis=1))[0] + 1
-        out.append(int(np.gcd.reduce(pos)) if pos.size else d)
-    return tuple(out)
-
-
-def _nm_of(mask: np.ndarray) -> tuple[int, int, int] | None:
-    for m in (2, 4, 8, 16):
-        for axis in range(mask.ndim):
-            if mask.shape[axis] % m:
-                continue
-            moved = np.moveaxis(mask, axis, -1)
-            counts = moved.reshape(*moved.shape[:-1], -1, m).sum(-1)
-            n = counts.flat[0]
-            if n < m and (counts == n).all():
-                return int(n), m, axis
-    return None
-
-
-def _detect_pattern(mask: np.ndarray) -> tuple[str, Any]:
-    """``(kind, detail)``: ``("dense", None)``, ``("empty", None)``, ``("channel", axis)``,
-    ``("nm", (n, m, axis))``, ``("block", tile_shape)`` or ``("unstructured", None)``."""
-    if mask.size == 0 or mask.all():
-        return "dense", None
-    if not mask.any():
-        return "empty", None
-    runs = _runs(mask)
-    changing = [ax for ax, (b, d) in enumerate(zip(runs, mask.shape)) if b < d]
-    if mask.ndim >= 2 and len(changing) == 1:
-        return "channel", changing[0]
-    nm = _nm_of(mask)
-    if nm is not None:
-        return "nm", nm
-    if math.prod(runs) > 1:
-        return "block", runs
-    return "unstructured", None
-
-
-def _label(kind: str, detail: Any) -> str:
-    if kind == "channel":
-        return f"channel (axis {detail})"
-    if kind == "nm":
-        return f"{detail[0]}:{detail[1]} (axis {detail[2]})"
-    if kind == "block":
-        return f"block {tuple(detail)}"
-    return kind
-
-
-def _leaf_nbytes(x, m) -> tuple[int, int, str]:
-    """``(dense_bytes, compressed_bytes, pattern label)`` of one leaf under its mask."""
-    item = np.dtype(x.dtype).itemsize
-    dense = x.size * item
-    if m is None:
-        return dense, dense, "dense"
-    mk = np.asarray(m)
-    kept = int(mk.sum())
-    kind, detail = _detect_pattern(mk)
-    if kind == "dense":
-        return dense, dense, "dense"
-    if kind == "empty":
-        return dense, 0, "empty"
-    if kind == "nm":  # NMSparse: kept values + one uint8 index each
-        return dense, kept * (item + 1), _label(kind, detail)
-    if kind == "channel":  # kept slices + one int32 index per kept channel
-        others = tuple(i for i in range(mk.ndim) if i != detail)
-        return dense, kept * item + 4 * int(mk.any(axis=others).sum()), _label(kind, detail)
-    if kind == "block":  # BSR: kept values + int32 index per kept tile + int32 count per tile row
-        origins = mk[tuple(slice(None, None, b) for b in detail)]
-        rows = math.prod(origins.shape[:-1])
-        return dense, kept * item + 4 * int(origins.sum()) + 4 * rows, _label(kind, detail)
-    return dense, kept * item + math.ceil(x.size / 8), "unstructured"  # values + bitmap
-
-
-def _pairs(params: PyTree, masks: PyTree | None) -> list[tuple[tuple, Any, Any]]:
-    flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]
-    if masks is None:
-        return [(p, x, None) for p, x in flat]
-    check_same_structure(params, masks, "masks")
-    check_mask_tree(masks)
-    return [(p, x, m) for (p, x), m in zip(flat, jax.tree.leaves(masks, is_leaf=_is_none))]
-
-
-def nbytes(params: PyTree, masks: PyTree | None = None) -> tuple[int, int]:
-    """``(dense_bytes, compressed_bytes)`` of the array leaves of ``params`` under ``masks``.
-
-    The compressed size follows `summary`'s per-pattern layouts; unmasked leaves (and integer
-    leaves) count dense; PRNG key leaves are skipped.
-    """
-    dense = sparse = 0
-    for _, x, m in _pairs(params, masks):
-        if _is_array(x) and not _is_key(x):
-            d, s, _ = _leaf_nbytes(x, m)
-            dense, sparse = dense + d, sparse + s
-    return dense, sparse
-
-
-def summary(params: PyTree, masks: PyTree | None = None, *, where: Where = None,
-            print_fn: Callable | None = print) -> str:
-    """Print (and return) a table of every float leaf: path, shape, dtype, pattern, density, bytes.
-
-    Patterns are detected from each mask: ``dense``, ``channel (axis a)``, ``n:m (axis a)``,
-    ``block (bm, bn)`` (the largest tile the mask is constant on), ``unstructured`` or ``empty``.
-    ``dense B`` is the leaf's dense size; ``sparse B`` the size of its compressed form:
-
-    * N:M: kept values + one uint8 index each (the `sparsejax.formats.NMSparse` layout);
-    * channel: kept slices + one int32 index per kept channel;
-    * block: kept values + one int32 index per kept tile + one int32 count per row of tiles (BSR);
-    * unstructured: kept values + a one-bit-per-entry bitmap;
-    * unmasked leaves stay dense.
-
-    Two totals: ``selected`` (the masked leaves; without masks, the leaves ``where`` selects)
-    is `sparsity`'s ``overall``; ``all float leaves`` is its ``whole_model``. Non-float leaves
-    (integer counters, NNX RNG keys) are left out and counted in a footnote.
-
-    Args:
-        params: any pytree of arrays.
-        masks: optional mask tree; without it, density counts nonzeros of ``params``.
-        where: leaf selector for the ``selected`` total when ``masks`` is ``None``.
-        print_fn: where to print (``None`` to only return the string).
-
-    Returns:
-        the table as a string.
-    """
-    if masks is not None and where is not None:
-        raise ValueError(must_be("where", "None when masks are given", where))
-    chosen = select(where, tree=params)
-    rows, skipped = [], 0
-    sel, tot = [0, 0, 0, 0], [0, 0, 0, 0]
-    for path, x, m in _pairs(params, masks):
-        if not _is_float(x):
-            skipped += _is_array(x)
-            continue
-        size = x.size
-        if m is None:
-            kept = int(np.count_nonzero(np.asarray(x))) if masks is None else size
-            pattern = "dense" if masks is not None else "-"
-            dense_b = sparse_b = size * np.dtype(x.dtype).itemsize
-        else:
-            kept = int(np.asarray(m).sum())
-            dense_b, sparse_b, pattern = _leaf_nbytes(x, m)
-        rows.append((path_str(path), str(tuple(x.shape)), str(x.dtype), pattern,
-                     f"{kept / max(size, 1):.3f}", str(dense_b), str(sparse_b)))
-        counts = (kept, size, dense_b, sparse_b)
-        tot = [a + b for a, b in zip(tot, counts)]
-        if (m is not None) if masks is not None else chosen(path, x):
-            sel = [a + b for a, b in zip(sel, counts)]
-    header = ("path", "shape", "dtype", "pattern", "density", "dense B", "sparse B")
-    totals = [("selected", "", "", "masked" if masks is not None else "where",
-               f"{sel[0] / max(sel[1], 1):.3f}", str(sel[2]), str(sel[3])),
-              ("all float leaves", "", "", "", f"{tot[0] / max(tot[1], 1):.3f}", str(tot[2]),
-               str(tot[3]))]
-    widths = [max(len(r[i]) for r in [header, *rows, *totals]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 4 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    rule = "  ".join("-" * w for w in widths)
-    lines = [fmt.format(*header), rule, *(fmt.format(*r) for r in rows), rule,
-             *(fmt.format(*r) for r in totals)]
-    if skipped:
-        lines.append(f"({skipped} non-float leaves, e.g. integer counters or RNG keys, not shown)")
-    text = "\n".join(lines)
-    if print_fn is not None:
-        print_fn(text)
-    return text
