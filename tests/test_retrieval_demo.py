@@ -1,8 +1,11 @@
 """The `lsr` demo stage runs, is exact and registered."""
 
+import pytest
+
 from sparsejax.demo import STAGES, lsr
 
 
+@pytest.mark.slow  # end to end: imports ~100 stdlib modules for the docstrings
 def test_lsr_demo_stage(capsys):
     assert STAGES["lsr"] == "sparsejax.demo.lsr"
     out = lsr.run(None)  # the stage uses no shared demo state
