@@ -33,37 +33,24 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from sparsejax._backend import backend_module, resolve_interpret, with_fallback
+from sparsejax._backend import Resolved, backends, implementation, resolve
 from sparsejax._checks import check_choice, check_float_array, must_be
 from sparsejax.formats import CSR
 from sparsejax.ops import csr_xla
-from sparsejax.ops.api import _dispatch
 
 __all__ = ["CSR_BACKENDS", "csr_matmul", "csr_sddmm", "dense_csr_matmul", "sparse_conv1x1"]
 
-CSR_BACKENDS = ("auto", "reference", "xla")
+CSR_BACKENDS = backends("csr_matmul")
 """Accepted ``backend=`` values of the CSR products."""
 
-_PALLAS_MODULES = {"pallas_gpu": "csr_pallas_gpu"}
+def _impl(backend: Resolved, name: str, interpret: Any) -> Callable:
+    """The registered implementation ``name`` (``csr_matmul``, ``csr_sddmm``) of a backend."""
+    return implementation(name, backend, interpret=interpret)
 
 
-def _impl(backend: str, name: str, interpret: Any) -> Callable:
-    """The implementation ``name`` (``csr_matmul``, ``csr_sddmm``) of a dispatched backend."""
-    auto = backend.startswith("auto:")
-    backend = backend.removeprefix("auto:")
-    fallback = getattr(csr_xla, f"xla_{name}")
-    if backend == "reference":
-        return getattr(csr_xla, f"reference_{name}")
-    if backend == "xla":
-        return fallback
-    fn = getattr(backend_module("sparsejax.ops", _PALLAS_MODULES[backend]), name)
-    kernel = functools.partial(fn, interpret=resolve_interpret(interpret))
-    return with_fallback(kernel, fallback, auto=auto)
-
-
-def _transpose_product(backend: str, interpret: Any, x: Array, a: CSR) -> Array:
+def _transpose_product(backend: Resolved, interpret: Any, x: Array, a: CSR) -> Array:
     """``x @ A`` as ``(A.T @ x.T).T`` (reference: densify)."""
-    if backend == "reference":
+    if backend.name == "reference":
         return csr_xla.reference_dense_csr_matmul(x, a)
     return _impl(backend, "csr_matmul", interpret)(a.transpose(), x.T).T
 
@@ -102,7 +89,7 @@ def _csr_cotangent(a: CSR, data: Array) -> CSR:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _csr_mm(backend: str, interpret: Any, a: CSR, x: Array) -> Array:
+def _csr_mm(backend: Resolved, interpret: Any, a: CSR, x: Array) -> Array:
     return _impl(backend, "csr_matmul", interpret)(a, x)
 
 
@@ -122,7 +109,7 @@ _csr_mm.defvjp(_csr_mm_fwd, _csr_mm_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _dense_csr_mm(backend: str, interpret: Any, x: Array, a: CSR) -> Array:
+def _dense_csr_mm(backend: Resolved, interpret: Any, x: Array, a: CSR) -> Array:
     return _transpose_product(backend, interpret, x, a)
 
 
@@ -142,7 +129,7 @@ _dense_csr_mm.defvjp(_dense_csr_mm_fwd, _dense_csr_mm_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sddmm(backend: str, interpret: Any, a: Array, b: Array, like: CSR) -> Array:
+def _sddmm(backend: Resolved, interpret: Any, a: Array, b: Array, like: CSR) -> Array:
     return _impl(backend, "csr_sddmm", interpret)(a, b, like)
 
 
@@ -191,7 +178,7 @@ def csr_matmul(
     """
     a = _check_csr(a, "a")
     x = check_float_array(jnp.asarray(x), "x")
-    backend = _dispatch(backend, CSR_BACKENDS)
+    backend = resolve("csr_matmul", backend)
     if x.ndim not in (1, 2) or x.shape[0] != a.shape[1]:
         raise ValueError(must_be("x", f"of shape [K] or [K, N] with K = a.shape[1] = "
                                  f"{a.shape[1]}", f"shape {x.shape}", raw=True))
@@ -228,7 +215,7 @@ def dense_csr_matmul(
     """
     a = _check_csr(a, "a")
     x = check_float_array(jnp.asarray(x), "x")
-    backend = _dispatch(backend, CSR_BACKENDS)
+    backend = resolve("csr_matmul", backend)
     if x.ndim < 1 or x.shape[-1] != a.shape[0]:
         raise ValueError(must_be("x", f"of shape [..., M] with M = a.shape[0] = {a.shape[0]}",
                                  f"shape {x.shape}", raw=True))
@@ -269,7 +256,7 @@ def csr_sddmm(
     like = _check_csr(like, "like")
     a = check_float_array(jnp.asarray(a), "a")
     b = check_float_array(jnp.asarray(b), "b")
-    backend = _dispatch(backend, CSR_BACKENDS)
+    backend = resolve("csr_matmul", backend)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or (
             a.shape[0], b.shape[1]) != like.shape:
         raise ValueError(must_be("a, b", f"[M, Kd] and [Kd, N] chaining to like.shape "

@@ -38,13 +38,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._backend import (
-    BACKENDS,
-    backend_module,
-    resolve_backend,
-    resolve_interpret,
-    with_fallback,
-)
+from sparsejax._backend import Resolved, implementation, resolve
 from sparsejax._blocks import pack_indices
 from sparsejax._checks import check_float_array, must_be
 
@@ -102,21 +96,13 @@ def _xla(x: Array, w: Array, *, chunk: int = XLA_CHUNK) -> Array:
     return acc.astype(dtype)
 
 
-def _impl(backend: str, interpret: Any):
-    auto = backend.startswith("auto:")
-    backend = backend.removeprefix("auto:")
-    if backend == "reference":
-        return _reference
-    if backend == "xla":
-        return _xla
-    name = {"pallas_gpu": "sparse_input_gpu", "pallas_tpu": "sparse_input_tpu"}[backend]
-    fn = backend_module("sparsejax.ops", name).sparse_input_matmul
-    kernel = functools.partial(fn, interpret=resolve_interpret(interpret))
-    return with_fallback(kernel, _xla, auto=auto)
+def _impl(backend: Resolved, interpret: Any):
+    """The registered implementation (`sparsejax._backend.IMPLEMENTATIONS`)."""
+    return implementation("sparse_input_matmul", backend, interpret=interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sim(backend: str, interpret: Any, x: Array, w: Array) -> Array:
+def _sim(backend: Resolved, interpret: Any, x: Array, w: Array) -> Array:
     return _impl(backend, interpret)(x, w)
 
 
@@ -174,9 +160,7 @@ def sparse_input_matmul(
     if x.shape[-1] != w.shape[0]:
         raise ValueError(must_be("x", f"an array [..., K] with K = w.shape[0] = {w.shape[0]}",
                                  f"shape {tuple(x.shape)}", raw=True))
-    resolved = resolve_backend(backend, allowed=BACKENDS)
-    if backend == "auto" and resolved.startswith("pallas"):
-        resolved = f"auto:{resolved}"
+    resolved = resolve("sparse_input_matmul", backend)
     lead = x.shape[:-1]
     k, n = w.shape
     x2 = x.reshape(-1, k)
