@@ -243,9 +243,9 @@ def run(args) -> dict:
         )
 
     for cap in (256, 512, 1024):
-        keep, t = _timed(lambda n=cap: decode.snapkv_keep(q, k, token_capacity=n), args.repeats)
+        keep, t = _timed(lambda n=cap: decode.snapkv_keep(q, k, token_budget=n), args.repeats)
         add("snapkv", f"capacity={cap}", keep, float(np.asarray(keep).mean()), "kv", t, cap == 1024)
-        keep, t = _timed(lambda n=cap: decode.ada_snapkv_keep(q, k, token_capacity=n), args.repeats)
+        keep, t = _timed(lambda n=cap: decode.ada_snapkv_keep(q, k, token_budget=n), args.repeats)
         add(
             "ada_snapkv",
             f"capacity={cap}",
@@ -263,9 +263,9 @@ def run(args) -> dict:
     decode_rows = []
     for name, keep, cap in (
         ("quest budget=1024", decode.quest_keep(qd, k, token_budget=1024), 1024 + 16),
-        ("snapkv capacity=1024", decode.snapkv_keep(q, k, token_capacity=1024), 1024),
+        ("snapkv capacity=1024", decode.snapkv_keep(q, k, token_budget=1024), 1024),
     ):
-        fn = jax.jit(lambda q, k, v, keep, c=cap: decode.attend_kept(q, k, v, keep, capacity=c))
+        fn = jax.jit(lambda q, k, v, keep, c=cap: decode.attend_kept(q, k, v, keep, token_budget=c))
         _, t = _timed(lambda f=fn, m=keep: f(qd, k, v, m), args.repeats)
         decode_rows.append(dict(setting=name, attend_kept_s=t, dense_s=t_dense, ratio=t / t_dense))
         print(f"attend_kept      {name:28s} {t * 1e3:8.2f} ms vs dense {t_dense * 1e3:8.2f} ms"

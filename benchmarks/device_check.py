@@ -10,9 +10,14 @@ On a machine where JAX sees a GPU, ``python benchmarks/device_check.py``:
    forward+backward) and of ``benchmarks/attention.py`` (bf16, 8k to 64k tokens, 10% block
    density; ``pallas_gpu`` and ``xla`` against ``jax.nn.dot_product_attention`` with cuDNN,
    forward and forward+backward), each point also checked against a dense result;
-3. prints one JSON summary (device, jax/jaxlib versions, tests passed/failed, every ratio) and
+3. runs ``benchmarks/retrieval.py``'s accelerator section (exact top-10 of 1000 sparse queries
+   over 100k synthetic documents on the device, same ids as scipy on the host), and the CSR
+   section of ``benchmarks/csr.py`` (float32 4096^2 at 80/90/95% unstructured sparsity times
+   ``[4096, 256]``: ``pallas_gpu`` against cuSPARSE via BCSR and dense cuBLAS, with the kernel's
+   effective memory bandwidth);
+4. prints one JSON summary (device, jax/jaxlib versions, tests passed/failed, every ratio) and
    writes it to ``--out`` (default ``results/device_check.json``);
-4. exits 1 if any on-device test or benchmark point failed, else 0.
+5. exits 1 if any on-device test or benchmark point failed, else 0.
 
 Sized to finish in under 8 minutes on one H200 (``--budget`` seconds for the attention sweep,
 whose longest lengths are skipped, and reported as skipped, once it is spent). Without a GPU it
@@ -38,13 +43,17 @@ import jax.numpy as jnp
 import jaxlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TEST_FILES = ("tests/test_ops_pallas.py", "tests/test_attention_kernel.py")
+TEST_FILES = ("tests/test_ops_pallas.py", "tests/test_attention_kernel.py",
+              "tests/test_csr_pallas.py")
 GPU_PLATFORMS = ("gpu", "cuda", "rocm")
 
 FULL = dict(matmul_size=8192, matmul_block=128, densities=(1.0, 0.5, 0.25, 0.1, 0.05),
-            seqs=(8192, 16384, 32768, 65536), heads=8, dim=64, attn_block=128, repeats=5)
+            seqs=(8192, 16384, 32768, 65536), heads=8, dim=64, attn_block=128, repeats=5,
+            retrieval_docs=100_000, retrieval_queries=1000,
+            csr_size=4096, csr_n=256, csr_sparsities=(0.8, 0.9, 0.95))
 DRY = dict(matmul_size=64, matmul_block=16, densities=(1.0, 0.25), seqs=(64,), heads=2, dim=16,
-           attn_block=16, repeats=1)
+           attn_block=16, repeats=1, retrieval_docs=500, retrieval_queries=8, csr_size=32, csr_n=16,
+           csr_sparsities=(0.9,))
 
 
 def _load(name: str):
@@ -135,8 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         density=0.1, backends=("pallas_gpu", "xla"), repeats=cfg["repeats"],
         interpret=interpret, budget_s=args.budget)
     summary["attention"] = attention
+    retrieval = _load("retrieval").accel_section(cfg["retrieval_docs"], cfg["retrieval_queries"])
+    summary["retrieval"] = retrieval
+    csr = _load("csr").gpu_section(cfg["csr_size"], cfg["csr_n"], cfg["csr_sparsities"],
+                                   cfg["repeats"], interpret=interpret)
+    summary["csr"] = csr
     failed_tests = summary["tests"]["failed"] if summary["tests"] else 0
-    summary["failures"] = failed_tests + len(matmul["failures"]) + len(attention["failures"])
+    summary["failures"] = (failed_tests + len(matmul["failures"]) + len(attention["failures"])
+                           + len(retrieval["failures"]) + len(csr["failures"]))
     summary["wall_s"] = time.perf_counter() - start
     summary["ok"] = summary["failures"] == 0
     out.parent.mkdir(parents=True, exist_ok=True)

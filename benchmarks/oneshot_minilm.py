@@ -9,7 +9,7 @@ mean cosine similarity of each pruned model's sentence embeddings to the dense m
 neighbour agreement (the nearest other held-out sentence is the same as with the dense model), and
 the wall time of `prune_model` (calibration passes + pruning, first call, so compiles included).
 
-Speed section: `sparsejax.oneshot.sparsegpt` under ``jit`` in float32 on a 3072x768 layer (a
+Speed section: `sparsejax.oneshot.sparsegpt_prune` under ``jit`` in float32 on a 3072x768 layer (a
 ``[3072, 768]`` kernel, 3072 inputs swept) against the numpy transcription of the reference column
 loop (`sparsejax.oneshot._reference.sparsegpt_loop`, float32) in the same run. Goal (issue 10):
 >= 5x faster on CPU.
@@ -41,7 +41,7 @@ from sparsejax.models import (
     load_minilm,
     split_sentences,
 )
-from sparsejax.oneshot import LayerStats, prune_model, sparsegpt
+from sparsejax.oneshot import LayerStats, prune_model, sparsegpt_prune
 from sparsejax.oneshot._reference import sparsegpt_loop
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
@@ -68,7 +68,7 @@ def quality(calib: int, batch: int, seed: int) -> dict:
             kwargs = {"block_size": 128} if method == "sparsegpt" else {}
             t0 = time.perf_counter()
             pruned, masks = prune_model(model.params, forward, batches, method, **pattern,
-                                        groups=layer_groups(config), method_kwargs=kwargs)
+                                        groups=layer_groups(config), method_kwargs=kwargs, axis=0)
             jax.block_until_ready(pruned)
             seconds = time.perf_counter() - t0
             kept = [m for m in jax.tree.leaves(masks) if m is not None]
@@ -86,7 +86,7 @@ def speed(n_in: int, n_out: int, tokens: int, repeats: int, seed: int) -> dict:
     x = jax.random.normal(kx, (tokens, n_in))
     w = jax.random.normal(kw, (n_in, n_out)) / np.sqrt(n_in)
     stats = LayerStats.from_inputs(x)
-    fn = jax.jit(lambda w, s: sparsegpt(w, s, 0.5))
+    fn = jax.jit(lambda w, s: sparsegpt_prune(w, s, 0.5, axis=0))
     jax.block_until_ready(fn(w, stats))  # compile
     w_np, h_np = np.asarray(w).T, np.asarray(stats.gram)
     t_jit, t_np = [], []

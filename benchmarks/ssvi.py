@@ -98,7 +98,7 @@ def step_time(repeats: int, update_every: int = 50, batch_size: int = 128) -> di
     v = post._replace(mask=None)
     key = jax.random.key(2)
     out = {}
-    for label, count in (("between_updates", 1), ("at_update", update_every)):
+    for label, count in (("between_updates", 1), ("at_update", update_every - 1)):
         state = s_state._replace(count=jnp.int32(count))
         td, ts, ratio = paired_times(d_step, (dense_q, d_state, key, x, y, jnp.int32(count)),
                                      s_step, (v, state, key, x, y), repeats)

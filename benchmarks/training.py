@@ -176,7 +176,7 @@ class TwoLayer(nnx.Module):
     def __init__(self, width, sparse, density, rngs):
         if sparse:
             make = lambda: sj.nn.BlockSparseLinear(width, width, block_shape=(128, 128),
-                                                   density=density, rngs=rngs)
+                                                   sparsity=1.0 - density, rngs=rngs)
         else:
             make = lambda: nnx.Linear(width, width, rngs=rngs)
         self.l1, self.l2 = make(), make()

@@ -3,29 +3,38 @@
 A mask is *pattern x score x allocation x schedule*: `sparsejax.masks` (patterns),
 `sparsejax.scores`, `sparsejax.allocation`, `sparsejax.schedules`, combined over any
 pytree by `compute_masks` / `apply_masks` (`sparsejax.tree`).
+
+``import sparsejax`` loads only that core; every other subpackage (`nn`, `models`, `training`,
+`attention`, ...) and the names re-exported from them load on first use (module ``__getattr__``),
+so importing sparsejax costs little more than importing JAX.
 """
 
-from sparsejax import (
-    activation,
-    allocation,
-    attention,
-    bayes,
-    dictionary,
-    formats,
-    masks,
-    models,
-    moe,
-    nn,
-    oneshot,
-    ops,
-    schedules,
-    scores,
-    training,
-)
-from sparsejax.attention import BlockMask
-from sparsejax.formats import CSR, BlockSparse, NMSparse
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sparsejax import allocation, masks, schedules, scores
 from sparsejax.select import path_str, select
 from sparsejax.tree import Sparsity, apply_masks, compute_masks, nbytes, sparsity, summary
+
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
+    from sparsejax import (
+        activation,
+        attention,
+        bayes,
+        dictionary,
+        formats,
+        models,
+        moe,
+        nn,
+        oneshot,
+        ops,
+        retrieval,
+        training,
+    )
+    from sparsejax.attention import BlockMask
+    from sparsejax.formats import CSR, BlockSparse, NMSparse
 
 __version__ = "0.1.0"
 
@@ -51,6 +60,7 @@ __all__ = [
     "nbytes",
     "oneshot",
     "path_str",
+    "retrieval",
     "schedules",
     "scores",
     "select",
@@ -58,3 +68,23 @@ __all__ = [
     "summary",
     "training",
 ]
+
+_LAZY_MODULES = frozenset({"activation", "attention", "bayes", "dictionary", "formats", "models", "moe", "nn",
+                           "oneshot", "ops", "retrieval", "training"})
+_LAZY_NAMES = {"BlockMask": "sparsejax.attention", "BlockSparse": "sparsejax.formats",
+               "CSR": "sparsejax.formats", "NMSparse": "sparsejax.formats"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(f"sparsejax.{name}")
+    elif name in _LAZY_NAMES:
+        module = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    else:
+        raise AttributeError(f"module 'sparsejax' has no attribute {name!r}")
+    globals()[name] = module
+    return module
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

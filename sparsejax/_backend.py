@@ -249,9 +249,6 @@ def _register_all() -> None:
     register("sparse_input_matmul", "xla", "sparsejax.ops.sparse_input", "_xla")
     register("sparse_input_matmul", "reference", "sparsejax.ops.sparse_input", "_reference",
              platforms=())
-    for op in ("csr_matmul", "csr_sddmm"):
-        register(op, "xla", "sparsejax.ops.csr_xla", f"xla_{op}")
-        register(op, "reference", "sparsejax.ops.csr_xla", f"reference_{op}", platforms=())
     # grouped matmul: XLA's native ragged_dot on accelerators; on CPU it lowers to a dense
     # product per group, so the tiled loop is the CPU choice.
     register("gmm", "ragged_dot", "sparsejax.moe.gmm", "gmm_ragged_dot", platforms=ACCELERATORS)
@@ -264,6 +261,12 @@ def _register_all() -> None:
     for name in ("xla", "reference", "pallas_tpu", "pallas_gpu"):
         register("moe_ffn", f"block_sparse_{name}", "sparsejax.moe.dispatch",
                  f"block_sparse_{name}_ffn", platforms=())
+    # unstructured (CSR) products: Triton row-split kernel on GPU, segment sums elsewhere
+    for op in ("csr_matmul", "csr_sddmm"):
+        register(op, "pallas_gpu", "sparsejax.ops.csr_pallas_gpu", platforms=GPU_PLATFORMS,
+                 kernel=True)
+        register(op, "xla", "sparsejax.ops.csr_xla", f"xla_{op}")
+        register(op, "reference", "sparsejax.ops.csr_xla", f"reference_{op}", platforms=())
 
 
 _register_all()

@@ -9,6 +9,8 @@ import pathlib
 import sys
 import time
 
+__all__ = ["main"]
+
 
 def _floats(text: str) -> list[float]:
     try:

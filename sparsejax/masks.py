@@ -1,5 +1,10 @@
 """Pattern functions: a score array in, a bool mask of the same shape out.
 
+Naming: a function named after a pattern (`unstructured`, `nm`, `block`, `channel`, `topk`)
+returns a mask; one named after a *method* says what it returns with its suffix, as everywhere
+in sparsejax: `magnitude_mask` and `random_mask` return masks (`sparsejax.scores.magnitude`
+returns the score, `sparsejax.oneshot.magnitude_prune` a ``(pruned_weight, mask)`` pair).
+
 Every function here is pure and works under ``jit`` (with ``sparsity`` a *traced* scalar, which
 schedules need), under ``vmap`` and on any float dtype, bfloat16 included. ``True`` means *kept*.
 
@@ -44,9 +49,9 @@ __all__ = [
     "block",
     "channel",
     "kept_count",
-    "magnitude",
+    "magnitude_mask",
     "nm",
-    "random",
+    "random_mask",
     "satisfies_nm",
     "topk",
     "unstructured",
@@ -229,13 +234,14 @@ def _unstructured(scores: jax.Array, sparsity: jax.Array, axis: int | None) -> j
     return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
 
 
-def magnitude(x: Float[Array, "*shape"], sparsity: float | Float[Array, ""]) -> Bool[Array, "*shape"]:
-    """Unstructured magnitude mask: `unstructured` on ``|x|``."""
+def magnitude_mask(x: Float[Array, "*shape"], sparsity: float | Float[Array, ""]
+                   ) -> Bool[Array, "*shape"]:
+    """Unstructured magnitude mask: `unstructured` on ``|x|`` (score: `sparsejax.scores.magnitude`)."""
     x = check_float_array(x, "x")
     return unstructured(jnp.abs(x), sparsity)
 
 
-def random(
+def random_mask(
     key: jax.Array, shape: tuple[int, ...], sparsity: float | Float[Array, ""]
 ) -> Bool[Array, "*shape"]:
     """Uniformly random unstructured mask of ``shape`` with the exact kept count of

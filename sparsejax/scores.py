@@ -51,6 +51,9 @@ def feature_norms(inputs: Float[Array, "*batch features"]) -> Float[Array, " fea
         ``[features]`` float32 norms.
     """
     inputs = check_float_array(inputs, "inputs", min_ndim=1)
+    if inputs.size == 0:
+        raise ValueError(must_be("inputs", "at least one calibration token (a norm over no "
+                                 "tokens ranks nothing)", f"shape {tuple(inputs.shape)}", raw=True))
     x = inputs.reshape(-1, inputs.shape[-1]).astype(jnp.float32)
     return jnp.sqrt(jnp.sum(x * x, axis=0))
 
@@ -60,21 +63,22 @@ def wanda(
     inputs: Float[Array, "*batch features"] | None = None,
     *,
     norms: Float[Array, " features"] | None = None,
-    in_axis: int = 0,
+    axis: int | None = None,
 ) -> Float[Array, "*shape"]:
     """Wanda score ``|W_ij| * ||X_j||_2``: weight magnitude times its input feature's norm.
 
-    Layout convention: ``in_axis`` is the axis of ``w`` indexed by input features. A Flax
-    ``Dense``/``nnx.Linear`` kernel is ``[in, out]`` (``in_axis=0``, the default); a torch
-    ``[out, in]`` weight uses ``in_axis=1``. Wanda compares scores *per output*: mask with
-    ``sparsejax.masks.unstructured(score, s, axis=in_axis)`` to rank each output's inputs
-    separately, as the reference ``prune_wanda`` does.
+    Layout convention: ``axis`` is the axis of ``w`` indexed by input features (the reduction
+    axis, the same ``axis`` `sparsejax.masks.nm` groups along). It has no default: a Flax
+    ``Dense``/``nnx.Linear`` kernel is ``[in, out]`` (``axis=0``); an Equinox or torch
+    ``[out, in]`` weight uses ``axis=1``, and a square weight cannot tell them apart. Wanda
+    compares scores *per output*: mask with ``sparsejax.masks.unstructured(score, s, axis=axis)``
+    to rank each output's inputs separately, as the reference ``prune_wanda`` does.
 
     Args:
         w: weight matrix.
         inputs: calibration inputs ``[..., features]`` feeding this layer; or give ``norms``.
         norms: precomputed `feature_norms`, ``[features]``.
-        in_axis: the input-feature axis of ``w``.
+        axis: the input-feature axis of ``w`` (required).
 
     Returns:
         float array shaped like ``w`` (float32 or wider).
@@ -83,12 +87,16 @@ def wanda(
     if (inputs is None) == (norms is None):
         raise ValueError(must_be("inputs", "given, or norms= instead (exactly one of them)",
                                  "both" if inputs is not None else "neither", raw=True))
-    in_axis = normalize_axis(in_axis, w.ndim, "in_axis")
+    if axis is None:
+        raise ValueError(must_be("axis", "given: the input-feature (reduction) axis of w, 0 for a "
+                                 "Flax [in, out] kernel, 1 for an Equinox or torch [out, in] "
+                                 "weight", None))
+    axis = normalize_axis(axis, w.ndim)
     norms = feature_norms(inputs) if norms is None else check_float_array(norms, "norms")
-    if norms.shape != (w.shape[in_axis],):
-        raise ValueError(must_be("norms", f"of shape ({w.shape[in_axis]},), one per input feature "
-                                 f"of w (w.shape[{in_axis}])", f"shape {tuple(norms.shape)}",
+    if norms.shape != (w.shape[axis],):
+        raise ValueError(must_be("norms", f"of shape ({w.shape[axis]},), one per input feature "
+                                 f"of w (w.shape[{axis}])", f"shape {tuple(norms.shape)}",
                                  raw=True))
     shape = [1] * w.ndim
-    shape[in_axis] = w.shape[in_axis]
+    shape[axis] = w.shape[axis]
     return jnp.abs(w).astype(jnp.promote_types(w.dtype, jnp.float32)) * norms.reshape(shape)

@@ -36,7 +36,7 @@ def _dense(q, k, v, keep):
 def test_quest_keep_per_query_head(cache):
     q, k, v, _ = cache
     keep = decode.quest_keep(q, k, page_size=8, token_budget=32, share_pages=False)
-    got = decode.attend_kept(q, k, v, keep, capacity=32 + 8)
+    got = decode.attend_kept(q, k, v, keep, token_budget=32 + 8)
     np.testing.assert_allclose(got, _dense(q, k, v, keep), atol=1e-5, rtol=1e-5)
     # the full cache differs: the selection matters
     assert not np.allclose(got, _dense(q, k, v, jnp.ones_like(keep)), atol=1e-3)
@@ -45,9 +45,9 @@ def test_quest_keep_per_query_head(cache):
 def test_snapkv_and_ada_keep_per_kv_head(cache):
     q, k, v, pq = cache
     for fn in (decode.snapkv_keep, decode.ada_snapkv_keep):
-        keep = fn(pq, k, token_capacity=24, window=16, kernel_size=5, local_window=8)
+        keep = fn(pq, k, token_budget=24, window=16, kernel_size=5, local_window=8)
         assert keep.shape == (B, HKV, L)
-        got = jax.jit(lambda q, k, v, keep: decode.attend_kept(q, k, v, keep, capacity=L))(
+        got = jax.jit(lambda q, k, v, keep: decode.attend_kept(q, k, v, keep, token_budget=L))(
             q, k, v, keep
         )
         np.testing.assert_allclose(got, _dense(q, k, v, keep), atol=1e-5, rtol=1e-5)
@@ -57,7 +57,7 @@ def test_moa_keep_broadcasts_over_batch(cache):
     q, k, v, _ = cache
     rule = MoARule(max_new_tokens=0, sink_size=8, minimum_cache_size=0, split_size=8)
     keep = decode.moa_keep([0.0] * H, [0.2, 0.3, 0.5, 1.0], 64, L, rule=rule)
-    got = decode.attend_kept(q, k, v, keep)  # capacity from the concrete mask
+    got = decode.attend_kept(q, k, v, keep)  # token_budget from the concrete mask
     np.testing.assert_allclose(got, _dense(q, k, v, keep), atol=1e-5, rtol=1e-5)
 
 
@@ -66,14 +66,14 @@ def test_empty_rows_and_capacity_truncation(cache):
     keep = np.zeros((B, H, L), bool)
     keep[:, 1, 5] = True
     keep[:, 2, :] = True
-    out = decode.attend_kept(q, k, v, keep, capacity=4)
+    out = decode.attend_kept(q, k, v, keep, token_budget=4)
     assert np.all(np.asarray(out[:, 0]) == 0)  # nothing kept: zeros, no NaN
     one = np.asarray(v)[:, 0, 5]
     np.testing.assert_allclose(out[:, 1], one, atol=1e-6)  # a single kept key returns its value
     first4 = np.zeros((B, H, L), bool)
     first4[:, 2, :4] = True
     np.testing.assert_allclose(out[:, 2], _dense(q, k, v, first4)[:, 2], atol=1e-5)
-    grad = jax.grad(lambda q: decode.attend_kept(q, k, v, keep, capacity=4).sum())(q)
+    grad = jax.grad(lambda q: decode.attend_kept(q, k, v, keep, token_budget=4).sum())(q)
     assert np.all(np.isfinite(grad))
 
 
@@ -89,7 +89,7 @@ def test_keep_to_indices():
 def test_errors(cache):
     q, k, v, _ = cache
     keep = jnp.ones((B, H, L), bool)
-    with pytest.raises(ValueError, match="capacity"):
+    with pytest.raises(ValueError, match="token_budget"):
         jax.jit(lambda keep: decode.attend_kept(q, k, v, keep))(keep)
     with pytest.raises(TypeError, match="keep"):
         decode.attend_kept(q, k, v, keep.astype(jnp.float32))

@@ -288,7 +288,7 @@ def test_snapkv():
         D.snapkv_keep(
             jnp.asarray(q, jnp.float32),
             jnp.asarray(k, jnp.float32),
-            token_capacity=40,
+            token_budget=40,
             window=24,
             kernel_size=7,
             local_window=16,
@@ -307,7 +307,7 @@ def test_snapkv():
     all_kept = D.snapkv_keep(
         jnp.asarray(q, jnp.float32),
         jnp.asarray(k, jnp.float32),
-        token_capacity=1024,
+        token_budget=1024,
         window=24,
         kernel_size=7,
         local_window=16,
@@ -324,12 +324,12 @@ def test_ada_snapkv():
         D.ada_snapkv_keep(
             jnp.asarray(q, jnp.float32),
             jnp.asarray(k, jnp.float32),
-            token_capacity=cap,
+            token_budget=cap,
             window=24,
             kernel_size=5,
             local_window=local,
             prefix_tokens=prefix,
-            min_head_capacity_ratio=0.5,
+            min_head_budget_ratio=0.5,
         )
     )
     m = max(int(cap * 0.5), local + prefix)
@@ -366,14 +366,14 @@ def test_errors():
         D.quest_keep(q[:, :, 0], k, page_size=16, token_budget=40)
     with pytest.raises(ValueError, match="must exceed"):
         D.snapkv_keep(
-            q, k, token_capacity=40, window=16, local_window=32, prefix_tokens=8, kernel_size=5
+            q, k, token_budget=40, window=16, local_window=32, prefix_tokens=8, kernel_size=5
         )
     with pytest.raises(ValueError, match="odd"):
-        D.snapkv_keep(q, k, token_capacity=40, window=16, local_window=8, kernel_size=4)
+        D.snapkv_keep(q, k, token_budget=40, window=16, local_window=8, kernel_size=4)
     with pytest.raises(ValueError, match="window"):
-        D.ada_snapkv_keep(q, k, token_capacity=40, window=64, local_window=8, kernel_size=5)
-    with pytest.raises(ValueError, match="token_capacity"):
-        D.ada_snapkv_keep(q, k, token_capacity=100, window=16, local_window=8, kernel_size=5)
+        D.ada_snapkv_keep(q, k, token_budget=40, window=64, local_window=8, kernel_size=5)
+    with pytest.raises(ValueError, match="token_budget"):
+        D.ada_snapkv_keep(q, k, token_budget=100, window=16, local_window=8, kernel_size=5)
 
 
 def test_bf16_inputs_keep_exact_budgets():
@@ -383,7 +383,7 @@ def test_bf16_inputs_keep_exact_budgets():
     assert np.all(np.asarray(v).sum(-1) == 12) and np.all(np.asarray(s).sum(-1) == 20)
     blocks = np.asarray(P.block_topk_blocks(qb, kb, block_size=16, top_k=3))
     assert np.all(blocks.sum(-1) == np.minimum(3, np.arange(6) + 1))
-    keep = D.snapkv_keep(qb, kb, token_capacity=40, window=16, kernel_size=5, local_window=8)
+    keep = D.snapkv_keep(qb, kb, token_budget=40, window=16, kernel_size=5, local_window=8)
     assert np.all(np.asarray(keep).sum(-1) == 40)
     pages = D.quest_keep(qb[:, :, -1], kb, page_size=8, token_budget=32)
     assert np.all(np.asarray(pages).sum(-1) == 32 + 96 - 88)

@@ -119,6 +119,8 @@ def _circular_cache(kv_len, span, sink):
 def test_decode_keep_is_sink_plus_circular_window(kv_len):
     alphas, betas = [100.0, 0.0], [0.1, 0.0]
     keep = decode.moa_keep(alphas, betas, 2048, kv_len)
+    assert keep.shape == (1, 2, kv_len)
+    keep = keep[0]
     span, sink, _ = moa.moa_spans(alphas, betas, 2048)
     for h in range(2):
         expect = _circular_cache(kv_len, int(span[h]), int(sink[h]))

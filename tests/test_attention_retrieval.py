@@ -65,7 +65,7 @@ def test_methods_accuracy_small(task):
     results["snapkv"] = R.retrieval_accuracy(
         task,
         decode.snapkv_keep(
-            q, k, token_capacity=32, window=16, kernel_size=5, local_window=8, prefix_tokens=4
+            q, k, token_budget=32, window=16, kernel_size=5, local_window=8, prefix_tokens=4
         ),
     )
     blocks = prefill.sparsed_blocks(q, k, new_generation=8, block_size=16, rho=0.2)

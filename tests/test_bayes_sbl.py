@@ -12,12 +12,6 @@ from sklearn.linear_model import ARDRegression
 from sparsejax.bayes import kron_sbl, sbl
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _problem(seed, n, d, k=5, noise=0.05):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))

@@ -13,12 +13,6 @@ from sklearn.linear_model import orthogonal_mp
 from sparsejax.dictionary import SparseCode, omp
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def _problem(seed, n_features, n_atoms, n_signals, dtype=np.float64):
     rng = np.random.default_rng(seed)
     d = rng.normal(size=(n_features, n_atoms))

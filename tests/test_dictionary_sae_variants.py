@@ -183,3 +183,12 @@ def test_matryoshka_matches_saelens(x64):
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         np.testing.assert_allclose(grads[name], getattr(ref, name).grad.numpy(),
                                    rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_train_sae_logs_matryoshka_prefix_mse():
+    config = S.SAEConfig(d_in=6, d_sae=24, activation="batch_topk", k=3,
+                         matryoshka_widths=(4, 12))
+    x = jax.random.normal(jax.random.key(0), (64, 6))
+    result = S.train_sae(jax.random.key(1), x, config, steps=3, batch_size=32, progress=False)
+    assert result.history["prefix_mse"].shape == (3, 3)
+    assert result.history["loss"].shape == (3,)

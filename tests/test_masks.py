@@ -68,8 +68,8 @@ def test_unstructured_jit_traced_sparsity_equals_eager(x, s):
 @given(x=floats, s=st.floats(0, 1))
 def test_magnitude_idempotent(x, s):
     x = np.where(x == 0, 1e-3, x)  # kept weights stay nonzero so re-pruning sees the same order
-    m1 = masks.magnitude(jnp.asarray(x), s)
-    m2 = masks.magnitude(jnp.where(m1, x, 0), s)
+    m1 = masks.magnitude_mask(jnp.asarray(x), s)
+    m2 = masks.magnitude_mask(jnp.where(m1, x, 0), s)
     np.testing.assert_array_equal(m1, m2)
 
 
@@ -219,9 +219,9 @@ def test_channel():
 
 
 def test_random_mask_exact_count():
-    m = masks.random(jax.random.PRNGKey(0), (17, 13), 0.8)
+    m = masks.random_mask(jax.random.PRNGKey(0), (17, 13), 0.8)
     assert m.shape == (17, 13) and int(m.sum()) == ref_count(17 * 13, 0.8)
-    m2 = masks.random(jax.random.PRNGKey(1), (17, 13), 0.8)
+    m2 = masks.random_mask(jax.random.PRNGKey(1), (17, 13), 0.8)
     assert not np.array_equal(m, m2)
 
 
@@ -261,7 +261,7 @@ def test_traced_out_of_range_sparsity_is_clipped():
 
 def test_shorthand_matches_composition():
     w = jax.random.normal(jax.random.PRNGKey(7), (16, 16))
-    np.testing.assert_array_equal(masks.magnitude(w, 0.3), masks.unstructured(sj.scores.magnitude(w), 0.3))
+    np.testing.assert_array_equal(masks.magnitude_mask(w, 0.3), masks.unstructured(sj.scores.magnitude(w), 0.3))
 
 
 @pytest.mark.parametrize("n", [7, 1 << 14, (1 << 14) + 1, 40000])

@@ -80,18 +80,18 @@ def test_dense_default_equals_full_attention():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="num_kv_heads must be a positive divisor"):
+    with pytest.raises(ValueError, match="`num_kv_heads` must be a positive divisor"):
         SparseMultiHeadAttention(F, H, num_kv_heads=3, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="not divisible by num_heads"):
+    with pytest.raises(ValueError, match="`in_features` must be divisible by num_heads=4"):
         nn.eqx.SparseMultiHeadAttention(30, 4, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="`backend` must be one of"):
         SparseMultiHeadAttention(F, H, backend="triton", rngs=nnx.Rngs(0))
     layer = SparseMultiHeadAttention(F, H, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="x must have shape"):
+    with pytest.raises(ValueError, match=r"`x` must be of shape \[batch, seq, features\]"):
         layer(jnp.ones((L, F)))
-    with pytest.raises(TypeError, match="mask must be None, a BlockMask or a callable"):
+    with pytest.raises(TypeError, match="`mask` must be None, a BlockMask or a callable"):
         layer(jnp.ones((1, L, F)), np.ones((L, L), bool))
-    with pytest.raises(TypeError, match="must return a BlockMask"):
+    with pytest.raises(TypeError, match="`mask` must be a pattern returning a BlockMask; got one returning NoneType"):
         layer(jnp.ones((1, L, F)), lambda q, k: None)
 
 

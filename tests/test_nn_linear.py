@@ -71,7 +71,7 @@ def eqx_train(model, steps=30):
 
 
 def test_nnx_block_sparse_linear_forward_and_training():
-    mask = masks.random(jax.random.PRNGKey(1), (IN // BS[0], OUT // BS[1]), 0.5)
+    mask = masks.random_mask(jax.random.PRNGKey(1), (IN // BS[0], OUT // BS[1]), 0.5)
     layer = BlockSparseLinear(IN, OUT, block_shape=BS, block_mask=mask, rngs=nnx.Rngs(0))
     x, _ = data()
     w = np.asarray(layer.weight.to_dense())
@@ -135,8 +135,10 @@ def test_eqx_layers_train_and_keep_structure():
 def test_layer_errors():
     with pytest.raises(ValueError, match=r"must be divisible by `block_shape` \(8, 8\)"):
         BlockSparseLinear(30, 16, block_shape=(8, 8), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"`density` must be in \(0, 1\]; got 1.5"):
-        BlockSparseLinear(32, 16, block_shape=(8, 8), density=1.5, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"`sparsity` must be < 1.0; got 1.5"):
+        BlockSparseLinear(32, 16, block_shape=(8, 8), sparsity=1.5, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"`sparsity` must be >= 0.0; got -0.5"):
+        nn.eqx.BlockSparseLinear(32, 16, block_shape=(8, 8), sparsity=-0.5, key=jax.random.key(0))
     with pytest.raises(ValueError, match="needs a PRNG key"):
         nn.eqx.BlockSparseLinear(32, 16, block_shape=(8, 8))
     with pytest.raises(ValueError, match=r"`kernel` must have shape \[in, out\] = \(32, 16\)"):

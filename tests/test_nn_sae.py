@@ -71,3 +71,22 @@ def test_eqx_module_step_matches_functional():
     ref = S.normalize_decoder(optax.apply_updates(model.params, upd))
     for name in ref:
         np.testing.assert_allclose(new.params[name], ref[name], rtol=1e-5, atol=1e-6)
+
+
+def test_modules_pass_grad_to_gradient_topk_and_run_matryoshka():
+    cfg = S.SAEConfig(d_in=6, d_sae=24, activation="gradient_topk", k=3, gradient_beta=2.0)
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 6))
+    grad = jax.random.normal(jax.random.PRNGKey(2), (5, 6))
+    nnx_model = nn.SparseAutoencoder(cfg, rngs=nnx.Rngs(0))
+    eqx_model = nn.eqx.SparseAutoencoder(cfg, key=jax.random.PRNGKey(0))
+    for model in (nnx_model, eqx_model):
+        params = model.params() if callable(model.params) else model.params
+        want = S.encode(params, x, cfg, grad=grad)
+        np.testing.assert_array_equal(model.encode(x, grad=grad), want)
+    loss, _ = nnx_model.loss(x, grad=grad)
+    want, _ = S.sae_loss(nnx_model.params(), x, cfg, S.init_state(cfg), grad=grad)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+    mcfg = S.SAEConfig(d_in=6, d_sae=24, activation="batch_topk", k=3, matryoshka_widths=(6,))
+    loss, out = nn.eqx.SparseAutoencoder(mcfg, key=jax.random.PRNGKey(0)).loss(
+        x, S.init_state(mcfg))
+    assert out.metrics["prefix_mse"].shape == (2,)

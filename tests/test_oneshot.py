@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from sparsejax import masks
 from sparsejax.oneshot import (
     LayerStats,
-    dsnot,
+    dsnot_prune,
     layer_order,
-    magnitude,
+    magnitude_prune,
     prune_model,
     reconstruction_error,
-    sparsegpt,
-    wanda,
+    sparsegpt_prune,
+    wanda_prune,
 )
 from sparsejax.oneshot._reference import sparsegpt_loop
 
@@ -27,7 +27,7 @@ from sparsejax.oneshot._reference import sparsegpt_loop
 
 def dsnot_reference(W, mean, var, norms, keep, m=None, max_cycles=50, threshold=0.0, power=1.0,
                     same_sign=True):
-    """Row-by-row python loop of the DSnoT cycle as `sparsejax.oneshot.dsnot` documents it
+    """Row-by-row python loop of the DSnoT cycle as `sparsejax.oneshot.dsnot_prune` documents it
     (without the guard). W, keep: [rows, cols] (one row per output)."""
     W = np.asarray(W, np.float64)
     keep0 = np.asarray(keep, bool)
@@ -125,7 +125,7 @@ W4 = jnp.array([[0.1, -4.0, 0.5, 2.0],
 
 
 def test_magnitude_unstructured_is_layer_wise():
-    pruned, mask = magnitude(W4, 0.5)
+    pruned, mask = magnitude_prune(W4, 0.5, axis=0)
     want = np.abs(np.asarray(W4)) >= 0.7  # the 8 largest of 16: 5 4 3 2 1.5 1 .9 .7
     np.testing.assert_array_equal(mask, want)
     np.testing.assert_array_equal(pruned, np.where(want, W4, 0))
@@ -134,7 +134,7 @@ def test_magnitude_unstructured_is_layer_wise():
 @pytest.mark.parametrize("in_axis", [0, 1])
 def test_magnitude_nm_along_input_axis(in_axis):
     w = W4 if in_axis == 0 else W4.T
-    _, mask = magnitude(w, n=1, m=2, in_axis=in_axis)
+    _, mask = magnitude_prune(w, n=1, m=2, axis=in_axis)
     # [in, out] layout: per output column, keep the larger of inputs (0, 1) and of (2, 3)
     want = np.array([[False, True, True, True],
                      [True, False, False, False],
@@ -147,7 +147,7 @@ def test_wanda_per_output_groups_hand_computed():
     x = jnp.array([[1.0, 0.0, 0.0, 0.0], [0.0, 10.0, 0.0, 0.0], [0.0, 0.0, 0.1, 0.0],
                    [0.0, 0.0, 0.0, 1.0]])  # norms [1, 10, 0.1, 1]
     stats = LayerStats.from_inputs(x, gram=False)
-    _, mask = wanda(W4, stats, 0.5)
+    _, mask = wanda_prune(W4, stats, 0.5, axis=0)
     # scores |W| * norms per input row; each output column keeps its 2 best inputs
     score = np.abs(np.asarray(W4)) * np.array([1.0, 10.0, 0.1, 1.0])[:, None]
     want = np.zeros((4, 4), bool)
@@ -155,9 +155,9 @@ def test_wanda_per_output_groups_hand_computed():
         want[np.argsort(-score[:, j])[:2], j] = True
     np.testing.assert_array_equal(mask, want)
     assert mask.sum(axis=0).tolist() == [2, 2, 2, 2]
-    _, mask_t = wanda(W4.T, stats, 0.5, in_axis=1)
+    _, mask_t = wanda_prune(W4.T, stats, 0.5, axis=1)
     np.testing.assert_array_equal(mask_t, want.T)
-    _, mask_nm = wanda(W4, stats, n=1, m=2)
+    _, mask_nm = wanda_prune(W4, stats, n=1, m=2, axis=0)
     np.testing.assert_array_equal(mask_nm, masks.nm(jnp.asarray(score), 1, 2, axis=0))
 
 
@@ -172,7 +172,7 @@ def test_sparsegpt_matches_float64_reference_loop(pattern):
         x64, w64 = jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64)
         gram = x64.T @ x64
         stats = LayerStats(jnp.int32(200), jnp.sum(x64, 0), jnp.sum(x64 ** 2, 0), gram)
-        got_w, got_mask = sparsegpt(w64, stats, **pattern, block_size=16)
+        got_w, got_mask = sparsegpt_prune(w64, stats, **pattern, block_size=16, axis=0)
         got_w, got_mask = np.asarray(got_w), np.asarray(got_mask)
     prunen = pattern["m"] - pattern["n"] if "m" in pattern else 0
     ref_w, ref_mask = sparsegpt_loop(np.asarray(w64).T, np.asarray(gram), pattern.get(
@@ -184,24 +184,24 @@ def test_sparsegpt_matches_float64_reference_loop(pattern):
 
 def test_sparsegpt_float32_beats_wanda_and_magnitude(data):
     x, w, stats = data
-    w_sg, mask = sparsegpt(w, stats, 0.5, block_size=16)
-    w_wa, _ = wanda(w, stats, 0.5)
-    w_mg, _ = magnitude(w, 0.5)
+    w_sg, mask = sparsegpt_prune(w, stats, 0.5, block_size=16, axis=0)
+    w_wa, _ = wanda_prune(w, stats, 0.5, axis=0)
+    w_mg, _ = magnitude_prune(w, 0.5, axis=0)
     assert w_sg.dtype == jnp.float32 and float(jnp.mean(mask)) == pytest.approx(0.5, abs=0.01)
     np.testing.assert_array_equal(w_sg == 0, ~mask)
     e_sg, e_wa, e_mg = recon(x, w, w_sg), recon(x, w, w_wa), recon(x, w, w_mg)
     assert e_sg < 0.9 * min(e_wa, e_mg)  # (Wanda vs magnitude varies with the data)
     ref_w, _ = sparsegpt_loop(np.asarray(w).T, np.asarray(stats.gram), 0.5, blocksize=16)
     assert e_sg == pytest.approx(recon(x, w, jnp.asarray(ref_w.T, jnp.float32)), rel=1e-2)
-    w_nm, mask_nm = sparsegpt(w, stats, n=2, m=4, block_size=16)
+    w_nm, mask_nm = sparsegpt_prune(w, stats, n=2, m=4, block_size=16, axis=0)
     assert bool(masks.satisfies_nm(mask_nm, 2, 4, axis=0))
-    assert recon(x, w, w_nm) < recon(x, w, wanda(w, stats, n=2, m=4)[0])
+    assert recon(x, w, w_nm) < recon(x, w, wanda_prune(w, stats, n=2, m=4, axis=0)[0])
 
 
 def test_sparsegpt_under_jit_and_torch_layout(data):
     x, w, stats = data
-    want, want_mask = sparsegpt(w, stats, 0.5, block_size=16)
-    got, got_mask = jax.jit(lambda w, s: sparsegpt(w.T, s, 0.5, in_axis=1, block_size=16))(
+    want, want_mask = sparsegpt_prune(w, stats, 0.5, block_size=16, axis=0)
+    got, got_mask = jax.jit(lambda w, s: sparsegpt_prune(w.T, s, 0.5, axis=1, block_size=16))(
         w, stats)
     np.testing.assert_array_equal(got_mask.T, want_mask)
     np.testing.assert_allclose(got.T, want, atol=1e-5)
@@ -213,8 +213,8 @@ def test_sparsegpt_under_jit_and_torch_layout(data):
 @pytest.mark.parametrize("m, same_sign", [(None, True), (None, False), (4, True)])
 def test_dsnot_matches_loop_reference_and_keeps_pattern(data, m, same_sign):
     x, w, stats = data
-    _, start = wanda(w, stats, 0.5) if m is None else wanda(w, stats, n=2, m=4)
-    _, got = dsnot(w, stats, start, m=m, update_threshold=0.01, guard=False, same_sign=same_sign)
+    _, start = wanda_prune(w, stats, 0.5, axis=0) if m is None else wanda_prune(w, stats, n=2, m=4, axis=0)
+    _, got = dsnot_prune(w, stats, start, m=m, update_threshold=0.01, guard=False, same_sign=same_sign, axis=0)
     want = dsnot_reference(np.asarray(w).T, np.asarray(stats.mean, np.float64),
                            np.asarray(stats.var, np.float64), np.asarray(stats.norms, np.float64),
                            np.asarray(start).T, m=m, threshold=0.01, same_sign=same_sign)
@@ -233,14 +233,14 @@ def test_dsnot_never_increases_reconstruction_error(seed, sparsity, start):
     x, w = layer_data(jax.random.key(seed), n_in=48, n_out=24, tokens=300)  # the fixture's shapes
     stats = LayerStats.from_inputs(x)
     if start == "wanda":
-        _, mask = wanda(w, stats, sparsity)
+        _, mask = wanda_prune(w, stats, sparsity, axis=0)
     elif start == "magnitude":
-        _, mask = magnitude(w, sparsity)
+        _, mask = magnitude_prune(w, sparsity, axis=0)
     else:
-        _, mask = sparsegpt(w, stats, sparsity, block_size=16)
-    pruned, new = dsnot(w, stats, mask, same_sign=False)  # oscillates: the guard must hold
-    before = reconstruction_error(w, jnp.where(mask, w, 0.0), stats.gram)
-    after = reconstruction_error(w, pruned, stats.gram)
+        _, mask = sparsegpt_prune(w, stats, sparsity, block_size=16, axis=0)
+    pruned, new = dsnot_prune(w, stats, mask, same_sign=False, axis=0)  # oscillates: the guard must hold
+    before = reconstruction_error(w, jnp.where(mask, w, 0.0), stats.gram, axis=0)
+    after = reconstruction_error(w, pruned, stats.gram, axis=0)
     assert bool(jnp.all(after <= before * (1 + 1e-6) + 1e-6))
     assert int(new.sum()) == int(mask.sum())
     np.testing.assert_array_equal(new.sum(axis=0), mask.sum(axis=0))
@@ -248,11 +248,11 @@ def test_dsnot_never_increases_reconstruction_error(seed, sparsity, start):
 
 def test_dsnot_guard_reverts_rows_that_got_worse(data):
     x, w, stats = data
-    _, start = wanda(w, stats, 0.5)
-    before = reconstruction_error(w, jnp.where(start, w, 0.0), stats.gram)
-    free, free_mask = dsnot(w, stats, start, same_sign=False, guard=False)
-    guarded, guarded_mask = dsnot(w, stats, start, same_sign=False)
-    worse = np.asarray(reconstruction_error(w, free, stats.gram) > before)
+    _, start = wanda_prune(w, stats, 0.5, axis=0)
+    before = reconstruction_error(w, jnp.where(start, w, 0.0), stats.gram, axis=0)
+    free, free_mask = dsnot_prune(w, stats, start, same_sign=False, guard=False, axis=0)
+    guarded, guarded_mask = dsnot_prune(w, stats, start, same_sign=False, axis=0)
+    worse = np.asarray(reconstruction_error(w, free, stats.gram, axis=0) > before)
     assert worse.any()  # unguarded oscillation hurts outputs
     np.testing.assert_array_equal(guarded_mask[:, worse], start[:, worse])
     np.testing.assert_array_equal(guarded_mask[:, ~worse], free_mask[:, ~worse])
@@ -260,8 +260,8 @@ def test_dsnot_guard_reverts_rows_that_got_worse(data):
 
 def test_reconstruction_error_matches_direct(data):
     x, w, stats = data
-    pruned, _ = wanda(w, stats, 0.5)
-    got = float(jnp.sum(reconstruction_error(w, pruned, stats.gram)))
+    pruned, _ = wanda_prune(w, stats, 0.5, axis=0)
+    got = float(jnp.sum(reconstruction_error(w, pruned, stats.gram, axis=0)))
     assert got == pytest.approx(recon(x, w, pruned) ** 2, rel=1e-4)
 
 
@@ -271,37 +271,37 @@ def test_reconstruction_error_matches_direct(data):
 def test_clear_errors(data):
     x, w, stats = data
     with pytest.raises(ValueError, match=r"`stats` must be statistics of w.shape\[0\] = 40"):
-        wanda(w[:40], stats, 0.5)
+        wanda_prune(w[:40], stats, 0.5, axis=0)
     with pytest.raises(ValueError, match="not both"):
-        magnitude(w, 0.5, n=2, m=4)
+        magnitude_prune(w, 0.5, n=2, m=4, axis=0)
     with pytest.raises(ValueError, match="or None with both `n` and `m`"):
-        wanda(w, stats)
+        wanda_prune(w, stats, axis=0)
     with pytest.raises(ValueError, match="or None with both `n` and `m`"):
-        magnitude(w, n=2)
+        magnitude_prune(w, n=2, axis=0)
     with pytest.raises(ValueError, match=r"`w.shape\[0\]` must be divisible by `m`=5"):
-        sparsegpt(w, stats, n=2, m=5)
+        sparsegpt_prune(w, stats, n=2, m=5, axis=0)
     with pytest.raises(ValueError, match="`block_size` must be divisible by `m`=4"):
-        sparsegpt(w, stats, n=2, m=4, block_size=6)
+        sparsegpt_prune(w, stats, n=2, m=4, block_size=6, axis=0)
     with pytest.raises(TypeError, match="floating"):
-        magnitude(jnp.ones((4, 4), jnp.int32), 0.5)
+        magnitude_prune(jnp.ones((4, 4), jnp.int32), 0.5, axis=0)
     with pytest.raises(ValueError, match="2-D"):
-        magnitude(jnp.ones(4), 0.5)
+        magnitude_prune(jnp.ones(4), 0.5, axis=0)
     with pytest.raises(ValueError, match="sparsity"):
-        magnitude(w, 1.5)
+        magnitude_prune(w, 1.5, axis=0)
     with pytest.raises(ValueError, match="gram=False"):
-        sparsegpt(w, LayerStats.from_inputs(x, gram=False), 0.5)
+        sparsegpt_prune(w, LayerStats.from_inputs(x, gram=False), 0.5, axis=0)
     with pytest.raises(TypeError, match="LayerStats"):
-        wanda(w, {"sum": 1}, 0.5)
+        wanda_prune(w, {"sum": 1}, 0.5, axis=0)
     few = LayerStats.from_inputs(x[:10])  # 10 tokens, 48 features: a singular Gram
     with pytest.raises(ValueError, match="positive definite after damping"):
-        sparsegpt(w, few, 0.5, damp=0.0)
-    sparsegpt(w, few, 0.5)  # damping makes it invertible
+        sparsegpt_prune(w, few, 0.5, damp=0.0, axis=0)
+    sparsegpt_prune(w, few, 0.5, axis=0)  # damping makes it invertible
     with pytest.raises(TypeError, match="`mask` must be a bool array"):
-        dsnot(w, stats, jnp.ones(w.shape))
+        dsnot_prune(w, stats, jnp.ones(w.shape), axis=0)
     with pytest.raises(ValueError, match=r"`mask` must be of shape \(48, 24\)"):
-        dsnot(w, stats, jnp.ones((3, 3), bool))
+        dsnot_prune(w, stats, jnp.ones((3, 3), bool), axis=0)
     with pytest.raises(ValueError, match="`update_threshold` must be >= 0.0; got -1.0."):
-        dsnot(w, stats, jnp.ones(w.shape, bool), update_threshold=-1.0)
+        dsnot_prune(w, stats, jnp.ones(w.shape, bool), update_threshold=-1.0, axis=0)
 
 
 # ---------------------------------------------------------------- the sequential driver
@@ -325,13 +325,13 @@ def test_prune_model_calibrates_later_layers_on_pruned_earlier_ones(two_layer):
     params, batches = two_layer
     seen = {}
 
-    def spy(w, stats, *, in_axis):
+    def spy(w, stats, *, axis):
         seen[w.shape] = stats
-        return wanda(w, stats, 0.5, in_axis=in_axis)
+        return wanda_prune(w, stats, 0.5, axis=axis)
 
-    pruned, mask_tree = prune_model(params, two_layer_forward, batches, spy)
+    pruned, mask_tree = prune_model(params, two_layer_forward, batches, spy, axis=0)
     x = jnp.concatenate(batches)
-    w1_pruned, _ = wanda(params["l1"]["kernel"], LayerStats.from_inputs(x), 0.5)
+    w1_pruned, _ = wanda_prune(params["l1"]["kernel"], LayerStats.from_inputs(x), 0.5, axis=0)
     np.testing.assert_array_equal(pruned["l1"]["kernel"], w1_pruned)
     h_pruned = jax.nn.relu(x @ w1_pruned)
     h_dense = jax.nn.relu(x @ params["l1"]["kernel"])
@@ -340,7 +340,7 @@ def test_prune_model_calibrates_later_layers_on_pruned_earlier_ones(two_layer):
     np.testing.assert_allclose(got.gram, LayerStats.from_inputs(h_pruned).gram, rtol=1e-4,
                                atol=1e-4)
     assert not np.allclose(got.sum, LayerStats.from_inputs(h_dense).sum, rtol=1e-2)
-    w2_want, m2_want = wanda(params["l2"]["kernel"], LayerStats.from_inputs(h_pruned), 0.5)
+    w2_want, m2_want = wanda_prune(params["l2"]["kernel"], LayerStats.from_inputs(h_pruned), 0.5, axis=0)
     np.testing.assert_array_equal(pruned["l2"]["kernel"], w2_want)
     np.testing.assert_array_equal(mask_tree["l2"]["kernel"], m2_want)
     assert mask_tree["l2"]["bias"] is None
@@ -351,7 +351,7 @@ def test_prune_model_calibrates_later_layers_on_pruned_earlier_ones(two_layer):
 def test_prune_model_named_methods(two_layer, method):
     params, batches = two_layer
     pruned, mask_tree = prune_model(params, two_layer_forward, batches, method, n=2, m=4,
-                                    groups=[["l1/kernel", "l2/kernel"]])
+                                    groups=[["l1/kernel", "l2/kernel"]], axis=0)
     for name in ("l1", "l2"):
         assert bool(masks.satisfies_nm(pruned[name]["kernel"], 2, 4, axis=0))
         assert mask_tree[name]["kernel"].dtype == jnp.bool_
@@ -361,15 +361,15 @@ def test_prune_model_errors(two_layer):
     params, batches = two_layer
     assert layer_order(two_layer_forward, params, batches[0]) == ["l1/kernel", "l2/kernel"]
     with pytest.raises(TypeError, match="re-iterable sequence"):
-        prune_model(params, two_layer_forward, iter(batches), "wanda", sparsity=0.5)
+        prune_model(params, two_layer_forward, iter(batches), "wanda", sparsity=0.5, axis=0)
     with pytest.raises(ValueError, match="`method` must be one of"):
-        prune_model(params, two_layer_forward, batches, "obs", sparsity=0.5)
+        prune_model(params, two_layer_forward, batches, "obs", sparsity=0.5, axis=0)
     with pytest.raises(ValueError, match="not a leaf of `params`"):
         prune_model(params, two_layer_forward, batches, "wanda", sparsity=0.5,
-                    groups=[["l3/kernel"]])
+                    groups=[["l3/kernel"]], axis=0)
     with pytest.raises(ValueError, match="never passed to `tap`"):
         prune_model(params, lambda p, x, tap: x @ p["l1"]["kernel"], batches, "wanda",
-                    sparsity=0.5, groups=[["l1/kernel"]])
+                    sparsity=0.5, groups=[["l1/kernel"]], axis=0)
 
 
 def test_layer_stats_where_skips_padding():

@@ -107,7 +107,7 @@ def test_prune_tiny_encoder(tiny):
 
     # one group (one compiled pass); sequential calibration is tested on a two-layer model
     groups = [[name for block in layer_groups(TINY) for name in block]]
-    pruned, mask_tree = prune_model(params, forward, batches, "wanda", n=2, m=4, groups=groups)
+    pruned, mask_tree = prune_model(params, forward, batches, "wanda", n=2, m=4, groups=groups, axis=0)
     for i in range(TINY.layers):
         for name in ("query", "ffn_in", "ffn_out"):
             kernel = pruned["layers"][i][name]["kernel"]

@@ -183,3 +183,25 @@ def test_max_active_dims_keeps_the_k_largest(seed, k):
         np.testing.assert_array_equal(out[kept], row[kept])
         if 0 < k < 12:
             assert np.abs(row[kept]).min() >= np.abs(np.delete(row, kept)).max()
+
+
+def test_term_weight_head_and_layers():
+    from sparsejax import nn
+
+    rng = np.random.default_rng(5)
+    states = jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32)
+    ids, mask = jnp.array([[1, 2, 2, 0], [3, 3, 1, 0]]), jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+    params = {"kernel": jnp.asarray(rng.normal(size=(3, 1)), jnp.float32), "bias": jnp.ones(1)}
+    w = np.maximum(np.asarray(states) @ np.asarray(params["kernel"])[:, 0] + 1.0, 0)
+    want = np.zeros((2, 5))
+    for b in range(2):
+        for t in range(4):
+            if mask[b, t]:
+                want[b, ids[b, t]] = max(want[b, ids[b, t]], w[b, t])
+    np.testing.assert_allclose(R.term_weight_head(params, states, ids, mask, 5), want, rtol=1e-5)
+    # untrained head: a binary bag of the real tokens
+    bag = np.asarray(nn.TermWeightHead(3, 5)(states, ids, mask))
+    np.testing.assert_array_equal(bag, [[0, 1, 1, 0, 0], [1, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(nn.eqx.TermWeightHead(3, 5)(states, ids, mask), bag)
+    with pytest.raises(ValueError, match="`pooling` must be one of"):
+        nn.eqx.TermWeightHead(3, 5, pooling="mean")

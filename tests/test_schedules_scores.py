@@ -50,8 +50,8 @@ def test_scores_reference():
     np.testing.assert_allclose(scores.saliency(w, g), np.abs(w * g), rtol=1e-6)
     x = rng.normal(size=(3, 5, 6)).astype(np.float32)  # [batch, tokens, in]
     norms = np.sqrt((x.reshape(-1, 6) ** 2).sum(0))
-    np.testing.assert_allclose(scores.wanda(w, x), np.abs(w) * norms[:, None], rtol=1e-5)
-    np.testing.assert_allclose(scores.wanda(w.T, norms=jnp.asarray(norms), in_axis=1),
+    np.testing.assert_allclose(scores.wanda(w, x, axis=0), np.abs(w) * norms[:, None], rtol=1e-5)
+    np.testing.assert_allclose(scores.wanda(w.T, norms=jnp.asarray(norms), axis=1),
                                np.abs(w.T) * norms[None, :], rtol=1e-5)
     r = scores.random(jax.random.PRNGKey(0), jnp.asarray(w, jnp.bfloat16))
     assert r.shape == w.shape and r.dtype == jnp.float32
@@ -61,7 +61,7 @@ def test_wanda_per_output_mask_matches_reference_rule():
     rng = np.random.default_rng(1)
     w = rng.normal(size=(16, 4)).astype(np.float32)  # Flax [in, out]
     x = rng.normal(size=(32, 16)).astype(np.float32)
-    s = np.asarray(scores.wanda(w, x))
+    s = np.asarray(scores.wanda(w, x, axis=0))
     m = np.asarray(masks.unstructured(jnp.asarray(s), 0.5, axis=0))
     for j in range(4):  # reference: per output, drop the half with the smallest metric
         order = np.argsort(s[:, j])
@@ -72,8 +72,8 @@ def test_wanda_per_output_mask_matches_reference_rule():
 
 @pytest.mark.parametrize("call, err, match", [
     (lambda: scores.saliency(jnp.ones((2, 2)), jnp.ones((2, 3))), ValueError, r"`grad` must be of the shape of w \(2, 2\); got shape \(2, 3\)"),
-    (lambda: scores.wanda(jnp.ones((4, 2)), jnp.ones((3, 5))), ValueError, r"`norms` must be of shape \(4,\).*; got shape \(5,\)"),
-    (lambda: scores.wanda(jnp.ones((4, 2))), ValueError, "exactly one of them.*; got neither"),
+    (lambda: scores.wanda(jnp.ones((4, 2)), jnp.ones((3, 5)), axis=0), ValueError, r"`norms` must be of shape \(4,\).*; got shape \(5,\)"),
+    (lambda: scores.wanda(jnp.ones((4, 2)), axis=0), ValueError, "exactly one of them.*; got neither"),
     (lambda: scores.magnitude(jnp.ones(3, jnp.int32)), TypeError, "`w` must be a floating-point"),
 ])
 def test_score_errors(call, err, match):

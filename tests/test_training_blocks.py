@@ -12,7 +12,7 @@ from sparsejax import training as T
 
 
 def test_prune_blocks_of_block_sparse_linear_then_compact():
-    layer = sj.nn.BlockSparseLinear(32, 16, block_shape=(8, 8), density=0.75, rngs=nnx.Rngs(0))
+    layer = sj.nn.BlockSparseLinear(32, 16, block_shape=(8, 8), sparsity=0.25, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 32))
     tx = T.prune(optax.adam(1e-2), 0.5, pattern="block", block_shape=(8, 8), update_every=100)

@@ -47,12 +47,32 @@ def test_sr_ste_mask_function_reselects_from_dense_weights():
 
 
 def test_mask_decay_forward_and_gradient():
-    f = 0.25
-    out = T.mask_decay(P, M, f)
-    np.testing.assert_array_equal(out["w"], jnp.where(M["w"], P["w"], f * P["w"]))
-    g = jax.grad(lambda q: loss(T.mask_decay(q, M, f)))(P)
-    inner = jax.grad(loss)(out)
-    np.testing.assert_allclose(g["w"], jnp.where(M["w"], inner["w"], f * inner["w"]), rtol=1e-6)
+    """Reference (progressive_gradient_flow ``LinearDecay``): forward ``W * (M + (1 - M) * f)``,
+    backward ``grad_output`` unchanged (the decayed weights get the full gradient)."""
+    for f in (0.25, 0.0):
+        out = T.mask_decay(P, M, f)
+        np.testing.assert_array_equal(out["w"], jnp.where(M["w"], P["w"], f * P["w"]))
+        g = jax.grad(lambda q, f=f: loss(T.mask_decay(q, M, f)))(P)
+        inner = jax.grad(loss)(out)  # grad_output: the gradient at the decayed weights
+        np.testing.assert_allclose(g["w"], inner["w"], rtol=1e-6)
+        assert np.all(np.asarray(g["w"])[~np.asarray(M["w"])] != 0)  # flows at f = 0 too
+        # the option: differentiate the forward as written (f times the gradient)
+        g = jax.grad(lambda q, f=f: loss(T.mask_decay(q, M, f, scale_gradient=True)))(P)
+        np.testing.assert_allclose(g["w"], jnp.where(M["w"], inner["w"], f * inner["w"]),
+                                   rtol=1e-6)
+
+
+def test_ste_family_rejects_float_masks_and_bad_decay():
+    fm = jax.tree.map(lambda m: None if m is None else m.astype(jnp.float32), M)
+    for fn in (T.ste, lambda p, m: T.sr_ste(p, m), lambda p, m: T.mask_decay(p, m, 0.5)):
+        with pytest.raises(TypeError, match=r"`masks\['w'\]` must be a bool array"):
+            fn(P, fm)
+    with pytest.raises(ValueError, match="`decay` must be >= 0"):
+        T.sr_ste(P, M, -1.0)
+    with pytest.raises(ValueError, match="`decay` must be >= 0"):
+        T.sr_ste(P, M, jnp.float32(-1.0))
+    with pytest.raises(ValueError, match="`factor` must be in"):
+        T.mask_decay(P, M, 1.5)
 
 
 def test_decay_factor():
@@ -104,6 +124,14 @@ def test_iso_flop_width():
     assert T.iso_flop_width(256, 0.75) == 512
     assert T.iso_flop_width(100, 0.5) == round(100 * 2 ** 0.5)
     assert T.iso_flop_width(100, 0.5, multiple_of=32) == 128
+    # Sparse-IFT truncates int(width * k): 256 * sqrt(10) = 809.56
+    assert T.iso_flop_width(256, 0.9) == 809
+    assert T.iso_flop_width(256, 0.9, rounding="nearest") == 810
+    assert T.iso_flop_width(100, 0.5, multiple_of=32, rounding="nearest") == 128
+    assert T.iso_flop_width(130, 0.5, multiple_of=32) == 160  # 183.8 = 5.74 * 32
+    assert T.iso_flop_width(130, 0.5, multiple_of=32, rounding="nearest") == 192
+    with pytest.raises(ValueError, match="`rounding` must be one of"):
+        T.iso_flop_width(130, 0.5, rounding="up")
     w = T.iso_flop_width(1000, 0.9)
     assert abs(w * w * 0.1 - 1000 * 1000) / 1e6 < 1e-2  # FLOPs match the dense layer's
     with pytest.raises(ValueError, match="sparsity"):

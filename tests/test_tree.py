@@ -21,7 +21,7 @@ def test_compute_masks_mirrors_params_and_matches_patterns():
     p = params()
     m = sj.compute_masks(p, sparsity=0.75)
     assert m["dense_0"]["bias"] is None and m["dense_1"]["bias"] is None
-    np.testing.assert_array_equal(m["dense_0"]["kernel"], masks.magnitude(p["dense_0"]["kernel"], 0.75))
+    np.testing.assert_array_equal(m["dense_0"]["kernel"], masks.magnitude_mask(p["dense_0"]["kernel"], 0.75))
     nm = sj.compute_masks(p, "nm", n=2, m=4, axis=0)
     np.testing.assert_array_equal(nm["dense_1"]["kernel"], masks.nm(jnp.abs(p["dense_1"]["kernel"]), 2, 4, 0))
     blk = sj.compute_masks(p, "block", sparsity=0.5, block_shape=(8, 8))
@@ -315,8 +315,8 @@ def test_functions_and_rules_compose():
     assert int(by_glob["dense_1"]["kernel"].sum()) == 128 and int(by_glob["dense_0"]["kernel"].sum()) == 128
     # wanda with per-leaf norms
     norms = {"dense_0/kernel": jnp.arange(16.0), "dense_1/kernel": jnp.ones(32)}
-    w = sj.compute_masks(p, sparsity=0.5, scores=sj.scores.wanda, score_kwargs={"norms": norms}, axis=0)
-    ref = masks.unstructured(sj.scores.wanda(p["dense_0"]["kernel"], norms=norms["dense_0/kernel"]), 0.5, axis=0)
+    w = sj.compute_masks(p, sparsity=0.5, scores=sj.scores.wanda, score_kwargs={"norms": norms, "axis": 0}, axis=0)
+    ref = masks.unstructured(sj.scores.wanda(p["dense_0"]["kernel"], norms=norms["dense_0/kernel"], axis=0), 0.5, axis=0)
     np.testing.assert_array_equal(w["dense_0"]["kernel"], ref)
     # precomputed scores tree under jit with a traced per-leaf sparsity tree (sparse-training use)
     sc = jax.tree.map(lambda x: -jnp.abs(x), p)

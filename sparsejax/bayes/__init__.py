@@ -32,8 +32,8 @@ from sparsejax.bayes.posterior import (
 )
 from sparsejax.bayes.preset import SSVI_CIFAR, SSVIPreset
 from sparsejax.bayes.sbl import SBLResult, kron_sbl, sbl
-from sparsejax.bayes.subspace import CRITERIA, is_update_step, removal_scores, subspace_update
-from sparsejax.bayes.transform import SSVIState, masks_of, ssvi
+from sparsejax.bayes.subspace import CRITERIA, removal_scores, subspace_update
+from sparsejax.bayes.transform import ssvi
 
 __all__ = [
     "CRITERIA",
@@ -41,7 +41,6 @@ __all__ = [
     "SBLResult",
     "SSVIPreset",
     "SSVI_CIFAR",
-    "SSVIState",
     "accuracy",
     "conv_lrt",
     "elbo",
@@ -49,12 +48,10 @@ __all__ = [
     "expected_calibration_error",
     "init_kernel",
     "init_posterior",
-    "is_update_step",
     "kl_divergence",
     "kl_weight",
     "kron_sbl",
     "linear_lrt",
-    "masks_of",
     "nll",
     "predict",
     "predict_model",

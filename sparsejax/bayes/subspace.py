@@ -8,11 +8,14 @@ with the highest ``|dL/dmu|`` (or at random), where
 inactive before the update (``n`` is capped at ``size - nnz``); ``regrow_dropped=True`` lets a
 just-dropped entry grow back, as the reference (``rigl_torch/RigL.py::_rigl_step``) does. Newly
 grown entries start at ``mu = 0`` and ``rho`` = the mean ``rho`` of the entries active before and
-after the update. Ranking uses `sparsejax.masks.topk` (ties by lower flattened index), under
-``jit`` with ``lax.cond`` on the step.
+after the update. The masks come from `sparsejax.training.drop_and_grow` and the schedule is a
+`sparsejax.training.DropGrowSchedule` (``begin_step = update_every``, ``end_step`` inclusive,
+cosine fraction); under ``jit`` one ``lax.cond`` on the step.
 
 ``step`` is the reference's scheduler counter: the 1-based index of the training step (the
-reference increments it before testing ``step % update_every == 0 and step < end_step``).
+reference increments it before testing ``step % update_every == 0 and step < end_step``). At
+``step = end_step`` the cosine fraction is ``0``: nothing changes there, so that step is not an
+update step (`is_update_step`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Int
 
-from sparsejax import masks as _masks
 from sparsejax._checks import (
     _is_none,
     check_bool,
@@ -36,9 +38,9 @@ from sparsejax._checks import (
 )
 from sparsejax.bayes.lrt import expected_abs, snr_mean_abs
 from sparsejax.bayes.posterior import Posterior, _check_posterior, sigma_of
-from sparsejax.training import drop_fraction_at
+from sparsejax.training import DropGrowSchedule, drop_and_grow
 
-__all__ = ["CRITERIA", "is_update_step", "removal_scores", "subspace_update"]
+__all__ = ["CRITERIA", "removal_scores", "subspace_update"]
 
 Criterion = str | Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -62,10 +64,16 @@ def _criterion_fn(criterion: Criterion) -> Callable[[jax.Array, jax.Array], jax.
     return CRITERIA[criterion]
 
 
-def is_update_step(step: Int[Array, ""] | int, update_every: int, end_step: int) -> jax.Array:
-    """``step > 0 and step % update_every == 0 and step < end_step`` (bool scalar, traceable)."""
-    step = jnp.asarray(step, jnp.int32)
-    return (step > 0) & (step % update_every == 0) & (step < end_step)
+def schedule(update_every: int, end_step: int, drop_fraction: float) -> DropGrowSchedule:
+    """SSVI's `sparsejax.training.DropGrowSchedule`, on the reference's 1-based step counter."""
+    return DropGrowSchedule.create(update_every=update_every, end_step=end_step,
+                                   drop_fraction=drop_fraction, begin_step=update_every)
+
+
+def is_update_step(sched: DropGrowSchedule, step: Int[Array, ""] | int) -> jax.Array:
+    """Whether the subspace changes at ``step`` (1-based): ``sched.active(step)`` with a positive
+    drop fraction, i.e. ``step % update_every == 0`` and ``0 < step < end_step`` (bool scalar)."""
+    return sched.active(step) & (sched.fraction(step) > 0)
 
 
 def removal_scores(posterior: Posterior, criterion: Criterion = DEFAULT_CRITERION) -> Any:
@@ -87,29 +95,50 @@ def removal_scores(posterior: Posterior, criterion: Criterion = DEFAULT_CRITERIO
                         posterior.mu, posterior.rho, posterior.mask, is_leaf=_is_none)
 
 
-def _leaf_update(mu, rho, mask, score, grow_score, frac, regrow_dropped):
-    """One leaf: returns (mu, rho, mask) after dropping/growing ``n`` entries."""
-    nnz = jnp.sum(mask, dtype=jnp.int32)
-    n = jnp.maximum(jnp.floor(nnz.astype(jnp.float32) * frac).astype(jnp.int32), 0)
-    if not regrow_dropped:
-        n = jnp.minimum(n, mask.size - nnz)
-    neg_inf = jnp.asarray(-jnp.inf, jnp.float32)
-    # finite scores on the candidates, -inf elsewhere: candidates always rank first
-    big = jnp.finfo(jnp.float32).max
-    score = jnp.nan_to_num(score.astype(jnp.float32), nan=-big, posinf=big, neginf=-big)
-    grow_score = jnp.nan_to_num(grow_score.astype(jnp.float32), nan=-big, posinf=big, neginf=-big)
-    kept = _masks.topk(jnp.where(mask, score, neg_inf), nnz - n)
-    # candidates for growth: everything not kept (regrow_dropped) or only the inactive entries
-    grown = _masks.topk(jnp.where(kept if regrow_dropped else mask, neg_inf, grow_score), n)
-    new_mask = kept | grown
-    stay = mask & new_mask          # active before and after: keep their mu and rho
-    fresh = new_mask & ~mask        # newly grown: mu = 0, rho = mean rho of `stay`
-    n_stay = jnp.maximum(jnp.sum(stay, dtype=jnp.int32), 1)
-    mean_rho = jnp.sum(jnp.where(stay, rho, 0), dtype=jnp.float32) / n_stay
-    zero = jnp.zeros((), mu.dtype)
-    new_mu = jnp.where(stay, mu, zero)
-    new_rho = jnp.where(stay, rho, jnp.where(fresh, mean_rho.astype(rho.dtype), zero))
-    return new_mu, new_rho, new_mask
+def grow_scores(posterior: Posterior, grads: Any, grow: str, key: jax.Array | None) -> list:
+    """One grow score per selected leaf (``None`` elsewhere), flattened in ``posterior.mu``'s
+    order: ``|dL/dmu|`` (``grow="gradient"``) or uniform noise (``grow="random"``)."""
+    mu_leaves, treedef = jax.tree.flatten(posterior.mu, is_leaf=_is_none)
+    mask_leaves = treedef.flatten_up_to(posterior.mask)
+    if grow == "gradient":
+        if isinstance(grads, Posterior):
+            grads = grads.mu
+        if grads is None:
+            raise ValueError("`grads` must be a tree of dL/dmu mirroring `posterior.mu` for "
+                             "grow='gradient'; got None.")
+        check_same_structure(posterior.mu, grads, "grads", "posterior.mu")
+        out = []
+        for g, m in zip(treedef.flatten_up_to(grads), mask_leaves):
+            if m is not None and jnp.shape(g) != m.shape:
+                raise ValueError(f"`grads` leaves must have their posterior leaf's shape; got "
+                                 f"{jnp.shape(g)} for a leaf of shape {m.shape}.")
+            out.append(None if m is None else jnp.abs(g))
+        return out
+    if key is None:
+        raise ValueError("`key` must be a jax.random key for grow='random'; got None.")
+    keys = jax.random.split(key, max(len(mu_leaves), 1))
+    return [None if m is None else jax.random.uniform(k, m.shape)
+            for k, m in zip(keys, mask_leaves)]
+
+
+def new_masks(posterior: Posterior, scores: list, fraction: jax.Array, criterion: Criterion,
+              regrow_dropped: bool) -> list:
+    """``(new mask, mean rho of the entries kept through the update)`` per selected leaf
+    (``None`` elsewhere): `sparsejax.training.drop_and_grow` on the removal scores."""
+    fn = _criterion_fn(criterion)
+    mu_leaves, treedef = jax.tree.flatten(posterior.mu, is_leaf=_is_none)
+    out = []
+    for mu, rho, m, g in zip(mu_leaves, treedef.flatten_up_to(posterior.rho),
+                             treedef.flatten_up_to(posterior.mask), scores):
+        if m is None:
+            out.append(None)
+            continue
+        new = drop_and_grow(m, fn(mu, sigma_of(rho, m)), g, fraction,
+                            regrow_dropped=regrow_dropped)
+        stay = m & new
+        n_stay = jnp.maximum(jnp.sum(stay, dtype=jnp.int32), 1)
+        out.append((new, jnp.sum(jnp.where(stay, rho, 0), dtype=jnp.float32) / n_stay))
+    return out
 
 
 def subspace_update(
@@ -127,7 +156,7 @@ def subspace_update(
 ) -> Posterior:
     """SSVI's drop-and-grow step (a no-op unless ``step`` is an update step).
 
-    An update happens when ``step > 0``, ``step % update_every == 0`` and ``step < end_step``
+    An update happens when ``step % update_every == 0`` and ``0 < step < end_step``
     (`is_update_step`; ``step`` is the reference's 1-based step counter); otherwise the posterior
     is returned unchanged. Works with a traced ``step`` (``lax.cond``; one compiled function for all
     steps).
@@ -138,9 +167,11 @@ def subspace_update(
             ``mu`` is used); the *dense* gradient (as `linear_lrt`/`conv_lrt` give). Unused (may be
             ``None``) with ``grow="random"``.
         step: the training step (int or traced int scalar).
-        end_step: last step (exclusive) at which the subspace changes (SSVI: 0.75 of training).
+        end_step: the step at which the cosine drop fraction reaches ``0`` (the reference's
+            ``T_end``, SSVI: 0.75 of training): the subspace changes at steps ``< end_step``.
         update_every: period ``Delta T`` of the updates.
-        drop_fraction: initial drop fraction (cosine-decayed, `sparsejax.training.drop_fraction_at`).
+        drop_fraction: initial drop fraction (cosine-decayed,
+            `sparsejax.training.DropGrowSchedule.fraction`).
         criterion: removal score, see `removal_scores`.
         grow: ``"gradient"`` (highest ``|dL/dmu|``) or ``"random"``.
         regrow_dropped: ``False`` (default): grow only among the entries inactive before the
@@ -162,45 +193,31 @@ def subspace_update(
     fn = _criterion_fn(criterion)
     check_choice(grow, "grow", GROW)
     regrow_dropped = check_bool(regrow_dropped, "regrow_dropped")
+    sched = schedule(update_every, end_step, drop_fraction)
+    scores = grow_scores(posterior, grads, grow, key)
     mu_leaves, treedef = jax.tree.flatten(posterior.mu, is_leaf=_is_none)
     rho_leaves = treedef.flatten_up_to(posterior.rho)
     mask_leaves = treedef.flatten_up_to(posterior.mask)
-    if grow == "gradient":
-        if isinstance(grads, Posterior):
-            grads = grads.mu
-        if grads is None:
-            raise ValueError("`grads` must be a tree of dL/dmu mirroring `posterior.mu` for "
-                             "grow='gradient'; got None.")
-        check_same_structure(posterior.mu, grads, "grads", "posterior.mu")
-        grad_leaves = treedef.flatten_up_to(grads)
-        grow_scores = []
-        for g, m in zip(grad_leaves, mask_leaves):
-            if m is not None and jnp.shape(g) != m.shape:
-                raise ValueError(f"`grads` leaves must have their posterior leaf's shape; got "
-                                 f"{jnp.shape(g)} for a leaf of shape {m.shape}.")
-            grow_scores.append(None if m is None else jnp.abs(g))
-    else:
-        if key is None:
-            raise ValueError("`key` must be a jax.random key for grow='random'; got None.")
-        keys = jax.random.split(key, max(len(mu_leaves), 1))
-        grow_scores = [None if m is None else jax.random.uniform(k, m.shape)
-                       for k, m in zip(keys, mask_leaves)]
+    step = jnp.asarray(step, jnp.int32)
 
-    active = is_update_step(step, update_every, end_step)
-    frac = drop_fraction_at(jnp.asarray(step, jnp.int32), drop_fraction, end_step)
-    chosen = [i for i, m in enumerate(mask_leaves) if m is not None]
-    operand = tuple((mu_leaves[i], rho_leaves[i], mask_leaves[i], grow_scores[i]) for i in chosen)
+    def do_update(_):
+        out = []
+        for mu, rho, m, upd in zip(mu_leaves, rho_leaves, mask_leaves,
+                                   new_masks(posterior, scores, sched.fraction(step), fn,
+                                             regrow_dropped)):
+            if m is None:
+                out.append((mu, rho, m))
+                continue
+            new, mean_rho = upd
+            stay, zero = m & new, jnp.zeros((), mu.dtype)
+            out.append((jnp.where(stay, mu, zero),
+                        jnp.where(stay, rho, jnp.where(new, mean_rho.astype(rho.dtype), zero)),
+                        new))
+        return tuple(out)
 
-    def do_update(leaves):
-        return tuple(_leaf_update(mu, rho, m, fn(mu, sigma_of(rho, m)), g, frac, regrow_dropped)
-                     for mu, rho, m, g in leaves)
+    def keep(_):
+        return tuple(zip(mu_leaves, rho_leaves, mask_leaves))
 
-    def keep(leaves):
-        return tuple((mu, rho, m) for mu, rho, m, _ in leaves)
-
-    updated = lax.cond(active, do_update, keep, operand)
-    new_mu, new_rho, new_mask = list(mu_leaves), list(rho_leaves), list(mask_leaves)
-    for i, (mu, rho, m) in zip(chosen, updated):
-        new_mu[i], new_rho[i], new_mask[i] = mu, rho, m
+    new_mu, new_rho, new_mask = zip(*lax.cond(is_update_step(sched, step), do_update, keep, None))
     return Posterior(jax.tree.unflatten(treedef, new_mu), jax.tree.unflatten(treedef, new_rho),
                      jax.tree.unflatten(treedef, new_mask))

@@ -12,9 +12,11 @@ STAGES: dict[str, str] = {
     "attention": "sparsejax.demo.attention",
     "sae": "sparsejax.demo.sae",
     "moe": "sparsejax.demo.moe",
+    "activation": "sparsejax.demo.activation",
     "oneshot": "sparsejax.demo.oneshot",
     "ssvi": "sparsejax.demo.ssvi",
     "training": "sparsejax.demo.training",
+    "lsr": "sparsejax.demo.lsr",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]

@@ -39,7 +39,7 @@ def run(ctx: DemoContext) -> dict:
         for method in ("magnitude", "wanda", "sparsegpt", "dsnot"):
             t0 = time.perf_counter()
             pruned, _ = prune_model(model.params, forward, batches, method, **pattern,
-                                    groups=models.layer_groups(model.config))
+                                    groups=models.layer_groups(model.config), axis=0)
             cos, top1 = models.fidelity(dense, model(held, params=pruned))
             rows.append({"pattern": label, "method": method, "cosine": cos, "top1": top1,
                          "seconds": time.perf_counter() - t0})

@@ -21,6 +21,7 @@ import optax
 from sparsejax import bayes as B
 from sparsejax.demo._table import print_table
 from sparsejax.demo.context import DemoContext, init_mlp, load_digits_split
+from sparsejax.training import masks_of
 
 __all__ = ["bnn_apply", "compare", "evaluate_bnn", "plot", "print_rows", "run", "train_bnn"]
 
@@ -58,7 +59,7 @@ def _step_function(n: int, batch_size: int, learning_rate: float, prior_sigma: f
     def step_fn(v, state, key, x, y):
         k_batch, k_noise = jax.random.split(key)
         idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
-        loss, grads = jax.value_and_grad(loss_fn)(v, state.masks, k_noise, x[idx], y[idx],
+        loss, grads = jax.value_and_grad(loss_fn)(v, masks_of(state)[0], k_noise, x[idx], y[idx],
                                                   state.count)
         updates, state = opt.update(grads, state, v)
         return optax.apply_updates(v, updates), state, loss
@@ -110,14 +111,14 @@ def train_bnn(
         t0 = time.perf_counter()
         variational, state, loss = step_fn(variational, state, keys[t], x, y)
         loss = float(loss)
-        if t > 0 and not (t % update_every == 0 and t < end_step):
+        if t > 0 and not ((t + 1) % update_every == 0 and t + 1 < end_step):  # not an update
             times.append(time.perf_counter() - t0)
         losses.append(loss)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    post = variational._replace(mask=state.masks)
+    post = variational._replace(mask=masks_of(state)[0])
     return {"posterior": post, "losses": losses,
             "step_seconds": float(np.median(times)) if times else float("nan")}
 

@@ -1,9 +1,19 @@
 """Sparse dictionary codes: OMP, ISTA/FISTA/LISTA, the elastic net, dictionary learning,
-semi-NMF, CoSpaDi, Concept Lancet, tokenizer transplantation (this package) and sparse
-autoencoders (the subpackage `sparsejax.dictionary.sae`, whose names are used qualified:
-``sae.topk``, ``sae.forward``)."""
+binary sparse coding by truncated EM, semi-NMF, CoSpaDi, Concept Lancet, tokenizer
+transplantation (this package) and sparse autoencoders (the subpackage
+`sparsejax.dictionary.sae`, whose names are used qualified: ``sae.topk``, ``sae.forward``)."""
 
 from sparsejax.dictionary import sae
+from sparsejax.dictionary.bsc import (
+    BSCParams,
+    BSCPosterior,
+    bsc_candidates,
+    bsc_em_step,
+    bsc_fit,
+    bsc_init,
+    bsc_posterior,
+    state_matrix,
+)
 from sparsejax.dictionary.cospadi import (
     CoSpaDiResult,
     cospadi,
@@ -52,15 +62,22 @@ from sparsejax.dictionary.transplant import (
 )
 
 __all__ = [
+    "BSCParams",
+    "BSCPosterior",
     "CoSpaDiResult",
     "OnlineDictionaryState",
     "SemiNMFResult",
     "SparseCode",
     "add_concept",
     "atom_recovery",
+    "bsc_candidates",
+    "bsc_em_step",
+    "bsc_fit",
+    "bsc_init",
+    "bsc_posterior",
     "concept_atoms",
-    "cospadi",
     "concept_coefficients",
+    "cospadi",
     "elastic_net",
     "fista",
     "init_dictionary",
@@ -83,6 +100,7 @@ __all__ = [
     "semi_nmf_step",
     "soft_threshold",
     "sparse_encode",
+    "state_matrix",
     "transplant_embeddings",
     "truncated_svd",
 ]

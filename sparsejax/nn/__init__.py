@@ -4,18 +4,28 @@
 Block-sparse / N:M linear layers, sparse multi-head attention, sparse autoencoders and LISTA, and the
 model surgery that deploys a pruned model's ``Linear`` layers on the sparse kernels
 (`to_sparse`, `to_dense`).
+
+Every name loads on first use, so ``import sparsejax.nn.eqx`` never imports Flax.
 """
 
-from sparsejax.nn import eqx
-from sparsejax.nn.attention import SparseMultiHeadAttention
-from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
-from sparsejax.nn.lista import LISTA
-from sparsejax.nn.masked import Masked
-from sparsejax.nn.moe import MoE
-from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
-from sparsejax.nn.sparse_linear import SparseConv1x1, SparseLinear
-from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
-from sparsejax.nn.surgery import to_dense, to_sparse
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sparsejax.nn import eqx
+    from sparsejax.nn.activation import Threshold, ThresholdLinear
+    from sparsejax.nn.attention import SparseMultiHeadAttention
+    from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
+    from sparsejax.nn.lista import LISTA
+    from sparsejax.nn.lsr import TermWeightHead
+    from sparsejax.nn.masked import Masked
+    from sparsejax.nn.moe import MoE
+    from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
+    from sparsejax.nn.sparse_linear import SparseConv1x1, SparseLinear
+    from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
+    from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
     "BlockSparseLinear",
@@ -31,9 +41,50 @@ __all__ = [
     "SparseLinear",
     "SparseMultiHeadAttention",
     "SparseStructure",
+    "TermWeightHead",
+    "Threshold",
+    "ThresholdLinear",
     "eqx",
     "merge_posterior",
     "split_posterior",
     "to_dense",
     "to_sparse",
 ]
+
+_HOMES = {
+    "TermWeightHead": "lsr",
+    "Threshold": "activation",
+    "ThresholdLinear": "activation",
+    "SparseMultiHeadAttention": "attention",
+    "BlockSparseLinear": "linear",
+    "NMLinear": "linear",
+    "SparseStructure": "linear",
+    "LISTA": "lista",
+    "Masked": "masked",
+    "MoE": "moe",
+    "SAEStateVariable": "sae",
+    "SparseAutoencoder": "sae",
+    "SSVIConv": "ssvi",
+    "SSVILinear": "ssvi",
+    "merge_posterior": "ssvi",
+    "split_posterior": "ssvi",
+    "SparseConv1x1": "sparse_linear",
+    "SparseLinear": "sparse_linear",
+    "to_dense": "surgery",
+    "to_sparse": "surgery",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "eqx":
+        value = importlib.import_module("sparsejax.nn.eqx")
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(f"sparsejax.nn.{_HOMES[name]}"), name)
+    else:
+        raise AttributeError(f"module 'sparsejax.nn' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

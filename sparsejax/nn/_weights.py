@@ -9,14 +9,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from sparsejax import masks
-from sparsejax._checks import check_int
+from sparsejax._checks import check_float, check_int, must_be
 from sparsejax.formats import BlockSparse, NMSparse
 
 
-def init_kernel(key: jax.Array, in_features: int, out_features: int, density: float,
+def init_kernel(key: jax.Array, in_features: int, out_features: int, sparsity: float,
                 dtype) -> Float[Array, "in out"]:
-    """LeCun-normal init scaled to the kept fan-in (``density * in_features``)."""
-    std = 1.0 / math.sqrt(max(1.0, density * in_features))
+    """LeCun-normal init scaled to the kept fan-in (``(1 - sparsity) * in_features``)."""
+    std = 1.0 / math.sqrt(max(1.0, (1.0 - sparsity) * in_features))
     return jax.random.normal(key, (in_features, out_features), dtype) * std
 
 
@@ -33,7 +33,7 @@ def _check_kernel(kernel: Array, in_features: int, out_features: int) -> Array:
     return kernel
 
 
-def build_bsr(in_features, out_features, block_shape, density, block_mask, kernel, key,
+def build_bsr(in_features, out_features, block_shape, sparsity, block_mask, kernel, key,
               dtype) -> BlockSparse:
     """The `BlockSparse` kernel ``[in, out]`` of a block-sparse layer (see its docstring)."""
     check_features(in_features, out_features)
@@ -43,20 +43,20 @@ def build_bsr(in_features, out_features, block_shape, density, block_mask, kerne
                          f"`block_shape` {tuple(block_shape)}.")
     k_mask, k_init = jax.random.split(key) if key is not None else (None, None)
     if block_mask is None:
-        if density is None:
-            raise ValueError("give `block_mask` or `density`.")
-        if not 0.0 < float(density) <= 1.0:
-            raise ValueError(f"`density` must be in (0, 1]; got {density!r}.")
+        if sparsity is None:
+            raise ValueError(must_be("sparsity", "a float in [0, 1) when no `block_mask` is given",
+                                     None))
+        sparsity = check_float(sparsity, "sparsity", minimum=0.0, maximum=1.0,
+                               exclusive_maximum=True)
         if k_mask is None:
-            raise ValueError("a random block mask (`density=`) needs a PRNG key / rngs.")
-        block_mask = masks.random(k_mask, (in_features // bm, out_features // bn),
-                                  1.0 - float(density))
+            raise ValueError("a random block mask (`sparsity=`) needs a PRNG key / rngs.")
+        block_mask = masks.random_mask(k_mask, (in_features // bm, out_features // bn), sparsity)
     block_mask = jnp.asarray(block_mask)
     if kernel is None:
         if k_init is None:
             raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
-        d = float(jnp.mean(block_mask))
-        kernel = init_kernel(k_init, in_features, out_features, d, dtype)
+        dropped = 1.0 - float(jnp.mean(block_mask))
+        kernel = init_kernel(k_init, in_features, out_features, dropped, dtype)
     kernel = _check_kernel(kernel, in_features, out_features)
     return BlockSparse.from_dense(kernel, block_shape, block_mask)
 
@@ -67,7 +67,7 @@ def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSpa
     if kernel is None:
         if key is None:
             raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
-        kernel = init_kernel(key, in_features, out_features, n / m, dtype)
+        kernel = init_kernel(key, in_features, out_features, 1.0 - n / m, dtype)
     kernel = _check_kernel(kernel, in_features, out_features)
     if mask is not None:
         mask = jnp.asarray(mask)

@@ -14,58 +14,15 @@ mask is given per call, as
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
-from sparsejax.attention.kernel import BACKENDS, attention
-from sparsejax.attention.mask import BlockMask
+from sparsejax._checks import must_be
+from sparsejax.attention.kernel import attention
+from sparsejax.nn._attention import MaskArg, check_heads, resolve_mask, split_heads
 
-MaskArg = BlockMask | Callable[[jax.Array, jax.Array], BlockMask] | None
-
-
-def check_heads(in_features, num_heads, num_kv_heads, head_dim, backend):
-    for name, val in (("in_features", in_features), ("num_heads", num_heads)):
-        if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-            raise ValueError(f"{name} must be a positive int, got {val!r}")
-    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    if not isinstance(num_kv_heads, int) or num_kv_heads <= 0 or num_heads % num_kv_heads:
-        raise ValueError(
-            f"num_kv_heads must be a positive divisor of num_heads={num_heads}, "
-            f"got {num_kv_heads!r}"
-        )
-    if head_dim is None:
-        if in_features % num_heads:
-            raise ValueError(
-                f"in_features={in_features} is not divisible by num_heads={num_heads}; "
-                "pass head_dim explicitly"
-            )
-        head_dim = in_features // num_heads
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return num_kv_heads, head_dim
-
-
-def resolve_mask(mask: MaskArg, q, k):
-    if mask is None or isinstance(mask, BlockMask):
-        return mask
-    if callable(mask):
-        out = mask(q, k)
-        if not isinstance(out, BlockMask):
-            raise TypeError(f"a mask pattern must return a BlockMask, got {type(out).__name__}")
-        return out
-    raise TypeError(
-        "mask must be None, a BlockMask or a callable (q, k) -> BlockMask, "
-        f"got {type(mask).__name__}"
-    )
-
-
-def split_heads(x, heads, dim):
-    b, n, _ = x.shape
-    return x.reshape(b, n, heads, dim).transpose(0, 2, 1, 3)
+__all__ = ["SparseMultiHeadAttention"]
 
 
 class SparseMultiHeadAttention(nnx.Module):
@@ -109,13 +66,11 @@ class SparseMultiHeadAttention(nnx.Module):
     ) -> Float[Array, "batch seq features"]:
         """Self-attention over ``x [batch, seq, features]`` with ``mask`` (see module docstring)."""
         if getattr(x, "ndim", None) != 3:
-            raise ValueError(f"x must have shape [batch, seq, features], got {jnp.shape(x)}")
+            raise ValueError(must_be("x", "of shape [batch, seq, features]",
+                                     f"shape {tuple(jnp.shape(x))}", raw=True))
         q = split_heads(self.query(x), self.num_heads, self.head_dim)
         k = split_heads(self.key(x), self.num_kv_heads, self.head_dim)
         v = split_heads(self.value(x), self.num_kv_heads, self.head_dim)
         o = attention(q, k, v, resolve_mask(mask, q, k), causal=self.causal, backend=self.backend)
         b, _, n, _ = o.shape
         return self.out(o.transpose(0, 2, 1, 3).reshape(b, n, -1))
-
-
-__all__ = ["SparseMultiHeadAttention"]

@@ -86,7 +86,8 @@ class BlockSparseLinear(_SparseLinear):
         in_features: input size (a multiple of ``block_shape[0]``).
         out_features: output size (a multiple of ``block_shape[1]``).
         block_shape: ``(bm, bn)`` blocks of the kernel.
-        density: fraction of blocks kept, chosen at random (ignored if ``block_mask`` is given).
+        sparsity: fraction of blocks dropped, chosen at random, in ``[0, 1)`` (ignored if
+            ``block_mask`` is given).
         block_mask: bool ``[in/bm, out/bn]`` (or element-level ``[in, out]``) kept blocks.
         kernel: an initial dense kernel ``[in, out]`` (e.g. a trained ``nnx.Linear``'s);
             entries outside kept blocks are dropped. Default: LeCun-normal scaled to the kept
@@ -105,14 +106,14 @@ class BlockSparseLinear(_SparseLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, *,
-                 block_shape: tuple[int, int] = (32, 32), density: float | None = 0.5,
+                 block_shape: tuple[int, int] = (32, 32), sparsity: float | None = 0.5,
                  block_mask: Bool[Array, "R C"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
                  rngs: nnx.Rngs | None = None):
         key = rngs.params() if rngs is not None else None
-        w = build_bsr(in_features, out_features, tuple(block_shape), density, block_mask,
+        w = build_bsr(in_features, out_features, tuple(block_shape), sparsity, block_mask,
                       kernel, key, param_dtype)
         self._set(w, init_bias(bias, use_bias, out_features, w.dtype), backend)
 

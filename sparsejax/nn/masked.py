@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool
 
+from sparsejax.nn._masked import check_masked
 from sparsejax.nn.linear import SparseStructure
 
 __all__ = ["Masked"]
@@ -29,21 +30,14 @@ class Masked(nnx.Module):
 
     Raises:
         ValueError: the layer has no such weight or the mask's shape differs from it.
-        TypeError: the mask is not boolean.
+        TypeError: the mask is not boolean, or ``weight_name`` is not a string.
     """
 
     def __init__(self, layer: nnx.Module, mask: Bool[Array, "..."], *,
                  weight_name: str = "kernel"):
-        weight = getattr(layer, weight_name, None)
-        if weight is None:
-            raise ValueError(f"`weight_name` must name a weight of the layer; got "
-                             f"{weight_name!r} on {type(layer).__name__}.")
-        mask = jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"`mask` must be a bool array; got dtype {mask.dtype}.")
-        if mask.shape != jnp.shape(weight[...]):
-            raise ValueError(f"`mask` must have the weight's shape {jnp.shape(weight[...])}; got "
-                             f"{mask.shape}.")
+        weight = getattr(layer, weight_name, None) if isinstance(weight_name, str) else None
+        value = weight[...] if isinstance(weight, nnx.Variable) else None
+        mask = check_masked(layer, mask, weight_name, value)
         self.layer = layer
         self.mask = SparseStructure(mask)
         self.weight_name = weight_name

@@ -76,27 +76,28 @@ class SparseAutoencoder(nnx.Module):
         return F.SAEState(self.tokens_since_fired[...], self.density[...], self.threshold[...],
                           self.step[...])
 
-    def encode(self, x: Float[Array, "... d_in"], *, inference: bool = False
-               ) -> Float[Array, "... d_sae"]:
-        """Codes of ``x``; ``inference=True`` uses BatchTopK's tracked threshold."""
+    def encode(self, x: Float[Array, "... d_in"], *, inference: bool = False,
+               grad: Float[Array, "... d_out"] | None = None) -> Float[Array, "... d_sae"]:
+        """Codes of ``x``; ``inference=True`` uses BatchTopK's tracked threshold; ``grad`` is the
+        downstream gradient that ``gradient_topk`` (g-SAE) needs."""
         threshold = self.threshold[...] if inference and \
             self.config.activation == "batch_topk" else None
-        return F.encode(self.params(), x, self.config, threshold=threshold)
+        return F.encode(self.params(), x, self.config, threshold=threshold, grad=grad)
 
     def decode(self, codes: Float[Array, "... d_sae"],
                x: Float[Array, "... d_in"] | None = None) -> Float[Array, "... d_out"]:
         """Reconstruction from codes (``x`` is needed with a skip connection)."""
         return F.decode(self.params(), codes, self.config, x)
 
-    def __call__(self, x: Float[Array, "... d_in"], *, inference: bool = False
-                 ) -> Float[Array, "... d_out"]:
+    def __call__(self, x: Float[Array, "... d_in"], *, inference: bool = False,
+                 grad: Float[Array, "... d_out"] | None = None) -> Float[Array, "... d_out"]:
         """Reconstruction of ``x`` (or the transcoder's prediction)."""
-        return self.decode(self.encode(x, inference=inference), x)
+        return self.decode(self.encode(x, inference=inference, grad=grad), x)
 
-    def loss(self, x: Float[Array, "... d_in"], y: Float[Array, "... d_out"] | None = None
-             ) -> tuple[Array, dict[str, Array]]:
+    def loss(self, x: Float[Array, "... d_in"], y: Float[Array, "... d_out"] | None = None,
+             *, grad: Float[Array, "... d_out"] | None = None) -> tuple[Array, dict[str, Array]]:
         """Training loss and metrics; updates the state variables in place."""
-        loss, out = F.sae_loss(self.params(), x, self.config, self.state(), y)
+        loss, out = F.sae_loss(self.params(), x, self.config, self.state(), y, grad=grad)
         st = out.state
         self.tokens_since_fired[...] = st.tokens_since_fired
         self.density[...] = st.density

@@ -84,7 +84,7 @@ def merge_posterior(graphdef: nnx.GraphDef, posterior: Posterior, state: nnx.Sta
     Args:
         graphdef: from `split_posterior`.
         posterior: a `Posterior` with the structure `split_posterior` returned (e.g.
-            ``v._replace(mask=sparsejax.bayes.masks_of(opt_state))``).
+            ``v._replace(mask=sparsejax.training.masks_of(opt_state)[0])``).
         state: from `split_posterior` (the variables that are not in the posterior).
 
     Returns:

@@ -7,19 +7,24 @@ of the already-pruned earlier ones.
 """
 
 from sparsejax.oneshot.driver import METHODS, layer_order, prune_model
-from sparsejax.oneshot.dsnot import dsnot, reconstruction_error
-from sparsejax.oneshot.methods import hessian_inverse_factor, magnitude, sparsegpt, wanda
+from sparsejax.oneshot.dsnot import dsnot_prune, reconstruction_error
+from sparsejax.oneshot.methods import (
+    hessian_inverse_factor,
+    magnitude_prune,
+    sparsegpt_prune,
+    wanda_prune,
+)
 from sparsejax.oneshot.stats import LayerStats
 
 __all__ = [
     "METHODS",
     "LayerStats",
-    "dsnot",
+    "dsnot_prune",
     "hessian_inverse_factor",
     "layer_order",
-    "magnitude",
+    "magnitude_prune",
     "prune_model",
     "reconstruction_error",
-    "sparsegpt",
-    "wanda",
+    "sparsegpt_prune",
+    "wanda_prune",
 ]

@@ -7,9 +7,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from sparsejax.oneshot.dsnot import dsnot
-from sparsejax.oneshot.methods import magnitude, sparsegpt, wanda
+from sparsejax._checks import must_be
+from sparsejax.oneshot._layer import AXIS_HELP, check_axis
+from sparsejax.oneshot.dsnot import dsnot_prune
+from sparsejax.oneshot.methods import magnitude_prune, sparsegpt_prune, wanda_prune
 from sparsejax.oneshot.stats import LayerStats
 from sparsejax.select import path_str
 
@@ -28,41 +32,69 @@ def _leaves_by_name(params: PyTree) -> dict[str, jax.Array]:
     return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
-def layer_order(forward_fn: Callable, params: PyTree, batch: Any) -> list[str]:
-    """Names passed to ``tap`` by one forward pass, in call order (traced abstractly, no compute)."""
-    order: list[str] = []
+def _is_array(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic | jax.ShapeDtypeStruct)
+
+
+def _split(params: PyTree) -> tuple[list, tuple]:
+    """``(arrays, static)``: the array leaves (``None`` elsewhere) and a hashable rest (the
+    treedef and every non-array leaf: an Equinox module's activation, Python floats...), so
+    ``jit``/``eval_shape`` see only arrays, as ``eqx.filter`` / ``eqx.partition`` would."""
+    leaves, treedef = jax.tree.flatten(params)
+    arrays = [x if _is_array(x) else None for x in leaves]
+    rest = tuple(None if _is_array(x) else x for x in leaves)
+    return arrays, (treedef, rest)
+
+
+def _merge(arrays: list, static: tuple) -> PyTree:
+    treedef, rest = static
+    return jax.tree.unflatten(treedef, [a if a is not None else r for a, r in zip(arrays, rest)])
+
+
+def _tapped_inputs(forward_fn: Callable, params: PyTree, batch: Any) -> dict[str, tuple]:
+    """``{name: shape of x}`` of every ``tap(name, x)`` call of one forward pass, in call order
+    (traced abstractly, no compute)."""
+    shapes: dict[str, tuple] = {}
 
     def tap(name, x, where=None):
-        if name not in order:
-            order.append(name)
+        shapes.setdefault(name, tuple(jnp.shape(x)))
         return x
 
-    jax.eval_shape(lambda p, b: forward_fn(p, b, tap), params, batch)
-    return order
+    arrays, static = _split(params)
+    jax.eval_shape(lambda a, b: forward_fn(_merge(a, static), b, tap), arrays, batch)
+    return shapes
+
+
+def layer_order(forward_fn: Callable, params: PyTree, batch: Any) -> list[str]:
+    """Names passed to ``tap`` by one forward pass, in call order (traced abstractly, no compute).
+
+    Works on any params pytree, an Equinox model with non-array fields (activations) included.
+    """
+    return list(_tapped_inputs(forward_fn, params, batch))
 
 
 def _method_fn(method, sparsity, n, m, kwargs) -> tuple[Callable, bool]:
-    """``(fn(w, stats, in_axis) -> (w', mask), needs_gram)`` for a method name or callable."""
+    """``(fn(w, stats, axis) -> (w', mask), needs_gram)`` for a method name or callable."""
     if callable(method):
         if sparsity is not None or n is not None or m is not None:
             raise ValueError("`sparsity`, `n` and `m` are for the named methods; a callable "
                              f"`method` sets its own pattern. Got sparsity={sparsity!r}, n={n!r}, "
                              f"m={m!r}.")
-        return (lambda w, stats, in_axis: method(w, stats, in_axis=in_axis, **kwargs)), True
+        return (lambda w, stats, axis: method(w, stats, axis=axis, **kwargs)), True
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS} or a callable; got {method!r}.")
     pattern = dict(sparsity=sparsity, n=n, m=m)
     if method == "magnitude":
-        return (lambda w, stats, in_axis: magnitude(w, **pattern, in_axis=in_axis)), False
+        return (lambda w, stats, axis: magnitude_prune(w, **pattern, axis=axis)), False
     if method == "wanda":
-        return (lambda w, stats, in_axis: wanda(w, stats, **pattern, in_axis=in_axis)), False
+        return (lambda w, stats, axis: wanda_prune(w, stats, **pattern, axis=axis)), False
     if method == "sparsegpt":
-        return (lambda w, stats, in_axis: sparsegpt(w, stats, **pattern, in_axis=in_axis,
+        return (lambda w, stats, axis: sparsegpt_prune(w, stats, **pattern, axis=axis,
                                                     **kwargs)), True
 
-    def wanda_dsnot(w, stats, in_axis):
-        _, start = wanda(w, stats, **pattern, in_axis=in_axis)
-        return dsnot(w, stats, start, m=m, in_axis=in_axis, **kwargs)
+    def wanda_dsnot(w, stats, axis):
+        _, start = wanda_prune(w, stats, **pattern, axis=axis)
+        return dsnot_prune(w, stats, start, m=m, axis=axis, **kwargs)
 
     return wanda_dsnot, kwargs.get("guard", True)
 
@@ -77,7 +109,7 @@ def prune_model(
     n: int | None = None,
     m: int | None = None,
     groups: Sequence[Sequence[str]] | None = None,
-    in_axis: int | Mapping[str, int] = 0,
+    axis: int | Mapping[str, int] | None = None,
     method_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[PyTree, PyTree]:
     """Prune a model's linear layers one group at a time, each calibrated on the pruned prefix.
@@ -99,15 +131,17 @@ def prune_model(
         forward_fn: ``(params, batch, tap) -> anything``, traceable by ``jax.jit``.
         calibration_batches: a re-iterable sequence of batches (read once per group).
         method: ``"magnitude"``, ``"wanda"``, ``"sparsegpt"``, ``"dsnot"`` (DSnoT started from
-            Wanda's mask) or a callable ``(w, stats, *, in_axis) -> (pruned_w, mask)``.
+            Wanda's mask) or a callable ``(w, stats, *, axis) -> (pruned_w, mask)``.
         sparsity: unstructured sparsity of the named methods; or give ``n`` and ``m`` (N:M).
         n: kept entries per group of ``m`` inputs (N:M).
         m: N:M group size.
         groups: lists of layer names pruned together, in forward order; default: every tapped
             layer alone, in call order (the most sequential, one compiled pass per layer). Group a
             transformer block's layers together to match the references and compile fewer passes.
-        in_axis: input axis of the weights (0 for Flax ``[in, out]`` kernels, 1 for Equinox/torch
-            ``[out, in]``), or a mapping from layer name to it.
+        axis: the input-feature (reduction) axis of the weights, required: 0 for Flax
+            ``[in, out]`` kernels, 1 for Equinox/torch ``[out, in]`` weights (nothing tells the
+            layouts apart on a square weight), or a mapping from layer name to it. Checked
+            against the feature count of each layer's tapped input.
         method_kwargs: extra keyword arguments of the method (``block_size``, ``damp``,
             ``max_cycles``, ...).
 
@@ -117,8 +151,9 @@ def prune_model(
 
     Raises:
         TypeError: ``calibration_batches`` is not a sequence.
-        ValueError: an unknown method or layer name, a layer never passed to ``tap``, or the
-            pattern errors of the methods.
+        ValueError: an unknown method or layer name, a layer never passed to ``tap``, ``axis``
+            missing, out of range or not the axis of the tapped input's features, calibration
+            batches with no token counted, or the pattern errors of the methods.
     """
     if not isinstance(calibration_batches, Sequence) or isinstance(calibration_batches, str):
         raise TypeError("`calibration_batches` must be a re-iterable sequence (list or tuple) of "
@@ -127,15 +162,18 @@ def prune_model(
         raise ValueError("`calibration_batches` must hold at least one batch; got an empty "
                          "sequence.")
     prune_fn, needs_gram = _method_fn(method, sparsity, n, m, dict(method_kwargs or {}))
+    if axis is None:
+        raise ValueError(must_be("axis", AXIS_HELP + ", or a mapping {layer name: axis}", None))
+    tapped = _tapped_inputs(forward_fn, params, calibration_batches[0])
     if groups is None:
-        groups = [[name] for name in layer_order(forward_fn, params, calibration_batches[0])]
+        groups = [[name] for name in tapped]
     groups = [list(g) for g in groups]
     weights = _leaves_by_name(params)
     for name in (name for g in groups for name in g):
         if name not in weights:
             raise ValueError(f"`groups` names a layer {name!r} that is not a leaf of `params`; "
                              f"leaves are {sorted(weights)[:8]}{' ...' if len(weights) > 8 else ''}.")
-    axes = {name: (in_axis[name] if isinstance(in_axis, Mapping) else in_axis)
+    axes = {name: _layer_axis(axis, name, weights[name], tapped.get(name))
             for g in groups for name in g}
 
     masks: dict[str, jax.Array] = {}
@@ -145,6 +183,12 @@ def prune_model(
             stats = _calibrate(params, forward_fn, calibration_batches, group,
                                {name: weights[name].shape[axes[name]] for name in group},
                                needs_gram)
+            empty = [name for name in group if int(stats[name].count) == 0]
+            if empty:
+                raise ValueError(must_be("calibration_batches", "batches with at least one "
+                                         "counted token for every pruned layer", f"0 tokens for "
+                                         f"{empty} (empty batches, or `where` masking out every "
+                                         "token)", raw=True))
         pruned = {}
         for name in group:
             pruned[name], masks[name] = prune_fn(weights[name], None if stats is None
@@ -155,18 +199,46 @@ def prune_model(
     return params, mask_tree
 
 
+def _layer_axis(axis: int | Mapping[str, int], name: str, w: Any,
+                tapped: tuple | None) -> int:
+    """The input axis of layer ``name``, checked against its weight and its tapped input."""
+    label = f"axis[{name!r}]" if isinstance(axis, Mapping) else "axis"
+    if isinstance(axis, Mapping):
+        if name not in axis:
+            raise ValueError(must_be("axis", "an int or a mapping with an entry for every pruned "
+                                     "layer", f"no entry for {name!r}", raw=True))
+        axis = axis[name]
+    ndim = len(jnp.shape(w))
+    if ndim != 2:
+        raise ValueError(must_be(f"params[{name!r}]", "a 2-D weight (a linear layer)",
+                                 f"shape {tuple(jnp.shape(w))}", raw=True))
+    ax = check_axis(axis, ndim, label)
+    if tapped is not None and tapped and tapped[-1] != w.shape[ax]:
+        fits = [a for a in range(ndim) if w.shape[a] == tapped[-1]]
+        hint = f" (axis={fits[0]} fits)" if fits else ""
+        raise ValueError(must_be(label, f"the input-feature axis of {name!r}: the axis of its "
+                                 f"weight {tuple(w.shape)} whose length is the {tapped[-1]} "
+                                 f"features of the input passed to tap{hint}", axis))
+    return ax
+
+
 def _calibrate(params, forward_fn, batches, group, features, gram) -> dict[str, LayerStats]:
-    step = _stats_step(forward_fn, tuple(group))
+    arrays, static = _split(params)
+    try:
+        step = _stats_step(forward_fn, tuple(group), static)
+    except TypeError:  # an unhashable non-array leaf: compile without the cache
+        step = _stats_step.__wrapped__(forward_fn, tuple(group), static)
     stats = {name: LayerStats.zeros(f, gram=gram) for name, f in features.items()}
     for batch in batches:
-        stats = step(params, batch, stats)
+        stats = step(arrays, batch, stats)
     return stats
 
 
 @functools.lru_cache(maxsize=64)  # reuse the compiled pass across calls with the same forward_fn
-def _stats_step(forward_fn, group):
+def _stats_step(forward_fn, group, static):
     @jax.jit
-    def step(params, batch, stats):
+    def step(arrays, batch, stats):
+        params = _merge(arrays, static)
         stats = dict(stats)
         seen = set()
 

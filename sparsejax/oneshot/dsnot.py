@@ -21,16 +21,16 @@ from sparsejax._checks import (
 from sparsejax.oneshot._layer import check_stats, check_weight, to_rows
 from sparsejax.oneshot.stats import LayerStats
 
-__all__ = ["dsnot", "reconstruction_error"]
+__all__ = ["dsnot_prune", "reconstruction_error"]
 
 
-def dsnot(
+def dsnot_prune(
     w: Float[Array, "a b"],
     stats: LayerStats,
     mask: Bool[Array, "a b"],
     *,
     m: int | None = None,
-    in_axis: int = 0,
+    axis: int | None = None,
     max_cycles: int = 50,
     update_threshold: float = 0.0,
     pow_of_var: float = 1.0,
@@ -62,11 +62,11 @@ def dsnot(
     so DSnoT never increases the layer's error.
 
     Args:
-        w: the *dense* weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
+        w: the *dense* weight ``[in, out]`` (``axis=0``) or ``[out, in]`` (``axis=1``).
         stats: `LayerStats` of the layer's calibration inputs.
         mask: starting mask (``True`` = kept), e.g. from `wanda`, `magnitude` or `sparsegpt`.
         m: N:M group size along the input axis when ``mask`` is N:M; ``None`` for unstructured.
-        in_axis: the input-feature axis of ``w``.
+        axis: the input-feature axis of ``w``.
         max_cycles: most prune-and-grow cycles (the reference's ``max_cycle_time``, 50).
         update_threshold: an output stops once ``|e_i|`` is at most this (per-token units, 0).
         pow_of_var: power of ``Var(x_j)`` dividing the growing score (reference 1).
@@ -76,23 +76,23 @@ def dsnot(
     Returns:
         ``(w * new_mask, new_mask)`` shaped like ``w``.
     """
-    w, in_axis = check_weight(w, in_axis)
-    stats = check_stats(stats, w, in_axis, gram=guard is True)
+    w, axis = check_weight(w, axis)
+    stats = check_stats(stats, w, axis, gram=guard is True)
     mask = check_bool_array(mask, "mask")
     check_shape(mask, w.shape, "mask")
     if m is not None:
         m = check_positive_int(m, "m")
-        check_divisible(w.shape[in_axis], m, f"w.shape[{in_axis}]", "m")
+        check_divisible(w.shape[axis], m, f"w.shape[{axis}]", "m")
     max_cycles = check_int(max_cycles, "max_cycles", minimum=0)
     update_threshold = check_float(update_threshold, "update_threshold", minimum=0.0)
     pow_of_var = check_float(pow_of_var, "pow_of_var", minimum=0.0)
     guard, same_sign = check_bool(guard, "guard"), check_bool(same_sign, "same_sign")
-    rows = to_rows(w, in_axis).astype(jnp.float32)
-    keep = _dsnot(rows, to_rows(mask, in_axis), stats.mean, stats.var, stats.norms,
+    rows = to_rows(w, axis).astype(jnp.float32)
+    keep = _dsnot(rows, to_rows(mask, axis), stats.mean, stats.var, stats.norms,
                   stats.gram if guard else None, jnp.asarray(update_threshold, jnp.float32),
                   jnp.asarray(pow_of_var, jnp.float32), m, max_cycles,
                   bool(same_sign))
-    keep = keep.T if in_axis == 0 else keep
+    keep = keep.T if axis == 0 else keep
     return jnp.where(keep, w, jnp.zeros((), w.dtype)), keep
 
 
@@ -101,21 +101,21 @@ def reconstruction_error(
     w_pruned: Float[Array, "a b"],
     gram: Float[Array, "features features"],
     *,
-    in_axis: int = 0,
+    axis: int | None = None,
 ) -> Float[Array, " out"]:
     """Per-output squared reconstruction error ``||X w_i - X w'_i||^2 = d_i^T (X^T X) d_i``.
 
     Args:
         w: dense weight; ``w_pruned`` the pruned one, same shape and layout.
         gram: ``X^T X`` of the calibration inputs (`LayerStats.gram`).
-        in_axis: the input-feature axis of ``w``.
+        axis: the input-feature axis of ``w``.
 
     Returns:
         ``[out]`` float32 errors; their sum is ``||X W - X W'||_F^2``.
     """
-    w, in_axis = check_weight(w, in_axis)
-    w_pruned, _ = check_weight(w_pruned, in_axis)
-    d = to_rows(w, in_axis).astype(jnp.float32) - to_rows(w_pruned, in_axis).astype(jnp.float32)
+    w, axis = check_weight(w, axis)
+    w_pruned, _ = check_weight(w_pruned, axis)
+    d = to_rows(w, axis).astype(jnp.float32) - to_rows(w_pruned, axis).astype(jnp.float32)
     return _row_errors(d, gram)
 
 

@@ -1,6 +1,6 @@
 """Per-layer one-shot pruning methods: magnitude, Wanda and SparseGPT.
 
-Each takes a 2-D weight (``in_axis=0`` for a Flax ``[in, out]`` kernel, the default; ``in_axis=1``
+Each takes a 2-D weight (``axis=0`` for a Flax ``[in, out]`` kernel, the default; ``axis=1``
 for a torch ``[out, in]`` weight), optionally the `LayerStats` of its calibration inputs, and either
 an unstructured ``sparsity`` or an N:M pattern (``n`` kept of every ``m`` consecutive *input*
 features, the axis NVIDIA's 2:4 tensor cores group along), and returns ``(pruned_weight, mask)``
@@ -28,18 +28,18 @@ from sparsejax._checks import (
 from sparsejax.oneshot._layer import check_pattern, check_stats, check_weight, to_rows
 from sparsejax.oneshot.stats import LayerStats
 
-__all__ = ["magnitude", "sparsegpt", "wanda"]
+__all__ = ["hessian_inverse_factor", "magnitude_prune", "sparsegpt_prune", "wanda_prune"]
 
 Pruned = tuple[Float[Array, "a b"], Bool[Array, "a b"]]
 
 
-def magnitude(
+def magnitude_prune(
     w: Float[Array, "a b"],
     sparsity: float | None = None,
     *,
     n: int | None = None,
     m: int | None = None,
-    in_axis: int = 0,
+    axis: int | None = None,
 ) -> Pruned:
     """Magnitude pruning: drop the smallest ``|w|``.
 
@@ -47,28 +47,28 @@ def magnitude(
     locuslab/wanda); N:M keeps the ``n`` largest of every ``m`` consecutive inputs of each output.
 
     Args:
-        w: weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
+        w: weight ``[in, out]`` (``axis=0``) or ``[out, in]`` (``axis=1``).
         sparsity: fraction dropped, in ``[0, 1]``; or give ``n`` and ``m`` instead.
         n: kept entries per group (N:M).
-        m: group size along the input axis, dividing ``w.shape[in_axis]``.
-        in_axis: the input-feature axis of ``w``.
+        m: group size along the input axis, dividing ``w.shape[axis]``.
+        axis: the input-feature axis of ``w``.
 
     Returns:
         ``(w * mask, mask)``, both shaped like ``w``.
     """
-    w, in_axis = check_weight(w, in_axis)
-    sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
-    return _keep_highest(w, _scores.magnitude(w), sparsity, n, m, in_axis, None)
+    w, axis = check_weight(w, axis)
+    sparsity, n, m = check_pattern(sparsity, n, m, w, axis)
+    return _keep_highest(w, _scores.magnitude(w), sparsity, n, m, axis, None)
 
 
-def wanda(
+def wanda_prune(
     w: Float[Array, "a b"],
     stats: LayerStats,
     sparsity: float | None = None,
     *,
     n: int | None = None,
     m: int | None = None,
-    in_axis: int = 0,
+    axis: int | None = None,
 ) -> Pruned:
     """Wanda (Sun et al., 2023): drop the lowest ``|W_ij| * ||X_j||_2`` per output.
 
@@ -76,39 +76,39 @@ def wanda(
     the reference ``prune_wanda``); N:M keeps the ``n`` best of every ``m`` consecutive inputs.
 
     Args:
-        w: weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
+        w: weight ``[in, out]`` (``axis=0``) or ``[out, in]`` (``axis=1``).
         stats: `LayerStats` of the layer's calibration inputs (the Gram is not needed).
         sparsity: fraction dropped per output, in ``[0, 1]``; or give ``n`` and ``m``.
         n: kept entries per group (N:M).
         m: group size along the input axis.
-        in_axis: the input-feature axis of ``w``.
+        axis: the input-feature axis of ``w``.
 
     Returns:
         ``(w * mask, mask)``, both shaped like ``w``.
     """
-    w, in_axis = check_weight(w, in_axis)
-    stats = check_stats(stats, w, in_axis)
-    sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
-    score = _scores.wanda(w, norms=stats.norms, in_axis=in_axis)
-    return _keep_highest(w, score, sparsity, n, m, in_axis, in_axis)
+    w, axis = check_weight(w, axis)
+    stats = check_stats(stats, w, axis)
+    sparsity, n, m = check_pattern(sparsity, n, m, w, axis)
+    score = _scores.wanda(w, norms=stats.norms, axis=axis)
+    return _keep_highest(w, score, sparsity, n, m, axis, axis)
 
 
-def _keep_highest(w, score, sparsity, n, m, in_axis, group_axis) -> Pruned:
+def _keep_highest(w, score, sparsity, n, m, axis, group_axis) -> Pruned:
     """``(w * mask, mask)`` keeping the highest scores: unstructured over ``group_axis`` fibres
     (``None``: the whole layer) or N:M along the input axis."""
     mask = (_masks.unstructured(score, sparsity, axis=group_axis) if n is None
-            else _masks.nm(score, n, m, axis=in_axis))
+            else _masks.nm(score, n, m, axis=axis))
     return jnp.where(mask, w, jnp.zeros((), w.dtype)), mask
 
 
-def sparsegpt(
+def sparsegpt_prune(
     w: Float[Array, "a b"],
     stats: LayerStats,
     sparsity: float | None = None,
     *,
     n: int | None = None,
     m: int | None = None,
-    in_axis: int = 0,
+    axis: int | None = None,
     block_size: int = 128,
     damp: float = 0.01,
 ) -> Pruned:
@@ -128,12 +128,12 @@ def sparsegpt(
     float64 inputs under ``jax.enable_x64``).
 
     Args:
-        w: weight ``[in, out]`` (``in_axis=0``) or ``[out, in]`` (``in_axis=1``).
+        w: weight ``[in, out]`` (``axis=0``) or ``[out, in]`` (``axis=1``).
         stats: `LayerStats` with the Gram matrix of the layer's calibration inputs.
         sparsity: fraction dropped, in ``[0, 1]``; or give ``n`` and ``m``.
         n: kept entries per group (N:M).
         m: group size along the input axis; must divide ``block_size``.
-        in_axis: the input-feature axis of ``w``.
+        axis: the input-feature axis of ``w``.
         block_size: columns per lazy-update block (the reference's ``blocksize``, 128).
         damp: diagonal damping as a fraction of the mean diagonal of ``H`` (``percdamp``, 0.01).
 
@@ -145,15 +145,15 @@ def sparsegpt(
         ValueError: feature counts of ``w`` and ``stats`` differ, a bad pattern, ``block_size`` not
             a multiple of ``m``, or (eagerly) a Gram matrix that is singular after damping.
     """
-    w, in_axis = check_weight(w, in_axis)
-    stats = check_stats(stats, w, in_axis, gram=True)
-    sparsity, n, m = check_pattern(sparsity, n, m, w, in_axis)
+    w, axis = check_weight(w, axis)
+    stats = check_stats(stats, w, axis, gram=True)
+    sparsity, n, m = check_pattern(sparsity, n, m, w, axis)
     block_size = check_positive_int(block_size, "block_size")
     if m is not None:
         check_divisible(block_size, m, "block_size", "m")  # N:M groups never straddle blocks
     damp = check_float(damp, "damp", minimum=0.0)
     dtype = jnp.promote_types(w.dtype, jnp.float32)  # float32 (float64 kept under x64)
-    rows = to_rows(w, in_axis).astype(dtype)
+    rows = to_rows(w, axis).astype(dtype)
     s = jnp.asarray(0.0 if sparsity is None else sparsity, jnp.float32)
     new, keep, ok = _sparsegpt(rows, stats.gram.astype(dtype), s, jnp.asarray(damp, dtype),
                                n, m, min(block_size, rows.shape[1]))
@@ -161,7 +161,7 @@ def sparsegpt(
         raise ValueError(must_be("stats.gram", f"positive definite after damping (damp={damp}; use "
                                  "damp > 0 or more calibration tokens)", "a singular or non-finite "
                                  "matrix", raw=True))
-    back = (lambda a: a.T) if in_axis == 0 else (lambda a: a)
+    back = (lambda a: a.T) if axis == 0 else (lambda a: a)
     return back(new).astype(w.dtype), back(keep)
 
 

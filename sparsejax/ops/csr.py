@@ -33,18 +33,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from sparsejax._backend import Resolved, backends, implementation, resolve
+from sparsejax._backend import Resolved, implementation, resolve
 from sparsejax._checks import check_choice, check_float_array, must_be
 from sparsejax.formats import CSR
 from sparsejax.ops import csr_xla
 
 __all__ = ["CSR_BACKENDS", "csr_matmul", "csr_sddmm", "dense_csr_matmul", "sparse_conv1x1"]
 
-CSR_BACKENDS = backends("csr_matmul")
+CSR_BACKENDS = ("auto", "reference", "xla", "pallas_gpu")  # = _backend.backends("csr_matmul")
 """Accepted ``backend=`` values of the CSR products."""
 
+
+
 def _impl(backend: Resolved, name: str, interpret: Any) -> Callable:
-    """The registered implementation ``name`` (``csr_matmul``, ``csr_sddmm``) of a backend."""
+    """The implementation ``name`` (``csr_matmul``, ``csr_sddmm``) of a resolved backend."""
     return implementation(name, backend, interpret=interpret)
 
 

@@ -11,7 +11,8 @@ layout, rows = inputs), and reads only the kept rows:
   the gathered inputs ``x[:, idx]`` are zero past ``nnz``;
 * ``xla`` (the CPU default): a ``lax.fori_loop`` over ``ceil(nnz / chunk)`` chunks of ``idx``,
   each a ``[chunk, N]`` row gather of ``W`` and one small product, accumulated in float32; its
-  cost scales with ``nnz`` (see ``benchmarks/activation.py``);
+  cost scales with ``nnz`` (see ``benchmarks/activation.py``); above ``DENSE_FALLBACK_DENSITY``
+  (0.8) of kept inputs a ``lax.cond`` runs the dense product instead;
 * ``pallas_gpu`` (`sparsejax.ops.sparse_input_gpu`, Triton): one program per column tile of
   ``W``, looping over the kept chunks and gather-loading their rows (a GEMV for batch 1, a
   ``tl.dot`` for small batches);
@@ -48,6 +49,11 @@ _HI = jax.lax.Precision.HIGHEST
 
 #: Rows of ``W`` gathered per step of the ``xla`` loop.
 XLA_CHUNK = 64
+
+#: Kept-input fraction above which the ``xla`` path runs the dense product instead (a chunk's
+#: gather copies its rows before the product reads them, so near full density the loop costs
+#: more than one dense GEMV).
+DENSE_FALLBACK_DENSITY = 0.8
 
 
 def compact_inputs(
@@ -91,9 +97,11 @@ def _xla(x: Array, w: Array, *, chunk: int = XLA_CHUNK) -> Array:
         ws = jnp.take(w, rows, axis=0, mode="clip")
         return acc + jnp.matmul(xs, ws, preferred_element_type=jnp.float32, precision=_HI)
 
-    trips = (nnz + chunk - 1) // chunk
-    acc = jax.lax.fori_loop(0, trips, body, jnp.zeros((b, n), jnp.float32))
-    return acc.astype(dtype)
+    def loop():
+        trips = (nnz + chunk - 1) // chunk
+        return jax.lax.fori_loop(0, trips, body, jnp.zeros((b, n), jnp.float32)).astype(dtype)
+
+    return jax.lax.cond(nnz > DENSE_FALLBACK_DENSITY * k, lambda: _reference(x, w), loop)
 
 
 def _impl(backend: Resolved, interpret: Any):

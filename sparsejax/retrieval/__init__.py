@@ -2,7 +2,8 @@
 index.
 
 * encoders' pooling: `splade_pool` (SPLADE max/sum), `tied_mlm_logits` (an expansion head for an
-  encoder without an MLM head), `term_weight_pool` (uniCOIL, no expansion);
+  encoder without an MLM head), `term_weight_head` / `term_weight_pool` (uniCOIL, no expansion; layers:
+  `sparsejax.nn.TermWeightHead`, `sparsejax.nn.eqx.TermWeightHead`);
 * inference-free queries: `idf`, `inference_free_query`;
 * regularisers and losses: `flops_loss` (with the l0-masked variant), `l1_loss`,
   `regularizer_weight` (quadratic warm-up), `contrastive_loss` (in-batch negatives);
@@ -13,10 +14,13 @@ index.
 * metrics: `mrr_at_k`, `recall_at_k`.
 """
 
+from sparsejax.retrieval import corpus
 from sparsejax.retrieval.encode import (
     idf,
     inference_free_query,
     splade_pool,
+    term_weight_head,
+    term_weight_head_init,
     term_weight_pool,
     tied_mlm_logits,
 )
@@ -28,6 +32,7 @@ from sparsejax.retrieval.prune import keep_above_fraction, max_active_dims
 
 __all__ = [
     "InvertedIndex",
+    "corpus",
     "build_index",
     "contrastive_loss",
     "convex_fusion",
@@ -43,6 +48,8 @@ __all__ = [
     "regularizer_weight",
     "search",
     "splade_pool",
+    "term_weight_head",
+    "term_weight_head_init",
     "term_weight_pool",
     "tied_mlm_logits",
     "to_term_lists",

@@ -22,7 +22,15 @@ from sparsejax._checks import (
     must_be,
 )
 
-__all__ = ["idf", "inference_free_query", "splade_pool", "term_weight_pool", "tied_mlm_logits"]
+__all__ = [
+    "idf",
+    "inference_free_query",
+    "splade_pool",
+    "term_weight_head",
+    "term_weight_head_init",
+    "term_weight_pool",
+    "tied_mlm_logits",
+]
 
 POOLINGS = ("max", "sum")
 ACTIVATIONS = ("relu", "log1p_relu")
@@ -146,6 +154,40 @@ def term_weight_pool(
     out = jnp.full_like(zero, low).at[rows, token_ids].max(jnp.where(mask, weights, low),
                                                             mode="drop")
     return jnp.where(out == low, 0, out)
+
+
+def term_weight_head_init(hidden: int) -> dict:
+    """Parameters of the ``d -> 1`` term-weight head: ``kernel`` zeros ``[hidden, 1]``, ``bias``
+    ones ``[1]``, so an untrained head gives every input term weight 1 (a binary bag of words)."""
+    hidden = check_positive_int(hidden, "hidden")
+    return {"kernel": jnp.zeros((hidden, 1)), "bias": jnp.ones((1,))}
+
+
+def term_weight_head(
+    params: dict,
+    hidden: Float[Array, "batch length hidden"],
+    token_ids: Int[Array, "batch length"],
+    attention_mask: Int[Array, "batch length"] | Bool[Array, "batch length"],
+    vocab_size: int,
+    *,
+    pooling: str = "max",
+) -> Float[Array, "batch vocab"]:
+    """uniCOIL head: ``relu(hidden @ kernel + bias)`` per token, pooled by `term_weight_pool`.
+
+    Args:
+        params: ``{"kernel": [hidden, 1], "bias": [1]}`` (`term_weight_head_init`).
+        hidden: encoder states ``[batch, length, hidden]``.
+        token_ids: input ids ``[batch, length]``.
+        attention_mask: tokens that get a weight (mask out ``[CLS]``/``[SEP]`` here if wanted).
+        vocab_size: number of terms.
+        pooling: ``"max"`` or ``"sum"`` over repeats of a term.
+
+    Returns:
+        ``[batch, vocab_size]`` non-negative term weights.
+    """
+    hidden = check_float_array(hidden, "hidden", min_ndim=1)
+    w = jax.nn.relu(hidden @ params["kernel"] + params["bias"])[..., 0]
+    return term_weight_pool(w, token_ids, attention_mask, vocab_size, pooling=pooling)
 
 
 def idf(

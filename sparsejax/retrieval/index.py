@@ -83,8 +83,9 @@ class InvertedIndex:
 
     @property
     def num_postings(self) -> int:
-        """Real postings (padding of the shards to one length excluded)."""
-        return int(np.asarray(self.offsets[:, -1]).sum())
+        """Non-zero (document, term) entries indexed: postings plus dense-head non-zeros."""
+        return int(np.asarray(self.offsets[:, -1]).sum()) + int(np.count_nonzero(
+            np.asarray(self.head)))
 
     @property
     def bytes_per_posting(self) -> int:
@@ -165,8 +166,8 @@ def build_index(
         weight_dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` posting weights.
         dense_terms: the number of most frequent terms stored as a dense ``[docs, dense_terms]``
             block instead of postings (scored by a matrix product, which is faster than gathering
-            long posting lists). Default: the terms present in at least 1/16 of the documents,
-            at most 256.
+            long posting lists). Default: the terms present in at least 1/8 of the documents,
+            at most 128.
 
     Returns:
         an `InvertedIndex`.
@@ -207,7 +208,7 @@ def build_index(
         shard, terms, rows, w = shard[keep], terms[keep], rows[keep], w[keep]
     df = np.bincount(terms, minlength=vocab_size)
     if dense_terms is None:
-        dense_terms = min(int(np.sum(df * 16 >= n)), 256)
+        dense_terms = min(int(np.sum(df * 8 >= n)), 128)
     dense_terms = check_int(dense_terms, "dense_terms", minimum=0, maximum=vocab_size)
     head_ids = np.argsort(-df, kind="stable")[:dense_terms]
     head_terms = np.full(vocab_size, -1, np.int32)

@@ -6,6 +6,7 @@ updates leave the params exactly masked after every step; `masks_of` reads the m
 """
 
 from sparsejax.training._transform import MaskUpdate, masked_transform
+from sparsejax.training.apply import keep_masked, sparsify
 from sparsejax.training.blocks import compact_blocks
 from sparsejax.training.drop_grow import DropGrowSchedule, drop_and_grow
 from sparsejax.training.dynamic import (
@@ -40,6 +41,7 @@ __all__ = [
     "drop_fraction_at",
     "dynamic_sparse",
     "iso_flop_width",
+    "keep_masked",
     "mask_decay",
     "masked_transform",
     "masks_of",
@@ -48,6 +50,7 @@ __all__ = [
     "reset_moments",
     "rigl",
     "soup",
+    "sparsify",
     "sparse_evolutionary",
     "sr_ste",
     "static_sparse",

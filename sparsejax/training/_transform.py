@@ -14,12 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.experimental import checkify
 
 from sparsejax._checks import (
     _is_none,
     check_bool,
     check_callable,
     check_same_structure,
+    is_concrete,
     must_be,
 )
 from sparsejax.select import select
@@ -43,14 +45,6 @@ class MaskUpdate(NamedTuple):
 
     masks: PyTree
     values: PyTree
-
-
-def is_function(value: Any) -> bool:
-    """A function to call, not a tree: callable and without array leaves (an Equinox module is
-    callable but holds arrays). Same rule as the core branch's ``_checks.is_function``; replace
-    this one by it once both are merged."""
-    return callable(value) and not any(isinstance(x, jax.Array | np.ndarray)
-                                       for x in jax.tree.leaves(value))
 
 
 def key_data(key: Any, name: str = "key") -> jax.Array:
@@ -107,6 +101,7 @@ def masked_transform(
     key: Any = None,
     reset: bool = False,
     update_at_mask_step: bool = False,
+    hold_frozen: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """An optax transform that keeps the params exactly masked, its masks in its state.
 
@@ -123,6 +118,12 @@ def masked_transform(
        (apart from the reset), as rigl's ``cond(is_mask_update_iter, mask_update_op,
        apply_gradient_op)`` and jaxpruner's ``skip_gradients=True`` do. Otherwise (and at every
        other step) the inner optimizer runs on the gradients masked by ``old & new``;
+    Incoming params must be exactly masked from step 1 on (the updates of step 0 zero the pruned
+    entries): a transform chained *after* this one that rescales the updates (e.g.
+    ``optax.clip_by_global_norm``) breaks that. Called eagerly, ``update`` raises; under ``jit``
+    it is a ``checkify`` check (``errors=checkify.user_checks``). Wrap the whole chain in
+    `keep_masked` to make any chain safe.
+
     4. the returned updates leave the params exactly masked: entries kept by both masks move by
        the inner update, dropped entries get ``-params``, grown entries ``value - params``
        (``value = 0`` without a `MaskUpdate`), dense leaves (mask ``None``) the inner update.
@@ -141,6 +142,10 @@ def masked_transform(
             is checked at ``init``).
         update_at_mask_step: also step the inner optimizer at a mask-update step (on the entries
             kept by both masks); ``False`` follows rigl / jaxpruner / SSVI.
+        hold_frozen: keep the mask of a *frozen* leaf unchanged at an update step: a leaf the
+            inner optimizer does not move (its update is exactly zero while its gradient on the
+            kept entries is not, e.g. a zero learning rate under ``optax.multi_transform``).
+            Growing entries there would replace trained weights by zeros that never train.
 
     Returns:
         an ``optax.GradientTransformationExtraArgs`` whose state is a `SparseState`.
@@ -178,6 +183,7 @@ def masked_transform(
         check_same_structure(params, grads, "updates", "params")
         check_leaf_shapes(params, grads, "updates", "params")
         step, k_state = state.count, state.key
+        _check_masked(params, old, step)
         new, values, is_update = old, None, None
         if update_masks is not None:
             def changed_masks():
@@ -185,9 +191,12 @@ def masked_transform(
                 if k_state is not None:
                     k_next, k_update = jax.random.split(k_state)
                 out = update_masks(params, grads, old, step, k_update)
-                if isinstance(out, MaskUpdate):
-                    return out.masks, _fill(out.values, params, out.masks), k_next
-                return out, _fill(None, params, out), k_next
+                masks, values = (out.masks, out.values) if isinstance(out, MaskUpdate) else (out,
+                                                                                            None)
+                if hold_frozen:
+                    masks = _hold_frozen(inner, grads, inner_state, params, old, masks,
+                                         extra_args)
+                return masks, _fill(values, params, masks), k_next
 
             def same_masks():
                 return old, _fill(None, params, old), k_state
@@ -217,6 +226,44 @@ def masked_transform(
         return result, SparseState(optax.safe_increment(step), new, next_state, k_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _check_masked(params: PyTree, masks: PyTree, step: Any) -> None:
+    """Entries outside the mask must be zero in the params an update receives (from step 1)."""
+    leaves = []
+    jax.tree.map(lambda m, p: None if m is None else leaves.append((p, m)), masks, params,
+                 is_leaf=_is_none)
+    if not leaves:
+        return
+    if is_concrete(step) and all(is_concrete(p) for p, _ in leaves):
+        if int(step) == 0:
+            return
+        bad = [int(np.count_nonzero(np.asarray(p)[~np.asarray(m)])) for p, m in leaves]
+        if any(bad):
+            raise ValueError(must_be(
+                "params", f"exactly masked at step {int(step)} (zero outside the transform's "
+                "masks)", f"{sum(bad)} nonzero entries outside the masks: a transform chained "
+                "after the sparse one changed its updates (e.g. clip_by_global_norm), or the "
+                "params were edited; wrap the whole chain in sparsejax.training.keep_masked(...)",
+                raw=True))
+        return
+    ok = jnp.all(jnp.asarray([jnp.all(jnp.where(m, True, p == 0)) for p, m in leaves]))
+    checkify.debug_check((step == 0) | ok, "`params` must be exactly masked (zero outside the "
+                         "sparse transform's masks) from step 1 on: a transform chained after it "
+                         "changed its updates; wrap the whole chain in keep_masked(...).")
+
+
+def _hold_frozen(inner, grads, inner_state, params, old, new, extra_args):
+    """``new`` with the leaves the inner optimizer does not move reset to ``old``."""
+    probe, _ = inner.update(apply_masks(grads, old), inner_state, params, **extra_args)
+
+    def leaf(m_old, m_new, u, g):
+        frozen = jnp.all(jnp.where(m_old, u == 0, True)) & jnp.any(jnp.where(m_old, g != 0,
+                                                                             False))
+        return jnp.where(frozen, m_old, m_new)
+
+    return jax.tree.map(lambda a, b, u, g: None if a is None else leaf(a, b, u, g),
+                        old, new, probe, grads, is_leaf=_is_none)
 
 
 def _fill(values: PyTree, params: PyTree, masks: PyTree) -> PyTree:

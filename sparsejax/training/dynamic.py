@@ -83,7 +83,10 @@ def dynamic_sparse(
     params-shaped moments of every changed entry are reset), kept entries do not move and the
     inner optimizer is not stepped (``update_at_mask_step=True``: it is, on the entries kept by
     both masks). ``update_every`` counts optimizer steps (under ``optax.MultiSteps``, applied
-    updates). Params stay dense until the first step unless `sparsify` is applied at init.
+    updates). Params stay dense until the first step unless `sparsify` is applied at init. A leaf
+    the inner optimizer does not move (a frozen layer: zero learning rate under
+    ``optax.multi_transform``) keeps its mask (``hold_frozen`` of `masked_transform`): growing
+    there would replace trained weights by zeros that never train.
 
     Args:
         inner: the user's optimizer; its per-parameter state must mirror the params (adam, adamw,
@@ -133,7 +136,7 @@ def dynamic_sparse(
                             old, params, grads, is_leaf=_is_none)
 
     return masked_transform(inner, init_masks, update_masks, schedule, key=key, reset=True,
-                            update_at_mask_step=update_at_mask_step)
+                            update_at_mask_step=update_at_mask_step, hold_frozen=True)
 
 
 def rigl(inner: optax.GradientTransformation, sparsity: float, *, key: jax.Array,

@@ -17,10 +17,11 @@ from sparsejax._checks import (
     check_callable,
     check_sparsity,
     is_concrete,
+    is_function,
     must_be,
 )
 from sparsejax.select import Where
-from sparsejax.training._transform import full_masks, is_function, key_data, masked_transform
+from sparsejax.training._transform import full_masks, key_data, masked_transform
 from sparsejax.training.drop_grow import hyper_int
 from sparsejax.tree import compute_masks
 
@@ -222,8 +223,13 @@ def prune(
             alloc = None
         else:
             sparsity, alloc = s, allocation
-        return compute_masks(params, pattern, sparsity=sparsity, scores=score_tree, where=where,
-                             allocation=alloc, **pattern_kwargs)
+        # the scores go in as a function of the leaf path, not as a tree: a tree of scores for an
+        # Equinox model is itself a callable module
+        by_path = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(
+            score_tree)[0]}
+        return compute_masks(params, pattern, sparsity=sparsity, where=where, allocation=alloc,
+                             scores=lambda path, leaf: by_path[jax.tree_util.keystr(path)],
+                             **pattern_kwargs)
 
     def should_update(step):
         due = (step >= begin_step) & ((step - begin_step) % update_every == 0)

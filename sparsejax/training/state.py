@@ -47,7 +47,9 @@ def masks_of(opt_state: PyTree) -> PyTree:
 
     Finds the one `SparseState` anywhere inside ``opt_state`` (a bare state, nested in an
     ``optax.chain`` tuple, an ``optax.inject_hyperparams`` state, or the ``opt_state`` of a Flax
-    ``nnx.Optimizer``) and returns its masks, with NNX variable wrappers removed.
+    ``nnx.Optimizer``) and returns its masks, with NNX variable wrappers removed and the
+    ``optax.MaskedNode`` placeholders of an ``optax.multi_transform`` branch made ``None`` (a
+    dense leaf), so `sparsejax.summary` and `sparsejax.apply_masks` accept the result.
 
     Args:
         opt_state: an optimizer state (or anything containing exactly one `SparseState`).
@@ -61,8 +63,10 @@ def masks_of(opt_state: PyTree) -> PyTree:
     state = find_state(opt_state, SparseState,
                        "sparsejax.training SparseState (from prune / rigl / sparse_evolutionary / "
                        "static_sparse)")
-    return jax.tree.map(_unwrap, state.masks, is_leaf=lambda x: _is_none(x) or not isinstance(
-        x, dict | list | tuple) and hasattr(x, "get_value"))
+    return jax.tree.map(
+        lambda x: None if isinstance(x, optax.MaskedNode) else _unwrap(x), state.masks,
+        is_leaf=lambda x: _is_none(x) or isinstance(x, optax.MaskedNode) or not isinstance(
+            x, dict | list | tuple) and hasattr(x, "get_value"))
 
 
 def find_state(opt_state: PyTree, state_type: type, label: str) -> Any:

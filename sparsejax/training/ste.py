@@ -20,10 +20,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import _is_none, check_int, check_same_structure, is_function
+from sparsejax._checks import (
+    _is_none,
+    check_bool,
+    check_float,
+    check_int,
+    check_mask_tree,
+    check_same_structure,
+    check_sparsity,
+    is_concrete,
+    is_function,
+)
 from sparsejax.select import Where
 from sparsejax.tree import compute_masks
 
@@ -77,8 +88,16 @@ def sr_ste(params: PyTree, masks: Masks, decay: float | Float[Array, ""] = 2e-4)
 
     Returns:
         the masked params, with the SR-STE gradient rule.
+
+    Raises:
+        TypeError / ValueError: a mask leaf that is not a bool array (a float mask is ambiguous:
+            is 0.5 kept?), a negative concrete ``decay``.
     """
     masks = _resolve(params, masks)
+    check_mask_tree(masks)
+    if is_concrete(decay):  # a Python or a concrete array scalar
+        check_float(np.asarray(decay).item() if hasattr(decay, "dtype") else decay, "decay",
+                    minimum=0.0)
     decay = jnp.asarray(decay, jnp.float32)
     return jax.tree.map(lambda m, w: w if m is None else _sr_leaf(w, m, decay), masks, params,
                         is_leaf=_is_none)
@@ -99,25 +118,59 @@ def ste(params: PyTree, masks: Masks) -> PyTree:
     return sr_ste(params, masks, 0.0)
 
 
-def mask_decay(params: PyTree, masks: Masks, factor: float | Float[Array, ""]) -> PyTree:
+@jax.custom_vjp
+def _decay_leaf(w, m, factor):
+    return jnp.where(m, w, (factor * w).astype(w.dtype))
+
+
+def _decay_fwd(w, m, factor):
+    return _decay_leaf(w, m, factor), None
+
+
+def _decay_bwd(res, g):
+    del res
+    return (g, None, None)  # LinearDecay.backward: the incoming gradient, unchanged
+
+
+_decay_leaf.defvjp(_decay_fwd, _decay_bwd)
+
+
+def mask_decay(params: PyTree, masks: Masks, factor: float | Float[Array, ""], *,
+               scale_gradient: bool = False) -> PyTree:
     """Progressive gradient flow's mask decay: kept weights as is, pruned ones times ``factor``.
 
-    ``W * (M + factor * (1 - M))``, differentiated as written (pruned weights get ``factor`` times
-    their gradient). Drive ``factor`` from 1 to 0 with `decay_factor`.
+    Forward ``W * (M + factor * (1 - M))``. Backward, as the reference's
+    ``LinearDecay.backward`` / ``ExponentialDecay.backward``: the incoming gradient passes to
+    every dense weight unchanged (the decayed weights receive the full gradient: the gradient
+    flow the method is named for). ``scale_gradient=True`` differentiates the forward as written
+    instead (pruned weights get ``factor`` times their gradient, zero once ``factor`` is 0). Drive
+    ``factor`` from 1 to 0 with `decay_factor`.
 
     Args:
         params: the dense params.
-        masks: a mask tree mirroring ``params``, or a function ``params -> masks``.
+        masks: a bool mask tree mirroring ``params``, or a function ``params -> masks``.
         factor: scale of the pruned weights in ``[0, 1]`` (may be traced).
+        scale_gradient: differentiate the forward as written instead of passing the gradient
+            straight through.
 
     Returns:
         the decayed params.
+
+    Raises:
+        TypeError / ValueError: a mask leaf that is not a bool array, a concrete ``factor``
+            outside ``[0, 1]``.
     """
     masks = _resolve(params, masks)
+    check_mask_tree(masks)
+    check_sparsity(factor, "factor")
+    check_bool(scale_gradient, "scale_gradient")
     factor = jnp.asarray(factor, jnp.float32)
-    return jax.tree.map(
-        lambda m, w: w if m is None else jnp.where(m, w, (factor * w).astype(w.dtype)),
-        masks, params, is_leaf=_is_none)
+    if scale_gradient:
+        leaf = lambda m, w: jnp.where(m, w, (factor * w).astype(w.dtype))  # noqa: E731
+    else:
+        leaf = lambda m, w: _decay_leaf(w, m, factor)  # noqa: E731
+    return jax.tree.map(lambda m, w: w if m is None else leaf(m, w), masks, params,
+                        is_leaf=_is_none)
 
 
 def decay_factor(step: Int[Array, ""] | int, rate: float = 2e-4, kind: str = "linear"

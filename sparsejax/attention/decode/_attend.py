@@ -26,7 +26,7 @@ def keep_to_indices(
 
     Args:
         keep: Bool ``[..., N]``.
-        size: Static list length (e.g. the capacity); extra kept positions are dropped.
+        size: Static list length (e.g. the token_budget); extra kept positions are dropped.
 
     Returns:
         ``(indices, valid)``: int32 ``[..., size]`` (padding 0) and bool ``[..., size]``.
@@ -42,13 +42,13 @@ def attend_kept(
     v: Float[Array, "batch kv_heads kv_len dim_v"],
     keep: Bool[Array, "batch keep_heads kv_len"],
     *,
-    capacity: int | None = None,
+    token_budget: int | None = None,
     scale: float | None = None,
 ) -> Float[Array, "batch heads dim_v"]:
     """One decoding query per head attends to its kept KV entries only.
 
-    The kept positions are packed into a ``[B, H, capacity]`` index list (`keep_to_indices`),
-    ``k``/``v`` are gathered there and softmax attention runs over ``capacity`` entries instead
+    The kept positions are packed into a ``[B, H, token_budget]`` index list (`keep_to_indices`),
+    ``k``/``v`` are gathered there and softmax attention runs over ``token_budget`` entries instead
     of ``kv_len`` (the softmax and the value sum scale with the budget of Quest, SnapKV /
     Ada-SnapKV and MoA decoding; the packing is one pass of the shared packer). It equals dense
     attention under the equivalent mask (``keep`` as a one-row token mask); a head with no kept
@@ -61,9 +61,9 @@ def attend_kept(
         keep: Bool keep mask ``[B|1, H, kv_len]`` (per query head, e.g. `quest_keep`) or
             ``[B|1, Hkv, kv_len]`` (per KV head, shared by its query group, e.g. `snapkv_keep`);
             a 2-D ``[heads, kv_len]`` mask (e.g. `moa_keep`) is broadcast over the batch.
-        capacity: Static number of entries gathered per head (the method's budget). ``None``:
+        token_budget: Static number of entries gathered per head (the method's budget). ``None``:
             the largest kept count of ``keep``, which must then be concrete (not traced).
-            Kept entries beyond ``capacity`` (in position order) are dropped.
+            Kept entries beyond ``token_budget`` (in position order) are dropped.
         scale: Logit scale; default ``1 / sqrt(D)``.
 
     Returns:
@@ -92,14 +92,14 @@ def attend_kept(
         )
     if keep.shape[2] != lk:
         raise ValueError(f"`keep` must cover kv_len = {lk} positions; got shape {keep.shape}.")
-    if capacity is None:
+    if token_budget is None:
         if not is_concrete(keep):
-            raise ValueError("`capacity` must be an int when `keep` is traced; got None.")
-        capacity = max(1, int(np.asarray(keep).sum(-1).max()))
-    capacity = min(check_int(capacity, "capacity", minimum=1), lk)
+            raise ValueError("`token_budget` must be an int when `keep` is traced; got None.")
+        token_budget = max(1, int(np.asarray(keep).sum(-1).max()))
+    token_budget = min(check_int(token_budget, "token_budget", minimum=1), lk)
     if scale is None:
         scale = 1.0 / math.sqrt(d)
-    idx, valid = keep_to_indices(keep, capacity)
+    idx, valid = keep_to_indices(keep, token_budget)
     return _attend(q, k, v, idx, valid, float(scale))
 
 

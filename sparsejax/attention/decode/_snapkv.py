@@ -3,8 +3,8 @@
 Reference: PiotrNawrot/sparse-frontier ``sparse_frontier/modelling/attention/kv_compression.py``:
 the importance of each key from the last ``256`` queries (SnapKV: softmax mean over the GQA group,
 summed over the window; Ada: max over window and group), smoothed by average pooling (kernel
-``21``); the last ``128`` and first ``4`` keys forced; SnapKV keeps ``token_capacity`` keys per KV
-head, Ada-SnapKV gives each head at least ``max(int(0.2 * capacity), 128 + 4)`` keys and shares
+``21``); the last ``128`` and first ``4`` keys forced; SnapKV keeps ``token_budget`` keys per KV
+head, Ada-SnapKV gives each head at least ``max(int(0.2 * token_budget), 128 + 4)`` keys and shares
 the rest through one global top-k.
 """
 
@@ -43,9 +43,9 @@ def _avg_pool(x: jnp.ndarray, kernel: int) -> jnp.ndarray:
     return (c[..., kernel : kernel + out_len] - c[..., :out_len]) / kernel
 
 
-def _check_snap(q, k, token_capacity, window, kernel_size, local_window, prefix_tokens):
+def _check_snap(q, k, token_budget, window, kernel_size, local_window, prefix_tokens):
     check_qk(q, k)
-    check_int(token_capacity, "token_capacity", minimum=1)
+    check_int(token_budget, "token_budget", minimum=1)
     check_int(window, "window", minimum=1)
     check_int(kernel_size, "kernel_size", minimum=1)
     if kernel_size % 2 == 0:
@@ -67,7 +67,7 @@ def snapkv_keep(
     q: Float[Array, "batch heads seq dim"],
     k: Float[Array, "batch kv_heads seq dim"],
     *,
-    token_capacity: int = 1024,
+    token_budget: int = 1024,
     window: int = 256,
     kernel_size: int = 21,
     local_window: int = 128,
@@ -78,26 +78,26 @@ def snapkv_keep(
     Args:
         q: Prefill queries ``[B, H, L, D]``.
         k: Prefill keys ``[B, Hkv, L, D]``.
-        token_capacity: Keys kept per KV head.
+        token_budget: Keys kept per KV head.
         window: Observation window (final queries scoring the keys).
         kernel_size: Odd average-pooling kernel.
         local_window: The last keys always kept.
         prefix_tokens: The first keys always kept.
 
     Returns:
-        Bool ``[B, Hkv, L]`` keep mask with exactly ``min(token_capacity, L)`` keys per KV head
+        Bool ``[B, Hkv, L]`` keep mask with exactly ``min(token_budget, L)`` keys per KV head
         (shared by the query heads of the group; feed it to `attend_kept`).
 
     Raises:
-        ValueError: ``min(token_capacity, L) <= local_window + prefix_tokens`` (the reference's
+        ValueError: ``min(token_budget, L) <= local_window + prefix_tokens`` (the reference's
             assertion), bad shapes or sizes.
     """
-    _check_snap(q, k, token_capacity, window, kernel_size, local_window, prefix_tokens)
+    _check_snap(q, k, token_budget, window, kernel_size, local_window, prefix_tokens)
     lk = k.shape[2]
-    cap = min(token_capacity, lk)
+    cap = min(token_budget, lk)
     if cap <= local_window + prefix_tokens:
         raise ValueError(
-            f"`token_capacity` (min with L) must exceed local_window + prefix_tokens "
+            f"`token_budget` (min with L) must exceed local_window + prefix_tokens "
             f"({local_window} + {prefix_tokens}); got {cap}."
         )
     return _snap_core(
@@ -124,54 +124,54 @@ def ada_snapkv_keep(
     q: Float[Array, "batch heads seq dim"],
     k: Float[Array, "batch kv_heads seq dim"],
     *,
-    token_capacity: int = 1024,
+    token_budget: int = 1024,
     window: int = 256,
     kernel_size: int = 21,
     local_window: int = 128,
     prefix_tokens: int = 4,
-    min_head_capacity_ratio: float = 0.2,
+    min_head_budget_ratio: float = 0.2,
 ) -> Bool[Array, "batch kv_heads seq"]:
     """Ada-SnapKV: per-head budgets from one global top-k (sparse-frontier defaults).
 
     Importance is the max over window queries and the GQA group, pooled as in SnapKV. Each KV
-    head first keeps its top ``m = max(int(token_capacity * ratio), local_window + prefix_tokens)``
-    keys; the remaining ``Hkv * token_capacity - Hkv * m`` keys are the global top-k of the rest
+    head first keeps its top ``m = max(int(token_budget * ratio), local_window + prefix_tokens)``
+    keys; the remaining ``Hkv * token_budget - Hkv * m`` keys are the global top-k of the rest
     over all heads (per batch element).
 
     Args:
         q: Prefill queries ``[B, H, L, D]``.
         k: Prefill keys ``[B, Hkv, L, D]``.
-        token_capacity: Keys kept per KV head.
+        token_budget: Keys kept per KV head.
         window: Observation window (final queries scoring the keys).
         kernel_size: Odd average-pooling kernel.
         local_window: The last keys always kept.
         prefix_tokens: The first keys always kept.
-        min_head_capacity_ratio: Each head's guaranteed share of ``token_capacity``.
+        min_head_budget_ratio: Each head's guaranteed share of ``token_budget``.
 
     Returns:
-        Bool ``[B, Hkv, L]``; each head keeps at least ``m`` keys, ``Hkv * token_capacity`` in all.
+        Bool ``[B, Hkv, L]``; each head keeps at least ``m`` keys, ``Hkv * token_budget`` in all.
 
     Raises:
         ValueError: violated reference assertions (``window < L``, capacities), bad shapes.
     """
-    _check_snap(q, k, token_capacity, window, kernel_size, local_window, prefix_tokens)
-    check_sparsity(min_head_capacity_ratio, "min_head_capacity_ratio")
+    _check_snap(q, k, token_budget, window, kernel_size, local_window, prefix_tokens)
+    check_sparsity(min_head_budget_ratio, "min_head_budget_ratio")
     hkv, lk = k.shape[1], k.shape[2]
     if window >= lk:
         raise ValueError(f"`window` must be smaller than the sequence length ({lk}); got {window}.")
-    if token_capacity > lk:
-        raise ValueError(f"`token_capacity` must be <= the sequence length ({lk}); got {token_capacity}.")
-    if token_capacity < local_window + prefix_tokens:
+    if token_budget > lk:
+        raise ValueError(f"`token_budget` must be <= the sequence length ({lk}); got {token_budget}.")
+    if token_budget < local_window + prefix_tokens:
         raise ValueError(
-            f"`token_capacity` must be >= local_window + prefix_tokens "
-            f"({local_window} + {prefix_tokens}); got {token_capacity}."
+            f"`token_budget` must be >= local_window + prefix_tokens "
+            f"({local_window} + {prefix_tokens}); got {token_budget}."
         )
-    m = max(int(token_capacity * min_head_capacity_ratio), local_window + prefix_tokens)
+    m = max(int(token_budget * min_head_budget_ratio), local_window + prefix_tokens)
     return _ada_core(
         q,
         k,
         jnp.int32(m),
-        jnp.int32(hkv * token_capacity - hkv * m),
+        jnp.int32(hkv * token_budget - hkv * m),
         window=window,
         kernel_size=kernel_size,
         local_window=local_window,

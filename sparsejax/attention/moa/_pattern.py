@@ -106,7 +106,7 @@ def moa_keep(
     kv_len: int,
     *,
     rule: MoARule = DEFAULT_RULE,
-) -> Bool[np.ndarray, "heads kv_len"]:
+) -> Bool[np.ndarray, "1 heads kv_len"]:
     """Token-exact KV positions a decoding query sees under MoA's static circular cache.
 
     The cache of each head is sized once from the prompt (``span`` of `moa_spans` with
@@ -122,9 +122,10 @@ def moa_keep(
         rule: The `MoARule`.
 
     Returns:
-        Bool numpy array ``[H, kv_len]`` (feed it to `attend_kept`).
+        Bool numpy array ``[1, H, kv_len]`` (the ``_keep`` layout ``[B|1, H, kv_len]``, the same
+        for every batch row; feed it to `attend_kept`).
     """
     kv_len = check_int(kv_len, "kv_len", minimum=1)
     _, sink, local = moa_spans(alphas, betas, prompt_len, rule=rule)
     pos = np.arange(kv_len)[None, :]
-    return (pos < sink[:, None]) | (pos >= kv_len - local[:, None])
+    return ((pos < sink[:, None]) | (pos >= kv_len - local[:, None]))[None]

@@ -40,7 +40,8 @@ class TrainResult(NamedTuple):
         params: trained SAE params.
         state: final `.SAEState` (dead-latent tracker, BatchTopK threshold).
         history: per-step metrics as numpy arrays (``loss``, ``mse``, ``fvu``, ``l0``, ``aux``,
-            ``dead_fraction``), one entry per logged step, plus ``step``.
+            ``dead_fraction``; Matryoshka SAEs add ``prefix_mse`` ``[n_logged, n_groups]``), one
+            entry per logged step, plus ``step``.
     """
 
     params: Params
@@ -200,7 +201,7 @@ def train_sae(
             if i % log_every == 0 or i == steps - 1:
                 history.setdefault("step", []).append(i)
                 for name, values in host.items():
-                    history.setdefault(name, []).append(float(values[j]))
+                    history.setdefault(name, []).append(np.asarray(values[j], np.float64))
         done += size
         bar.update(size)
         if progress:

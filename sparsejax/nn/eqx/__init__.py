@@ -1,15 +1,26 @@
 """Equinox layers over sparsejax's core, with the same class names as their Flax NNX
-counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`)."""
+counterparts in `sparsejax.nn` (e.g. `sparsejax.nn.eqx.BlockSparseLinear`).
 
-from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
-from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
-from sparsejax.nn.eqx.lista import LISTA
-from sparsejax.nn.eqx.masked import Masked
-from sparsejax.nn.eqx.moe import MoE
-from sparsejax.nn.eqx.sae import SparseAutoencoder
-from sparsejax.nn.eqx.sparse_linear import SparseConv1x1, SparseLinear
-from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear, posterior_of, with_posterior
-from sparsejax.nn.eqx.surgery import to_dense, to_sparse
+Every name loads on first use; none of these modules imports Flax.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sparsejax.nn.eqx.activation import ThresholdLinear
+    from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
+    from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
+    from sparsejax.nn.eqx.lista import LISTA
+    from sparsejax.nn.eqx.lsr import TermWeightHead
+    from sparsejax.nn.eqx.masked import Masked
+    from sparsejax.nn.eqx.moe import MoE
+    from sparsejax.nn.eqx.sae import SparseAutoencoder
+    from sparsejax.nn.eqx.sparse_linear import SparseConv1x1, SparseLinear
+    from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear, posterior_of, with_posterior
+    from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
     "BlockSparseLinear",
@@ -23,8 +34,42 @@ __all__ = [
     "SparseConv1x1",
     "SparseLinear",
     "SparseMultiHeadAttention",
+    "TermWeightHead",
+    "ThresholdLinear",
     "posterior_of",
     "to_dense",
     "to_sparse",
     "with_posterior",
 ]
+
+_HOMES = {
+    "TermWeightHead": "lsr",
+    "ThresholdLinear": "activation",
+    "SparseMultiHeadAttention": "attention",
+    "BlockSparseLinear": "linear",
+    "NMLinear": "linear",
+    "LISTA": "lista",
+    "Masked": "masked",
+    "MoE": "moe",
+    "SparseAutoencoder": "sae",
+    "SSVIConv": "ssvi",
+    "SSVILinear": "ssvi",
+    "posterior_of": "ssvi",
+    "with_posterior": "ssvi",
+    "SparseConv1x1": "sparse_linear",
+    "SparseLinear": "sparse_linear",
+    "to_dense": "surgery",
+    "to_sparse": "surgery",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'sparsejax.nn.eqx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sparsejax.nn.eqx.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from sparsejax._checks import must_be
 from sparsejax.attention.kernel import attention
-from sparsejax.nn.attention import MaskArg, check_heads, resolve_mask, split_heads
+from sparsejax.nn._attention import MaskArg, check_heads, resolve_mask, split_heads
 
 __all__ = ["SparseMultiHeadAttention"]
 
@@ -74,7 +75,8 @@ class SparseMultiHeadAttention(eqx.Module):
     ) -> Float[Array, "seq features"]:
         """Self-attention over ``x [seq, features]`` with ``mask`` (see module docstring)."""
         if getattr(x, "ndim", None) != 2:
-            raise ValueError(f"x must have shape [seq, features], got {jnp.shape(x)}")
+            raise ValueError(must_be("x", "of shape [seq, features]", f"shape {tuple(jnp.shape(x))}",
+                                     raw=True))
         proj = lambda lin: jax.vmap(lin)(x)[None]
         q = split_heads(proj(self.query), self.num_heads, self.head_dim)
         k = split_heads(proj(self.key_proj), self.num_kv_heads, self.head_dim)

@@ -42,13 +42,13 @@ class BlockSparseLinear(eqx.Module):
     backend: str = eqx.field(static=True)
 
     def __init__(self, in_features: int, out_features: int, *,
-                 block_shape: tuple[int, int] = (32, 32), density: float | None = 0.5,
+                 block_shape: tuple[int, int] = (32, 32), sparsity: float | None = 0.5,
                  block_mask: Bool[Array, "R C"] | None = None,
                  kernel: Float[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
                  key: jax.Array | None = None):
-        self.weight = build_bsr(in_features, out_features, tuple(block_shape), density,
+        self.weight = build_bsr(in_features, out_features, tuple(block_shape), sparsity,
                                 block_mask, kernel, key, param_dtype)
         self.bias = init_bias(bias, use_bias, out_features, self.weight.dtype)
         self.backend = backend

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool
 
+from sparsejax.nn._masked import check_masked
+
 __all__ = ["Masked"]
 
 
@@ -28,7 +30,7 @@ class Masked(eqx.Module):
 
     Raises:
         ValueError: the layer has no such weight or the mask's shape differs from it.
-        TypeError: the mask is not boolean.
+        TypeError: the mask is not boolean, or ``weight_name`` is not a string.
     """
 
     layer: eqx.Module
@@ -37,16 +39,9 @@ class Masked(eqx.Module):
 
     def __init__(self, layer: eqx.Module, mask: Bool[Array, "..."], *,
                  weight_name: str = "weight"):
-        weight = getattr(layer, weight_name, None)
-        if weight is None or not isinstance(weight, jax.Array):
-            raise ValueError(f"`weight_name` must name an array attribute of the layer; got "
-                             f"{weight_name!r} on {type(layer).__name__}.")
-        mask = jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"`mask` must be a bool array; got dtype {mask.dtype}.")
-        if mask.shape != weight.shape:
-            raise ValueError(f"`mask` must have the weight's shape {weight.shape}; got "
-                             f"{mask.shape}.")
+        weight = getattr(layer, weight_name, None) if isinstance(weight_name, str) else None
+        mask = check_masked(layer, mask, weight_name,
+                            weight if isinstance(weight, jax.Array) else None)
         self.layer = layer
         self.mask = mask
         self.weight_name = weight_name

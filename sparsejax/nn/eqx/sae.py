@@ -58,25 +58,27 @@ class SparseAutoencoder(eqx.Module):
         self.config = config
         self.params = F.init_sae(key, config, b_dec=b_dec, dtype=dtype)
 
-    def encode(self, x: Float[Array, "... d_in"], *, threshold: Array | None = None
-               ) -> Float[Array, "... d_sae"]:
-        """Codes of ``x`` (``threshold``: BatchTopK's inference threshold, ``state.threshold``)."""
-        return F.encode(self.params, x, self.config, threshold=threshold)
+    def encode(self, x: Float[Array, "... d_in"], *, threshold: Array | None = None,
+               grad: Float[Array, "... d_out"] | None = None) -> Float[Array, "... d_sae"]:
+        """Codes of ``x`` (``threshold``: BatchTopK's inference threshold, ``state.threshold``;
+        ``grad``: the downstream gradient that ``gradient_topk`` needs)."""
+        return F.encode(self.params, x, self.config, threshold=threshold, grad=grad)
 
     def decode(self, codes: Float[Array, "... d_sae"],
                x: Float[Array, "... d_in"] | None = None) -> Float[Array, "... d_out"]:
         """Reconstruction from codes (``x`` is needed with a skip connection)."""
         return F.decode(self.params, codes, self.config, x)
 
-    def __call__(self, x: Float[Array, "... d_in"], *, threshold: Array | None = None
-                 ) -> Float[Array, "... d_out"]:
+    def __call__(self, x: Float[Array, "... d_in"], *, threshold: Array | None = None,
+                 grad: Float[Array, "... d_out"] | None = None) -> Float[Array, "... d_out"]:
         """Reconstruction of ``x`` (or the transcoder's prediction)."""
-        return self.decode(self.encode(x, threshold=threshold), x)
+        return self.decode(self.encode(x, threshold=threshold, grad=grad), x)
 
     def loss(self, x: Float[Array, "... d_in"], state: F.SAEState,
-             y: Float[Array, "... d_out"] | None = None) -> tuple[Array, F.SAEOutput]:
+             y: Float[Array, "... d_out"] | None = None, *,
+             grad: Float[Array, "... d_out"] | None = None) -> tuple[Array, F.SAEOutput]:
         """``(loss, SAEOutput)`` as `sparsejax.dictionary.sae.sae_loss`."""
-        return F.sae_loss(self.params, x, self.config, state, y)
+        return F.sae_loss(self.params, x, self.config, state, y, grad=grad)
 
     def normalize_decoder(self) -> SparseAutoencoder:
         """A copy with unit-norm decoder rows."""

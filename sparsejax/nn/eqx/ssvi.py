@@ -152,7 +152,7 @@ def with_posterior(model, posterior: Posterior):
     Args:
         model: the model `posterior_of` was called on (supplies the non-float leaves).
         posterior: a `Posterior` of that structure, e.g.
-            ``v._replace(mask=sparsejax.bayes.masks_of(opt_state))``.
+            ``v._replace(mask=sparsejax.training.masks_of(opt_state)[0])``.
 
     Returns:
         a new model.
