@@ -7,11 +7,14 @@ Each MoE time includes the router matmul, routing, dispatch, the experts and the
 Rows (all in one run, median of ``--repeats``, dense and MoE interleaved, ratio = median of
 per-pair ratios so load changes on a shared machine cancel):
 
-* ``ragged``: dropless top-2 through the grouped matmul (`sparsejax.moe.gmm`, ``"auto"``:
-  the tiled XLA loop on CPU, ``jax.lax.ragged_dot`` on GPU/TPU);
-* ``ragged_dot``: the same with ``jax.lax.ragged_dot`` forced (CPU: dense per-group lowering);
-* ``block_sparse``: dropless, MegaBlocks formulation on `sparsejax.ops` (XLA backend on CPU);
+* ``ragged``: dropless top-2, backend ``ragged_xla`` (the grouped matmul `sparsejax.moe.gmm` as
+  the tiled XLA loop; ``ragged_dot`` on GPU/TPU);
+* ``ragged_dot``: backend ``ragged_dot`` forced (CPU: dense per-group lowering);
+* ``block_sparse``: dropless, backend ``block_sparse_xla`` (MegaBlocks on `sparsejax.ops`);
 * ``einsum``: capacity factor 1.25 (dropless einsum would need ``[T, E, T]`` dispatch tensors);
+* ``mixtral_gated``: the Mixtral shape of the layer (8 experts, top-2, renormalised, gated SwiGLU
+  experts ``w1, w3, w2``) through ``ragged_xla``, against a dense SwiGLU FFN of hidden width
+  ``2 * F``;
 * each forward only and forward + backward (gradients w.r.t. x, w1, w2 and the router).
 
 Goal (issue 13, CPU): ``ragged`` within 1.3x of the dense FFN and faster than ``einsum``.
@@ -56,29 +59,44 @@ def run(tokens: int, d: int, f: int, e: int, k: int, dtype, rows: list[tuple[str
     wr = jax.random.normal(ks[1], (d, e), dtype) * 0.02
     w1 = jax.random.normal(ks[2], (e, d, f), dtype) / np.sqrt(d)
     w2 = jax.random.normal(ks[3], (e, f, d), dtype) / np.sqrt(f)
+    w3 = jax.random.normal(ks[4], (e, d, f), dtype) / np.sqrt(d)
     d1 = jax.random.normal(ks[4], (d, k * f), dtype) / np.sqrt(d)
     d2 = jax.random.normal(ks[5], (k * f, d), dtype) / np.sqrt(k * f)
+    d3 = jax.random.normal(ks[1], (d, k * f), dtype) / np.sqrt(d)
 
     def dense(x, d1, d2):
         return jax.nn.gelu(x @ d1) @ d2
 
-    def make(kw, capacity_factor):
+    def dense_gated(x, d1, d2, d3):
+        return (jax.nn.silu(x @ d1) * (x @ d3)) @ d2
+
+    def make(kw, capacity_factor, gated):
+        if gated:
+            def layer(x, wr, w1, w2, w3):
+                routing = moe.top_k_routing(x @ wr, k, capacity_factor=capacity_factor)
+                return moe.moe_ffn(x, routing, w1, w2, w3, activation=jax.nn.silu, tile=tile,
+                                   **kw)
+            return layer
+
         def layer(x, wr, w1, w2):
             routing = moe.top_k_routing(x @ wr, k, capacity_factor=capacity_factor)
             return moe.moe_ffn(x, routing, w1, w2, tile=tile, **kw)
         return layer
 
-    def loss(fn):
+    def loss(fn, nargs):
         return jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32) ** 2),
-                                argnums=tuple(range(3 if fn is dense else 4))))
+                                argnums=tuple(range(nargs))))
 
     out = {}
     for name, spec in rows:
         kw, cf = dict(spec), spec.get("capacity_factor")
         kw.pop("capacity_factor", None)
-        layer = make(kw, cf)
-        fwd = paired(jax.jit(dense), jax.jit(layer), (x, d1, d2), (x, wr, w1, w2), repeats)
-        bwd = paired(loss(dense), loss(layer), (x, d1, d2), (x, wr, w1, w2), repeats)
+        gated = kw.pop("gated", False)
+        layer = make(kw, cf, gated)
+        base, a_base = (dense_gated, (x, d1, d2, d3)) if gated else (dense, (x, d1, d2))
+        a_moe = (x, wr, w1, w2, w3) if gated else (x, wr, w1, w2)
+        fwd = paired(jax.jit(base), jax.jit(layer), a_base, a_moe, repeats)
+        bwd = paired(loss(base, len(a_base)), loss(layer, len(a_moe)), a_base, a_moe, repeats)
         out[name] = {"forward": fwd, "forward_backward": bwd, "config": spec}
         print(f"  {name:<14} forward {fwd['moe_s'] * 1e3:8.1f} ms  ({fwd['ratio']:.2f}x dense "
               f"{fwd['dense_s'] * 1e3:.1f} ms)   fwd+bwd {bwd['moe_s'] * 1e3:8.1f} ms  "
@@ -103,10 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"shape": shape, "machine": platform.platform(), "jax": jax.__version__,
                "devices": [str(dv) for dv in jax.devices()], "repeats": args.repeats}
     cpu_rows = [
-        ("ragged", {"implementation": "ragged", "backend": "xla"}),
-        ("block_sparse", {"implementation": "block_sparse", "backend": "xla"}),
-        ("einsum_cf1.25", {"implementation": "einsum", "capacity_factor": 1.25}),
-        ("ragged_dot", {"implementation": "ragged", "backend": "ragged_dot"}),
+        ("ragged", {"backend": "ragged_xla"}),
+        ("block_sparse", {"backend": "block_sparse_xla"}),
+        ("einsum_cf1.25", {"backend": "einsum", "capacity_factor": 1.25}),
+        ("ragged_dot", {"backend": "ragged_dot"}),
+        ("mixtral_gated", {"backend": "ragged_xla", "gated": True}),
     ]
     cpu_rows = [r for r in cpu_rows if r[0] not in args.skip]
     print(f"CPU float32 {shape}; time per call, ratio to the equal-active-FLOPs dense FFN")
@@ -115,10 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
                              seed=args.seed, tile=args.tile)
     if jax.default_backend() != "cpu":
         accel_rows = [
-            ("ragged", {"implementation": "ragged", "backend": "ragged_dot"}),
-            ("block_sparse", {"implementation": "block_sparse", "backend": "auto",
+            ("ragged", {"backend": "ragged_dot"}),
+            ("block_sparse", {"backend": f"block_sparse_pallas_{jax.default_backend()}"
+                              if jax.default_backend() == "tpu" else "block_sparse_pallas_gpu",
                               "block_shape": (128, 128)}),
-            ("einsum_cf1.25", {"implementation": "einsum", "capacity_factor": 1.25}),
+            ("einsum_cf1.25", {"backend": "einsum", "capacity_factor": 1.25}),
+            ("mixtral_gated", {"backend": "ragged_dot", "gated": True}),
         ]
         print(f"{jax.default_backend()} bfloat16 {shape}")
         results["accelerator"] = run(**shape, dtype=jnp.bfloat16, rows=accel_rows,

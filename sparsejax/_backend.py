@@ -242,6 +242,13 @@ def _register_all() -> None:
              platforms=GPU_PLATFORMS, kernel=True)
     register("attention", "xla", "sparsejax.attention.xla")
     register("attention", "reference", "sparsejax.attention.reference", platforms=())
+    register("sparse_input_matmul", "pallas_tpu", "sparsejax.ops.sparse_input_tpu",
+             platforms=TPU_PLATFORMS, kernel=True)
+    register("sparse_input_matmul", "pallas_gpu", "sparsejax.ops.sparse_input_gpu",
+             platforms=GPU_PLATFORMS, kernel=True)
+    register("sparse_input_matmul", "xla", "sparsejax.ops.sparse_input", "_xla")
+    register("sparse_input_matmul", "reference", "sparsejax.ops.sparse_input", "_reference",
+             platforms=())
     # grouped matmul: XLA's native ragged_dot on accelerators; on CPU it lowers to a dense
     # product per group, so the tiled loop is the CPU choice.
     register("gmm", "ragged_dot", "sparsejax.moe.gmm", "gmm_ragged_dot", platforms=ACCELERATORS)
@@ -263,14 +270,6 @@ def _register_all() -> None:
                  kernel=True)
         register(op, "xla", "sparsejax.ops.csr_xla", f"xla_{op}")
         register(op, "reference", "sparsejax.ops.csr_xla", f"reference_{op}", platforms=())
-    # dense-weight product with a mostly-zero input: only the rows of W with a nonzero input
-    register("sparse_input_matmul", "pallas_tpu", "sparsejax.ops.sparse_input_tpu",
-             platforms=TPU_PLATFORMS, kernel=True)
-    register("sparse_input_matmul", "pallas_gpu", "sparsejax.ops.sparse_input_gpu",
-             platforms=GPU_PLATFORMS, kernel=True)
-    register("sparse_input_matmul", "xla", "sparsejax.ops.sparse_input", "_xla")
-    register("sparse_input_matmul", "reference", "sparsejax.ops.sparse_input", "_reference",
-             platforms=())
 
 
 _register_all()

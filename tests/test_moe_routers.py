@@ -102,7 +102,7 @@ def deepseek_v3_reference(logits, bias, k, n_group, topk_group, scale, norm):
     group_mask = np.zeros((t, n_group))
     np.put_along_axis(group_mask, group_idx, 1, -1)
     score_mask = np.repeat(group_mask, e // n_group, -1)
-    tmp = np.where(score_mask > 0, choice, 0.0)
+    tmp = np.where(score_mask > 0, choice, -np.inf)
     idx = np.argsort(-tmp, -1, kind="stable")[:, :k]
     w = np.take_along_axis(scores, idx, -1)
     if norm:
@@ -114,7 +114,7 @@ def deepseek_v3_reference(logits, bias, k, n_group, topk_group, scale, norm):
 def test_deepseek_v3_group_limited_sigmoid_routing(norm):
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(16, 16))
-    bias = rng.normal(size=16) * 0.3
+    bias = rng.normal(size=16) * 0.6  # some scores + bias < 0: excluded groups must lose
     r = moe.top_k_routing(jnp.asarray(logits, jnp.float32), 3, score="sigmoid",
                           bias=jnp.asarray(bias, jnp.float32), num_groups=4, top_groups=2,
                           routed_scaling_factor=2.5, renormalize=norm)

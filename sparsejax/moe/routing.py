@@ -220,7 +220,7 @@ def top_k_routing(
        see `update_expert_bias`; it changes *which* experts are chosen, never the weights). With
        ``num_groups > 1`` the experts form ``num_groups`` consecutive groups, each group is scored
        by the sum of its two largest ``s + bias`` (DeepSeek-V3), only the ``top_groups`` best
-       groups stay eligible (the others score 0, as in the reference), and the token takes its
+       groups stay eligible (as transformers' ``DeepseekV3TopkRouter``), and the token takes its
        ``k`` largest eligible experts (ties: the lower index).
     3. **weights** ``w = s[chosen]``; ``renormalize``:
 
@@ -312,13 +312,13 @@ def _scores(logits: Array, score: str) -> Array:
 
 def _group_limited(choice: Array, num_groups: int, top_groups: int) -> Array:
     """DeepSeek-V3 group-limited selection scores: groups outside the top ``top_groups`` (by the
-    sum of their two best scores) score 0."""
+    sum of their two best scores) are excluded (score ``-inf``)."""
     t, e = choice.shape
     grouped = choice.reshape(t, num_groups, e // num_groups)
     best = jax.lax.top_k(grouped, min(2, e // num_groups))[0].sum(-1)  # [T, G]
     _, keep = jax.lax.top_k(best, top_groups)
     allowed = jnp.zeros((t, num_groups), bool).at[jnp.arange(t)[:, None], keep].set(True)
-    return jnp.where(jnp.repeat(allowed, e // num_groups, axis=1), choice, 0.0)
+    return jnp.where(jnp.repeat(allowed, e // num_groups, axis=1), choice, -jnp.inf)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9, 10))

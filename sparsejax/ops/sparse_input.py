@@ -105,6 +105,7 @@ def _xla(x: Array, w: Array, *, chunk: int = XLA_CHUNK) -> Array:
 
 
 def _impl(backend: Resolved, interpret: Any):
+    """The registered implementation (`sparsejax._backend.IMPLEMENTATIONS`)."""
     return implementation("sparse_input_matmul", backend, interpret=interpret)
 
 
