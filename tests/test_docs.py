@@ -19,18 +19,7 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 SKIP_MARK = "<!-- skip -->"
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
-KNOWN_FAILING: dict[str, str] = {
-    "docs/attention-patterns.md": "fragment: NameError 'alphas' (line 47)",
-    "docs/attention.md": "fragment: NameError 'L' (line 159)",
-    "docs/bayes.md": "fragment: NameError 'params' (line 25)",
-    "docs/block-sparse-matmul.md": "fragment: NameError 'w' (line 23)",
-    "docs/dictionary.md": "fragment: NameError 'dictionary' (line 23)",
-    "docs/formats.md": "fragment: NameError 'sparsejax' (line 16)",
-    "docs/moe.md": "fragment: NameError 'x' (line 120)",
-    "docs/pallas-kernels.md": "a block raises ValueError on CPU (GPU/TPU block without <!-- skip -->?)",
-    "docs/sae.md": "fragment: NameError 'activations' (line 12)",
-    "docs/training.md": "fragment: NameError 'MyModel' (line 122)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 """Pages (relative paths) whose blocks do not run yet, with the reason; cleared by their owners."""
 
 SLOW = {
