@@ -224,7 +224,9 @@ def bsc_em_step(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, gamm
     Args:
         params: current `BSCParams`.
         y: data ``[N, D]``.
-        h_prime, gamma, temperature: as `bsc_posterior`.
+        h_prime: as `bsc_posterior`.
+        gamma: as `bsc_posterior`.
+        temperature: as `bsc_posterior`.
 
     Returns:
         ``(new_params, mean truncated log-likelihood under the old params)``.
@@ -277,7 +279,8 @@ def bsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, 
         key: PRNG key for the initialisation.
         y: data ``[N, D]``.
         n_causes: ``H``.
-        h_prime, gamma: as `bsc_posterior`.
+        h_prime: as `bsc_posterior`.
+        gamma: as `bsc_posterior`.
         n_iter: EM iterations.
         start_temperature: initial ``T >= 1``.
         anneal_fraction: share of iterations spent annealing, in ``(0, 1]``.

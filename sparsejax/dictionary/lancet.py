@@ -66,7 +66,8 @@ def concept_coefficients(
     Args:
         dictionary: ``[d, n_concepts]`` (e.g. `concept_atoms`).
         x: representations ``[..., d]``.
-        alpha, l1_ratio: as `sparsejax.dictionary.elastic_net`.
+        alpha: as `sparsejax.dictionary.elastic_net`.
+        l1_ratio: as `sparsejax.dictionary.elastic_net`.
         n_iter: FISTA iterations.
 
     Returns:

@@ -8,6 +8,8 @@ list count once (their first, best, position).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -53,7 +55,7 @@ def _top(ids, fused, first, k):
 
 
 def reciprocal_rank_fusion(
-    ids_list, k: int, *, rank_constant: float = 60.0,
+    ids_list: Sequence[Int[Array, "batch _"]], k: int, *, rank_constant: float = 60.0,
 ) -> tuple[Float[Array, "batch k"], Int[Array, "batch k"]]:
     """Reciprocal-rank fusion: ``score(d) = sum_j 1 / (rank_constant + rank_j(d))``.
 
@@ -108,8 +110,10 @@ def convex_fusion(
     them. A document missing from a list gets ``0`` from it.
 
     Args:
-        ids_a, scores_a: first retriever's ``[batch, n]`` results, best first.
-        ids_b, scores_b: second retriever's ``[batch, m]`` results.
+        ids_a: first retriever's ``[batch, n]`` ids, best first.
+        scores_a: their scores ``[batch, n]``.
+        ids_b: second retriever's ``[batch, m]`` ids, best first.
+        scores_b: their scores ``[batch, m]``.
         k: fused results kept (``<= n + m``).
         alpha: weight of the first list, in ``[0, 1]``.
         normalize: ``"minmax"``, ``"max"`` or ``"none"``.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +145,7 @@ def to_term_lists(reps: Float[Array, "n vocab"], max_terms: int
 
 
 def build_index(
-    docs,
+    docs: Any,
     *,
     vocab_size: int | None = None,
     shards: int | None = None,
@@ -308,7 +309,7 @@ def _shard_topk(offsets, doc_ids, weights, head, first_doc, ids, w, qh, *, k, ma
 
 def search(
     index: InvertedIndex,
-    queries,
+    queries: Any,
     k: int,
     *,
     max_terms: int | None = None,

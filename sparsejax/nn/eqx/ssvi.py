@@ -14,6 +14,7 @@ and at the end).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -115,7 +116,7 @@ def _fields(layer: _SSVIBase, mu, rho, mask, bias) -> _SSVIBase:
                        is_leaf=_is_none)
 
 
-def posterior_of(model) -> Posterior:
+def posterior_of(model: Any) -> Posterior:
     """The model's variational parameters as one `sparsejax.bayes.Posterior`, for `ssvi`.
 
     The trees have the model's structure: at every SSVI layer ``posterior.mu`` holds the layer
@@ -146,7 +147,7 @@ def posterior_of(model) -> Posterior:
     return Posterior(part("mu"), part("rho"), part("mask"))
 
 
-def with_posterior(model, posterior: Posterior):
+def with_posterior(model: Any, posterior: Posterior) -> Any:
     """``model`` with the values of ``posterior`` (from `posterior_of`; pure, works under ``jit``).
 
     Args:
