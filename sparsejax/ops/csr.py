@@ -31,13 +31,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 from sparsejax._backend import Resolved, implementation, resolve
 from sparsejax._checks import check_choice, check_float_array, must_be
 from sparsejax.formats import CSR
 from sparsejax.ops import csr_xla
+from sparsejax.ops.api import _float0_like
 
 __all__ = ["CSR_BACKENDS", "csr_matmul", "csr_sddmm", "dense_csr_matmul", "sparse_conv1x1"]
 
@@ -74,10 +74,6 @@ def _check_csr(a: Any, name: str) -> CSR:
     a = jax.tree.map(jnp.asarray, a)
     check_float_array(a.data, f"{name}.data")
     return a
-
-
-def _float0_like(x: Array) -> np.ndarray:
-    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
 
 
 def _csr_cotangent(a: CSR, data: Array) -> CSR:
