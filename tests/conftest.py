@@ -11,6 +11,13 @@ import os
 # on the 2-core CI machine). Set before numpy/scipy load; the workers and notebook kernels inherit it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The suite is dominated by XLA compiles of small programs, not by running them: LLVM's optimisation
+# passes cost a third of the suite's CPU time and buy nothing at these sizes. The workers, the
+# notebook kernels and the subprocess checks inherit the flags (a subprocess that sets its own
+# XLA_FLAGS must append to them).
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

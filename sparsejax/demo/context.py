@@ -87,26 +87,36 @@ def median_time(fn: Callable, *args, repeats: int = 5) -> float:
 
 
 @functools.lru_cache(maxsize=32)
-def _train_step(apply_fn: Callable, learning_rate: float) -> Callable:
-    """One compiled Adam step per (model, learning rate), shared by every call of `train`; the mask
-    tree is an argument, so fine-tuning with a new mask of the same structure does not recompile."""
+def _train_chunk(apply_fn: Callable, learning_rate: float, batch_size: int) -> Callable:
+    """A compiled run of ``length`` Adam steps (`jax.lax.scan`) per (model, learning rate, batch
+    size), shared by every call of `train`: the batches are drawn inside the scan from the carried
+    key, and the mask tree is an argument, so fine-tuning with a new mask of the same structure does
+    not recompile."""
     from sparsejax.demo._masking import apply_masks_or_identity
 
     opt = optax.adam(learning_rate)
 
-    @jax.jit
-    def step(params, state, xb, yb, masks):
-        def loss_fn(p):
-            logits = apply_fn(p, xb)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    @functools.partial(jax.jit, static_argnames="length")
+    def chunk(params, state, key, x, y, masks, *, length):
+        def loss_fn(p, xb, yb):
+            return optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, xb), yb).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        grads = apply_masks_or_identity(grads, masks)
-        updates, state = opt.update(grads, state, params)
-        params = apply_masks_or_identity(optax.apply_updates(params, updates), masks)
-        return params, state, loss
+        def body(carry, _):
+            params, state, key = carry
+            key, sub = jax.random.split(key)
+            idx = jax.random.choice(sub, x.shape[0], (min(batch_size, x.shape[0]),),
+                                    replace=False)
+            loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+            grads = apply_masks_or_identity(grads, masks)
+            updates, state = opt.update(grads, state, params)
+            params = apply_masks_or_identity(optax.apply_updates(params, updates), masks)
+            return (params, state, key), loss
 
-    return step
+        (params, state, key), losses = jax.lax.scan(body, (params, state, key), None,
+                                                    length=length)
+        return params, state, key, losses
+
+    return chunk
 
 
 def train(
@@ -122,9 +132,14 @@ def train(
     batch_size: int = 128,
     progress: bool = True,
     desc: str = "train",
+    chunk: int = 100,
 ) -> Params:
     """Adam on softmax cross-entropy; with ``masks`` (a mask tree) the masked-out weights are held at
-    zero: gradients are masked and the params re-masked after each step."""
+    zero: gradients are masked and the params re-masked after each step.
+
+    The steps run as compiled `jax.lax.scan` chunks of ``chunk`` steps (the progress bar moves per
+    chunk), so a step costs its arithmetic, not a Python round trip.
+    """
     from tqdm.auto import tqdm
 
     from sparsejax.demo._masking import apply_masks_or_identity
@@ -132,16 +147,17 @@ def train(
     opt = optax.adam(learning_rate)
     state = opt.init(params)
     params = apply_masks_or_identity(params, masks)
-    step = _train_step(apply_fn, learning_rate)
-
-    n = x.shape[0]
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        key, sub = jax.random.split(key)
-        idx = jax.random.choice(sub, n, (min(batch_size, n),), replace=False)
-        params, state, loss = step(params, state, x[idx], y[idx], masks)
-        if progress:
-            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+    run = _train_chunk(apply_fn, learning_rate, batch_size)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+        done = 0
+        while done < steps:
+            length = min(chunk, steps - done)
+            params, state, key, losses = run(params, state, key, x, y, masks, length=length)
+            done += length
+            if progress:
+                bar.update(length)
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
     return params
 
 
