@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsejax.ops import sparse_input_gpu, sparse_input_matmul, sparse_input_tpu
-from sparsejax.ops import sparse_input
+from sparsejax.ops import sparse_input, sparse_input_gpu, sparse_input_matmul, sparse_input_tpu
 from sparsejax.ops.sparse_input import compact_inputs
 
 
