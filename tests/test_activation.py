@@ -345,7 +345,12 @@ def test_sirius_greedy_reproduces_full_model(kernel_size):
     got = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(),
                               max_new_tokens=20, kernel_size=kernel_size)
     np.testing.assert_array_equal(got.tokens, want)
-    assert got.checks >= 20 // (kernel_size + 1)
+    assert got.checks >= 20 // kernel_size
+    # kernel_size=1 is full-model decoding: no sparse token, one check per new token
+    full = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(),
+                               max_new_tokens=5, kernel_size=1)
+    np.testing.assert_array_equal(full.tokens, want[:5])
+    assert full.sparse_tokens == 0 and full.checks == 4
     # the sparse model made mistakes that the checks corrected (so the test can fail)
     assert got.rollbacks > 0
 
@@ -456,11 +461,11 @@ def _sirius_reference(full, sparse, prompt, n, kernel_size, thr, secondrollback)
     input_ids = list(prompt) + [int(np.argmax(logits[-1]))]
     last_check, target = len(prompt), len(prompt) + n
     while True:
-        while len(input_ids) < target and len(input_ids) - 1 - last_check < kernel_size:
+        while len(input_ids) < target and len(input_ids) - last_check < kernel_size:
             logits, cache = _decode(sparse, jnp.asarray(input_ids[-1:]), cache,
                                     len(input_ids) - 1)
             input_ids.append(int(np.argmax(logits[-1])))
-        if len(input_ids) - 1 == last_check:
+        if last_check >= target - 1:
             break
         check_input_ids = list(input_ids[last_check:])
 
@@ -493,8 +498,6 @@ def _sirius_reference(full, sparse, prompt, n, kernel_size, thr, secondrollback)
         input_ids = (input_ids[:last_check] + check_input_ids[:lengthaccepts + 1]
                      + [int(np.argmax(logits[lengthaccepts]))])
         last_check += lengthaccepts + 1
-        if len(input_ids) >= target and last_check >= target - 1:
-            break
     return np.asarray(input_ids[len(prompt):target])
 
 
@@ -506,14 +509,14 @@ def test_sirius_second_rollback_pass():
                               max_new_tokens=12, kernel_size=4, second_pass=True)
     np.testing.assert_array_equal(got.tokens, _greedy(params, prompt, 12))
     assert got.second_passes > 0
-    kw = dict(max_new_tokens=16, kernel_size=4, accept=0.3)
+    kw = dict(max_new_tokens=16, kernel_size=5, accept=0.3)
     two = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(), second_pass=True,
                               **kw)
     np.testing.assert_array_equal(two.tokens,
-                                  _sirius_reference(params, sparse, prompt, 16, 4, 0.3, True))
+                                  _sirius_reference(params, sparse, prompt, 16, 5, 0.3, True))
     one = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(), **kw)
     np.testing.assert_array_equal(one.tokens,
-                                  _sirius_reference(params, sparse, prompt, 16, 4, 0.3, False))
+                                  _sirius_reference(params, sparse, prompt, 16, 5, 0.3, False))
     assert two.second_passes > 0 and one.second_passes == 0
     # the second pass keeps sparse tokens that a plain rollback would have dropped
     assert not np.array_equal(two.tokens, one.tokens)

@@ -13,9 +13,12 @@ smaller ``start``: stale entries past it are never read and are overwritten). ``
 Loop (greedy decoding; one sequence):
 
 1. the full model prefills the prompt and picks the first token;
-2. the sparse model generates ``kernel_size`` tokens one at a time;
-3. the full model runs once over the unchecked window (from the first token whose cache entry it
-   has not written to the newest token), rewriting those cache entries; the window's tokens are
+2. the sparse model generates ``kernel_size - 1`` tokens one at a time, so that the window since
+   the last check holds ``kernel_size`` tokens (the full model's own last token first: the
+   reference checks when ``currentlength - last_check == kernel_size``); ``kernel_size=1`` is
+   plain full-model decoding;
+3. the full model runs once over the window (from the first token whose cache entry it has not
+   written to the newest token), rewriting those cache entries; the window's tokens are
    accepted up to the first one ``accept`` rejects, the full model's choice replaces that one,
    and everything after it is rolled back;
 4. repeat until ``max_new_tokens``; a final check covers the tail.
@@ -87,7 +90,8 @@ def sirius_generate(
         prompt: int tokens ``[P]``, ``P >= 1``.
         cache: an empty cache with room for ``P + max_new_tokens + kernel_size`` positions.
         max_new_tokens: tokens to generate (``>= 1``).
-        kernel_size: sparse tokens between two checks (``>= 1``).
+        kernel_size: tokens per check window, the full model's last token and
+            ``kernel_size - 1`` sparse ones (``>= 1``; 16 in the reference).
         accept: ``"greedy"`` or a probability threshold in ``[0, 1]``.
         temperature: temperature of the probability rule (ignored by ``"greedy"``).
         second_pass: correct the first rejected token in place and re-check the window once
@@ -122,12 +126,12 @@ def sirius_generate(
     target = len(prompt) + max_new
     while True:
         # sparse decoding: feed seq[-1] (not yet in the cache) and append the sparse choice
-        while len(seq) < target and len(seq) - 1 - checked < kernel_size:
+        while len(seq) < target and len(seq) - checked < kernel_size:
             pos = len(seq) - 1
             logits, cache = model_fn(sparse_params, jnp.asarray([seq[-1]], jnp.int32), cache, pos)
             seq.append(int(np.argmax(np.asarray(logits)[-1])))
             sparse_tokens += 1
-        if len(seq) - 1 == checked:  # nothing unchecked (the last token came from the full model)
+        if checked >= target - 1:  # seq[:target] all from, or accepted by, the full model
             break
         window = seq[checked:]
         logits, cache = model_fn(full_params, jnp.asarray(window, jnp.int32), cache, checked)
@@ -147,8 +151,6 @@ def sirius_generate(
         correction = int(np.argmax(logits[n_ok]))
         seq = seq[:checked + 1 + n_ok] + [correction]
         checked += 1 + n_ok
-        if len(seq) >= target and checked >= target - 1:
-            break
     return SiriusResult(np.asarray(seq[len(prompt):target], np.int32), checks, rollbacks,
                         sparse_tokens, second_passes)
 
