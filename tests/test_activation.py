@@ -345,7 +345,12 @@ def test_sirius_greedy_reproduces_full_model(kernel_size):
     got = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(),
                               max_new_tokens=20, kernel_size=kernel_size)
     np.testing.assert_array_equal(got.tokens, want)
-    assert got.checks >= 20 // (kernel_size + 1)
+    assert got.checks >= 20 // kernel_size
+    # kernel_size=1 is full-model decoding: no sparse token, one check per new token
+    full = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(),
+                               max_new_tokens=5, kernel_size=1)
+    np.testing.assert_array_equal(full.tokens, want[:5])
+    assert full.sparse_tokens == 0 and full.checks == 4
     # the sparse model made mistakes that the checks corrected (so the test can fail)
     assert got.rollbacks > 0
 
@@ -412,3 +417,153 @@ def test_dejavu_loss_and_training():
     recall = (pred & (acts > 0)).sum() / (acts > 0).sum()
     assert recall > 0.8 and pred.mean() < 0.7
     assert np.asarray(act.dejavu_predict(trained, x, k=5)).sum(axis=1).min() >= 5
+
+
+# ---------------------------------------------------------------------------------------------
+# TEAL's prompt rule, Sirius's second rollback pass, Deja Vu's attention-head predictor
+# ---------------------------------------------------------------------------------------------
+
+
+def _teal_sparsify_fn_reference(x, tau, apply_prefill):
+    # utils/utils.py::SparsifyFn.forward, x [batch, seq, features]
+    apply = lambda t: (np.abs(t) > tau) * t  # noqa: E731
+    if x.shape[1] > 1 and apply_prefill:
+        half_seq_len = x.shape[1] // 2
+        return np.concatenate([x[:, :-half_seq_len, :], apply(x[:, -half_seq_len:, :])], axis=1)
+    if x.shape[1] > 1 and not apply_prefill:
+        return x
+    return apply(x)
+
+
+@pytest.mark.parametrize("seq", [1, 2, 7])
+def test_teal_prefill_rule_matches_sparsify_fn(seq):
+    x = np.random.default_rng(seq).standard_normal((2, seq, 5)).astype(np.float32)
+    for prefill, flag in (("half", True), ("none", False)):
+        want = _teal_sparsify_fn_reference(x, 0.6, flag)
+        np.testing.assert_array_equal(act.teal_sparsify(jnp.asarray(x), 0.6, prefill=prefill),
+                                      want)
+        tap = act.threshold_tap({"a": 0.6}, prefill=prefill)
+        np.testing.assert_array_equal(tap("a", jnp.asarray(x)), want)
+    np.testing.assert_array_equal(act.teal_sparsify(jnp.asarray(x), 0.6, prefill="all"),
+                                  act.sparsify(jnp.asarray(x), 0.6))
+    if seq > 1:  # the rule really leaves the first half dense
+        assert np.array_equal(act.teal_sparsify(jnp.asarray(x), 0.6)[:, 0], x[:, 0])
+        assert not np.array_equal(act.sparsify(jnp.asarray(x), 0.6)[:, 0], x[:, 0])
+    with pytest.raises(ValueError, match="prefill"):
+        act.teal_sparsify(jnp.asarray(x), 0.6, prefill="first")
+
+
+def _sirius_reference(full, sparse, prompt, n, kernel_size, thr, secondrollback):
+    # CodeGeneration/llama12.py's loop (check window, likelihood at temperature 0.6, first-pass
+    # correction without rollback, second pass with mandatory rollback), on the test decoder
+    cache = _empty_cache()
+    logits, cache = _decode(full, jnp.asarray(prompt), cache, 0)
+    input_ids = list(prompt) + [int(np.argmax(logits[-1]))]
+    last_check, target = len(prompt), len(prompt) + n
+    while True:
+        while len(input_ids) < target and len(input_ids) - last_check < kernel_size:
+            logits, cache = _decode(sparse, jnp.asarray(input_ids[-1:]), cache,
+                                    len(input_ids) - 1)
+            input_ids.append(int(np.argmax(logits[-1])))
+        if last_check >= target - 1:
+            break
+        check_input_ids = list(input_ids[last_check:])
+
+        def likelihood(logits, ids):
+            z = np.asarray(logits[:-1], np.float64) / 0.6
+            p = np.exp(z - z.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            return p[np.arange(len(ids) - 1), ids[1:]]
+
+        logits, cache = _decode(full, jnp.asarray(check_input_ids), cache, last_check)
+        selected = likelihood(logits, check_input_ids)
+        lengthaccepts, requirerollback = 0, False
+        for i in range(selected.shape[0]):
+            if selected[i] >= thr:
+                lengthaccepts += 1
+            else:
+                if secondrollback:
+                    check_input_ids[i + 1] = int(np.argmax(logits[i]))
+                    requirerollback = True
+                break
+        if secondrollback and requirerollback:
+            logits, cache = _decode(full, jnp.asarray(check_input_ids), cache, last_check)
+            selected = likelihood(logits, check_input_ids)
+            lengthaccepts = 0
+            for i in range(selected.shape[0]):
+                if selected[i] >= thr:
+                    lengthaccepts += 1
+                else:
+                    break
+        input_ids = (input_ids[:last_check] + check_input_ids[:lengthaccepts + 1]
+                     + [int(np.argmax(logits[lengthaccepts]))])
+        last_check += lengthaccepts + 1
+    return np.asarray(input_ids[len(prompt):target])
+
+
+def test_sirius_second_rollback_pass():
+    params = _decoder_params(0)
+    prompt = [3, 17, 5, 9, 30, 2]
+    sparse = _griffin_params(params, prompt, 0.25)
+    got = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(),
+                              max_new_tokens=12, kernel_size=4, second_pass=True)
+    np.testing.assert_array_equal(got.tokens, _greedy(params, prompt, 12))
+    assert got.second_passes > 0
+    kw = dict(max_new_tokens=16, kernel_size=5, accept=0.3)
+    two = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(), second_pass=True,
+                              **kw)
+    np.testing.assert_array_equal(two.tokens,
+                                  _sirius_reference(params, sparse, prompt, 16, 5, 0.3, True))
+    one = act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(), **kw)
+    np.testing.assert_array_equal(one.tokens,
+                                  _sirius_reference(params, sparse, prompt, 16, 5, 0.3, False))
+    assert two.second_passes > 0 and one.second_passes == 0
+    # the second pass keeps sparse tokens that a plain rollback would have dropped
+    assert not np.array_equal(two.tokens, one.tokens)
+    with pytest.raises(TypeError, match="second_pass"):
+        act.sirius_generate(_decode, params, sparse, prompt, _empty_cache(), max_new_tokens=2,
+                            second_pass="yes")
+
+
+def _generate_label_reference(norm, k):
+    big_k = int(norm.shape[1] * k)
+    idx = np.argsort(-norm, axis=1, kind="stable")[:, :big_k]
+    one_hot = np.zeros_like(norm)
+    np.put_along_axis(one_hot, idx, 1, axis=1)
+    return one_hot
+
+
+def _dejavu_head_loss_reference(a, b, x, norm, k):
+    y = _generate_label_reference(np.asarray(norm, np.float64), k)
+    probs = 1 / (1 + np.exp(-(np.asarray(x, np.float64) @ a @ b)))
+    weight = y.sum() / y.size                       # trainer_att.py: no + 0.005
+    loss_weight = y * (1 - weight) + weight
+    return np.mean(-loss_weight * (y * np.maximum(np.log(probs), -100)
+                                   + (1 - y) * np.maximum(np.log(1 - probs), -100)))
+
+
+def test_dejavu_head_predictor():
+    rng = np.random.default_rng(11)
+    heads, dh, d = 8, 4, 12
+    x = rng.standard_normal((512, d)).astype(np.float32)
+    # a head's output norm grows with a linear score of the token (what a predictor can learn)
+    gate = 1 / (1 + np.exp(-(x @ rng.standard_normal((d, heads)))))
+    ctx = (gate[..., None] * rng.standard_normal((heads, dh))
+           + 0.05 * rng.standard_normal((512, heads, dh))).astype(np.float32)
+    norms = np.asarray(act.dejavu_head_norms(jnp.asarray(ctx)))
+    np.testing.assert_allclose(norms, np.linalg.norm(ctx.astype(np.float64), axis=-1),
+                               rtol=1e-5)
+    for k in (0.0, 0.3, 0.7, 1.0):
+        np.testing.assert_array_equal(act.dejavu_head_labels(jnp.asarray(norms), k),
+                                      _generate_label_reference(norms, k))
+    p = act.dejavu_init(jax.random.key(0), d, 4, heads)
+    assert float(act.dejavu_head_loss(p, x, norms, 0.5)) == pytest.approx(
+        _dejavu_head_loss_reference(np.asarray(p.a, np.float64), np.asarray(p.b, np.float64),
+                                    x, norms, 0.5), rel=1e-4)
+    trained = act.dejavu_train_heads(jax.random.key(1), x, norms, rank=8, k=0.5, steps=150,
+                                     batch_size=256, learning_rate=1e-2)
+    pred = np.asarray(act.dejavu_predict(trained, x, k=4))
+    labels = _generate_label_reference(norms, 0.5) > 0
+    assert (pred & labels).sum() / labels.sum() > 0.75     # chance: 0.5
+    with pytest.raises(ValueError, match="k"):
+        act.dejavu_head_labels(jnp.asarray(norms), 1.5)

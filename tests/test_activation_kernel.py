@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsejax.ops import sparse_input_gpu, sparse_input_matmul, sparse_input_tpu
+from sparsejax.ops import sparse_input, sparse_input_gpu, sparse_input_matmul, sparse_input_tpu
 from sparsejax.ops.sparse_input import compact_inputs
 
 
@@ -76,6 +76,19 @@ def test_xla_equals_dense_property(sparsity, seed):
     x, w = _operands(seed, 3, 97, 50, sparsity)
     np.testing.assert_allclose(sparse_input_matmul(x, w, backend="xla"), _dense(x, w),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_xla_paths_agree_at_every_nnz_remainder():
+    # the row loop reads ROW_UNROLL rows per trip: every padding length, none, one and two trips
+    u = sparse_input.ROW_UNROLL
+    k = 2 * u + 1
+    x, w = _operands(11, 2, k, 9, 0.0)
+    rows, chunks = jax.jit(sparse_input._xla_rows), jax.jit(sparse_input._xla_chunks)
+    for nnz in (0, 1, u - 1, u, u + 1, k):
+        xs = x.at[:, nnz:].set(0.0)
+        want = _dense(xs, w)
+        np.testing.assert_allclose(rows(xs, w), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(chunks(xs, w), want, rtol=1e-5, atol=1e-5)
 
 
 def test_compact_inputs_lists_exactly_the_nonzero_inputs():

@@ -14,6 +14,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
@@ -43,7 +46,11 @@ def core_neurons(
                                  raw=True))
     token_top = check_float(token_top, "token_top", minimum=0.0, maximum=1.0)
     frequency = check_float(frequency, "frequency", minimum=0.0, maximum=1.0)
-    k = int(acts.shape[1] * token_top)
+    return _core_neurons(acts, int(acts.shape[1] * token_top), frequency)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _core_neurons(acts: Array, k: int, frequency: float) -> Array:
     order = jnp.argsort(-acts, axis=1, stable=True)[:, :k]
     top = jnp.zeros(acts.shape, bool).at[jnp.arange(acts.shape[0])[:, None], order].set(True)
     top = top & (acts > 0)

@@ -138,6 +138,17 @@ def rsparse_tap(factors: dict[str, RSparse]):
     return tap
 
 
+@jax.jit
+def _candidate_error(x: Array, w: Array, full: RSparse, tau: Array, r: Array,
+                     dense: Array) -> Array:
+    """Squared output error of `rsparse_linear` with the rank-``r`` truncation of ``full`` and
+    threshold ``tau`` (one compilation for every ``r``: columns past ``r`` are zeroed)."""
+    m = _mask(x, full._replace(tau=tau))
+    us = jnp.where(jnp.arange(full.us.shape[1]) < r, full.us, 0)
+    out = jnp.where(m, x, 0) @ w + (jnp.where(m, 0, x) @ us) @ full.vt
+    return jnp.sum((out - dense) ** 2)
+
+
 def rsparse_search(
     weights: dict[str, Float[Array, "in out"]],
     inputs: dict[str, Float[Array, "tokens in"]],
@@ -179,10 +190,9 @@ def rsparse_search(
                 continue
             s = min(1.0, 1.0 - keep)
             tau = calibrate_thresholds(x, s, scale=full.scale)
-            f = RSparse(full.us[:, :r], full.vt[:r], full.u[:, :r], full.scale, tau)
-            err = float(jnp.sum((rsparse_linear(x, w, f, backend="reference") - dense) ** 2))
+            err = float(_candidate_error(x, w, full, tau, r, dense))
             if best is None or err < best[0]:
-                best = (err, f)
+                best = (err, RSparse(full.us[:, :r], full.vt[:r], full.u[:, :r], full.scale, tau))
         if best is None:
             raise ValueError(f"`budget` {budget} is below the cost of every rank in `ranks` for "
                              f"layer {name!r}; add 0.0 to `ranks`.")

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax._checks import check_callable
-from sparsejax.activation.thresholds import sparsify
+from sparsejax._checks import check_callable, check_choice
+from sparsejax.activation.thresholds import PREFILL_RULES, teal_sparsify
 
 __all__ = ["collect_inputs", "threshold_tap"]
 
@@ -87,20 +87,28 @@ def collect_inputs(
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
-def threshold_tap(thresholds: Mapping[str, Any]) -> Tap:
+def threshold_tap(thresholds: Mapping[str, Any], *, prefill: str = "all") -> Tap:
     """A ``tap`` that sparsifies each listed layer's input: ``sparsify(x, thresholds[name])``.
 
     Args:
         thresholds: ``{layer name: tau}`` (scalars or ``[features]`` arrays); other layers pass
             through.
+        prefill: ``"all"`` (every token, the default), or TEAL's prompt rule ``"half"`` /
+            ``"none"`` of `teal_sparsify` for inputs ``[..., seq, features]`` of a causal model.
 
     Returns:
         ``tap(name, x, where=None) -> x`` for ``forward_fn(params, batch, tap)``.
+
+    Raises:
+        ValueError: unknown ``prefill``.
     """
     thresholds = dict(thresholds)
+    check_choice(prefill, "prefill", PREFILL_RULES)
 
     def tap(name, x, where=None):
         del where
-        return sparsify(x, thresholds[name]) if name in thresholds else x
+        if name not in thresholds:
+            return x
+        return teal_sparsify(x, thresholds[name], prefill=prefill)
 
     return tap

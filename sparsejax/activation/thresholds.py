@@ -31,7 +31,11 @@ from jaxtyping import Array, Float
 
 from sparsejax._checks import check_choice, check_float_array, check_int, check_sparsity
 
-__all__ = ["THRESHOLD_METHODS", "calibrate_thresholds", "sparsify"]
+__all__ = ["PREFILL_RULES", "THRESHOLD_METHODS", "calibrate_thresholds", "sparsify",
+           "teal_sparsify"]
+
+PREFILL_RULES = ("half", "none", "all")
+"""Accepted values of ``teal_sparsify(prefill=...)``."""
 
 THRESHOLD_METHODS = ("exact", "teal", "cats")
 """Accepted values of ``calibrate_thresholds(method=...)``."""
@@ -49,6 +53,41 @@ def sparsify(x: Float[Array, "*shape"], tau: Any) -> Float[Array, "*shape"]:
     """
     x = check_float_array(x, "x")
     return jnp.where(jnp.abs(x) > jnp.asarray(tau, x.dtype), x, jnp.zeros((), x.dtype))
+
+
+def teal_sparsify(
+    x: Float[Array, "*batch seq features"], tau: Any, *, prefill: str = "half"
+) -> Float[Array, "*batch seq features"]:
+    """`sparsify` with TEAL's rule for prompts (FasterDecoding/TEAL ``utils.py::SparsifyFn``).
+
+    A decoding step (``seq == 1``) is always sparsified. A prompt (``seq > 1``) is sparsified
+    according to ``prefill``: ``"half"`` (TEAL's ``apply_prefill=True``, the setting of its
+    evaluations, including the greedy search) zeroes only in the last ``seq // 2`` tokens and
+    leaves the first ``seq - seq // 2`` dense; ``"none"`` (``apply_prefill=False``) leaves the
+    prompt dense; ``"all"`` sparsifies every token (plain `sparsify`).
+
+    Args:
+        x: activations ``[..., seq, features]`` (a 1-D ``x`` is one decoding step).
+        tau: threshold, a scalar or an array broadcasting against ``x``.
+        prefill: ``"half"``, ``"none"`` or ``"all"``.
+
+    Returns:
+        ``x`` with the entries ``|x| <= tau`` zeroed where the rule applies (same shape/dtype).
+
+    Raises:
+        TypeError: non-float ``x``.
+        ValueError: unknown ``prefill``.
+    """
+    x = check_float_array(x, "x")
+    check_choice(prefill, "prefill", PREFILL_RULES)
+    seq = x.shape[-2] if x.ndim >= 2 else 1
+    if seq == 1 or prefill == "all":
+        return sparsify(x, tau)
+    if prefill == "none":
+        return x
+    tail = seq // 2
+    keep_dense = (jnp.arange(seq) < seq - tail)[:, None]
+    return jnp.where(keep_dense, x, sparsify(x, tau))
 
 
 def _exact(a: np.ndarray, sparsity: float) -> float:
