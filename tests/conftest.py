@@ -46,8 +46,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # Shared fixtures (one definition each; test modules use them by argument name).
+import _problems  # noqa: E402
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -58,31 +58,14 @@ def x64():
         yield
 
 
-def _dictionary_problem(seed, n_features=30, n_atoms=50, n_signals=6, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    d = rng.normal(size=(n_features, n_atoms))
-    d /= np.linalg.norm(d, axis=0)
-    y = rng.normal(size=(n_signals, n_features))
-    return d.astype(dtype), y.astype(dtype)
-
-
 @pytest.fixture
 def dictionary_problem():
-    """``make(seed, n_features=30, n_atoms=50, n_signals=6, dtype=float64) -> (d, y)``: a random
-    dictionary with unit-norm atoms (columns) and random signals (rows), numpy."""
-    return _dictionary_problem
-
-
-def _sparse_regression(seed, n, d, k=5, noise=0.05):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d))
-    w = np.zeros(d)
-    w[rng.choice(d, k, replace=False)] = rng.normal(size=k) * 3
-    return x, x @ w + noise * rng.normal(size=n), w
+    """``make(seed, n_features=30, n_atoms=50, n_signals=6, dtype=float64) -> (d, y)``
+    (`_problems.dictionary_problem`)."""
+    return _problems.dictionary_problem
 
 
 @pytest.fixture
 def sparse_regression():
-    """``make(seed, n, d, k=5, noise=0.05) -> (x, y, w)``: ``y = x @ w + noise`` with ``k``
-    nonzero weights, numpy."""
-    return _sparse_regression
+    """``make(seed, n, d, k=5, noise=0.05) -> (x, y, w)`` (`_problems.sparse_regression`)."""
+    return _problems.sparse_regression

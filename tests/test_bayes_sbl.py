@@ -7,17 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _problems import sparse_regression as _problem
 from sklearn.linear_model import ARDRegression
 
 from sparsejax.bayes import kron_sbl, sbl
-
-
-def _problem(seed, n, d, k=5, noise=0.05):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d))
-    w = np.zeros(d)
-    w[rng.choice(d, k, replace=False)] = rng.normal(size=k) * 3
-    return x, x @ w + noise * rng.normal(size=n), w
 
 
 @pytest.mark.parametrize("n, d", [(40, 96), (80, 24)])  # Woodbury (n < d) and direct paths

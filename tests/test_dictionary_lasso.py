@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _problems import dictionary_problem as _problem
 from hypothesis import given, settings
 from sklearn.linear_model import Lasso
 
@@ -17,14 +18,6 @@ from sparsejax.dictionary import (
     lista_init,
     soft_threshold,
 )
-
-
-def _problem(seed, n_features=30, n_atoms=50, n_signals=6):
-    rng = np.random.default_rng(seed)
-    d = rng.normal(size=(n_features, n_atoms))
-    d /= np.linalg.norm(d, axis=0)
-    y = rng.normal(size=(n_signals, n_features))
-    return d, y
 
 
 def _sklearn_codes(d, y, alpha, positive=False):

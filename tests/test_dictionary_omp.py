@@ -7,18 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _problems import dictionary_problem as _problem
 from hypothesis import given, settings
 from sklearn.linear_model import orthogonal_mp
 
 from sparsejax.dictionary import SparseCode, omp
-
-
-def _problem(seed, n_features, n_atoms, n_signals, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    d = rng.normal(size=(n_features, n_atoms))
-    d /= np.linalg.norm(d, axis=0)
-    y = rng.normal(size=(n_signals, n_features))
-    return d.astype(dtype), y.astype(dtype)
 
 
 def _sk(d, y, **kw):

@@ -3,17 +3,11 @@
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from _problems import dictionary_problem as _problem
 from flax import nnx
 
 from sparsejax import nn
 from sparsejax.dictionary import ista
-
-
-def _problem(seed, n_features=30, n_atoms=50, n_signals=6):
-    rng = np.random.default_rng(seed)
-    d = rng.normal(size=(n_features, n_atoms))
-    d /= np.linalg.norm(d, axis=0)
-    return d, rng.normal(size=(n_signals, n_features))
 
 
 def test_lista_equinox_and_nnx_modules():
