@@ -23,6 +23,7 @@ rank entries inside each group of ``m`` by pairwise comparison, with no sort at 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Literal
 
@@ -333,6 +334,26 @@ def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str,
     raise ValueError(must_be("reduce", f"one of {REDUCES}", reduce))
 
 
+def _tile_pool(scores: jax.Array, full: tuple[int, ...], reduce: str) -> jax.Array:
+    """Pool every ``full``-shaped tile of ``scores`` (whole tiles only), as `_pool` over the tile axes.
+
+    The tile axes are reduced in two steps, the leading ones first (a reduction over non-minor
+    axes, which XLA runs as vectorized row arithmetic), then the last, on an array ``prod(full[:-1])``
+    times smaller. One reduction over all tile axes at once (minor axis included) is 2-3x slower on
+    CPU for small tiles.
+    """
+    x = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
+    if reduce == "l2":
+        x = x * x
+    op = jnp.max if reduce == "max" else jnp.sum
+    lead = [v for d, b in zip(x.shape[:-1], full[:-1]) for v in (d // b, b)]
+    x = op(x.reshape(*lead, x.shape[-1]), axis=tuple(range(1, len(lead), 2)))
+    x = op(x.reshape(*x.shape[:-1], -1, full[-1]), axis=-1)
+    if reduce == "mean":
+        return x / math.prod(full)
+    return jnp.sqrt(x) if reduce == "l2" else x
+
+
 def block(
     scores: Float[Array, "*shape"],
     block_shape: tuple[int, ...],
@@ -380,7 +401,10 @@ def _block(scores: jax.Array, sparsity: jax.Array, full: tuple[int, ...], reduce
     valid = None
     if partial_tiles:
         valid = jnp.pad(jnp.ones(scores.shape, bool), pad).reshape(split)
-    tiles = _pool(padded.reshape(split), tuple(range(1, 2 * scores.ndim, 2)), reduce, valid)
+    if partial_tiles:
+        tiles = _pool(padded.reshape(split), tuple(range(1, 2 * scores.ndim, 2)), reduce, valid)
+    else:
+        tiles = _tile_pool(scores, full, reduce)
     keep = _unstructured(tiles, sparsity, None)
     # broadcast each tile's decision over its block (one write of the full mask, no repeats)
     expanded = keep.reshape([v for n in n_tiles for v in (n, 1)])

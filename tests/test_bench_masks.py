@@ -26,7 +26,7 @@ def test_masks_benchmark_tiny_counts_exact(tmp_path, capsys):
     assert saved["meta"]["shape"] == [128, 128]
     names = [c["name"] for c in result["masks"]]
     assert names == ["unstructured_s0.5", "unstructured_s0.9", "nm_2:4_axis-1", "nm_2:4_axis0",
-                     "block_128x128_mean_s0.5", "block_32x32_mean_s0.5"]
+                     "block_128x128_mean_s0.5", "block_32x32_mean_s0.5", "block_4x4_mean_s0.5"]
     for case in result["masks"]:
         eager = case["modes"]["eager"]
         assert eager["exact"], case

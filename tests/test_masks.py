@@ -273,3 +273,19 @@ def test_topk_sort_and_radix_paths_agree_with_stable_argsort(n):
         ref = np.zeros(n, bool)
         ref[np.argsort(-x, kind="stable")[:k]] = True
         np.testing.assert_array_equal(np.asarray(masks.topk(jnp.asarray(x), k)), ref)
+
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max", "l2"])
+def test_block_whole_tiles_pool_like_numpy_3d(reduce):
+    """The two-step tile pooling (leading tile axes, then the last) on a 3-D array with whole
+    tiles, against numpy pooling over all tile axes at once."""
+    x = np.abs(np.random.default_rng(5).normal(size=(4, 8, 12))).astype(np.float32)
+    mask = np.asarray(masks.block(jnp.asarray(x), (2, 4, 3), 0.4, reduce=reduce))
+    tiles = x.reshape(2, 2, 2, 4, 4, 3)
+    pool = {"mean": np.mean, "sum": np.sum, "max": np.max,
+            "l2": lambda a, axis: np.sqrt(np.sum(a * a, axis=axis))}[reduce]
+    pooled = pool(tiles, axis=(1, 3, 5))
+    keep = ref_topk(pooled, ref_count(pooled.size, 0.4))
+    np.testing.assert_array_equal(mask, np.broadcast_to(keep[:, None, :, None, :, None],
+                                                        tiles.shape).reshape(x.shape))

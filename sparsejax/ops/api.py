@@ -44,18 +44,15 @@ rejects anything else; nothing is padded); the dense operand's free dimension is
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 from sparsejax._backend import (
     BACKENDS,
     Resolved,
-    implementation,
     resolve,
     resolve_backend,
     with_fallback,
@@ -63,6 +60,7 @@ from sparsejax._backend import (
 from sparsejax._checks import check_float_array
 from sparsejax.formats import BlockSparse, NMSparse
 from sparsejax.ops import reference, xla
+from sparsejax.ops._dispatch import dispatched_vjp, float0_like, run
 
 __all__ = [
     "BACKENDS",
@@ -73,11 +71,6 @@ __all__ = [
     "resolve_backend",
     "sddmm",
 ]
-
-def _impl(backend: Resolved, name: str, interpret: Any) -> Callable:
-    """The registered implementation of op ``name`` (`sparsejax._backend.IMPLEMENTATIONS`)."""
-    return implementation(name, backend, interpret=interpret)
-
 
 # --------------------------------------------------------------------------------------------
 # validation
@@ -91,13 +84,9 @@ def _check_bsr(a: Any, name: str) -> BlockSparse:
     return jax.tree.map(jnp.asarray, a)
 
 
-def _float0_like(x: Array) -> np.ndarray:
-    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
-
-
 def _bsr_cotangent(a: BlockSparse, data: Array) -> BlockSparse:
-    return a.replace(data=data.astype(a.data.dtype), indices=_float0_like(a.indices),
-                     counts=_float0_like(a.counts))
+    return a.replace(data=data.astype(a.data.dtype), indices=float0_like(a.indices),
+                     counts=float0_like(a.counts))
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,65 +94,42 @@ def _bsr_cotangent(a: BlockSparse, data: Array) -> BlockSparse:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _bsr_mm(backend: Resolved, interpret: bool, a: BlockSparse, b: Array) -> Array:
-    return _impl(backend, "bsr_matmul", interpret)(a, b)
-
-
-def _bsr_mm_fwd(backend, interpret, a, b):
-    return _bsr_mm(backend, interpret, a, b), (a, b)
-
-
 def _bsr_mm_bwd(backend, interpret, res, g):
     a, b = res
     g = jnp.asarray(g, jnp.result_type(a.data, b))
-    da = _impl(backend, "sddmm", interpret)(g, b.T, a)
-    db = _impl(backend, "dense_bsr_matmul", interpret)(g.T, a).T
+    da = run(backend, "sddmm", interpret)(g, b.T, a)
+    db = run(backend, "dense_bsr_matmul", interpret)(g.T, a).T
     return _bsr_cotangent(a, da.data), db.astype(b.dtype)
 
 
-_bsr_mm.defvjp(_bsr_mm_fwd, _bsr_mm_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _dense_bsr_mm(backend: Resolved, interpret: bool, x: Array, a: BlockSparse) -> Array:
-    return _impl(backend, "dense_bsr_matmul", interpret)(x, a)
-
-
-def _dense_bsr_mm_fwd(backend, interpret, x, a):
-    return _dense_bsr_mm(backend, interpret, x, a), (x, a)
+_bsr_mm = dispatched_vjp("bsr_matmul", _bsr_mm_bwd)
 
 
 def _dense_bsr_mm_bwd(backend, interpret, res, g):
     x, a = res
     g = jnp.asarray(g, jnp.result_type(x, a.data))
-    dx = _impl(backend, "bsr_matmul", interpret)(a, g.T).T
-    da = _impl(backend, "sddmm", interpret)(x.T, g, a)
+    dx = run(backend, "bsr_matmul", interpret)(a, g.T).T
+    da = run(backend, "sddmm", interpret)(x.T, g, a)
     return dx.astype(x.dtype), _bsr_cotangent(a, da.data)
 
 
-_dense_bsr_mm.defvjp(_dense_bsr_mm_fwd, _dense_bsr_mm_bwd)
+_dense_bsr_mm = dispatched_vjp("dense_bsr_matmul", _dense_bsr_mm_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sddmm(backend: Resolved, interpret: bool, a: Array, b: Array, like: BlockSparse) -> Array:
-    return _impl(backend, "sddmm", interpret)(a, b, like).data
-
-
-def _sddmm_fwd(backend, interpret, a, b, like):
-    return _sddmm(backend, interpret, a, b, like), (a, b, like)
+def _sddmm_data(backend: Resolved, interpret: Any, a: Array, b: Array, like: BlockSparse) -> Array:
+    return run(backend, "sddmm", interpret)(a, b, like).data
 
 
 def _sddmm_bwd(backend, interpret, res, g):
     a, b, like = res
     gs = like.replace(data=jnp.asarray(g, jnp.result_type(a, b)))
-    da = _impl(backend, "bsr_matmul", interpret)(gs, b.T)
-    db = _impl(backend, "dense_bsr_matmul", interpret)(a.T, gs)
+    da = run(backend, "bsr_matmul", interpret)(gs, b.T)
+    db = run(backend, "dense_bsr_matmul", interpret)(a.T, gs)
     return (da.astype(a.dtype), db.astype(b.dtype),
             _bsr_cotangent(like, jnp.zeros_like(like.data)))
 
 
-_sddmm.defvjp(_sddmm_fwd, _sddmm_bwd)
+_sddmm = dispatched_vjp(_sddmm_data, _sddmm_bwd)
 
 
 def bsr_matmul(
@@ -275,31 +241,22 @@ def sddmm(
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _nm_pallas_gpu(interpret: bool, w: NMSparse, x: Array) -> Array:
-    """``W @ x`` (``W`` grouped along its last axis) with the Pallas GPU kernel."""
-    return _impl(Resolved("pallas_gpu"), "nm_matmul", interpret)(w, x)
-
-
-def _nm_gpu(backend: Resolved, interpret: Any, w: NMSparse, x: Array) -> Array:
-    """``W @ x`` through the Pallas GPU kernel; when ``auto`` chose it, a geometry or dtype the
-    kernel does not support falls back to the XLA gather path."""
-    run = with_fallback(functools.partial(_nm_pallas_gpu, interpret), xla.nm_matmul,
-                        auto=backend.auto)
-    return run(w, x)
-
-
-def _nm_pallas_gpu_fwd(interpret, w, x):
-    return _nm_pallas_gpu(interpret, w, x), (w, x)
-
-
-def _nm_pallas_gpu_bwd(interpret, res, g):
+def _nm_pallas_gpu_bwd(backend, interpret, res, g):
+    """The Pallas kernel is forward-only: its VJP is the XLA gather path's."""
     w, x = res
     _, vjp = jax.vjp(xla.nm_matmul, w, x)
     return vjp(jnp.asarray(g, jnp.result_type(w.values, x)))
 
 
-_nm_pallas_gpu.defvjp(_nm_pallas_gpu_fwd, _nm_pallas_gpu_bwd)
+# ``W @ x`` (``W`` grouped along its last axis) with the Pallas GPU kernel
+_nm_pallas_gpu = dispatched_vjp("nm_matmul", _nm_pallas_gpu_bwd)
+
+
+def _nm_gpu(backend: Resolved, interpret: Any, w: NMSparse, x: Array) -> Array:
+    """``W @ x`` through the Pallas GPU kernel; when ``auto`` chose it, a geometry or dtype the
+    kernel does not support falls back to the XLA gather path."""
+    kernel = functools.partial(_nm_pallas_gpu, Resolved("pallas_gpu"), interpret)
+    return with_fallback(kernel, xla.nm_matmul, auto=backend.auto)(w, x)
 
 
 def _nm_transpose(w: NMSparse) -> NMSparse:

@@ -25,19 +25,17 @@ holds the gradient of the stored values (zero in padded slots) and whose integer
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from sparsejax._backend import Resolved, implementation, resolve
+from sparsejax._backend import Resolved, resolve
 from sparsejax._checks import check_choice, check_float_array, must_be
 from sparsejax.formats import CSR
 from sparsejax.ops import csr_xla
-from sparsejax.ops.api import _float0_like
+from sparsejax.ops._dispatch import dispatched_vjp, float0_like, run
 
 __all__ = ["CSR_BACKENDS", "csr_matmul", "csr_sddmm", "dense_csr_matmul", "sparse_conv1x1"]
 
@@ -45,16 +43,11 @@ CSR_BACKENDS = ("auto", "reference", "xla", "pallas_tpu", "pallas_gpu")  # = _ba
 """Accepted ``backend=`` values of the CSR products."""
 
 
-def _impl(backend: Resolved, name: str, interpret: Any) -> Callable:
-    """The implementation ``name`` (``csr_matmul``, ``csr_sddmm``) of a resolved backend."""
-    return implementation(name, backend, interpret=interpret)
-
-
 def _transpose_product(backend: Resolved, interpret: Any, x: Array, a: CSR) -> Array:
     """``x @ A`` as ``(A.T @ x.T).T`` (reference: densify)."""
     if backend.name == "reference":
         return csr_xla.reference_dense_csr_matmul(x, a)
-    return _impl(backend, "csr_matmul", interpret)(a.transpose(), x.T).T
+    return run(backend, "csr_matmul", interpret)(a.transpose(), x.T).T
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,8 +70,8 @@ def _check_csr(a: Any, name: str) -> CSR:
 
 
 def _csr_cotangent(a: CSR, data: Array) -> CSR:
-    return a.replace(data=data.astype(a.data.dtype), indices=_float0_like(a.indices),
-                     indptr=_float0_like(a.indptr))
+    return a.replace(data=data.astype(a.data.dtype), indices=float0_like(a.indices),
+                     indptr=float0_like(a.indptr))
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,65 +79,38 @@ def _csr_cotangent(a: CSR, data: Array) -> CSR:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _csr_mm(backend: Resolved, interpret: Any, a: CSR, x: Array) -> Array:
-    return _impl(backend, "csr_matmul", interpret)(a, x)
-
-
-def _csr_mm_fwd(backend, interpret, a, x):
-    return _csr_mm(backend, interpret, a, x), (a, x)
-
-
 def _csr_mm_bwd(backend, interpret, res, g):
     a, x = res
     g = jnp.asarray(g, jnp.result_type(a.data, x))
-    da = _impl(backend, "csr_sddmm", interpret)(g, x.T, a)
+    da = run(backend, "csr_sddmm", interpret)(g, x.T, a)
     dx = _transpose_product(backend, interpret, g.T, a).T
     return _csr_cotangent(a, da), dx.astype(x.dtype)
 
 
-_csr_mm.defvjp(_csr_mm_fwd, _csr_mm_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _dense_csr_mm(backend: Resolved, interpret: Any, x: Array, a: CSR) -> Array:
-    return _transpose_product(backend, interpret, x, a)
-
-
-def _dense_csr_mm_fwd(backend, interpret, x, a):
-    return _dense_csr_mm(backend, interpret, x, a), (x, a)
+_csr_mm = dispatched_vjp("csr_matmul", _csr_mm_bwd)
 
 
 def _dense_csr_mm_bwd(backend, interpret, res, g):
     x, a = res
     g = jnp.asarray(g, jnp.result_type(x, a.data))
-    dx = _impl(backend, "csr_matmul", interpret)(a, g.T).T
-    da = _impl(backend, "csr_sddmm", interpret)(x.T, g, a)
+    dx = run(backend, "csr_matmul", interpret)(a, g.T).T
+    da = run(backend, "csr_sddmm", interpret)(x.T, g, a)
     return dx.astype(x.dtype), _csr_cotangent(a, da)
 
 
-_dense_csr_mm.defvjp(_dense_csr_mm_fwd, _dense_csr_mm_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sddmm(backend: Resolved, interpret: Any, a: Array, b: Array, like: CSR) -> Array:
-    return _impl(backend, "csr_sddmm", interpret)(a, b, like)
-
-
-def _sddmm_fwd(backend, interpret, a, b, like):
-    return _sddmm(backend, interpret, a, b, like), (a, b, like)
+_dense_csr_mm = dispatched_vjp(_transpose_product, _dense_csr_mm_bwd)
 
 
 def _sddmm_bwd(backend, interpret, res, g):
     a, b, like = res
     gs = like.replace(data=jnp.where(like.valid(), jnp.asarray(g, jnp.result_type(a, b)), 0))
-    da = _impl(backend, "csr_matmul", interpret)(gs, b.T)
+    da = run(backend, "csr_matmul", interpret)(gs, b.T)
     db = _transpose_product(backend, interpret, a.T, gs)
     return (da.astype(a.dtype), db.astype(b.dtype),
             _csr_cotangent(like, jnp.zeros_like(like.data)))
 
 
-_sddmm.defvjp(_sddmm_fwd, _sddmm_bwd)
+_sddmm = dispatched_vjp("csr_sddmm", _sddmm_bwd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,16 +44,14 @@ products; ``dW`` is zero on the rows of inputs that are zero in the whole batch)
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._backend import Resolved, implementation, resolve
+from sparsejax._backend import resolve
 from sparsejax._blocks import pack_indices
 from sparsejax._checks import check_float_array, must_be
+from sparsejax.ops._dispatch import dispatched_vjp
 
 __all__ = ["compact_inputs", "sparse_input_matmul"]
 
@@ -148,20 +146,6 @@ def _xla_chunks(x: Array, w: Array, *, chunk: int = XLA_CHUNK) -> Array:
     return jax.lax.cond(nnz > DENSE_FALLBACK_DENSITY * k, lambda: _reference(x, w), loop)
 
 
-def _impl(backend: Resolved, interpret: Any):
-    """The registered implementation (`sparsejax._backend.IMPLEMENTATIONS`)."""
-    return implementation("sparse_input_matmul", backend, interpret=interpret)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _sim(backend: Resolved, interpret: Any, x: Array, w: Array) -> Array:
-    return _impl(backend, interpret)(x, w)
-
-
-def _sim_fwd(backend, interpret, x, w):
-    return _sim(backend, interpret, x, w), (x, w)
-
-
 def _sim_bwd(backend, interpret, res, g):
     del backend, interpret
     x, w = res
@@ -171,7 +155,7 @@ def _sim_bwd(backend, interpret, res, g):
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_sim.defvjp(_sim_fwd, _sim_bwd)
+_sim = dispatched_vjp("sparse_input_matmul", _sim_bwd)
 _sim_jit = jax.jit(_sim, static_argnums=(0, 1))
 
 
