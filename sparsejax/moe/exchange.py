@@ -12,9 +12,10 @@ leaves every other row of ``output`` as it was. Backends (op ``"ragged_all_to_al
   implement (XLA:CPU in jax 0.10 rejects the HLO op ``ragged-all-to-all``); it moves only the
   routed rows.
 * ``"all_to_all"``: the same result built from a dense ``jax.lax.all_to_all`` of an
-  ``[n, N, ...]`` send buffer (each slice zero-padded to the ``N`` rows of ``operand``) and a
-  scatter into ``output``. Pure data movement, so bit-identical to the ragged collective, and
-  it runs everywhere (the CPU choice), at the cost of ``n * N`` rows sent and received.
+  ``[n, B, ...]`` send buffer (each slice zero-padded to ``B = slice_rows`` rows, default the
+  ``N`` rows of ``operand``) and a scatter into ``output``. Pure data movement, so bit-identical
+  to the ragged collective (when no slice exceeds ``B``), and it runs everywhere (the CPU
+  choice), at the cost of ``n * B`` rows sent and received.
 * ``"auto"``: ``ragged_all_to_all`` on GPU/TPU, ``all_to_all`` elsewhere.
 
 Both are differentiable in ``operand`` and ``output`` (the VJP is the reverse exchange).
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Int, Shaped
 
 from sparsejax._backend import implementation
+from sparsejax._checks import check_int
 
 __all__ = ["ragged_all_to_all"]
 
@@ -41,6 +43,7 @@ def ragged_all_to_all(
     axis_name: str,
     *,
     backend: str = "auto",
+    slice_rows: int | None = None,
 ) -> Shaped[Array, "M ..."]:
     """``jax.lax.ragged_all_to_all`` with one slice per device, on any platform.
 
@@ -56,6 +59,9 @@ def ragged_all_to_all(
             ``j`` sends here: ``all_to_all(send_sizes)``).
         axis_name: the mapped axis of size ``n``.
         backend: ``"auto"``, ``"ragged_all_to_all"`` or ``"all_to_all"`` (module docstring).
+        slice_rows: static bound on ``send_sizes`` (default ``N``): the ``all_to_all``
+            backend pads each slice to this many rows (rows past it are not sent); the ragged
+            collective ignores it.
 
     Returns:
         ``output`` with the received rows written in.
@@ -74,27 +80,31 @@ def ragged_all_to_all(
         raise ValueError(f"`operand` and `output` must have the same row shape and dtype; got "
                          f"{operand.dtype}{list(operand.shape)} and "
                          f"{output.dtype}{list(output.shape)}.")
+    rows = operand.shape[0]
+    slice_rows = rows if slice_rows is None else check_int(slice_rows, "slice_rows", minimum=0,
+                                                           maximum=rows)
     fn = implementation("ragged_all_to_all", backend)
     ints = [jnp.asarray(a, jnp.int32) for a in
             (input_offsets, send_sizes, output_offsets, recv_sizes)]
-    return fn(operand, output, *ints, axis_name)
+    return fn(operand, output, *ints, axis_name, slice_rows)
 
 
 def exchange_ragged(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes,
-                    axis_name):
+                    axis_name, slice_rows):
     """The ``"ragged_all_to_all"`` backend: ``jax.lax.ragged_all_to_all`` (GPU/TPU)."""
+    del slice_rows
     return jax.lax.ragged_all_to_all(operand, output, input_offsets, send_sizes,
                                      output_offsets, recv_sizes, axis_name=axis_name)
 
 
 def exchange_dense(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes,
-                   axis_name):
+                   axis_name, slice_rows):
     """The ``"all_to_all"`` backend: a padded ``jax.lax.all_to_all`` plus a scatter."""
     rows = operand.shape[0]
-    r = jnp.arange(rows, dtype=jnp.int32)
-    src = jnp.where(r < send_sizes[:, None], input_offsets[:, None] + r, rows)  # [n, N]
-    send = operand.at[src].get(mode="fill", fill_value=0)  # [n, N, ...]
-    recv = jax.lax.all_to_all(send, axis_name, 0, 0, tiled=True)  # [n, N, ...] by source
+    r = jnp.arange(slice_rows, dtype=jnp.int32)
+    src = jnp.where(r < send_sizes[:, None], input_offsets[:, None] + r, rows)  # [n, B]
+    send = operand.at[src].get(mode="fill", fill_value=0)  # [n, B, ...]
+    recv = jax.lax.all_to_all(send, axis_name, 0, 0, tiled=True)  # [n, B, ...] by source
     where = jax.lax.all_to_all(output_offsets, axis_name, 0, 0, tiled=True)  # by source
     dst = jnp.where(r < recv_sizes[:, None], where[:, None] + r, output.shape[0])
     return output.at[dst].set(recv, mode="drop")

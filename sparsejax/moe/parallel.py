@@ -179,9 +179,11 @@ def _ragged_local(x, routing, w1, w2, w3, axis_name, n, activation, collective, 
     recv_sizes = jnp.sum(recv_loads, axis=1)
     recv_start = _exclusive_cumsum(recv_sizes)
     output_offsets = jax.lax.all_to_all(recv_start, axis_name, 0, 0, tiled=True)
-    size = n * min(rows, el * routing.capacity)  # static worst case of the rows received
+    bound = min(rows, el * routing.capacity)  # static worst case of one device's slice
+    size = n * bound
     recv = ragged_all_to_all(xs, jnp.zeros((size, d), xs.dtype), input_offsets, send_sizes,
-                             output_offsets, recv_sizes, axis_name, backend=collective)
+                             output_offsets, recv_sizes, axis_name, backend=collective,
+                             slice_rows=bound)
     # received rows are source-major, expert-minor: their row in the expert-major order
     r = jnp.arange(size, dtype=jnp.int32)
     src = jnp.searchsorted(jnp.cumsum(recv_sizes), r, side="right")
@@ -200,5 +202,5 @@ def _ragged_local(x, routing, w1, w2, w3, axis_name, n, activation, collective, 
     return_offsets = jax.lax.all_to_all(input_offsets, axis_name, 0, 0, tiled=True)
     ys = ragged_all_to_all(back, jnp.zeros((rows, yg.shape[1]), yg.dtype), recv_start,
                            recv_sizes, return_offsets, send_sizes, axis_name,
-                           backend=collective)
+                           backend=collective, slice_rows=bound)
     return _combine(ys, dest, routing)
