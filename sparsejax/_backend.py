@@ -261,6 +261,10 @@ def _register_all() -> None:
     for name in ("xla", "reference", "pallas_tpu", "pallas_gpu"):
         register("moe_ffn", f"block_sparse_{name}", "sparsejax.moe.dispatch",
                  f"block_sparse_{name}_ffn", platforms=())
+    # variable-size all-to-all of dropless expert parallelism: XLA:CPU lacks the ragged op
+    register("ragged_all_to_all", "ragged_all_to_all", "sparsejax.moe.exchange",
+             "exchange_ragged", platforms=ACCELERATORS)
+    register("ragged_all_to_all", "all_to_all", "sparsejax.moe.exchange", "exchange_dense")
     # unstructured (CSR) products: Triton row-split kernel on GPU, segment sums elsewhere
     register("csr_matmul", "pallas_tpu", "sparsejax.ops.csr_pallas_tpu", platforms=TPU_PLATFORMS,
              kernel=True)

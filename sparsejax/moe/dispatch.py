@@ -234,14 +234,20 @@ def _combine(y_rows: Array, dest: Array, routing: Routing) -> Array:
     return jnp.einsum("tk,tkd->td", w, y_slots, precision=_HI)
 
 
-def _ragged_ffn(gmm_backend, x, routing, w1, w2, w3, activation, tile):
-    dest, row_token, group_rows, _ = _layout(routing, 1)
-    xs = _gather_rows(x, row_token)
+def sorted_rows_ffn(xs, group_rows, w1, w2, w3, activation, gmm_backend, tile):
+    """Each expert's FFN on its rows of the expert-sorted ``xs [rows, d]`` (``group_rows [E]``
+    rows per expert, in order; rows past their sum give 0): two grouped matmuls `gmm`."""
     f = w1.shape[2]
     w13 = w1 if w3 is None else jnp.concatenate([w1, w3], axis=2)  # one grouped matmul
     h = gmm(xs, w13, group_rows, backend=gmm_backend, tile=tile)
     h = _hidden(h[:, :f], None if w3 is None else h[:, f:], activation)
-    ys = gmm(h, w2, group_rows, backend=gmm_backend, tile=tile)
+    return gmm(h, w2, group_rows, backend=gmm_backend, tile=tile)
+
+
+def _ragged_ffn(gmm_backend, x, routing, w1, w2, w3, activation, tile):
+    dest, row_token, group_rows, _ = _layout(routing, 1)
+    xs = _gather_rows(x, row_token)
+    ys = sorted_rows_ffn(xs, group_rows, w1, w2, w3, activation, gmm_backend, tile)
     return _combine(ys, dest, routing)
 
 

@@ -2,11 +2,25 @@
 
 With ``n`` devices on ``axis_name``, tokens (and their router logits) are split into ``n``
 groups, one per device, and the experts into ``n`` slices of ``E / n``. Under
-``jax.shard_map`` each device routes its own tokens, packs them into the ``[E, C, d]`` capacity
-buffers of the einsum dispatch (`sparsejax.moe.dispatch_tensors`), sends each expert slice to
-the device that holds it with ``lax.all_to_all`` (GShard), runs its ``E / n`` experts on the
-``[E / n, n * C, d]`` rows it received, returns them with a second ``all_to_all`` and combines
-locally. The result equals the single-device layer that routes each group of ``T / n`` tokens
+``jax.shard_map`` each device routes its own tokens, sends each token to the devices that hold
+its experts, runs its ``E / n`` experts on what it received, sends the outputs back and combines
+locally. Two exchanges (``exchange=``):
+
+* ``"padded"`` (GShard): each device packs its tokens into the ``[E, C, d]`` capacity buffers of
+  the einsum dispatch (`sparsejax.moe.dispatch_tensors`), a dense ``lax.all_to_all`` sends
+  expert slice ``j`` to device ``j``, which computes ``[E / n, n * C, d]`` rows. Memory and
+  FLOPs follow the capacity ``C``, whatever the routing; dropless routing has ``C = T / n``,
+  i.e. ``E * T / n`` buffer rows per device.
+* ``"ragged"`` (dropless expert parallelism, MaxText's ``ragged_all_to_all`` path): each device
+  sorts its kept slots by expert (no padding), sends device ``j`` exactly the rows of ``j``'s
+  experts with a variable-size all-to-all (`sparsejax.moe.exchange.ragged_all_to_all`:
+  ``jax.lax.ragged_all_to_all`` on GPU/TPU, a bit-identical dense ``all_to_all`` emulation on
+  CPU, where XLA lacks the ragged op), regroups the received rows by local expert and runs the
+  grouped matmuls `sparsejax.moe.gmm` (their work follows the rows actually received), then the
+  reverse exchange. The static receive buffer holds the worst case, ``n * min(T k / n,
+  (E / n) C)`` rows (``T * min(k, E / n)`` when dropless) instead of the padded ``E * T / n``.
+
+The result equals the single-device layer that routes each group of ``T / n`` tokens
 separately (identical for dropless routing, where grouping does not matter).
 """
 
@@ -19,11 +33,23 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Float
 
-from sparsejax._checks import check_float_array
-from sparsejax.moe.dispatch import dispatch_tensors, expert_buffers_ffn
+from sparsejax._backend import backends
+from sparsejax._checks import check_choice, check_float_array, check_int
+from sparsejax.moe.dispatch import (
+    _combine,
+    _gather_rows,
+    _layout,
+    dispatch_tensors,
+    expert_buffers_ffn,
+    sorted_rows_ffn,
+)
+from sparsejax.moe.exchange import ragged_all_to_all
 from sparsejax.moe.routing import Routing
 
-__all__ = ["expert_parallel_moe_ffn"]
+__all__ = ["EXCHANGES", "expert_parallel_moe_ffn"]
+
+EXCHANGES = ("padded", "ragged")
+"""Accepted ``exchange=`` values of `expert_parallel_moe_ffn` (module docstring)."""
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -39,6 +65,10 @@ def expert_parallel_moe_ffn(
     axis_name: str,
     router: Callable[[Array], Routing],
     activation: Callable[[Array], Array] = jax.nn.gelu,
+    exchange: str = "padded",
+    collective: str = "auto",
+    gmm_backend: str = "auto",
+    tile: int = 128,
 ) -> Float[Array, "T d"]:
     """The MoE feed-forward with experts sharded over ``mesh`` axis ``axis_name``.
 
@@ -54,13 +84,19 @@ def expert_parallel_moe_ffn(
         router: ``logits [T / n, E] -> Routing`` applied per group, e.g.
             ``functools.partial(top_k_routing, k=2, capacity_factor=1.25)``.
         activation: elementwise hidden activation.
+        exchange: ``"padded"`` (capacity buffers, dense ``all_to_all``) or ``"ragged"``
+            (expert-sorted rows, variable-size all-to-all); see the module docstring.
+        collective: backend of the ragged exchange: ``"auto"``, ``"ragged_all_to_all"``
+            (GPU/TPU only) or ``"all_to_all"`` (`sparsejax.moe.exchange`).
+        gmm_backend: `sparsejax.moe.gmm` backend of the ragged exchange's experts.
+        tile: row tile of the ``"xla"`` grouped matmul.
 
     Returns:
         ``[T, d]``, sharded along ``T`` over ``axis_name``.
 
     Raises:
         ValueError: ``axis_name`` not in the mesh, ``E`` or ``T`` not divisible by its size,
-            mismatched shapes.
+            mismatched shapes, an unknown ``exchange``, ``collective`` or ``gmm_backend``.
     """
     x = check_float_array(x, "x")
     logits = check_float_array(logits, "logits")
@@ -89,12 +125,25 @@ def expert_parallel_moe_ffn(
     if x.shape[0] % n:
         raise ValueError(f"the number of tokens {x.shape[0]} must be divisible by the size {n} "
                          f"of mesh axis {axis_name!r}.")
+    check_choice(exchange, "exchange", EXCHANGES)
+    check_choice(collective, "collective", backends("ragged_all_to_all"))
+    check_choice(gmm_backend, "gmm_backend", backends("gmm"))
+    tile = check_int(tile, "tile", minimum=1)
     spec = PartitionSpec(axis_name)
 
-    def local(x, logits, w1, w2, w3):
+    def route(logits):
         routing = router(logits)
         if not isinstance(routing, Routing) or routing.num_experts != e:
             raise ValueError(f"`router` must return a Routing over {e} experts.")
+        return routing
+
+    def ragged(x, logits, w1, w2, w3):
+        routing = route(logits)
+        return _ragged_local(x, routing, w1, w2, w3, axis_name, n, activation, collective,
+                             gmm_backend, tile).astype(x.dtype)
+
+    def local(x, logits, w1, w2, w3):
+        routing = route(logits)
         dispatch, combine = dispatch_tensors(routing)  # [T/n, E, C]
         dt = jnp.result_type(x, w1, w2)
         xin = jnp.einsum("tec,td->ecd", dispatch.astype(dt), x, precision=_HI)
@@ -105,6 +154,53 @@ def expert_parallel_moe_ffn(
         return y.astype(x.dtype)
 
     w3_spec = None if w3 is None else spec
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, spec, w3_spec),
-                       out_specs=spec)
+    # check_vma off for the ragged body: the grouped matmul's fori_loop carries start
+    # replicated (zeros) and become device-varying
+    fn = jax.shard_map(ragged if exchange == "ragged" else local, mesh=mesh,
+                       in_specs=(spec, spec, spec, spec, w3_spec), out_specs=spec,
+                       check_vma=exchange != "ragged")
     return fn(x, logits, w1, w2, w3)
+
+
+def _exclusive_cumsum(a: Array, axis: int = 0) -> Array:
+    return jnp.cumsum(a, axis=axis) - a
+
+
+def _ragged_local(x, routing, w1, w2, w3, axis_name, n, activation, collective, gmm_backend,
+                  tile):
+    """One device's share of the ragged exchange (inside ``shard_map``; ``w*`` local)."""
+    el, d = w1.shape[0], x.shape[1]
+    dest, row_token, group_rows, rows = _layout(routing, 1)
+    xs = _gather_rows(x, row_token)  # [rows, d] kept slots sorted by expert
+    loads = group_rows.reshape(n, el)  # rows for device j's local experts
+    send_sizes = jnp.sum(loads, axis=1)
+    input_offsets = _exclusive_cumsum(send_sizes)
+    recv_loads = jax.lax.all_to_all(loads, axis_name, 0, 0, tiled=True)  # [source, el]
+    recv_sizes = jnp.sum(recv_loads, axis=1)
+    recv_start = _exclusive_cumsum(recv_sizes)
+    output_offsets = jax.lax.all_to_all(recv_start, axis_name, 0, 0, tiled=True)
+    bound = min(rows, el * routing.capacity)  # static worst case of one device's slice
+    size = n * bound
+    recv = ragged_all_to_all(xs, jnp.zeros((size, d), xs.dtype), input_offsets, send_sizes,
+                             output_offsets, recv_sizes, axis_name, backend=collective,
+                             slice_rows=bound)
+    # received rows are source-major, expert-minor: their row in the expert-major order
+    r = jnp.arange(size, dtype=jnp.int32)
+    src = jnp.searchsorted(jnp.cumsum(recv_sizes), r, side="right")
+    valid = src < n
+    src = jnp.minimum(src, n - 1)
+    q = r - recv_start[src]  # row within the source's slice
+    ends = jnp.cumsum(recv_loads, axis=1)  # [n, el]
+    ex = jnp.minimum(jnp.sum(q[:, None] >= ends[src], axis=1), el - 1)
+    within = q - (ends - recv_loads)[src, ex]
+    group = jnp.sum(recv_loads, axis=0)  # [el] rows per local expert
+    pos = _exclusive_cumsum(group)[ex] + _exclusive_cumsum(recv_loads)[src, ex] + within
+    pos = jnp.where(valid, pos, size)
+    xg = jnp.zeros_like(recv).at[pos].set(recv, mode="drop")
+    yg = sorted_rows_ffn(xg, group, w1, w2, w3, activation, gmm_backend, tile)
+    back = yg.at[pos].get(mode="fill", fill_value=0)  # received order
+    return_offsets = jax.lax.all_to_all(input_offsets, axis_name, 0, 0, tiled=True)
+    ys = ragged_all_to_all(back, jnp.zeros((rows, yg.shape[1]), yg.dtype), recv_start,
+                           recv_sizes, return_offsets, send_sizes, axis_name,
+                           backend=collective, slice_rows=bound)
+    return _combine(ys, dest, routing)
