@@ -36,6 +36,8 @@ from sparsejax._checks import check_float, check_float_array, check_int
 
 __all__ = [
     "BSCParams",
+    "active_sets",
+    "anneal_schedule",
     "BSCPosterior",
     "bsc_candidates",
     "bsc_em_step",
@@ -94,17 +96,74 @@ def state_matrix(h_prime: int, gamma: int) -> np.ndarray:
     return sm
 
 
-def _check(params: BSCParams, y: Array, h_prime: int, gamma: int) -> tuple[int, int]:
-    if not isinstance(params, BSCParams):
-        raise TypeError(f"`params` must be a BSCParams; got {type(params).__name__}")
-    w = check_float_array(params.W, "params.W", min_ndim=2)
+def _check_data(w, y: Array, h_prime: int, gamma: int, name: str = "params.W"
+                ) -> tuple[int, int]:
+    """Shared argument checks of the truncated-EM models (BSC, `sparsejax.dictionary.gsc`)."""
+    w = check_float_array(w, name, min_ndim=2)
     if w.ndim != 2 or y.ndim != 2 or y.shape[1] != w.shape[0]:
-        raise ValueError(f"`y` must have shape [N, D={w.shape[0]}] for params.W of shape "
+        raise ValueError(f"`y` must have shape [N, D={w.shape[0]}] for {name} of shape "
                          f"{w.shape}; got {y.shape}")
     h = w.shape[1]
     h_prime = check_int(h_prime, "h_prime", minimum=1, maximum=h)
     gamma = check_int(gamma, "gamma", minimum=1, maximum=h_prime)
     return h_prime, gamma
+
+
+def _check(params: BSCParams, y: Array, h_prime: int, gamma: int) -> tuple[int, int]:
+    if not isinstance(params, BSCParams):
+        raise TypeError(f"`params` must be a BSCParams; got {type(params).__name__}")
+    return _check_data(params.W, y, h_prime, gamma)
+
+
+def active_sets(candidates: Int[Array, "N h_prime"], h: int, gamma: int
+                ) -> tuple[Int[Array, "N states g"], np.ndarray]:
+    """The truncated state set of every data point as lists of active causes.
+
+    The layout of `BSCPosterior.log_joint`: the zero state, the ``h`` singletons, then the rows
+    of ``state_matrix(h_prime, gamma)`` over each point's candidates.
+
+    Args:
+        candidates: int ``[N, h_prime]``, the selected causes per point.
+        h: number of causes ``H``.
+        gamma: most active causes per state.
+
+    Returns:
+        ``(index, valid)``: int ``[N, 1 + h + S, g]`` cause indices (``g = gamma``; ``0`` where
+        not valid) and the bool numpy ``[1 + h + S, g]`` mask of the real entries (the same for
+        every point).
+    """
+    sm = state_matrix(candidates.shape[1], gamma)
+    pos = np.zeros((1 + h + sm.shape[0], gamma), np.int32)
+    valid = np.zeros(pos.shape, bool)
+    valid[1:h + 1, 0] = True
+    for i, row in enumerate(sm):
+        on = np.flatnonzero(row)
+        pos[1 + h + i, :on.size], valid[1 + h + i, :on.size] = on, True
+    single = np.zeros(pos.shape, np.int32)
+    single[1:h + 1, 0] = np.arange(h)
+    multi = (np.arange(pos.shape[0]) > h)[None, :, None]
+    index = jnp.where(multi, jnp.take(candidates, jnp.asarray(pos), axis=1), single[None])
+    return jnp.where(valid[None], index, 0), valid
+
+
+def anneal_schedule(n_iter: int, start_temperature: float, anneal_fraction: float
+                    ) -> np.ndarray:
+    """prosper's linear annealing schedule, float64 ``[n_iter]``.
+
+    ``T`` falls linearly from ``start_temperature`` to 1 over the first ``anneal_fraction`` of
+    the iterations, then stays at 1.
+
+    Args:
+        n_iter: iterations (``>= 1``).
+        start_temperature: initial ``T >= 1``.
+        anneal_fraction: share of iterations spent annealing, in ``(0, 1]``.
+    """
+    n_iter = check_int(n_iter, "n_iter", minimum=1)
+    start = check_float(start_temperature, "start_temperature", minimum=1.0)
+    frac = check_float(anneal_fraction, "anneal_fraction", minimum=0.0, exclusive_minimum=True,
+                       maximum=1.0)
+    progress = np.minimum(np.arange(n_iter) / max(frac * n_iter, 1.0), 1.0)
+    return start + (1.0 - start) * progress
 
 
 def bsc_candidates(w: Float[Array, "D H"], y: Float[Array, "N D"], h_prime: int
@@ -288,13 +347,8 @@ def bsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, 
     Returns:
         ``(params, per-iteration mean truncated log-likelihood [n_iter])``.
     """
-    n_iter = check_int(n_iter, "n_iter", minimum=1)
-    start = check_float(start_temperature, "start_temperature", minimum=1.0)
-    frac = check_float(anneal_fraction, "anneal_fraction", minimum=0.0, exclusive_minimum=True,
-                       maximum=1.0)
+    temps = anneal_schedule(n_iter, start_temperature, anneal_fraction)
     params = bsc_init(key, y, n_causes)
     y = jnp.asarray(y, params.W.dtype)
     h_prime, gamma = _check(params, y, h_prime, gamma)
-    progress = np.minimum(np.arange(n_iter) / max(frac * n_iter, 1.0), 1.0)
-    temps = jnp.asarray(start + (1.0 - start) * progress, params.W.dtype)
-    return _fit(params, y, temps, h_prime=h_prime, gamma=gamma)
+    return _fit(params, y, jnp.asarray(temps, params.W.dtype), h_prime=h_prime, gamma=gamma)
