@@ -44,10 +44,12 @@ from sparsejax._checks import check_float, check_float_array, check_int
 from sparsejax.dictionary.bsc import (
     _check_data,
     _expectations,
+    _normalize,
     active_sets,
     anneal_schedule,
     bsc_init,
     state_matrix,
+    top_ascending,
 )
 
 __all__ = [
@@ -169,7 +171,7 @@ def _candidates(params, y, h_prime):
     log_joint, *_ = _state_terms(params, y, index[:, 1:], valid[1:], 1.0)
     prior = jnp.log(params.pi) - jnp.log1p(-params.pi)
     score = log_joint - prior                                    # log p(y | s = e_h) + const
-    return jnp.sort(jax.lax.top_k(score, h_prime)[1], axis=1)
+    return jnp.sort(top_ascending(score, h_prime), axis=1)
 
 
 def _e_step(params, y, temperature, h_prime, gamma):
@@ -177,19 +179,19 @@ def _e_step(params, y, temperature, h_prime, gamma):
     cand = _candidates(params, y, h_prime)
     index, valid = active_sets(cand, h, gamma)
     log_joint, kappa, lam_inv = _state_terms(params, y, index, valid, temperature)
-    q = jax.nn.softmax(log_joint, axis=1)                        # [N, S]
+    q, log_z = _normalize(log_joint)                             # [N, S], [N]
     sm = jnp.asarray(state_matrix(h_prime, gamma), y.dtype)
     s, *_ = _expectations(q, cand, sm, h)
     flat = (jnp.arange(n)[:, None, None] * h + index).reshape(-1)
     qk = (q[..., None] * kappa).reshape(-1)
     sz = jax.ops.segment_sum(qk, flat, n * h).reshape(n, h)      # invalid entries add 0
-    return log_joint, cand, index, valid, q, kappa, lam_inv, s, sz
+    return log_joint, log_z, cand, index, valid, q, kappa, lam_inv, s, sz
 
 
 @functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
 def _posterior(params, y, temperature, *, h_prime, gamma):
-    log_joint, cand, *_, s, sz = _e_step(params, y, temperature, h_prime, gamma)
-    return GSCPosterior(log_joint, cand, s, sz, jax.nn.logsumexp(log_joint, axis=1))
+    log_joint, log_z, cand, *_, s, sz = _e_step(params, y, temperature, h_prime, gamma)
+    return GSCPosterior(log_joint, cand, s, sz, log_z)
 
 
 def _as_params(params: GSCParams, dtype) -> GSCParams:
@@ -221,8 +223,8 @@ def gsc_posterior(params: GSCParams, y: Float[Array, "N D"], *, h_prime: int, ga
 def _em_step(params, y, temperature, h_prime, gamma):
     n, d = y.shape
     h = params.W.shape[1]
-    log_joint, _, index, valid, q, kappa, lam_inv, s, sz = _e_step(params, y, temperature,
-                                                                    h_prime, gamma)
+    _, log_z, _, index, valid, q, kappa, lam_inv, s, sz = _e_step(params, y, temperature,
+                                                                   h_prime, gamma)
     second = q[..., None, None] * (kappa[..., :, None] * kappa[..., None, :] + lam_inv)
     vf = jnp.asarray(valid, y.dtype)
     second = second * (vf[:, :, None] * vf[:, None, :])
@@ -235,7 +237,7 @@ def _em_step(params, y, temperature, h_prime, gamma):
     psi_new = (jnp.diag(szsz) - mu_new * sum_sz) / (sum_s + jnp.finfo(y.dtype).eps) + _EPS
     s2_new = (jnp.sum(y * y) - jnp.sum((w_new.T @ w_new) * szsz)) / (n * d) + _EPS
     new = GSCParams(w_new, pi_new, mu_new, psi_new, s2_new)
-    return new, jnp.mean(jax.nn.logsumexp(log_joint, axis=1))
+    return new, jnp.mean(log_z)
 
 
 @functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
