@@ -244,8 +244,7 @@ def _expectations(q, cand, sm, h):
     return es, one_hot, q1, qm
 
 
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _posterior(params, y, temperature, *, h_prime, gamma):
+def _posterior(params, y, temperature, h_prime, gamma):
     sm = jnp.asarray(state_matrix(h_prime, gamma), y.dtype)
     log_joint, cand, _ = _posterior_terms(params, y, sm, h_prime, temperature)
     q, log_z = _normalize(log_joint)
@@ -253,9 +252,26 @@ def _posterior(params, y, temperature, *, h_prime, gamma):
     return BSCPosterior(log_joint, cand, es, log_z)
 
 
-def _as_params(params: BSCParams, dtype) -> BSCParams:
-    return BSCParams(jnp.asarray(params.W, dtype), jnp.asarray(params.pi, dtype),
-                     jnp.asarray(params.sigma, dtype))
+@functools.partial(jax.jit, static_argnames=("fn", "h_prime", "gamma"))
+def _jit_call(fn, params, y, temperature, *, h_prime, gamma):
+    return fn(params, y, temperature, h_prime, gamma)
+
+
+def _call(fn, check, params, y, h_prime, gamma, temperature):
+    """Checks, float promotion and the jitted call shared by the public E- and EM-step functions
+    of the truncated-EM models (BSC here, `sparsejax.dictionary.gsc`)."""
+    y = check_float_array(y, "y", min_ndim=2)
+    h_prime, gamma = check(params, y, h_prime, gamma)
+    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
+    dtype = jnp.promote_types(y.dtype, jnp.float32)
+    params = type(params)(*(jnp.asarray(a, dtype) for a in params))
+    return _jit_call(fn, params, y.astype(dtype), jnp.asarray(temperature, dtype),
+                     h_prime=h_prime, gamma=gamma)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "h_prime", "gamma"))
+def _jit_fit(step, params, y, temperatures, *, h_prime, gamma):
+    return jax.lax.scan(lambda p, t: step(p, y, t, h_prime, gamma), params, temperatures)
 
 
 def bsc_posterior(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, gamma: int,
@@ -272,12 +288,7 @@ def bsc_posterior(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, ga
     Returns:
         `BSCPosterior`.
     """
-    y = check_float_array(y, "y", min_ndim=2)
-    h_prime, gamma = _check(params, y, h_prime, gamma)
-    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
-    dtype = jnp.promote_types(y.dtype, jnp.float32)
-    return _posterior(_as_params(params, dtype), y.astype(dtype), jnp.asarray(temperature, dtype),
-                      h_prime=h_prime, gamma=gamma)
+    return _call(_posterior, _check, params, y, h_prime, gamma, temperature)
 
 
 def _pi_correction(pi, h, gamma):
@@ -302,11 +313,6 @@ def _em_step(params, y, temperature, h_prime, gamma):
     return BSCParams(w_new, pi_new, sigma_new), jnp.mean(log_z)
 
 
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _em_step_jit(params, y, temperature, *, h_prime, gamma):
-    return _em_step(params, y, temperature, h_prime, gamma)
-
-
 def bsc_em_step(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, gamma: int,
                 temperature: float = 1.0) -> tuple[BSCParams, Float[Array, ""]]:
     """One truncated-EM iteration: selection, E-step, closed-form M-step (see the module docstring).
@@ -321,12 +327,7 @@ def bsc_em_step(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, gamm
     Returns:
         ``(new_params, mean truncated log-likelihood under the old params)``.
     """
-    y = check_float_array(y, "y", min_ndim=2)
-    h_prime, gamma = _check(params, y, h_prime, gamma)
-    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
-    dtype = jnp.promote_types(y.dtype, jnp.float32)
-    return _em_step_jit(_as_params(params, dtype), y.astype(dtype),
-                        jnp.asarray(temperature, dtype), h_prime=h_prime, gamma=gamma)
+    return _call(_em_step, _check, params, y, h_prime, gamma, temperature)
 
 
 def bsc_init(key: Array, y: Float[Array, "N D"], n_causes: int) -> BSCParams:
@@ -346,14 +347,6 @@ def bsc_init(key: Array, y: Float[Array, "N D"], n_causes: int) -> BSCParams:
     sigma0 = jnp.sum(jnp.sqrt(jnp.mean((y - mean) ** 2, 0))) / y.shape[1]
     w = mean[:, None] + sigma0 / 4 * jax.random.normal(key, (y.shape[1], h), dtype)
     return BSCParams(w, jnp.asarray(1.0 / h, dtype), sigma0)
-
-
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _fit(params, y, temperatures, *, h_prime, gamma):
-    def body(p, t):
-        return _em_step(p, y, t, h_prime, gamma)
-
-    return jax.lax.scan(body, params, temperatures)
 
 
 def bsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, gamma: int,
@@ -382,4 +375,5 @@ def bsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, 
     params = bsc_init(key, y, n_causes)
     y = jnp.asarray(y, params.W.dtype)
     h_prime, gamma = _check(params, y, h_prime, gamma)
-    return _fit(params, y, jnp.asarray(temps, params.W.dtype), h_prime=h_prime, gamma=gamma)
+    return _jit_fit(_em_step, params, y, jnp.asarray(temps, params.W.dtype), h_prime=h_prime,
+                    gamma=gamma)

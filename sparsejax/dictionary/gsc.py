@@ -33,17 +33,18 @@ elementwise). With ``H' = H`` and ``gamma = H`` the E-step is exact.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from sparsejax._checks import check_float, check_float_array, check_int
+from sparsejax._checks import check_float_array, check_int
 from sparsejax.dictionary.bsc import (
+    _call,
     _check_data,
     _expectations,
+    _jit_fit,
     _normalize,
     active_sets,
     anneal_schedule,
@@ -188,14 +189,9 @@ def _e_step(params, y, temperature, h_prime, gamma):
     return log_joint, log_z, cand, index, valid, q, kappa, lam_inv, s, sz
 
 
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _posterior(params, y, temperature, *, h_prime, gamma):
+def _posterior(params, y, temperature, h_prime, gamma):
     log_joint, log_z, cand, *_, s, sz = _e_step(params, y, temperature, h_prime, gamma)
     return GSCPosterior(log_joint, cand, s, sz, log_z)
-
-
-def _as_params(params: GSCParams, dtype) -> GSCParams:
-    return GSCParams(*(jnp.asarray(a, dtype) for a in params))
 
 
 def gsc_posterior(params: GSCParams, y: Float[Array, "N D"], *, h_prime: int, gamma: int,
@@ -212,12 +208,7 @@ def gsc_posterior(params: GSCParams, y: Float[Array, "N D"], *, h_prime: int, ga
     Returns:
         `GSCPosterior`.
     """
-    y = check_float_array(y, "y", min_ndim=2)
-    h_prime, gamma = _check(params, y, h_prime, gamma)
-    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
-    dtype = jnp.promote_types(y.dtype, jnp.float32)
-    return _posterior(_as_params(params, dtype), y.astype(dtype), jnp.asarray(temperature, dtype),
-                      h_prime=h_prime, gamma=gamma)
+    return _call(_posterior, _check, params, y, h_prime, gamma, temperature)
 
 
 def _em_step(params, y, temperature, h_prime, gamma):
@@ -240,11 +231,6 @@ def _em_step(params, y, temperature, h_prime, gamma):
     return new, jnp.mean(log_z)
 
 
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _em_step_jit(params, y, temperature, *, h_prime, gamma):
-    return _em_step(params, y, temperature, h_prime, gamma)
-
-
 def gsc_em_step(params: GSCParams, y: Float[Array, "N D"], *, h_prime: int, gamma: int,
                 temperature: float = 1.0) -> tuple[GSCParams, Float[Array, ""]]:
     """One truncated-EM iteration: selection, E-step, closed-form M-step (see the module docstring).
@@ -259,12 +245,7 @@ def gsc_em_step(params: GSCParams, y: Float[Array, "N D"], *, h_prime: int, gamm
     Returns:
         ``(new_params, mean truncated log-likelihood under the old params)``.
     """
-    y = check_float_array(y, "y", min_ndim=2)
-    h_prime, gamma = _check(params, y, h_prime, gamma)
-    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
-    dtype = jnp.promote_types(y.dtype, jnp.float32)
-    return _em_step_jit(_as_params(params, dtype), y.astype(dtype),
-                        jnp.asarray(temperature, dtype), h_prime=h_prime, gamma=gamma)
+    return _call(_em_step, _check, params, y, h_prime, gamma, temperature)
 
 
 def gsc_init(key: Array, y: Float[Array, "N D"], n_causes: int) -> GSCParams:
@@ -288,14 +269,6 @@ def gsc_init(key: Array, y: Float[Array, "N D"], n_causes: int) -> GSCParams:
     psi = jnp.maximum(2.0 * jax.random.uniform(k_psi, (h,), dtype), 0.05)
     sigma_sq = jnp.mean(jnp.var(y, axis=0)) + 0.001
     return GSCParams(w, pi, mu, psi, sigma_sq)
-
-
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _fit(params, y, temperatures, *, h_prime, gamma):
-    def body(p, t):
-        return _em_step(p, y, t, h_prime, gamma)
-
-    return jax.lax.scan(body, params, temperatures)
 
 
 def gsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, gamma: int,
@@ -322,4 +295,5 @@ def gsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, 
     params = gsc_init(key, y, n_causes)
     y = jnp.asarray(y, params.W.dtype)
     h_prime, gamma = _check(params, y, h_prime, gamma)
-    return _fit(params, y, jnp.asarray(temps, params.W.dtype), h_prime=h_prime, gamma=gamma)
+    return _jit_fit(_em_step, params, y, jnp.asarray(temps, params.W.dtype), h_prime=h_prime,
+                    gamma=gamma)
