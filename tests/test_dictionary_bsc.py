@@ -10,10 +10,12 @@ import pytest
 
 from sparsejax.dictionary.bsc import (
     BSCParams,
+    active_sets,
     bsc_em_step,
     bsc_fit,
     bsc_posterior,
     state_matrix,
+    top_ascending,
 )
 
 
@@ -79,6 +81,25 @@ def test_state_matrix_counts_and_order():
     assert sm.shape == (math.comb(5, 2) + math.comb(5, 3), 5)
     assert sm[0].tolist() == [1, 1, 0, 0, 0] and sm[-1].tolist() == [0, 0, 1, 1, 1]
     assert state_matrix(4, 1).shape == (0, 4)
+
+
+def test_top_ascending_matches_argsort():
+    rng = np.random.default_rng(3)
+    ties = rng.integers(0, 4, size=(60, 9)).astype(np.float32)        # many ties: lower id first
+    np.testing.assert_array_equal(top_ascending(ties, 5),
+                                  np.argsort(ties, axis=1, kind="stable")[:, -5:])
+    wide = rng.normal(size=(4, 70)).astype(np.float32)                # the lax.top_k path
+    np.testing.assert_array_equal(top_ascending(wide, 3), np.argsort(wide, axis=1)[:, -3:])
+
+
+def test_active_sets_layout():
+    cand = np.array([[4, 0, 2], [1, 3, 0]])
+    index, valid = active_sets(cand, 5, 2)
+    sm = state_matrix(3, 2)
+    for n in range(2):
+        sets = [set(np.asarray(index[n, k])[valid[k]].tolist()) for k in range(len(valid))]
+        want = [set()] + [{h} for h in range(5)] + [set(cand[n][r > 0].tolist()) for r in sm]
+        assert sets == want
 
 
 def test_full_truncation_equals_enumeration(x64):

@@ -1,5 +1,5 @@
 """Sparse dictionary codes: OMP, ISTA/FISTA/LISTA, the elastic net, dictionary learning,
-binary sparse coding by truncated EM, semi-NMF, CoSpaDi, Concept Lancet, tokenizer
+binary and spike-and-slab sparse coding by truncated EM, semi-NMF, CoSpaDi, Concept Lancet, tokenizer
 transplantation (this package) and sparse autoencoders (the subpackage
 `sparsejax.dictionary.sae`, whose names are used qualified: ``sae.topk``, ``sae.forward``)."""
 
@@ -19,6 +19,14 @@ from sparsejax.dictionary.cospadi import (
     cospadi,
     output_error,
     truncated_svd,
+)
+from sparsejax.dictionary.gsc import (
+    GSCParams,
+    GSCPosterior,
+    gsc_em_step,
+    gsc_fit,
+    gsc_init,
+    gsc_posterior,
 )
 from sparsejax.dictionary.lancet import (
     add_concept,
@@ -64,6 +72,8 @@ from sparsejax.dictionary.transplant import (
 __all__ = [
     "BSCParams",
     "BSCPosterior",
+    "GSCParams",
+    "GSCPosterior",
     "CoSpaDiResult",
     "OnlineDictionaryState",
     "SemiNMFResult",
@@ -75,6 +85,10 @@ __all__ = [
     "bsc_fit",
     "bsc_init",
     "bsc_posterior",
+    "gsc_em_step",
+    "gsc_fit",
+    "gsc_init",
+    "gsc_posterior",
     "concept_atoms",
     "concept_coefficients",
     "cospadi",

@@ -36,6 +36,9 @@ from sparsejax._checks import check_float, check_float_array, check_int
 
 __all__ = [
     "BSCParams",
+    "active_sets",
+    "anneal_schedule",
+    "top_ascending",
     "BSCPosterior",
     "bsc_candidates",
     "bsc_em_step",
@@ -94,17 +97,74 @@ def state_matrix(h_prime: int, gamma: int) -> np.ndarray:
     return sm
 
 
-def _check(params: BSCParams, y: Array, h_prime: int, gamma: int) -> tuple[int, int]:
-    if not isinstance(params, BSCParams):
-        raise TypeError(f"`params` must be a BSCParams; got {type(params).__name__}")
-    w = check_float_array(params.W, "params.W", min_ndim=2)
+def _check_data(w, y: Array, h_prime: int, gamma: int, name: str = "params.W"
+                ) -> tuple[int, int]:
+    """Shared argument checks of the truncated-EM models (BSC, `sparsejax.dictionary.gsc`)."""
+    w = check_float_array(w, name, min_ndim=2)
     if w.ndim != 2 or y.ndim != 2 or y.shape[1] != w.shape[0]:
-        raise ValueError(f"`y` must have shape [N, D={w.shape[0]}] for params.W of shape "
+        raise ValueError(f"`y` must have shape [N, D={w.shape[0]}] for {name} of shape "
                          f"{w.shape}; got {y.shape}")
     h = w.shape[1]
     h_prime = check_int(h_prime, "h_prime", minimum=1, maximum=h)
     gamma = check_int(gamma, "gamma", minimum=1, maximum=h_prime)
     return h_prime, gamma
+
+
+def _check(params: BSCParams, y: Array, h_prime: int, gamma: int) -> tuple[int, int]:
+    if not isinstance(params, BSCParams):
+        raise TypeError(f"`params` must be a BSCParams; got {type(params).__name__}")
+    return _check_data(params.W, y, h_prime, gamma)
+
+
+def active_sets(candidates: Int[Array, "N h_prime"], h: int, gamma: int
+                ) -> tuple[Int[Array, "N states g"], np.ndarray]:
+    """The truncated state set of every data point as lists of active causes.
+
+    The layout of `BSCPosterior.log_joint`: the zero state, the ``h`` singletons, then the rows
+    of ``state_matrix(h_prime, gamma)`` over each point's candidates.
+
+    Args:
+        candidates: int ``[N, h_prime]``, the selected causes per point.
+        h: number of causes ``H``.
+        gamma: most active causes per state.
+
+    Returns:
+        ``(index, valid)``: int ``[N, 1 + h + S, g]`` cause indices (``g = gamma``; ``0`` where
+        not valid) and the bool numpy ``[1 + h + S, g]`` mask of the real entries (the same for
+        every point).
+    """
+    sm = state_matrix(candidates.shape[1], gamma)
+    pos = np.zeros((1 + h + sm.shape[0], gamma), np.int32)
+    valid = np.zeros(pos.shape, bool)
+    valid[1:h + 1, 0] = True
+    for i, row in enumerate(sm):
+        on = np.flatnonzero(row)
+        pos[1 + h + i, :on.size], valid[1 + h + i, :on.size] = on, True
+    single = np.zeros(pos.shape, np.int32)
+    single[1:h + 1, 0] = np.arange(h)
+    multi = (np.arange(pos.shape[0]) > h)[None, :, None]
+    index = jnp.where(multi, jnp.take(candidates, jnp.asarray(pos), axis=1), single[None])
+    return jnp.where(valid[None], index, 0), valid
+
+
+def anneal_schedule(n_iter: int, start_temperature: float, anneal_fraction: float
+                    ) -> np.ndarray:
+    """prosper's linear annealing schedule, float64 ``[n_iter]``.
+
+    ``T`` falls linearly from ``start_temperature`` to 1 over the first ``anneal_fraction`` of
+    the iterations, then stays at 1.
+
+    Args:
+        n_iter: iterations (``>= 1``).
+        start_temperature: initial ``T >= 1``.
+        anneal_fraction: share of iterations spent annealing, in ``(0, 1]``.
+    """
+    n_iter = check_int(n_iter, "n_iter", minimum=1)
+    start = check_float(start_temperature, "start_temperature", minimum=1.0)
+    frac = check_float(anneal_fraction, "anneal_fraction", minimum=0.0, exclusive_minimum=True,
+                       maximum=1.0)
+    progress = np.minimum(np.arange(n_iter) / max(frac * n_iter, 1.0), 1.0)
+    return start + (1.0 - start) * progress
 
 
 def bsc_candidates(w: Float[Array, "D H"], y: Float[Array, "N D"], h_prime: int
@@ -120,9 +180,29 @@ def bsc_candidates(w: Float[Array, "D H"], y: Float[Array, "N D"], h_prime: int
         h_prime: candidates per point, ``1 <= h_prime <= H``.
     """
     h_prime = check_int(h_prime, "h_prime", minimum=1, maximum=w.shape[1])
-    norms = jnp.linalg.norm(w, axis=0) * jnp.linalg.norm(y, axis=1, keepdims=True)
-    sim = (y @ w) / norms
-    return jax.lax.top_k(sim, h_prime)[1][:, ::-1]  # ascending, as prosper's argsort[-H':]
+    # ||y|| is the same for every cause of a row: ranking (y @ w) / ||w|| ranks the cosines
+    return top_ascending((y @ w) / jnp.linalg.norm(w, axis=0), h_prime)
+
+
+def top_ascending(score: Float[Array, "N H"], k: int) -> Int[Array, "N k"]:
+    """Indices of the ``k`` largest entries of each row, by increasing score (ties: lower index
+    first), as ``np.argsort(score, axis=1)[:, -k:]`` (prosper's candidate selection).
+
+    For ``H <= 64`` by counting ranks (``[N, H, H]`` comparisons, several times faster on CPU
+    than `jax.lax.top_k` for the small ``H`` of these models), else by `jax.lax.top_k`.
+
+    Args:
+        score: ``[N, H]``.
+        k: ``1 <= k <= H``.
+    """
+    h = score.shape[1]
+    if h > 64:
+        return jax.lax.top_k(score, k)[1][:, ::-1]
+    idx = jnp.arange(h)
+    below = ((score[:, None, :] < score[:, :, None])
+             | ((score[:, None, :] == score[:, :, None]) & (idx[None, :] < idx[:, None])))
+    slot = jnp.sum(below, -1) - (h - k)                      # [N, H]: ascending rank - (H - k)
+    return jnp.sum((slot[:, :, None] == jnp.arange(k)) * idx[None, :, None], axis=1)
 
 
 def _posterior_terms(params, y, sm, h_prime, temperature):
@@ -135,11 +215,13 @@ def _posterior_terms(params, y, sm, h_prime, temperature):
     gram = w.T @ w                                            # [H, H]
     sq0 = jnp.sum(y * y, -1)[:, None]                         # [N, 1]
     sq1 = sq0 - 2 * wty + jnp.diag(gram)                      # [N, H]
-    wty_c = jnp.take_along_axis(wty, cand, axis=1)            # [N, H']
-    gram_c = gram[cand[:, :, None], cand[:, None, :]]         # [N, H', H']
-    pairs = (sm[:, :, None] * sm[:, None, :]).reshape(sm.shape[0], -1)   # [S, H'^2]
-    quad = gram_c.reshape(gram_c.shape[0], -1) @ pairs.T      # [N, S]: s^T G s
-    sqm = sq0 - 2 * wty_c @ sm.T + quad
+    # the multi-cause states' -2 s.(W^T y)_c + s^T G_c s in one matmul over [N, 2H' + P]
+    # features (candidate W^T y, diagonal and upper-triangle Gram entries, P = H'(H'-1)/2)
+    iu, ju = np.triu_indices(h_prime, 1)
+    feats = jnp.concatenate([jnp.take_along_axis(wty, cand, axis=1),
+                             jnp.diag(gram)[cand], gram[cand[:, iu], cand[:, ju]]], axis=1)
+    coef = jnp.concatenate([-2 * sm.T, sm.T, 2 * (sm[:, iu] * sm[:, ju]).T])   # [2H' + P, S]
+    sqm = sq0 + feats @ coef
     sq = jnp.concatenate([sq0, sq1, sqm], axis=1)
     n_active = jnp.concatenate([jnp.zeros(1), jnp.ones(h), jnp.sum(sm, 1)]).astype(y.dtype)
     log_prior = n_active * jnp.log(pi / (1 - pi)) + h * jnp.log1p(-pi)
@@ -147,25 +229,49 @@ def _posterior_terms(params, y, sm, h_prime, temperature):
     return log_prior + log_lik / temperature, cand, sq
 
 
+def _normalize(log_joint):
+    """``(posterior, log-normaliser)`` of a ``[N, states]`` log-joint, one pass of ``exp``."""
+    top = jax.lax.stop_gradient(jnp.max(log_joint, axis=1, keepdims=True))
+    e = jnp.exp(log_joint - top)
+    z = jnp.sum(e, axis=1, keepdims=True)
+    return e / z, (top + jnp.log(z))[:, 0]
+
+
 def _expectations(q, cand, sm, h):
-    one_hot = jax.nn.one_hot(cand, h, dtype=q.dtype)          # [N, H', H]
+    one_hot = (cand[:, :, None] == jnp.arange(h)).astype(q.dtype)   # [N, H', H]
     q1, qm = q[:, 1:h + 1], q[:, h + 1:]
-    es = q1 + jnp.einsum("na,nah->nh", qm @ sm, one_hot)
+    es = q1 + jnp.sum((qm @ sm)[:, :, None] * one_hot, axis=1)
     return es, one_hot, q1, qm
 
 
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _posterior(params, y, temperature, *, h_prime, gamma):
+def _posterior(params, y, temperature, h_prime, gamma):
     sm = jnp.asarray(state_matrix(h_prime, gamma), y.dtype)
     log_joint, cand, _ = _posterior_terms(params, y, sm, h_prime, temperature)
-    q = jax.nn.softmax(log_joint, axis=1)
+    q, log_z = _normalize(log_joint)
     es, *_ = _expectations(q, cand, sm, params.W.shape[1])
-    return BSCPosterior(log_joint, cand, es, jax.nn.logsumexp(log_joint, axis=1))
+    return BSCPosterior(log_joint, cand, es, log_z)
 
 
-def _as_params(params: BSCParams, dtype) -> BSCParams:
-    return BSCParams(jnp.asarray(params.W, dtype), jnp.asarray(params.pi, dtype),
-                     jnp.asarray(params.sigma, dtype))
+@functools.partial(jax.jit, static_argnames=("fn", "h_prime", "gamma"))
+def _jit_call(fn, params, y, temperature, *, h_prime, gamma):
+    return fn(params, y, temperature, h_prime, gamma)
+
+
+def _call(fn, check, params, y, h_prime, gamma, temperature):
+    """Checks, float promotion and the jitted call shared by the public E- and EM-step functions
+    of the truncated-EM models (BSC here, `sparsejax.dictionary.gsc`)."""
+    y = check_float_array(y, "y", min_ndim=2)
+    h_prime, gamma = check(params, y, h_prime, gamma)
+    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
+    dtype = jnp.promote_types(y.dtype, jnp.float32)
+    params = type(params)(*(jnp.asarray(a, dtype) for a in params))
+    return _jit_call(fn, params, y.astype(dtype), jnp.asarray(temperature, dtype),
+                     h_prime=h_prime, gamma=gamma)
+
+
+@functools.partial(jax.jit, static_argnames=("step", "h_prime", "gamma"))
+def _jit_fit(step, params, y, temperatures, *, h_prime, gamma):
+    return jax.lax.scan(lambda p, t: step(p, y, t, h_prime, gamma), params, temperatures)
 
 
 def bsc_posterior(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, gamma: int,
@@ -182,12 +288,7 @@ def bsc_posterior(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, ga
     Returns:
         `BSCPosterior`.
     """
-    y = check_float_array(y, "y", min_ndim=2)
-    h_prime, gamma = _check(params, y, h_prime, gamma)
-    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
-    dtype = jnp.promote_types(y.dtype, jnp.float32)
-    return _posterior(_as_params(params, dtype), y.astype(dtype), jnp.asarray(temperature, dtype),
-                      h_prime=h_prime, gamma=gamma)
+    return _call(_posterior, _check, params, y, h_prime, gamma, temperature)
 
 
 def _pi_correction(pi, h, gamma):
@@ -202,19 +303,14 @@ def _em_step(params, y, temperature, h_prime, gamma):
     h = params.W.shape[1]
     sm = jnp.asarray(state_matrix(h_prime, gamma), y.dtype)
     log_joint, cand, sq = _posterior_terms(params, y, sm, h_prime, temperature)
-    q = jax.nn.softmax(log_joint, axis=1)
+    q, log_z = _normalize(log_joint)
     es, one_hot, q1, qm = _expectations(q, cand, sm, h)
     pair = jnp.einsum("ns,sa,sb->nab", qm, sm, sm)           # [N, H', H'] over candidates
     ess = jnp.diag(jnp.sum(q1, 0)) + jnp.einsum("nah,nab,nbk->hk", one_hot, pair, one_hot)
     w_new = jnp.linalg.lstsq(ess, es.T @ y)[0].T              # [D, H]
     pi_new = _pi_correction(params.pi, h, gamma) * jnp.sum(es) / (h * n)
     sigma_new = jnp.sqrt(jnp.sum(q * sq) / (d * n))
-    return BSCParams(w_new, pi_new, sigma_new), jnp.mean(jax.nn.logsumexp(log_joint, axis=1))
-
-
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _em_step_jit(params, y, temperature, *, h_prime, gamma):
-    return _em_step(params, y, temperature, h_prime, gamma)
+    return BSCParams(w_new, pi_new, sigma_new), jnp.mean(log_z)
 
 
 def bsc_em_step(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, gamma: int,
@@ -231,12 +327,7 @@ def bsc_em_step(params: BSCParams, y: Float[Array, "N D"], *, h_prime: int, gamm
     Returns:
         ``(new_params, mean truncated log-likelihood under the old params)``.
     """
-    y = check_float_array(y, "y", min_ndim=2)
-    h_prime, gamma = _check(params, y, h_prime, gamma)
-    temperature = check_float(temperature, "temperature", minimum=0.0, exclusive_minimum=True)
-    dtype = jnp.promote_types(y.dtype, jnp.float32)
-    return _em_step_jit(_as_params(params, dtype), y.astype(dtype),
-                        jnp.asarray(temperature, dtype), h_prime=h_prime, gamma=gamma)
+    return _call(_em_step, _check, params, y, h_prime, gamma, temperature)
 
 
 def bsc_init(key: Array, y: Float[Array, "N D"], n_causes: int) -> BSCParams:
@@ -256,14 +347,6 @@ def bsc_init(key: Array, y: Float[Array, "N D"], n_causes: int) -> BSCParams:
     sigma0 = jnp.sum(jnp.sqrt(jnp.mean((y - mean) ** 2, 0))) / y.shape[1]
     w = mean[:, None] + sigma0 / 4 * jax.random.normal(key, (y.shape[1], h), dtype)
     return BSCParams(w, jnp.asarray(1.0 / h, dtype), sigma0)
-
-
-@functools.partial(jax.jit, static_argnames=("h_prime", "gamma"))
-def _fit(params, y, temperatures, *, h_prime, gamma):
-    def body(p, t):
-        return _em_step(p, y, t, h_prime, gamma)
-
-    return jax.lax.scan(body, params, temperatures)
 
 
 def bsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, gamma: int,
@@ -288,13 +371,9 @@ def bsc_fit(key: Array, y: Float[Array, "N D"], n_causes: int, *, h_prime: int, 
     Returns:
         ``(params, per-iteration mean truncated log-likelihood [n_iter])``.
     """
-    n_iter = check_int(n_iter, "n_iter", minimum=1)
-    start = check_float(start_temperature, "start_temperature", minimum=1.0)
-    frac = check_float(anneal_fraction, "anneal_fraction", minimum=0.0, exclusive_minimum=True,
-                       maximum=1.0)
+    temps = anneal_schedule(n_iter, start_temperature, anneal_fraction)
     params = bsc_init(key, y, n_causes)
     y = jnp.asarray(y, params.W.dtype)
     h_prime, gamma = _check(params, y, h_prime, gamma)
-    progress = np.minimum(np.arange(n_iter) / max(frac * n_iter, 1.0), 1.0)
-    temps = jnp.asarray(start + (1.0 - start) * progress, params.W.dtype)
-    return _fit(params, y, temps, h_prime=h_prime, gamma=gamma)
+    return _jit_fit(_em_step, params, y, jnp.asarray(temps, params.W.dtype), h_prime=h_prime,
+                    gamma=gamma)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["STDLIB_MODULES", "docstring_sentences", "split_sentences"]
+__all__ = ["STDLIB_MODULES", "docstring_sentences", "split_sentences", "stdlib_docstrings"]
 
 STDLIB_MODULES = (
     "abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "colorsys",
@@ -25,6 +26,26 @@ STDLIB_MODULES = (
 )
 
 
+def stdlib_docstrings() -> Iterator[str]:
+    """The non-empty docstrings of `STDLIB_MODULES` and of their public members, in module order
+    then member name order (duplicates included; modules that fail to import are skipped).
+
+    Yields:
+        each docstring as found (``obj.__doc__``, not cleaned).
+    """
+    for name in STDLIB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # pragma: no cover - optional stdlib parts (e.g. sqlite3)
+            continue
+        objects = [module] + [getattr(module, a, None) for a in sorted(dir(module))
+                              if not a.startswith("_")]
+        for obj in objects:
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str) and doc.strip():
+                yield doc
+
+
 def _first_sentence(doc: str) -> str:
     para = re.split(r"\n\s*\n", inspect.cleandoc(doc).strip())[0]
     text = " ".join(para.split())
@@ -39,21 +60,11 @@ def docstring_sentences(min_chars: int = 40, max_chars: int = 200) -> list[str]:
     no ``>>>`` are kept. The exact set depends on the Python version (docstrings change).
     """
     found = set()
-    for name in STDLIB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:  # pragma: no cover - optional stdlib parts (e.g. sqlite3)
-            continue
-        objects = [module] + [getattr(module, a, None) for a in sorted(dir(module))
-                              if not a.startswith("_")]
-        for obj in objects:
-            doc = getattr(obj, "__doc__", None)
-            if not isinstance(doc, str) or not doc.strip():
-                continue
-            sentence = _first_sentence(doc)
-            if (min_chars <= len(sentence) <= max_chars and sentence[0].isalpha()
-                    and ">>>" not in sentence):
-                found.add(sentence)
+    for doc in stdlib_docstrings():
+        sentence = _first_sentence(doc)
+        if (min_chars <= len(sentence) <= max_chars and sentence[0].isalpha()
+                and ">>>" not in sentence):
+            found.add(sentence)
     return sorted(found)
 
 

@@ -6,11 +6,10 @@ modules as `sparsejax.models.docstring_sentences`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 
-from sparsejax.models.corpus import STDLIB_MODULES
+from sparsejax.models.corpus import stdlib_docstrings
 
 __all__ = ["docstring_pairs"]
 
@@ -24,25 +23,15 @@ def docstring_pairs(min_query_chars: int = 25, min_doc_chars: int = 80,
     exact set depends on the Python version (docstrings change).
     """
     pairs, seen_docs = {}, set()
-    for name in STDLIB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:  # pragma: no cover - optional stdlib parts
+    for doc in stdlib_docstrings():
+        text = " ".join(inspect.cleandoc(doc).split())
+        match = re.match(r"(.+?[.!?])\s+(.*)$", text)
+        if not match:
             continue
-        objects = [module] + [getattr(module, a, None) for a in sorted(dir(module))
-                              if not a.startswith("_")]
-        for obj in objects:
-            doc = getattr(obj, "__doc__", None)
-            if not isinstance(doc, str) or not doc.strip():
-                continue
-            text = " ".join(inspect.cleandoc(doc).split())
-            match = re.match(r"(.+?[.!?])\s+(.*)$", text)
-            if not match:
-                continue
-            query, rest = match.group(1), match.group(2)[:max_doc_chars]
-            if (len(query) < min_query_chars or len(rest) < min_doc_chars or ">>>" in query
-                    or not query[0].isalpha() or rest in seen_docs or query in pairs):
-                continue
-            seen_docs.add(rest)
-            pairs[query] = rest
+        query, rest = match.group(1), match.group(2)[:max_doc_chars]
+        if (len(query) < min_query_chars or len(rest) < min_doc_chars or ">>>" in query
+                or not query[0].isalpha() or rest in seen_docs or query in pairs):
+            continue
+        seen_docs.add(rest)
+        pairs[query] = rest
     return sorted(pairs.items())
