@@ -18,8 +18,13 @@ from sparsejax.peft.delta import (
     train_delta,
     unmerge,
 )
+from sparsejax.peft.spiel import REGROW, SpielState, spiel, spiel_fraction
 
 __all__ = [
+    "REGROW",
+    "SpielState",
+    "spiel",
+    "spiel_fraction",
     "SparseDelta",
     "apply",
     "delta_from_masks",
