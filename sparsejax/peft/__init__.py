@@ -6,6 +6,7 @@ trains only its values and `spiel` also moves its support (drop-and-grow). `s2ft
 slice of co-permuted attention heads and FFN channels.
 """
 
+from sparsejax.peft import s2ft
 from sparsejax.peft.delta import (
     SparseDelta,
     apply,
@@ -18,9 +19,12 @@ from sparsejax.peft.delta import (
     train_delta,
     unmerge,
 )
+from sparsejax.peft.s2ft import S2Kernel
 from sparsejax.peft.spiel import REGROW, SpielState, spiel, spiel_fraction
 
 __all__ = [
+    "S2Kernel",
+    "s2ft",
     "REGROW",
     "SpielState",
     "spiel",
