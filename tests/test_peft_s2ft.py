@@ -23,6 +23,11 @@ def setup():
     return params, ids, mask
 
 
+@jax.jit
+def _encode(p, ids, mask):
+    return models.encode(p, ids, mask, CFG)
+
+
 def _loss(p, ids, mask):
     return jnp.sum(jnp.sin(models.encode(p, ids, mask, CFG)))
 
@@ -39,8 +44,8 @@ def test_coupled_order_matches_reference_layout():
 def test_permutation_keeps_function_and_slices_are_where_expected(setup):
     params, ids, mask = setup
     s2p = s2ft.s2ft_bert(params, CFG, SEL)
-    ref = models.encode(params, ids, mask, CFG)
-    np.testing.assert_allclose(models.encode(s2p, ids, mask, CFG), ref, rtol=1e-5, atol=1e-5)
+    ref = _encode(params, ids, mask)
+    np.testing.assert_allclose(_encode(s2p, ids, mask), ref, rtol=1e-5, atol=1e-5)
     hd = CFG.hidden // CFG.heads
     lp = s2p["layers"][0]
     assert (lp["value"]["kernel"].axis, lp["value"]["kernel"].start) == (1, 0)
@@ -61,11 +66,11 @@ def test_slice_gradients_equal_full_gradient_rows(setup):
     vals = [0.1 * jax.random.normal(k, v.shape) for k, v in
             zip(jax.random.split(key, len(s2ft.values(s2p))), s2ft.values(s2p))]
     s2p = s2ft.with_values(s2p, vals)
-    g_s2 = jax.grad(lambda v: _loss(s2ft.with_values(s2p, v), ids, mask))(vals)
+    g_s2 = jax.jit(jax.grad(lambda v: _loss(s2ft.with_values(s2p, v), ids, mask)))(vals)
     merged = s2ft.merge(s2p)
-    np.testing.assert_allclose(models.encode(merged, ids, mask, CFG),
-                               models.encode(s2p, ids, mask, CFG), rtol=1e-5, atol=1e-5)
-    g_full = jax.grad(_loss)(merged, ids, mask)
+    np.testing.assert_allclose(_encode(merged, ids, mask),
+                               _encode(s2p, ids, mask), rtol=1e-5, atol=1e-5)
+    g_full = jax.jit(jax.grad(_loss))(merged, ids, mask)
     kernels = [(i, n) for i, lp in enumerate(s2p["layers"]) for n in lp
                if isinstance(lp[n].get("kernel") if isinstance(lp[n], dict) else None,
                              s2ft.S2Kernel)]
