@@ -10,9 +10,11 @@ import pytest
 from sparsejax import models
 from sparsejax.peft import s2ft
 
-CFG = models.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24,
+CFG = models.BertConfig(vocab_size=40, hidden=16, layers=1, heads=4, intermediate=24,
                         max_position=12)
-SEL = {"v": [[1, 3], [0]], "o": [[3], [2]], "u": [[5, 7, 20], []], "d": [[7, 2], [11]]}
+CFG2 = models.BertConfig(vocab_size=40, hidden=16, layers=2, heads=4, intermediate=24,
+                         max_position=12)
+SEL = {"v": [[1, 3]], "o": [[3]], "u": [[5, 7, 20]], "d": [[7, 2]]}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,8 @@ def test_permutation_keeps_function_and_slices_are_where_expected(setup):
     # the permuted value kernel's first head is the original head 1
     np.testing.assert_array_equal(lp["value"]["kernel"].base[:, :hd],
                                   params["layers"][0]["value"]["kernel"][:, hd:2 * hd])
-    assert "kernel" in s2p["layers"][1]["ffn_in"] and not isinstance(
-        s2p["layers"][1]["ffn_in"]["kernel"], s2ft.S2Kernel)  # empty selection: left dense
+    empty = s2ft.s2ft_bert(params, CFG, {**SEL, "d": [[]]})["layers"][0]["ffn_out"]["kernel"]
+    assert not isinstance(empty, s2ft.S2Kernel)  # an empty selection stays a plain kernel
     assert s2ft.trainable_count(s2p) == sum(v.size for v in s2ft.values(s2p))
 
 
@@ -105,13 +107,13 @@ def test_step_forms_no_frozen_kernel_gradient(setup):
     assert full_shapes <= set(dots(full.jaxpr))
 
 
-def test_select_units_criteria_and_errors(setup):
-    params, _, _ = setup
+def test_select_units_criteria_and_errors():
+    params = models.init_params(jax.random.key(0), CFG2)
     scores = np.array([0.3, 2.0, -1.0, 5.0, 0.0])
     assert s2ft.select_units(5, 2, criterion="activation", scores=scores).tolist() == [1, 3]
     r = s2ft.select_units(5, 3, key=jax.random.key(0))
     assert len(set(r.tolist())) == 3 and r.tolist() == sorted(r.tolist())
-    sel = s2ft.select_bert(params, CFG, v_ratio=0.25, d_ratio=0.1, criterion="weight")
+    sel = s2ft.select_bert(params, CFG2, v_ratio=0.25, d_ratio=0.1, criterion="weight")
     assert sum(map(len, sel["v"])) == 2 and sum(map(len, sel["d"])) == 4
     norms = [np.linalg.norm(np.asarray(params["layers"][i]["value"]["kernel"])
                             .reshape(16, 4, 4), axis=(0, 2)) for i in range(2)]
