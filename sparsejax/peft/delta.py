@@ -140,10 +140,15 @@ def sparse_delta(
         if p is None or not chosen(path, p):
             out.append(None)
             continue
-        s = (score_leaves[i] if scores is not None
-             else jax.random.uniform(keys[i], jnp.shape(p)))
-        k = int(_masks.kept_count(int(np.prod(jnp.shape(p))), 1.0 - density))
-        out.append(_from_mask(_masks.topk(jnp.asarray(s, jnp.float32), k), jnp.result_type(p)))
+        size = int(np.prod(jnp.shape(p)))
+        k = int(_masks.kept_count(size, 1.0 - density))
+        if scores is None:  # uniform without replacement (random_subset), sorted
+            idx = jnp.sort(jax.random.permutation(keys[i], size)[:k]).astype(jnp.int32)
+            out.append(SparseDelta(idx, jnp.zeros((k,), jnp.result_type(p)), None,
+                                   tuple(jnp.shape(p))))
+            continue
+        s = jnp.asarray(score_leaves[i], jnp.float32)
+        out.append(_from_mask(_masks.topk(s, k), jnp.result_type(p)))
     return jax.tree.unflatten(treedef, out)
 
 
