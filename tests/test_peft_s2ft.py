@@ -126,3 +126,24 @@ def test_select_units_criteria_and_errors():
         s2ft.select_units(3, 1, criterion="l1")
     with pytest.raises(ValueError, match="key"):
         s2ft.select_units(3, 1)
+
+
+def test_demo_stage_is_registered():
+    from sparsejax.demo import STAGES
+
+    assert STAGES["peft"] == "sparsejax.demo.peft"
+
+
+@pytest.mark.slow
+def test_demo_stage_quick(capsys):
+    from sparsejax.demo import make_context
+    from sparsejax.demo.peft import METHODS, run
+
+    ctx = make_context(steps=100, finetune_steps=60, quick=True, progress=False)
+    result = run(ctx)
+    assert "sparse fine-tuning" in capsys.readouterr().out
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == list(METHODS)
+    lora = rows["LoRA r=2"]["trainable"]
+    assert abs(rows["SpIEL"]["trainable"] - lora) <= 1  # equal budgets
+    assert rows["full fine-tune"]["accuracy"] > rows["pretrained (no tuning)"]["accuracy"]

@@ -190,8 +190,10 @@ def select_bert(params: dict, config: Any, *, v_ratio: float = 0.0, o_ratio: flo
     Args:
         params: the encoder's params (``layers/{i}/{value,attn_out,ffn_in,ffn_out}/kernel``).
         config: its `sparsejax.models.BertConfig`.
-        v_ratio, o_ratio, u_ratio, d_ratio: fractions of all heads / channels chosen for v, o,
-            up, down.
+        v_ratio: fraction of all heads chosen for the value projections.
+        o_ratio: fraction of all heads chosen for the output projections.
+        u_ratio: fraction of all FFN channels chosen for the up projections.
+        d_ratio: fraction of all FFN channels chosen for the down projections.
         criterion: ``"random"`` (``key``), ``"weight"`` (norm of the unit's weights in that
             matrix) or ``"activation"`` (``scores``).
         key: PRNG key for ``"random"``.
