@@ -104,11 +104,13 @@ def make_step(method, trainable, to_params, tx, dense_grad, config):
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     if dense_grad:
+        delta_tx = tx
+
         def init(t):
-            return tx.init(t[0]), head_tx.init(t[1])
+            return delta_tx.init(t[0]), head_tx.init(t[1])
 
         def update(grads, state, t):
-            u0, s0 = tx.update(grads[0], state[0], t[0])
+            u0, s0 = delta_tx.update(grads[0], state[0], t[0])
             u1, s1 = head_tx.update(grads[1], state[1], t[1])
             return (u0, u1), (s0, s1)
 
