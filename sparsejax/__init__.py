@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
         nn,
         oneshot,
         ops,
+        peft,
         retrieval,
         training,
     )
@@ -60,6 +61,7 @@ __all__ = [
     "nbytes",
     "oneshot",
     "path_str",
+    "peft",
     "retrieval",
     "schedules",
     "scores",
@@ -72,6 +74,7 @@ __all__ = [
 _HOMES = {name: name for name in ("activation", "attention", "bayes", "dictionary", "formats",
                                    "models", "moe", "nn", "oneshot", "ops", "retrieval",
                                    "training")}
+_HOMES["peft"] = "peft"
 _HOMES.update(BlockMask="attention", BlockSparse="formats", CSR="formats", NMSparse="formats")
 
 __getattr__ = lazy_getattr("sparsejax", globals(), _HOMES)

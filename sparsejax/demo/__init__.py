@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "ssvi": "sparsejax.demo.ssvi",
     "training": "sparsejax.demo.training",
     "lsr": "sparsejax.demo.lsr",
+    "peft": "sparsejax.demo.peft",
 }
 
 __all__ = ["STAGES", "DemoContext", "make_context"]
