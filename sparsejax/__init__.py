@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
         oneshot,
         ops,
         retrieval,
+        testing,
         training,
     )
     from sparsejax.attention import BlockMask
@@ -66,12 +67,13 @@ __all__ = [
     "select",
     "sparsity",
     "summary",
+    "testing",
     "training",
 ]
 
 _HOMES = {name: name for name in ("activation", "attention", "bayes", "dictionary", "formats",
                                    "models", "moe", "nn", "oneshot", "ops", "retrieval",
-                                   "training")}
+                                   "testing", "training")}
 _HOMES.update(BlockMask="attention", BlockSparse="formats", CSR="formats", NMSparse="formats")
 
 __getattr__ = lazy_getattr("sparsejax", globals(), _HOMES)
