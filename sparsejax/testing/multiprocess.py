@@ -26,8 +26,6 @@ Example (``fn`` must live in an importable module or a file, not in ``__main__``
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import pathlib
 import pickle
@@ -149,8 +147,9 @@ def run_processes(
                 logs.append(log)
                 with open(log, "w") as err, open(tmpdir / f"stdout.{i}", "w") as out:
                     procs.append(subprocess.Popen(
-                        [sys.executable, "-m", __name__, str(spec), str(tmpdir / f"out.{i}"),
-                         f"localhost:{port}", str(num_processes), str(i)],
+                        [sys.executable, "-m", "sparsejax.testing._worker", str(spec),
+                         str(tmpdir / f"out.{i}"), f"localhost:{port}", str(num_processes),
+                         str(i)],
                         env=child_env, stdout=out, stderr=err, cwd=str(_ROOT)))
             deadline = time.monotonic() + timeout
             while True:
@@ -210,20 +209,28 @@ def shard(value: Any, sharding: Any) -> Any:
 def gather(tree: Any) -> Any:
     """Every ``jax.Array`` leaf of ``tree`` as a NumPy array holding its *global* value.
 
-    A collective: every process must call it with the same tree. Arrays a process can already
-    address in full are converted without communication.
+    A collective: every process must call it with the same tree. The arrays of a
+    ``NamedSharding`` are replicated by one compiled program for the whole tree; arrays a process
+    already addresses in full are converted without communication.
     """
     import jax
     from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec
 
-    def one(x):
-        if not isinstance(x, jax.Array):
-            return x
-        if x.is_fully_addressable:
-            return np.asarray(x)
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(one, tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    glob = [i for i, x in enumerate(leaves)
+            if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    named = [i for i in glob if isinstance(leaves[i].sharding, NamedSharding)]
+    if named:
+        outs = tuple(NamedSharding(leaves[i].sharding.mesh, PartitionSpec()) for i in named)
+        replicated = jax.jit(lambda *xs: xs, out_shardings=outs)(*(leaves[i] for i in named))
+        for i, x in zip(named, replicated):
+            leaves[i] = np.asarray(x.addressable_data(0))
+    for i in glob:
+        if i not in named:
+            leaves[i] = np.asarray(multihost_utils.process_allgather(leaves[i], tiled=True))
+    return jax.tree.unflatten(treedef, [np.asarray(x) if isinstance(x, jax.Array) else x
+                                        for x in leaves])
 
 
 def _to_host(tree: Any) -> Any:
@@ -240,30 +247,3 @@ def _to_host(tree: Any) -> Any:
         return x
 
     return jax.tree.map(one, tree)
-
-
-def _child(spec: str, out: str, coordinator: str, num_processes: str, process_id: str) -> None:
-    module, qualname, file, args, kwargs = pickle.loads(pathlib.Path(spec).read_bytes())
-    import jax
-
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=int(num_processes), process_id=int(process_id))
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        if file is None:
-            raise
-        loader = importlib.util.spec_from_file_location(module, file)
-        mod = importlib.util.module_from_spec(loader)
-        sys.modules[module] = mod
-        loader.loader.exec_module(mod)
-    fn = mod
-    for part in qualname.split("."):
-        fn = getattr(fn, part)
-    result = _to_host(fn(*args, **kwargs))
-    pathlib.Path(out).write_bytes(pickle.dumps(result))
-    jax.distributed.shutdown()
-
-
-if __name__ == "__main__":
-    _child(*sys.argv[1:6])
