@@ -166,6 +166,55 @@ def _attention(place):
     return jax.jit(lambda q, k, v: A.attention(q, k, v, mask=mask, backend="xla"))(q, k, v)
 
 
+def _opt_state(place):
+    """A sparse optimizer state (prune with global allocation, adam inside) after one step."""
+    from sparsejax import training as T
+
+    params, grads = problem()
+    params, grads = place(params, SPECS), place(grads, SPECS)
+    tx = T.prune(optax.adam(1e-2), 0.8, allocation="global", update_every=1)
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    return step(params, tx.init(params), grads)[1]
+
+
+def global_memory():
+    """Per-device compiled memory of the global allocation at two model sizes (params sharded
+    over the global mesh): ``{size: (local shard bytes, temp bytes)}``."""
+    mesh = _mesh()
+    sharding = NamedSharding(mesh, P("data", "model"))
+    fn = jax.jit(lambda p: compute_masks(p, "unstructured", 0.8, allocation="global"))
+    out = {}
+    for n in (512, 1024):
+        params = {f"l{i}": jax.ShapeDtypeStruct((n, n), jnp.float32, sharding=sharding)
+                  for i in range(4)}
+        stats = fn.lower(params).compile().memory_analysis()
+        out[n] = (4 * n * n * 4 // jax.device_count(), stats.temp_size_in_bytes)
+    return out
+
+
+def checkpoint(directory, save):
+    """In every process: save the sparse optimizer state with Orbax (``save``), or restore it onto
+    this group's shardings; returns the gathered state."""
+    import orbax.checkpoint as ocp
+
+    state = _opt_state(_placer(_mesh()))
+    checkpointer = ocp.StandardCheckpointer()
+    if save:
+        checkpointer.save(directory, state)
+        checkpointer.wait_until_finished()
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+    restored = checkpointer.restore(directory, target)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+    return gather(restored)
+
+
 CHECKS = {"masks": _masks, "train": _train, "ssvi": _ssvi, "oneshot": _oneshot,
           "attention": _attention}
 
@@ -176,18 +225,26 @@ def _mesh():
                          axis_types=(AUTO, AUTO))
 
 
-def sharded(names):
-    """In every process: each check with its inputs sharded over the global mesh, gathered."""
-    mesh = _mesh()
-
+def _placer(mesh):
     def place(tree, specs):
         return jax.tree.map(lambda s, x: None if x is None else shard(x, NamedSharding(mesh, s)),
                             specs, tree, is_leaf=lambda s: isinstance(s, P))
 
+    return place
+
+
+def sharded(names, directory=None, save=True):
+    """In every process: each check with its inputs sharded over the global mesh, gathered;
+    ``"memory"`` runs `global_memory`; with ``directory``, the Orbax checkpoint is saved there
+    (``save``) or restored from it (``"checkpoint"`` in the result)."""
+    mesh = _mesh()
+    place = _placer(mesh)
     out = {}
     for name in names:
         start = time.perf_counter()
-        if name == "moe":
+        if name == "memory":
+            out[name] = global_memory()
+        elif name == "moe":
             out[name] = gather(_moe(place, jax.device_count()))
         else:
             result = CHECKS[name](place)
@@ -198,6 +255,8 @@ def sharded(names):
                 got = result["global"][path]["kernel"].sharding
                 assert got.is_equivalent_to(want, len(want.spec)), (path, got, want)
         print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if directory is not None:
+        out["checkpoint"] = checkpoint(directory, save)
     return out
 
 
@@ -209,4 +268,6 @@ def reference(names, devices):
             out[name] = np.asarray(_moe(None, devices))
         else:
             out[name] = jax.tree.map(np.asarray, CHECKS[name](lambda tree, specs: tree))
+    if "checkpoint" in names:
+        out["checkpoint"] = jax.tree.map(np.asarray, _opt_state(lambda tree, specs: tree))
     return out

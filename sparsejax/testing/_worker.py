@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import pathlib
 import pickle
 import sys
+import traceback
 
 import jax
 
@@ -30,7 +32,12 @@ def main(spec: str, out: str, coordinator: str, num_processes: str, process_id: 
     fn = mod
     for part in qualname.split("."):
         fn = getattr(fn, part)
-    result = _to_host(fn(*args, **kwargs))
+    try:
+        result = _to_host(fn(*args, **kwargs))
+    except BaseException:  # exit now: a clean shutdown would wait for the others at a barrier
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     pathlib.Path(out).write_bytes(pickle.dumps(result))
     jax.distributed.shutdown()
 
