@@ -61,26 +61,25 @@ def _masks(place):
                                   for name, case in cases.items()})(trees)
 
 
-def _train(place):
+def _train(place, name):
     from sparsejax import training as T
 
     params, grads = problem()
     params, grads = place(params, SPECS), place(grads, SPECS)
-    cases = {"prune": T.prune(optax.adam(1e-2), 0.8, allocation="global", update_every=1),
-             "rigl": T.rigl(optax.adam(1e-2), 0.8, update_every=1, end_step=10,
-                            key=jax.random.key(0))}
-    out = {}
-    for name, tx in cases.items():
-        @jax.jit
-        def step(p, s, g, tx=tx):
-            u, s = tx.update(g, s, p)
-            return optax.apply_updates(p, u), s
+    if name == "prune":
+        tx = T.prune(optax.adam(1e-2), 0.8, allocation="global", update_every=1)
+    else:
+        tx = T.rigl(optax.adam(1e-2), 0.8, update_every=1, end_step=10, key=jax.random.key(0))
 
-        p, state = params, tx.init(params)
-        for t in range(2):
-            p, state = step(p, state, jax.tree.map(lambda g, t=t: g * (1.0 + t), grads))
-        out[name] = {"params": p, "masks": T.masks_of(state)}
-    return out
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    p, state = params, tx.init(params)
+    for t in range(2):
+        p, state = step(p, state, jax.tree.map(lambda g, t=t: g * (1.0 + t), grads))
+    return {name: {"params": p, "masks": T.masks_of(state)}}
 
 
 def _ssvi(place):
@@ -215,7 +214,8 @@ def checkpoint(directory, save):
     return gather(restored)
 
 
-CHECKS = {"masks": _masks, "train": _train, "ssvi": _ssvi, "oneshot": _oneshot,
+CHECKS = {"masks": _masks, "prune": functools.partial(_train, name="prune"),
+          "rigl": functools.partial(_train, name="rigl"), "ssvi": _ssvi, "oneshot": _oneshot,
           "attention": _attention}
 
 
