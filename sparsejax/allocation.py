@@ -8,6 +8,7 @@ selected by ``where`` (see `sparsejax.tree`; default: float arrays with ``ndim >
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.tree_util import tree_map_with_path
+from jaxtyping import Array, Bool, Float
 
 from sparsejax import masks as _masks
 from sparsejax._checks import check_choice, check_sparsity, is_concrete, must_be
@@ -165,12 +167,14 @@ def global_topk(params: Any, sparsity: float, *, scores: Any = None, where: Any 
     return jax.tree.unflatten(treedef, out)
 
 
-_DIGIT_BITS = 16
+# 8-bit digits: four passes over a score's 32 bits, but each histogram is 256 int32 (1 KiB), so
+# the all-reduce a pass costs on sharded leaves is negligible (16-bit digits: 256 KiB per leaf).
+_DIGIT_BITS = 8
 _NBINS = 1 << _DIGIT_BITS
 
 
 def _histogram(digits: jax.Array, valid: jax.Array) -> jax.Array:
-    """Counts of each 16-bit digit value among the ``valid`` entries (any shape, no reshape:
+    """Counts of each digit value among the ``valid`` entries (any shape, no reshape:
     a scatter-add that SPMD partitions into one local histogram per shard plus an all-reduce)."""
     index = jnp.where(valid, digits, _NBINS)
     return jnp.zeros(_NBINS + 1, jnp.int32).at[index].add(1, mode="drop")[:_NBINS]
@@ -196,7 +200,7 @@ def _flat_position(shape: tuple[int, ...]) -> jax.Array:
 
 def _radix_passes(keys: list[jax.Array], valid: list[jax.Array], need: jax.Array,
                   nbits: int, shared: bool):
-    """Radix select over uint keys, 16-bit digits from the top: the ``need``-th largest key.
+    """Radix select over uint keys, 8-bit digits from the top: the ``need``-th largest key.
 
     ``shared``: one histogram summed over all leaves (a global selection); otherwise each leaf
     selects on its own (``need`` and the results are then per-leaf lists). Returns the threshold
@@ -218,14 +222,16 @@ def _radix_passes(keys: list[jax.Array], valid: list[jax.Array], need: jax.Array
     return threshold, need, valid
 
 
-def global_keep(arrays: list[jax.Array], sparsity: float | jax.Array) -> list[jax.Array]:
+def global_keep(arrays: Sequence[Float[Array, "..."]], sparsity: float | Float[Array, ""]
+                ) -> list[Bool[Array, "..."]]:
     """Masks of one top-k over several score arrays together, never concatenating them.
 
     Keeps exactly ``kept_count(N, sparsity)`` of the ``N`` entries: the same masks as
     `sparsejax.masks.unstructured` on the float32 concatenation of the flattened arrays (ties by
     lower concatenated index, NaN lowest). The selection is a radix select whose histograms
-    (65536 int32 bins) are summed over the arrays: two passes find the threshold score, two more
-    per array rank the tied entries by position. Every step is elementwise on an array or a
+    (256 int32 bins, 8-bit digits) are summed over the arrays: four passes find the threshold
+    score, four more per array rank the tied entries by position (only when some tied entries
+    must be dropped). Every step is elementwise on an array or a
     histogram, so on arrays sharded across devices or processes each device works on its own
     shard and only the histograms are all-reduced; no device ever holds a whole array.
 
