@@ -64,6 +64,7 @@ def _model(layers=6, d=384, f=1536):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-axis", type=int, default=2)
+    parser.add_argument("--only", default="", help="measure only rows containing this text")
     args = parser.parse_args()
     n = jax.device_count()
     mesh = jax.make_mesh((n // args.model_axis, args.model_axis), ("data", "model"),
@@ -75,6 +76,8 @@ def main():
     rows = []
 
     def measure(name, fn, *xs):
+        if args.only not in name:
+            return
         hlo = jax.jit(fn).lower(*xs).compile().as_text()
         rows.append((name, collective_bytes(hlo)))
 
