@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
         ops,
         peft,
         retrieval,
+        testing,
         training,
     )
     from sparsejax.attention import BlockMask
@@ -68,13 +69,13 @@ __all__ = [
     "select",
     "sparsity",
     "summary",
+    "testing",
     "training",
 ]
 
 _HOMES = {name: name for name in ("activation", "attention", "bayes", "dictionary", "formats",
                                    "models", "moe", "nn", "oneshot", "ops", "retrieval",
-                                   "training")}
-_HOMES["peft"] = "peft"
+                                   "peft", "testing", "training")}
 _HOMES.update(BlockMask="attention", BlockSparse="formats", CSR="formats", NMSparse="formats")
 
 __getattr__ = lazy_getattr("sparsejax", globals(), _HOMES)

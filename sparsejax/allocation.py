@@ -8,18 +8,21 @@ selected by ``where`` (see `sparsejax.tree`; default: float arrays with ``ndim >
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.tree_util import tree_map_with_path
+from jaxtyping import Array, Bool, Float
 
 from sparsejax import masks as _masks
 from sparsejax._checks import check_choice, check_sparsity, is_concrete, must_be
 from sparsejax.select import select
 
-__all__ = ["er", "erk", "global_topk", "uniform"]
+__all__ = ["er", "erk", "global_keep", "global_topk", "uniform"]
 
 
 def _chosen_leaves(params, where):
@@ -153,14 +156,121 @@ def global_topk(params: Any, sparsity: float, *, scores: Any = None, where: Any 
     arrays = [s for s, c in zip(score_leaves, picked) if c]
     if not arrays:
         return jax.tree.unflatten(treedef, [None] * len(flat))
-    keep = _masks.unstructured(
-        jnp.concatenate([a.reshape(-1).astype(jnp.float32) for a in arrays]), sparsity)
-    out, offset = [], 0
+    keeps = iter(global_keep(arrays, sparsity))
+    out = []
     for (_, x), c in zip(flat, picked):
         if not c:
             out.append(None)
             continue
-        kept = jnp.sum(keep[offset:offset + x.size], dtype=jnp.int32)
-        out.append(1.0 - kept.astype(jnp.float32) / x.size)
-        offset += x.size
+        kept = jnp.sum(next(keeps), dtype=jnp.int32)
+        out.append(1.0 - kept.astype(jnp.float32) / max(x.size, 1))
     return jax.tree.unflatten(treedef, out)
+
+
+# 8-bit digits: four passes over a score's 32 bits, but each histogram is 256 int32 (1 KiB), so
+# the all-reduce a pass costs on sharded leaves is negligible (16-bit digits: 256 KiB per leaf).
+_DIGIT_BITS = 8
+_NBINS = 1 << _DIGIT_BITS
+
+
+def _histogram(digits: jax.Array, valid: jax.Array) -> jax.Array:
+    """Counts of each digit value among the ``valid`` entries (any shape, no reshape:
+    a scatter-add that SPMD partitions into one local histogram per shard plus an all-reduce)."""
+    index = jnp.where(valid, digits, _NBINS)
+    return jnp.zeros(_NBINS + 1, jnp.int32).at[index].add(1, mode="drop")[:_NBINS]
+
+
+def _select_digit(hist: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The digit value holding the ``need``-th largest counted entry, and how many entries with
+    that digit are still needed."""
+    at_or_above = jnp.cumsum(hist[::-1])[::-1]  # [d] = #{entries with digit >= d}
+    d = jnp.maximum(jnp.sum(at_or_above >= need) - 1, 0).astype(jnp.int32)
+    return d, need - (at_or_above[d] - hist[d])
+
+
+def _flat_position(shape: tuple[int, ...]) -> jax.Array:
+    """Row-major flat index of every entry, uint32, built elementwise (shards like the leaf)."""
+    pos = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in range(len(shape) - 1, -1, -1):
+        pos = pos + lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride *= shape[axis]
+    return pos
+
+
+def _radix_passes(keys: list[jax.Array], valid: list[jax.Array], need: jax.Array,
+                  nbits: int, shared: bool):
+    """Radix select over uint keys, 8-bit digits from the top: the ``need``-th largest key.
+
+    ``shared``: one histogram summed over all leaves (a global selection); otherwise each leaf
+    selects on its own (``need`` and the results are then per-leaf lists). Returns the threshold
+    key(s), the count still needed at the threshold and the ``valid`` masks narrowed to the
+    entries equal to the threshold.
+    """
+    n = len(keys)
+    threshold = [jnp.zeros((), keys[i].dtype) for i in range(n)]
+    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
+        digits = [((k >> shift) & (_NBINS - 1)).astype(jnp.int32) for k in keys]
+        hists = [_histogram(d, v) for d, v in zip(digits, valid)]
+        if shared:
+            d, need = _select_digit(sum(hists[1:], hists[0]), need)
+            picks = [d] * n
+        else:
+            picks, need = map(list, zip(*(_select_digit(h, k) for h, k in zip(hists, need))))
+        threshold = [t | (p.astype(t.dtype) << shift) for t, p in zip(threshold, picks)]
+        valid = [v & (dg == p) for v, dg, p in zip(valid, digits, picks)]
+    return threshold, need, valid
+
+
+def global_keep(arrays: Sequence[Float[Array, "..."]], sparsity: float | Float[Array, ""]
+                ) -> list[Bool[Array, "..."]]:
+    """Masks of one top-k over several score arrays together, never concatenating them.
+
+    Keeps exactly ``kept_count(N, sparsity)`` of the ``N`` entries: the same masks as
+    `sparsejax.masks.unstructured` on the float32 concatenation of the flattened arrays (ties by
+    lower concatenated index, NaN lowest). The selection is a radix select whose histograms
+    (256 int32 bins, 8-bit digits) are summed over the arrays: four passes find the threshold
+    score, four more per array rank the tied entries by position (only when some tied entries
+    must be dropped). Every step is elementwise on an array or a
+    histogram, so on arrays sharded across devices or processes each device works on its own
+    shard and only the histograms are all-reduced; no device ever holds a whole array.
+
+    Args:
+        arrays: float score arrays of any shapes (each under ``2**32`` entries).
+        sparsity: fraction of all entries dropped (may be traced).
+
+    Returns:
+        one bool mask per array, shaped (and, under ``jit``, sharded) like it.
+    """
+    sizes = [int(np.prod(a.shape)) for a in arrays]
+    for i, n in enumerate(sizes):
+        if n >= 1 << 32:
+            raise ValueError(must_be(f"arrays[{i}]", "under 2**32 entries for a global top-k",
+                                     f"{n} entries", raw=True))
+    live = [i for i, n in enumerate(sizes) if n]
+    out = [jnp.zeros(a.shape, bool) for a in arrays]
+    if not live:
+        return out
+    k = _masks.kept_count(sum(sizes), sparsity)
+    keys = [_masks._order_keys(arrays[i].astype(jnp.float32)) for i in live]
+    valid = [jnp.ones(key.shape, bool) for key in keys]
+    threshold, need, tied = _radix_passes(keys, valid, jnp.maximum(k, 1), 32, shared=True)
+    # the `need` tied entries kept are the first by concatenated position: leaf by leaf ...
+    counts = jnp.stack([jnp.sum(t, dtype=jnp.int32) for t in tied])
+    before = jnp.cumsum(counts) - counts
+    need_leaf = jnp.clip(need - before, 0, counts)
+    # ... and inside a leaf by flat position (the largest ~position is the lowest position)
+    rev = [~_flat_position(key.shape) for key in keys]
+
+    def rank_ties():
+        cuts, _, _ = _radix_passes(rev, tied, [need_leaf[j] for j in range(len(live))], 32,
+                                   shared=False)
+        return cuts
+
+    # usually every tied entry is kept (continuous scores tie rarely): skip the position passes
+    no_cut = [jnp.zeros((), jnp.uint32) for _ in live]
+    cuts = lax.cond(need >= jnp.sum(counts), lambda: no_cut, rank_ties)
+    for j, i in enumerate(live):
+        kept_ties = tied[j] & (rev[j] >= cuts[j]) & (need_leaf[j] > 0)
+        out[i] = ((keys[j] > threshold[j]) | kept_ties) & (k > 0)
+    return out

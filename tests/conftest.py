@@ -69,3 +69,32 @@ def dictionary_problem():
 def sparse_regression():
     """``make(seed, n, d, k=5, noise=0.05) -> (x, y, w)`` (`_problems.sparse_regression`)."""
     return _problems.sparse_regression
+
+
+_TESTS = __import__("pathlib").Path(__file__).resolve().parent
+
+
+def _run_script(name, devices=8, timeout=600):
+    """Run ``tests/<name>`` in a fresh CPU process with ``devices`` host devices (the rest of the
+    suite keeps one device) and assert it exits cleanly with ``OK`` as its last line (its stdout
+    and stderr tails are the failure message)."""
+    import subprocess
+    import sys
+
+    from sparsejax.testing.multiprocess import _ROOT, _xla_flags
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=_xla_flags(os.environ.get("XLA_FLAGS", ""), devices),
+               PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(_TESTS / name)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.strip().endswith("OK"), proc.stdout[-2000:]
+
+
+@pytest.fixture
+def run_script():
+    """``run(name, devices=8, timeout=600)``: run the check script ``tests/<name>`` in a
+    subprocess with ``devices`` host CPU devices; it must print ``OK`` last. Multi-process
+    checks use `sparsejax.testing.run_processes` instead."""
+    return _run_script

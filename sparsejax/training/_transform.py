@@ -235,7 +235,8 @@ def _check_masked(params: PyTree, masks: PyTree, step: Any) -> None:
                  is_leaf=_is_none)
     if not leaves:
         return
-    if is_concrete(step) and all(is_concrete(p) for p, _ in leaves):
+    if is_concrete(step) and all(is_concrete(p) and getattr(p, "is_fully_addressable", True)
+                                 for p, _ in leaves):  # (host check; global arrays: below)
         if int(step) == 0:
             return
         bad = [int(np.count_nonzero(np.asarray(p)[~np.asarray(m)])) for p, m in leaves]

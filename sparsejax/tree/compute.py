@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from sparsejax import allocation as _allocation
 from sparsejax import masks as _masks
 from sparsejax import scores as _scores
 from sparsejax._checks import (
@@ -387,14 +388,6 @@ def _check_selection(flat, picked, where, exclude):
 
 
 def _global_masks(score_leaves, picked, sparsity):
-    arrays = [x for x, c in zip(score_leaves, picked) if c and x is not None]
-    flat = jnp.concatenate([x.reshape(-1).astype(jnp.float32) for x in arrays])
-    keep = _masks.unstructured(flat, sparsity)
-    out, offset = [], 0
-    for x, c in zip(score_leaves, picked):
-        if not c or x is None:
-            out.append(None)
-        else:
-            out.append(keep[offset:offset + x.size].reshape(x.shape))
-            offset += x.size
-    return out
+    live = [c and x is not None for x, c in zip(score_leaves, picked)]
+    keeps = iter(_allocation.global_keep([x for x, c in zip(score_leaves, live) if c], sparsity))
+    return [next(keeps) if c else None for c in live]
