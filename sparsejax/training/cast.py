@@ -16,11 +16,12 @@ current N:M mask, added after the averaging (so it acts at once, not through the
 ``M`` is the N:M magnitude mask of the current weights, recomputed every ``mask_every`` steps;
 ``decay_t`` ramps linearly from 0 to ``decay`` over ``increase_steps`` (the reference's
 ``get_decay``) or follows a schedule. The second moment averages ``u^2``, the square of the
-*averaged* update, exactly as the reference code does (not ``g^2``), so early steps are larger
-than Adam's (``lr / (1 - b1)`` at step 1); use a smaller learning rate than for Adam. Leaves outside ``where`` take the reference's plain AdamW
-step with no weight decay (its "no decay" group: biases and norms). The forward pass uses the
-masked weights with a straight-through gradient (`sparsejax.training.ste`), and training ends
-with the hard projection `project` (its loss change is reported by ``benchmarks/nm_training.py``).
+*averaged* update, exactly as the reference code does (not ``g^2``), so early steps are larger than
+Adam's (``lr / (1 - b1)`` at step 1); use a smaller learning rate than for Adam. Leaves outside
+``where`` take the reference's plain AdamW step with no weight decay (its "no decay" group: biases
+and norms). The forward pass uses the masked weights with a straight-through gradient
+(`sparsejax.training.ste`), and training ends with the hard projection `project` (its loss change
+is reported by ``benchmarks/nm_training.py``).
 """
 
 from __future__ import annotations
