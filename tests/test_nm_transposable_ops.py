@@ -57,3 +57,24 @@ def test_errors():
         ops.dense_transposable_nm_matmul(jnp.ones((2, 8)), s)
     with pytest.raises(ValueError, match="`x` must be of shape"):
         ops.transposable_nm_matmul(s, jnp.ones((8, 2)))
+
+
+def test_nmlinear_transposable_option():
+    nnx = pytest.importorskip("flax.nnx")
+    from sparsejax.nn import NMLinear
+
+    layer = NMLinear(8, 12, n=2, m=4, transposable=True, rngs=nnx.Rngs(0))
+    w = layer.weight
+    assert bool(masks.satisfies_nm(w.mask(), 2, 4, axis=1))  # N:M along out too
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 8))
+    dense = w.to_dense()
+    np.testing.assert_allclose(layer(x), x @ dense + layer.bias[...], rtol=1e-5, atol=1e-5)
+    g = nnx.grad(lambda mdl: jnp.sum(mdl(x) ** 2))(layer)
+    ref = jax.grad(lambda d: jnp.sum((x @ d + layer.bias[...]) ** 2))(dense)
+    gv = [leaf for leaf in jax.tree.leaves(g) if jnp.shape(leaf) == w.values.shape]
+    assert len(gv) == 1
+    np.testing.assert_allclose(w.replace(values=jnp.asarray(gv[0])).to_dense(),
+                               ref * w.mask(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="along out as well"):
+        NMLinear(8, 12, kernel=jnp.ones((8, 12)), mask=jnp.zeros((8, 12), bool).at[:2].set(True),
+                 transposable=True)  # 2:4 along in, 4:4 along out
