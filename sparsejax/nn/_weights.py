@@ -61,14 +61,19 @@ def build_bsr(in_features, out_features, block_shape, sparsity, block_mask, kern
     return BlockSparse.from_dense(kernel, block_shape, block_mask)
 
 
-def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSparse:
-    """The `NMSparse` kernel ``[in, out]`` (grouped along ``in``) of an N:M layer."""
+def _nm_kernel(in_features, out_features, n, m, kernel, key, dtype) -> Array:
+    """The dense initial kernel of an N:M layer: ``kernel`` checked, or a fresh one."""
     check_features(in_features, out_features)
     if kernel is None:
         if key is None:
             raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
         kernel = init_kernel(key, in_features, out_features, 1.0 - n / m, dtype)
-    kernel = _check_kernel(kernel, in_features, out_features)
+    return _check_kernel(kernel, in_features, out_features)
+
+
+def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSparse:
+    """The `NMSparse` kernel ``[in, out]`` (grouped along ``in``) of an N:M layer."""
+    kernel = _nm_kernel(in_features, out_features, n, m, kernel, key, dtype)
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.shape != kernel.shape:
@@ -80,12 +85,7 @@ def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSpa
 def transposable_nm(in_features, out_features, n, m, kernel, mask, key, dtype):
     """``(kernel, mask)`` of a transposable N:M layer: the mask `sparsejax.masks.nm_transposable`
     of ``|kernel|`` by default; a given concrete mask must be N:M along both axes."""
-    check_features(in_features, out_features)
-    if kernel is None:
-        if key is None:
-            raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
-        kernel = init_kernel(key, in_features, out_features, 1.0 - n / m, dtype)
-    kernel = _check_kernel(kernel, in_features, out_features)
+    kernel = _nm_kernel(in_features, out_features, n, m, kernel, key, dtype)
     if out_features % m:
         raise ValueError(f"`out_features` must be a multiple of m={m} for a transposable N:M "
                          f"kernel; got {out_features}.")
