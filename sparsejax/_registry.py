@@ -13,15 +13,19 @@ from sparsejax import allocation as _allocation
 from sparsejax import masks as _masks
 from sparsejax import scores as _scores
 
-__all__ = ["ALLOCATIONS", "PATTERNS", "SCORES", "SHAPE_ALLOCATIONS"]
+__all__ = ["ALLOCATIONS", "NM_PATTERNS", "PATTERNS", "SCORES", "SHAPE_ALLOCATIONS"]
 
 PATTERNS = MappingProxyType({
     "unstructured": _masks.unstructured,
     "nm": _masks.nm,
+    "nm_transposable": _masks.nm_transposable,
     "block": _masks.block,
     "channel": _masks.channel,
 })
 """Pattern name -> `sparsejax.masks` function ``(scores, ...) -> bool mask``."""
+
+NM_PATTERNS = ("nm", "nm_transposable")
+"""The N:M patterns: ``n`` kept of every ``m`` (no sparsity, no allocation); accepted alike."""
 
 SCORES = MappingProxyType({
     "magnitude": _scores.magnitude,

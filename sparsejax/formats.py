@@ -256,6 +256,43 @@ class NMSparse:
                         self.axis, self.length)
         return ones.to_dense()
 
+    def transpose(self) -> NMSparse:
+        """The transposed matrix ``W^T`` compressed along *its* reduction axis (transposable N:M).
+
+        For a 2-D ``W`` whose stored positions are a transposable N:M mask
+        (`sparsejax.masks.nm_transposable`: ``n`` per row and per column of every ``m x m``
+        block), ``W^T`` is N:M along the other axis as well, so it is recompressed there:
+        ``W [M, K]`` grouped along ``K`` (``axis=-1``) gives ``W^T [K, M]`` grouped along ``M``
+        (``axis=-1`` again), the operand of the backward product ``W^T g``. Stored zeros stay
+        stored. ``w.transpose().to_dense() == w.to_dense().T``.
+
+        Returns:
+            an ``NMSparse`` of dense shape ``shape[::-1]`` with the same ``n``, ``m`` and ``axis``.
+
+        Raises:
+            ValueError: ``w`` not 2-D, or (when concrete) its positions are not N:M along the
+                other axis (not a transposable mask); under ``jit`` such a ``w`` silently keeps
+                the first ``n`` positions of an overfull group.
+        """
+        if self.ndim != 2:
+            raise ValueError(must_be("w", "a 2-D NMSparse for transpose", f"shape {self.shape}",
+                                     raw=True))
+        other = self.shape[self.axis + 1]  # the dense length of the new grouped axis
+        if other % self.m:
+            raise ValueError(must_be("w", f"an NMSparse whose other axis is divisible by m="
+                                     f"{self.m} (a transposable N:M mask)", f"shape {self.shape}",
+                                     raw=True))
+        mask = self.mask().T
+        if is_concrete(mask):
+            per_group = np.moveaxis(np.asarray(mask), self.axis, -1).reshape(-1, self.m).sum(-1)
+            if per_group.size and per_group.max() > self.n:
+                raise ValueError(must_be("w", f"stored on a transposable {self.n}:{self.m} mask "
+                                         "(sparsejax.masks.nm_transposable) to be transposed",
+                                         f"{int(per_group.max())} kept in a group of the other "
+                                         "axis", raw=True))
+        values, indices = _nm_compress(self.to_dense().T, mask, self.n, self.m, self.axis + 2)
+        return NMSparse(values, indices, self.n, self.m, self.axis, other)
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,9 +29,11 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
+from sparsejax import _transposable as _tr
 from sparsejax._checks import (
     check_block_shape,
     check_choice,
@@ -52,6 +54,7 @@ __all__ = [
     "kept_count",
     "magnitude_mask",
     "nm",
+    "nm_transposable",
     "random_mask",
     "satisfies_nm",
     "topk",
@@ -291,8 +294,13 @@ def nm(scores: Float[Array, "*shape"], n: int, m: int, axis: int | None = None
     return _nm(scores, n, m, axis)
 
 
+_NETWORK_MAX_M = 8
+
+
 @partial(jax.jit, static_argnums=(1, 2, 3))
 def _nm(scores: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+    if m <= _NETWORK_MAX_M:
+        return _nm_network(scores, n, m, axis)
     moved = jnp.moveaxis(scores, axis, -1)
     groups = _order_keys(moved).reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
     if m <= 32:
@@ -305,6 +313,97 @@ def _nm(scores: jax.Array, n: int, m: int, axis: int) -> jax.Array:
         rank = jnp.argsort(order, axis=-1, stable=True)
     keep = (rank < n).reshape(moved.shape)
     return jnp.moveaxis(keep, -1, axis)
+
+
+def _nm_network(scores: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+    """Small ``m``: rank each group member by ``m (m - 1) / 2`` elementwise comparisons between the
+    ``m`` strided slices ``[pre, K/m, post]`` of the array, in its own layout (no transpose, no
+    sort, no minor axis of length ``m``): one fused pass over the scores."""
+    shape = scores.shape
+    pre = int(np.prod(shape[:axis], dtype=np.int64))
+    post = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    keys = _order_keys(scores).reshape(pre, shape[axis] // m, m, post)
+    parts = [keys[:, :, i, :] for i in range(m)]
+    rank = [jnp.zeros(parts[0].shape, jnp.int32) for _ in range(m)]
+    for i in range(m):
+        for j in range(i + 1, m):
+            j_first = parts[j] > parts[i]  # ties: the lower index i ranks first
+            rank[i] = rank[i] + j_first
+            rank[j] = rank[j] + ~j_first
+    keep = jnp.stack([r < n for r in rank], axis=2)
+    return keep.reshape(shape)
+
+
+TRANSPOSABLE_METHODS = ("auto", "enumerate", "exact", "sinkhorn")
+
+
+def nm_transposable(scores: Float[Array, "*batch R C"], n: int, m: int, axis: int | None = None,
+                    *, method: str = "auto") -> Bool[Array, "*batch R C"]:
+    """Transposable N:M mask: ``n`` kept in every row *and* every column of each ``m x m`` block.
+
+    The mask is N:M along both of the last two axes, so a weight masked with it is N:M along its
+    reduction axis in the forward product ``W x`` *and* in the backward product ``W^T g``
+    (`sparsejax.formats.NMSparse.transpose`). Among all such masks it maximises the kept score
+    (a bipartite b-matching per block; its LP is totally unimodular, so the optimum is exact):
+
+    * ``"enumerate"`` (``m <= 4``, traceable): one matmul of the block scores with every feasible
+      pattern (90 for 2:4) and an argmax per block; ties go to the first pattern in lexicographic
+      order of the rows' kept positions.
+    * ``"exact"`` (any ``n:m``, host only): one sparse ``scipy.optimize.milp`` over all blocks;
+      needs concrete scores (not under ``jit``).
+    * ``"sinkhorn"`` (any ``n:m``, traceable, approximate): Sinkhorn to a doubly stochastic
+      plan, greedy rounding and augmenting-path repair (always feasible), then 2-swap
+      improvements; reaches 0.997 of the exact kept |W| at 4:8 on Gaussian weights.
+    * ``"auto"``: ``"enumerate"`` for ``m <= 4``, else ``"sinkhorn"``.
+
+    Non-finite scores are clamped to ``+-1e30`` and ``NaN`` ranks as ``-1e30``.
+
+    Args:
+        scores: float array ``[..., R, C]``; ``R`` and ``C`` divisible by ``m``; leading axes are
+            batch axes.
+        n: kept per row and per column of every block, ``0 <= n <= m``.
+        m: block size.
+        axis: accepted so the pattern can stand in for `nm` (``pattern="nm_transposable"``):
+            if given it must name one of the last two axes (the mask is N:M along both).
+        method: ``"auto"``, ``"enumerate"``, ``"exact"`` or ``"sinkhorn"``.
+
+    Returns:
+        bool mask of ``scores.shape`` with exactly ``n`` ``True`` in every row and every column of
+        every ``m x m`` block.
+
+    Raises:
+        TypeError: non-float ``scores``; ``"exact"`` with traced scores.
+        ValueError: fewer than 2 dimensions, ``n``/``m`` out of range, ``R`` or ``C`` not
+            divisible by ``m``, ``axis`` not one of the last two, ``method`` unknown or
+            ``"enumerate"`` with ``m > 4``.
+    """
+    scores = check_float_array(scores, "scores", min_ndim=2)
+    n, m = check_nm(n, m)
+    check_choice(method, "method", TRANSPOSABLE_METHODS)
+    if axis is not None:
+        ax = normalize_axis(axis, scores.ndim)
+        if ax < scores.ndim - 2:
+            raise ValueError(must_be("axis", f"one of the last two axes ({scores.ndim - 2}, "
+                                     f"{scores.ndim - 1}, -2, -1) for scores of shape "
+                                     f"{scores.shape}", axis))
+    for ax in (-2, -1):
+        check_divisible(scores.shape[ax], m, f"scores.shape[{scores.ndim + ax}]", "m")
+    if method == "auto":
+        method = "enumerate" if m <= _tr.ENUMERATE_MAX_M else "sinkhorn"
+    if method == "enumerate" and m > _tr.ENUMERATE_MAX_M:
+        raise ValueError(must_be("m", f"<= {_tr.ENUMERATE_MAX_M} for method='enumerate' (use "
+                                 "'exact' or 'sinkhorn')", m))
+    if scores.size == 0 or n in (0, m):
+        return jnp.full(scores.shape, n == m)
+    if method == "exact":
+        if not is_concrete(scores):
+            raise TypeError(must_be("scores", "concrete for method='exact' (a host MILP); use "
+                                    "method='sinkhorn' or 'enumerate' under jit", "a tracer",
+                                    raw=True))
+        return jnp.asarray(_tr.exact_mask(np.asarray(scores), n, m))
+    if method == "enumerate":
+        return _tr.enumerate_mask(scores, n, m)
+    return _tr.sinkhorn_mask(scores, n, m)
 
 
 def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from sparsejax import masks
-from sparsejax._checks import check_float, check_int, must_be
+from sparsejax._checks import check_float, check_int, is_concrete, must_be
 from sparsejax.formats import BlockSparse, NMSparse
 
 
@@ -61,20 +61,42 @@ def build_bsr(in_features, out_features, block_shape, sparsity, block_mask, kern
     return BlockSparse.from_dense(kernel, block_shape, block_mask)
 
 
-def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSparse:
-    """The `NMSparse` kernel ``[in, out]`` (grouped along ``in``) of an N:M layer."""
+def _nm_kernel(in_features, out_features, n, m, kernel, key, dtype) -> Array:
+    """The dense initial kernel of an N:M layer: ``kernel`` checked, or a fresh one."""
     check_features(in_features, out_features)
     if kernel is None:
         if key is None:
             raise ValueError("initialising the kernel needs a PRNG key / rngs (or pass `kernel`).")
         kernel = init_kernel(key, in_features, out_features, 1.0 - n / m, dtype)
-    kernel = _check_kernel(kernel, in_features, out_features)
+    return _check_kernel(kernel, in_features, out_features)
+
+
+def build_nm(in_features, out_features, n, m, kernel, mask, key, dtype) -> NMSparse:
+    """The `NMSparse` kernel ``[in, out]`` (grouped along ``in``) of an N:M layer."""
+    kernel = _nm_kernel(in_features, out_features, n, m, kernel, key, dtype)
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.shape != kernel.shape:
             raise ValueError(f"`mask` must have the kernel's shape [in, out] = {kernel.shape}; "
                              f"got {mask.shape}.")
     return NMSparse.from_dense(kernel, n, m, axis=0, mask=mask)
+
+
+def transposable_nm(in_features, out_features, n, m, kernel, mask, key, dtype):
+    """``(kernel, mask)`` of a transposable N:M layer: the mask `sparsejax.masks.nm_transposable`
+    of ``|kernel|`` by default; a given concrete mask must be N:M along both axes."""
+    kernel = _nm_kernel(in_features, out_features, n, m, kernel, key, dtype)
+    if out_features % m:
+        raise ValueError(f"`out_features` must be a multiple of m={m} for a transposable N:M "
+                         f"kernel; got {out_features}.")
+    if mask is None:
+        return kernel, masks.nm_transposable(jnp.abs(kernel), n, m)
+    mask = jnp.asarray(mask)
+    if mask.shape == kernel.shape and is_concrete(mask) and not bool(
+            masks.satisfies_nm(mask, n, m, axis=1)):
+        raise ValueError(f"`mask` must keep at most n={n} of every m={m} along out as well for a "
+                         "transposable kernel (sparsejax.masks.nm_transposable); it does not.")
+    return kernel, mask
 
 
 def init_bias(bias, use_bias: bool, out_features: int, dtype) -> Array | None:

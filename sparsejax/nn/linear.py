@@ -28,9 +28,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float
 
+from sparsejax._checks import check_bool
 from sparsejax.formats import BlockSparse, NMSparse
-from sparsejax.nn._weights import build_bsr, build_nm, init_bias
-from sparsejax.ops import dense_bsr_matmul, dense_nm_matmul
+from sparsejax.nn._weights import build_bsr, build_nm, init_bias, transposable_nm
+from sparsejax.ops import dense_bsr_matmul, dense_nm_matmul, dense_transposable_nm_matmul
 
 __all__ = ["BlockSparseLinear", "NMLinear", "SparseStructure"]
 
@@ -141,6 +142,10 @@ class NMLinear(_SparseLinear):
         backend: passed to `sparsejax.ops.dense_nm_matmul`.
         param_dtype: dtype of a freshly initialised kernel.
         rngs: needed for a random kernel.
+        transposable: keep the kernel on a transposable N:M mask (N:M along ``out`` as well;
+            default mask `sparsejax.masks.nm_transposable` of ``|kernel|``, ``out`` a multiple of
+            ``m``) and run the product through `sparsejax.ops.dense_transposable_nm_matmul`, whose
+            backward ``g @ W^T`` is an N:M product too (``backend`` is then not used).
 
     Attributes:
         kernel: the `sparsejax.formats.NMSparse` ``[in, out]`` with ``nnx.Param`` kept values
@@ -154,12 +159,23 @@ class NMLinear(_SparseLinear):
                  mask: Bool[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
-                 rngs: nnx.Rngs | None = None):
+                 rngs: nnx.Rngs | None = None, transposable: bool = False):
         key = rngs.params() if rngs is not None else None
+        check_bool(transposable, "transposable")
+        if transposable:
+            kernel, mask = transposable_nm(in_features, out_features, n, m, kernel, mask, key,
+                                           param_dtype)
         w = build_nm(in_features, out_features, n, m, kernel, mask, key, param_dtype)
         self._set(w, init_bias(bias, use_bias, out_features, w.dtype), backend)
+        self.transposable = transposable
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
-        """``x @ W + b`` through `sparsejax.ops.dense_nm_matmul`."""
-        y = dense_nm_matmul(x, self.weight, backend=self.backend)
+        """``x @ W + b`` through `sparsejax.ops.dense_nm_matmul` (or, with ``transposable``,
+        `sparsejax.ops.dense_transposable_nm_matmul`)."""
+        if self.transposable:
+            lead = x.shape[:-1]
+            y = dense_transposable_nm_matmul(x.reshape(-1, x.shape[-1]), self.weight)
+            y = y.reshape(*lead, y.shape[-1])
+        else:
+            y = dense_nm_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias[...]

@@ -26,6 +26,7 @@ from sparsejax.ops.csr import (
     sparse_conv1x1,
 )
 from sparsejax.ops.layout import block_mask_from_sparse, block_sparse_from_mask
+from sparsejax.ops.nm_transposable import dense_transposable_nm_matmul, transposable_nm_matmul
 from sparsejax.ops.sparse_input import sparse_input_matmul
 
 __all__ = [
@@ -39,9 +40,11 @@ __all__ = [
     "dense_csr_matmul",
     "dense_bsr_matmul",
     "dense_nm_matmul",
+    "dense_transposable_nm_matmul",
     "nm_matmul",
     "resolve_backend",
     "sddmm",
     "sparse_input_matmul",
     "sparse_conv1x1",
+    "transposable_nm_matmul",
 ]

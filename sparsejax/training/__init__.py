@@ -7,7 +7,9 @@ updates leave the params exactly masked after every step; `masks_of` reads the m
 
 from sparsejax.training._transform import MaskUpdate, masked_transform
 from sparsejax.training.apply import keep_masked, sparsify
+from sparsejax.training.bdwp import bdwp_masks, bdwp_matmul
 from sparsejax.training.blocks import compact_blocks
+from sparsejax.training.cast import AdamSState, adams, cast_decay, project
 from sparsejax.training.drop_grow import DropGrowSchedule, drop_and_grow
 from sparsejax.training.dynamic import (
     dynamic_sparse,
@@ -31,9 +33,14 @@ from sparsejax.training.ste import (
 )
 
 __all__ = [
+    "AdamSState",
     "DropGrowSchedule",
     "MaskUpdate",
     "SparseState",
+    "adams",
+    "bdwp_masks",
+    "bdwp_matmul",
+    "cast_decay",
     "compact_blocks",
     "decay_factor",
     "drop_and_grow",
@@ -43,6 +50,7 @@ __all__ = [
     "mask_decay",
     "masked_transform",
     "masks_of",
+    "project",
     "prune",
     "random_masks",
     "reset_moments",

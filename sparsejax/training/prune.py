@@ -110,8 +110,9 @@ def prune(
         inner: the user's optimizer (``optax.adam(1e-3)``, a chain, ``inject_hyperparams``...).
         schedule: a float in ``[0, 1]`` or a ``step -> sparsity`` function such as
             `sparsejax.schedules.polynomial`.
-        pattern: ``"unstructured"``, ``"nm"`` (``n=``, ``m=``, ``axis=``; the schedule's value is
-            not used: every update re-selects N of M among kept entries), ``"block"``
+        pattern: ``"unstructured"``, ``"nm"`` or ``"nm_transposable"`` (``n=``, ``m=``,
+            ``axis=``; the schedule's value is not used: every update re-selects N of M among kept
+            entries; the transposable one N of M along both axes), ``"block"``
             (``block_shape=``), ``"channel"``, or a callable ``(scores, sparsity) -> mask``.
         scores: ``"magnitude"`` (``|w|``), ``"saliency"`` (``|w * g|`` with the gradients this
             transform receives), ``"random"`` (needs ``key``), or a callable ``(path, leaf) ->
@@ -179,8 +180,9 @@ def prune(
     if not (callable(allocation) or allocation in ALLOCATIONS):
         raise ValueError(f"`allocation` must be one of {ALLOCATIONS} or a callable "
                          f"(params, sparsity, *, where) -> sparsity tree; got {allocation!r}.")
-    if pattern == "nm" and allocation != "uniform":
-        raise ValueError(f"`allocation` must be 'uniform' with pattern='nm' (every leaf keeps N of "
+    if pattern in _registry.NM_PATTERNS and allocation != "uniform":
+        raise ValueError(f"`allocation` must be 'uniform' with pattern={pattern!r} (every leaf "
+                         f"keeps N of "
                          f"M, there is no budget to split); got {allocation!r}.")
     if allocation == "global" and pattern != "unstructured":
         raise ValueError(f"`allocation` 'global' needs pattern='unstructured' (one top-k over all "
@@ -214,7 +216,7 @@ def prune(
 
         score_tree = jax.tree_util.tree_map_with_path(leaf_score, old, params, grads, key_tree,
                                                       is_leaf=_is_none)
-        if pattern == "nm":  # n of every m: no sparsity, no allocation
+        if pattern in _registry.NM_PATTERNS:  # n of every m: no sparsity, no allocation
             sparsity, alloc = None, None
         elif final is not None:  # per-leaf sparsities: the allocation is already in them
             ratio = s / final if final > 0 else jnp.float32(0.0)

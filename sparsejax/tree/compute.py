@@ -50,7 +50,7 @@ from sparsejax._checks import (
     mirrors,
     must_be,
 )
-from sparsejax._registry import ALLOCATIONS, PATTERNS, SCORES
+from sparsejax._registry import ALLOCATIONS, NM_PATTERNS, PATTERNS, SCORES
 from sparsejax.select import Where, matches, path_str, select
 
 __all__ = ["compute_masks", "pattern_mask"]
@@ -89,6 +89,8 @@ def pattern_mask(
     Dispatches a pattern name or function to its `sparsejax.masks` function:
     ``"unstructured"`` -> ``unstructured(scores, sparsity, axis=None)``,
     ``"nm"`` -> ``nm(scores, n, m, axis)`` (``sparsity`` must be ``None``),
+    ``"nm_transposable"`` -> ``nm_transposable(scores, n, m)`` (N:M along both of the last two
+    axes; ``axis`` optional, ``sparsity`` must be ``None``),
     ``"block"`` -> ``block(scores, block_shape, sparsity, reduce="mean")``,
     ``"channel"`` -> ``channel(scores, sparsity, axis=-1, reduce="mean")``; any other callable is
     called as ``pattern(scores, sparsity, **pattern_kwargs)`` and must return a bool array shaped
@@ -106,14 +108,16 @@ def pattern_mask(
         bool mask shaped like ``scores`` (``True`` = kept).
     """
     name = _pattern_name(pattern)
-    if name == "nm":
+    if name in NM_PATTERNS:
         if sparsity is not None:
-            raise ValueError(must_be("sparsity", "None for pattern 'nm' (it keeps n of every m "
-                                     "entries: density n/m)", sparsity))
+            raise ValueError(must_be("sparsity", f"None for pattern {name!r} (it keeps n of every "
+                                     "m entries: density n/m)", sparsity))
         missing = sorted({"n", "m"} - set(pattern_kwargs))
         if missing:
-            raise TypeError(must_be("pattern_kwargs", "n= and m= for pattern 'nm' (n kept of "
-                                    "every m)", f"no {' or '.join(missing)}", raw=True))
+            raise TypeError(must_be("pattern_kwargs", f"n= and m= for pattern {name!r} (n kept "
+                                    "of every m)", f"no {' or '.join(missing)}", raw=True))
+        if name == "nm_transposable":
+            return _masks.nm_transposable(scores, **pattern_kwargs)
         check_nm_axis(pattern_kwargs.get("axis"))
         return _masks.nm(scores, **pattern_kwargs)
     if name is not None and sparsity is None:
@@ -317,14 +321,15 @@ def compute_masks(
         TypeError: a missing pattern argument (``n``/``m``, ``block_shape``).
     """
     name = _pattern_name(pattern)
-    if name == "nm":
+    if name in NM_PATTERNS:
         if sparsity is not None:
-            raise ValueError(must_be("sparsity", "None for pattern 'nm' (it keeps n of every m "
-                                     "entries: density n/m)", sparsity))
+            raise ValueError(must_be("sparsity", f"None for pattern {name!r} (it keeps n of every "
+                                     "m entries: density n/m)", sparsity))
         if allocation is not None:
-            raise ValueError(must_be("allocation", "None for pattern 'nm' (every leaf keeps n of "
-                                     "every m)", allocation))
-        check_nm_axis(pattern_kwargs.get("axis"), extra=_RULE_FORMS)
+            raise ValueError(must_be("allocation", f"None for pattern {name!r} (every leaf keeps "
+                                     "n of every m)", allocation))
+        if name == "nm":
+            check_nm_axis(pattern_kwargs.get("axis"), extra=_RULE_FORMS)
     elif name is not None and sparsity is None:
         raise ValueError(must_be("sparsity", f"given for pattern {name!r} (a float in [0, 1], a "
                                  "per-leaf rule or a tree)", None))
@@ -343,14 +348,14 @@ def compute_masks(
             raise ValueError(must_be("sparsity", "a scalar with allocation='global'", sparsity))
         check_sparsity(sparsity)
         return jax.tree.unflatten(treedef, _global_masks(score_leaves, picked, sparsity))
-    if name == "nm":
+    if name in NM_PATTERNS:
         sparsity_leaves = [None] * len(flat)
     else:
         sparsity_leaves = _sparsity_leaves(params, flat, picked, sparsity, allocation, chosen)
 
     out = []
     for (path, x), c, s, sc in zip(flat, picked, sparsity_leaves, score_leaves):
-        if not c or sc is None or (s is None and name != "nm"):
+        if not c or sc is None or (s is None and name not in NM_PATTERNS):
             out.append(None)
             continue
         if tuple(sc.shape) != tuple(x.shape):

@@ -1,0 +1,215 @@
+"""N:M in the backward pass: transposable masks, BDWP / transposable layers, CAST vs SR-STE.
+
+Sections (``--sections`` picks a subset), JSON to ``--out`` and printed ratios:
+
+* ``masks``: `sparsejax.masks.nm_transposable` 2:4 on a 4096 x 4096 weight under ``jit``
+  (goal < 100 ms) next to the plain `sparsejax.masks.nm`; exactness of the 2:4 enumeration
+  against scipy's ``milp`` on ``--blocks`` random 4 x 4 blocks (max objective gap, both axes
+  checked); the Sinkhorn solver's kept-|W| ratio to the exact optimum at 4:8.
+* ``layer``: forward+backward of ``x @ W`` (batch 256, ``--width`` square, 2:4): dense, an N:M
+  layer with a forward-only mask (`sparsejax.ops.dense_nm_matmul`; its backward is XLA's
+  transpose of the gather) and with a transposable mask
+  (`sparsejax.ops.dense_transposable_nm_matmul`, backward ``g @ W^T`` as an N:M product).
+* ``quality``: the digits MLP (64-256-256-10) trained ``--steps`` steps from the same init:
+  dense Adam, 2:4 SR-STE (Adam, decay 2e-4, masked straight-through forward) and 2:4 CAST
+  (`sparsejax.training.adams` on the dense forward: the decay shrinks the weights outside the
+  mask); test accuracy after the hard projection, the pruned-to-kept |W| mass before it, and the
+  relative change of the training loss from each method's own training forward to the projected
+  weights.
+
+Run from the repository root: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
+benchmarks/nm_training.py``. The CPU is shared; state the load (``uptime``) with any figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import sparsejax as sj  # noqa: E402
+from sparsejax import masks, ops  # noqa: E402
+from sparsejax import training as T  # noqa: E402
+from sparsejax.formats import NMSparse  # noqa: E402
+
+
+def timed(fn, *args, repeats=10):
+    jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def lp_optimum(blocks, n):
+    from scipy import sparse
+    from scipy.optimize import LinearConstraint, milp
+
+    b, m, _ = blocks.shape
+    var = np.arange(b * m * m).reshape(b, m, m)
+    cons = np.concatenate([var.reshape(-1, m), var.transpose(0, 2, 1).reshape(-1, m)])
+    a = sparse.csr_matrix((np.ones(cons.size), (np.repeat(np.arange(len(cons)), m), cons.ravel())),
+                          shape=(len(cons), var.size))
+    res = milp(-blocks.ravel().astype(np.float64), constraints=LinearConstraint(a, n, n),
+               integrality=np.ones(var.size), bounds=(0, 1))
+    return np.einsum("bij,bij->b", res.x.reshape(b, m, m), blocks)
+
+
+def to_blocks(x, m):
+    r, c = x.shape
+    return x.reshape(r // m, m, c // m, m).transpose(0, 2, 1, 3).reshape(-1, m, m)
+
+
+def run_masks(args):
+    print("== masks ==")
+    x = jax.random.normal(jax.random.PRNGKey(0), (4096, 4096))
+    t_tr = timed(jax.jit(lambda s: masks.nm_transposable(s, 2, 4)), x, repeats=args.repeats)
+    t_nm = timed(jax.jit(lambda s: masks.nm(s, 2, 4, axis=0)), x, repeats=args.repeats)
+    print(f"  4096^2 transposable 2:4 {t_tr * 1e3:.1f} ms (goal < 100 ms); plain 2:4 "
+          f"{t_nm * 1e3:.1f} ms; ratio {t_tr / t_nm:.2f}")
+    side = 4 * int(np.ceil(np.sqrt(args.blocks)))
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((side, side)).astype(np.float32)
+    mask = np.asarray(masks.nm_transposable(jnp.asarray(s), 2, 4))
+    blocks = to_blocks(s, 4).astype(np.float64)
+    got = np.einsum("bij,bij->b", to_blocks(mask, 4), blocks)
+    gap = float(np.max(np.abs(got - lp_optimum(blocks, 2))))
+    both = bool(masks.satisfies_nm(mask, 2, 4, axis=0)) and bool(masks.satisfies_nm(mask, 2, 4,
+                                                                                      axis=1))
+    print(f"  2:4 enumeration vs milp on {len(blocks)} blocks: max |gap| {gap:.2e}, both axes "
+          f"2:4: {both}")
+    w = np.abs(rng.standard_normal((256, 256))).astype(np.float32)
+    exact = np.asarray(masks.nm_transposable(jnp.asarray(w), 4, 8, method="exact"))
+    approx = np.asarray(masks.nm_transposable(jnp.asarray(w), 4, 8, method="sinkhorn"))
+    ratio = float((w * approx).sum() / (w * exact).sum())
+    print(f"  4:8 Sinkhorn kept |W| / exact optimum on 256^2 |N(0,1)|: {ratio:.4f} (goal >= 0.98)")
+    return {"transposable_2_4_4096_ms": t_tr * 1e3, "nm_2_4_4096_ms": t_nm * 1e3,
+            "enumeration_blocks": len(blocks), "enumeration_max_gap": gap,
+            "both_axes_2_4": both, "sinkhorn_4_8_ratio": ratio}
+
+
+def run_layer(args):
+    print("== layer forward+backward (batch 256, 2:4) ==")
+    d = args.width
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    w = jax.random.normal(k1, (d, d)) / np.sqrt(d)
+    x = jax.random.normal(k2, (256, d))
+    fwd_only = NMSparse.from_dense(w, 2, 4, axis=0)
+    trans = NMSparse.from_dense(w, 2, 4, axis=0, mask=masks.nm_transposable(jnp.abs(w), 2, 4))
+
+    def grad_of(f, w0):
+        return jax.jit(jax.grad(lambda v, x: jnp.sum(f(x, v) ** 2), argnums=(0, 1)))
+
+    dense = grad_of(lambda x, v: x @ v, w)
+    nm = grad_of(lambda x, v: ops.dense_nm_matmul(x, fwd_only.replace(values=v)), None)
+    tr = grad_of(lambda x, v: ops.dense_transposable_nm_matmul(x, trans.replace(values=v)), None)
+    t_d = timed(dense, w, x, repeats=args.repeats)
+    t_n = timed(nm, fwd_only.values, x, repeats=args.repeats)
+    t_t = timed(tr, trans.values, x, repeats=args.repeats)
+    print(f"  dense {t_d * 1e3:.2f} ms; forward-only N:M {t_n * 1e3:.2f} ms ({t_n / t_d:.2f}x); "
+          f"transposable N:M {t_t * 1e3:.2f} ms ({t_t / t_d:.2f}x)")
+    return {"width": d, "dense_ms": t_d * 1e3, "forward_only_nm_ms": t_n * 1e3,
+            "transposable_nm_ms": t_t * 1e3}
+
+
+def run_quality(args):
+    from sparsejax.demo.context import init_mlp, load_digits_split, mlp_apply
+
+    print(f"== digits MLP, {args.steps} steps, 2:4 ==")
+    x_tr, y_tr, x_te, y_te = (jnp.asarray(a) for a in load_digits_split(0))
+    kernels = "*kernel"
+    nm_masks = lambda p: sj.compute_masks(p, "nm", n=2, m=4, axis=0, where=kernels)  # noqa: E731
+
+    def loss_of(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(mlp_apply(p, x), y).mean()
+
+    methods = {
+        "dense": (optax.adam(1e-3), lambda p: p),
+        "SR-STE 2:4": (optax.adam(1e-3), lambda p: T.sr_ste(p, nm_masks, 2e-4)),
+        # CAST trains the dense weights (AdamS shrinks those outside the mask), projects at the end
+        "CAST 2:4": (T.adams(args.cast_lr, where=kernels, decay=T.cast_decay(
+            args.cast_decay, args.steps // 2)), lambda p: p),
+    }
+    rows = []
+    for name, (tx, forward) in methods.items():
+        accs, masses, changes = [], [], []
+        for seed in range(args.seeds):
+            params = init_mlp(jax.random.PRNGKey(seed))
+            idx = jax.random.randint(jax.random.PRNGKey(100 + seed), (args.steps, 128), 0,
+                                     x_tr.shape[0])
+
+            @jax.jit
+            def train(params, idx, tx=tx, forward=forward):
+                def step(carry, i):
+                    p, s = carry
+                    g = jax.grad(lambda q: loss_of(forward(q), x_tr[i], y_tr[i]))(p)
+                    u, s = tx.update(g, s, p)
+                    return (optax.apply_updates(p, u), s), None
+
+                (p, _), _ = jax.lax.scan(step, (params, tx.init(params)), idx)
+                return p
+
+            params = train(params, idx)
+            if name == "dense":
+                accs.append(float(jnp.mean(jnp.argmax(mlp_apply(params, x_te), -1) == y_te)))
+                continue
+            projected, pm = T.project(params, where=kernels)
+            pairs = [(params[k]["kernel"], pm[k]["kernel"]) for k in params]
+            kept = sum(float(jnp.sum(jnp.where(mk, jnp.abs(w), 0))) for w, mk in pairs)
+            pruned = sum(float(jnp.sum(jnp.where(mk, 0, jnp.abs(w)))) for w, mk in pairs)
+            before = float(loss_of(forward(params), x_tr, y_tr))  # what the method trains
+            after = float(loss_of(projected, x_tr, y_tr))
+            accs.append(float(jnp.mean(jnp.argmax(mlp_apply(projected, x_te), -1) == y_te)))
+            masses.append(pruned / kept)
+            changes.append((after - before) / before)
+        row = {"method": name, "accuracy_mean": float(np.mean(accs)), "accuracy_per_seed": accs}
+        if masses:
+            row |= {"pruned_to_kept_mass": float(np.mean(masses)),
+                    "projection_loss_change": float(np.mean(changes))}
+        rows.append(row)
+        extra = (f"; pruned/kept |W| {row['pruned_to_kept_mass']:.3f}, projection changes the "
+                 f"train loss by {100 * row['projection_loss_change']:+.1f}%") if masses else ""
+        print(f"  {name:12s} accuracy {row['accuracy_mean']:.4f}{extra}", flush=True)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", default="masks,layer,quality")
+    p.add_argument("--blocks", type=int, default=10000)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--cast-lr", type=float, default=3e-4)
+    p.add_argument("--cast-decay", type=float, default=5e-2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "nm_training.json")
+    args = p.parse_args()
+    result = {"machine": platform.platform(), "jax": jax.__version__,
+              "backend": jax.default_backend(), "load": os.getloadavg(),
+              "args": vars(args) | {"out": str(args.out)}}
+    runners = {"masks": run_masks, "layer": run_layer, "quality": run_quality}
+    for s in [s.strip() for s in args.sections.split(",") if s.strip()]:
+        result[s] = runners[s](args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
