@@ -241,15 +241,168 @@ def fig_training_curves() -> None:
 
 
 def fig_ssvi_reliability() -> None:
-    """Reliability diagram of the SSVI demo's sparse Bayesian MLP on digits."""
+    """Reliability diagram of dense mean-field VI and SSVI at 10% density on digits."""
+    from sparsejax.bayes import expected_calibration_error
     from sparsejax.demo import ssvi
-    from sparsejax.demo.context import make_context
 
-    ctx = make_context(quick=True)
-    res = ssvi.run(ctx)
-    fig, ax = plt.subplots(figsize=(4.2, 3.4))
-    ssvi.plot(ax, res, {"ssvi": res})
+    x_tr, y_tr, x_te, y_te = _digits()
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    edges = np.linspace(0, 1, 11)
+    for name, sparsity, marker in (("dense VI", 0.0, "o-"), ("SSVI 10%", 0.9, "s-")):
+        k_train, k_eval = jax.random.split(jax.random.key(0))
+        post = ssvi.train_bnn(k_train, x_tr, y_tr, sparsity=sparsity, steps=600)["posterior"]
+        probs = ssvi.evaluate_bnn(k_eval, post, x_te, y_te)["probs"]
+        conf = np.asarray(probs.max(-1))
+        right = np.asarray(probs.argmax(-1) == y_te)
+        idx = np.clip(np.digitize(conf, edges) - 1, 0, 9)
+        xs = [conf[idx == b].mean() for b in range(10) if np.any(idx == b)]
+        ys = [right[idx == b].mean() for b in range(10) if np.any(idx == b)]
+        ece = float(expected_calibration_error(probs, y_te, bins=15))
+        ax.plot(xs, ys, marker, ms=4, label=f"{name}: acc {right.mean():.3f}, ECE {ece:.3f}")
+    ax.set_xlabel("confidence (max predictive probability)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("digits MLP 64-256-256-10, 600 steps,\n32-sample MC predictive, 10 bins")
+    ax.legend(fontsize=6.5)
     _save(fig, "ssvi_reliability")
+
+
+def _dense_mlp(steps: int = 800):
+    from sparsejax.demo.context import init_mlp, train
+
+    x_tr, y_tr, x_te, y_te = _digits()
+    k_init, k_train = jax.random.split(jax.random.key(0))
+    params = train(init_mlp(k_init), x_tr, y_tr, steps=steps, key=k_train, progress=False)
+    return params, (x_tr, y_tr, x_te, y_te)
+
+
+def fig_sae_fvu_l0() -> None:
+    """SAE FVU against L0 (TopK k = 2 .. 64) on the digits MLP's last hidden activations."""
+    from sparsejax.demo.context import mlp_apply
+    from sparsejax.dictionary import sae as S
+
+    params, (x_tr, _, x_te, _) = _dense_mlp()
+    _, h_tr = mlp_apply(params, x_tr, return_hidden=True)
+    _, h_te = mlp_apply(params, x_te, return_hidden=True)
+    d_in = h_tr.shape[-1]
+    points = []
+    for k in (2, 4, 8, 16, 32, 64):
+        cfg = S.SAEConfig(d_in, 2 * d_in, activation="topk", k=k)
+        res = S.train_sae(jax.random.key(k), h_tr, cfg, steps=300, batch_size=128,
+                          learning_rate=1e-3)
+        recon, codes = S.forward(res.params, h_te, cfg)
+        points.append((float(S.l0(codes)), float(S.fvu(h_te, recon))))
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.plot(*zip(*points), "o-")
+    for (l0, f), k in zip(points, (2, 4, 8, 16, 32, 64)):
+        ax.annotate(f"k={k}", (l0, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("L0 (active latents per token, test split)")
+    ax.set_ylabel("FVU (test split)")
+    ax.set_title(f"TopK SAEs {d_in} -> {2 * d_in}, 300 Adam steps each,\n"
+                 "on the digits MLP's last hidden layer")
+    _save(fig, "sae_fvu_l0")
+
+
+def fig_moe_load() -> None:
+    """Expert load of the demo's top-2-of-8 MoE layer with and without the balancing loss."""
+    import optax
+
+    from sparsejax.demo import moe
+
+    x_tr, y_tr, x_te, _ = _digits()
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    width = 0.4
+    for i, coef in enumerate((0.0, 0.01)):
+        params = moe.init(jax.random.key(0))
+        opt = optax.adam(1e-3)
+        state = opt.init(params)
+
+        @jax.jit
+        def step(params, state, xb, yb, coef=coef, opt=opt):
+            def loss_fn(p):
+                logits, aux = moe.apply(p, xb)
+                ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+                return ce + coef * aux.load_balancing_loss + 1e-3 * aux.router_z_loss
+
+            grads = jax.grad(loss_fn)(params)
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        idx = jax.random.randint(jax.random.key(1), (400, 128), 0, x_tr.shape[0])
+        for t in range(400):
+            params, state = step(params, state, x_tr[idx[t]], y_tr[idx[t]])
+        _, aux = jax.jit(moe.apply)(params, x_te)
+        load = np.asarray(aux.expert_load)
+        ax.bar(np.arange(len(load)) + (i - 0.5) * width, load, width,
+               label=f"balancing loss x{coef}: dropped {float(aux.dropped_fraction):.3f}")
+    cap = moe.CONFIG.capacity_factor * x_te.shape[0] * moe.CONFIG.k / moe.CONFIG.num_experts
+    ax.axhline(cap, color="gray", ls=":", label=f"capacity ({moe.CONFIG.capacity_factor} x even)")
+    ax.set_ylim(0, 1.5 * cap)
+    ax.set_xlabel("expert")
+    ax.set_ylabel("test tokens routed (top-2)")
+    ax.set_title("top-2 of 8 experts (256-64-256) in the digits MLP,\n400 Adam steps")
+    ax.legend(fontsize=6.5, loc="upper left", ncol=2)
+    _save(fig, "moe_load")
+
+
+def fig_oneshot_fidelity() -> None:
+    """Embedding fidelity vs sparsity of one-shot pruning per method (MiniLM when installed,
+    else the digits MLP's test accuracy)."""
+    from sparsejax import models
+    from sparsejax.oneshot import prune_model
+
+    sparsities = (0.3, 0.5, 0.6, 0.7)
+    methods = ("magnitude", "wanda", "sparsegpt", "dsnot")
+    fig, ax = plt.subplots(figsize=(4.4, 3.2))
+    if models.available():
+        model = models.load_minilm()
+        cal, held = models.split_sentences(models.docstring_sentences(), seed=0)
+        cal, held = cal[:64], held[:128]
+        batches = [model.tokenizer(cal[i:i + 32], pad_to_multiple_of=32)
+                   for i in range(0, len(cal), 32)]
+
+        def forward(p, batch, tap):
+            return models.embed(p, *batch, model.config, tap)
+
+        dense = model(held)
+        groups = models.layer_groups(model.config)
+        for method in methods:
+            ys = []
+            for s in sparsities:
+                pruned, _ = prune_model(model.params, forward, batches, method, sparsity=s,
+                                        groups=groups, axis=0)
+                ys.append(models.fidelity(dense, model(held, params=pruned))[0])
+            ax.plot(sparsities, ys, "o-", label=method)
+        ax.set_ylabel("mean cosine, pruned vs dense embedding")
+        ax.set_title("all-MiniLM-L6-v2, 36 linear layers, 64 calibration /\n"
+                     "128 held-out stdlib docstring sentences")
+    else:  # pragma: no cover - without the MiniLM weights
+        from sparsejax.demo.context import accuracy, mlp_apply
+
+        params, (x_tr, _, x_te, y_te) = _dense_mlp()
+        layer_names = sorted(params)
+
+        def forward(p, batch, tap):
+            h = batch
+            for i, name in enumerate(layer_names):
+                h = tap(f"{name}/kernel", h) @ p[name]["kernel"] + p[name]["bias"]
+                if i < len(layer_names) - 1:
+                    h = jax.nn.relu(h)
+            return h
+
+        batches = [x_tr[i:i + 256] for i in range(0, 1024, 256)]
+        for method in methods:
+            ys = []
+            for s in sparsities:
+                pruned, _ = prune_model(params, forward, batches, method, sparsity=s, axis=0)
+                ys.append(accuracy(mlp_apply, pruned, x_te, y_te))
+            ax.plot(sparsities, ys, "o-", label=method)
+        ax.set_ylabel("test accuracy")
+        ax.set_title("digits MLP 64-256-256-10 (MiniLM not installed)")
+    ax.set_xlabel("unstructured sparsity per layer")
+    ax.legend(fontsize=6.5)
+    _save(fig, "oneshot_fidelity")
 
 
 def main(argv: list[str] | None = None) -> None:
