@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         failed: list[str] = []
         errors: list[str] = []
-        page.on("requestfailed", lambda r: failed.append(r.url) if r.url.startswith(base) else None)
+        # ERR_ABORTED: a request cut off by the next navigation (favicon, search worker), not a miss
+        page.on("requestfailed", lambda r: failed.append(r.url)
+                if r.url.startswith(base) and "ERR_ABORTED" not in (r.failure or "") else None)
         page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
                 if r.url.startswith(base) and r.status >= 400 else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
