@@ -14,7 +14,8 @@ from jaxtyping import Array, Float
 
 from sparsejax._checks import check_float_array, must_be
 from sparsejax.formats import NMSparse
-from sparsejax.ops.api import _check_nmsparse, _float0_like, dense_nm_matmul, nm_matmul
+from sparsejax.ops._dispatch import float0_like
+from sparsejax.ops.api import _check_nmsparse, dense_nm_matmul, nm_matmul
 
 __all__ = ["dense_transposable_nm_matmul", "transposable_nm_matmul"]
 
@@ -36,7 +37,7 @@ def _wx_fwd(w, x):
 def _wx_bwd(res, g):
     w, x = res
     dx = nm_matmul(w.transpose(), g).astype(x.dtype)  # W^T g, N:M along W's output axis
-    dw = w.replace(values=_kept(w, g @ x.T), indices=_float0_like(w.indices))
+    dw = w.replace(values=_kept(w, g @ x.T), indices=float0_like(w.indices))
     return dw, dx
 
 
@@ -55,7 +56,7 @@ def _xw_fwd(x, w):
 def _xw_bwd(res, g):
     x, w = res
     dx = dense_nm_matmul(g, w.transpose()).astype(x.dtype)  # g W^T, N:M along W's output axis
-    dw = w.replace(values=_kept(w, x.T @ g), indices=_float0_like(w.indices))
+    dw = w.replace(values=_kept(w, x.T @ g), indices=float0_like(w.indices))
     return dx, dw
 
 
