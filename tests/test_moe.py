@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _moe_reference import loop_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,26 +23,6 @@ def problem():
     w2 = jax.random.normal(k[2], (E, F, D)) / 4
     logits = jax.random.normal(k[3], (T, E))
     return x, w1, w2, logits
-
-
-def np_gelu(z):
-    """``jax.nn.gelu`` (tanh approximation) in float64 numpy."""
-    return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
-
-
-def loop_reference(x, routing, w1, w2, act=np_gelu):
-    """Per token, per kept slot: the expert's FFN scaled by its gate (float64 numpy)."""
-    x, w1, w2 = (np.asarray(a, np.float64) for a in (x, w1, w2))
-    idx, wts, kept = (np.asarray(a) for a in (routing.expert_index, routing.combine_weights,
-                                               routing.kept))
-    out = np.zeros_like(x)
-    for t in range(x.shape[0]):
-        for j in range(idx.shape[1]):
-            if kept[t, j]:
-                e = idx[t, j]
-                h = act(x[t] @ w1[e])
-                out[t] += float(wts[t, j]) * (h @ w2[e])
-    return out
 
 
 def dense_reference(x, gates, w1, w2, act=jax.nn.gelu):

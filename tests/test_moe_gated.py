@@ -5,29 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _moe_reference import loop_reference, np_silu
 
 from sparsejax import _backend, moe
 from sparsejax._blocks import BlockIndex, pack_blocks
 
 T, D, F, E = 16, 8, 16, 4
-
-
-def np_silu(z):
-    return z / (1 + np.exp(-z))
-
-
-def gated_loop(x, routing, w1, w2, w3):
-    """Per token, per kept slot: ``(silu(x w1) * (x w3)) w2`` scaled by the gate, float64."""
-    x, w1, w2, w3 = (np.asarray(a, np.float64) for a in (x, w1, w2, w3))
-    idx, wts, kept = (np.asarray(a) for a in (routing.expert_index, routing.combine_weights,
-                                               routing.kept))
-    out = np.zeros_like(x)
-    for t in range(x.shape[0]):
-        for j in range(idx.shape[1]):
-            if kept[t, j]:
-                e = idx[t, j]
-                out[t] += float(wts[t, j]) * ((np_silu(x[t] @ w1[e]) * (x[t] @ w3[e])) @ w2[e])
-    return out
 
 
 def _problem(dtype=jnp.float32):
@@ -46,7 +29,7 @@ def test_gated_experts_match_loop_and_grads():
     gate and up projections agree with the dense reference's."""
     x, w1, w2, w3, logits = _problem()
     r = moe.top_k_routing(logits, 2, capacity_factor=1.0)
-    want_y = gated_loop(x, r, w1, w2, w3)
+    want_y = loop_reference(x, r, w1, w2, act=np_silu, w3=w3)
 
     def dense(w1, w3):  # every expert on every token, combined by the dense gates
         h = jax.nn.silu(jnp.einsum("td,edf->tef", x, w1)) * jnp.einsum("td,edf->tef", x, w3)
@@ -71,7 +54,7 @@ def test_float64_accumulation_and_block_sparse_under_x64():
     with jax.enable_x64(True):
         x, w1, w2, w3, logits = _problem(jnp.float64)
         r = moe.top_k_routing(logits, 2)
-        want = gated_loop(x, r, w1, w2, w3)
+        want = loop_reference(x, r, w1, w2, act=np_silu, w3=w3)
         for b in ("ragged_xla",):
             y = moe.moe_ffn(x, r, w1, w2, w3, activation=jax.nn.silu, backend=b, tile=8)
             assert y.dtype == jnp.float64
