@@ -8,7 +8,7 @@ slice of co-permuted attention heads and FFN channels. `dsee` trains ``W + A B +
 scores with a straight-through estimator.
 """
 
-from sparsejax.peft import dsee, s2ft
+from sparsejax.peft import dsee, pst, s2ft
 from sparsejax.peft.delta import (
     SparseDelta,
     apply,
@@ -22,12 +22,15 @@ from sparsejax.peft.delta import (
     unmerge,
 )
 from sparsejax.peft.dsee import DseeDelta
+from sparsejax.peft.pst import PstFactors
 from sparsejax.peft.s2ft import S2Kernel
 from sparsejax.peft.spiel import REGROW, SpielState, spiel, spiel_fraction
 
 __all__ = [
     "DseeDelta",
     "dsee",
+    "PstFactors",
+    "pst",
     "S2Kernel",
     "s2ft",
     "REGROW",
