@@ -23,12 +23,18 @@ if TYPE_CHECKING:
     from sparsejax.nn.lsr import TermWeightHead
     from sparsejax.nn.masked import Masked
     from sparsejax.nn.moe import MoE
+    from sparsejax.nn.peft import DeltaIndices, DeltaLinear, Frozen, merge_delta, to_delta
     from sparsejax.nn.sae import SAEStateVariable, SparseAutoencoder
     from sparsejax.nn.sparse_linear import SparseConv1x1, SparseLinear
     from sparsejax.nn.ssvi import SSVIConv, SSVILinear, merge_posterior, split_posterior
     from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
+    "DeltaIndices",
+    "DeltaLinear",
+    "Frozen",
+    "merge_delta",
+    "to_delta",
     "BlockSparseLinear",
     "LISTA",
     "MoE",
@@ -53,6 +59,11 @@ __all__ = [
 ]
 
 _HOMES = {
+    "DeltaIndices": "peft",
+    "DeltaLinear": "peft",
+    "Frozen": "peft",
+    "merge_delta": "peft",
+    "to_delta": "peft",
     "eqx": "eqx",
     "TermWeightHead": "lsr",
     "Threshold": "activation",

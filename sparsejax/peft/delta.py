@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, Int
 
 from sparsejax import masks as _masks
 from sparsejax._checks import _is_none, check_float, check_same_structure, must_be
-from sparsejax.select import select
+from sparsejax.select import path_str, select
 
 PyTree = Any
 __all__ = ["SparseDelta", "apply", "delta_from_masks", "delta_size", "dense", "is_delta",
@@ -339,3 +339,18 @@ def train_delta(inner: optax.GradientTransformation) -> optax.GradientTransforma
         return delta_updates(params, upd), state
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def delta_table(delta: Any) -> dict[str, SparseDelta]:
+    """``{slash path: SparseDelta}`` of a delta tree (or a flat dict)."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        delta, is_leaf=_is_node)[0]
+    table = {}
+    for p, d in leaves:
+        if d is None:
+            continue
+        if not is_delta(d):
+            raise TypeError(f"`delta['{path_str(p)}']` must be a SparseDelta or None; got "
+                            f"{type(d).__name__}.")
+        table[path_str(p)] = d
+    return table

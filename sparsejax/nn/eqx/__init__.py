@@ -18,12 +18,16 @@ if TYPE_CHECKING:
     from sparsejax.nn.eqx.lsr import TermWeightHead
     from sparsejax.nn.eqx.masked import Masked
     from sparsejax.nn.eqx.moe import MoE
+    from sparsejax.nn.eqx.peft import DeltaLinear, merge_delta, to_delta
     from sparsejax.nn.eqx.sae import SparseAutoencoder
     from sparsejax.nn.eqx.sparse_linear import SparseConv1x1, SparseLinear
     from sparsejax.nn.eqx.ssvi import SSVIConv, SSVILinear, posterior_of, with_posterior
     from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
+    "DeltaLinear",
+    "merge_delta",
+    "to_delta",
     "BlockSparseLinear",
     "LISTA",
     "MoE",
@@ -44,6 +48,9 @@ __all__ = [
 ]
 
 _HOMES = {
+    "DeltaLinear": "peft",
+    "merge_delta": "peft",
+    "to_delta": "peft",
     "TermWeightHead": "lsr",
     "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
