@@ -2,8 +2,11 @@
 
 The task: the same digits mirrored left to right, which the trained model reads poorly. From the
 trained weights, with the same Adam steps: full fine-tuning, a fixed random sparse delta
-(`peft.train_delta`), SpIEL (`peft.spiel`, drop-and-grow of the delta's support) and a LoRA of rank
-2 on every kernel (``W + A B``, the usual baseline), the sparse methods at LoRA's trainable count.
+(`peft.train_delta`), SpIEL (`peft.spiel`, drop-and-grow of the delta's support), DSEE
+(`peft.dsee`: rank 1 + a sparse part from the GreBsmo split) and a LoRA of rank 2 on every kernel
+(``W + A B``, the usual baseline), the sparse methods at LoRA's trainable count; and PST
+(`peft.pst`, ranks 1 + 1 plus row / column scores: 1.5x LoRA's count), which ends with 50%-sparse
+kernels.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from sparsejax import peft
 from sparsejax.demo._table import print_table
 from sparsejax.demo.context import DemoContext, mlp_apply
 
-METHODS = ("pretrained (no tuning)", "full fine-tune", "sparse delta", "SpIEL", "LoRA r=2")
+METHODS = ("pretrained (no tuning)", "full fine-tune", "sparse delta", "SpIEL", "DSEE r=1",
+           "PST 50% sparse", "LoRA r=2")
+PST_SPARSITY = 0.5
 RANK = 2
 
 
@@ -54,6 +59,15 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
         trainable = _lora_init(base, k_init)
         to_params, tx = (lambda t: _lora_apply(base, t)), optax.adam(1e-2)
         count = sum(int(a.size) for a in jax.tree.leaves(trainable))
+    elif name.startswith("DSEE"):  # rank 1 + (in + out) sparse entries: LoRA r=2's count
+        trainable = peft.dsee.init(base, rank=1, num_sparse=sum, key=k_init, rank_steps=4)
+        to_params, tx = (lambda t: peft.dsee.apply(base, t)), peft.dsee.train(optax.adam(1e-2))
+        count = peft.dsee.trainable_count(trainable)
+    elif name.startswith("PST"):
+        trainable = peft.pst.init(base, key=k_init, weight_rank=1, mask_rank=1)
+        schedule = peft.pst.schedule(steps, PST_SPARSITY)
+        to_params, tx = (lambda t, s=PST_SPARSITY: peft.pst.apply(base, t, s)), optax.adam(1e-2)
+        count = peft.pst.trainable_count(trainable)
     else:
         trainable = peft.sparse_delta(base, density, key=k_init)
         to_params = lambda t: peft.apply(base, t)  # noqa: E731
@@ -62,15 +76,17 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
                          accumulate_steps=2))
         count = peft.delta_size(trainable)
     state = tx.init(trainable)
-    sparse = name in ("sparse delta", "SpIEL")
+    sparse = name in ("sparse delta", "SpIEL") or name.startswith("DSEE")
 
     @jax.jit
-    def step(trainable, state, xb, yb):
+    def step(trainable, state, xb, yb, t):
         def loss(p):
             logits = mlp_apply(p, xb)
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
         if sparse:  # the dense gradient at base + delta (SpIEL regrows from it)
             grads = jax.grad(loss)(to_params(trainable))
+        elif name.startswith("PST"):  # the cubic schedule up to PST_SPARSITY
+            grads = jax.grad(lambda f: loss(to_params(f, schedule(t))))(trainable)
         else:
             grads = jax.grad(lambda t: loss(to_params(t)))(trainable)
         updates, state = tx.update(grads, state, trainable)
@@ -81,7 +97,7 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
     batches = np.stack([rng.choice(n, b, replace=False) for _ in range(steps)])
     xs, ys = x[batches], y[batches]
     for t in range(steps):
-        trainable, state = step(trainable, state, xs[t], ys[t])
+        trainable, state = step(trainable, state, xs[t], ys[t], t)
     return to_params(trainable), count
 
 

@@ -16,6 +16,7 @@ transform that trains ``A``, ``B`` and the sparse values only.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,7 +34,7 @@ from sparsejax._checks import (
     check_sparsity,
     must_be,
 )
-from sparsejax.peft.delta import SparseDelta, _from_mask, _scatter_add
+from sparsejax.peft.delta import SparseDelta, _scatter_add
 from sparsejax.select import select
 
 PyTree = Any
@@ -88,7 +89,8 @@ def grebsmo(
     Starting from ``v ~ N(0, 1)`` of shape ``[1, cols]``, ``rank_steps`` times: reset ``s = 0``,
     then ``inner_steps`` times ``u = qr((w - s) v^T).Q``, ``v = u^T (w - s)``, ``s = w - u v``
     with ``|s| < threshold`` set to 0; then grow ``v`` by the first ``rank_increment`` rows of
-    ``qr(w - u v - s).R``. The rank saturates at ``min(rows, cols)`` (then ``s`` is ~0: choose
+    ``qr(w - u v - s).R`` (from the QR of its first ``rank_increment`` columns). The rank
+    saturates at ``min(rows, cols)`` (then ``s`` is ~0: choose
     ``rank_steps`` below ``min(rows, cols) / rank_increment``; the reference's 100 suits 768).
 
     Args:
@@ -122,7 +124,10 @@ def grebsmo(
             s[np.abs(s) < threshold] = 0
         e = w_np - u @ v - s
         fit_v = v
-        v = np.concatenate([v, np.linalg.qr(e)[1][:rank_increment]], axis=0)
+        # qr(e).R[:k] = Q_k^T e, Q_k the first k Householder columns, which only the first k
+        # columns of e determine: O(rows cols k) instead of a full QR
+        q_k = np.linalg.qr(e[:, :rank_increment])[0]
+        v = np.concatenate([v, q_k.T @ e], axis=0)
     return jnp.asarray(u), jnp.asarray(fit_v), jnp.asarray(s)
 
 
@@ -131,7 +136,7 @@ def support(w: Float[Array, "rows cols"], num_sparse: int, key: jax.Array,
     """DSEE's sparse support: the ``num_sparse`` largest ``|s|`` of `grebsmo` ``(w)``.
 
     The reference keeps ``|s| >= `` the ``num_sparse``-th largest (more on ties); this keeps
-    exactly ``num_sparse`` (`masks.topk`, ties by lower flat index).
+    exactly ``num_sparse`` (ties by lower flat index, as `masks.topk`; chosen on the host).
 
     Args:
         w: the matrix decomposed (torch layout ``[out, in]`` to follow the reference).
@@ -146,15 +151,18 @@ def support(w: Float[Array, "rows cols"], num_sparse: int, key: jax.Array,
     num_sparse = check_int(num_sparse, "num_sparse", minimum=1)
     if num_sparse > w.size:
         raise ValueError(must_be("num_sparse", f"at most w.size = {w.size}", num_sparse))
-    s = grebsmo(w, key, **grebsmo_kwargs)[2]
-    return _masks.topk(jnp.abs(s), num_sparse)
+    s = np.abs(np.asarray(grebsmo(w, key, **grebsmo_kwargs)[2])).ravel()
+    # on the host like grebsmo (no compile per shape): masks.topk's order, ties by lower index
+    keep = np.zeros(s.size, bool)
+    keep[np.argsort(-s, kind="stable")[:num_sparse]] = True
+    return jnp.asarray(keep.reshape(w.shape))
 
 
 def init(
     params: PyTree,
     *,
     rank: int,
-    num_sparse: int,
+    num_sparse: int | Callable[[tuple[int, int]], int],
     key: jax.Array,
     where: Any = None,
     alpha: float | None = None,
@@ -165,7 +173,8 @@ def init(
     Args:
         params: the frozen params tree.
         rank: the low-rank factors' rank (``lora_r``).
-        num_sparse: sparse entries per kernel (``num_sparse``).
+        num_sparse: sparse entries per kernel (``num_sparse``; capped at the kernel's size), or
+            a function of the ``[in, out]`` shape giving it (e.g. ``lambda s: rank * sum(s)``).
         key: PRNG key (``A``'s init and each `grebsmo`).
         where: leaf selector (`sparsejax.select`; default: float kernels of ``ndim >= 2``);
             selected leaves must be 2-D.
@@ -180,7 +189,9 @@ def init(
         ValueError: a bad ``rank`` / ``num_sparse`` / ``alpha``, a selected leaf not 2-D.
     """
     rank = check_int(rank, "rank", minimum=1)
-    num_sparse = check_int(num_sparse, "num_sparse", minimum=1)
+    count = num_sparse if callable(num_sparse) else None
+    if count is None:
+        num_sparse = check_int(num_sparse, "num_sparse", minimum=1)
     alpha = float(rank) if alpha is None else check_float(alpha, "alpha")
     chosen = select(where, tree=params)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)
@@ -196,11 +207,13 @@ def init(
                                      f"shape {tuple(jnp.shape(p))}", raw=True))
         din, dout = jnp.shape(p)
         dtype = jnp.result_type(p)
-        mask = support(jnp.asarray(p).T, min(num_sparse, din * dout), keys[2 * i],
-                       **grebsmo_kwargs).T
-        a = 0.02 * jax.random.normal(keys[2 * i + 1], (din, rank), dtype)
-        out.append(DseeDelta(a, jnp.zeros((rank, dout), dtype), _from_mask(mask, dtype),
-                             alpha / rank))
+        k = check_int(count((din, dout)), "num_sparse(shape)", minimum=1) if count else num_sparse
+        mask = np.asarray(support(np.asarray(p).T, min(k, din * dout), keys[2 * i],
+                                  **grebsmo_kwargs)).T
+        idx = jnp.asarray(np.flatnonzero(mask), jnp.int32)
+        a = jax.random.normal(keys[2 * i + 1], (din, rank), dtype) * np.asarray(0.02, dtype)
+        sparse = SparseDelta(idx, jnp.asarray(np.zeros(idx.shape, dtype)), None, (din, dout))
+        out.append(DseeDelta(a, jnp.asarray(np.zeros((rank, dout), dtype)), sparse, alpha / rank))
     return jax.tree.unflatten(treedef, out)
 
 
