@@ -1,7 +1,9 @@
 """Sparse fine-tuning of the real all-MiniLM-L6-v2: step time and compiled memory per method.
 
-Full fine-tuning, LoRA (rank 2 on every linear kernel), a fixed sparse delta, SpIEL and S2FT at
-LoRA's trainable count (~0.8% of the linear weights), each with a trainable linear head, on the
+Full fine-tuning, LoRA (rank 2 on every linear kernel), a fixed sparse delta, SpIEL, S2FT and
+DSEE (rank 1 + ``in + out`` sparse entries per kernel) at LoRA's trainable count (~0.8% of the
+linear weights), and PST (weight and mask ranks 1 plus row / column scores: 1.5x that count, at a
+constant 50% sparsity here), each with a trainable linear head, on the
 standard-library docstring corpus labelled by module (no download). Reports, per method, the
 trainable count, the optimizer state's size, the jitted step's median time and the compiled
 program's memory analysis (temporaries), and with ``--train-steps N`` the test accuracy after ``N``
@@ -27,6 +29,7 @@ from sparsejax.models.corpus import STDLIB_MODULES, split_sentences
 from sparsejax.peft import s2ft
 
 RANK = 2
+PST_SPARSITY = 0.5
 
 
 def labelled_docstrings(n_modules: int, per_module: int) -> tuple[list[str], np.ndarray, list]:
@@ -82,6 +85,17 @@ def build(method: str, params: dict, config, head: jax.Array, key: jax.Array):
               peft.spiel(optax.adam(1e-3), total_steps=1000, reselect_every=20,
                          accumulate_steps=5))
         return (delta, head), (lambda t: (peft.apply(params, t[0]), t[1])), tx, True
+    if method == "dsee":  # the GreBsmo split at rank_steps=20 (rank <= 96 < 384 / 5 + 1)
+        where = [f"layers/*/{n}/kernel" for n in models.LINEARS]
+        delta = peft.dsee.init(params, rank=1, num_sparse=sum, key=key, where=where,
+                               rank_steps=20)
+        return ((delta, head), (lambda t: (peft.dsee.apply(params, t[0]), t[1])),
+                peft.dsee.train(optax.adam(1e-3)), True)
+    if method == "pst":
+        where = [f"layers/*/{n}/kernel" for n in models.LINEARS]
+        factors = peft.pst.init(params, key=key, where=where, weight_rank=1, mask_rank=1)
+        return ((factors, head), (lambda t: (peft.pst.apply(params, t[0], PST_SPARSITY), t[1])),
+                optax.adam(1e-3), False)
     if method == "s2ft":
         heads = config.heads * config.layers
         sel = s2ft.select_bert(params, config, v_ratio=2 / heads, o_ratio=2 / heads,
@@ -129,7 +143,7 @@ def make_step(method, trainable, to_params, tx, dense_grad, config):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--methods", default="full,lora,delta,spiel,s2ft")
+    ap.add_argument("--methods", default="full,lora,delta,spiel,s2ft,dsee,pst")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
@@ -160,6 +174,8 @@ def main(argv=None) -> None:
         temp = getattr(mem, "temp_size_in_bytes", float("nan")) / 2**20
         if method in ("delta", "spiel"):
             count = peft.delta_size(trainable[0]) + trainable[1].size
+        elif method == "dsee":
+            count = peft.dsee.trainable_count(trainable[0]) + trainable[1].size
         else:
             count = sum(x.size for x in jax.tree.leaves(trainable))
         opt = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "size") and x.ndim > 0)

@@ -152,11 +152,31 @@ def sparse_delta(
     return jax.tree.unflatten(treedef, out)
 
 
-def _check_leaf(path: Any, d: SparseDelta, p: Any) -> None:
-    if tuple(jnp.shape(p)) != d.shape:
-        raise ValueError(must_be(f"delta{jax.tree_util.keystr(path)}",
-                                 f"a delta for the param's shape {tuple(jnp.shape(p))}",
-                                 f"a delta of shape {d.shape}", raw=True))
+def map_nodes(fn: Any, params: PyTree, tree: PyTree, cls: type, shape_of: Any,
+              name: str = "delta") -> PyTree:
+    """``fn(param, node)`` where ``tree`` (mirroring ``params``) holds a ``cls`` node, the param
+    elsewhere; ``ValueError`` / ``TypeError`` naming the path for a tree that does not mirror
+    ``params``, a node of another type, or one whose ``shape_of(node)`` is not the param's."""
+    def is_node(x):
+        return x is None or isinstance(x, cls)
+
+    marks = jax.tree.map(lambda d: None if d is None else 0, tree, is_leaf=is_node)
+    check_same_structure(params, marks, name, "params")
+
+    def one(path, d, p):
+        if d is None:
+            return p
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        if not isinstance(d, cls):
+            raise TypeError(must_be(where, f"a {cls.__name__} or None", type(d).__name__,
+                                    raw=True))
+        if tuple(shape_of(d)) != tuple(jnp.shape(p)):
+            raise ValueError(must_be(where, f"a {name} for the param's shape "
+                                     f"{tuple(jnp.shape(p))}", f"one of shape {shape_of(d)}",
+                                     raw=True))
+        return fn(p, d)
+
+    return jax.tree_util.tree_map_with_path(one, tree, params, is_leaf=is_node)
 
 
 def check_delta_tree(params: PyTree, delta: PyTree, name: str = "delta") -> None:
@@ -168,18 +188,7 @@ def check_delta_tree(params: PyTree, delta: PyTree, name: str = "delta") -> None
 
 def _map(fn: Any, params: PyTree, delta: PyTree) -> PyTree:
     """``fn(param, SparseDelta)`` on fine-tuned leaves; the other leaves pass through."""
-    check_delta_tree(params, delta)
-
-    def one(path, d, p):
-        if d is None:
-            return p
-        if not is_delta(d):
-            raise TypeError(must_be(f"delta{jax.tree_util.keystr(path)}",
-                                    "a SparseDelta or None", type(d).__name__, raw=True))
-        _check_leaf(path, d, p)
-        return fn(p, d)
-
-    return jax.tree_util.tree_map_with_path(one, delta, params, is_leaf=_is_node)
+    return map_nodes(fn, params, delta, SparseDelta, lambda d: d.shape)
 
 
 def _scatter_add(p: jax.Array, d: SparseDelta) -> jax.Array:
@@ -354,3 +363,23 @@ def delta_table(delta: Any) -> dict[str, SparseDelta]:
                             f"{type(d).__name__}.")
         table[path_str(p)] = d
     return table
+
+
+def map_kernels(fn: Any, params: PyTree, where: Any, key: jax.Array, method: str) -> PyTree:
+    """``fn(kernel, key_a, key_b)`` on every selected leaf of ``params`` (which must be a 2-D
+    ``[in, out]`` kernel, else a ``ValueError`` naming it and ``method``), ``None`` elsewhere;
+    the two keys of the leaf at flat position ``i`` are ``split(key, 2 n)[2 i : 2 i + 2]``."""
+    chosen = select(where, tree=params)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+    keys = jax.random.split(key, 2 * max(len(flat), 1))
+    out = []
+    for i, (path, p) in enumerate(flat):
+        if p is None or not chosen(path, p):
+            out.append(None)
+            continue
+        if jnp.ndim(p) != 2:
+            raise ValueError(must_be(f"params{jax.tree_util.keystr(path)}",
+                                     f"a 2-D [in, out] kernel for {method}",
+                                     f"shape {tuple(jnp.shape(p))}", raw=True))
+        out.append(fn(p, keys[2 * i], keys[2 * i + 1]))
+    return jax.tree.unflatten(treedef, out)

@@ -30,12 +30,10 @@ from sparsejax._checks import (
     check_float,
     check_float_array,
     check_int,
-    check_same_structure,
     check_sparsity,
     must_be,
 )
-from sparsejax.peft.delta import SparseDelta, _scatter_add
-from sparsejax.select import select
+from sparsejax.peft.delta import SparseDelta, _scatter_add, map_kernels, map_nodes
 
 PyTree = Any
 __all__ = ["DseeDelta", "apply", "grebsmo", "init", "is_dsee", "merge", "support", "train",
@@ -193,28 +191,19 @@ def init(
     if count is None:
         num_sparse = check_int(num_sparse, "num_sparse", minimum=1)
     alpha = float(rank) if alpha is None else check_float(alpha, "alpha")
-    chosen = select(where, tree=params)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)
-    keys = jax.random.split(key, 2 * max(len(flat), 1))
-    out = []
-    for i, (path, p) in enumerate(flat):
-        if p is None or not chosen(path, p):
-            out.append(None)
-            continue
-        if jnp.ndim(p) != 2:
-            raise ValueError(must_be(f"params{jax.tree_util.keystr(path)}",
-                                     "a 2-D [in, out] kernel for DSEE",
-                                     f"shape {tuple(jnp.shape(p))}", raw=True))
+
+    def one(p, k_split, k_a):
         din, dout = jnp.shape(p)
         dtype = jnp.result_type(p)
         k = check_int(count((din, dout)), "num_sparse(shape)", minimum=1) if count else num_sparse
-        mask = np.asarray(support(np.asarray(p).T, min(k, din * dout), keys[2 * i],
+        mask = np.asarray(support(np.asarray(p).T, min(k, din * dout), k_split,
                                   **grebsmo_kwargs)).T
         idx = jnp.asarray(np.flatnonzero(mask), jnp.int32)
-        a = jax.random.normal(keys[2 * i + 1], (din, rank), dtype) * np.asarray(0.02, dtype)
+        a = jax.random.normal(k_a, (din, rank), dtype) * np.asarray(0.02, dtype)
         sparse = SparseDelta(idx, jnp.asarray(np.zeros(idx.shape, dtype)), None, (din, dout))
-        out.append(DseeDelta(a, jnp.asarray(np.zeros((rank, dout), dtype)), sparse, alpha / rank))
-    return jax.tree.unflatten(treedef, out)
+        return DseeDelta(a, jnp.asarray(np.zeros((rank, dout), dtype)), sparse, alpha / rank)
+
+    return map_kernels(one, params, where, key, "DSEE")
 
 
 def trainable_count(delta: PyTree) -> int:
@@ -224,22 +213,7 @@ def trainable_count(delta: PyTree) -> int:
 
 
 def _map(fn: Any, params: PyTree, delta: PyTree) -> PyTree:
-    marks = jax.tree.map(lambda d: None if d is None else 0, delta, is_leaf=_is_node)
-    check_same_structure(params, marks, "delta", "params")
-
-    def one(path, d, p):
-        if d is None:
-            return p
-        if not is_dsee(d):
-            raise TypeError(must_be(f"delta{jax.tree_util.keystr(path)}", "a DseeDelta or None",
-                                    type(d).__name__, raw=True))
-        if tuple(jnp.shape(p)) != d.sparse.shape:
-            raise ValueError(must_be(f"delta{jax.tree_util.keystr(path)}",
-                                     f"a delta for the param's shape {tuple(jnp.shape(p))}",
-                                     f"a delta of shape {d.sparse.shape}", raw=True))
-        return fn(p, d)
-
-    return jax.tree_util.tree_map_with_path(one, delta, params, is_leaf=_is_node)
+    return map_nodes(fn, params, delta, DseeDelta, lambda d: d.sparse.shape, "delta")
 
 
 def apply(params: PyTree, delta: PyTree) -> PyTree:

@@ -28,8 +28,8 @@ from jaxtyping import Array, Float
 
 from sparsejax import masks as _masks
 from sparsejax import schedules
-from sparsejax._checks import check_float, check_int, check_same_structure, check_sparsity, must_be
-from sparsejax.select import select
+from sparsejax._checks import check_float, check_int, check_sparsity, must_be
+from sparsejax.peft.delta import map_kernels, map_nodes
 
 PyTree = Any
 __all__ = ["PstFactors", "apply", "binarize", "init", "is_pst", "masks", "merge", "schedule",
@@ -100,27 +100,16 @@ def init(
     mask_rank = check_int(mask_rank, "mask_rank", minimum=1)
     beta, alpha1, alpha2 = (check_float(x, n) for x, n in
                             ((beta, "beta"), (alpha1, "alpha1"), (alpha2, "alpha2")))
-    chosen = select(where, tree=params)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)
-    keys = jax.random.split(key, 2 * max(len(flat), 1))
-    out = []
-    for i, (path, p) in enumerate(flat):
-        if p is None or not chosen(path, p):
-            out.append(None)
-            continue
-        if jnp.ndim(p) != 2:
-            raise ValueError(must_be(f"params{jax.tree_util.keystr(path)}",
-                                     "a 2-D [in, out] kernel for PST",
-                                     f"shape {tuple(jnp.shape(p))}", raw=True))
+
+    def one(p, k_u, k_a):
         din, dout = jnp.shape(p)
         dt = jnp.result_type(p)
-        out.append(PstFactors(
-            jax.random.normal(keys[2 * i], (weight_rank, dout), dt),
-            jnp.zeros((din, weight_rank), dt),
-            jax.random.normal(keys[2 * i + 1], (mask_rank, dout), dt),
-            jnp.zeros((din, mask_rank), dt), jnp.zeros((dout,), dt), jnp.zeros((din,), dt),
-            beta, alpha1, alpha2))
-    return jax.tree.unflatten(treedef, out)
+        return PstFactors(
+            jax.random.normal(k_u, (weight_rank, dout), dt), jnp.zeros((din, weight_rank), dt),
+            jax.random.normal(k_a, (mask_rank, dout), dt), jnp.zeros((din, mask_rank), dt),
+            jnp.zeros((dout,), dt), jnp.zeros((din,), dt), beta, alpha1, alpha2)
+
+    return map_kernels(one, params, where, key, "PST")
 
 
 def trainable_count(factors: PyTree) -> int:
@@ -174,23 +163,7 @@ def binarize(s: Float[Array, "*shape"], sparsity: Any) -> Float[Array, "*shape"]
 
 
 def _map(fn: Any, params: PyTree, factors: PyTree) -> PyTree:
-    marks = jax.tree.map(lambda f: None if f is None else 0, factors, is_leaf=_is_node)
-    check_same_structure(params, marks, "factors", "params")
-
-    def one(path, f, p):
-        if f is None:
-            return p
-        if not is_pst(f):
-            raise TypeError(must_be(f"factors{jax.tree_util.keystr(path)}",
-                                    "a PstFactors or None", type(f).__name__, raw=True))
-        if (f.v.shape[0], f.u.shape[1]) != tuple(jnp.shape(p)):
-            raise ValueError(must_be(f"factors{jax.tree_util.keystr(path)}",
-                                     f"factors of the param's shape {tuple(jnp.shape(p))}",
-                                     f"factors of shape {(f.v.shape[0], f.u.shape[1])}",
-                                     raw=True))
-        return fn(p, f)
-
-    return jax.tree_util.tree_map_with_path(one, factors, params, is_leaf=_is_node)
+    return map_nodes(fn, params, factors, PstFactors, lambda f: (f.v.shape[0], f.u.shape[1]), "factors")
 
 
 def apply(params: PyTree, factors: PyTree, sparsity: Any) -> PyTree:
