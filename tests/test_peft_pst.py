@@ -46,9 +46,12 @@ def test_forward_mask_and_ste_gradients_match_float64_transcription():
         def loss(fs):
             return jnp.sum(x @ pst.apply(params, fs, sparsity)["k"] * gy)
 
-        y = x @ pst.apply(params, factors, sparsity)["k"]
-        m = pst.masks(params, factors, sparsity)["k"]
-        g = jax.grad(loss)(factors)["k"]
+        @jax.jit
+        def run(fs):  # one compile
+            return (x @ pst.apply(params, fs, sparsity)["k"],
+                    pst.masks(params, fs, sparsity)["k"], jax.grad(loss)(fs)["k"])
+
+        y, m, g = run(factors)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(m, mask_ref.T > 0)
     assert int(m.sum()) == 63 - int(63 * 0.6)

@@ -248,7 +248,7 @@ def merge(params: PyTree, delta: PyTree, sparsity: float | None = None) -> PyTre
     check_sparsity(sparsity)
 
     def prune(p, d):
-        k = int(_masks.kept_count(p.size, sparsity))
+        k = _masks.kept_count(p.size, sparsity)
         return jnp.where(_masks.topk(jnp.abs(p), k), p, jnp.zeros((), p.dtype))
 
     return _map(prune, merged, delta)
