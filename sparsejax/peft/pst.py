@@ -46,10 +46,11 @@ class PstFactors:
         v: ``[in, weight_rank]`` (0 at init): the weight update is ``beta * v @ u``.
         a: ``[mask_rank, out]`` (``N(0, 1)``).
         b: ``[in, mask_rank]`` (0): the low-rank score ``alpha1 * b @ a``.
-        row: ``[out]`` (0) and col: ``[in]`` (0): the structured score
-            ``alpha2 * (col[:, None] + row[None, :])``.
-        beta, alpha1, alpha2: the reference's ``weight_beta``, ``mask_alpha1``, ``mask_alpha2``
-            (static).
+        row: ``[out]`` (0) and
+        col: ``[in]`` (0): the structured score ``alpha2 * (col[:, None] + row[None, :])``.
+        beta: the reference's ``weight_beta`` (static).
+        alpha1: ``mask_alpha1`` (static).
+        alpha2: ``mask_alpha2`` (static).
     """
 
     u: Float[Array, "rw dout"]
@@ -90,8 +91,11 @@ def init(
         key: PRNG key of ``u`` and ``a``.
         where: leaf selector (`sparsejax.select`; default: float kernels of ``ndim >= 2``);
             selected leaves must be 2-D.
-        weight_rank, mask_rank: ranks of the weight update and of the low-rank score (8).
-        beta, alpha1, alpha2: the scales (1.0).
+        weight_rank: rank of the weight update (8).
+        mask_rank: rank of the low-rank score (8).
+        beta: scale of the weight update (1.0).
+        alpha1: scale of the low-rank score (1.0).
+        alpha2: scale of the row / column score (1.0).
 
     Returns:
         a tree mirroring ``params``: `PstFactors` on the selected leaves, ``None`` elsewhere.
@@ -217,8 +221,8 @@ def schedule(
         total_steps: ``T``.
         final: the final sparsity.
         initial: the initial sparsity.
-        initial_warmup, final_warmup: fractions of ``T`` (their products with ``T`` must be
-            whole steps).
+        initial_warmup: fraction of ``T`` held at ``initial`` (times ``T``: a whole step count).
+        final_warmup: fraction of ``T`` held at ``final`` (times ``T``: a whole step count).
 
     Returns:
         ``schedule(step) -> float32`` sparsity.
