@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sparsejax.peft import pst
 
@@ -58,6 +60,17 @@ def test_forward_mask_and_ste_gradients_match_float64_transcription():
     for name, want in g_ref.items():
         np.testing.assert_allclose(getattr(g, name), want.T, rtol=1e-10, atol=1e-10,
                                    err_msg=name)
+
+
+_SCORES = np.random.default_rng(4).permutation(35).reshape(5, 7).astype(np.float32)
+
+
+@given(st.floats(0.0, 1.0))
+def test_binarize_prunes_the_floor_of_size_times_sparsity_smallest(sparsity):
+    m = np.asarray(pst.binarize(jnp.asarray(_SCORES), sparsity))
+    pruned = int(np.floor(np.float32(35) * np.float32(sparsity)))
+    assert set(np.unique(m)) <= {0.0, 1.0} and int(m.sum()) == 35 - pruned
+    assert (m == (_SCORES >= pruned)).all()  # scores are 0..34: the `pruned` smallest go
 
 
 def _schedule_reference(step, total_step, initial_warmup, final_warmup, initial, final):
