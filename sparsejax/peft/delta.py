@@ -273,28 +273,41 @@ def values_of(tree: PyTree) -> list[jax.Array]:
     return [d.values for d in jax.tree.leaves(tree, is_leaf=is_delta) if is_delta(d)]
 
 
+def node_grads(grads: PyTree, params: PyTree, cls: type, shape_of: Any, own: Any,
+               dense: Any) -> list:
+    """Per ``cls`` node of ``params`` (tree order): ``own(g)`` where ``grads`` holds a ``cls`` of
+    gradients there, else ``dense(g, node)`` of the dense gradient of the leaf (checked to have
+    ``shape_of(node)``); ``ValueError`` when ``grads`` does not mirror ``params``."""
+    def is_node(x):
+        return x is None or isinstance(x, cls)
+
+    flat, treedef = jax.tree.flatten(params, is_leaf=is_node)
+    name = cls.__name__
+    try:
+        g_flat = treedef.flatten_up_to(grads)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"`updates` must mirror the delta tree (a {name} or the dense "
+                         f"gradient of the leaf where the delta has a {name}); {e}") from None
+    out = []
+    for d, g in zip(flat, g_flat):
+        if not isinstance(d, cls):
+            continue
+        if isinstance(g, cls):
+            out.append(own(g))
+            continue
+        if tuple(jnp.shape(g)) != tuple(shape_of(d)):
+            raise ValueError(must_be("updates", f"the dense gradient of shape {shape_of(d)} or "
+                                     f"a {name}", f"shape {tuple(jnp.shape(g))}", raw=True))
+        out.append(dense(g, d))
+    return out
+
+
 def slot_grads(grads: PyTree, params: PyTree) -> list[jax.Array]:
     """Per `SparseDelta` of ``params``: the gradient of its values, read from ``grads`` (a
     `SparseDelta` of values' gradients, or the dense gradient of the fine-tuned leaf, gathered
     at the indices)."""
-    flat, treedef = jax.tree.flatten(params, is_leaf=_is_node)
-    try:
-        g_flat = treedef.flatten_up_to(grads)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"`updates` must mirror the delta tree (a SparseDelta or the dense "
-                         f"gradient of the leaf where the delta has a SparseDelta); {e}") from None
-    out = []
-    for d, g in zip(flat, g_flat):
-        if not is_delta(d):
-            continue
-        if is_delta(g):
-            out.append(g.values)
-        else:
-            if tuple(jnp.shape(g)) != d.shape:
-                raise ValueError(must_be("updates", f"the dense gradient of shape {d.shape} or a "
-                                         "SparseDelta", f"shape {tuple(jnp.shape(g))}", raw=True))
-            out.append(jnp.ravel(g)[d.indices])
-    return out
+    return node_grads(grads, params, SparseDelta, lambda d: d.shape, lambda g: g.values,
+                      lambda g, d: jnp.ravel(g)[d.indices])
 
 
 def delta_updates(params: PyTree, value_updates: list, new_indices: list | None = None) -> PyTree:

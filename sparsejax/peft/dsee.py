@@ -33,7 +33,7 @@ from sparsejax._checks import (
     check_sparsity,
     must_be,
 )
-from sparsejax.peft.delta import SparseDelta, _scatter_add, map_kernels, map_nodes
+from sparsejax.peft.delta import SparseDelta, _scatter_add, map_kernels, map_nodes, node_grads
 
 PyTree = Any
 __all__ = ["DseeDelta", "apply", "grebsmo", "init", "is_dsee", "merge", "support", "train",
@@ -259,26 +259,14 @@ def _trainables(tree: PyTree) -> list:
             if is_dsee(d)]
 
 
+def _chain(g: jax.Array, d: DseeDelta) -> tuple:
+    g = g.astype(d.a.dtype) * d.scale  # chain rule through w + scale * (a b + S)
+    return g @ d.b.T, d.a.T @ g, jnp.ravel(g)[d.sparse.indices]
+
+
 def _grads(updates: PyTree, params: PyTree) -> list:
-    flat, treedef = jax.tree.flatten(params, is_leaf=_is_node)
-    try:
-        g_flat = treedef.flatten_up_to(updates)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"`updates` must mirror the delta tree (a DseeDelta or the dense "
-                         f"gradient of the kernel where the delta has a DseeDelta); {e}") from None
-    out = []
-    for d, g in zip(flat, g_flat):
-        if not is_dsee(d):
-            continue
-        if is_dsee(g):
-            out.append((g.a, g.b, g.sparse.values))
-            continue
-        if tuple(jnp.shape(g)) != d.sparse.shape:
-            raise ValueError(must_be("updates", f"the dense gradient of shape {d.sparse.shape} "
-                                     "or a DseeDelta", f"shape {tuple(jnp.shape(g))}", raw=True))
-        g = g.astype(d.a.dtype) * d.scale  # chain rule through w + scale * (a b + S)
-        out.append((g @ d.b.T, d.a.T @ g, jnp.ravel(g)[d.sparse.indices]))
-    return out
+    return node_grads(updates, params, DseeDelta, lambda d: d.sparse.shape,
+                      lambda g: (g.a, g.b, g.sparse.values), _chain)
 
 
 def train(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
