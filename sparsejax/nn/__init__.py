@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sparsejax.nn import eqx
     from sparsejax.nn.activation import Threshold, ThresholdLinear
     from sparsejax.nn.attention import SparseMultiHeadAttention
-    from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
+    from sparsejax.nn.linear import BDWPLinear, BlockSparseLinear, NMLinear, SparseStructure
     from sparsejax.nn.lista import LISTA
     from sparsejax.nn.lsr import TermWeightHead
     from sparsejax.nn.masked import Masked
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
+    "BDWPLinear",
     "BlockSparseLinear",
     "LISTA",
     "MoE",
@@ -58,6 +59,7 @@ _HOMES = {
     "Threshold": "activation",
     "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
+    "BDWPLinear": "linear",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",
     "SparseStructure": "linear",

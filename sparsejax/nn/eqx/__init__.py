@@ -13,7 +13,7 @@ from sparsejax._lazy import lazy_getattr
 if TYPE_CHECKING:
     from sparsejax.nn.eqx.activation import ThresholdLinear
     from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
-    from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
+    from sparsejax.nn.eqx.linear import BDWPLinear, BlockSparseLinear, NMLinear
     from sparsejax.nn.eqx.lista import LISTA
     from sparsejax.nn.eqx.lsr import TermWeightHead
     from sparsejax.nn.eqx.masked import Masked
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
+    "BDWPLinear",
     "BlockSparseLinear",
     "LISTA",
     "MoE",
@@ -47,6 +48,7 @@ _HOMES = {
     "TermWeightHead": "lsr",
     "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
+    "BDWPLinear": "linear",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",
     "LISTA": "lista",
