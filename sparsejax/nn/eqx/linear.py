@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from sparsejax._checks import check_bool
 from sparsejax.formats import BlockSparse, NMSparse
-from sparsejax.nn._weights import bdwp_kernel, build_bsr, build_nm, init_bias
-from sparsejax.ops import dense_bsr_matmul, dense_nm_matmul
+from sparsejax.nn._weights import bdwp_kernel, build_bsr, build_nm, init_bias, transposable_nm
+from sparsejax.ops import dense_bsr_matmul, dense_nm_matmul, dense_transposable_nm_matmul
 
 __all__ = ["BDWPLinear", "BlockSparseLinear", "NMLinear"]
 
@@ -74,27 +75,36 @@ class BlockSparseLinear(eqx.Module):
 class NMLinear(eqx.Module):
     """Equinox linear layer with an N:M kernel ``[in, out]`` grouped along ``in`` (axis 0).
 
-    Same arguments as `sparsejax.nn.NMLinear`, with ``key`` instead of ``rngs``.
+    Same arguments as `sparsejax.nn.NMLinear`, with ``key`` instead of ``rngs``
+    (``transposable=True``: a transposable N:M kernel whose backward ``g @ W^T`` is N:M too).
 
     Attributes:
         weight: the `sparsejax.formats.NMSparse` kernel ``[in, out]``.
         bias: ``[out]`` or ``None``.
         backend: passed to `sparsejax.ops.dense_nm_matmul` (static).
+        transposable: the product runs through `sparsejax.ops.dense_transposable_nm_matmul`
+            (static).
     """
 
     weight: NMSparse
     bias: Array | None
     backend: str = eqx.field(static=True)
+    transposable: bool = eqx.field(static=True, default=False)
 
     def __init__(self, in_features: int, out_features: int, *, n: int = 2, m: int = 4,
                  kernel: Float[Array, "in out"] | None = None,
                  mask: Bool[Array, "in out"] | None = None,
                  bias: Float[Array, " out"] | None = None, use_bias: bool = True,
                  backend: str = "auto", param_dtype: jnp.dtype = jnp.float32,
-                 key: jax.Array | None = None):
+                 key: jax.Array | None = None, transposable: bool = False):
+        check_bool(transposable, "transposable")
+        if transposable:
+            kernel, mask = transposable_nm(in_features, out_features, n, m, kernel, mask, key,
+                                           param_dtype)
         self.weight = build_nm(in_features, out_features, n, m, kernel, mask, key, param_dtype)
         self.bias = init_bias(bias, use_bias, out_features, self.weight.dtype)
         self.backend = backend
+        self.transposable = transposable
 
     @property
     def in_features(self) -> int:
@@ -107,8 +117,13 @@ class NMLinear(eqx.Module):
         return self.weight.shape[1]
 
     def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
-        """``x @ W + b`` through `sparsejax.ops.dense_nm_matmul`."""
-        y = dense_nm_matmul(x, self.weight, backend=self.backend)
+        """``x @ W + b`` through `sparsejax.ops.dense_nm_matmul` (or, with ``transposable``,
+        `sparsejax.ops.dense_transposable_nm_matmul`)."""
+        if self.transposable:
+            y = dense_transposable_nm_matmul(x.reshape(-1, x.shape[-1]), self.weight)
+            y = y.reshape(*x.shape[:-1], y.shape[-1])
+        else:
+            y = dense_nm_matmul(x, self.weight, backend=self.backend)
         return y if self.bias is None else y + self.bias
 
 
