@@ -111,28 +111,62 @@ def run_masks(args):
             "both_axes_2_4": both, "sinkhorn_4_8_ratio": ratio}
 
 
+def layer_section(width, batch=256, repeats=10, dtype=jnp.float32, mask_method="auto"):
+    """Forward+backward of ``x @ W`` at 2:4 (``[width, width]``, ``dtype``): dense, forward-only
+    N:M and transposable N:M (its mask by ``mask_method``); each sparse gradient checked against
+    the dense masked one."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    w = (jax.random.normal(k1, (width, width)) / np.sqrt(width)).astype(dtype)
+    x = jax.random.normal(k2, (batch, width)).astype(dtype)
+    fwd_only = NMSparse.from_dense(w, 2, 4, axis=0)
+    trans = NMSparse.from_dense(w, 2, 4, axis=0, mask=masks.nm_transposable(
+        jnp.abs(w).astype(jnp.float32), 2, 4, method=mask_method))
+
+    def grad_of(f):
+        return jax.jit(jax.grad(lambda v, x: jnp.sum(f(x, v).astype(jnp.float32) ** 2),
+                                argnums=(0, 1)))
+
+    dense = grad_of(lambda x, v: x @ v)
+    rows = {"width": width, "batch": batch, "dtype": jnp.dtype(dtype).name, "failures": []}
+    t_d = timed(dense, w, x, repeats=repeats)
+    rows["dense_ms"] = t_d * 1e3
+    for name, fmt, op in (("forward_only_nm", fwd_only, ops.dense_nm_matmul),
+                          ("transposable_nm", trans, ops.dense_transposable_nm_matmul)):
+        f = grad_of(lambda x, v, fmt=fmt, op=op: op(x, fmt.replace(values=v)))
+        t = timed(f, fmt.values, x, repeats=repeats)
+        gv, gx = f(fmt.values, x)
+        ref_w, ref_x = dense(fmt.to_dense(), x)
+        got = fmt.replace(values=gv).to_dense().astype(jnp.float32)
+        want = jnp.where(fmt.mask(), ref_w, 0).astype(jnp.float32)
+        err = float(jnp.max(jnp.abs(got - want)) / (jnp.max(jnp.abs(want)) + 1e-30))
+        err = max(err, float(jnp.max(jnp.abs(gx - ref_x).astype(jnp.float32))
+                             / (jnp.max(jnp.abs(ref_x)).astype(jnp.float32) + 1e-30)))
+        rows[f"{name}_ms"], rows[f"{name}_ratio"], rows[f"{name}_rel_err"] = (
+            t * 1e3, t / t_d, err)
+        if not err < (2e-2 if jnp.dtype(dtype).itemsize < 4 else 1e-4):
+            rows["failures"].append(f"{name}: gradient rel err {err:.2e}")
+    return rows
+
+
+def accel_section(width, batch, repeats, dtype=jnp.bfloat16, mask_method="auto"):
+    """`layer_section` on the accelerator (``benchmarks/device_check.py``)."""
+    print(f"== N:M layer fwd+bwd on {jax.default_backend()} ({width}^2, batch {batch}, "
+          f"{jnp.dtype(dtype).name}) ==", flush=True)
+    r = layer_section(width, batch, repeats, dtype, mask_method)
+    print(f"  dense {r['dense_ms']:.3f} ms; forward-only N:M {r['forward_only_nm_ms']:.3f} ms "
+          f"({r['forward_only_nm_ratio']:.2f}x); transposable N:M {r['transposable_nm_ms']:.3f} "
+          f"ms ({r['transposable_nm_ratio']:.2f}x)", flush=True)
+    return r
+
+
 def run_layer(args):
     print("== layer forward+backward (batch 256, 2:4) ==")
-    d = args.width
-    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-    w = jax.random.normal(k1, (d, d)) / np.sqrt(d)
-    x = jax.random.normal(k2, (256, d))
-    fwd_only = NMSparse.from_dense(w, 2, 4, axis=0)
-    trans = NMSparse.from_dense(w, 2, 4, axis=0, mask=masks.nm_transposable(jnp.abs(w), 2, 4))
-
-    def grad_of(f, w0):
-        return jax.jit(jax.grad(lambda v, x: jnp.sum(f(x, v) ** 2), argnums=(0, 1)))
-
-    dense = grad_of(lambda x, v: x @ v, w)
-    nm = grad_of(lambda x, v: ops.dense_nm_matmul(x, fwd_only.replace(values=v)), None)
-    tr = grad_of(lambda x, v: ops.dense_transposable_nm_matmul(x, trans.replace(values=v)), None)
-    t_d = timed(dense, w, x, repeats=args.repeats)
-    t_n = timed(nm, fwd_only.values, x, repeats=args.repeats)
-    t_t = timed(tr, trans.values, x, repeats=args.repeats)
-    print(f"  dense {t_d * 1e3:.2f} ms; forward-only N:M {t_n * 1e3:.2f} ms ({t_n / t_d:.2f}x); "
-          f"transposable N:M {t_t * 1e3:.2f} ms ({t_t / t_d:.2f}x)")
-    return {"width": d, "dense_ms": t_d * 1e3, "forward_only_nm_ms": t_n * 1e3,
-            "transposable_nm_ms": t_t * 1e3}
+    r = layer_section(args.width, 256, args.repeats)
+    print(f"  dense {r['dense_ms']:.2f} ms; forward-only N:M {r['forward_only_nm_ms']:.2f} ms "
+          f"({r['forward_only_nm_ratio']:.2f}x); transposable N:M {r['transposable_nm_ms']:.2f} "
+          f"ms ({r['transposable_nm_ratio']:.2f}x); gradient rel err "
+          f"{r['forward_only_nm_rel_err']:.1e} / {r['transposable_nm_rel_err']:.1e}")
+    return r
 
 
 def run_quality(args):
