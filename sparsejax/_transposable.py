@@ -148,6 +148,16 @@ def _best_codes(x: jax.Array, n: int, m: int) -> jax.Array:
     return best
 
 
+def _chunked_codes(rows: jax.Array, n: int, m: int, steps: int) -> jax.Array:
+    """`_best_codes` over ``steps`` equal chunks of block rows in sequence (`lax.map`; zero-padded
+    to equal chunks: one compiled body, no remainder pass)."""
+    count, _, c = rows.shape
+    chunk = -(-count // steps)
+    rows = jnp.pad(rows, ((0, steps * chunk - count), (0, 0), (0, 0)))
+    best = lax.map(partial(_best_codes, n=n, m=m), rows.reshape(steps, chunk, m, c))
+    return best.reshape(steps * chunk, c // m)[:count]
+
+
 @partial(jax.jit, static_argnums=(1, 2))
 def enumerate_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
     """Exact transposable mask by pattern enumeration (``m <= ENUMERATE_MAX_M``).
@@ -157,9 +167,10 @@ def enumerate_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
     choice sums (6 per row at 2:4) are formed once; the top ``m // 2`` rows' choices are reduced
     to the best per column-count vector (19 at 2:4), likewise the bottom rows', and the best
     pattern is the best sum of a top vector and its complementary bottom vector (36 + 36 + 19
-    candidates instead of 90 four-term sums). The pass runs as one elementwise fusion per chunk of
-    block rows (`lax.map`), so the ``m * m`` strided reads of a block's entries hit the cache;
-    the winner's code is decoded through small constant tables. Ties (equal kept sums, the sum
+    candidates instead of 90 four-term sums). On CPU the pass runs as one elementwise fusion per
+    chunk of block rows (`lax.map`), so the ``m * m`` strided reads of a block's entries hit the
+    cache (on other platforms as one fusion over every block); the winner's code is decoded
+    through small constant tables. Ties (equal kept sums, the sum
     taken as top half plus bottom half) go to the first pattern in lexicographic order of the
     rows' kept positions.
     """
@@ -167,13 +178,12 @@ def enumerate_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
     rows = scores.reshape(-1, m, c)  # [block rows, m, C]; clamped per chunk (one pass, cached)
     count = rows.shape[0]
     steps = -(-count // max(1, _CHUNK_ELEMS // (m * c)))
+    whole = partial(_best_codes, n=n, m=m)
     if steps <= 1:
-        best = _best_codes(rows, n, m)
-    else:  # equal chunks (zero-padded: one compiled body, no remainder pass)
-        chunk = -(-count // steps)
-        rows = jnp.pad(rows, ((0, steps * chunk - count), (0, 0), (0, 0)))
-        best = lax.map(partial(_best_codes, n=n, m=m), rows.reshape(steps, chunk, m, c))
-        best = best.reshape(steps * chunk, c // m)[:count]
+        best = whole(rows)
+    else:  # chunks on CPU (its caches); one pass over every block on accelerators
+        best = lax.platform_dependent(rows, cpu=partial(_chunked_codes, n=n, m=m, steps=steps),
+                                      default=whole)
     table = _code_table(n, m)
     planes = [[jnp.asarray(table[:, i, j])[best] for j in range(m)] for i in range(m)]
     out = jnp.stack([jnp.stack(row, axis=-1) for row in planes], axis=-3)  # [rows, m, C/m, m]
