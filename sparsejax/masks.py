@@ -350,7 +350,7 @@ def nm_transposable(scores: Float[Array, "*batch R C"], n: int, m: int, axis: in
       per block, exact, by meeting in the middle (the best top-half and bottom-half row choices
       per column-count vector, 19 at 2:4) in one cache-blocked elementwise pass; ties go to the
       first pattern in lexicographic order of the rows' kept positions. A 4096 x 4096 float32
-      2:4 mask takes about 2x the plain `nm` mask (``benchmarks/masks.py``).
+      2:4 mask takes 1-1.5x the time of the plain `nm` mask on CPU (``benchmarks/masks.py``).
     * ``"exact"`` (any ``n:m``, host only): one sparse ``scipy.optimize.milp`` over all blocks;
       needs concrete scores (not under ``jit``).
     * ``"sinkhorn"`` (any ``n:m``, traceable, approximate): Sinkhorn to a doubly stochastic
