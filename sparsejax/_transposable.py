@@ -170,9 +170,8 @@ def enumerate_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
     candidates instead of 90 four-term sums). On CPU the pass runs as one elementwise fusion per
     chunk of block rows (`lax.map`), so the ``m * m`` strided reads of a block's entries hit the
     cache (on other platforms as one fusion over every block); the winner's code is decoded
-    through small constant tables. Ties (equal kept sums, the sum
-    taken as top half plus bottom half) go to the first pattern in lexicographic order of the
-    rows' kept positions.
+    through small constant tables. Ties (equal kept sums, the sum taken as top half plus bottom
+    half) go to the first pattern in lexicographic order of the rows' kept positions.
     """
     *lead, r, c = scores.shape
     rows = scores.reshape(-1, m, c)  # [block rows, m, C]; clamped per chunk (one pass, cached)
