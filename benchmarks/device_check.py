@@ -16,7 +16,9 @@ On a machine where JAX sees a GPU, ``python benchmarks/device_check.py``:
    ``[4096, 256]``: ``pallas_gpu`` against cuSPARSE via BCSR and dense cuBLAS, with the kernel's
    effective memory bandwidth), and ``benchmarks/activation.py``'s accelerator section
    (``sparse_input_matmul`` / dense, bf16, a 4096 x 11008 weight at batch 1 and 8, input
-   sparsity 0 to 90%; ``pallas_gpu``, ``xla``);
+   sparsity 0 to 90%; ``pallas_gpu``, ``xla``), and ``benchmarks/nm_training.py``'s N:M layer
+   (forward+backward of ``x @ W``, bf16, 8192^2, batch 4096, 2:4: dense, forward-only N:M and
+   transposable N:M, gradients checked against the dense masked ones; not in the dry run);
 4. prints one JSON summary (device, jax/jaxlib versions, tests passed/failed, every ratio) and
    writes it to ``--out`` (default ``results/device_check.json``);
 5. exits 1 if any on-device test or benchmark point failed, else 0.
@@ -53,7 +55,7 @@ FULL = dict(matmul_size=8192, matmul_block=128, densities=(1.0, 0.5, 0.25, 0.1, 
             seqs=(8192, 16384, 32768, 65536), heads=8, dim=64, attn_block=128, repeats=5,
             retrieval_docs=100_000, retrieval_queries=1000,
             csr_size=4096, csr_n=256, csr_sparsities=(0.8, 0.9, 0.95),
-            act_k=4096, act_n=11008, act_batches=(1, 8))
+            act_k=4096, act_n=11008, act_batches=(1, 8), nm_width=8192, nm_batch=4096)
 DRY = dict(matmul_size=64, matmul_block=16, densities=(1.0, 0.25), seqs=(64,), heads=2, dim=16,
            attn_block=16, repeats=1, retrieval_docs=500, retrieval_queries=8, csr_size=32, csr_n=16,
            csr_sparsities=(0.9,), act_k=64, act_n=128, act_batches=(1,))
@@ -156,10 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg["act_k"], cfg["act_n"], list(cfg["act_batches"]), cfg["repeats"],
         dtype=jnp.bfloat16, interpret=interpret)
     summary["activation"] = activation
+    if args.dry_run:  # its CPU compiles cost seconds; benchmarks/nm_training.py runs it on CPU
+        nm_layer = {"skipped": "dry run", "failures": []}
+    else:
+        nm_layer = _load("nm_training").accel_section(cfg["nm_width"], cfg["nm_batch"],
+                                                      cfg["repeats"], dtype=jnp.bfloat16)
+    summary["nm_layer"] = nm_layer
     failed_tests = summary["tests"]["failed"] if summary["tests"] else 0
     summary["failures"] = (failed_tests + len(matmul["failures"]) + len(attention["failures"])
                            + len(retrieval["failures"]) + len(csr["failures"])
-                           + len(activation["failures"]))
+                           + len(activation["failures"]) + len(nm_layer["failures"]))
     summary["wall_s"] = time.perf_counter() - start
     summary["ok"] = summary["failures"] == 0
     out.parent.mkdir(parents=True, exist_ok=True)

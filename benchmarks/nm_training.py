@@ -16,6 +16,14 @@ Sections (``--sections`` picks a subset), JSON to ``--out`` and printed ratios:
   mask); test accuracy after the hard projection, the pruned-to-kept |W| mass before it, and the
   relative change of the training loss from each method's own training forward to the projected
   weights.
+* ``transformer``: a tiny causal character-level transformer (``--lm-layers`` blocks, width
+  ``--lm-width``, 4 heads, context 64) trained ``--lm-steps`` Adam steps on the text of this
+  repository's ``docs/*.md`` (the last 10% held out), every block kernel at 2:4 along ``in``
+  (embeddings and the output head dense): dense; SR-STE; SR-STE on transposable masks
+  (`sparsejax.masks.nm_transposable`, N:M along both axes); BDWP (`sparsejax.training.bdwp_matmul`:
+  forward N:M along ``in``, input gradient N:M along ``out``); CAST (`sparsejax.training.adams` on
+  the dense forward, then `sparsejax.training.project`). Held-out cross-entropy (bits per
+  character) of each method's final sparse weights, and wall time.
 
 Run from the repository root: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
 benchmarks/nm_training.py``. The CPU is shared; state the load (``uptime``) with any figure.
@@ -103,28 +111,62 @@ def run_masks(args):
             "both_axes_2_4": both, "sinkhorn_4_8_ratio": ratio}
 
 
+def layer_section(width, batch=256, repeats=10, dtype=jnp.float32, mask_method="auto"):
+    """Forward+backward of ``x @ W`` at 2:4 (``[width, width]``, ``dtype``): dense, forward-only
+    N:M and transposable N:M (its mask by ``mask_method``); each sparse gradient checked against
+    the dense masked one."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    w = (jax.random.normal(k1, (width, width)) / np.sqrt(width)).astype(dtype)
+    x = jax.random.normal(k2, (batch, width)).astype(dtype)
+    fwd_only = NMSparse.from_dense(w, 2, 4, axis=0)
+    trans = NMSparse.from_dense(w, 2, 4, axis=0, mask=masks.nm_transposable(
+        jnp.abs(w).astype(jnp.float32), 2, 4, method=mask_method))
+
+    def grad_of(f):
+        return jax.jit(jax.grad(lambda v, x: jnp.sum(f(x, v).astype(jnp.float32) ** 2),
+                                argnums=(0, 1)))
+
+    dense = grad_of(lambda x, v: x @ v)
+    rows = {"width": width, "batch": batch, "dtype": jnp.dtype(dtype).name, "failures": []}
+    t_d = timed(dense, w, x, repeats=repeats)
+    rows["dense_ms"] = t_d * 1e3
+    for name, fmt, op in (("forward_only_nm", fwd_only, ops.dense_nm_matmul),
+                          ("transposable_nm", trans, ops.dense_transposable_nm_matmul)):
+        f = grad_of(lambda x, v, fmt=fmt, op=op: op(x, fmt.replace(values=v)))
+        t = timed(f, fmt.values, x, repeats=repeats)
+        gv, gx = f(fmt.values, x)
+        ref_w, ref_x = dense(fmt.to_dense(), x)
+        got = fmt.replace(values=gv).to_dense().astype(jnp.float32)
+        want = jnp.where(fmt.mask(), ref_w, 0).astype(jnp.float32)
+        err = float(jnp.max(jnp.abs(got - want)) / (jnp.max(jnp.abs(want)) + 1e-30))
+        err = max(err, float(jnp.max(jnp.abs(gx - ref_x).astype(jnp.float32))
+                             / (jnp.max(jnp.abs(ref_x)).astype(jnp.float32) + 1e-30)))
+        rows[f"{name}_ms"], rows[f"{name}_ratio"], rows[f"{name}_rel_err"] = (
+            t * 1e3, t / t_d, err)
+        if not err < (2e-2 if jnp.dtype(dtype).itemsize < 4 else 1e-4):
+            rows["failures"].append(f"{name}: gradient rel err {err:.2e}")
+    return rows
+
+
+def accel_section(width, batch, repeats, dtype=jnp.bfloat16, mask_method="auto"):
+    """`layer_section` on the accelerator (``benchmarks/device_check.py``)."""
+    print(f"== N:M layer fwd+bwd on {jax.default_backend()} ({width}^2, batch {batch}, "
+          f"{jnp.dtype(dtype).name}) ==", flush=True)
+    r = layer_section(width, batch, repeats, dtype, mask_method)
+    print(f"  dense {r['dense_ms']:.3f} ms; forward-only N:M {r['forward_only_nm_ms']:.3f} ms "
+          f"({r['forward_only_nm_ratio']:.2f}x); transposable N:M {r['transposable_nm_ms']:.3f} "
+          f"ms ({r['transposable_nm_ratio']:.2f}x)", flush=True)
+    return r
+
+
 def run_layer(args):
     print("== layer forward+backward (batch 256, 2:4) ==")
-    d = args.width
-    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
-    w = jax.random.normal(k1, (d, d)) / np.sqrt(d)
-    x = jax.random.normal(k2, (256, d))
-    fwd_only = NMSparse.from_dense(w, 2, 4, axis=0)
-    trans = NMSparse.from_dense(w, 2, 4, axis=0, mask=masks.nm_transposable(jnp.abs(w), 2, 4))
-
-    def grad_of(f, w0):
-        return jax.jit(jax.grad(lambda v, x: jnp.sum(f(x, v) ** 2), argnums=(0, 1)))
-
-    dense = grad_of(lambda x, v: x @ v, w)
-    nm = grad_of(lambda x, v: ops.dense_nm_matmul(x, fwd_only.replace(values=v)), None)
-    tr = grad_of(lambda x, v: ops.dense_transposable_nm_matmul(x, trans.replace(values=v)), None)
-    t_d = timed(dense, w, x, repeats=args.repeats)
-    t_n = timed(nm, fwd_only.values, x, repeats=args.repeats)
-    t_t = timed(tr, trans.values, x, repeats=args.repeats)
-    print(f"  dense {t_d * 1e3:.2f} ms; forward-only N:M {t_n * 1e3:.2f} ms ({t_n / t_d:.2f}x); "
-          f"transposable N:M {t_t * 1e3:.2f} ms ({t_t / t_d:.2f}x)")
-    return {"width": d, "dense_ms": t_d * 1e3, "forward_only_nm_ms": t_n * 1e3,
-            "transposable_nm_ms": t_t * 1e3}
+    r = layer_section(args.width, 256, args.repeats)
+    print(f"  dense {r['dense_ms']:.2f} ms; forward-only N:M {r['forward_only_nm_ms']:.2f} ms "
+          f"({r['forward_only_nm_ratio']:.2f}x); transposable N:M {r['transposable_nm_ms']:.2f} "
+          f"ms ({r['transposable_nm_ratio']:.2f}x); gradient rel err "
+          f"{r['forward_only_nm_rel_err']:.1e} / {r['transposable_nm_rel_err']:.1e}")
+    return r
 
 
 def run_quality(args):
@@ -188,14 +230,121 @@ def run_quality(args):
     return rows
 
 
+def _lm_data(context):
+    text = "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
+    vocab = sorted(set(text))
+    ids = np.asarray([vocab.index(c) for c in text], np.int32)
+    cut = int(0.9 * len(ids))
+    return ids[:cut], ids[cut:], len(vocab)
+
+
+def _lm_init(key, vocab, width, layers, context):
+    ks = iter(jax.random.split(key, 3 + 4 * layers))
+    nrm = lambda shape, fan: jax.random.normal(next(ks), shape) / np.sqrt(fan)  # noqa: E731
+    p = {"embed": nrm((vocab, width), 50.0), "pos": nrm((context, width), 50.0),
+         "head": nrm((width, vocab), width)}
+    for i in range(layers):
+        p[f"block{i}"] = {name: {"kernel": nrm((k, n), k)} for name, (k, n) in {
+            "qkv": (width, 3 * width), "proj": (width, width), "up": (width, 4 * width),
+            "down": (4 * width, width)}.items()}
+    return p
+
+
+def _lm_apply(p, tokens, mm=jnp.matmul, heads=4):
+    """Logits ``[B, T, vocab]``; ``mm(x, kernel)`` runs every block product."""
+    norm = lambda x: x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)  # noqa: E731
+    b, t = tokens.shape
+    x = p["embed"][tokens] + p["pos"][:t]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    for i in range(sum(k.startswith("block") for k in p)):
+        blk = p[f"block{i}"]
+        q, k, v = jnp.split(mm(norm(x), blk["qkv"]["kernel"]), 3, axis=-1)
+        q, k, v = (a.reshape(b, t, heads, -1) for a in (q, k, v))
+        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+        att = jax.nn.softmax(jnp.where(causal, att, -1e9), axis=-1)
+        x = x + mm(jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, -1),
+                   blk["proj"]["kernel"])
+        x = x + mm(jax.nn.gelu(mm(norm(x), blk["up"]["kernel"])), blk["down"]["kernel"])
+    return norm(x) @ p["head"]
+
+
+def run_transformer(args):
+    ctx, batch = 64, 32
+    train_ids, val_ids, vocab = _lm_data(ctx)
+    print(f"== tiny char transformer ({args.lm_layers} x {args.lm_width}, {args.lm_steps} steps, "
+          f"{len(train_ids)} train / {len(val_ids)} held-out chars, vocab {vocab}), 2:4 ==")
+    kernels = "*kernel"
+    nm_masks = lambda p: sj.compute_masks(p, "nm", n=2, m=4, axis=0, where=kernels)  # noqa: E731
+    tr_masks = lambda p: sj.compute_masks(p, "nm_transposable", n=2, m=4,  # noqa: E731
+                                          where=kernels)
+    starts = np.arange(0, len(val_ids) - ctx - 1, ctx)
+    val_x = jnp.asarray(np.stack([val_ids[s:s + ctx] for s in starts]))
+    val_y = jnp.asarray(np.stack([val_ids[s + 1:s + ctx + 1] for s in starts]))
+
+    def xent(logits, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def apply_masks(p, mk):
+        return jax.tree.map(lambda m, w: w if m is None else jnp.where(m, w, 0), mk, p,
+                            is_leaf=lambda v: v is None)
+
+    lr = 3e-3
+    methods = {  # name: (optimizer, training forward params -> params, block matmul, final masks)
+        "dense": (optax.adam(lr), lambda p: p, jnp.matmul, None),
+        "SR-STE 2:4": (optax.adam(lr), lambda p: T.sr_ste(p, nm_masks, 2e-4), jnp.matmul,
+                       nm_masks),
+        "transposable SR-STE 2:4": (optax.adam(lr), lambda p: T.sr_ste(p, tr_masks, 2e-4),
+                                    jnp.matmul, tr_masks),
+        "BDWP 2:4": (optax.adam(lr), lambda p: p, lambda x, w: T.bdwp_matmul(x, w), nm_masks),
+        "CAST 2:4": (T.adams(args.lm_cast_lr, where=kernels, decay=T.cast_decay(
+            args.cast_decay, args.lm_steps // 2)), lambda p: p, jnp.matmul, nm_masks),
+    }
+    offsets = jax.random.randint(jax.random.PRNGKey(7), (args.lm_steps, batch), 0,
+                                 len(train_ids) - ctx - 1)
+    train_arr = jnp.asarray(train_ids)
+    rows = []
+    for name, (tx, forward, mm, final_masks) in methods.items():
+        params = _lm_init(jax.random.PRNGKey(0), vocab, args.lm_width, args.lm_layers, ctx)
+
+        @jax.jit
+        def train(params, offsets, tx=tx, forward=forward, mm=mm):
+            def step(carry, off):
+                p, s = carry
+                idx = off[:, None] + jnp.arange(ctx + 1)
+                seq = train_arr[idx]
+                loss, g = jax.value_and_grad(
+                    lambda q: xent(_lm_apply(forward(q), seq[:, :-1], mm), seq[:, 1:]))(p)
+                u, s = tx.update(g, s, p)
+                return (optax.apply_updates(p, u), s), loss
+
+            (p, _), losses = jax.lax.scan(step, (params, tx.init(params)), offsets)
+            return p, losses
+
+        t0 = time.perf_counter()
+        params, losses = jax.block_until_ready(train(params, offsets))
+        wall = time.perf_counter() - t0
+        final = params if final_masks is None else apply_masks(params, final_masks(params))
+        val = float(xent(_lm_apply(final, val_x), val_y)) / np.log(2)
+        row = {"method": name, "val_bits_per_char": val, "train_loss_last": float(losses[-1]),
+               "wall_s": wall}
+        rows.append(row)
+        print(f"  {name:24s} held-out {val:.3f} bits/char (final sparse weights); last train "
+              f"loss {row['train_loss_last']:.3f} nats; {wall:.1f} s incl. compile", flush=True)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="masks,layer,quality")
+    p.add_argument("--sections", default="masks,layer,quality,transformer")
     p.add_argument("--blocks", type=int, default=10000)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--cast-lr", type=float, default=3e-4)
+    p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--lm-width", type=int, default=64)
+    p.add_argument("--lm-layers", type=int, default=2)
+    p.add_argument("--lm-cast-lr", type=float, default=1e-3)
     p.add_argument("--cast-decay", type=float, default=5e-2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "results" / "nm_training.json")
@@ -203,7 +352,8 @@ def main():
     result = {"machine": platform.platform(), "jax": jax.__version__,
               "backend": jax.default_backend(), "load": os.getloadavg(),
               "args": vars(args) | {"out": str(args.out)}}
-    runners = {"masks": run_masks, "layer": run_layer, "quality": run_quality}
+    runners = {"masks": run_masks, "layer": run_layer, "quality": run_quality,
+               "transformer": run_transformer}
     for s in [s.strip() for s in args.sections.split(",") if s.strip()]:
         result[s] = runners[s](args)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -346,9 +346,11 @@ def nm_transposable(scores: Float[Array, "*batch R C"], n: int, m: int, axis: in
     (`sparsejax.formats.NMSparse.transpose`). Among all such masks it maximises the kept score
     (a bipartite b-matching per block; its LP is totally unimodular, so the optimum is exact):
 
-    * ``"enumerate"`` (``m <= 4``, traceable): one matmul of the block scores with every feasible
-      pattern (90 for 2:4) and an argmax per block; ties go to the first pattern in lexicographic
-      order of the rows' kept positions.
+    * ``"enumerate"`` (``m <= 4``, traceable): the best of every feasible pattern (90 for 2:4)
+      per block, exact, by meeting in the middle (the best top-half and bottom-half row choices
+      per column-count vector, 19 at 2:4) in one cache-blocked elementwise pass; ties go to the
+      first pattern in lexicographic order of the rows' kept positions. A 4096 x 4096 float32
+      2:4 mask takes 1-1.5x the time of the plain `nm` mask on CPU (``benchmarks/masks.py``).
     * ``"exact"`` (any ``n:m``, host only): one sparse ``scipy.optimize.milp`` over all blocks;
       needs concrete scores (not under ``jit``).
     * ``"sinkhorn"`` (any ``n:m``, traceable, approximate): Sinkhorn to a doubly stochastic

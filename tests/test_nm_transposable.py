@@ -129,3 +129,25 @@ def test_batch_axes_and_trivial_n():
 def test_errors(call, err, match):
     with pytest.raises(err, match=match):
         call(jnp.ones((8, 8)))
+
+
+def test_chunked_pass_matches_brute_force(monkeypatch):
+    """The cache-blocked pass (`lax.map` over chunks of block rows, with a remainder chunk) keeps
+    the brute-force optimum, with the documented tie rule: among equal kept sums the first
+    pattern in lexicographic order of the rows' kept positions."""
+    from sparsejax import _transposable as tr
+
+    monkeypatch.setattr(tr, "_CHUNK_ELEMS", 3 * 4 * 12)  # 3 block rows per chunk
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 28, 12)).astype(np.float32)  # 14 block rows: 4 chunks + 2
+    x[0, :4, :4] = 1.0  # an all-tied block
+    x[1, 4:8, 4:8] = rng.integers(0, 2, (4, 4))  # many ties
+    mask = np.asarray(jax.jit(tr.enumerate_mask.__wrapped__, static_argnums=(1, 2))(
+        jnp.asarray(x), 2, 4))
+    feasible = tr.patterns(2, 4).reshape(-1, 4, 4).astype(bool)  # lexicographic order
+    for blk, keep in zip(to_blocks(x.reshape(56, 12), 4), to_blocks(mask.reshape(56, 12), 4)):
+        sums = (feasible * blk).sum((1, 2), dtype=np.float64)
+        first = feasible[np.flatnonzero(np.isclose(sums, sums.max(), rtol=0, atol=1e-6))[0]]
+        if np.all(blk == np.round(blk)):  # exact ties: the first maximal pattern
+            np.testing.assert_array_equal(keep, first)
+        assert abs(float((blk * keep).sum()) - sums.max()) < 1e-5

@@ -78,3 +78,22 @@ def test_nmlinear_transposable_option():
     with pytest.raises(ValueError, match="along out as well"):
         NMLinear(8, 12, kernel=jnp.ones((8, 12)), mask=jnp.zeros((8, 12), bool).at[:2].set(True),
                  transposable=True)  # 2:4 along in, 4:4 along out
+
+
+def test_equinox_nmlinear_transposable_option():
+    eqx = pytest.importorskip("equinox")
+    from sparsejax.nn.eqx import NMLinear
+
+    layer = NMLinear(8, 12, n=2, m=4, transposable=True, key=jax.random.PRNGKey(0))
+    w = layer.weight
+    assert bool(masks.satisfies_nm(w.mask(), 2, 4, axis=1))  # N:M along out too
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 8))
+    dense = w.to_dense()
+    np.testing.assert_allclose(layer(x), x @ dense + layer.bias, rtol=1e-5, atol=1e-5)
+    g = eqx.filter_grad(lambda mdl: jnp.sum(mdl(x) ** 2))(layer)
+    ref = jax.grad(lambda d: jnp.sum((x @ d + layer.bias) ** 2))(dense)
+    np.testing.assert_allclose(w.replace(values=g.weight.values).to_dense(), ref * w.mask(),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="along out as well"):
+        NMLinear(8, 12, kernel=jnp.ones((8, 12)), mask=jnp.zeros((8, 12), bool).at[:2].set(True),
+                 transposable=True)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sparsejax.nn import eqx
     from sparsejax.nn.activation import Threshold, ThresholdLinear
     from sparsejax.nn.attention import SparseMultiHeadAttention
-    from sparsejax.nn.linear import BlockSparseLinear, NMLinear, SparseStructure
+    from sparsejax.nn.linear import BDWPLinear, BlockSparseLinear, NMLinear, SparseStructure
     from sparsejax.nn.lista import LISTA
     from sparsejax.nn.lsr import TermWeightHead
     from sparsejax.nn.masked import Masked
@@ -30,12 +30,11 @@ if TYPE_CHECKING:
     from sparsejax.nn.surgery import to_dense, to_sparse
 
 __all__ = [
+    "BDWPLinear",
+    "BlockSparseLinear",
     "DeltaIndices",
     "DeltaLinear",
     "Frozen",
-    "merge_delta",
-    "to_delta",
-    "BlockSparseLinear",
     "LISTA",
     "MoE",
     "Masked",
@@ -52,29 +51,32 @@ __all__ = [
     "Threshold",
     "ThresholdLinear",
     "eqx",
+    "merge_delta",
     "merge_posterior",
     "split_posterior",
+    "to_delta",
     "to_dense",
     "to_sparse",
 ]
 
 _HOMES = {
-    "DeltaIndices": "peft",
-    "DeltaLinear": "peft",
-    "Frozen": "peft",
-    "merge_delta": "peft",
-    "to_delta": "peft",
     "eqx": "eqx",
     "TermWeightHead": "lsr",
     "Threshold": "activation",
     "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
+    "BDWPLinear": "linear",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",
     "SparseStructure": "linear",
     "LISTA": "lista",
     "Masked": "masked",
     "MoE": "moe",
+    "DeltaIndices": "peft",
+    "DeltaLinear": "peft",
+    "Frozen": "peft",
+    "merge_delta": "peft",
+    "to_delta": "peft",
     "SAEStateVariable": "sae",
     "SparseAutoencoder": "sae",
     "SSVIConv": "ssvi",

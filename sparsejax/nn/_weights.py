@@ -9,7 +9,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from sparsejax import masks
-from sparsejax._checks import check_float, check_int, is_concrete, must_be
+from sparsejax._checks import (
+    check_divisible,
+    check_float,
+    check_int,
+    check_nm,
+    is_concrete,
+    must_be,
+)
 from sparsejax.formats import BlockSparse, NMSparse
 
 
@@ -97,6 +104,16 @@ def transposable_nm(in_features, out_features, n, m, kernel, mask, key, dtype):
         raise ValueError(f"`mask` must keep at most n={n} of every m={m} along out as well for a "
                          "transposable kernel (sparsejax.masks.nm_transposable); it does not.")
     return kernel, mask
+
+
+def bdwp_kernel(in_features, out_features, n, m, kernel, key, dtype) -> Array:
+    """The dense kernel ``[in, out]`` of a BDWP layer: ``in`` and ``out`` multiples of ``m`` (the
+    forward mask groups along ``in``, the backward mask along ``out``)."""
+    n, m = check_nm(n, m)
+    kernel = _nm_kernel(in_features, out_features, n, m, kernel, key, dtype)
+    check_divisible(in_features, m, "in_features", "m")
+    check_divisible(out_features, m, "out_features", "m")
+    return kernel
 
 
 def init_bias(bias, use_bias: bool, out_features: int, dtype) -> Array | None:

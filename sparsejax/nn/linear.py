@@ -8,6 +8,9 @@ Both compute ``y = x @ W + b`` with ``W [in, out]`` (the Flax ``nnx.Linear`` lay
 * `NMLinear`: ``W`` N:M-compressed along its reduction axis (axis 0 of ``[in, out]``, the
   hardware 2:4 axis) as a `sparsejax.formats.NMSparse`; the forward is
   `sparsejax.ops.dense_nm_matmul`, a gather of the kept inputs.
+* `BDWPLinear`: a dense ``W`` trained with BDWP's two N:M masks
+  (`sparsejax.training.bdwp_matmul`): the forward product N:M along ``in``, the input gradient's
+  product N:M along ``out``, the weight gradient dense; the masks follow ``|W|`` at every call.
 
 The Equinox layers of the same names are in `sparsejax.nn.eqx`.
 
@@ -30,10 +33,10 @@ from jaxtyping import Array, Bool, Float
 
 from sparsejax._checks import check_bool
 from sparsejax.formats import BlockSparse, NMSparse
-from sparsejax.nn._weights import build_bsr, build_nm, init_bias, transposable_nm
+from sparsejax.nn._weights import bdwp_kernel, build_bsr, build_nm, init_bias, transposable_nm
 from sparsejax.ops import dense_bsr_matmul, dense_nm_matmul, dense_transposable_nm_matmul
 
-__all__ = ["BlockSparseLinear", "NMLinear", "SparseStructure"]
+__all__ = ["BDWPLinear", "BlockSparseLinear", "NMLinear", "SparseStructure"]
 
 
 class SparseStructure(nnx.Variable):
@@ -178,4 +181,56 @@ class NMLinear(_SparseLinear):
             y = y.reshape(*lead, y.shape[-1])
         else:
             y = dense_nm_matmul(x, self.weight, backend=self.backend)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class BDWPLinear(nnx.Module):
+    """Flax NNX linear layer trained with bidirectional N:M masks (BDWP), kernel ``[in, out]``.
+
+    ``y = x @ (W * M_f) + b`` with ``M_f`` N:M along ``in``; the input gradient is
+    ``g @ (W * M_b)^T`` with ``M_b`` N:M along ``out``, the weight gradient the dense ``x^T g``
+    (`sparsejax.training.bdwp_matmul`). Both masks are the magnitude masks of the current kernel
+    (`sparsejax.training.bdwp_masks`), recomputed at every call, so the pattern follows training.
+    For inference, deploy the forward mask: ``NMLinear(in, out, kernel=layer.kernel[...],
+    mask=layer.masks()[0])``.
+
+    Args:
+        in_features: input size (a multiple of ``m``).
+        out_features: output size (a multiple of ``m``).
+        n: kept entries per group of ``m`` in both masks.
+        m: group size.
+        kernel: an initial dense kernel ``[in, out]``. Default: LeCun-normal scaled to the kept
+            fan-in.
+        bias: an initial bias ``[out]``; default zeros.
+        use_bias: add a bias.
+        param_dtype: dtype of a freshly initialised kernel.
+        rngs: needed for a random kernel.
+
+    Attributes:
+        kernel: ``nnx.Param [in, out]``, dense.
+        bias: ``nnx.Param [out]`` or ``None``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, n: int = 2, m: int = 4,
+                 kernel: Float[Array, "in out"] | None = None,
+                 bias: Float[Array, " out"] | None = None, use_bias: bool = True,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+        key = rngs.params() if rngs is not None else None
+        kernel = bdwp_kernel(in_features, out_features, n, m, kernel, key, param_dtype)
+        self.kernel = nnx.Param(kernel)
+        bias = init_bias(bias, use_bias, out_features, kernel.dtype)
+        self.bias = None if bias is None else nnx.Param(bias)
+        self.in_features, self.out_features, self.n, self.m = in_features, out_features, n, m
+
+    def masks(self) -> tuple[Bool[Array, "in out"], Bool[Array, "in out"]]:
+        """``(forward, backward)`` masks of the current kernel (`sparsejax.training.bdwp_masks`)."""
+        from sparsejax.training.bdwp import bdwp_masks
+
+        return bdwp_masks(self.kernel[...], self.n, self.m)
+
+    def __call__(self, x: Float[Array, "... in"]) -> Float[Array, "... out"]:
+        """``x @ (W * M_f) + b`` with BDWP's gradients (`sparsejax.training.bdwp_matmul`)."""
+        from sparsejax.training.bdwp import bdwp_matmul
+
+        y = bdwp_matmul(x, self.kernel[...], n=self.n, m=self.m)
         return y if self.bias is None else y + self.bias[...]

@@ -13,7 +13,7 @@ from sparsejax._lazy import lazy_getattr
 if TYPE_CHECKING:
     from sparsejax.nn.eqx.activation import ThresholdLinear
     from sparsejax.nn.eqx.attention import SparseMultiHeadAttention
-    from sparsejax.nn.eqx.linear import BlockSparseLinear, NMLinear
+    from sparsejax.nn.eqx.linear import BDWPLinear, BlockSparseLinear, NMLinear
     from sparsejax.nn.eqx.lista import LISTA
     from sparsejax.nn.eqx.lsr import TermWeightHead
     from sparsejax.nn.eqx.masked import Masked
@@ -25,10 +25,9 @@ if TYPE_CHECKING:
     from sparsejax.nn.eqx.surgery import to_dense, to_sparse
 
 __all__ = [
-    "DeltaLinear",
-    "merge_delta",
-    "to_delta",
+    "BDWPLinear",
     "BlockSparseLinear",
+    "DeltaLinear",
     "LISTA",
     "MoE",
     "Masked",
@@ -41,24 +40,27 @@ __all__ = [
     "SparseMultiHeadAttention",
     "TermWeightHead",
     "ThresholdLinear",
+    "merge_delta",
     "posterior_of",
+    "to_delta",
     "to_dense",
     "to_sparse",
     "with_posterior",
 ]
 
 _HOMES = {
-    "DeltaLinear": "peft",
-    "merge_delta": "peft",
-    "to_delta": "peft",
     "TermWeightHead": "lsr",
     "ThresholdLinear": "activation",
     "SparseMultiHeadAttention": "attention",
+    "BDWPLinear": "linear",
     "BlockSparseLinear": "linear",
     "NMLinear": "linear",
     "LISTA": "lista",
     "Masked": "masked",
     "MoE": "moe",
+    "DeltaLinear": "peft",
+    "merge_delta": "peft",
+    "to_delta": "peft",
     "SparseAutoencoder": "sae",
     "SSVIConv": "ssvi",
     "SSVILinear": "ssvi",
