@@ -83,66 +83,137 @@ def _order_keys(scores: jax.Array) -> jax.Array:
     return jnp.where(nan, jnp.zeros((), int_dtype), keys)
 
 
-def _digit_select(digits: jax.Array, valid: jax.Array, k: jax.Array, nbins: int):
-    """Among ``valid`` entries, the digit value holding the ``k``-th largest, and the rank left.
+_CHUNK = 1 << 16
 
-    Returns ``(d, k_left, n_at_d)``: the ``k``-th largest valid entry has digit ``d``; ``k_left`` of
-    the entries with digit ``d`` are needed to complete the top ``k``; ``n_at_d`` entries have it.
+
+def _chunk_scan(fn, flat: jax.Array, init):
+    """Fold ``fn(carry, chunk, start)`` over consecutive ``_CHUNK``-long slices of a 1-D array.
+
+    XLA's CPU backend materializes the elementwise producer of a large reduction or scatter as one
+    full-size buffer (a fresh 64 MB allocation for a 4096^2 float32 weight, page faults included);
+    slicing inside a loop keeps every intermediate chunk-sized. The tail (``size % _CHUNK``
+    entries) is one more call. Returns ``(carry, stacked per-chunk outputs, tail output)``.
     """
-    hist = jnp.zeros(nbins + 1, jnp.int32).at[jnp.where(valid, digits, nbins)].add(1)[:nbins]
-    at_or_above = jnp.cumsum(hist[::-1])[::-1]  # [d] = #{valid entries with digit >= d}
+    size = flat.shape[0]
+    n_full = size // _CHUNK
+
+    def body(carry, i):
+        start = i * _CHUNK
+        return fn(carry, lax.dynamic_slice_in_dim(flat, start, _CHUNK), start)
+
+    ys = None
+    if n_full:
+        carry, ys = lax.scan(body, init, jnp.arange(n_full, dtype=jnp.int32))
+    else:
+        carry = init
+    tail = None
+    if size > n_full * _CHUNK:
+        carry, tail = fn(carry, flat[n_full * _CHUNK:], jnp.int32(n_full * _CHUNK))
+    return carry, ys, tail
+
+
+def _histogram(flat: jax.Array, digit_of, nbins: int) -> jax.Array:
+    """int32 counts of ``digit_of(chunk)`` over ``[0, nbins)``; the digit ``nbins`` is dropped."""
+    def add(hist, chunk, start):
+        return hist.at[digit_of(chunk)].add(1, mode="drop"), None
+
+    return _chunk_scan(add, flat, jnp.zeros(nbins, jnp.int32))[0]
+
+
+def _digit_select(hist: jax.Array, k: jax.Array):
+    """The digit value holding the ``k``-th largest of the entries counted by ``hist``.
+
+    Returns ``(d, k_left, n_at_d)``: the ``k``-th largest counted entry has digit ``d``; ``k_left``
+    of the entries with digit ``d`` are needed to complete the top ``k``; ``n_at_d`` entries have it.
+    """
+    at_or_above = jnp.cumsum(hist[::-1])[::-1]  # [d] = #{counted entries with digit >= d}
     d = jnp.maximum(jnp.sum(at_or_above >= k) - 1, 0).astype(jnp.int32)
     n_at_d = hist[d]
     return d, k - (at_or_above[d] - n_at_d), n_at_d
 
 
-def _first_true(flags: jax.Array, count: jax.Array) -> jax.Array:
-    """Mask of the first ``count`` ``True`` entries of a 1-D bool array (by position)."""
-    size = flags.shape[0]
-    width = min(size, 4096)
-    n_rows = -(-size // width)
-    rows = jnp.pad(flags, (0, n_rows * width - size)).reshape(n_rows, width)
-    per_row = jnp.sum(rows, axis=1, dtype=jnp.int32)
-    cum = jnp.cumsum(per_row)
-    row = jnp.minimum(jnp.sum(cum < count), n_rows - 1).astype(jnp.int32)
-    left = count - (cum[row] - per_row[row])
-    local = jnp.cumsum(lax.dynamic_index_in_dim(rows, row, keepdims=False).astype(jnp.int32))
-    cut = row * width + jnp.argmax(local >= left).astype(jnp.int32)
-    positions = jnp.arange(size, dtype=jnp.int32)
-    return flags & (positions <= cut) & (count > 0)
+def _first_true_cut(flat: jax.Array, flag_of, count: jax.Array) -> jax.Array:
+    """Flat position of the ``count``-th entry (``count >= 1``) with ``flag_of(entry)`` true.
+
+    Per-chunk counts in one pass, then per-row counts (rows of 1024) of the chunk holding it, then
+    a prefix count inside the row holding it: every intermediate is chunk-sized.
+    """
+    def per_chunk(carry, chunk, start):
+        return carry, jnp.sum(flag_of(chunk), dtype=jnp.int32)
+
+    _, ys, tail = _chunk_scan(per_chunk, flat, None)
+    counts = jnp.concatenate([c for c in (ys, None if tail is None else tail[None])
+                              if c is not None])
+    cum = jnp.cumsum(counts)
+    c = jnp.minimum(jnp.sum(cum < count), counts.shape[0] - 1).astype(jnp.int32)
+    left = count - (cum[c] - counts[c])
+    start = c * _CHUNK
+    width = min(1024, _CHUNK)
+    n_full = flat.shape[0] // _CHUNK
+
+    def locate(chunk):
+        rows = jnp.pad(chunk, (0, -chunk.shape[0] % width)).reshape(-1, width)
+        flags = flag_of(rows) & (jnp.arange(rows.size).reshape(rows.shape) < chunk.shape[0])
+        per_row = jnp.sum(flags, axis=1, dtype=jnp.int32)
+        rcum = jnp.cumsum(per_row)
+        r = jnp.minimum(jnp.sum(rcum < left), rows.shape[0] - 1).astype(jnp.int32)
+        row_left = left - (rcum[r] - per_row[r])
+        local = jnp.cumsum(lax.dynamic_index_in_dim(flags, r, keepdims=False).astype(jnp.int32))
+        return r * width + jnp.argmax(local >= row_left).astype(jnp.int32)
+
+    if n_full == 0:
+        return locate(flat)
+    offset = locate(lax.dynamic_slice_in_dim(flat, jnp.minimum(start, (n_full - 1) * _CHUNK),
+                                            _CHUNK))
+    if flat.shape[0] == n_full * _CHUNK:
+        return start + offset
+    return lax.cond(c < n_full, lambda: start + offset,
+                    lambda: n_full * _CHUNK + locate(flat[n_full * _CHUNK:]))
 
 
 _SORT_BELOW = 1 << 14
 
 
-def _topk_flat(keys: jax.Array, k: jax.Array) -> jax.Array:
-    """Mask of the ``k`` largest entries of a 1-D key array, ties by lower index.
+def _topk_flat(scores: jax.Array, k: jax.Array) -> jax.Array:
+    """Mask of the ``k`` largest entries of a 1-D float array, ties by lower index.
 
     Up to ``_SORT_BELOW`` entries the ranks come from one stable sort. Above, radix select with
-    16-bit digits (two histogram passes for 32-bit keys, four for 64-bit) finds the exact ``k``-th
-    largest key without a sort; ties at that key are resolved by position.
+    16-bit digits over the order keys (`_order_keys`; two histogram passes for 32-bit keys, four
+    for 64-bit) finds the exact ``k``-th largest key without a sort; ties at that key are resolved
+    by position. Keys are recomputed chunk by chunk (`_chunk_scan`), never stored whole.
     """
-    size = keys.shape[0]
+    size = scores.shape[0]
     k = jnp.clip(k, 0, size).astype(jnp.int32)
     if size <= _SORT_BELOW:
         # short arrays (every row of a row-wise top-k): one stable sort is far cheaper than two
         # 65536-bin histograms; descending keys, ties by lower index, the same mask as the radix path
+        keys = _order_keys(scores)
         order = jnp.argsort(~keys, stable=True)
         rank = jnp.zeros(size, jnp.int32).at[order].set(jnp.arange(size, dtype=jnp.int32))
         return rank < k
-    nbits = jnp.iinfo(keys.dtype).bits
-    digit_bits = 16
-    valid = jnp.ones(size, bool)
-    threshold = jnp.zeros((), keys.dtype)
+    key_dtype = jnp.uint64 if scores.dtype == jnp.float64 else jnp.uint32
+    nbits = jnp.iinfo(key_dtype).bits
+    digit_bits, nbins = 16, 1 << 16
+    threshold = jnp.zeros((), key_dtype)
     need, n_tied = jnp.maximum(k, 1), jnp.int32(size)
     for shift in range(nbits - digit_bits, -1, -digit_bits):
-        digits = ((keys >> shift) & ((1 << digit_bits) - 1)).astype(jnp.int32)
-        d, need, n_tied = _digit_select(digits, valid, need, 1 << digit_bits)
-        threshold = threshold | (d.astype(keys.dtype) << shift)
-        valid = valid & (digits == d)
-    # `valid` is now keys == threshold; keep all above it and the first `need` tied ones
-    tied = lax.cond(need >= n_tied, lambda: valid, lambda: _first_true(valid, need))
-    return ((keys > threshold) | tied) & (k > 0)
+        high = shift + digit_bits  # the digits above this one are fixed to `threshold`'s
+
+        def digit_of(chunk, shift=shift, high=high, threshold=threshold):
+            keys = _order_keys(chunk)
+            digits = ((keys >> shift) & (nbins - 1)).astype(jnp.int32)
+            if high == nbits:
+                return digits
+            return jnp.where((keys >> high) == (threshold >> high), digits, nbins)
+
+        d, need, n_tied = _digit_select(_histogram(scores, digit_of, nbins), need)
+        threshold = threshold | (d.astype(key_dtype) << shift)
+    # keep all keys above the threshold and the first `need` of those equal to it
+    cut = lax.cond(need >= n_tied, lambda: jnp.int32(size),
+                   lambda: _first_true_cut(scores, lambda c: _order_keys(c) == threshold, need))
+    keys = _order_keys(scores)
+    positions = jnp.arange(size, dtype=jnp.int32)
+    return ((keys > threshold) | ((keys == threshold) & (positions <= cut))) & (k > 0)
 
 
 def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
@@ -193,7 +264,7 @@ def topk(scores: Float[Array, "*shape"], k: int | Int[Array, ""]) -> Bool[Array,
 
 @jax.jit
 def _topk(scores: jax.Array, k: jax.Array) -> jax.Array:
-    return _topk_flat(_order_keys(scores).reshape(-1), k).reshape(scores.shape)
+    return _topk_flat(scores.reshape(-1), k).reshape(scores.shape)
 
 
 def unstructured(
@@ -230,11 +301,11 @@ def unstructured(
 @partial(jax.jit, static_argnums=2)
 def _unstructured(scores: jax.Array, sparsity: jax.Array, axis: int | None) -> jax.Array:
     if axis is None:
-        keys = _order_keys(scores).reshape(-1)
-        return _topk_flat(keys, kept_count(scores.size, sparsity)).reshape(scores.shape)
+        flat = scores.reshape(-1)
+        return _topk_flat(flat, kept_count(scores.size, sparsity)).reshape(scores.shape)
     moved = jnp.moveaxis(scores, axis, -1)
-    keys = _order_keys(moved.reshape(-1, moved.shape[-1]))
-    mask = jax.vmap(_topk_flat, in_axes=(0, None))(keys, kept_count(moved.shape[-1], sparsity))
+    rows = moved.reshape(-1, moved.shape[-1])
+    mask = jax.vmap(_topk_flat, in_axes=(0, None))(rows, kept_count(moved.shape[-1], sparsity))
     return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
 
 
