@@ -504,21 +504,62 @@ def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str,
     raise ValueError(must_be("reduce", f"one of {REDUCES}", reduce))
 
 
+_SLICE_POOL_MAX = 64
+
+
+def _fold_tile_slices(x: jax.Array, full: tuple[int, ...], fold) -> jax.Array:
+    """``fold`` over the strided slices ``x[i0::b0, i1::b1, ...]`` of every tile offset: leading
+    offsets first (row-major), then the last offset, each a left fold in index order."""
+    split = x.reshape([v for d, b in zip(x.shape, full) for v in (d // b, b)])
+
+    def at(offsets):
+        return split[tuple(v for o in offsets for v in (slice(None), o))]
+
+    leads = list(np.ndindex(*full[:-1]))
+    per_last = []
+    for j in range(full[-1]):
+        acc = at((*leads[0], j))
+        for offsets in leads[1:]:
+            acc = fold(acc, at((*offsets, j)))
+        per_last.append(acc)
+    out = per_last[0]
+    for part in per_last[1:]:
+        out = fold(out, part)
+    return out
+
+
 def _tile_pool(scores: jax.Array, full: tuple[int, ...], reduce: str) -> jax.Array:
     """Pool every ``full``-shaped tile of ``scores`` (whole tiles only), as `_pool` over the tile axes.
 
-    The tile axes are reduced in two steps, the leading ones first (a reduction over non-minor
-    axes, which XLA runs as vectorized row arithmetic), then the last, on an array ``prod(full[:-1])``
-    times smaller. One reduction over all tile axes at once (minor axis included) is 2-3x slower on
-    CPU for small tiles.
+    The tile axes are reduced in two steps, the leading ones first, then the last, each a left
+    fold in index order. Small tiles (at most ``_SLICE_POOL_MAX`` entries) are pooled as one
+    elementwise fold over the tile's strided slices ``x[i0::b0, i1::b1, ...]``: one fused pass
+    writing only the pooled array (a reduction writes a full-width intermediate first, a fresh
+    allocation that page-faults on every call once it passes 32 MB). Larger tiles use reductions,
+    over the leading tile axes (vectorized row arithmetic), then over the last on an array
+    ``prod(full[:-1])`` times smaller.
     """
-    x = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
-    if reduce == "l2":
-        x = x * x
-    op = jnp.max if reduce == "max" else jnp.sum
-    lead = [v for d, b in zip(x.shape[:-1], full[:-1]) for v in (d // b, b)]
-    x = op(x.reshape(*lead, x.shape[-1]), axis=tuple(range(1, len(lead), 2)))
-    x = op(x.reshape(*x.shape[:-1], -1, full[-1]), axis=-1)
+    dtype = jnp.promote_types(scores.dtype, jnp.float32)
+
+    def prepare(x):
+        x = x.astype(dtype)
+        return x * x if reduce == "l2" else x
+
+    if math.prod(full) <= _SLICE_POOL_MAX:
+        fold = jnp.maximum if reduce == "max" else jnp.add
+        # in up to 16 groups of tile rows, through a loop: its stacked output is a materialized
+        # array, which the mask write cannot fuse (and recompute) the pooling into
+        n0 = scores.shape[0] // full[0]
+        groups = max(g for g in range(1, 17) if n0 % g == 0)
+        parts = scores.reshape(groups, scores.shape[0] // groups, *scores.shape[1:])
+        x = lax.map(lambda part: _fold_tile_slices(prepare(part), full, fold), parts)
+        x = x.reshape(n0, *x.shape[2:])
+    else:
+        x = prepare(scores)
+        op = jnp.max if reduce == "max" else jnp.sum
+        lead = [v for d, b in zip(x.shape[:-1], full[:-1]) for v in (d // b, b)]
+        x = op(x.reshape(*lead, x.shape[-1]), axis=tuple(range(1, len(lead), 2)))
+        x = op(x.reshape(*x.shape[:-1], -1, full[-1]), axis=-1)
     if reduce == "mean":
         return x / math.prod(full)
     return jnp.sqrt(x) if reduce == "l2" else x
