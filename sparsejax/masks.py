@@ -186,25 +186,41 @@ _SORT_BELOW = 1 << 14
 def _topk_flat(scores: jax.Array, k: jax.Array) -> jax.Array:
     """Mask of the ``k`` largest entries of a 1-D float array, ties by lower index.
 
-    Up to ``_SORT_BELOW`` entries the ranks come from one stable sort. Above, radix select with
-    16-bit digits over the order keys (`_order_keys`; two histogram passes for 32-bit keys, four
-    for 64-bit) finds the exact ``k``-th largest key without a sort; ties at that key are resolved
-    by position. Keys are recomputed chunk by chunk (`_chunk_scan`), never stored whole.
+    The exact ``k``-th largest order key (`_order_keys`) comes, up to ``_SORT_BELOW`` entries, from
+    one sort of the keys alone (XLA's CPU sort of a single array is about 10x faster than an
+    argsort, which sorts a second operand along), else from a radix select with 16-bit digits (two
+    histogram passes for 32-bit keys, four for 64-bit) over keys recomputed chunk by chunk
+    (`_chunk_scan`), never stored whole. All keys above it are kept, and the first ones equal to it
+    by position.
     """
     size = scores.shape[0]
     k = jnp.clip(k, 0, size).astype(jnp.int32)
     if size <= _SORT_BELOW:
-        # short arrays (every row of a row-wise top-k): one stable sort is far cheaper than two
-        # 65536-bin histograms; descending keys, ties by lower index, the same mask as the radix path
+        # short arrays (every row of a row-wise top-k under vmap): a sort is far cheaper than two
+        # 65536-bin histograms per row
         keys = _order_keys(scores)
-        order = jnp.argsort(~keys, stable=True)
-        rank = jnp.zeros(size, jnp.int32).at[order].set(jnp.arange(size, dtype=jnp.int32))
-        return rank < k
+        threshold = jnp.sort(keys)[size - jnp.maximum(k, 1)]
+        n_tied = jnp.sum(keys == threshold, dtype=jnp.int32)
+        need = k - jnp.sum(keys > threshold, dtype=jnp.int32)
+    else:
+        threshold, need, n_tied = _radix_select(scores, jnp.maximum(k, 1))
+    # keep all keys above the threshold and the first `need` of those equal to it
+    cut = lax.cond(need >= n_tied, lambda: jnp.int32(size),
+                   lambda: _first_true_cut(scores, lambda c: _order_keys(c) == threshold,
+                                           jnp.maximum(need, 1)))
+    keys = _order_keys(scores)
+    positions = jnp.arange(size, dtype=jnp.int32)
+    return ((keys > threshold) | ((keys == threshold) & (positions <= cut))) & (k > 0)
+
+
+def _radix_select(scores: jax.Array, k: jax.Array):
+    """``(threshold, need, n_tied)``: the ``k``-th largest order key of a 1-D float array, how many
+    entries equal to it complete the top ``k`` and how many there are (``1 <= k <= size``)."""
     key_dtype = jnp.uint64 if scores.dtype == jnp.float64 else jnp.uint32
     nbits = jnp.iinfo(key_dtype).bits
     digit_bits, nbins = 16, 1 << 16
     threshold = jnp.zeros((), key_dtype)
-    need, n_tied = jnp.maximum(k, 1), jnp.int32(size)
+    need, n_tied = k, jnp.int32(scores.shape[0])
     for shift in range(nbits - digit_bits, -1, -digit_bits):
         high = shift + digit_bits  # the digits above this one are fixed to `threshold`'s
 
@@ -217,12 +233,7 @@ def _topk_flat(scores: jax.Array, k: jax.Array) -> jax.Array:
 
         d, need, n_tied = _digit_select(_histogram(scores, digit_of, nbins), need)
         threshold = threshold | (d.astype(key_dtype) << shift)
-    # keep all keys above the threshold and the first `need` of those equal to it
-    cut = lax.cond(need >= n_tied, lambda: jnp.int32(size),
-                   lambda: _first_true_cut(scores, lambda c: _order_keys(c) == threshold, need))
-    keys = _order_keys(scores)
-    positions = jnp.arange(size, dtype=jnp.int32)
-    return ((keys > threshold) | ((keys == threshold) & (positions <= cut))) & (k > 0)
+    return threshold, need, n_tied
 
 
 def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
