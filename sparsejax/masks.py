@@ -197,13 +197,14 @@ def _topk_flat(scores: jax.Array, k: jax.Array) -> jax.Array:
     k = jnp.clip(k, 0, size).astype(jnp.int32)
     if size <= _SORT_BELOW:
         # short arrays (every row of a row-wise top-k under vmap): a sort is far cheaper than two
-        # 65536-bin histograms per row
+        # 65536-bin histograms per row; the tied entries are ranked by a prefix count
         keys = _order_keys(scores)
         threshold = jnp.sort(keys)[size - jnp.maximum(k, 1)]
-        n_tied = jnp.sum(keys == threshold, dtype=jnp.int32)
+        tied = keys == threshold
         need = k - jnp.sum(keys > threshold, dtype=jnp.int32)
-    else:
-        threshold, need, n_tied = _radix_select(scores, jnp.maximum(k, 1))
+        first_tied = tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need)
+        return ((keys > threshold) | first_tied) & (k > 0)
+    threshold, need, n_tied = _radix_select(scores, jnp.maximum(k, 1))
     # keep all keys above the threshold and the first `need` of those equal to it
     cut = lax.cond(need >= n_tied, lambda: jnp.int32(size),
                    lambda: _first_true_cut(scores, lambda c: _order_keys(c) == threshold,
