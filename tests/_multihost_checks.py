@@ -51,9 +51,13 @@ MASK_CASES = {
 }
 
 
-def _masks(place):
+GLOBAL_CASES = ("global", "global_ties")
+"""The cases whose selection spans every process (the 4-process group reruns only these)."""
+
+
+def _masks(place, names=tuple(MASK_CASES)):
     cases, trees = {}, {}
-    for name, case in MASK_CASES.items():
+    for name, case in ((n, MASK_CASES[n]) for n in names):
         case = dict(case)
         cases[name] = case
         trees[name] = place(problem(case.pop("ties", False))[0], SPECS)
@@ -214,7 +218,8 @@ def checkpoint(directory, save):
     return gather(restored)
 
 
-CHECKS = {"masks": _masks, "prune": functools.partial(_train, name="prune"),
+CHECKS = {"masks": _masks, "global_masks": functools.partial(_masks, names=GLOBAL_CASES),
+          "prune": functools.partial(_train, name="prune"),
           "rigl": functools.partial(_train, name="rigl"), "ssvi": _ssvi, "oneshot": _oneshot,
           "attention": _attention}
 
@@ -249,7 +254,7 @@ def sharded(names, directory=None, save=True):
         else:
             result = CHECKS[name](place)
             out[name] = gather(result)
-        if name == "masks":  # the global selection never gathers a leaf: masks shard like it
+        if name in ("masks", "global_masks"):  # the global selection never gathers a leaf: masks shard like it
             for path in ("l1", "l3"):
                 want = NamedSharding(mesh, SPECS[path]["kernel"])
                 got = result["global"][path]["kernel"].sharding

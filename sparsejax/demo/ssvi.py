@@ -109,7 +109,8 @@ def train_bnn(
     Returns:
         ``{"posterior", "losses", "step_seconds"}``: the trained `Posterior`, the loss every step
         and the median wall time of a compiled step (``timing_repeats`` steps after training,
-        past ``end_step``, so without a subspace update). Training runs as compiled
+        past ``end_step``, so without a subspace update; NaN with ``timing_repeats=0``, which
+        also skips compiling the single step). Training runs as compiled
         `jax.lax.scan` chunks of ``update_every`` steps.
     """
     k_init, k_post, k_train = jax.random.split(key, 3)
@@ -141,7 +142,7 @@ def train_bnn(
         bar.close()
     # step time: the single compiled step, past `end_step` (no subspace update), results discarded
     times = []
-    for t in range(timing_repeats + 1):
+    for t in range(timing_repeats + 1 if timing_repeats > 0 else 0):  # 0: no step compiled
         t0 = time.perf_counter()
         jax.block_until_ready(step_fn(variational, state, keys[t % steps], x, y))
         if t > 0:
