@@ -83,66 +83,158 @@ def _order_keys(scores: jax.Array) -> jax.Array:
     return jnp.where(nan, jnp.zeros((), int_dtype), keys)
 
 
-def _digit_select(digits: jax.Array, valid: jax.Array, k: jax.Array, nbins: int):
-    """Among ``valid`` entries, the digit value holding the ``k``-th largest, and the rank left.
+_CHUNK = 1 << 16
 
-    Returns ``(d, k_left, n_at_d)``: the ``k``-th largest valid entry has digit ``d``; ``k_left`` of
-    the entries with digit ``d`` are needed to complete the top ``k``; ``n_at_d`` entries have it.
+
+def _chunk_scan(fn, flat: jax.Array, init):
+    """Fold ``fn(carry, chunk, start)`` over consecutive ``_CHUNK``-long slices of a 1-D array.
+
+    XLA's CPU backend materializes the elementwise producer of a large reduction or scatter as one
+    full-size buffer (a fresh 64 MB allocation for a 4096^2 float32 weight, page faults included);
+    slicing inside a loop keeps every intermediate chunk-sized. The tail (``size % _CHUNK``
+    entries) is one more call. Returns ``(carry, stacked per-chunk outputs, tail output)``.
     """
-    hist = jnp.zeros(nbins + 1, jnp.int32).at[jnp.where(valid, digits, nbins)].add(1)[:nbins]
-    at_or_above = jnp.cumsum(hist[::-1])[::-1]  # [d] = #{valid entries with digit >= d}
-    d = jnp.maximum(jnp.sum(at_or_above >= k) - 1, 0).astype(jnp.int32)
-    n_at_d = hist[d]
-    return d, k - (at_or_above[d] - n_at_d), n_at_d
+    size = flat.shape[0]
+    n_full = size // _CHUNK
+
+    def body(carry, i):
+        start = i * _CHUNK
+        return fn(carry, lax.dynamic_slice_in_dim(flat, start, _CHUNK), start)
+
+    ys = None
+    if n_full:
+        carry, ys = lax.scan(body, init, jnp.arange(n_full, dtype=jnp.int32))
+    else:
+        carry = init
+    tail = None
+    if size > n_full * _CHUNK:
+        carry, tail = fn(carry, flat[n_full * _CHUNK:], jnp.int32(n_full * _CHUNK))
+    return carry, ys, tail
 
 
-def _first_true(flags: jax.Array, count: jax.Array) -> jax.Array:
-    """Mask of the first ``count`` ``True`` entries of a 1-D bool array (by position)."""
-    size = flags.shape[0]
-    width = min(size, 4096)
-    n_rows = -(-size // width)
-    rows = jnp.pad(flags, (0, n_rows * width - size)).reshape(n_rows, width)
-    per_row = jnp.sum(rows, axis=1, dtype=jnp.int32)
-    cum = jnp.cumsum(per_row)
-    row = jnp.minimum(jnp.sum(cum < count), n_rows - 1).astype(jnp.int32)
-    left = count - (cum[row] - per_row[row])
-    local = jnp.cumsum(lax.dynamic_index_in_dim(rows, row, keepdims=False).astype(jnp.int32))
-    cut = row * width + jnp.argmax(local >= left).astype(jnp.int32)
-    positions = jnp.arange(size, dtype=jnp.int32)
-    return flags & (positions <= cut) & (count > 0)
+def _histogram(flat: jax.Array, digit_of, nbins: int) -> jax.Array:
+    """int32 counts of ``digit_of(chunk)`` over ``[0, nbins)``; the digit ``nbins`` is dropped."""
+    def add(hist, chunk, start):
+        return hist.at[digit_of(chunk)].add(1, mode="drop"), None
+
+    return _chunk_scan(add, flat, jnp.zeros(nbins, jnp.int32))[0]
+
+
+def _digit_select(hist: jax.Array, k: jax.Array):
+    """The digit value holding the ``k``-th largest of the entries counted by ``hist``.
+
+    Returns ``(d, k_left, n_at_d)``: the ``k``-th largest counted entry has digit ``d``; ``k_left``
+    of the entries with digit ``d`` are needed to complete the top ``k``; ``n_at_d`` entries have it.
+    """
+    # two levels (rows of 256 bins, then the bins of one row): no cumsum over all the bins
+    # (XLA's CPU cumsum costs about as much as a 16M-entry histogram pass on 65536 bins)
+    width = 256 if hist.shape[0] % 256 == 0 else hist.shape[0]
+    rows = hist.reshape(-1, width)
+    row_total = jnp.sum(rows, axis=1)
+    row_above = jnp.cumsum(row_total[::-1])[::-1]  # [r] = #{counted entries in rows >= r}
+    r = jnp.maximum(jnp.sum(row_above >= k) - 1, 0).astype(jnp.int32)
+    k_row = k - (row_above[r] - row_total[r])  # rank left inside row r
+    row = lax.dynamic_index_in_dim(rows, r, keepdims=False)
+    at_or_above = jnp.cumsum(row[::-1])[::-1]  # [j] = #{entries of row r with bin >= j}
+    j = jnp.maximum(jnp.sum(at_or_above >= k_row) - 1, 0).astype(jnp.int32)
+    n_at_d = row[j]
+    return r * width + j, k_row - (at_or_above[j] - n_at_d), n_at_d
+
+
+def _first_true_cut(flat: jax.Array, flag_of, count: jax.Array) -> jax.Array:
+    """Flat position of the ``count``-th entry (``count >= 1``) with ``flag_of(entry)`` true.
+
+    Per-chunk counts in one pass, then per-row counts (rows of 1024) of the chunk holding it, then
+    a prefix count inside the row holding it: every intermediate is chunk-sized.
+    """
+    def per_chunk(carry, chunk, start):
+        return carry, jnp.sum(flag_of(chunk), dtype=jnp.int32)
+
+    _, ys, tail = _chunk_scan(per_chunk, flat, None)
+    counts = jnp.concatenate([c for c in (ys, None if tail is None else tail[None])
+                              if c is not None])
+    cum = jnp.cumsum(counts)
+    c = jnp.minimum(jnp.sum(cum < count), counts.shape[0] - 1).astype(jnp.int32)
+    left = count - (cum[c] - counts[c])
+    start = c * _CHUNK
+    width = min(1024, _CHUNK)
+    n_full = flat.shape[0] // _CHUNK
+
+    def locate(chunk):
+        rows = jnp.pad(chunk, (0, -chunk.shape[0] % width)).reshape(-1, width)
+        flags = flag_of(rows) & (jnp.arange(rows.size).reshape(rows.shape) < chunk.shape[0])
+        per_row = jnp.sum(flags, axis=1, dtype=jnp.int32)
+        rcum = jnp.cumsum(per_row)
+        r = jnp.minimum(jnp.sum(rcum < left), rows.shape[0] - 1).astype(jnp.int32)
+        row_left = left - (rcum[r] - per_row[r])
+        local = jnp.cumsum(lax.dynamic_index_in_dim(flags, r, keepdims=False).astype(jnp.int32))
+        return r * width + jnp.argmax(local >= row_left).astype(jnp.int32)
+
+    if n_full == 0:
+        return locate(flat)
+    offset = locate(lax.dynamic_slice_in_dim(flat, jnp.minimum(start, (n_full - 1) * _CHUNK),
+                                            _CHUNK))
+    if flat.shape[0] == n_full * _CHUNK:
+        return start + offset
+    return lax.cond(c < n_full, lambda: start + offset,
+                    lambda: n_full * _CHUNK + locate(flat[n_full * _CHUNK:]))
 
 
 _SORT_BELOW = 1 << 14
 
 
-def _topk_flat(keys: jax.Array, k: jax.Array) -> jax.Array:
-    """Mask of the ``k`` largest entries of a 1-D key array, ties by lower index.
+def _topk_flat(scores: jax.Array, k: jax.Array) -> jax.Array:
+    """Mask of the ``k`` largest entries of a 1-D float array, ties by lower index.
 
-    Up to ``_SORT_BELOW`` entries the ranks come from one stable sort. Above, radix select with
-    16-bit digits (two histogram passes for 32-bit keys, four for 64-bit) finds the exact ``k``-th
-    largest key without a sort; ties at that key are resolved by position.
+    The exact ``k``-th largest order key (`_order_keys`) comes, up to ``_SORT_BELOW`` entries, from
+    one sort of the keys alone (XLA's CPU sort of a single array is about 10x faster than an
+    argsort, which sorts a second operand along), else from a radix select with 16-bit digits (two
+    histogram passes for 32-bit keys, four for 64-bit) over keys recomputed chunk by chunk
+    (`_chunk_scan`), never stored whole. All keys above it are kept, and the first ones equal to it
+    by position.
     """
-    size = keys.shape[0]
+    size = scores.shape[0]
     k = jnp.clip(k, 0, size).astype(jnp.int32)
     if size <= _SORT_BELOW:
-        # short arrays (every row of a row-wise top-k): one stable sort is far cheaper than two
-        # 65536-bin histograms; descending keys, ties by lower index, the same mask as the radix path
-        order = jnp.argsort(~keys, stable=True)
-        rank = jnp.zeros(size, jnp.int32).at[order].set(jnp.arange(size, dtype=jnp.int32))
-        return rank < k
-    nbits = jnp.iinfo(keys.dtype).bits
-    digit_bits = 16
-    valid = jnp.ones(size, bool)
-    threshold = jnp.zeros((), keys.dtype)
-    need, n_tied = jnp.maximum(k, 1), jnp.int32(size)
+        # short arrays (every row of a row-wise top-k under vmap): a sort is far cheaper than two
+        # 65536-bin histograms per row; the tied entries are ranked by a prefix count
+        keys = _order_keys(scores)
+        threshold = jnp.sort(keys)[size - jnp.maximum(k, 1)]
+        tied = keys == threshold
+        need = k - jnp.sum(keys > threshold, dtype=jnp.int32)
+        first_tied = tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need)
+        return ((keys > threshold) | first_tied) & (k > 0)
+    threshold, need, n_tied = _radix_select(scores, jnp.maximum(k, 1))
+    # keep all keys above the threshold and the first `need` of those equal to it
+    cut = lax.cond(need >= n_tied, lambda: jnp.int32(size),
+                   lambda: _first_true_cut(scores, lambda c: _order_keys(c) == threshold,
+                                           jnp.maximum(need, 1)))
+    keys = _order_keys(scores)
+    positions = jnp.arange(size, dtype=jnp.int32)
+    return ((keys > threshold) | ((keys == threshold) & (positions <= cut))) & (k > 0)
+
+
+def _radix_select(scores: jax.Array, k: jax.Array):
+    """``(threshold, need, n_tied)``: the ``k``-th largest order key of a 1-D float array, how many
+    entries equal to it complete the top ``k`` and how many there are (``1 <= k <= size``)."""
+    key_dtype = jnp.uint64 if scores.dtype == jnp.float64 else jnp.uint32
+    nbits = jnp.iinfo(key_dtype).bits
+    digit_bits, nbins = 16, 1 << 16
+    threshold = jnp.zeros((), key_dtype)
+    need, n_tied = k, jnp.int32(scores.shape[0])
     for shift in range(nbits - digit_bits, -1, -digit_bits):
-        digits = ((keys >> shift) & ((1 << digit_bits) - 1)).astype(jnp.int32)
-        d, need, n_tied = _digit_select(digits, valid, need, 1 << digit_bits)
-        threshold = threshold | (d.astype(keys.dtype) << shift)
-        valid = valid & (digits == d)
-    # `valid` is now keys == threshold; keep all above it and the first `need` tied ones
-    tied = lax.cond(need >= n_tied, lambda: valid, lambda: _first_true(valid, need))
-    return ((keys > threshold) | tied) & (k > 0)
+        high = shift + digit_bits  # the digits above this one are fixed to `threshold`'s
+
+        def digit_of(chunk, shift=shift, high=high, threshold=threshold):
+            keys = _order_keys(chunk)
+            digits = ((keys >> shift) & (nbins - 1)).astype(jnp.int32)
+            if high == nbits:
+                return digits
+            return jnp.where((keys >> high) == (threshold >> high), digits, nbins)
+
+        d, need, n_tied = _digit_select(_histogram(scores, digit_of, nbins), need)
+        threshold = threshold | (d.astype(key_dtype) << shift)
+    return threshold, need, n_tied
 
 
 def kept_count(size: int, sparsity: Float[Array, ""] | float) -> Int[Array, ""]:
@@ -193,7 +285,7 @@ def topk(scores: Float[Array, "*shape"], k: int | Int[Array, ""]) -> Bool[Array,
 
 @jax.jit
 def _topk(scores: jax.Array, k: jax.Array) -> jax.Array:
-    return _topk_flat(_order_keys(scores).reshape(-1), k).reshape(scores.shape)
+    return _topk_flat(scores.reshape(-1), k).reshape(scores.shape)
 
 
 def unstructured(
@@ -230,11 +322,11 @@ def unstructured(
 @partial(jax.jit, static_argnums=2)
 def _unstructured(scores: jax.Array, sparsity: jax.Array, axis: int | None) -> jax.Array:
     if axis is None:
-        keys = _order_keys(scores).reshape(-1)
-        return _topk_flat(keys, kept_count(scores.size, sparsity)).reshape(scores.shape)
+        flat = scores.reshape(-1)
+        return _topk_flat(flat, kept_count(scores.size, sparsity)).reshape(scores.shape)
     moved = jnp.moveaxis(scores, axis, -1)
-    keys = _order_keys(moved.reshape(-1, moved.shape[-1]))
-    mask = jax.vmap(_topk_flat, in_axes=(0, None))(keys, kept_count(moved.shape[-1], sparsity))
+    rows = moved.reshape(-1, moved.shape[-1])
+    mask = jax.vmap(_topk_flat, in_axes=(0, None))(rows, kept_count(moved.shape[-1], sparsity))
     return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
 
 
@@ -435,21 +527,62 @@ def _pool(x: jax.Array, axes: tuple[int, ...], reduce: str,
     raise ValueError(must_be("reduce", f"one of {REDUCES}", reduce))
 
 
+_SLICE_POOL_MAX = 64
+
+
+def _fold_tile_slices(x: jax.Array, full: tuple[int, ...], fold) -> jax.Array:
+    """``fold`` over the strided slices ``x[i0::b0, i1::b1, ...]`` of every tile offset: leading
+    offsets first (row-major), then the last offset, each a left fold in index order."""
+    split = x.reshape([v for d, b in zip(x.shape, full) for v in (d // b, b)])
+
+    def at(offsets):
+        return split[tuple(v for o in offsets for v in (slice(None), o))]
+
+    leads = list(np.ndindex(*full[:-1]))
+    per_last = []
+    for j in range(full[-1]):
+        acc = at((*leads[0], j))
+        for offsets in leads[1:]:
+            acc = fold(acc, at((*offsets, j)))
+        per_last.append(acc)
+    out = per_last[0]
+    for part in per_last[1:]:
+        out = fold(out, part)
+    return out
+
+
 def _tile_pool(scores: jax.Array, full: tuple[int, ...], reduce: str) -> jax.Array:
     """Pool every ``full``-shaped tile of ``scores`` (whole tiles only), as `_pool` over the tile axes.
 
-    The tile axes are reduced in two steps, the leading ones first (a reduction over non-minor
-    axes, which XLA runs as vectorized row arithmetic), then the last, on an array ``prod(full[:-1])``
-    times smaller. One reduction over all tile axes at once (minor axis included) is 2-3x slower on
-    CPU for small tiles.
+    The tile axes are reduced in two steps, the leading ones first, then the last, each a left
+    fold in index order. Small tiles (at most ``_SLICE_POOL_MAX`` entries) are pooled as one
+    elementwise fold over the tile's strided slices ``x[i0::b0, i1::b1, ...]``: one fused pass
+    writing only the pooled array (a reduction writes a full-width intermediate first, a fresh
+    allocation that page-faults on every call once it passes 32 MB). Larger tiles use reductions,
+    over the leading tile axes (vectorized row arithmetic), then over the last on an array
+    ``prod(full[:-1])`` times smaller.
     """
-    x = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))
-    if reduce == "l2":
-        x = x * x
-    op = jnp.max if reduce == "max" else jnp.sum
-    lead = [v for d, b in zip(x.shape[:-1], full[:-1]) for v in (d // b, b)]
-    x = op(x.reshape(*lead, x.shape[-1]), axis=tuple(range(1, len(lead), 2)))
-    x = op(x.reshape(*x.shape[:-1], -1, full[-1]), axis=-1)
+    dtype = jnp.promote_types(scores.dtype, jnp.float32)
+
+    def prepare(x):
+        x = x.astype(dtype)
+        return x * x if reduce == "l2" else x
+
+    if math.prod(full) <= _SLICE_POOL_MAX:
+        fold = jnp.maximum if reduce == "max" else jnp.add
+        # in up to 16 groups of tile rows, through a loop: its stacked output is a materialized
+        # array, which the mask write cannot fuse (and recompute) the pooling into
+        n0 = scores.shape[0] // full[0]
+        groups = max(g for g in range(1, 17) if n0 % g == 0)
+        parts = scores.reshape(groups, scores.shape[0] // groups, *scores.shape[1:])
+        x = lax.map(lambda part: _fold_tile_slices(prepare(part), full, fold), parts)
+        x = x.reshape(n0, *x.shape[2:])
+    else:
+        x = prepare(scores)
+        op = jnp.max if reduce == "max" else jnp.sum
+        lead = [v for d, b in zip(x.shape[:-1], full[:-1]) for v in (d // b, b)]
+        x = op(x.reshape(*lead, x.shape[-1]), axis=tuple(range(1, len(lead), 2)))
+        x = op(x.reshape(*x.shape[:-1], -1, full[-1]), axis=-1)
     if reduce == "mean":
         return x / math.prod(full)
     return jnp.sqrt(x) if reduce == "l2" else x

@@ -264,10 +264,12 @@ def test_shorthand_matches_composition():
     np.testing.assert_array_equal(masks.magnitude_mask(w, 0.3), masks.unstructured(sj.scores.magnitude(w), 0.3))
 
 
-@pytest.mark.parametrize("n", [7, 1 << 14, (1 << 14) + 1, 40000])
+@pytest.mark.parametrize("n", [7, 1 << 14, (1 << 14) + 1, 40000, 2 * masks._CHUNK + 777])
 def test_topk_sort_and_radix_paths_agree_with_stable_argsort(n):
     """Short arrays are ranked by a sort, long ones by radix select: both keep the k largest with
-    ties to the lower index (heavily tied integer scores), as numpy's stable argsort."""
+    ties to the lower index (heavily tied integer scores), as numpy's stable argsort. The last
+    size spans two whole histogram chunks and a partial one, so the tied entries cut by position
+    fall in every kind of chunk as ``k`` varies."""
     x = np.random.default_rng(n).integers(0, 50, size=n).astype(np.float32)
     for k in (0, 1, n // 3, n):
         ref = np.zeros(n, bool)
