@@ -199,17 +199,19 @@ def test_conv_layers_are_the_pure_function():
 
 @pytest.mark.slow
 def test_ssvi_10_percent_density_vs_dense_vi_on_digits():
-    """SSVI at 10% density against dense mean-field VI, the same steps: accuracy within 3 points,
-    ECE at most 1.5x dense VI's (small budget; benchmarks/ssvi.py runs the full one)."""
+    """SSVI at 10% density against dense mean-field VI, the same 300 steps on a 64-128-128-10 MLP:
+    accuracy within 3 points, ECE within 0.03 of dense VI's (a small budget: the suite compiles at
+    XLA's lowest optimisation level, where each step runs ~5x slower; benchmarks/ssvi.py and the
+    demo run the full 64-256-256-10 comparison)."""
     from sparsejax.demo.ssvi import compare
 
-    rows = compare(jax.random.key(0), steps=600, timing_repeats=0)
+    rows = compare(jax.random.key(0), steps=300, sizes=(64, 128, 128, 10), timing_repeats=0)
     dense, sparse = rows
     assert dense["accuracy"] > 0.9
     assert sparse["accuracy"] >= dense["accuracy"] - 0.03, rows
-    assert sparse["ece"] <= 1.5 * dense["ece"], rows
+    assert sparse["ece"] <= dense["ece"] + 0.03, rows
     np.testing.assert_allclose(sparse["flops_ratio"], 0.1, atol=0.01)
-    assert sparse["weights"] == round(0.1 * 84480)
+    assert sparse["weights"] == round(0.1 * 64 * 128) + round(0.1 * 128 * 128) + round(0.1 * 128 * 10)
 
 
 @pytest.mark.slow
