@@ -217,3 +217,25 @@ def test_k_caps_tol_mode(x64):
     capped = np.asarray(omp(jnp.asarray(d), jnp.asarray(y), k=4, tol=1e-3))
     np.testing.assert_array_equal((capped != 0).sum(1), 4)  # tol never reached: the cap binds
     np.testing.assert_allclose(capped, _sk(d, y, n_nonzero_coefs=4), atol=1e-10)
+
+
+def test_blocked_loops_match_sklearn(x64):
+    # k >= 16 and k * n_atoms >= 8192: the steps run in four compiled loops, each contracting only
+    # the Gram-row blocks filled so far; supports and coefficients must not change.
+    from sparsejax.dictionary.omp import _block_ends
+
+    assert _block_ends(18, 512) == [5, 9, 14, 18]
+    d, y = _problem(9, 64, 512, 9)
+    y[0] = d[:, [3, 30, 300]] @ np.array([1.5, -2.0, 1.0])  # stops after 3 atoms, in loop 0
+    y[1] = d[:, 5:505:50] @ np.linspace(1.0, 2.0, 10)  # stops after 10 atoms, in loop 2
+    got = np.asarray(omp(jnp.asarray(d), jnp.asarray(y), k=18, chunk_size=4))
+    ref = _sk(d, y, n_nonzero_coefs=18, precompute=True)
+    np.testing.assert_array_equal((got != 0).sum(1)[:3], [3, 10, 18])
+    np.testing.assert_array_equal(got != 0, ref != 0)
+    np.testing.assert_allclose(got, ref, atol=1e-10, rtol=0)
+    # tol mode: these signals stop after 12 to 16 atoms, in loops 2 and 3
+    got_tol = np.asarray(omp(jnp.asarray(d), jnp.asarray(y[2:]), k=18, tol=6.0))
+    ref_tol = _sk(d, y[2:], tol=6.0, precompute=True)
+    assert set((ref_tol != 0).sum(1)) >= {12, 16}
+    np.testing.assert_array_equal(got_tol != 0, ref_tol != 0)
+    np.testing.assert_allclose(got_tol, ref_tol, atol=1e-10, rtol=0)
