@@ -26,7 +26,7 @@ from flax import nnx
 
 from sparsejax import peft
 from sparsejax.nn import _surgery
-from sparsejax.nn.surgery import _replace
+from sparsejax.nn.surgery import _dense_linear, _replace
 from sparsejax.peft.delta import SparseDelta, delta_table
 
 __all__ = ["DeltaIndices", "DeltaLinear", "Frozen", "merge_delta", "to_delta"]
@@ -108,8 +108,5 @@ def merge_delta(model: nnx.Module) -> nnx.Module:
                         if isinstance(m, DeltaLinear)]:
         kernel = peft.apply({"k": layer.kernel[...]}, {"k": layer.delta})["k"]
         bias = None if layer.bias is None else layer.bias[...]
-        new = nnx.Linear(kernel.shape[0], kernel.shape[1], use_bias=bias is not None,
-                         param_dtype=kernel.dtype, kernel_init=lambda *_, k=kernel: k,
-                         bias_init=lambda *_, b=bias: b, rngs=nnx.Rngs(0))
-        model = _replace(model, path, new)
+        model = _replace(model, path, _dense_linear(kernel, bias))
     return model

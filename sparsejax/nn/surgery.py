@@ -48,6 +48,13 @@ def _replace(model: nnx.Module, path: tuple, new: nnx.Module) -> nnx.Module:
     return model
 
 
+def _dense_linear(kernel: Any, bias: Any | None) -> nnx.Linear:
+    """A plain ``nnx.Linear`` holding ``kernel`` ``[in, out]`` and ``bias`` (or none)."""
+    return nnx.Linear(kernel.shape[0], kernel.shape[1], use_bias=bias is not None,
+                      param_dtype=kernel.dtype, kernel_init=lambda *_: kernel,
+                      bias_init=lambda *_: bias, rngs=nnx.Rngs(0))
+
+
 def to_sparse(model: nnx.Module, masks: Any, format: str, *, n: int = 2, m: int = 4,
               block_shape: tuple[int, int] | None = None, backend: str = "auto") -> nnx.Module:
     """A copy of ``model`` whose masked ``nnx.Linear`` layers are N:M or block-sparse layers.
@@ -128,8 +135,5 @@ def to_dense(model: nnx.Module) -> nnx.Module:
     for path, layer in targets:
         kernel = layer.weight.to_dense()
         bias = None if layer.bias is None else layer.bias[...]
-        new = nnx.Linear(kernel.shape[0], kernel.shape[1], use_bias=bias is not None,
-                         param_dtype=kernel.dtype, kernel_init=lambda *_, k=kernel: k,
-                         bias_init=lambda *_, b=bias: b, rngs=nnx.Rngs(0))
-        model = _replace(model, path, new)
+        model = _replace(model, path, _dense_linear(kernel, bias))
     return model
