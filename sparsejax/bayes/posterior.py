@@ -96,7 +96,13 @@ def _check_positive(value: Any, name: str) -> Any:
 
 def sigma_of(rho: Float[Array, "*shape"], mask: Any) -> Float[Array, "*shape"]:
     """``softplus(rho)`` on the mask, exactly ``0`` outside it."""
-    return jnp.where(mask, jax.nn.softplus(rho), jnp.zeros((), rho.dtype))
+    return jnp.where(mask, _softplus_on(rho, mask), jnp.zeros((), rho.dtype))
+
+
+def _softplus_on(rho: jax.Array, mask: Any) -> jax.Array:
+    """``softplus(where(mask, rho, 0))``: the one expression of ``sigma`` that `sigma_of` and
+    `kl_divergence` share, so that XLA computes it (and its gradient) once per leaf."""
+    return jax.nn.softplus(jnp.where(mask, rho, jnp.zeros((), rho.dtype)))
 
 
 def init_posterior(
@@ -236,8 +242,10 @@ def kl_divergence(posterior: Posterior, prior_sigma: float | Float[Array, ""] = 
             continue
         s0 = jnp.asarray(prior_sigma, jnp.float32)
         mu32 = jnp.where(m, mu, 0).astype(jnp.float32)
-        rho32 = jnp.where(m, rho, 0).astype(jnp.float32)
-        s = jax.nn.softplus(rho32)
+        # float32 rho: sigma_of's own expression (computed once with the forward's); a narrower
+        # rho: softplus in float32
+        s = (_softplus_on(rho, m) if rho.dtype == jnp.float32 else
+             jax.nn.softplus(jnp.where(m, rho, 0).astype(jnp.float32)))
         per = jnp.log(s0) - jnp.log(s) + (s**2 + mu32**2) / (2 * s0**2) - 0.5
         total = total + jnp.sum(jnp.where(m, per, 0.0))
     return total
