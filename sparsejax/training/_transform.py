@@ -101,8 +101,10 @@ def masked_transform(
 
     One ``update(grads, state, params)`` at step ``t = state.count``:
 
-    1. if ``schedule`` is active at ``t`` (under ``lax.cond``, one compiled step; only the
-       hook's outputs and the key pass through the conditional), ``update_masks(params, grads,
+    One ``lax.cond`` on ``schedule`` holds the whole update (one compiled step): a step between
+    mask updates runs only the inner optimizer on the masked gradients and step 4's masking.
+
+    1. if ``schedule`` is active at ``t``, ``update_masks(params, grads,
        masks, t, key)`` gives the new masks (and optionally the values of grown entries, as a
        `MaskUpdate`) from the params *before* this step and the gradients as received (dense);
     2. with ``reset``, the inner optimizer's params-shaped moments of every entry whose mask
