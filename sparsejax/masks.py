@@ -180,28 +180,22 @@ def _first_true_cut(flat: jax.Array, flag_of, count: jax.Array) -> jax.Array:
                     lambda: n_full * _CHUNK + locate(flat[n_full * _CHUNK:]))
 
 
-# Up to how many entries the k-th largest key comes from a sort rather than a radix select.
-# Measured on the 2-core CPU (process time, k = size / 10): one array of 16384 entries, sort
-# 1.1 ms vs radix 0.19 ms; of 4096, 0.52 vs 0.43; of 2560, 0.29 vs 0.34. Under vmap (a row-wise
-# top-k; the histograms become batched scatters) 64 rows of 16384: sort 50 ms vs radix 46 ms; of
-# 4096, 13 vs 38 ms.
-_SORT_BELOW = 1 << 12
-_SORT_BELOW_ROWS = 1 << 14
+_SORT_BELOW = 1 << 14
 
 
-def _topk_flat(scores: jax.Array, k: jax.Array, sort_below: int = _SORT_BELOW) -> jax.Array:
+def _topk_flat(scores: jax.Array, k: jax.Array) -> jax.Array:
     """Mask of the ``k`` largest entries of a 1-D float array, ties by lower index.
 
-    The exact ``k``-th largest order key (`_order_keys`) comes, up to ``sort_below`` entries, from
+    The exact ``k``-th largest order key (`_order_keys`) comes, up to ``_SORT_BELOW`` entries, from
     one sort of the keys alone (XLA's CPU sort of a single array is about 10x faster than an
     argsort, which sorts a second operand along), else from a radix select with 16-bit digits (two
     histogram passes for 32-bit keys, four for 64-bit) over keys recomputed chunk by chunk
     (`_chunk_scan`), never stored whole. All keys above it are kept, and the first ones equal to it
-    by position. Both paths give the same mask.
+    by position.
     """
     size = scores.shape[0]
     k = jnp.clip(k, 0, size).astype(jnp.int32)
-    if size <= sort_below:
+    if size <= _SORT_BELOW:
         # short arrays (every row of a row-wise top-k under vmap): a sort is far cheaper than two
         # 65536-bin histograms per row; the tied entries are ranked by a prefix count
         keys = _order_keys(scores)
@@ -332,8 +326,7 @@ def _unstructured(scores: jax.Array, sparsity: jax.Array, axis: int | None) -> j
         return _topk_flat(flat, kept_count(scores.size, sparsity)).reshape(scores.shape)
     moved = jnp.moveaxis(scores, axis, -1)
     rows = moved.reshape(-1, moved.shape[-1])
-    mask = jax.vmap(partial(_topk_flat, sort_below=_SORT_BELOW_ROWS), in_axes=(0, None))(
-        rows, kept_count(moved.shape[-1], sparsity))
+    mask = jax.vmap(_topk_flat, in_axes=(0, None))(rows, kept_count(moved.shape[-1], sparsity))
     return jnp.moveaxis(mask.reshape(moved.shape), -1, axis)
 
 
