@@ -400,3 +400,8 @@ def test_hessian_inverse_factor_is_upper_cholesky_of_the_damped_inverse():
     h[np.diag_indices(300)] += 0.01 * np.mean(np.diag(h))
     np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, atol=1e-10)
     assert np.asarray(dead).nonzero()[0].tolist() == [7]
+    # only the lower triangle is read: junk above the diagonal changes nothing
+    junk = gram + np.triu(np.random.default_rng(1).normal(size=gram.shape), 1)
+    with jax.enable_x64(True):
+        np.testing.assert_array_equal(
+            np.asarray(hessian_inverse_factor(jnp.asarray(junk), jnp.asarray(0.01))[0]), u)

@@ -172,14 +172,17 @@ def hessian_inverse_factor(gram: jax.Array, damp: jax.Array) -> tuple[jax.Array,
 
     One Cholesky and one triangular inverse instead of the reference's three factorizations: with
     ``J`` the exchange matrix and ``L = chol(J H J)`` (lower), ``H = R R^T`` for the upper ``R = J L J``,
-    so ``H^-1 = R^-T R^-1`` and ``U = R^-1 = J L^-1 J``.
+    so ``H^-1 = R^-T R^-1`` and ``U = R^-1 = J L^-1 J``. Only the lower triangle of ``gram`` is
+    read (it is symmetric): the factorization is handed ``(J H J)^T``, which LAPACK's column-major
+    layout stores exactly as ``J H J`` is stored row-major, so no transposing copy is made.
     """
     diag = jnp.diagonal(gram)
     dead = diag == 0
     idx = jnp.arange(gram.shape[0])
     h = gram.at[idx, idx].set(jnp.where(dead, 1.0, diag))
     h = h.at[idx, idx].add(damp * jnp.mean(jnp.diagonal(h)))
-    return _lower_inverse(jnp.linalg.cholesky(h[::-1, ::-1]))[::-1, ::-1], dead
+    lower = lax.linalg.cholesky(h[::-1, ::-1].T, symmetrize_input=False)
+    return _lower_inverse(lower)[::-1, ::-1], dead
 
 
 def _lower_inverse(lower: jax.Array) -> jax.Array:
