@@ -226,10 +226,18 @@ def _sparsegpt(w, gram, sparsity, damp, n, m, bs):
             keep1 = jnp.ones((rows, bs), bool)
         w1, keep1, err1 = _sweep_block(w1, u1, keep1, n, m)
         w = lax.dynamic_update_slice(w, w1, (0, i1))
-        later = jnp.where(col[None, :] >= i1 + bs, lax.dynamic_slice(u, (i1, 0), (bs, cols + pad)),
-                          0.0)
-        w = w - jnp.matmul(err1, later, precision=lax.Precision.HIGHEST)
-        return w, keep1
+        # the lazy update of the later columns, W[:, i1 + bs:] -= err1 U[i1:i1 + bs, i1 + bs:],
+        # runs over the last of a few static column ranges that covers them (a traced block
+        # index cannot slice), not over all columns
+        segment = sum((i1 + bs >= s).astype(jnp.int32) for s in starts[1:])
+        return lax.switch(segment, [partial(update, s=s) for s in starts], w, err1, i1), keep1
+
+    def update(w, err1, i1, s):
+        later = lax.dynamic_slice(u, (i1, s), (bs, cols + pad - s))
+        later = jnp.where(col[None, s:] >= i1 + bs, later, 0.0)
+        return w.at[:, s:].add(-jnp.matmul(err1, later, precision=lax.Precision.HIGHEST))
+
+    starts = sorted({bs * (q * nblocks // 4) for q in range(min(4, nblocks))})
 
     w, keeps = lax.scan(block, w, jnp.arange(nblocks))
     keep = jnp.moveaxis(keeps, 0, 1).reshape(rows, nblocks * bs)[:, :cols]
