@@ -15,32 +15,17 @@ interleaved call by call, and checks that both return the same supports.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import pathlib
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _baseline import module_at
 
 GOAL_S = 0.45
-
-
-def _module_at(rev: str):
-    root = pathlib.Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "show", f"{rev}:sparsejax/dictionary/omp.py"], cwd=root,
-                         check=True, capture_output=True, text=True).stdout
-    path = pathlib.Path(tempfile.mkdtemp()) / "omp_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("omp_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.omp
 
 
 def main() -> None:
@@ -59,7 +44,8 @@ def main() -> None:
 
     impls = {"this tree": omp}
     if args.baseline_rev:
-        impls[f"omp.py @ {args.baseline_rev}"] = _module_at(args.baseline_rev)
+        impls[f"omp.py @ {args.baseline_rev}"] = module_at(
+            args.baseline_rev, "sparsejax/dictionary/omp.py").omp
     rng = np.random.default_rng(0)
     d = rng.normal(size=(args.n_features, args.n_atoms)).astype(np.float32)
     d /= np.linalg.norm(d, axis=0)

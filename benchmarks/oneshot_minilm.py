@@ -26,18 +26,16 @@ runs with the same setting). The shared CPU is noisy: times are indicative, rati
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
 import platform
-import subprocess
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _baseline import module_at
 
 from sparsejax.models import (
     available,
@@ -91,19 +89,6 @@ def quality(calib: int, batch: int, seed: int) -> dict:
 GOAL = 6.0
 
 
-def _methods_at(rev: str):
-    """``sparsejax/oneshot/methods.py`` as of git revision ``rev``, as a module."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "show", f"{rev}:sparsejax/oneshot/methods.py"], cwd=root,
-                         check=True, capture_output=True, text=True).stdout
-    path = pathlib.Path(tempfile.mkdtemp()) / "methods_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("methods_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def speed(n_in: int, n_out: int, tokens: int, repeats: int, seed: int,
           baseline_rev: str | None = None) -> dict:
     kx, kw = jax.random.split(jax.random.key(seed))
@@ -113,7 +98,7 @@ def speed(n_in: int, n_out: int, tokens: int, repeats: int, seed: int,
     w_np, h_np = np.asarray(w).T, np.asarray(stats.gram)
     runs = {"jit": jax.jit(lambda w, s: sparsegpt_prune(w, s, 0.5, axis=0))}
     if baseline_rev:
-        old = _methods_at(baseline_rev).sparsegpt_prune
+        old = module_at(baseline_rev, "sparsejax/oneshot/methods.py").sparsegpt_prune
         runs[f"jit @ {baseline_rev}"] = jax.jit(lambda w, s: old(w, s, 0.5, axis=0))
     outs = {name: jax.block_until_ready(fn(w, stats)) for name, fn in runs.items()}  # compile
     wall = {name: [] for name in [*runs, "numpy"]}
