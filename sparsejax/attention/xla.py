@@ -243,7 +243,14 @@ def attention(
             keep = kind != EMPTY
         return jnp.where(keep, s, -jnp.inf), vg
 
-    out = jnp.zeros((batch, hx, nq, rows, dv), q.dtype)
+    # A mask shared by all batches and heads: the output is assembled query-block-major
+    # ([nq, B, H, R, Dv], what lax.map yields), so a bucket is a contiguous row write and a single
+    # bucket of all rows in order (equal counts, a dynamic mask) is the output as it is.
+    shared = bm == 1 and hm == 1
+    if shared:
+        out = jnp.zeros((nq, batch, hx, rows, dv), q.dtype)
+    else:
+        out = jnp.zeros((batch, hx, nq, rows, dv), q.dtype)
     for b_r, h_r, i_r, parts in _buckets(kernel_blocks(mask), max_buckets):
         n = len(i_r)
         width = sum(p[0].shape[1] for p in parts)
@@ -256,13 +263,18 @@ def attention(
             flags.append(_part_masking(kind_p, check_tokens, static))
         row_fn = _bind_flags(make_row(len(parts)), flags)
         o = jax.lax.map(jax.checkpoint(row_fn), tuple(xs), batch_size=chunk)  # [N,bb,hb,R,Dv]
+        if shared:
+            in_order = not static or np.array_equal(i_r, np.arange(nq))
+            out = o if n == nq and in_order else out.at[xs[2]].set(o)
+            continue
         o = jnp.moveaxis(o, 0, 2)  # [bb, hb, N, R, Dv]
         b_sel = all_b[..., None] if bm == 1 else xs[0][None, None, :]
         h_sel = all_h[..., None] if hm == 1 else xs[1][None, None, :]
         out = out.at[b_sel, h_sel, xs[2][None, None, :]].set(o)
-    if hm == 1:
+    if shared:  # [nq, B, Hkv, G * bq, Dv] -> [B, Hkv, G, nq, bq, Dv]: one transpose
+        out = out.reshape(nq, batch, hkv, groups, bq, dv).transpose(1, 2, 3, 0, 4, 5)
+    elif hm == 1:
         out = out.reshape(batch, hkv, nq, groups, bq, dv).transpose(0, 1, 3, 2, 4, 5)
     return out.reshape(batch, hq, nq * bq, dv)[:, :, :lq]
-
 
 __all__ = ["attention"]
