@@ -18,7 +18,11 @@ cuDNN is unavailable); every point also checks the output against the ``xla`` ba
 
 Usage::
 
-    python benchmarks/attention.py --seqs 4096 8192 16384 --out results/attention.json
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/attention.py \\
+        --seqs 2048 4096 8192 16384 --out results/attention.json
+
+The first line states the load, the threads and any ``OPENBLAS_*`` variable (unset them for the
+baselines at their best).
 """
 
 from __future__ import annotations
@@ -229,7 +233,7 @@ def gpu_section(seqs: list[int], *, heads: int, dim: int, block: int, density: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seqs", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--seqs", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=64)
@@ -254,6 +258,10 @@ def main() -> None:
         "cpu": [],
         "gpu": [],
     }
+    openblas = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
+    print(f"load {os.getloadavg()}, {os.cpu_count()} CPUs (XLA uses all), jax {jax.__version__}, "
+          f"OPENBLAS_* variables: {openblas or 'none'}", flush=True)
+    result["loadavg_start"], result["env_openblas"] = os.getloadavg(), openblas
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
 
     def save(section, rows):
@@ -266,7 +274,9 @@ def main() -> None:
     if jax.default_backend() in ("gpu", "cuda", "rocm"):
         save("gpu", gpu_section(args.gpu_seqs, heads=args.heads, dim=args.dim, block=args.block,
                                 repeats=args.repeats))
-    print(f"wrote {args.out}")
+    result["loadavg_end"] = os.getloadavg()
+    save("cpu", result["cpu"])
+    print(f"load after: {result['loadavg_end']}; wrote {args.out}")
 
 
 if __name__ == "__main__":
