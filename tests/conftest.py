@@ -98,3 +98,13 @@ def run_script():
     subprocess with ``devices`` host CPU devices; it must print ``OK`` last. Multi-process
     checks use `sparsejax.testing.run_processes` instead."""
     return _run_script
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (notebooks, end-to-end runs, process groups: 10-40 s each) run first.
+
+    pytest-xdist's work stealing hands each worker a contiguous share of this order and moves
+    pending tests from the busier worker when the other runs dry; with the long tests at the front
+    the run ends on short tests, so neither worker idles behind another's 30-second notebook.
+    The sort is stable: the order within each group is unchanged."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

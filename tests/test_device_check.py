@@ -17,6 +17,7 @@ def _load():
     return module
 
 
+@pytest.mark.slow
 def test_dry_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "device_check.json"
     assert _load().main(["--dry-run", "--out", str(out)]) == 0

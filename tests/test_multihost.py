@@ -67,6 +67,7 @@ def _check(result, expected, name):
         _same(got, want, exact=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["masks", "prune"] + EXTENDED)
 def test_two_processes_equal_one(two, expected, name):
     if name not in TWO:
@@ -76,6 +77,7 @@ def test_two_processes_equal_one(two, expected, name):
         _check(result, expected, name)
 
 
+@pytest.mark.slow
 def test_expert_parallel_moe_two_processes(two):
     if "moe" not in TWO:
         pytest.skip("set SPARSEJAX_MULTIHOST=full to run this check (suite time budget)")
@@ -84,6 +86,7 @@ def test_expert_parallel_moe_two_processes(two):
         np.testing.assert_allclose(result["moe"], want, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_global_allocation_memory_follows_the_local_shard(two):
     """The compiled per-device temporaries grow with the local shard, not the model: 4x more
     parameters add < 3.2x the local shard's growth (gathering would add 4x per device, 8x for a
@@ -93,11 +96,13 @@ def test_global_allocation_memory_follows_the_local_shard(two):
         assert temp2 - temp1 < 3.2 * (local2 - local1), result["memory"]
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_is_bit_identical(two, expected):
     for result in two:
         _same(result["checkpoint"], expected["checkpoint"], exact=True)
 
 
+@pytest.mark.slow
 def test_four_processes_global_masks_and_restore_onto_a_different_process_count(two, checkpoint_dir):
     four = run_processes(C.sharded, 4, args=(FOUR, checkpoint_dir, False), timeout=TIMEOUT)
     expected = C.reference(FOUR, 8)
