@@ -145,11 +145,8 @@ def test_bf16_inputs():
     np.testing.assert_allclose(np.asarray(ref, np.float32), oracle, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("name", ["random", "sink_window", "stacked_heads", "causal"])
-def test_xla_gradients_match_reference(name):
-    mask = XLA_CASES[name]()
-    q, k, v = qkv(2, 4, 2, 50, 70, 16, seed=3)
-    w = jax.random.normal(jax.random.key(9), (2, 4, 50, 16))
+def assert_xla_grads_match_reference(q, k, v, mask, w):
+    """Gradients of ``sum(attention(q, k, v) * w)`` w.r.t. q, k, v: xla equals reference."""
 
     def loss(backend, q, k, v):
         return jnp.sum(attention(q, k, v, mask, backend=backend) * w)
@@ -158,6 +155,14 @@ def test_xla_gradients_match_reference(name):
     g_xla = jax.jit(jax.grad(functools.partial(loss, "xla"), (0, 1, 2)))(q, k, v)
     for a, b in zip(g_xla, g_ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["random", "sink_window", "stacked_heads", "causal"])
+def test_xla_gradients_match_reference(name):
+    mask = XLA_CASES[name]()
+    q, k, v = qkv(2, 4, 2, 50, 70, 16, seed=3)
+    w = jax.random.normal(jax.random.key(9), (2, 4, 50, 16))
+    assert_xla_grads_match_reference(q, k, v, mask, w)
 
 
 def test_xla_full_block_masks():
@@ -177,14 +182,7 @@ def test_xla_full_block_masks():
     np.testing.assert_allclose(
         np.asarray(run("xla", q, k, v, mask)),
         plain_softmax_attention(q, k, v, mask.to_dense(), 8**-0.5), atol=1e-5, rtol=1e-5)
-
-    def loss(backend, q, k, v):
-        return jnp.sum(attention(q, k, v, mask, backend=backend) * w)
-
-    g_ref = jax.jit(jax.grad(functools.partial(loss, "reference"), (0, 1, 2)))(q, k, v)
-    g_xla = jax.jit(jax.grad(functools.partial(loss, "xla"), (0, 1, 2)))(q, k, v)
-    for a, b in zip(g_xla, g_ref):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=2e-5)
+    assert_xla_grads_match_reference(q, k, v, mask, w)
 
 
 def test_dynamic_mask_under_jit():
