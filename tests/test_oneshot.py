@@ -166,17 +166,18 @@ def test_wanda_per_output_groups_hand_computed():
 
 @pytest.mark.parametrize("pattern", [dict(sparsity=0.5), dict(n=2, m=4)])
 def test_sparsegpt_matches_float64_reference_loop(pattern):
-    x, w = layer_data(jax.random.key(3), n_in=40, n_out=12, tokens=200)
+    # 72 inputs in blocks of 32: full blocks swept in sub-blocks of 16, a padded last block of 8
+    x, w = layer_data(jax.random.key(3), n_in=72, n_out=12, tokens=200)
     x = x.at[:, 5].set(0.0)  # a dead input
     with jax.enable_x64(True):
         x64, w64 = jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64)
         gram = x64.T @ x64
         stats = LayerStats(jnp.int32(200), jnp.sum(x64, 0), jnp.sum(x64 ** 2, 0), gram)
-        got_w, got_mask = sparsegpt_prune(w64, stats, **pattern, block_size=16, axis=0)
+        got_w, got_mask = sparsegpt_prune(w64, stats, **pattern, block_size=32, axis=0)
         got_w, got_mask = np.asarray(got_w), np.asarray(got_mask)
     prunen = pattern["m"] - pattern["n"] if "m" in pattern else 0
     ref_w, ref_mask = sparsegpt_loop(np.asarray(w64).T, np.asarray(gram), pattern.get(
-        "sparsity", 0.0), prunen, pattern.get("m", 0), blocksize=16)
+        "sparsity", 0.0), prunen, pattern.get("m", 0), blocksize=32)
     np.testing.assert_array_equal(got_mask, ref_mask.T)
     np.testing.assert_allclose(got_w, ref_w.T, atol=1e-6)
     assert not got_mask[5].any()
@@ -399,3 +400,8 @@ def test_hessian_inverse_factor_is_upper_cholesky_of_the_damped_inverse():
     h[np.diag_indices(300)] += 0.01 * np.mean(np.diag(h))
     np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, atol=1e-10)
     assert np.asarray(dead).nonzero()[0].tolist() == [7]
+    # only the lower triangle is read: junk above the diagonal changes nothing
+    junk = gram + np.triu(np.random.default_rng(1).normal(size=gram.shape), 1)
+    with jax.enable_x64(True):
+        np.testing.assert_array_equal(
+            np.asarray(hessian_inverse_factor(jnp.asarray(junk), jnp.asarray(0.01))[0]), u)

@@ -2,22 +2,23 @@
 
 The algorithm is scikit-learn's ``orthogonal_mp_gram`` (Rubinstein, Zibulevsky and Elad,
 "Efficient Implementation of the K-SVD Algorithm using Batch Orthogonal Matching Pursuit", 2008),
-vectorised over a batch of signals and compiled with `jax.jit`. Instead of solving two
-triangular systems per step, it keeps the inverse Cholesky factor ``L^{-1}`` of the selected atoms'
-Gram block, so every update is a small matrix-vector product:
+vectorised over a batch of signals and compiled with `jax.jit`. With ``L`` the Cholesky factor of
+the selected atoms' Gram block ``G[I, I]``, it keeps the rows ``P = L^{-1} G[I, :]`` (the selected
+atoms, orthonormalised, correlated with every atom), so each step is one row of ``P`` more:
 
 * ``lambda = argmax_j |alpha_j|`` with ``alpha = D^T r`` the residual's correlations;
-* ``w = L^{-1} G[I, lambda]``, ``l = sqrt(G[lambda, lambda] - w.w)``, which appends the row
-  ``[w, l]`` to ``L`` (and ``[-w^T L^{-1} / l, 1 / l]`` to ``L^{-1}``);
-* ``c = L^{-1} (D^T y)_I`` (forward substitution, one new entry per step), ``gamma = L^{-T} c``;
-* ``alpha = D^T y - G[:, I] gamma`` and ``||r||^2 = ||y||^2 - ||c||^2``.
+* ``w = L^{-1} G[I, lambda] = P[:, lambda]`` (a gather), ``l = sqrt(G[lambda, lambda] - w.w)``,
+  which appends the row ``[w, l]`` to ``L``;
+* ``c = L^{-1} (D^T y)_I`` (forward substitution, one new entry per step);
+* the new row ``p = (G[lambda] - w P) / l`` and ``alpha <- alpha - c_new p``, since
+  ``alpha = D^T y - G[:, I] gamma = D^T y - P^T c`` with ``gamma = L^{-T} c``, solved once at the
+  end; ``||r||^2 = ||y||^2 - ||c||^2``.
 
 The ``[n_features]`` residual is never formed. Per step and signal the cost is the contraction
-``G[:, I] gamma`` (``|I| * n_atoms``, memory-bound: each signal has its own Gram rows) and the
-argmax over ``n_atoms``; everything else is ``O(k^2)``. The Gram rows of the selected atoms are kept
-in four buffers of ``k / 4`` slots, and the steps run in four compiled loops, the ``j``-th
-contracting only the first ``j`` buffers, so the contraction reads ``5 k^2 / 8`` instead of ``k^2``
-rows per signal.
+``w P`` (``|I| * n_atoms``, memory-bound: each signal has its own rows) and the argmax over
+``n_atoms``; everything else is ``O(k)``. The rows of ``P`` are kept in four buffers of ``k / 4``
+slots, and the steps run in four compiled loops, the ``j``-th contracting only the first ``j``
+buffers, so the contraction reads ``5 k^2 / 8`` instead of ``k^2`` rows per signal.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def _argmax_last(score):
 def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
     """OMP for a batch given ``xy = y D`` ``[b, n_atoms]`` and ``||y||^2`` ``[b]``.
 
-    Slot ``t`` of every buffer belongs to step ``t``; a signal that stopped leaves its later slots
-    empty (index ``n_atoms``, zero rows), so all updates are static-position slices.
+    Returns the selected indices ``[b, k]`` and the coefficients ``gamma`` ``[b, k]``. Slot ``t``
+    of every buffer belongs to step ``t``; a signal that stopped leaves its later slots empty
+    (index ``n_atoms``, zero rows), so all updates are static-position slices.
     """
     b, n_atoms = xy.shape
     dtype = gram.dtype
@@ -105,72 +107,73 @@ def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
     slots = jnp.arange(k)
     rows = jnp.arange(b)
     diag = jnp.diagonal(gram)
-
     ends = _block_ends(k, n_atoms)
     starts = [0, *ends[:-1]]
 
     def body(state, block):
         # slots >= width are still empty in this block, so every contraction stops at `width`;
-        # the Gram rows of each block of slots live in their own buffer, so the contraction reads
-        # the filled buffers whole (no strided slice, no copy)
+        # each block of slots has its own buffer of projections, so the contraction reads the
+        # filled buffers whole (no strided slice, no copy)
         width = ends[block]
-        t, done, alpha, linv, c, idx, g_rows, gamma = state
+        t, done, alpha, chol, c, idx, proj_rows = state
         score = jnp.abs(alpha)
         if exact_k:
             score = score.at[rows[:, None], idx[:, :width]].set(-jnp.inf, mode="drop")
         lam = _argmax_last(score)
-        g_lam = gram[lam]
-        g_active = jnp.take_along_axis(g_lam, jnp.minimum(idx[:, :width], n_atoms - 1), axis=1)
-        g_active = jnp.where(slots[:width] < t, g_active, 0)
-        linv_w = linv[:, :width, :width]
-        w = jnp.einsum("bij,bj->bi", linv_w, g_active)
+        # w = L^-1 G[I, lam]: the selected atoms' orthonormalised correlations with atom lam,
+        # read off the stored rows P = L^-1 G[I, :] (empty slots hold zero rows)
+        w = jnp.concatenate([jnp.take_along_axis(p, lam[:, None, None], axis=2)[:, :, 0]
+                             for p in proj_rows[:block + 1]], axis=1)
         lkk2 = diag[lam] - jnp.sum(w * w, axis=-1)
         if exact_k:
             stop = done
             lkk2 = jnp.maximum(lkk2, eps)
         else:
-            a_lam = alpha[rows, lam]
+            a_lam = jnp.take_along_axis(alpha, lam[:, None], axis=1)[:, 0]
             repeat = jnp.any(idx[:, :width] == lam[:, None], axis=1)
             stop = done | repeat | (a_lam * a_lam < eps) | (lkk2 <= eps)
         act = ~stop
-        lkk = jnp.sqrt(jnp.where(act, lkk2, 1))
-        new_row = -jnp.einsum("bi,bij->bj", w, linv_w) / lkk[:, None]
-        new_row = jnp.where(slots[:width] == t, 1 / lkk[:, None], new_row)
-        new_c = (xy[rows, lam] - jnp.sum(w * c[:, :width], axis=-1)) / lkk
-        linv = jax.lax.dynamic_update_slice(
-            linv, jnp.where(act[:, None], new_row, 0)[:, None, :], (t * 0, t, t * 0))
-        c = c.at[:, t].set(jnp.where(act, new_c, 0))
-        idx = idx.at[:, t].set(jnp.where(act, lam, n_atoms).astype(idx.dtype))
-        g_rows = list(g_rows)
-        g_rows[block] = g_rows[block].at[:, t - starts[block]].set(
-            jnp.where(act[:, None], g_lam, 0))
-        g_rows = tuple(g_rows)
-        gamma_w = jnp.einsum("bji,bj->bi", linv[:, :width, :width], c[:, :width])
-        gamma = jax.lax.dynamic_update_slice(gamma, gamma_w, (0, 0))
-        fit = sum(jnp.einsum("bk,bka->ba", gamma_w[:, starts[m]:ends[m]], g_rows[m])
+        inv = jnp.where(act, 1 / jnp.sqrt(jnp.where(act, lkk2, 1)), 0)
+        # forward substitution: one new entry of c = L^-1 (D^T y)_I
+        new_c = (jnp.take_along_axis(xy, lam[:, None], axis=1)[:, 0]
+                 - jnp.sum(w * c[:, :width], axis=-1)) * inv
+        # the new row of P = L^-1 G[I, :]: (G[lam] - w P) / l, and alpha = D^T y - G[:, I] gamma
+        # = D^T y - P^T c loses its new component
+        fit = sum(jnp.einsum("bk,bka->ba", w[:, starts[m]:ends[m]], proj_rows[m])
                   for m in range(block + 1))
-        alpha = jnp.where(act[:, None], xy - fit, alpha)
+        new_p = (gram[lam] - fit) * inv[:, None]
+        alpha = alpha - new_c[:, None] * new_p
+        proj_rows = list(proj_rows)
+        proj_rows[block] = jax.lax.dynamic_update_slice(
+            proj_rows[block], new_p[:, None, :], (t * 0, t - starts[block], t * 0))
+        chol_row = jnp.where(slots == t, jnp.where(act, lkk2 * inv, 1)[:, None],
+                             jnp.pad(jnp.where(act[:, None], w, 0), ((0, 0), (0, k - width))))
+        chol = jax.lax.dynamic_update_slice(chol, chol_row[:, None, :], (t * 0, t, t * 0))
+        c = c.at[:, t].set(new_c)
+        idx = idx.at[:, t].set(jnp.where(act, lam, n_atoms).astype(idx.dtype))
         reached = jnp.full((b,), t + 1 >= k)
         if use_tol:
             reached = reached | (jnp.abs(y_norm2 - jnp.sum(c * c, axis=-1)) <= tol)
-        return t + 1, stop | reached, alpha, linv, c, idx, g_rows, gamma
+        return t + 1, stop | reached, alpha, chol, c, idx, tuple(proj_rows)
 
     init = (
         jnp.zeros((), jnp.int32),
         jnp.zeros((b,), bool),
         xy,
-        jnp.zeros((b, k, k), dtype),
+        jnp.broadcast_to(jnp.eye(k, dtype=dtype), (b, k, k)),
         jnp.zeros((b, k), dtype),
         jnp.full((b, k), n_atoms, jnp.int32),
         tuple(jnp.zeros((b, e - s, n_atoms), dtype) for s, e in zip(starts, ends, strict=True)),
-        jnp.zeros((b, k), dtype),
     )
     state = init
     for block, end in enumerate(ends):
         state = jax.lax.while_loop(
             lambda st, end=end: (st[0] < end) & ~jnp.all(st[1]),
             functools.partial(body, block=block), state)
-    return state[5], state[7]
+    _, _, _, chol, c, idx, _ = state
+    # gamma = L^-T c; the rows of the slots left empty are identity rows with c = 0
+    gamma = jax.scipy.linalg.solve_triangular(chol, c[:, :, None], lower=True, trans=1)[:, :, 0]
+    return idx, gamma
 
 
 def _block_ends(k: int, n_atoms: int) -> list[int]:

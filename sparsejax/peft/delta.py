@@ -346,19 +346,37 @@ def train_delta(inner: optax.GradientTransformation) -> optax.GradientTransforma
         (``jax.grad(..., allow_int=True)`` over the delta) or the dense gradient of the
         fine-tuned leaf (then gathered at the indices; the gradient of ``apply``'s output).
     """
+    return trainables_optimizer(inner, values_of, slot_grads, delta_updates, "train_delta")
+
+
+def trainables_optimizer(
+    inner: optax.GradientTransformation,
+    trainables: Any,
+    grads_of: Any,
+    updates_tree: Any,
+    owner: str,
+) -> optax.GradientTransformationExtraArgs:
+    """An optax transform whose ``inner`` optimizer sees only the trainable arrays of a tree.
+
+    The one wrapper of `train_delta` and `dsee.train`: ``trainables(params)`` reads the
+    trainable arrays (a list), ``grads_of(grads, params)`` their gradients in the same layout
+    (cast here to the arrays' dtypes), and ``updates_tree(params, updates)`` scatters ``inner``'s
+    updates back into a tree mirroring ``params`` (zero elsewhere). ``owner`` names the caller in
+    the error raised when ``params`` is missing.
+    """
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
-        return inner.init(values_of(params))
+        return inner.init(trainables(params))
 
     def update(updates, state, params=None, **extra):
         if params is None:
-            raise ValueError("`params` must be passed to update(grads, state, params) by "
-                             "train_delta (it reads the delta's indices); got None.")
-        vals = values_of(params)
-        g = [x.astype(v.dtype) for x, v in zip(slot_grads(updates, params), vals)]
-        upd, state = inner.update(g, state, vals, **extra)
-        return delta_updates(params, upd), state
+            raise ValueError(f"`params` must be passed to update(grads, state, params) by {owner} "
+                             "(it reads the trainable arrays from them); got None.")
+        vals = trainables(params)
+        grads = jax.tree.map(lambda g, v: g.astype(v.dtype), grads_of(updates, params), vals)
+        upd, state = inner.update(grads, state, vals, **extra)
+        return updates_tree(params, upd), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -33,7 +33,14 @@ from sparsejax._checks import (
     check_sparsity,
     must_be,
 )
-from sparsejax.peft.delta import SparseDelta, _scatter_add, map_kernels, map_nodes, node_grads
+from sparsejax.peft.delta import (
+    SparseDelta,
+    _scatter_add,
+    map_kernels,
+    map_nodes,
+    node_grads,
+    trainables_optimizer,
+)
 
 PyTree = Any
 __all__ = ["DseeDelta", "apply", "grebsmo", "init", "is_dsee", "merge", "support", "train",
@@ -284,31 +291,22 @@ def train(inner: optax.GradientTransformation) -> optax.GradientTransformationEx
         allow_int=True)`` over the delta) or the dense gradient of the fine-tuned kernel (the
         gradient at `apply`'s output; the chain rule is applied here).
     """
-    inner = optax.with_extra_args_support(inner)
+    return trainables_optimizer(inner, _trainables, _grads, _updates_tree, "dsee.train")
 
-    def init_fn(params):
-        return inner.init(_trainables(params))
 
-    def update_fn(updates, state, params=None, **extra):
-        if params is None:
-            raise ValueError("`params` must be passed to update(grads, state, params) by "
-                             "dsee.train (it reads the deltas); got None.")
-        vals = _trainables(params)
-        g = [tuple(x.astype(v.dtype) for x, v in zip(gs, vs))
-             for gs, vs in zip(_grads(updates, params), vals)]
-        upd, state = inner.update(g, state, vals, **extra)
-        it = iter(upd)
+def _updates_tree(params: PyTree, updates: list) -> PyTree:
+    """``train``'s updates: a `DseeDelta` of ``(a, b, values)`` updates at each delta (zero
+    index updates), zeros at every other array leaf."""
+    it = iter(updates)
 
-        def one(d):
-            if d is None:
-                return None
-            if is_dsee(d):
-                ua, ub, uv = next(it)
-                s = d.sparse
-                return DseeDelta(ua, ub, SparseDelta(jnp.zeros_like(s.indices), uv,
-                                                     None, s.shape), d.scale)
-            return jnp.zeros_like(d)
+    def one(d):
+        if d is None:
+            return None
+        if is_dsee(d):
+            ua, ub, uv = next(it)
+            s = d.sparse
+            return DseeDelta(ua, ub, SparseDelta(jnp.zeros_like(s.indices), uv, None, s.shape),
+                             d.scale)
+        return jnp.zeros_like(d)
 
-        return jax.tree.map(one, params, is_leaf=_is_node), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return jax.tree.map(one, params, is_leaf=_is_node)
