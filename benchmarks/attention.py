@@ -21,8 +21,9 @@ Usage::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/attention.py \\
         --seqs 2048 4096 8192 16384 --out results/attention.json
 
-The first line states the load, the threads and any ``OPENBLAS_*`` variable (unset them for the
-baselines at their best).
+``--baseline-rev main`` also times the xla path as of that revision in the same rounds (its
+sparse time and ratio against the same dense time). The first line states the load, the threads
+and any ``OPENBLAS_*`` variable (unset them for the baselines at their best).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _baseline import module_at
 
 from sparsejax.attention import BlockMask, attention, full_mask
 
@@ -119,6 +121,11 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
             fns[f"xla_{density}"] = jax.jit(
                 lambda q, k, v, m=mask: attention(q, k, v, m, backend="xla")
             )
+        if args.baseline_rev:  # the xla path as of another revision, in the same rounds
+            old = module_at(args.baseline_rev, "sparsejax/attention/xla.py")
+            for density, mask in masks.items():
+                fns[f"xla_{density}@rev"] = jax.jit(
+                    lambda q, k, v, m=mask, o=old: o.attention(q, k, v, m, args.dim**-0.5))
         times = interleaved(fns, (q, k, v), args.repeats)
         dense_times = {n: times[n] for n in dense_names}
         for name, t in dense_times.items():
@@ -150,6 +157,11 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
                 f"{'ok' if ratio <= goal else 'MISSED'}",
                 flush=True,
             )
+            if args.baseline_rev:
+                t_old = times[f"xla_{density}@rev"]
+                rows[-1]["baseline_rev_s"] = t_old
+                print(f"seq {seq:>6} density {float(mask.density):.3f}  {args.baseline_rev}: "
+                      f"sparse {t_old * 1e3:10.1f} ms  / dense = {t_old / best:.3f}", flush=True)
         on_row(rows)  # partial results survive an interrupted long run
     return rows
 
@@ -245,6 +257,8 @@ def main() -> None:
         default=8192,
         help="dense baselines run one head at a time above this length",
     )
+    parser.add_argument("--baseline-rev", default=None,
+                        help="git revision whose xla path is timed in the same rounds (CPU)")
     parser.add_argument("--gpu-seqs", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     parser.add_argument("--out", default="results/attention.json")
     args = parser.parse_args()
