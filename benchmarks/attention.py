@@ -18,7 +18,12 @@ cuDNN is unavailable); every point also checks the output against the ``xla`` ba
 
 Usage::
 
-    python benchmarks/attention.py --seqs 4096 8192 16384 --out results/attention.json
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/attention.py \\
+        --seqs 2048 4096 8192 16384 --out results/attention.json
+
+``--baseline-rev main`` also times the xla path as of that revision in the same rounds (its
+sparse time and ratio against the same dense time). The first line states the load, the threads
+and any ``OPENBLAS_*`` variable (unset them for the baselines at their best).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _baseline import module_at
 
 from sparsejax.attention import BlockMask, attention, full_mask
 
@@ -115,6 +121,11 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
             fns[f"xla_{density}"] = jax.jit(
                 lambda q, k, v, m=mask: attention(q, k, v, m, backend="xla")
             )
+        if args.baseline_rev:  # the xla path as of another revision, in the same rounds
+            old = module_at(args.baseline_rev, "sparsejax/attention/xla.py")
+            for density, mask in masks.items():
+                fns[f"xla_{density}@rev"] = jax.jit(
+                    lambda q, k, v, m=mask, o=old: o.attention(q, k, v, m, args.dim**-0.5))
         times = interleaved(fns, (q, k, v), args.repeats)
         dense_times = {n: times[n] for n in dense_names}
         for name, t in dense_times.items():
@@ -146,6 +157,11 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
                 f"{'ok' if ratio <= goal else 'MISSED'}",
                 flush=True,
             )
+            if args.baseline_rev:
+                t_old = times[f"xla_{density}@rev"]
+                rows[-1]["baseline_rev_s"] = t_old
+                print(f"seq {seq:>6} density {float(mask.density):.3f}  {args.baseline_rev}: "
+                      f"sparse {t_old * 1e3:10.1f} ms  / dense = {t_old / best:.3f}", flush=True)
         on_row(rows)  # partial results survive an interrupted long run
     return rows
 
@@ -229,7 +245,7 @@ def gpu_section(seqs: list[int], *, heads: int, dim: int, block: int, density: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seqs", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--seqs", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=64)
@@ -241,6 +257,8 @@ def main() -> None:
         default=8192,
         help="dense baselines run one head at a time above this length",
     )
+    parser.add_argument("--baseline-rev", default=None,
+                        help="git revision whose xla path is timed in the same rounds (CPU)")
     parser.add_argument("--gpu-seqs", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     parser.add_argument("--out", default="results/attention.json")
     args = parser.parse_args()
@@ -254,6 +272,10 @@ def main() -> None:
         "cpu": [],
         "gpu": [],
     }
+    openblas = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
+    print(f"load {os.getloadavg()}, {os.cpu_count()} CPUs (XLA uses all), jax {jax.__version__}, "
+          f"OPENBLAS_* variables: {openblas or 'none'}", flush=True)
+    result["loadavg_start"], result["env_openblas"] = os.getloadavg(), openblas
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
 
     def save(section, rows):
@@ -266,7 +288,9 @@ def main() -> None:
     if jax.default_backend() in ("gpu", "cuda", "rocm"):
         save("gpu", gpu_section(args.gpu_seqs, heads=args.heads, dim=args.dim, block=args.block,
                                 repeats=args.repeats))
-    print(f"wrote {args.out}")
+    result["loadavg_end"] = os.getloadavg()
+    save("cpu", result["cpu"])
+    print(f"load after: {result['loadavg_end']}; wrote {args.out}")
 
 
 if __name__ == "__main__":

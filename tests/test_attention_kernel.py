@@ -17,7 +17,8 @@ from sparsejax.attention import (
     sliding_window_mask,
     stack_heads,
 )
-from sparsejax.attention.xla import _split_counts
+from sparsejax.attention._tiles import kernel_blocks
+from sparsejax.attention.xla import _buckets, _part_masking, _split_counts
 
 
 def qkv(batch, heads, kv_heads, lq, lk, d, dtype=jnp.float32, seed=0):
@@ -144,11 +145,8 @@ def test_bf16_inputs():
     np.testing.assert_allclose(np.asarray(ref, np.float32), oracle, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("name", ["random", "sink_window", "stacked_heads", "causal"])
-def test_xla_gradients_match_reference(name):
-    mask = XLA_CASES[name]()
-    q, k, v = qkv(2, 4, 2, 50, 70, 16, seed=3)
-    w = jax.random.normal(jax.random.key(9), (2, 4, 50, 16))
+def assert_xla_grads_match_reference(q, k, v, mask, w):
+    """Gradients of ``sum(attention(q, k, v) * w)`` w.r.t. q, k, v: xla equals reference."""
 
     def loss(backend, q, k, v):
         return jnp.sum(attention(q, k, v, mask, backend=backend) * w)
@@ -157,6 +155,34 @@ def test_xla_gradients_match_reference(name):
     g_xla = jax.jit(jax.grad(functools.partial(loss, "xla"), (0, 1, 2)))(q, k, v)
     for a, b in zip(g_xla, g_ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["random", "sink_window", "stacked_heads", "causal"])
+def test_xla_gradients_match_reference(name):
+    mask = XLA_CASES[name]()
+    q, k, v = qkv(2, 4, 2, 50, 70, 16, seed=3)
+    w = jax.random.normal(jax.random.key(9), (2, 4, 50, 16))
+    assert_xla_grads_match_reference(q, k, v, mask, w)
+
+
+def test_xla_full_block_masks():
+    """A block-level mask (every kept block full): the bucket of the eight rows keeping all
+    blocks takes the unmasked path, the merged bucket of 1-3 blocks masks only its padding slots;
+    both equal the float64 oracle in value and the reference backend in gradient."""
+    rng = np.random.default_rng(4)
+    counts = (0, 1, 2, 3) + (10,) * 8
+    blocks = np.zeros((1, 1, 12, 10), bool)
+    for i, n in enumerate(counts):
+        blocks[0, 0, i, rng.choice(10, n, replace=False)] = True
+    mask = BlockMask.from_blocks(blocks, 4, 4, 48, 40)
+    parts = [p for *_, ps in _buckets(kernel_blocks(mask), 8) for p in ps]
+    assert {_part_masking(kinds, False, True) for _, kinds in parts} == {None, "slots"}
+    q, k, v = qkv(1, 4, 2, 48, 40, 8, seed=5)
+    w = jax.random.normal(jax.random.key(2), (1, 4, 48, 8))
+    np.testing.assert_allclose(
+        np.asarray(run("xla", q, k, v, mask)),
+        plain_softmax_attention(q, k, v, mask.to_dense(), 8**-0.5), atol=1e-5, rtol=1e-5)
+    assert_xla_grads_match_reference(q, k, v, mask, w)
 
 
 def test_dynamic_mask_under_jit():

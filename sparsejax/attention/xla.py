@@ -1,11 +1,12 @@
 """XLA block-sparse attention: gathers only the kept KV blocks of each query block.
 
 For a query block (a *row* of the block map) the kernel metadata lists its ``n`` kept KV blocks;
-the path gathers those ``n * block_kv`` keys and values, computes the ``[rows, n * block_kv]``
-logits in one batched matmul, masks only where blocks are partial (or padding) and takes an exact
-softmax over them (all kept keys of a row are present at once, so no running rescaling is needed;
-the Pallas kernels use the online form). Work and memory scale with the kept blocks, not with
-``seq_q * seq_kv``.
+the path gathers those ``n * block_kv`` keys and values as one ``[n * block_kv, D]`` operand,
+computes the ``[rows, n * block_kv]`` logits in one plain batched matmul (float queries carry the
+logit scale), masks only where blocks are partial (or padding: a static part of full blocks only
+has no mask pass at all) and takes an exact softmax over them (all kept keys of a row are present
+at once, so no running rescaling is needed; the Pallas kernels use the online form). Work and
+memory scale with the kept blocks, not with ``seq_q * seq_kv``.
 
 Rows have different numbers of kept blocks (causal masks: 1 to ``nq``). For a static mask the rows
 are sorted by count and split into at most ``max_buckets`` buckets, each padded only to its own
@@ -33,8 +34,10 @@ from sparsejax._pallas import pad_axis
 from sparsejax.attention._tiles import kernel_blocks, may_have_partial, tile_mask
 from sparsejax.attention.mask import BlockMask
 
-# Target bytes of float32 logits per lax.map step.
-_CHUNK_BYTES = 4 * 2**20
+# Target bytes of float32 logits per lax.map step: a step's logits, probabilities and gathered
+# K/V stay cache-sized (on the 2-core CI CPU 1 MiB ran a 4k-token, 10%-dense call in 14% less CPU
+# time than 4 MiB; a row above the target is one step on its own).
+_CHUNK_BYTES = 2**20
 _MAX_BUCKETS = 8
 
 
@@ -106,8 +109,19 @@ def _buckets(blocks, max_buckets: int):
     return out
 
 
+def _part_masking(kinds, check_tokens: bool, static: bool) -> str | None:
+    """How the logits of one part must be masked: ``"tokens"`` (evaluate the token predicate on
+    partial blocks), ``"slots"`` (only padding slots), ``None`` (a static part of full blocks
+    only: no mask pass at all)."""
+    if check_tokens and not (static and not bool(np.any(kinds == PARTIAL))):
+        return "tokens"
+    if not static or bool(np.any(kinds != FULL)):
+        return "slots"
+    return None
+
+
 def _bind_flags(row_fn, flags):
-    """Insert the static per-part ``has_partial`` flags into the mapped row arguments."""
+    """Insert the static per-part masking flags (`_part_masking`) into the mapped row arguments."""
 
     def fn(args):
         full = list(args[:3])
@@ -153,6 +167,10 @@ def attention(
     q = pad_axis(q, 2, nq * bq)
     k = pad_axis(k, 2, nk * bk)
     v = pad_axis(v, 2, nk * bk)
+    # Float32/64 queries carry the logit scale (one pass over q instead of one over the logits).
+    scaled_q = jnp.dtype(q.dtype).itemsize >= 4
+    if scaled_q:
+        q = q * jnp.asarray(scale, q.dtype)
     if hm == 1:  # stack the query heads of a group into rows: [B, Hkv, nq, G*bq, D]
         hx, rows = hkv, groups * bq
         qx = q.reshape(batch, hkv, groups, nq, bq, d).transpose(0, 1, 3, 2, 4, 5)
@@ -174,54 +192,67 @@ def attention(
 
     static = isinstance(mask.block_map, np.ndarray)
 
+    def take(x, b_sel, h_sel, i):
+        """``x[b_sel, h_sel, i]`` for the selected batch/head rows; a plain index along axis 2
+        when the mask broadcasts over both (no gather over the leading axes)."""
+        if bm == 1 and hm == 1:
+            return jnp.take(x, i, axis=2, mode="clip")
+        return x[b_sel, h_sel, i]
+
     def make_row(n_parts):
         def one_row(args):
             b_r, h_r, i = args[:3]
             b_sel = all_b if bm == 1 else jnp.full((1, 1), b_r)
             h_sel = all_h if hm == 1 else jnp.full((1, 1), h_r)
-            q_i = qx[b_sel, h_sel, i]  # [bb, hb, R, D]
+            q_i = take(qx, b_sel, h_sel, i)  # [bb, hb, R, D]
             parts = []
             for p in range(n_parts):
-                idx, kind, has_partial = args[3 + 3 * p : 6 + 3 * p]
-                parts.append(
-                    logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, has_partial)
-                )
-            m = functools.reduce(
-                jnp.maximum, [jnp.max(s, axis=(-2, -1), keepdims=True) for s, _ in parts]
-            )
+                idx, kind, masking = args[3 + 3 * p : 6 + 3 * p]
+                parts.append(logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, masking))
+            m = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s, _ in parts])
             m = jax.lax.stop_gradient(m)
             m = jnp.where(jnp.isfinite(m), m, 0.0)
             denom, o = 0.0, 0.0
             for s, vg in parts:
                 pr = jnp.exp(s - m)
-                denom = denom + jnp.sum(pr, axis=(-2, -1))[..., None]
+                denom = denom + jnp.sum(pr, axis=-1, keepdims=True)
                 o = o + jnp.einsum(
-                    "bxrkj,bxkjd->bxrd", pr.astype(vg.dtype), vg,
+                    "bxrn,bxnd->bxrd", pr.astype(vg.dtype), vg,
                     preferred_element_type=jnp.float32,
                 )
             return (o / jnp.where(denom > 0, denom, 1.0)).astype(q.dtype)
 
         return one_row
 
-    def logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, has_partial):
-        kg = kb[b_sel[..., None], h_sel[..., None], idx]  # [bb, hb, K, bk, D]
-        vg = vb[b_sel[..., None], h_sel[..., None], idx]
-        s = jnp.einsum("bxrd,bxkjd->bxrkj", q_i, kg, preferred_element_type=jnp.float32)
-        s = s * scale
-        if has_partial:
-            kv_pos = idx[:, None] * bk + jnp.arange(bk, dtype=jnp.int32)  # [K, bk]
-            pred_b = jnp.zeros((bb, 1, 1, 1, 1), jnp.int32) if bm == 1 else b_r
-            pred_h = jnp.zeros((1, hb, 1, 1, 1), jnp.int32) if hm == 1 else h_r
-            tok = tile_mask(
-                mask, pred_b, pred_h, (i * bq + row_pos)[:, None, None], kv_pos[None]
-            )
-            kind = kind[None, :, None]
+    def logits_part(b_r, h_r, i, q_i, idx, kind, b_sel, h_sel, masking):
+        # Gathered keys/values as one [K * bk] axis: the logits are a plain [R, K * bk] product.
+        n = idx.shape[0] * bk
+        kg = take(kb, b_sel[..., None], h_sel[..., None], idx).reshape(bb, hb, n, d)
+        vg = take(vb, b_sel[..., None], h_sel[..., None], idx).reshape(bb, hb, n, dv)
+        s = jnp.einsum("bxrd,bxnd->bxrn", q_i, kg, preferred_element_type=jnp.float32)
+        if not scaled_q:
+            s = s * scale
+        if masking is None:  # every slot of this part is a full kept block: nothing to mask
+            return s, vg
+        kind = jnp.broadcast_to(kind[:, None], (idx.shape[0], bk)).reshape(1, n)
+        if masking == "tokens":
+            kv_pos = (idx[:, None] * bk + jnp.arange(bk, dtype=jnp.int32)).reshape(1, n)
+            pred_b = jnp.zeros((bb, 1, 1, 1), jnp.int32) if bm == 1 else b_r
+            pred_h = jnp.zeros((1, hb, 1, 1), jnp.int32) if hm == 1 else h_r
+            tok = tile_mask(mask, pred_b, pred_h, (i * bq + row_pos)[:, None], kv_pos)
             keep = (kind == FULL) | ((kind == PARTIAL) & tok)
         else:
-            keep = (kind != EMPTY)[None, :, None]
+            keep = kind != EMPTY
         return jnp.where(keep, s, -jnp.inf), vg
 
-    out = jnp.zeros((batch, hx, nq, rows, dv), q.dtype)
+    # A mask shared by all batches and heads: the output is assembled query-block-major
+    # ([nq, B, H, R, Dv], what lax.map yields), so a bucket is a contiguous row write and a single
+    # bucket of all rows in order (equal counts, a dynamic mask) is the output as it is.
+    shared = bm == 1 and hm == 1
+    if shared:
+        out = jnp.zeros((nq, batch, hx, rows, dv), q.dtype)
+    else:
+        out = jnp.zeros((batch, hx, nq, rows, dv), q.dtype)
     for b_r, h_r, i_r, parts in _buckets(kernel_blocks(mask), max_buckets):
         n = len(i_r)
         width = sum(p[0].shape[1] for p in parts)
@@ -231,18 +262,21 @@ def attention(
         flags = []
         for idx_p, kind_p in parts:
             xs += [jnp.asarray(idx_p, jnp.int32), jnp.asarray(kind_p, jnp.int32)]
-            flags.append(
-                check_tokens and not (static and not bool(np.any(kind_p == PARTIAL)))
-            )
+            flags.append(_part_masking(kind_p, check_tokens, static))
         row_fn = _bind_flags(make_row(len(parts)), flags)
         o = jax.lax.map(jax.checkpoint(row_fn), tuple(xs), batch_size=chunk)  # [N,bb,hb,R,Dv]
+        if shared:
+            in_order = not static or np.array_equal(i_r, np.arange(nq))
+            out = o if n == nq and in_order else out.at[xs[2]].set(o)
+            continue
         o = jnp.moveaxis(o, 0, 2)  # [bb, hb, N, R, Dv]
         b_sel = all_b[..., None] if bm == 1 else xs[0][None, None, :]
         h_sel = all_h[..., None] if hm == 1 else xs[1][None, None, :]
         out = out.at[b_sel, h_sel, xs[2][None, None, :]].set(o)
-    if hm == 1:
+    if shared:  # [nq, B, Hkv, G * bq, Dv] -> [B, Hkv, G, nq, bq, Dv]: one transpose
+        out = out.reshape(nq, batch, hkv, groups, bq, dv).transpose(1, 2, 3, 0, 4, 5)
+    elif hm == 1:
         out = out.reshape(batch, hkv, nq, groups, bq, dv).transpose(0, 1, 3, 2, 4, 5)
     return out.reshape(batch, hq, nq * bq, dv)[:, :, :lq]
-
 
 __all__ = ["attention"]
