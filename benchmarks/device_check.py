@@ -62,7 +62,11 @@ DRY = dict(matmul_size=64, matmul_block=16, densities=(1.0, 0.25), seqs=(64,), h
 
 
 def _load(name: str):
-    """A sibling benchmark module by path (``benchmarks/`` is not a package)."""
+    """A sibling benchmark module by path (``benchmarks/`` is not a package). Its own imports of
+    sibling helpers (``from _baseline import ...``) resolve as when it runs as a script."""
+    here = str(pathlib.Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     spec = importlib.util.spec_from_file_location(f"_bench_{name}",
                                                   pathlib.Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
