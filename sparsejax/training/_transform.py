@@ -86,6 +86,11 @@ def check_leaf_shapes(tree: PyTree, other: PyTree, name: str, tree_name: str) ->
                                      raw=True))
 
 
+def _select(pred: jax.Array, a: PyTree, b: PyTree) -> PyTree:
+    """``a`` where the scalar ``pred`` holds, else ``b``, leaf by leaf (elementwise: fuses)."""
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
 def masked_transform(
     inner: optax.GradientTransformation,
     init_masks: Callable[[PyTree, Any], PyTree],
@@ -101,10 +106,8 @@ def masked_transform(
 
     One ``update(grads, state, params)`` at step ``t = state.count``:
 
-    One ``lax.cond`` on ``schedule`` holds the whole update (one compiled step): a step between
-    mask updates runs only the inner optimizer on the masked gradients and step 4's masking.
-
-    1. if ``schedule`` is active at ``t``, ``update_masks(params, grads,
+    1. if ``schedule`` is active at ``t`` (under ``lax.cond``, one compiled step; only the
+       hook's outputs and the key pass through the conditional), ``update_masks(params, grads,
        masks, t, key)`` gives the new masks (and optionally the values of grown entries, as a
        `MaskUpdate`) from the params *before* this step and the gradients as received (dense);
     2. with ``reset``, the inner optimizer's params-shaped moments of every entry whose mask
@@ -180,6 +183,35 @@ def masked_transform(
         check_leaf_shapes(params, grads, "updates", "params")
         step, k_state = state.count, state.key
         _check_masked(params, old, step)
+        new, values, is_update = old, None, None
+        if update_masks is not None:
+            def changed_masks():
+                k_next, k_update = k_state, None
+                if k_state is not None:
+                    k_next, k_update = jax.random.split(k_state)
+                out = update_masks(params, grads, old, step, k_update)
+                masks, values = (out.masks, out.values) if isinstance(out, MaskUpdate) else (out,
+                                                                                            None)
+                if hold_frozen:
+                    masks = _hold_frozen(inner, grads, inner_state, params, old, masks,
+                                         extra_args)
+                return masks, _fill(values, params, masks), k_next
+
+            def same_masks():
+                return old, _fill(None, params, old), k_state
+
+            is_update = jnp.asarray(active(step), bool)
+            new, values, k_state = lax.cond(is_update, changed_masks, same_masks)
+            if reset:  # changed entries start from zero moments and get zero gradients below
+                inner_state = reset_moments(inner_state, params,
+                                            _mask_map(lambda a, b: a != b, old, new))
+        keep = _mask_map(lambda a, b: a & b, old, new)
+        inner_updates, next_state = inner.update(apply_masks(grads, keep), inner_state, params,
+                                                 **extra_args)
+        if is_update is not None and not update_at_mask_step:
+            inner_updates = _select(is_update, jax.tree.map(jnp.zeros_like, inner_updates),
+                                    inner_updates)
+            next_state = _select(is_update, inner_state, next_state)
 
         def out(u, p, m_keep, m_new, v):
             if m_keep is None:
@@ -187,50 +219,9 @@ def masked_transform(
             start = jnp.where(m_new, v, 0).astype(u.dtype)  # grown: value; dropped: 0
             return jnp.where(m_keep, u, start - p.astype(u.dtype))
 
-        def regular_step():
-            """The step between mask updates: the inner optimizer on the masked gradients."""
-            inner_updates, next_state = inner.update(apply_masks(grads, old), inner_state, params,
-                                                     **extra_args)
-            result = jax.tree.map(lambda u, p, m: out(u, p, m, m, 0), inner_updates, params, old,
-                                  is_leaf=_is_none)
-            return result, next_state, old, k_state
-
-        if update_masks is None:
-            result, next_state, new, k_state = regular_step()
-            return result, SparseState(optax.safe_increment(step), new, next_state, k_state)
-
-        def mask_step():
-            """A mask-update step: new masks, the moment reset, and (only with
-            ``update_at_mask_step``) the inner optimizer on the entries kept by both masks."""
-            k_next, k_update = k_state, None
-            if k_state is not None:
-                k_next, k_update = jax.random.split(k_state)
-            upd = update_masks(params, grads, old, step, k_update)
-            new, values = (upd.masks, upd.values) if isinstance(upd, MaskUpdate) else (upd, None)
-            if hold_frozen:
-                new = _hold_frozen(inner, grads, inner_state, params, old, new, extra_args)
-            values = _fill(values, params, new)
-            reset_state = inner_state
-            if reset:  # changed entries start from zero moments and get zero gradients below
-                reset_state = reset_moments(inner_state, params,
-                                            _mask_map(lambda a, b: a != b, old, new))
-            keep = _mask_map(lambda a, b: a & b, old, new)
-            if update_at_mask_step:
-                inner_updates, next_state = inner.update(apply_masks(grads, keep), reset_state,
-                                                         params, **extra_args)
-            else:  # no optimizer step: every update is zero except the mask change
-                shapes = jax.eval_shape(lambda: inner.update(apply_masks(grads, old), inner_state,
-                                                             params, **extra_args)[0])
-                inner_updates = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-                next_state = reset_state
-            result = jax.tree.map(out, inner_updates, params, keep, new, values, is_leaf=_is_none)
-            return result, next_state, new, k_next
-
-        # one conditional around the whole update: a step between mask updates runs only the
-        # inner optimizer and the masking (no moment reset, no select between two optimizer
-        # results), a mask-update step skips the inner optimizer unless update_at_mask_step
-        result, next_state, new, k_state = lax.cond(jnp.asarray(active(step), bool), mask_step,
-                                                    regular_step)
+        if values is None:  # no mask updates: nothing is ever grown
+            values = _fill(None, params, new)
+        result = jax.tree.map(out, inner_updates, params, keep, new, values, is_leaf=_is_none)
         return result, SparseState(optax.safe_increment(step), new, next_state, k_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
