@@ -151,7 +151,8 @@ def check_sparsity(sparsity: Any, name: str = "sparsity") -> Any:
     passes unchanged (the mask functions clamp it into ``[0, 1]`` and count ``NaN`` as ``0``), and
     registers a ``jax.experimental.checkify`` user check: under
     ``checkify.checkify(f, errors=checkify.user_checks)`` an out-of-range or ``NaN`` traced
-    sparsity becomes an error (``err.throw()`` raises it); without ``checkify`` the check is free.
+    sparsity becomes an error (``err.throw()`` raises it); without ``checkify`` it computes
+    nothing, but (as any JAX effect) it takes the jitted caller off JAX's C++ fast dispatch path.
     """
     if isinstance(sparsity, bool) or sparsity is None:
         raise TypeError(must_be(name, "a float in [0, 1]", sparsity))
