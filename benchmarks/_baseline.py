@@ -1,4 +1,5 @@
-"""A library module as of an earlier git revision, for timing old and new side by side."""
+"""Timing old and new side by side: a library module as of an earlier git revision, and
+interleaved wall / process-CPU timing of several implementations."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.util
 import pathlib
 import subprocess
 import tempfile
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,3 +26,17 @@ def module_at(rev: str, path: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def interleaved(runs: dict, repeats: int) -> dict[str, tuple[list[float], list[float]]]:
+    """``{name: (wall seconds, process CPU seconds)}``, one entry per call, of ``repeats`` rounds
+    that call every ``runs[name]()`` once in turn, so that load drift on a shared machine hits every
+    implementation alike. The callables must block until their result is ready."""
+    times = {name: ([], []) for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            run()
+            times[name][0].append(time.perf_counter() - t0)
+            times[name][1].append(time.process_time() - c0)
+    return times

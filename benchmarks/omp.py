@@ -23,7 +23,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _baseline import module_at
+from _baseline import interleaved, module_at
 
 GOAL_S = 0.45
 
@@ -59,17 +59,10 @@ def main() -> None:
         runs = {name: (lambda f=f, yj=yj: jax.block_until_ready(
             f(dj, yj, k=args.k, return_indices=True))) for name, f in impls.items()}
         outs = {name: run() for name, run in runs.items()}
-        wall = {name: [] for name in runs}
-        cpu = {name: [] for name in runs}
-        for _ in range(args.repeats):  # interleaved: load changes hit every implementation alike
-            for name, run in runs.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                run()
-                wall[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
+        times = interleaved(runs, args.repeats)
         ref = next(iter(outs.values())).indices
-        for name in runs:
-            t, c = float(np.median(wall[name])), float(np.median(cpu[name]))
+        for name, (wall, cpu) in times.items():
+            t, c = float(np.median(wall)), float(np.median(cpu))
             same = bool(jnp.all(outs[name].indices == ref))
             base.setdefault(name, t)
             print(f"{name:>22}: {yj.shape[0]:6d} signals {t:7.3f} s wall, {c:7.3f} s CPU "

@@ -35,7 +35,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _baseline import module_at
+from _baseline import interleaved, module_at
 
 from sparsejax.models import (
     available,
@@ -101,19 +101,13 @@ def speed(n_in: int, n_out: int, tokens: int, repeats: int, seed: int,
         old = module_at(baseline_rev, "sparsejax/oneshot/methods.py").sparsegpt_prune
         runs[f"jit @ {baseline_rev}"] = jax.jit(lambda w, s: old(w, s, 0.5, axis=0))
     outs = {name: jax.block_until_ready(fn(w, stats)) for name, fn in runs.items()}  # compile
-    wall = {name: [] for name in [*runs, "numpy"]}
-    cpu = {name: [] for name in wall}
-    for _ in range(repeats):  # interleaved: load changes hit every implementation alike
-        for name in wall:
-            t0, c0 = time.perf_counter(), time.process_time()
-            if name == "numpy":
-                ref, _ = sparsegpt_loop(w_np, h_np, 0.5, dtype=np.float32)
-            else:
-                jax.block_until_ready(runs[name](w, stats))
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    ratio = float(np.median(np.asarray(wall["numpy"]) / np.asarray(wall["jit"])))
-    med = {name: (float(np.median(wall[name])), float(np.median(cpu[name]))) for name in wall}
+    calls = {name: (lambda fn=fn: jax.block_until_ready(fn(w, stats))) for name, fn in runs.items()}
+    numpy_out = []  # the reference loop's result, kept from its timed calls
+    calls["numpy"] = lambda: numpy_out.append(sparsegpt_loop(w_np, h_np, 0.5, dtype=np.float32)[0])
+    times = interleaved(calls, repeats)
+    ref = numpy_out[-1]
+    ratio = float(np.median(np.asarray(times["numpy"][0]) / np.asarray(times["jit"][0])))
+    med = {name: (float(np.median(wall)), float(np.median(cpu))) for name, (wall, cpu) in times.items()}
     x_np = np.asarray(x, np.float64)
     err = lambda a: float(np.linalg.norm(x_np @ (np.asarray(w, np.float64) - a)))  # noqa: E731
     ours = outs["jit"][0]
