@@ -44,6 +44,9 @@ def _loss(v, masks, key, x, y):
     return -B.elbo(ll, B.kl_divergence(p), num_data=100)
 
 
+_grad = jax.jit(jax.grad(_loss))  # one compiled program, not the op-by-op eager gradient
+
+
 @pytest.fixture(scope="module")
 def trained():
     """A few SSVI steps inside optax.chain(clip, adam); one compiled step for all of them.
@@ -134,7 +137,7 @@ def test_ssvi_random_growth_and_errors():
                  key=jax.random.key(1))
     state = opt.init(post)
     v = post._replace(mask=None)
-    grads = jax.grad(_loss)(v, masks_of(state)[0], KEY, x, y)
+    grads = _grad(v, masks_of(state)[0], KEY, x, y)
     update = jax.jit(opt.update)
     state = update(grads, state, v)[1]
     updates, state2 = update(grads, state, v)
