@@ -247,10 +247,18 @@ def global_keep(arrays: Sequence[Float[Array, "..."]], sparsity: float | Float[A
         if n >= 1 << 32:
             raise ValueError(must_be(f"arrays[{i}]", "under 2**32 entries for a global top-k",
                                      f"{n} entries", raw=True))
+    # one compiled program per set of shapes (eager calls would otherwise compile each of the
+    # ~120 small ops of the passes on their own); the sparsity is an argument, not a constant
+    return list(_global_keep(tuple(arrays), jnp.asarray(sparsity, jnp.float32)))
+
+
+@jax.jit
+def _global_keep(arrays: tuple, sparsity: jax.Array) -> tuple:
+    sizes = [int(np.prod(a.shape)) for a in arrays]
     live = [i for i, n in enumerate(sizes) if n]
     out = [jnp.zeros(a.shape, bool) for a in arrays]
     if not live:
-        return out
+        return tuple(out)
     k = _masks.kept_count(sum(sizes), sparsity)
     keys = [_masks._order_keys(arrays[i].astype(jnp.float32)) for i in live]
     valid = [jnp.ones(key.shape, bool) for key in keys]
@@ -273,4 +281,4 @@ def global_keep(arrays: Sequence[Float[Array, "..."]], sparsity: float | Float[A
     for j, i in enumerate(live):
         kept_ties = tied[j] & (rev[j] >= cuts[j]) & (need_leaf[j] > 0)
         out[i] = ((keys[j] > threshold[j]) | kept_ties) & (k > 0)
-    return out
+    return tuple(out)
