@@ -1,9 +1,11 @@
 """Demo stage: one-shot pruning of the real all-MiniLM-L6-v2 sentence encoder (``models`` extra).
 
 Prunes the encoder's 36 linear layers sequentially with magnitude, Wanda, SparseGPT and DSnoT (from
-Wanda) at 50% unstructured and 2:4, calibrated on standard-library docstrings, and reports how much
-of the dense model's sentence embeddings survives on held-out docstrings. Without the model it
-prints one line and skips.
+Wanda) at 50% unstructured sparsity, calibrated on 64 standard-library docstring sentences, and
+reports how much of the dense model's sentence embeddings survives on 128 held-out docstrings.
+N:M patterns (2:4 and others) are in ``notebooks/07_oneshot_pruning.ipynb`` and
+``benchmarks/oneshot_minilm.py``: the demo keeps to one pattern so that it stays within its two
+minutes. Without the model it prints one line and skips.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from sparsejax.demo.context import DemoContext
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
 """The methods compared at 50% unstructured sparsity."""
-METHODS_NM = ("magnitude", "wanda", "sparsegpt")
-"""The methods compared at 2:4 (not ``quick``)."""
 
 
 def run(ctx: DemoContext) -> dict:
@@ -40,16 +40,13 @@ def run(ctx: DemoContext) -> dict:
         return models.embed(p, *batch, model.config, tap)
 
     dense = model(held, batch_size=len(held))
-    runs = [("50%", {"sparsity": 0.5}, method) for method in METHODS]
-    if not ctx.quick:
-        runs += [("2:4", {"n": 2, "m": 4}, method) for method in METHODS_NM]
     rows = []
-    for label, pattern, method in runs:
+    for method in METHODS:
         t0 = time.perf_counter()
-        pruned, _ = prune_model(model.params, forward, batches, method, **pattern,
+        pruned, _ = prune_model(model.params, forward, batches, method, sparsity=0.5,
                                 groups=models.layer_groups(model.config), axis=0)
         cos, top1 = models.fidelity(dense, model(held, params=pruned, batch_size=len(held)))
-        rows.append({"pattern": label, "method": method, "cosine": cos, "top1": top1,
+        rows.append({"pattern": "50%", "method": method, "cosine": cos, "top1": top1,
                      "seconds": time.perf_counter() - t0})
     print_table(
         f"== one-shot pruning of all-MiniLM-L6-v2's 36 linear layers ({len(cal)} calibration / "
