@@ -200,10 +200,14 @@ def _topk_flat(scores: jax.Array, k: jax.Array) -> jax.Array:
         # 65536-bin histograms per row; the tied entries are ranked by a prefix count
         keys = _order_keys(scores)
         threshold = jnp.sort(keys)[size - jnp.maximum(k, 1)]
+        above = keys > threshold
         tied = keys == threshold
-        need = k - jnp.sum(keys > threshold, dtype=jnp.int32)
-        first_tied = tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need)
-        return ((keys > threshold) | first_tied) & (k > 0)
+        need = k - jnp.sum(above, dtype=jnp.int32)
+        # the prefix count only when some tied entries are left out (a third of the time of a
+        # 16384-entry selection when the threshold is unique)
+        first_tied = lax.cond(need >= jnp.sum(tied, dtype=jnp.int32), lambda: tied,
+                              lambda: tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need))
+        return (above | first_tied) & (k > 0)
     threshold, need, n_tied = _radix_select(scores, jnp.maximum(k, 1))
     # keep all keys above the threshold and the first `need` of those equal to it
     cut = lax.cond(need >= n_tied, lambda: jnp.int32(size),
