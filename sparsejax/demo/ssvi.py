@@ -207,7 +207,7 @@ def print_rows(rows: list[dict], title: str, caption: str | None = None) -> None
 
 def run(ctx: DemoContext) -> dict:
     """Dense mean-field VI vs SSVI at 10% density, the same steps; print the table."""
-    steps = 100 if ctx.quick else int(ctx.options.get("ssvi_steps", 1000))
+    steps = 100 if ctx.quick else int(ctx.options.get("ssvi_steps", 600))
     sizes = (64, 64, 10) if ctx.quick else (64, 256, 256, 10)
     rows = compare(ctx.next_key(), steps=steps, sizes=sizes, progress=ctx.progress,
                    data=(ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test), fast_compile=True)
