@@ -37,6 +37,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import paired
 
 from sparsejax.activation import (
     calibrate_thresholds,
@@ -50,19 +51,6 @@ from sparsejax.ops import sparse_input_matmul
 
 SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
 PROJ = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-
-
-def paired_times(fns: list, args: list, repeats: int) -> list[float]:
-    """Median time of each function, timed in interleaved rounds (load hits all alike)."""
-    for f, a in zip(fns, args, strict=True):
-        jax.block_until_ready(f(*a))
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, (f, a) in enumerate(zip(fns, args, strict=True)):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(*a))
-            times[i].append(time.perf_counter() - t0)
-    return [float(np.median(t)) for t in times]
 
 
 def speed(k: int, n: int, batch: int, repeats: int, backend: str = "xla", dtype=jnp.float32,
@@ -81,7 +69,7 @@ def speed(k: int, n: int, batch: int, repeats: int, backend: str = "xla", dtype=
         got, want = sparse(x, w), dense(x, w)
         err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32)))
                     / (jnp.max(jnp.abs(want.astype(jnp.float32))) + 1e-30))
-        td, ts = paired_times([dense, sparse], [(x, w), (x, w)], repeats)
+        td, ts, _ = paired(dense, (x, w), sparse, (x, w), repeats)
         ratio = ts / td
         goal = (1 - s) + 0.15
         rows.append({"sparsity": s, "dense_ms": td * 1e3, "sparse_ms": ts * 1e3, "ratio": ratio,

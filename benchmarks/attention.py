@@ -38,19 +38,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _baseline import module_at
+from _timing import module_at
 
 from sparsejax.attention import BlockMask, attention, full_mask
-
-
-def timed(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def random_block_mask(seq: int, block: int, density: float, seed: int) -> BlockMask:

@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_time
 
 from sparsejax.attention import decode, moa, prefill
 from sparsejax.attention.moa import MoARule
@@ -34,13 +34,8 @@ PREFILL = MoARule(max_new_tokens=0)
 
 
 def _timed(fn, repeats):
-    out = jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
+    out = jax.block_until_ready(fn())  # compiles; the warm-up of the timed calls
+    return out, median_time(fn, repeats=repeats, warmup=False)
 
 
 def _block_causal_density(blocks: np.ndarray, seq: int, bs: int) -> float:

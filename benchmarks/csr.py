@@ -25,7 +25,7 @@ and the effective memory bandwidth of the kernel (stored values, indices, pointe
 output read/written once: the roofline's bytes), to compare with half the device's peak.
 
 Timing: jitted functions, a warm-up call, then ``--repeats`` interleaved runs (dense/sparse pairs,
-`paired_times` of ``benchmarks/matmul.py``), so load changes on a shared machine hit both alike;
+`_timing.paired`), so load changes on a shared machine hit both alike;
 each ratio is the median of per-pair ratios. Every point also checks the result against the dense
 one (max relative error). The 1-minute load average is recorded next to the figures.
 
@@ -35,7 +35,6 @@ Run: ``python benchmarks/csr.py [--repeats 30] [--out results/csr.json]``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -46,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
+from _timing import paired
 from flax import nnx
 from jax.experimental import sparse as jsparse
 
@@ -57,16 +57,6 @@ from sparsejax.ops import csr_matmul, sparse_conv1x1
 SPARSITIES = (0.7, 0.8, 0.9, 0.95)
 
 
-def _load(name: str):
-    """A sibling benchmark module by path (``benchmarks/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}",
-                                                  pathlib.Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-paired_times = _load("matmul").paired_times
 
 
 def _rel_err(got, want) -> float:
@@ -93,7 +83,7 @@ def conv_section(channels: int, hw: int, sparsities, repeats: int, seed: int) ->
         for s in sparsities:
             w = _weight(rng, channels, s)
             a = CSR.from_dense(w)
-            td, ts, ratio = paired_times(dense, (x, jnp.asarray(w)), sparse, (x, a), repeats)
+            td, ts, ratio = paired(dense, (x, jnp.asarray(w)), sparse, (x, a), repeats)
             rows.append(dict(layout=fmt, sparsity=s, dense_ms=td * 1e3, sparse_ms=ts * 1e3,
                              ratio=ratio, rel_err=_rel_err(sparse(x, a), dense(x, w))))
             print(f"conv1x1 {fmt} sparsity {s:.2f}: dense {td * 1e3:7.3f} ms  sparse "
@@ -121,7 +111,7 @@ def spmm_section(channels: int, hw: int, sparsities, repeats: int, seed: int) ->
     for s in sparsities:
         w = _weight(rng, channels, s)
         a, b, m = CSR.from_dense(w), jsparse.BCSR.fromdense(jnp.asarray(w)), sp.csr_matrix(w)
-        t_b, t_o, r_b = paired_times(bcsr, (b, xj), ours, (a, xj), repeats)
+        t_b, t_o, r_b = paired(bcsr, (b, xj), ours, (a, xj), repeats)
         t_s = _scipy_time(m, x, repeats)
         ref = w.astype(np.float64) @ x
         rows.append(dict(sparsity=s, csr_matmul_ms=t_o * 1e3, bcsr_ms=t_b * 1e3,
@@ -216,8 +206,8 @@ def gpu_section(size: int, n: int, sparsities, repeats: int, *, interpret: bool 
     for s in sparsities:
         w = _weight(rng, size, s)
         a, b = CSR.from_dense(w), jsparse.BCSR.fromdense(jnp.asarray(w))
-        t_b, t_o, r_b = paired_times(bcsr, (b, x), ours, (a, x), repeats)
-        t_d, _, r_d = paired_times(dense, (jnp.asarray(w), x), ours, (a, x), repeats)
+        t_b, t_o, r_b = paired(bcsr, (b, x), ours, (a, x), repeats)
+        t_d, _, r_d = paired(dense, (jnp.asarray(w), x), ours, (a, x), repeats)
         nnz = int(a.nnz)
         moved = nnz * 8 + (size + 1) * 4 + 2 * size * n * 4  # values+cols, ptrs, X, out
         err = _rel_err(ours(a, x), np.asarray(w, np.float64) @ np.asarray(x, np.float64))

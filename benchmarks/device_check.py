@@ -63,7 +63,7 @@ DRY = dict(matmul_size=64, matmul_block=16, densities=(1.0, 0.25), seqs=(64,), h
 
 def _load(name: str):
     """A sibling benchmark module by path (``benchmarks/`` is not a package). Its own imports of
-    sibling helpers (``from _baseline import ...``) resolve as when it runs as a script."""
+    sibling helpers (``from _timing import ...``) resolve as when it runs as a script."""
     here = str(pathlib.Path(__file__).resolve().parent)
     if here not in sys.path:
         sys.path.insert(0, here)

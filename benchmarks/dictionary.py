@@ -35,6 +35,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import times
 
 
 def _parse() -> argparse.Namespace:
@@ -57,12 +58,8 @@ def _parse() -> argparse.Namespace:
 
 
 def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    all_times = times(fn, repeats=repeats, warmup=False)
+    return statistics.median(all_times), all_times
 
 
 def _omp_rows(args):

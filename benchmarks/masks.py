@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:  # so that `python benchmarks/masks.py` imports th
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import times  # noqa: E402
 
 from sparsejax import masks  # noqa: E402
 
@@ -147,12 +148,8 @@ def _time_eager(fn: Callable, args: tuple, repeats: int) -> tuple[dict, jax.Arra
     first = time.perf_counter() - t0
     if first < 1.0:  # one more warm-up (host-side caches), unless a call takes seconds
         jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return {"first_call_s": first, "times_s": times, "median_s": _median(times)}, out
+    t = times(fn, *args, repeats=repeats, warmup=False)
+    return {"first_call_s": first, "times_s": t, "median_s": _median(t)}, out
 
 
 def _time_jit(fn: Callable, args: tuple, repeats: int) -> tuple[dict, jax.Array]:
@@ -162,13 +159,8 @@ def _time_jit(fn: Callable, args: tuple, repeats: int) -> tuple[dict, jax.Array]
     t0 = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))
     first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return {"compile_s": compile_s, "first_call_s": first, "times_s": times,
-            "median_s": _median(times)}, out
+    t = times(compiled, *args, repeats=repeats, warmup=False)
+    return {"compile_s": compile_s, "first_call_s": first, "times_s": t, "median_s": _median(t)}, out
 
 
 def _run_ours(cases, scores, ties, modes, repeats) -> tuple[list[dict], dict[str, np.ndarray]]:

@@ -31,40 +31,14 @@ import json
 import os
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_time, paired
 
 from sparsejax.formats import BlockSparse
 from sparsejax.ops import bsr_matmul, dense_bsr_matmul
-
-
-def median_time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def paired_times(dense_fn, dense_args, sparse_fn, sparse_args, repeats: int
-                 ) -> tuple[float, float, float]:
-    """Interleaved timing (dense, sparse, dense, sparse, ...) so that load changes on a shared
-    machine hit both alike: median dense time, median sparse time, median of per-pair ratios."""
-    jax.block_until_ready(dense_fn(*dense_args))
-    jax.block_until_ready(sparse_fn(*sparse_args))
-    td, ts = [], []
-    for _ in range(repeats):
-        for fn, args, out in ((dense_fn, dense_args, td), (sparse_fn, sparse_args, ts)):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            out.append(time.perf_counter() - t0)
-    ratios = np.asarray(ts) / np.asarray(td)
-    return float(np.median(td)), float(np.median(ts)), float(np.median(ratios))
 
 
 def random_block_mask(rng: np.random.Generator, r: int, c: int, density: float) -> np.ndarray:
@@ -95,8 +69,8 @@ def sweep(size: int, block: int, densities: list[float], dtype, backend: str, re
     for d in densities:
         mask = random_block_mask(rng, r, r, d)
         a = BlockSparse.from_dense(w, (block, block), jnp.asarray(mask))
-        td1, t_sd, q_sd = paired_times(dense, (w, b), sd, (a, b), repeats)
-        td2, t_ds, q_ds = paired_times(dense, (b, w), ds, (b, a), repeats)
+        td1, t_sd, q_sd = paired(dense, (w, b), sd, (a, b), repeats)
+        td2, t_ds, q_ds = paired(dense, (b, w), ds, (b, a), repeats)
         goal = 1.2 if d == 1.0 else 1.2 * d + 0.02
         row = {"density": d, "kept_blocks": int(mask.sum()), "dense_s": (td1 + td2) / 2,
                "bsr_matmul_s": t_sd, "dense_bsr_matmul_s": t_ds, "bsr_matmul_ratio": q_sd,
@@ -149,8 +123,8 @@ def accel_section(size: int, block: int, densities: list[float], backends: list[
                 (0, 1)))
             try:
                 err = _rel_err(fwd(a, b), want)
-                _, t_f, q_f = paired_times(dense_fwd, (w, b), fwd, (a, b), repeats)
-                _, t_b, q_b = paired_times(dense_bwd, (w, b), bwd, (a.data, b), repeats)
+                _, t_f, q_f = paired(dense_fwd, (w, b), fwd, (a, b), repeats)
+                _, t_b, q_b = paired(dense_bwd, (w, b), bwd, (a.data, b), repeats)
             except Exception as e:  # report and go on: the summary lists the failure
                 failures.append({"backend": backend, "density": d,
                                  "error": f"{type(e).__name__}: {e}"[:500]})

@@ -41,26 +41,18 @@ import pathlib
 import platform
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import paired
 
 from sparsejax import moe
 
 
-def paired(dense_fn, moe_fn, args_dense, args_moe, repeats: int) -> dict:
-    jax.block_until_ready(dense_fn(*args_dense))
-    jax.block_until_ready(moe_fn(*args_moe))
-    td, tm = [], []
-    for _ in range(repeats):
-        for fn, args, out in ((dense_fn, args_dense, td), (moe_fn, args_moe, tm)):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            out.append(time.perf_counter() - t0)
-    return {"dense_s": float(np.median(td)), "moe_s": float(np.median(tm)),
-            "ratio": float(np.median(np.asarray(tm) / np.asarray(td)))}
+def paired_dict(dense_fn, moe_fn, args_dense, args_moe, repeats: int) -> dict:
+    td, tm, ratio = paired(dense_fn, args_dense, moe_fn, args_moe, repeats)
+    return {"dense_s": td, "moe_s": tm, "ratio": ratio}
 
 
 def run(tokens: int, d: int, f: int, e: int, k: int, dtype, rows: list[tuple[str, dict]],
@@ -106,8 +98,8 @@ def run(tokens: int, d: int, f: int, e: int, k: int, dtype, rows: list[tuple[str
         layer = make(kw, cf, gated)
         base, a_base = (dense_gated, (x, d1, d2, d3)) if gated else (dense, (x, d1, d2))
         a_moe = (x, wr, w1, w2, w3) if gated else (x, wr, w1, w2)
-        fwd = paired(jax.jit(base), jax.jit(layer), a_base, a_moe, repeats)
-        bwd = paired(loss(base, len(a_base)), loss(layer, len(a_moe)), a_base, a_moe, repeats)
+        fwd = paired_dict(jax.jit(base), jax.jit(layer), a_base, a_moe, repeats)
+        bwd = paired_dict(loss(base, len(a_base)), loss(layer, len(a_moe)), a_base, a_moe, repeats)
         out[name] = {"forward": fwd, "forward_backward": bwd, "config": spec}
         print(f"  {name:<14} forward {fwd['moe_s'] * 1e3:8.1f} ms  ({fwd['ratio']:.2f}x dense "
               f"{fwd['dense_s'] * 1e3:.1f} ms)   fwd+bwd {bwd['moe_s'] * 1e3:8.1f} ms  "

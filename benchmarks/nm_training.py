@@ -47,21 +47,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _timing import median_time  # noqa: E402
 
 import sparsejax as sj  # noqa: E402
 from sparsejax import masks, ops  # noqa: E402
 from sparsejax import training as T  # noqa: E402
 from sparsejax.formats import NMSparse  # noqa: E402
-
-
-def timed(fn, *args, repeats=10):
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 
 
 def lp_optimum(blocks, n):
@@ -86,8 +77,8 @@ def to_blocks(x, m):
 def run_masks(args):
     print("== masks ==")
     x = jax.random.normal(jax.random.PRNGKey(0), (4096, 4096))
-    t_tr = timed(jax.jit(lambda s: masks.nm_transposable(s, 2, 4)), x, repeats=args.repeats)
-    t_nm = timed(jax.jit(lambda s: masks.nm(s, 2, 4, axis=0)), x, repeats=args.repeats)
+    t_tr = median_time(jax.jit(lambda s: masks.nm_transposable(s, 2, 4)), x, repeats=args.repeats)
+    t_nm = median_time(jax.jit(lambda s: masks.nm(s, 2, 4, axis=0)), x, repeats=args.repeats)
     print(f"  4096^2 transposable 2:4 {t_tr * 1e3:.1f} ms (goal < 100 ms); plain 2:4 "
           f"{t_nm * 1e3:.1f} ms; ratio {t_tr / t_nm:.2f}")
     side = 4 * int(np.ceil(np.sqrt(args.blocks)))
@@ -128,12 +119,12 @@ def layer_section(width, batch=256, repeats=10, dtype=jnp.float32, mask_method="
 
     dense = grad_of(lambda x, v: x @ v)
     rows = {"width": width, "batch": batch, "dtype": jnp.dtype(dtype).name, "failures": []}
-    t_d = timed(dense, w, x, repeats=repeats)
+    t_d = median_time(dense, w, x, repeats=repeats)
     rows["dense_ms"] = t_d * 1e3
     for name, fmt, op in (("forward_only_nm", fwd_only, ops.dense_nm_matmul),
                           ("transposable_nm", trans, ops.dense_transposable_nm_matmul)):
         f = grad_of(lambda x, v, fmt=fmt, op=op: op(x, fmt.replace(values=v)))
-        t = timed(f, fmt.values, x, repeats=repeats)
+        t = median_time(f, fmt.values, x, repeats=repeats)
         gv, gx = f(fmt.values, x)
         ref_w, ref_x = dense(fmt.to_dense(), x)
         got = fmt.replace(values=gv).to_dense().astype(jnp.float32)

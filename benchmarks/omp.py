@@ -23,7 +23,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _baseline import interleaved, module_at
+from _timing import interleaved, module_at
 
 GOAL_S = 0.45
 

@@ -35,7 +35,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _baseline import interleaved, module_at
+from _timing import interleaved, module_at
 
 from sparsejax.models import (
     available,

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from matmul import paired_times  # noqa: E402
+from _timing import paired  # noqa: E402
 
 from sparsejax import bayes as B  # noqa: E402
 from sparsejax.demo.context import init_mlp, load_digits_split  # noqa: E402
@@ -104,7 +104,7 @@ def step_time(repeats: int, update_every: int = 50, batch_size: int = 128) -> di
     out = {"load_average_start": os.getloadavg()}
     for label, count in (("between_updates", 1), ("at_update", update_every - 1)):
         state = s_state._replace(count=jnp.int32(count))
-        td, ts, ratio = paired_times(d_step, (dense_q, d_state, key, x, y, jnp.int32(count)),
+        td, ts, ratio = paired(d_step, (dense_q, d_state, key, x, y, jnp.int32(count)),
                                      s_step, (v, state, key, x, y), repeats)
         goal = STEP_GOALS[label]
         out[label] = {"dense_vi_s": td, "ssvi_s": ts, "ratio": ratio, "goal_ratio": goal,

@@ -38,7 +38,6 @@ import json
 import pathlib
 import platform
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # so that `python benchmarks/training.py` imports this checkout
@@ -48,24 +47,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _timing import paired  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import sparsejax as sj  # noqa: E402
 from sparsejax import training as T  # noqa: E402
 
 
-def paired(dense_fn, sparse_fn, repeats: int) -> dict:
+def paired_ms(dense_fn, sparse_fn, repeats: int) -> dict:
     """Interleaved timing of two zero-argument functions: medians and the median per-pair ratio."""
-    jax.block_until_ready(dense_fn())
-    jax.block_until_ready(sparse_fn())
-    td, ts = [], []
-    for _ in range(repeats):
-        for fn, out in ((dense_fn, td), (sparse_fn, ts)):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            out.append(time.perf_counter() - t0)
-    return {"dense_ms": 1e3 * float(np.median(td)), "sparse_ms": 1e3 * float(np.median(ts)),
-            "ratio": float(np.median(np.asarray(ts) / np.asarray(td)))}
+    td, ts, ratio = paired(dense_fn, (), sparse_fn, (), repeats)
+    return {"dense_ms": 1e3 * td, "sparse_ms": 1e3 * ts, "ratio": ratio}
 
 
 def nm_masks(params):
@@ -111,12 +103,12 @@ def step_section(name, params, loss_of, batch, repeats):
         state = tx.init(params)
         for when, count in (("between updates", 1), ("at a mask update", UPDATE_EVERY)):
             s = state._replace(count=jnp.int32(count))
-            r = paired(dense_fn, lambda s=s, step=step: step(params, s, batch), repeats)
+            r = paired_ms(dense_fn, lambda s=s, step=step: step(params, s, batch), repeats)
             rows.append({"model": name, "transform": label, "when": when, **r})
             print(f"  {name:12s} {label:28s} {when:17s} dense {r['dense_ms']:8.2f} ms  "
                   f"sparse {r['sparse_ms']:8.2f} ms  ratio {r['ratio']:.2f}", flush=True)
     sr = make_step(loss_of, dense_tx, lambda p: T.sr_ste(p, nm_masks))
-    r = paired(dense_fn, lambda: sr(params, dense_state, batch), repeats)
+    r = paired_ms(dense_fn, lambda: sr(params, dense_state, batch), repeats)
     rows.append({"model": name, "transform": "sr_ste 2:4 (in the loss)", "when": "every step",
                  **r})
     print(f"  {name:12s} {'sr_ste 2:4 (in the loss)':28s} {'every step':17s} dense "
@@ -209,7 +201,7 @@ def run_block(args):
                       ("BlockSparseLinear + prune(block) between updates",
                        T.prune(optax.adam(1e-3), 0.5, pattern="block", block_shape=(128, 128),
                                update_every=UPDATE_EVERY))):
-        r = paired(dense, stepper(True, tx), max(3, args.repeats // 4))
+        r = paired_ms(dense, stepper(True, tx), max(3, args.repeats // 4))
         rows.append({"model": f"2x{width}", "transform": label, **r})
         print(f"  {label:50s} dense {r['dense_ms']:9.1f} ms  sparse {r['sparse_ms']:9.1f} ms  "
               f"ratio {r['ratio']:.3f}", flush=True)

@@ -10,7 +10,13 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from sparsejax._checks import check_int, check_positive_float, check_sparsity, must_be
+from sparsejax._checks import (
+    check_int,
+    check_positive_float,
+    check_sparsity,
+    in_unit_interval,
+    must_be,
+)
 
 Schedule = Callable[[Int[Array, ""] | int], Float[Array, ""]]
 
@@ -25,7 +31,7 @@ def constant(sparsity: float) -> Schedule:
         del step
         return jnp.asarray(sparsity, jnp.float32)
 
-    return schedule
+    return in_unit_interval(schedule)
 
 
 def one_shot(sparsity: float, step: int = 0) -> Schedule:
@@ -36,7 +42,7 @@ def one_shot(sparsity: float, step: int = 0) -> Schedule:
     def schedule(t):
         return jnp.where(jnp.asarray(t) >= at, jnp.float32(sparsity), jnp.float32(0.0))
 
-    return schedule
+    return in_unit_interval(schedule)
 
 
 def polynomial(
@@ -97,4 +103,4 @@ def polynomial(
     # read by `sparsejax.training.prune` as its default update range (TF-MOT's PolynomialDecay
     # carries its begin / end step the same way)
     schedule.begin_step, schedule.end_step = begin_step, end_step
-    return schedule
+    return in_unit_interval(schedule)

@@ -65,11 +65,12 @@ def _masks(place, names=tuple(MASK_CASES)):
                                   for name, case in cases.items()})(trees)
 
 
-def _train(place, name):
+@functools.cache
+def _optimizer(name):
+    """``(tx, jitted step)`` of the ``"prune"`` or ``"rigl"`` transform, built once per process:
+    the prune check and `_opt_state` (the checkpoint) share one compiled step."""
     from sparsejax import training as T
 
-    params, grads = problem()
-    params, grads = place(params, SPECS), place(grads, SPECS)
     if name == "prune":
         tx = T.prune(optax.adam(1e-2), 0.8, allocation="global", update_every=1)
     else:
@@ -80,6 +81,15 @@ def _train(place, name):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
+    return tx, step
+
+
+def _train(place, name):
+    from sparsejax import training as T
+
+    params, grads = problem()
+    params, grads = place(params, SPECS), place(grads, SPECS)
+    tx, step = _optimizer(name)
     p, state = params, tx.init(params)
     for t in range(2):
         p, state = step(p, state, jax.tree.map(lambda g, t=t: g * (1.0 + t), grads))
@@ -171,17 +181,9 @@ def _attention(place):
 
 def _opt_state(place):
     """A sparse optimizer state (prune with global allocation, adam inside) after one step."""
-    from sparsejax import training as T
-
     params, grads = problem()
     params, grads = place(params, SPECS), place(grads, SPECS)
-    tx = T.prune(optax.adam(1e-2), 0.8, allocation="global", update_every=1)
-
-    @jax.jit
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
+    tx, step = _optimizer("prune")
     return step(params, tx.init(params), grads)[1]
 
 

@@ -44,6 +44,14 @@ def _loss(v, masks, key, x, y):
     return -B.elbo(ll, B.kl_divergence(p), num_data=100)
 
 
+_grad = jax.jit(jax.grad(_loss))  # one compiled program, not the op-by-op eager gradient
+
+
+def _host(tree):
+    """``tree`` with numpy leaves: the checks index and reduce on the host, not op by op in XLA."""
+    return jax.tree.map(np.asarray, tree)
+
+
 @pytest.fixture(scope="module")
 def trained():
     """A few SSVI steps inside optax.chain(clip, adam); one compiled step for all of them.
@@ -75,13 +83,13 @@ def test_ssvi_keeps_posterior_masked_and_nnz_constant(trained):
     history, traces, _ = trained
     assert len(traces) == 1  # lax.cond on the step: no retracing
     changed_steps = []
-    for t, (_, state, new_v, new_state, _) in enumerate(history):
+    for t, (_, state, new_v, new_state, _) in enumerate(map(_host, history)):
         for name in ("l1", "l2"):
             old_m, new_m = masks_of(state)[0][name]["kernel"], masks_of(new_state)[0][name]["kernel"]
             assert int(old_m.sum()) == int(new_m.sum())
             for tree in (new_v.mu, new_v.rho):
-                assert float(jnp.max(jnp.abs(jnp.where(new_m, 0, tree[name]["kernel"])))) == 0.0
-            if bool(jnp.any(old_m != new_m)):
+                assert float(np.max(np.abs(np.where(new_m, 0, tree[name]["kernel"])))) == 0.0
+            if bool(np.any(old_m != new_m)):
                 changed_steps.append(t)
     assert sorted(set(changed_steps)) == [3, 7]  # step = count + 1 with step % update_every == 0
 
@@ -91,6 +99,7 @@ def test_ssvi_update_step_matches_subspace_update_and_resets_moments(trained):
     v, state, new_v, new_state, grads = history[3]  # the 4th update call: step 4
     expected = B.subspace_update(v._replace(mask=masks_of(state)[0]), grads.mu, 4, end_step=40,
                                  update_every=4)
+    v, state, new_v, new_state, expected = _host((v, state, new_v, new_state, expected))
     adam_state = new_state.inner_state[1][0]
     for name in ("l1", "l2"):
         old_m, new_m = masks_of(state)[0][name]["kernel"], masks_of(new_state)[0][name]["kernel"]
@@ -109,13 +118,13 @@ def test_ssvi_update_step_matches_subspace_update_and_resets_moments(trained):
         i = 0 if name == "l1" else 1
         for moment in (adam_state.mu, adam_state.nu):
             changed = grown | dropped
-            assert float(jnp.max(jnp.abs(jnp.where(changed, moment[0][name]["kernel"], 0)))) == 0
-            assert float(jnp.max(jnp.abs(jnp.where(changed, moment[1][i], 0)))) == 0
-            assert float(jnp.max(jnp.abs(moment[0][name]["kernel"]))) > 0
+            assert float(np.max(np.abs(np.where(changed, moment[0][name]["kernel"], 0)))) == 0
+            assert float(np.max(np.abs(np.where(changed, moment[1][i], 0)))) == 0
+            assert float(np.max(np.abs(moment[0][name]["kernel"]))) > 0
     # off-schedule steps: the inner update on the active entries only
-    v, state, new_v, new_state, grads = history[2]
+    v, state, new_v, new_state, grads = _host(history[2])
     m = masks_of(state)[0]["l1"]["kernel"]
-    assert bool(jnp.all(jnp.where(m, new_v.mu["l1"]["kernel"] != v.mu["l1"]["kernel"], True)))
+    assert bool(np.all(np.where(m, new_v.mu["l1"]["kernel"] != v.mu["l1"]["kernel"], True)))
     assert masks_of((optax.EmptyState(), new_state))[0]["l1"]["kernel"] is not None
 
 
@@ -134,7 +143,7 @@ def test_ssvi_random_growth_and_errors():
                  key=jax.random.key(1))
     state = opt.init(post)
     v = post._replace(mask=None)
-    grads = jax.grad(_loss)(v, masks_of(state)[0], KEY, x, y)
+    grads = _grad(v, masks_of(state)[0], KEY, x, y)
     update = jax.jit(opt.update)
     state = update(grads, state, v)[1]
     updates, state2 = update(grads, state, v)
@@ -164,19 +173,32 @@ def test_nnx_and_equinox_linear_layers_are_the_pure_functions():
     layer = snn.SSVILinear(12, 5, sparsity=0.7, rngs=nnx.Rngs(0))
     eq = snn.eqx.SSVILinear(12, 5, sparsity=0.7, key=jax.random.key(0))
     x = jax.random.normal(KEY, (4, 12))
-    for lay, (mu, rho, mask, bias) in (
-            (layer, (layer.mu[...], layer.rho[...], layer.mask[...], layer.bias[...])),
-            (eq, (eq.mu, eq.rho, eq.mask, eq.bias))):
-        assert int(mask.sum()) == round(60 * 0.3)
-        assert float(jnp.max(jnp.abs(jnp.where(mask, 0, mu)))) == 0.0
-        sigma = B.sigma_of(rho, mask)
-        np.testing.assert_allclose(lay(x, key=KEY), B.linear_lrt(KEY, x, mu, sigma, mask, bias))
-        np.testing.assert_allclose(lay(x), x @ mu + bias, rtol=1e-5, atol=1e-6)
+
+    def layer_outputs(lay, x):
+        """What the layer computes: sampled, mean, MC predictive, 6 samples by hand, KL."""
         keys = jax.random.split(jax.random.key(3), 6)
-        np.testing.assert_allclose(lay.predict(x, jax.random.key(3), samples=6),
-                                   jnp.mean(jnp.stack([lay(x, key=k) for k in keys]), 0),
-                                   rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(lay.kl(0.5), B.kl_divergence(B.Posterior(mu, rho, mask), 0.5))
+        return (lay(x, key=KEY), lay(x), lay.predict(x, jax.random.key(3), samples=6),
+                jnp.mean(jnp.stack([lay(x, key=k) for k in keys]), 0), lay.kl(0.5))
+
+    @jax.jit
+    def pure(mu, rho, mask, bias, x):
+        """The same from the pure functions."""
+        sigma = B.sigma_of(rho, mask)
+        return (B.linear_lrt(KEY, x, mu, sigma, mask, bias), x @ mu + bias,
+                B.kl_divergence(B.Posterior(mu, rho, mask), 0.5))
+
+    # each side compiled as one program (op-by-op eager calls cost 3x the CPU time)
+    for lay, (mu, rho, mask, bias), jit in (
+            (layer, (layer.mu[...], layer.rho[...], layer.mask[...], layer.bias[...]), nnx.jit),
+            (eq, (eq.mu, eq.rho, eq.mask, eq.bias), eqx.filter_jit)):
+        assert int(mask.sum()) == round(60 * 0.3)
+        assert not np.asarray(mu)[~np.asarray(mask)].any()
+        sampled, mean, predictive, by_hand, kl = jit(layer_outputs)(lay, x)
+        want_sampled, want_mean, want_kl = pure(mu, rho, mask, bias, x)
+        np.testing.assert_allclose(sampled, want_sampled)
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predictive, by_hand, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(kl, want_kl)
     g = jax.random.normal(jax.random.key(5), (12, 5))
     before = layer.posterior()
     layer.update_subspace(g, 10, end_step=100, update_every=10)

@@ -45,6 +45,28 @@ def test_callable_schedule_out_of_range_is_an_error_like_a_float(value):
     with pytest.raises(checkify.JaxRuntimeError, match="schedule"):
         err.throw()
 
+    # a traced float (optax.inject_hyperparams) is checked where it enters
+    def traced_float(s):
+        tx = T.prune(optax.sgd(0.1), s)
+        return tx.update(GRADS, tx.init(PARAMS), PARAMS)[0]
+
+    err, _ = jax.jit(checkify.checkify(traced_float, errors=checkify.user_checks))(jnp.float32(value))
+    with pytest.raises(checkify.JaxRuntimeError, match="schedule"):
+        err.throw()
+
+
+@pytest.mark.parametrize("schedule", [0.5, sj.schedules.polynomial(0.5, 0, 10),
+                                      sj.schedules.constant(0.5), sj.schedules.one_shot(0.5, 2)])
+def test_a_step_with_a_checked_schedule_carries_no_effect(schedule):
+    # the schedule's value is in [0, 1] by construction: no checkify check under jit (an effect
+    # takes every jitted step off JAX's fast dispatch path), in prune or the mask functions below it
+    tx = T.prune(optax.sgd(0.1), schedule, update_every=1)
+    jaxpr = jax.make_jaxpr(tx.update)(GRADS, tx.init(PARAMS), PARAMS)
+    assert not jaxpr.effects
+    # a user callable's value is checked (where it enters)
+    tx = T.prune(optax.sgd(0.1), lambda t: jnp.float32(0.5) * (t > 0), update_every=1)
+    assert jax.make_jaxpr(tx.update)(GRADS, tx.init(PARAMS), PARAMS).effects
+
 
 def test_a_transform_after_the_sparse_one_is_detected_and_keep_masked_fixes_it():
     chain = optax.chain(T.static_sparse(optax.adam(0.1), 0.5, key=KEY),

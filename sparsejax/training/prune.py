@@ -16,9 +16,11 @@ from sparsejax._checks import (
     _is_none,
     check_callable,
     check_sparsity,
+    in_unit_interval,
     is_concrete,
     is_function,
     must_be,
+    sparsity_checked,
 )
 from sparsejax.select import Where
 from sparsejax.training._transform import full_masks, key_data, masked_transform
@@ -168,7 +170,7 @@ def prune(
     if not is_function(schedule):  # a float, or a traced value under optax.inject_hyperparams
         check_sparsity(schedule, "schedule")
         value = schedule
-        schedule = lambda step: jnp.asarray(value, jnp.float32)  # noqa: E731
+        schedule = in_unit_interval(lambda step: jnp.asarray(value, jnp.float32))
     else:  # a callable evaluable eagerly must give a sparsity, as a float would
         for t in sorted({0, begin_step, 2 ** 30} | ({end_step} if end_step is not None else set())):
             _check_schedule_value(schedule(t), t)
@@ -201,8 +203,14 @@ def prune(
         return full_masks(params, where)
 
     def update_masks(params, grads, old, step, k):
-        # a traced value outside [0, 1] / NaN: an error under checkify (errors=user_checks)
-        s = check_sparsity(jnp.asarray(schedule(step), jnp.float32), "schedule(step)")
+        s = jnp.asarray(schedule(step), jnp.float32)
+        if not getattr(schedule, "in_unit_interval", False):
+            # a traced value outside [0, 1] / NaN: an error under checkify (errors=user_checks)
+            s = check_sparsity(s, "schedule(step)")
+        with sparsity_checked():  # checked once above: no checkify effect per mask function
+            return _masks_at(params, grads, old, s, k)
+
+    def _masks_at(params, grads, old, s, k):
         n_leaves = len(jax.tree.leaves(params))
         keys = list(jax.random.split(k, n_leaves)) if k is not None else [None] * n_leaves
         flat, treedef = jax.tree.flatten(params)
