@@ -37,3 +37,23 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "sparsejax 0.1.0" in out and "backend cpu" in out
+
+
+def test_fast_jit_sets_the_level_unless_xla_flags_do(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from sparsejax.demo import context
+
+    seen = []
+    real_jit = jax.jit
+    monkeypatch.setattr(context.jax, "jit", lambda fn, **kw: seen.append(kw) or real_jit(fn, **kw))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    f = context.fast_jit(lambda x: jnp.sin(x) * 2.0)
+    assert seen[-1]["compiler_options"]["xla_backend_optimization_level"] == 1
+    # XLA accepts the options (an unknown one raises at compile) and computes the same
+    assert float(f(jnp.ones(3))[0]) == float(jnp.sin(1.0) * 2.0)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    g = context.fast_jit(static_argnames="n")(lambda x, n: x * n)
+    assert "compiler_options" not in seen[-1] and seen[-1]["static_argnames"] == "n"
+    assert float(g(jnp.ones(2), n=3)[0]) == 3.0

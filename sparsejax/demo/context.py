@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,21 @@ def median_time(fn: Callable, *args, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
+def fast_jit(fn: Callable | None = None, **kwargs: Any) -> Callable:
+    """``jax.jit`` for the demo's long training programs (scans of many steps), compiled at XLA's
+    backend optimisation level 1 (instead of the default 2) without LLVM's expensive passes: their
+    compile is most of a stage's CPU (the SSVI training scan: 14.1 s CPU -> 8.6 s, the same time
+    per step; level 0 would make the step ~12x slower). Unchanged when ``XLA_FLAGS`` already sets a
+    level (the test suite's fast-compile flags). Usable as ``@fast_jit`` or
+    ``fast_jit(static_argnames=...)``."""
+    if fn is None:
+        return functools.partial(fast_jit, **kwargs)
+    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        kwargs["compiler_options"] = {"xla_backend_optimization_level": 1,
+                                      "xla_llvm_disable_expensive_passes": True}
+    return jax.jit(fn, **kwargs)
+
+
 @functools.lru_cache(maxsize=32)
 def _train_chunk(apply_fn: Callable, learning_rate: float, batch_size: int) -> Callable:
     """A compiled run of ``length`` Adam steps (`jax.lax.scan`) per (model, learning rate, batch
@@ -96,7 +112,7 @@ def _train_chunk(apply_fn: Callable, learning_rate: float, batch_size: int) -> C
 
     opt = optax.adam(learning_rate)
 
-    @functools.partial(jax.jit, static_argnames="length")
+    @fast_jit(static_argnames="length")
     def chunk(params, state, key, x, y, masks, *, length):
         def loss_fn(p, xb, yb):
             return optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, xb), yb).mean()

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparsejax.demo.context import DemoContext, init_mlp
+from sparsejax.demo.context import DemoContext, fast_jit, init_mlp
 from sparsejax.moe import MoEConfig, init_moe, moe_apply
 
 CONFIG = MoEConfig(d_model=256, d_ff=64, num_experts=8, k=2, capacity_factor=1.25,
@@ -71,7 +71,7 @@ def run(ctx: DemoContext) -> dict:
         updates, state = opt.update(grads, state, params)
         return (optax.apply_updates(params, updates), state), aux.dropped_fraction
 
-    @jax.jit
+    @fast_jit
     def train_and_test(k_init, k_train, x_train, y_train, x_test):
         """Init, train and evaluate in one program: a single compile."""
         params = init(k_init)

@@ -20,7 +20,7 @@ import optax
 
 from sparsejax import peft
 from sparsejax.demo._table import print_table
-from sparsejax.demo.context import DemoContext, mlp_apply
+from sparsejax.demo.context import DemoContext, fast_jit, mlp_apply
 
 METHODS = ("pretrained (no tuning)", "full fine-tune", "sparse delta", "SpIEL", "DSEE r=1",
            "PST 50% sparse", "LoRA r=2")
@@ -78,7 +78,7 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
     state = tx.init(trainable)
     sparse = name in ("sparse delta", "SpIEL") or name.startswith("DSEE")
 
-    @jax.jit
+    @fast_jit
     def step(trainable, state, xb, yb, t):
         def loss(p):
             logits = mlp_apply(p, xb)
