@@ -4,8 +4,8 @@ Prunes the encoder's 36 linear layers sequentially with magnitude, Wanda, Sparse
 Wanda) at 50% unstructured sparsity, calibrated on 64 standard-library docstring sentences, and
 reports how much of the dense model's sentence embeddings survives on 128 held-out docstrings.
 N:M patterns (2:4 and others) are in ``notebooks/07_oneshot_pruning.ipynb`` and
-``benchmarks/oneshot_minilm.py``: the demo keeps to one pattern so that it stays within its two
-minutes. Without the model it prints one line and skips.
+``benchmarks/oneshot_minilm.py``: the demo keeps to one pattern to stay short (its two
+minutes are the promise without the weights). Without the model it prints one line and skips.
 """
 
 from __future__ import annotations
