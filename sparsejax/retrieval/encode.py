@@ -7,6 +7,7 @@ index).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -214,6 +215,12 @@ def idf(
     if mask is None:
         mask = jnp.ones(doc_term_ids.shape, bool)
     mask = _check_mask(mask, doc_term_ids.shape, "mask").astype(bool)
+    return _idf(doc_term_ids, mask, vocab_size)
+
+
+@functools.partial(jax.jit, static_argnames="vocab_size")
+def _idf(doc_term_ids: jax.Array, mask: jax.Array, vocab_size: int) -> jax.Array:
+    """`idf` after its checks, one compiled program (eagerly: one per op)."""
     ids = jnp.where(mask, doc_term_ids, vocab_size)
     ids = jnp.sort(ids, axis=1)
     first = jnp.concatenate([jnp.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1)
@@ -252,7 +259,16 @@ def inference_free_query(
         raise ValueError(must_be("idf", "an array [vocab]", f"shape {tuple(idf_.shape)}",
                                  raw=True))
     vocab = idf_.shape[0]
-    special = [check_int(s, "special_ids", minimum=0, maximum=vocab - 1) for s in special_ids]
+    special = tuple(check_int(s, "special_ids", minimum=0, maximum=vocab - 1)
+                    for s in special_ids)
+    return _inference_free_query(token_ids, mask, idf_, special)
+
+
+@functools.partial(jax.jit, static_argnames="special")
+def _inference_free_query(token_ids: jax.Array, mask: jax.Array, idf_: jax.Array,
+                          special: tuple[int, ...]) -> jax.Array:
+    """`inference_free_query` after its checks, one compiled program."""
+    vocab = idf_.shape[0]
     rows = jnp.arange(token_ids.shape[0])[:, None]
     bag = jnp.zeros((token_ids.shape[0], vocab), idf_.dtype)
     bag = bag.at[rows, jnp.where(mask, token_ids, vocab)].set(1, mode="drop")
