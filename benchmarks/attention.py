@@ -8,7 +8,8 @@ CPU section (always): for each sequence length, times
 and reports ``time(sparse) / time(dense)`` against the goal ``1.2 * density + 0.02``.
 Inputs: batch 1, ``--heads`` heads, ``--dim`` head dim, float32. Times are medians of
 ``--repeats`` rounds after one warm-up (compile) run; each round times every candidate once,
-so load drift on a shared machine affects them alike.
+so load drift on a shared machine affects them alike. Each line also gives the process CPU time
+(all threads), which a loaded machine disturbs less than wall time.
 
 GPU section (only when a GPU is present; `gpu_section`, also run by
 ``benchmarks/device_check.py``): bfloat16, ``--gpu-seqs`` 8192 to 65536, the ``pallas_gpu`` and
@@ -38,6 +39,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import interleaved as timed_rounds
 from _timing import module_at
 
 from sparsejax.attention import BlockMask, attention, full_mask
@@ -116,10 +118,16 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
             for density, mask in masks.items():
                 fns[f"xla_{density}@rev"] = jax.jit(
                     lambda q, k, v, m=mask, o=old: o.attention(q, k, v, m, args.dim**-0.5))
-        times = interleaved(fns, (q, k, v), args.repeats)
+        for fn in fns.values():
+            jax.block_until_ready(fn(q, k, v))  # compile + warm-up
+        rounds = timed_rounds({n: lambda f=f, a=(q, k, v): jax.block_until_ready(f(*a))
+                               for n, f in fns.items()}, args.repeats)
+        times = {n: statistics.median(w) for n, (w, _) in rounds.items()}
+        cpu = {n: statistics.median(c) for n, (_, c) in rounds.items()}
         dense_times = {n: times[n] for n in dense_names}
         for name, t in dense_times.items():
-            print(f"seq {seq:>6} dense {name:<30} {t * 1e3:10.1f} ms", flush=True)
+            print(f"seq {seq:>6} dense {name:<30} {t * 1e3:10.1f} ms  (process CPU "
+                  f"{cpu[name] * 1e3:.1f} ms)", flush=True)
         best_name = min(dense_times, key=dense_times.get)
         best = dense_times[best_name]
         for density, mask in masks.items():
@@ -133,6 +141,8 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
                     "target_density": density,
                     "sparse_s": t,
                     "dense_s": best,
+                    "sparse_cpu_s": cpu[f"xla_{density}"],
+                    "dense_cpu_s": cpu[best_name],
                     "dense_impl": best_name,
                     "dense_candidates_s": dense_times,
                     "ratio": ratio,
@@ -144,14 +154,19 @@ def cpu_section(args, on_row=lambda rows: None) -> list[dict]:
             print(
                 f"seq {seq:>6} density {float(mask.density):.3f}  sparse {t * 1e3:10.1f} ms  "
                 f"/ dense ({best_name}) = {ratio:.3f}  goal <= {goal:.3f}  "
-                f"{'ok' if ratio <= goal else 'MISSED'}",
+                f"{'ok' if ratio <= goal else 'MISSED'}  (process CPU "
+                f"{cpu[f'xla_{density}'] * 1e3:.1f} / {cpu[best_name] * 1e3:.1f} ms = "
+                f"{cpu[f'xla_{density}'] / cpu[best_name]:.3f})",
                 flush=True,
             )
             if args.baseline_rev:
                 t_old = times[f"xla_{density}@rev"]
+                c_old = cpu[f"xla_{density}@rev"]
                 rows[-1]["baseline_rev_s"] = t_old
+                rows[-1]["baseline_rev_cpu_s"] = c_old
                 print(f"seq {seq:>6} density {float(mask.density):.3f}  {args.baseline_rev}: "
-                      f"sparse {t_old * 1e3:10.1f} ms  / dense = {t_old / best:.3f}", flush=True)
+                      f"sparse {t_old * 1e3:10.1f} ms  / dense = {t_old / best:.3f}  (process "
+                      f"CPU {c_old * 1e3:.1f} ms = {c_old / cpu[best_name]:.3f})", flush=True)
         on_row(rows)  # partial results survive an interrupted long run
     return rows
 

@@ -17,6 +17,7 @@ from sparsejax.attention import (
     sliding_window_mask,
     stack_heads,
 )
+from sparsejax.attention import xla as xla_path
 from sparsejax.attention._tiles import kernel_blocks
 from sparsejax.attention.xla import _buckets, _part_masking, _split_counts
 
@@ -87,6 +88,30 @@ def test_xla_matches_reference_f32(name):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)
     oracle = plain_softmax_attention(q, k, v, mask.to_dense(), 1 / 4)
     np.testing.assert_allclose(np.asarray(ref), oracle, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_xla_chunked_rows_and_value_dim(shared):
+    """Rows processed 2 (3) per step (a scan plus a remainder step), the output buffer carried
+    through the steps; Dv != D (a zero-filled buffer instead of the queries); query blocks that keep
+    nothing (not in any bucket) come out as zeros."""
+    shape = (1, 1, 56, 40) if shared else (2, 2, 56, 40)  # 7 query blocks of 8
+    mask = random_mask(shape, 8, 8, 0.3, empty_rows=tuple(range(8, 24)))  # blocks 1, 2 empty
+    ((_, _, i_r, parts),) = _buckets(kernel_blocks(mask), 1)
+    chunk = 2 if shared else 3
+    assert len(i_r) == (5 if shared else 20) and len(i_r) % chunk  # 5 rows per (batch, head)
+    width = sum(p[0].shape[1] for p in parts)
+    per_row = (4 if shared else 1) * 8 * width * 8 * 4  # as the path sizes a step
+    ks = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(ks[0], (2, 2, 56, 8))
+    k = jax.random.normal(ks[1], (2, 2, 40, 8))
+    for dv in (8, 12):
+        v = jax.random.normal(ks[2], (2, 2, 40, dv))
+        got = jax.jit(lambda q, k, v: xla_path.attention(q, k, v, mask, 0.5, max_buckets=1,
+                                                         chunk_bytes=chunk * per_row))(q, k, v)
+        want = plain_softmax_attention(q, k, v, mask.to_dense(), 0.5)
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+        assert not np.any(np.asarray(got)[:, :, 8:24])
 
 
 def test_empty_rows_are_zero_and_grads_finite():

@@ -255,7 +255,8 @@ def attention(
     # it overwrites them with its output, so there is no separate zero-filled output buffer, no
     # stacked per-step result and no final transpose (the output already has the query layout).
     buckets = _buckets(kernel_blocks(mask), max_buckets)
-    if dv != d:
+    seeded = dv == d  # the buffer holds the queries of the rows not yet processed
+    if not seeded:
         out = jnp.zeros(qx.shape[:-1] + (dv,), q.dtype)
     elif static and sum(len(bk_[2]) for bk_ in buckets) < bm * hm * nq:
         # Rows of a static mask that keep nothing are in no bucket: their output is zero.
@@ -299,7 +300,7 @@ def attention(
 
         def step(buf, x, rows_fn=rows_fn):
             """Rows ``x`` (each ``[C, ...]``): read their queries, attend, write their outputs."""
-            q_c = read(buf, *x[:3])
+            q_c = read(buf if seeded else qx, *x[:3])
             return write(buf, rows_fn((q_c, *x)), *x[:3])
 
         steps = n // chunk
