@@ -264,9 +264,11 @@ def test_shorthand_matches_composition():
     np.testing.assert_array_equal(masks.magnitude_mask(w, 0.3), masks.unstructured(sj.scores.magnitude(w), 0.3))
 
 
-@pytest.mark.parametrize("n", [7, 1 << 14, (1 << 14) + 1, 40000, 2 * masks._CHUNK + 777])
+@pytest.mark.parametrize("n", [7, (1 << 12) + 1, 1 << 14, (1 << 14) + 1, 40000,
+                               2 * masks._CHUNK + 777])
 def test_topk_sort_and_radix_paths_agree_with_stable_argsort(n):
-    """Short arrays are ranked by a sort, long ones by radix select: both keep the k largest with
+    """Short arrays are ranked by a sort, mid-sized ones by a bitwise search of the threshold, long
+    ones by radix select: all keep the k largest with
     ties to the lower index (heavily tied integer scores), as numpy's stable argsort. The last
     size spans two whole histogram chunks and a partial one, so the tied entries cut by position
     fall in every kind of chunk as ``k`` varies."""
@@ -276,6 +278,32 @@ def test_topk_sort_and_radix_paths_agree_with_stable_argsort(n):
         ref[np.argsort(-x, kind="stable")[:k]] = True
         np.testing.assert_array_equal(np.asarray(masks.topk(jnp.asarray(x), k)), ref)
 
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_topk_bitwise_threshold_equals_sort_threshold(dtype, monkeypatch):
+    """The bitwise search of the k-th largest key (mid-sized arrays) keeps exactly what the sort
+    keeps, with NaN, +-inf, -0.0 / 0.0 and ties, for k at both ends and in between (64-bit keys
+    for float64)."""
+    with jax.enable_x64(dtype == jnp.float64):
+        rng = np.random.default_rng(11)
+        x = rng.integers(-40, 40, size=6000).astype(np.float64) / 8  # ties
+        x[::2] = rng.normal(size=3000)  # every bit of the keys
+        x[rng.choice(6000, 60, replace=False)] = np.nan
+        x[:3], x[3:6], x[6:9] = np.inf, -np.inf, -0.0
+        x = x.astype(dtype)
+        tie = np.asarray(0.1, dtype)  # 150 ties at a value whose key has its lowest bit set
+        if not tie.view(np.uint64 if dtype == jnp.float64 else np.uint32) & 1:
+            tie = np.nextafter(tie, np.asarray(1, dtype))
+        x[11:311:2] = tie
+        split = int(np.sum(x > tie)) + 75  # k cuts through the tied entries
+        x = jnp.asarray(x)
+        ks = jnp.asarray([0, 1, 7, split, 2999, 5990, 6000], jnp.int32)
+        fast = jax.jit(jax.vmap(masks._topk_flat, (None, 0)))(x, ks)
+        monkeypatch.setattr(masks, "_BISECT_ABOVE", 1 << 30)
+        sort = jax.jit(jax.vmap(masks._topk_flat, (None, 0)))(x, ks)
+        np.testing.assert_array_equal(np.asarray(fast), np.asarray(sort))
+        np.testing.assert_array_equal(np.asarray(fast).sum(1), np.asarray(ks))
 
 
 @pytest.mark.parametrize("reduce", ["mean", "sum", "max", "l2"])
