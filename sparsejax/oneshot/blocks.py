@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from sparsejax._checks import must_be
+from sparsejax.oneshot._layer import AXIS_HELP
 from sparsejax.oneshot.driver import (
     PyTree,
     Tap,
@@ -96,9 +97,7 @@ def prune_blocks(
     _check_alike(blocks)
     prune_fn, needs_gram = _method_fn(method, sparsity, n, m, dict(method_kwargs or {}))
     if axis is None:
-        raise ValueError(must_be("axis", "given: the input-feature axis of the weights (0 for "
-                                 "[in, out], 1 for [out, in]), or a mapping {layer name: axis}",
-                                 None))
+        raise ValueError(must_be("axis", AXIS_HELP + ", or a mapping {layer name: axis}", None))
     tapped = _tapped_inputs(block_fn, blocks[0], inputs[0])
     names = list(tapped) if layers is None else list(layers)
     weights = _leaves_by_name(blocks[0])
