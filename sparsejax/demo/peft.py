@@ -56,7 +56,7 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
         trainable, to_params, tx = base, (lambda t: t), optax.adam(1e-3)
         count = sum(int(a.size) for a in jax.tree.leaves(base))
     elif name == "LoRA r=2":
-        trainable = _lora_init(base, k_init)
+        trainable = fast_jit(_lora_init)(base, k_init)
         to_params, tx = (lambda t: _lora_apply(base, t)), optax.adam(1e-2)
         count = sum(int(a.size) for a in jax.tree.leaves(trainable))
     elif name.startswith("DSEE"):  # rank 1 + (in + out) sparse entries: LoRA r=2's count
@@ -64,7 +64,8 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
         to_params, tx = (lambda t: peft.dsee.apply(base, t)), peft.dsee.train(optax.adam(1e-2))
         count = peft.dsee.trainable_count(trainable)
     elif name.startswith("PST"):
-        trainable = peft.pst.init(base, key=k_init, weight_rank=1, mask_rank=1)
+        trainable = fast_jit(lambda b, k: peft.pst.init(b, key=k, weight_rank=1, mask_rank=1))(
+            base, k_init)
         schedule = peft.pst.schedule(steps, PST_SPARSITY)
         to_params, tx = (lambda t, s=PST_SPARSITY: peft.pst.apply(base, t, s)), optax.adam(1e-2)
         count = peft.pst.trainable_count(trainable)
@@ -75,7 +76,7 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
               peft.spiel(optax.adam(1e-2), total_steps=steps, reselect_every=max(4, steps // 6),
                          accumulate_steps=2))
         count = peft.delta_size(trainable)
-    state = tx.init(trainable)
+    state = fast_jit(tx.init)(trainable)
     sparse = name in ("sparse delta", "SpIEL") or name.startswith("DSEE")
 
     @fast_jit
@@ -98,7 +99,7 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
     xs, ys = x[batches], y[batches]
     for t in range(steps):
         trainable, state = step(trainable, state, xs[t], ys[t], t)
-    return to_params(trainable), count
+    return fast_jit(to_params)(trainable), count
 
 
 def run(ctx: DemoContext) -> dict:

@@ -37,6 +37,8 @@ __all__ = [
     "available",
     "embed",
     "encode",
+    "encoder_block",
+    "encoder_input",
     "fidelity",
     "init_params",
     "layer_groups",
@@ -75,13 +77,23 @@ class MiniLM(NamedTuple):
     tokenizer: WordPiece
 
     def __call__(self, texts, params: dict | None = None, batch_size: int = 64) -> np.ndarray:
-        """Sentence embeddings ``[len(texts), hidden]`` (unit norm) of a list of texts."""
+        """Sentence embeddings ``[len(texts), hidden]`` (unit norm) of a list of texts.
+
+        As sentence-transformers' ``encode``, the texts are embedded in batches of
+        ``batch_size`` sorted by token count (each batch padded to a multiple of 32 tokens, so
+        short texts do not pay for the longest one's padding) and returned in the given order.
+        """
         params = self.params if params is None else params
-        out = []
+        ids, mask = self.tokenizer(texts, pad_to_multiple_of=32)
+        lengths = mask.sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), self.config.hidden), np.float32)
         for i in range(0, len(texts), batch_size):
-            ids, mask = self.tokenizer(texts[i:i + batch_size], pad_to_multiple_of=32)
-            out.append(np.asarray(_embed_jit(params, ids, mask, self.config)))
-        return np.concatenate(out)
+            rows = order[i:i + batch_size]
+            width = -(-int(lengths[rows].max()) // 32) * 32
+            out[rows] = np.asarray(_embed_jit(params, ids[rows, :width], mask[rows, :width],
+                                              self.config))
+        return out
 
 
 def _identity_tap(name: str, x: jax.Array, where: jax.Array | None = None) -> jax.Array:
@@ -94,6 +106,67 @@ def _layer_norm(x, p, eps):
     return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
 
 
+def encoder_input(
+    params: dict,
+    input_ids: Int[Array, "batch length"],
+    attention_mask: Int[Array, "batch length"],
+    config: BertConfig,
+) -> tuple[Float[Array, "batch length hidden"], Int[Array, "batch length"]]:
+    """The input of the first encoder block: ``(hidden, attention_mask)``, ``hidden`` the
+    LayerNormed sum of the word, position and token-type embeddings.
+
+    Args:
+        params: encoder parameters (`init_params` / `load_minilm`); only ``"embeddings"`` is read.
+        input_ids: token ids ``[batch, length]``.
+        attention_mask: 1 for real tokens, 0 for padding, ``[batch, length]``.
+        config: the `BertConfig` (static).
+
+    Returns:
+        the carry `encoder_block` maps: ``[batch, length, hidden]`` float32 and the mask unchanged.
+    """
+    e = params["embeddings"]
+    length = input_ids.shape[1]
+    h = e["word"][input_ids] + e["position"][:length][None] + e["token_type"][0][None, None]
+    return _layer_norm(h, e["ln"], config.eps), attention_mask
+
+
+def encoder_block(
+    layer: dict,
+    carry: tuple[Float[Array, "batch length hidden"], Int[Array, "batch length"]],
+    config: BertConfig,
+    tap: Callable[..., jax.Array] = _identity_tap,
+) -> tuple[Float[Array, "batch length hidden"], Int[Array, "batch length"]]:
+    """One post-LayerNorm BERT block (self-attention, exact-erf GELU feed-forward).
+
+    Args:
+        layer: one block's parameters, ``params["layers"][i]``.
+        carry: ``(hidden, attention_mask)``, from `encoder_input` or the previous block.
+        config: the `BertConfig` (static).
+        tap: ``tap(name, x, where) -> x`` called with each linear layer's input (``name`` relative
+            to the block: ``"query/kernel"``, ...) and the real-token mask, so padding stays out of
+            the statistics of `sparsejax.oneshot.prune_blocks`.
+
+    Returns:
+        the next block's carry: ``(hidden, attention_mask)``.
+    """
+    h, attention_mask = carry
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(h.dtype).min)
+    heads, dim = config.heads, config.hidden // config.heads
+
+    def dense(name, x):
+        x = tap(f"{name}/kernel", x, attention_mask > 0)
+        return x @ layer[name]["kernel"] + layer[name]["bias"]
+
+    split = lambda t: t.reshape(*t.shape[:2], heads, dim)  # noqa: E731
+    q, k, v = (split(dense(n, h)) for n in ("query", "key", "value"))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dim) + bias
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+    h = _layer_norm(dense("attn_out", ctx.reshape(h.shape)) + h, layer["attn_ln"], config.eps)
+    f = jax.nn.gelu(dense("ffn_in", h), approximate=False)
+    h = _layer_norm(dense("ffn_out", f) + h, layer["ffn_ln"], config.eps)
+    return h, attention_mask
+
+
 def encode(
     params: dict,
     input_ids: Int[Array, "batch length"],
@@ -101,38 +174,27 @@ def encode(
     config: BertConfig,
     tap: Callable[..., jax.Array] = _identity_tap,
 ) -> Float[Array, "batch length hidden"]:
-    """Last hidden states of the BERT encoder (post-LayerNorm blocks, exact-erf GELU).
+    """Last hidden states of the BERT encoder: `encoder_input`, then `encoder_block` per layer.
 
     Args:
         params: encoder parameters (`init_params` / `load_minilm`).
         input_ids: token ids ``[batch, length]``.
         attention_mask: 1 for real tokens, 0 for padding, ``[batch, length]``.
         config: the `BertConfig` (static).
-        tap: ``tap(name, x, where) -> x`` called with each linear layer's input and the real-token
+        tap: ``tap(name, x, where) -> x`` called with each linear layer's input (``name`` the
+            kernel's path in ``params``, ``"layers/{i}/query/kernel"``, ...) and the real-token
             mask (the hook of `sparsejax.oneshot.prune_model`; padding stays out of statistics).
 
     Returns:
         ``[batch, length, hidden]`` float32.
     """
-    e = params["embeddings"]
-    length = input_ids.shape[1]
-    h = e["word"][input_ids] + e["position"][:length][None] + e["token_type"][0][None, None]
-    h = _layer_norm(h, e["ln"], config.eps)
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(h.dtype).min)
-    heads, dim = config.heads, config.hidden // config.heads
-    for i, lp in enumerate(params["layers"]):
-        def dense(name, x, lp=lp, i=i):
-            x = tap(f"layers/{i}/{name}/kernel", x, attention_mask > 0)
-            return x @ lp[name]["kernel"] + lp[name]["bias"]
+    carry = encoder_input(params, input_ids, attention_mask, config)
+    for i, layer in enumerate(params["layers"]):
+        def block_tap(name, x, where=None, i=i):
+            return tap(f"layers/{i}/{name}", x, where)
 
-        split = lambda t: t.reshape(*t.shape[:2], heads, dim)  # noqa: E731
-        q, k, v = (split(dense(n, h)) for n in ("query", "key", "value"))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dim) + bias
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-        h = _layer_norm(dense("attn_out", ctx.reshape(h.shape)) + h, lp["attn_ln"], config.eps)
-        f = jax.nn.gelu(dense("ffn_in", h), approximate=False)
-        h = _layer_norm(dense("ffn_out", f) + h, lp["ffn_ln"], config.eps)
-    return h
+        carry = encoder_block(layer, carry, config, block_tap)
+    return carry[0]
 
 
 def embed(

@@ -24,7 +24,7 @@ Tap = Callable[..., jax.Array]  # tap(name, x, where=None) -> x
 METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot")
 
 
-def _identity_tap(name: str, x: jax.Array) -> jax.Array:
+def _identity_tap(name: str, x: jax.Array, where: jax.Array | None = None) -> jax.Array:
     return x
 
 
@@ -155,12 +155,7 @@ def prune_model(
             missing, out of range or not the axis of the tapped input's features, calibration
             batches with no token counted, or the pattern errors of the methods.
     """
-    if not isinstance(calibration_batches, Sequence) or isinstance(calibration_batches, str):
-        raise TypeError("`calibration_batches` must be a re-iterable sequence (list or tuple) of "
-                        f"batches; got {type(calibration_batches).__name__}.")
-    if len(calibration_batches) == 0:
-        raise ValueError("`calibration_batches` must hold at least one batch; got an empty "
-                         "sequence.")
+    check_calibration(calibration_batches, "calibration_batches")
     prune_fn, needs_gram = _method_fn(method, sparsity, n, m, dict(method_kwargs or {}))
     if axis is None:
         raise ValueError(must_be("axis", AXIS_HELP + ", or a mapping {layer name: axis}", None))
@@ -183,12 +178,7 @@ def prune_model(
             stats = _calibrate(params, forward_fn, calibration_batches, group,
                                {name: weights[name].shape[axes[name]] for name in group},
                                needs_gram)
-            empty = [name for name in group if int(stats[name].count) == 0]
-            if empty:
-                raise ValueError(must_be("calibration_batches", "batches with at least one "
-                                         "counted token for every pruned layer", f"0 tokens for "
-                                         f"{empty} (empty batches, or `where` masking out every "
-                                         "token)", raw=True))
+            check_counted(stats, group, "calibration_batches")
         pruned = {}
         for name in group:
             pruned[name], masks[name] = prune_fn(weights[name], None if stats is None
@@ -197,6 +187,24 @@ def prune_model(
         weights = _leaves_by_name(params)
     mask_tree = jax.tree_util.tree_map_with_path(lambda p, leaf: masks.get(path_str(p)), params)
     return params, mask_tree
+
+
+def check_calibration(batches: Any, name: str) -> None:
+    """``batches`` is a non-empty re-iterable sequence (read once per group or block)."""
+    if not isinstance(batches, Sequence) or isinstance(batches, str):
+        raise TypeError(f"`{name}` must be a re-iterable sequence (list or tuple) of batches; "
+                        f"got {type(batches).__name__}.")
+    if len(batches) == 0:
+        raise ValueError(f"`{name}` must hold at least one batch; got an empty sequence.")
+
+
+def check_counted(stats: Mapping[str, LayerStats], names: Sequence[str], name: str) -> None:
+    """Every layer's statistics counted at least one token of the batches ``name``."""
+    empty = [layer for layer in names if int(stats[layer].count) == 0]
+    if empty:
+        raise ValueError(must_be(name, "batches with at least one counted token for every "
+                                 "pruned layer", f"0 tokens for {empty} (empty batches, or "
+                                 "`where` masking out every token)", raw=True))
 
 
 def _layer_axis(axis: int | Mapping[str, int], name: str, w: Any,
