@@ -9,16 +9,20 @@ atoms, orthonormalised, correlated with every atom), so each step is one row of 
 * ``lambda = argmax_j |alpha_j|`` with ``alpha = D^T r`` the residual's correlations;
 * ``w = L^{-1} G[I, lambda] = P[:, lambda]`` (a gather), ``l = sqrt(G[lambda, lambda] - w.w)``,
   which appends the row ``[w, l]`` to ``L``;
-* ``c = L^{-1} (D^T y)_I`` (forward substitution, one new entry per step);
+* ``c = L^{-1} (D^T y)_I`` (forward substitution, one new entry per step): the new entry is
+  ``((D^T y)_lambda - w.c) / l = alpha_lambda / l``, the correlation just found;
 * the new row ``p = (G[lambda] - w P) / l`` and ``alpha <- alpha - c_new p``, since
   ``alpha = D^T y - G[:, I] gamma = D^T y - P^T c`` with ``gamma = L^{-T} c``, solved once at the
   end; ``||r||^2 = ||y||^2 - ||c||^2``.
 
 The ``[n_features]`` residual is never formed. Per step and signal the cost is the contraction
-``w P`` (``|I| * n_atoms``, memory-bound: each signal has its own rows) and the argmax over
-``n_atoms``; everything else is ``O(k)``. The rows of ``P`` are kept in four buffers of ``k / 4``
+``w P`` (``|I| * n_atoms``, memory-bound: each signal has its own rows), the Gram row
+``G[lambda]`` and the argmax over ``n_atoms`` (tiled: XLA:CPU scans a long row's argmax one element
+at a time); everything else is ``O(k)``. The rows of ``P`` are kept in four buffers of ``k / 4``
 slots, and the steps run in four compiled loops, the ``j``-th contracting only the first ``j``
-buffers, so the contraction reads ``5 k^2 / 8`` instead of ``k^2`` rows per signal.
+buffers, so the contraction reads ``5 k^2 / 8`` instead of ``k^2`` rows per signal. That read is
+the floor: XLA:CPU runs a batched matrix-vector product on one thread, at cache bandwidth
+(``benchmarks/omp.py --floor`` times it alone).
 """
 
 from __future__ import annotations
