@@ -7,9 +7,15 @@ the median of ``--repeats`` interleaved calls (wall time and process CPU time) a
 signals) and, with ``--sklearn-signals`` > 0, scikit-learn's ``orthogonal_mp`` (its default, faster
 path) timed on that many signals and scaled linearly (goal: >= 20x faster). ``--baseline-rev REV``
 also times ``sparsejax/dictionary/omp.py`` as of git revision ``REV`` in the same process,
-interleaved call by call, and checks that both return the same supports.
+interleaved call by call, and checks that both return the same supports. The first call at each size
+(compilation plus one run) is printed as well, wall and process CPU.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/omp.py --baseline-rev main
+``--floor`` also times the two memory-bound parts that any Batch-OMP with stored projection rows
+must do, alone, at the same shapes: the matmul ``Y D`` (4.3 GFLOP) and the per-step contractions
+``w P`` over the filled rows (32 signals a chunk, four blocks of slots, as `omp` runs them; about
+21 GB read over 32 steps for 4096 signals), i.e. the time left when every other op is free.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/omp.py --baseline-rev main --floor
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ def main() -> None:
     p.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--sklearn-signals", type=int, default=128)
     p.add_argument("--baseline-rev", default=None, help="git revision to time side by side")
+    p.add_argument("--floor", action="store_true", help="also time the matmul and contractions alone")
     args = p.parse_args()
 
     from sparsejax.dictionary import omp
@@ -58,7 +65,12 @@ def main() -> None:
         yj = jnp.asarray(y_all[: args.n_signals * scale])
         runs = {name: (lambda f=f, yj=yj: jax.block_until_ready(
             f(dj, yj, k=args.k, return_indices=True))) for name, f in impls.items()}
-        outs = {name: run() for name, run in runs.items()}
+        outs = {}
+        for name, run in runs.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            outs[name] = run()
+            print(f"{name:>22}: {yj.shape[0]:6d} signals first call (compile + run) "
+                  f"{time.perf_counter() - t0:6.2f} s wall, {time.process_time() - c0:6.2f} s CPU")
         times = interleaved(runs, args.repeats)
         ref = next(iter(outs.values())).indices
         for name, (wall, cpu) in times.items():
@@ -81,7 +93,49 @@ def main() -> None:
             sk = (time.perf_counter() - t0) / n * args.n_signals
         print(f"sklearn orthogonal_mp (scaled from {n} signals): {sk:.2f} s; "
               f"sparsejax {sk / ours:.1f}x faster (goal >= 20x)")
+    if args.floor:
+        _floor(dj, jnp.asarray(y_all[: args.n_signals]), args.k, args.repeats)
     print(f"load after: {os.getloadavg()}", file=sys.stdout)
+
+
+def _floor(d, y, k, repeats):
+    """Time ``Y D`` and the contractions ``w P`` of every step alone (median wall / CPU)."""
+    from _timing import interleaved
+
+    from sparsejax.dictionary.omp import _block_ends, _default_chunk
+
+    n_atoms = d.shape[1]
+    chunk = _default_chunk(k, n_atoms, 4)
+    ends = _block_ends(k, n_atoms)
+    starts = [0, *ends[:-1]]
+    n_chunks = y.shape[0] // chunk
+
+    @jax.jit
+    def contractions(xy):
+        def one_chunk(a):
+            rows = tuple(jnp.zeros((chunk, e - s, n_atoms), a.dtype) + 1e-3
+                         for s, e in zip(starts, ends, strict=True))
+
+            def step(t, a, block):
+                w = a[:, : ends[block]]  # depends on the carry: nothing is hoisted
+                fit = sum(jnp.einsum("bk,bka->ba", w[:, starts[m]:ends[m]], rows[m])
+                          for m in range(block + 1))
+                return a - 1e-6 * fit
+
+            for block, (s, e) in enumerate(zip(starts, ends, strict=True)):
+                a = jax.lax.fori_loop(s, e, lambda t, a, block=block: step(t, a, block), a)
+            return a
+        return jax.lax.map(one_chunk, xy.reshape(n_chunks, chunk, n_atoms))
+
+    matmul = jax.jit(lambda d, y: y @ d)
+    xy = jax.block_until_ready(matmul(d, y))
+    jax.block_until_ready(contractions(xy))
+    times = interleaved({"Y D": lambda: jax.block_until_ready(matmul(d, y)),
+                         "w P, all steps": lambda: jax.block_until_ready(contractions(xy))},
+                        repeats)
+    for name, (wall, cpu) in times.items():
+        print(f"floor: {name:>15} alone: {float(np.median(wall)):.3f} s wall, "
+              f"{float(np.median(cpu)):.3f} s CPU")
 
 
 if __name__ == "__main__":

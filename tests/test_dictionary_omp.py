@@ -239,3 +239,26 @@ def test_blocked_loops_match_sklearn(x64):
     assert set((ref_tol != 0).sum(1)) >= {12, 16}
     np.testing.assert_array_equal(got_tol != 0, ref_tol != 0)
     np.testing.assert_allclose(got_tol, ref_tol, atol=1e-10, rtol=0)
+
+
+def test_tiled_argmax_first_index_on_ties():
+    # rows of >= 1024 atoms take the tiled argmax; ties (within and across tiles) and a ragged
+    # last tile must give jnp.argmax's first index
+    from sparsejax.dictionary.omp import _argmax_last
+
+    rng = np.random.default_rng(13)
+    score = rng.integers(0, 50, size=(6, 1100)).astype(np.float32)  # many ties, 1100 % 128 != 0
+    score[1, [5, 700]] = 99.0  # tie across tiles: the first wins
+    score[2, [1090, 1099]] = 99.0  # maximum only in the ragged last tile
+    score[3] = 7.0  # all equal
+    got = np.asarray(_argmax_last(jnp.asarray(score)))
+    np.testing.assert_array_equal(got, np.argmax(score, axis=1))
+    assert got[1] == 5 and got[2] == 1090 and got[3] == 0
+
+
+def test_many_atoms_match_sklearn(x64):
+    d, y = _problem(14, 24, 1100, 5)  # >= 1024 atoms: the tiled argmax
+    got = np.asarray(omp(jnp.asarray(d), jnp.asarray(y), k=4))
+    ref = _sk(d, y, n_nonzero_coefs=4, precompute=True)
+    np.testing.assert_array_equal(got != 0, ref != 0)
+    np.testing.assert_allclose(got, ref, atol=1e-10, rtol=0)

@@ -9,16 +9,20 @@ atoms, orthonormalised, correlated with every atom), so each step is one row of 
 * ``lambda = argmax_j |alpha_j|`` with ``alpha = D^T r`` the residual's correlations;
 * ``w = L^{-1} G[I, lambda] = P[:, lambda]`` (a gather), ``l = sqrt(G[lambda, lambda] - w.w)``,
   which appends the row ``[w, l]`` to ``L``;
-* ``c = L^{-1} (D^T y)_I`` (forward substitution, one new entry per step);
+* ``c = L^{-1} (D^T y)_I`` (forward substitution, one new entry per step): the new entry is
+  ``((D^T y)_lambda - w.c) / l = alpha_lambda / l``, the correlation just found;
 * the new row ``p = (G[lambda] - w P) / l`` and ``alpha <- alpha - c_new p``, since
   ``alpha = D^T y - G[:, I] gamma = D^T y - P^T c`` with ``gamma = L^{-T} c``, solved once at the
   end; ``||r||^2 = ||y||^2 - ||c||^2``.
 
 The ``[n_features]`` residual is never formed. Per step and signal the cost is the contraction
-``w P`` (``|I| * n_atoms``, memory-bound: each signal has its own rows) and the argmax over
-``n_atoms``; everything else is ``O(k)``. The rows of ``P`` are kept in four buffers of ``k / 4``
+``w P`` (``|I| * n_atoms``, memory-bound: each signal has its own rows), the Gram row
+``G[lambda]`` and the argmax over ``n_atoms`` (tiled: XLA:CPU scans a long row's argmax one element
+at a time); everything else is ``O(k)``. The rows of ``P`` are kept in four buffers of ``k / 4``
 slots, and the steps run in four compiled loops, the ``j``-th contracting only the first ``j``
-buffers, so the contraction reads ``5 k^2 / 8`` instead of ``k^2`` rows per signal.
+buffers, so the contraction reads ``5 k^2 / 8`` instead of ``k^2`` rows per signal. That read is
+the floor: XLA:CPU runs a batched matrix-vector product on one thread, at cache bandwidth
+(``benchmarks/omp.py --floor`` times it alone).
 """
 
 from __future__ import annotations
@@ -87,11 +91,23 @@ def _validate(dictionary, signals, k, tol, chunk_size):
 
 
 def _argmax_last(score):
-    """First index of the maximum along the last axis (``jnp.argmax`` semantics, faster on CPU)."""
+    """First index of the maximum along the last axis (``jnp.argmax`` semantics, NaN counts as max).
+
+    XLA:CPU scans a long row for its argmax one element at a time, so long rows are cut into
+    tiles of 128: one vectorised max per tile, the first tile holding the row maximum, and the
+    first maximum within that tile (the first tile reaching the maximum holds its first index).
+    """
     n = score.shape[-1]
-    top = jnp.max(score, axis=-1, keepdims=True)
-    first = jnp.min(jnp.where(score == top, jnp.arange(n, dtype=jnp.int32), n), axis=-1)
-    return jnp.minimum(first, n - 1)
+    if n < 1024:
+        return jnp.argmax(score, axis=-1).astype(jnp.int32)
+    width = 128
+    pad = -n % width
+    if pad:
+        score = jnp.pad(score, ((0, 0), (0, pad)), constant_values=-jnp.inf)
+    tiles = score.reshape(score.shape[0], -1, width)
+    tile = jnp.argmax(jnp.max(tiles, axis=-1), axis=-1)
+    within = jnp.take_along_axis(tiles, tile[:, None, None], axis=1)[:, 0]
+    return (tile * width + jnp.argmax(within, axis=-1)).astype(jnp.int32)
 
 
 def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
@@ -125,18 +141,18 @@ def _omp_batch(xy, y_norm2, tol, gram, *, k, use_tol, exact_k):
         w = jnp.concatenate([jnp.take_along_axis(p, lam[:, None, None], axis=2)[:, :, 0]
                              for p in proj_rows[:block + 1]], axis=1)
         lkk2 = diag[lam] - jnp.sum(w * w, axis=-1)
+        # alpha = D^T y - P^T c, so alpha[lam] = (D^T y)[lam] - w.c: the numerator of the
+        # forward-substitution entry c_new = ((D^T y)[lam] - w.c) / l
+        a_lam = jnp.take_along_axis(alpha, lam[:, None], axis=1)[:, 0]
         if exact_k:
             stop = done
             lkk2 = jnp.maximum(lkk2, eps)
         else:
-            a_lam = jnp.take_along_axis(alpha, lam[:, None], axis=1)[:, 0]
             repeat = jnp.any(idx[:, :width] == lam[:, None], axis=1)
             stop = done | repeat | (a_lam * a_lam < eps) | (lkk2 <= eps)
         act = ~stop
         inv = jnp.where(act, 1 / jnp.sqrt(jnp.where(act, lkk2, 1)), 0)
-        # forward substitution: one new entry of c = L^-1 (D^T y)_I
-        new_c = (jnp.take_along_axis(xy, lam[:, None], axis=1)[:, 0]
-                 - jnp.sum(w * c[:, :width], axis=-1)) * inv
+        new_c = a_lam * inv
         # the new row of P = L^-1 G[I, :]: (G[lam] - w P) / l, and alpha = D^T y - G[:, I] gamma
         # = D^T y - P^T c loses its new component
         fit = sum(jnp.einsum("bk,bka->ba", w[:, starts[m]:ends[m]], proj_rows[m])
@@ -188,7 +204,10 @@ def _block_ends(k: int, n_atoms: int) -> list[int]:
 
 
 def _default_chunk(k: int, n_atoms: int, itemsize: int) -> int:
-    # keep the per-chunk Gram-row buffer [chunk, k, n_atoms] around 8 MiB
+    # keep the per-chunk buffer of rows [chunk, k, n_atoms] near 8 MiB: each step rereads its
+    # filled part, so it must stay in cache, while each step's fixed cost (about 30 small ops, a
+    # hand-off to the second core for the larger ones) wants many signals per step. On the 2-core
+    # CI CPU, 32 signals (k = 32, 2048 atoms) beat 16 and 64 (wall and CPU, interleaved runs).
     return max(1, min(1024, (8 << 20) // max(1, k * n_atoms * itemsize)))
 
 
