@@ -22,6 +22,7 @@ from sparsejax.oneshot.driver import (
     _replace,
     _split,
     _tapped_inputs,
+    cached_step,
     check_calibration,
     check_counted,
 )
@@ -126,10 +127,7 @@ def prune_blocks(
             lambda p, leaf, found=block_masks: found.get(path_str(p)), block))
         if stats is not None and k + 1 < len(blocks):
             arrays, static = _split(block)
-            try:
-                step = _output_step(block_fn, static)
-            except TypeError:  # an unhashable non-array leaf: compile without the cache
-                step = _output_step.__wrapped__(block_fn, static)
+            step = cached_step(_output_step, block_fn, static)
             carries = [step(arrays, carry) for carry in carries]
     return pruned_blocks, masks
 

@@ -232,14 +232,20 @@ def _layer_axis(axis: int | Mapping[str, int], name: str, w: Any,
 
 def _calibrate(params, forward_fn, batches, group, features, gram) -> dict[str, LayerStats]:
     arrays, static = _split(params)
-    try:
-        step = _stats_step(forward_fn, tuple(group), static)
-    except TypeError:  # an unhashable non-array leaf: compile without the cache
-        step = _stats_step.__wrapped__(forward_fn, tuple(group), static)
+    step = cached_step(_stats_step, forward_fn, tuple(group), static)
     stats = {name: LayerStats.zeros(f, gram=gram) for name, f in features.items()}
     for batch in batches:
         stats = step(arrays, batch, stats)
     return stats
+
+
+def cached_step(factory: Callable, *key: Any) -> Callable:
+    """``factory(*key)`` from its ``lru_cache``, or built afresh where ``key`` is unhashable (a
+    non-array leaf such as a list in the params' static part: compiled without the cache)."""
+    try:
+        return factory(*key)
+    except TypeError:
+        return factory.__wrapped__(*key)
 
 
 @functools.lru_cache(maxsize=64)  # reuse the compiled pass across calls with the same forward_fn
