@@ -145,7 +145,7 @@ def run(ctx: DemoContext) -> dict:
                          eval_every=max(1, ctx.steps // (4 if ctx.quick else 20)),
                          fast_compile=True)
             for name in METHODS]
-    repeats = 3 if ctx.quick else 7
+    repeats = 3 if ctx.quick else 5
     for r, seconds in zip(rows, time_steps(rows, repeats)):
         r.pop("_timer")
         r["step_seconds"] = seconds
