@@ -53,6 +53,8 @@ def test_fast_jit_sets_the_level_unless_xla_flags_do(monkeypatch):
     assert seen[-1]["compiler_options"]["xla_backend_optimization_level"] == 1
     # XLA accepts the options (an unknown one raises at compile) and computes the same
     assert float(f(jnp.ones(3))[0]) == float(jnp.sin(1.0) * 2.0)
+    context.fast_jit(level=0)(lambda x: x)  # the level passes through (not compiled here)
+    assert seen[-1]["compiler_options"]["xla_backend_optimization_level"] == 0
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
     g = context.fast_jit(static_argnames="n")(lambda x, n: x * n)
     assert "compiler_options" not in seen[-1] and seen[-1]["static_argnames"] == "n"

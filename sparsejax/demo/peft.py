@@ -11,6 +11,7 @@ kernels.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -47,59 +48,79 @@ def _lora_apply(params: Any, lora: dict) -> Any:
             for n, layer in params.items()}
 
 
+def _method(name: str, steps: int, density: float) -> tuple[Any, Any, Any]:
+    """``(init(base, key) -> trainable, to_params(base, trainable), optimizer)`` of one method;
+    ``init`` is ``None`` for DSEE (its GreBsmo split runs eagerly, in numpy)."""
+    if name == "full fine-tune":
+        return (lambda b, k: b), (lambda b, t: t), optax.adam(1e-3)
+    if name == "LoRA r=2":
+        return _lora_init, (lambda b, t: _lora_apply(b, t)), optax.adam(1e-2)
+    if name.startswith("DSEE"):
+        return None, peft.dsee.apply, peft.dsee.train(optax.adam(1e-2))
+    if name.startswith("PST"):
+        return ((lambda b, k: peft.pst.init(b, key=k, weight_rank=1, mask_rank=1)),
+                (lambda b, t, s=PST_SPARSITY: peft.pst.apply(b, t, s)), optax.adam(1e-2))
+    tx = (peft.train_delta(optax.adam(1e-2)) if name == "sparse delta" else
+          peft.spiel(optax.adam(1e-2), total_steps=steps, reselect_every=max(4, steps // 6),
+                     accumulate_steps=2))
+    return (lambda b, k: peft.sparse_delta(b, density, key=k)), peft.apply, tx
+
+
+def _trainable_count(name: str, trainable: Any) -> int:
+    if name.startswith("DSEE"):
+        return peft.dsee.trainable_count(trainable)
+    if name.startswith("PST"):
+        return peft.pst.trainable_count(trainable)
+    if name in ("sparse delta", "SpIEL"):
+        return peft.delta_size(trainable)
+    return sum(int(a.size) for a in jax.tree.leaves(trainable))
+
+
 def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: int,
               density: float, key: jax.Array) -> tuple[Any, int]:
-    """``(fine-tuned params, trainable count)`` of one method."""
+    """``(fine-tuned params, trainable count)`` of one method.
+
+    The initialisation, the ``steps`` Adam steps (a `jax.lax.scan`) and the final params are one
+    program per method, compiled at XLA's optimisation level 0 (`fast_jit`): on this small MLP
+    the compile is nearly all of the cost (SpIEL's drop-and-grow, PST's scores)."""
     base = ctx.params
     k_init, k_data = jax.random.split(key)
-    if name == "full fine-tune":
-        trainable, to_params, tx = base, (lambda t: t), optax.adam(1e-3)
-        count = sum(int(a.size) for a in jax.tree.leaves(base))
-    elif name == "LoRA r=2":
-        trainable = fast_jit(_lora_init)(base, k_init)
-        to_params, tx = (lambda t: _lora_apply(base, t)), optax.adam(1e-2)
-        count = sum(int(a.size) for a in jax.tree.leaves(trainable))
-    elif name.startswith("DSEE"):  # rank 1 + (in + out) sparse entries: LoRA r=2's count
-        trainable = peft.dsee.init(base, rank=1, num_sparse=sum, key=k_init, rank_steps=4)
-        to_params, tx = (lambda t: peft.dsee.apply(base, t)), peft.dsee.train(optax.adam(1e-2))
-        count = peft.dsee.trainable_count(trainable)
-    elif name.startswith("PST"):
-        trainable = fast_jit(lambda b, k: peft.pst.init(b, key=k, weight_rank=1, mask_rank=1))(
-            base, k_init)
-        schedule = peft.pst.schedule(steps, PST_SPARSITY)
-        to_params, tx = (lambda t, s=PST_SPARSITY: peft.pst.apply(base, t, s)), optax.adam(1e-2)
-        count = peft.pst.trainable_count(trainable)
-    else:
-        trainable = peft.sparse_delta(base, density, key=k_init)
-        to_params = lambda t: peft.apply(base, t)  # noqa: E731
-        tx = (peft.train_delta(optax.adam(1e-2)) if name == "sparse delta" else
-              peft.spiel(optax.adam(1e-2), total_steps=steps, reselect_every=max(4, steps // 6),
-                         accumulate_steps=2))
-        count = peft.delta_size(trainable)
-    state = fast_jit(tx.init)(trainable)
+    init, to_params, tx = _method(name, steps, density)
     sparse = name in ("sparse delta", "SpIEL") or name.startswith("DSEE")
+    schedule = peft.pst.schedule(steps, PST_SPARSITY)
 
-    @fast_jit
-    def step(trainable, state, xb, yb, t):
-        def loss(p):
-            logits = mlp_apply(p, xb)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-        if sparse:  # the dense gradient at base + delta (SpIEL regrows from it)
-            grads = jax.grad(loss)(to_params(trainable))
-        elif name.startswith("PST"):  # the cubic schedule up to PST_SPARSITY
-            grads = jax.grad(lambda f: loss(to_params(f, schedule(t))))(trainable)
-        else:
-            grads = jax.grad(lambda t: loss(to_params(t)))(trainable)
-        updates, state = tx.update(grads, state, trainable)
-        return optax.apply_updates(trainable, updates), state
+    def loss(p, xb, yb):
+        return optax.softmax_cross_entropy_with_integer_labels(mlp_apply(p, xb), yb).mean()
 
+    @functools.partial(fast_jit, level=0)
+    def program(base, start, xs, ys):
+        trainable = start if init is None else init(base, start)
+        state = tx.init(trainable)
+
+        def step(carry, batch):
+            trainable, state = carry
+            xb, yb, t = batch
+            if sparse:  # the dense gradient at base + delta (SpIEL regrows from it)
+                grads = jax.grad(loss)(to_params(base, trainable), xb, yb)
+            elif name.startswith("PST"):  # the cubic schedule up to PST_SPARSITY
+                grads = jax.grad(lambda f: loss(to_params(base, f, schedule(t)), xb, yb))(
+                    trainable)
+            else:
+                grads = jax.grad(lambda f: loss(to_params(base, f), xb, yb))(trainable)
+            updates, state = tx.update(grads, state, trainable)
+            return (optax.apply_updates(trainable, updates), state), None
+
+        (trainable, _), _ = jax.lax.scan(step, (trainable, state),
+                                         (xs, ys, jnp.arange(steps)))
+        return to_params(base, trainable), trainable
+
+    start = (peft.dsee.init(base, rank=1, num_sparse=sum, key=k_init, rank_steps=4)
+             if init is None else k_init)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(k_data))[-1])
     n, b = x.shape[0], min(128, x.shape[0])
     batches = np.stack([rng.choice(n, b, replace=False) for _ in range(steps)])
-    xs, ys = x[batches], y[batches]
-    for t in range(steps):
-        trainable, state = step(trainable, state, xs[t], ys[t], t)
-    return fast_jit(to_params)(trainable), count
+    params, trainable = program(base, start, x[batches], y[batches])
+    return params, _trainable_count(name, trainable)
 
 
 def run(ctx: DemoContext) -> dict:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from sparsejax._checks import check_positive_int
 from sparsejax.models.wordpiece import WordPiece
 
 __all__ = [
@@ -76,21 +77,24 @@ class MiniLM(NamedTuple):
     config: BertConfig
     tokenizer: WordPiece
 
-    def __call__(self, texts, params: dict | None = None, batch_size: int = 64) -> np.ndarray:
+    def __call__(self, texts, params: dict | None = None, batch_size: int = 64,
+                 pad_to_multiple_of: int = 32) -> np.ndarray:
         """Sentence embeddings ``[len(texts), hidden]`` (unit norm) of a list of texts.
 
         As sentence-transformers' ``encode``, the texts are embedded in batches of
-        ``batch_size`` sorted by token count (each batch padded to a multiple of 32 tokens, so
-        short texts do not pay for the longest one's padding) and returned in the given order.
+        ``batch_size`` sorted by token count (each batch padded to a multiple of
+        ``pad_to_multiple_of`` tokens, so short texts do not pay for the longest one's padding;
+        each distinct width is one compile of the encoder) and returned in the given order.
         """
+        pad_to_multiple_of = check_positive_int(pad_to_multiple_of, "pad_to_multiple_of")
         params = self.params if params is None else params
-        ids, mask = self.tokenizer(texts, pad_to_multiple_of=32)
+        ids, mask = self.tokenizer(texts, pad_to_multiple_of=pad_to_multiple_of)
         lengths = mask.sum(axis=1)
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.config.hidden), np.float32)
         for i in range(0, len(texts), batch_size):
             rows = order[i:i + batch_size]
-            width = -(-int(lengths[rows].max()) // 32) * 32
+            width = -(-int(lengths[rows].max()) // pad_to_multiple_of) * pad_to_multiple_of
             out[rows] = np.asarray(_embed_jit(params, ids[rows, :width], mask[rows, :width],
                                               self.config))
         return out

@@ -87,11 +87,18 @@ def dsnot_prune(
     update_threshold = check_float(update_threshold, "update_threshold", minimum=0.0)
     pow_of_var = check_float(pow_of_var, "pow_of_var", minimum=0.0)
     guard, same_sign = check_bool(guard, "guard"), check_bool(same_sign, "same_sign")
-    rows = to_rows(w, axis).astype(jnp.float32)
-    keep = _dsnot(rows, to_rows(mask, axis), stats.mean, stats.var, stats.norms,
-                  stats.gram if guard else None, jnp.asarray(update_threshold, jnp.float32),
-                  jnp.asarray(pow_of_var, jnp.float32), m, max_cycles,
-                  bool(same_sign))
+    if not guard:
+        stats = LayerStats(stats.count, stats.sum, stats.sumsq, None)
+    return _dsnot_layer(w, mask, stats, jnp.asarray(update_threshold, jnp.float32),
+                        jnp.asarray(pow_of_var, jnp.float32), m, max_cycles, bool(same_sign),
+                        axis)
+
+
+@partial(jax.jit, static_argnums=(5, 6, 7, 8))
+def _dsnot_layer(w, mask, stats, threshold, power, m, max_cycles, same_sign, axis):
+    """`_dsnot` on the ``[out, in]`` rows, back in ``w``'s layout: one program per layer shape."""
+    keep = _dsnot(to_rows(w, axis).astype(jnp.float32), to_rows(mask, axis), stats.mean,
+                  stats.var, stats.norms, stats.gram, threshold, power, m, max_cycles, same_sign)
     keep = keep.T if axis == 0 else keep
     return jnp.where(keep, w, jnp.zeros((), w.dtype)), keep
 

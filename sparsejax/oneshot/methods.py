@@ -58,7 +58,10 @@ def magnitude_prune(
     """
     w, axis = check_weight(w, axis)
     sparsity, n, m = check_pattern(sparsity, n, m, w, axis)
-    return _keep_highest(w, _scores.magnitude(w), sparsity, n, m, axis, None)
+    if n is None:  # the whole layer ranks as one flat array: one program per size, not per shape
+        new, mask = _magnitude(jnp.ravel(w), _traced(sparsity), None, None, 0)
+        return new.reshape(w.shape), mask.reshape(w.shape)
+    return _magnitude(w, _traced(sparsity), n, m, axis)
 
 
 def wanda_prune(
@@ -89,7 +92,25 @@ def wanda_prune(
     w, axis = check_weight(w, axis)
     stats = check_stats(stats, w, axis)
     sparsity, n, m = check_pattern(sparsity, n, m, w, axis)
-    score = _scores.wanda(w, norms=stats.norms, axis=axis)
+    return _wanda(w, stats.sumsq, _traced(sparsity), n, m, axis)
+
+
+def _traced(sparsity: float | None) -> jax.Array:
+    """The checked sparsity as a float32 argument of the compiled methods (0 for N:M, unread), so
+    that every sparsity shares one program per weight shape."""
+    return jnp.asarray(0.0 if sparsity is None else sparsity, jnp.float32)
+
+
+# Each method's whole per-layer computation is one program per weight shape and pattern (the
+# drivers call them on many layers of a few shapes: no op-by-op compiles at each new shape).
+@partial(jax.jit, static_argnums=(2, 3, 4))
+def _magnitude(w, sparsity, n, m, axis) -> Pruned:
+    return _keep_highest(w, _scores.magnitude(w), sparsity, n, m, axis, None)
+
+
+@partial(jax.jit, static_argnums=(3, 4, 5))
+def _wanda(w, sumsq, sparsity, n, m, axis) -> Pruned:
+    score = _scores.wanda(w, norms=jnp.sqrt(sumsq), axis=axis)  # LayerStats.norms
     return _keep_highest(w, score, sparsity, n, m, axis, axis)
 
 
@@ -154,16 +175,23 @@ def sparsegpt_prune(
         check_divisible(block_size, m, "block_size", "m")  # N:M groups never straddle blocks
     damp = check_float(damp, "damp", minimum=0.0)
     dtype = jnp.promote_types(w.dtype, jnp.float32)  # float32 (float64 kept under x64)
-    rows = to_rows(w, axis).astype(dtype)
-    s = jnp.asarray(0.0 if sparsity is None else sparsity, jnp.float32)
-    new, keep, ok = _sparsegpt(rows, stats.gram.astype(dtype), s, jnp.asarray(damp, dtype),
-                               n, m, min(block_size, rows.shape[1]))
+    new, keep, ok = _sparsegpt_layer(w, stats.gram, _traced(sparsity), jnp.asarray(damp, dtype),
+                                     n, m, min(block_size, w.shape[axis]), axis)
     if is_concrete(ok) and not bool(ok):
         raise ValueError(must_be("stats.gram", f"positive definite after damping (damp={damp}; use "
                                  "damp > 0 or more calibration tokens)", "a singular or non-finite "
                                  "matrix", raw=True))
+    return new, keep
+
+
+@partial(jax.jit, static_argnums=(4, 5, 6, 7))
+def _sparsegpt_layer(w, gram, sparsity, damp, n, m, bs, axis):
+    """`_sparsegpt` on the ``[out, in]`` rows of ``w`` in its promoted dtype, back in ``w``'s
+    layout and dtype: one program per layer shape."""
+    rows = to_rows(w, axis).astype(damp.dtype)
+    new, keep, ok = _sparsegpt(rows, gram.astype(damp.dtype), sparsity, damp, n, m, bs)
     back = (lambda a: a.T) if axis == 0 else (lambda a: a)
-    return back(new).astype(w.dtype), back(keep)
+    return back(new).astype(w.dtype), back(keep), ok
 
 
 def hessian_inverse_factor(gram: jax.Array, damp: jax.Array) -> tuple[jax.Array, jax.Array]:

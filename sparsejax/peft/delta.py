@@ -141,7 +141,8 @@ def sparse_delta(
             out.append(None)
             continue
         size = int(np.prod(jnp.shape(p)))
-        k = int(_masks.kept_count(size, 1.0 - density))
+        with jax.ensure_compile_time_eval():  # a Python int under an outer jit too
+            k = int(_masks.kept_count(size, 1.0 - density))
         if scores is None:  # uniform without replacement (random_subset), sorted
             idx = jnp.sort(jax.random.permutation(keys[i], size)[:k]).astype(jnp.int32)
             out.append(SparseDelta(idx, jnp.zeros((k,), jnp.result_type(p)), None,
