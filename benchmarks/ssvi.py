@@ -97,8 +97,13 @@ def step_time(repeats: int, update_every: int = 50, batch_size: int = 128) -> di
     d_opt, d_step = _dense_vi_step(n, batch_size, 450)
     d_state = d_opt.init(dense_q)
     post = B.init_posterior(jax.random.key(1), params, 0.9)
-    opt, s_step = _step_function(n, batch_size, 3e-3, 1.0, 450, update_every, 1125)
-    s_state = opt.init(post)
+    make_opt, step = _step_function(n, batch_size, 3e-3, 1.0, 450, update_every)
+    end_step = jnp.int32(1125)
+
+    def s_step(v, state, key, x, y):
+        return step(v, state, key, x, y, end_step)
+
+    s_state = make_opt(1125).init(post)
     v = post._replace(mask=None)
     key = jax.random.key(2)
     out = {"load_average_start": os.getloadavg()}

@@ -137,6 +137,38 @@ def test_jitted_ssvi_step_has_no_effects(trained):
     assert len(traces) == 1  # the cached trace, not a new one
 
 
+def test_ssvi_traced_end_step_is_the_concrete_one(trained):
+    """``end_step`` traced (the transform built inside the jitted step, one program for every
+    ``end_step``): the same steps as the concrete ``end_step=40`` (the same masks, updates
+    included);
+    ``end_step = update_every`` never changes the subspace and steps the optimizer every step."""
+    history, _, _ = trained
+    post, x, y = _setup()
+    inner = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))
+
+    @jax.jit
+    def step(v, state, key, end_step):
+        grads = jax.grad(_loss)(v, masks_of(state)[0], key, x, y)
+        updates, new_state = B.ssvi(inner, end_step=end_step, update_every=4).update(grads, state,
+                                                                                      v)
+        return optax.apply_updates(v, updates), new_state
+
+    v, state = history[0][0], history[0][1]
+    for t in range(8):
+        v, state = step(v, state, jax.random.key(t), jnp.int32(40))
+    v, state, want_v, want_state = _host((v, state, *history[7][2:4]))
+    np.testing.assert_equal(masks_of(state), masks_of(want_state))  # updates at steps 4 and 8
+    # another compiled program: the floats may differ in the last bit (fusion order)
+    for a, b in zip(jax.tree.leaves((v, state)), jax.tree.leaves((want_v, want_state))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    v, state = history[3][0], history[3][1]  # step 4: an update step for end_step = 40
+    new_v, new_state = _host(step(v, state, jax.random.key(3), jnp.int32(4)))
+    m = masks_of(state)[0]["l1"]["kernel"]
+    np.testing.assert_array_equal(masks_of(new_state)[0]["l1"]["kernel"], m)
+    assert bool(np.all(np.where(np.asarray(m), new_v.mu["l1"]["kernel"] != v.mu["l1"]["kernel"],
+                                True)))
+
+
 def test_ssvi_random_growth_and_errors():
     post, x, y = _setup()
     opt = B.ssvi(optax.sgd(0.1, momentum=0.9), end_step=10, update_every=1, grow="random",

@@ -96,18 +96,36 @@ def test_schedule_matches_jaxpruner_and_rigl():
         T.DropGrowSchedule.create(end_step=200, drop_fraction=2.0)
 
 
-def _toy_transform(update_at_mask_step):
-    """Every 2nd step: move the kept entry to the next index, grown entry starts at 7."""
+def _toy_transform(update_at_mask_step, value=7.0):
+    """Every 2nd step: move the kept entry to the next index, grown entry starts at ``value``
+    (a scalar or a per-entry array)."""
     def init_masks(params, key):
         return {"w": jnp.arange(4) == 0, "b": None}
 
     def update_masks(params, grads, masks, step, key):
         new = jnp.roll(masks["w"], 1)
-        return T.MaskUpdate({"w": new, "b": None}, {"w": jnp.float32(7.0), "b": None})
+        return T.MaskUpdate({"w": new, "b": None}, {"w": jnp.asarray(value, jnp.float32),
+                                                    "b": None})
 
     sched = T.DropGrowSchedule.create(update_every=2, end_step=4, drop_fraction=0.5)
     return T.masked_transform(optax.sgd(1.0, momentum=0.5), init_masks, update_masks, sched,
                               reset=True, update_at_mask_step=update_at_mask_step)
+
+
+def test_masked_transform_per_entry_values_and_bad_value_shape():
+    """A per-entry values array: the grown entry starts from its own value; values that do not
+    broadcast to the leaf raise, naming them."""
+    params = {"w": jnp.zeros(4), "b": jnp.zeros(1)}
+    grads = {"w": jnp.ones(4), "b": jnp.ones(1)}
+    tx = _toy_transform(False, value=[10.0, 20.0, 30.0, 40.0])
+    state = tx.init(params)
+    for _ in range(3):
+        upd, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, upd)
+    np.testing.assert_allclose(params["w"], [0, 20, 0, 0])  # entry 1 grown at step 2
+    tx = _toy_transform(False, value=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"`MaskUpdate.values` must be arrays broadcastable"):
+        tx.update(grads, tx.init(params), params)
 
 
 def test_masked_transform_hook_values_and_skipped_step():

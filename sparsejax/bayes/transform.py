@@ -47,6 +47,7 @@ from sparsejax.bayes.subspace import (
 )
 from sparsejax.training import MaskUpdate, masked_transform
 from sparsejax.training._transform import key_data
+from sparsejax.training.drop_grow import hyper_int
 
 __all__ = ["ssvi"]
 
@@ -115,6 +116,9 @@ def ssvi(
             per-parameter state must mirror the params, checked at ``init``).
         end_step: the reference's ``T_end`` (SSVI: 0.75 of training): the step at which the
             cosine drop fraction reaches ``0``; the subspace changes at steps ``k < end_step``.
+            May be a traced integer scalar (the transform built inside a jitted function): one
+            compiled step then serves every ``end_step``, e.g. ``end_step = update_every`` for a run
+            whose subspace never changes (dense mean-field VI with an all-``True`` mask).
         update_every: subspace update period ``>= 1`` (the reference's ``delta``).
         drop_fraction: initial drop fraction in ``[0, 1]`` (cosine-decayed; the reference's
             ``alpha``).
@@ -136,7 +140,7 @@ def ssvi(
             state the moment reset cannot match.
     """
     update_every = check_int(update_every, "update_every", minimum=1)
-    end_step = check_int(end_step, "end_step", minimum=1)
+    end_step = hyper_int(end_step, "end_step", minimum=1)  # or traced (one compiled step)
     check_sparsity(drop_fraction, "drop_fraction")
     _criterion_fn(criterion)
     check_choice(grow, "grow", GROW)

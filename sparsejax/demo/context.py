@@ -87,7 +87,8 @@ def median_time(fn: Callable, *args, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def fast_jit(fn: Callable | None = None, *, level: int = 1, **kwargs: Any) -> Callable:
+def fast_jit(fn: Callable | None = None, *, enabled: bool = True, level: int = 1,
+             **kwargs: Any) -> Callable:
     """``jax.jit`` for the demo's long training programs (scans of many steps), compiled at XLA's
     backend optimisation level 1 (instead of the default 2) without LLVM's expensive passes: their
     compile is most of a stage's CPU (the SSVI training scan: 14.1 s CPU -> 8.6 s, the same time
@@ -95,10 +96,11 @@ def fast_jit(fn: Callable | None = None, *, level: int = 1, **kwargs: Any) -> Ca
     is nearly all of their cost (the peft stage's 100-step fine-tunes of the small MLP: SpIEL's
     drop-and-grow step 8.1 s -> 2.8 s of compile, the 100 steps a fraction of a second either
     way). Unchanged when ``XLA_FLAGS`` already sets a level (the test suite's fast-compile flags).
+    ``enabled=False``: plain ``jax.jit`` (the shared training helpers' ``fast_compile`` switch).
     Usable as ``@fast_jit`` or ``fast_jit(static_argnames=..., level=...)``."""
     if fn is None:
-        return functools.partial(fast_jit, level=level, **kwargs)
-    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        return functools.partial(fast_jit, enabled=enabled, level=level, **kwargs)
+    if enabled and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         kwargs["compiler_options"] = {"xla_backend_optimization_level": level,
                                       "xla_llvm_disable_expensive_passes": True}
     return jax.jit(fn, **kwargs)

@@ -97,7 +97,7 @@ def train_method(name: str, x_train, y_train, x_test, y_test, *, steps: int, key
         (params, state), losses = jax.lax.scan(body, (params, state), idx)
         return params, state, losses
 
-    run_chunk = fast_jit(run_chunk) if fast_compile else jax.jit(run_chunk)
+    run_chunk = fast_jit(run_chunk, enabled=fast_compile)
     eval_every = eval_every or max(1, steps // 20)
     n = x_train.shape[0]
     idx_all = jax.random.randint(k_data, (steps, min(batch_size, n)), 0, n)

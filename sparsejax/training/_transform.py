@@ -185,6 +185,8 @@ def masked_transform(
         _check_masked(params, old, step)
         new, values, is_update = old, None, None
         if update_masks is not None:
+            traced = []  # the update branch's values (their shapes give the other branch's zeros)
+
             def changed_masks():
                 k_next, k_update = k_state, None
                 if k_state is not None:
@@ -195,10 +197,13 @@ def masked_transform(
                 if hold_frozen:
                     masks = _hold_frozen(inner, grads, inner_state, params, old, masks,
                                          extra_args)
-                return masks, _fill(values, params, masks), k_next
+                values = _fill(values, params, masks)
+                traced.append(values)
+                return masks, values, k_next
 
             def same_masks():
-                return old, _fill(None, params, old), k_state
+                like = traced[0] if traced else jax.eval_shape(changed_masks)[1]
+                return old, jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), like), k_state
 
             is_update = jnp.asarray(active(step), bool)
             new, values, k_state = lax.cond(is_update, changed_masks, same_masks)
@@ -266,11 +271,24 @@ def _hold_frozen(inner, grads, inner_state, params, old, new, extra_args):
 
 
 def _fill(values: PyTree, params: PyTree, masks: PyTree) -> PyTree:
-    """Grown-entry values as full arrays of the params' dtypes (``0`` where ``None``), so both
-    branches of the update's ``lax.cond`` return the same structure."""
+    """Grown-entry values in the params' dtypes at their own (broadcastable) shapes: a scalar
+    ``0`` where ``None``, so the update's ``lax.cond`` passes no params-sized zeros between mask
+    updates (SSVI's values are one mean ``rho`` per leaf)."""
     if values is None:
-        return _mask_map(lambda m, p: jnp.zeros(jnp.shape(p), p.dtype), masks, params)
-    return jax.tree.map(
-        lambda m, p, v: None if m is None else jnp.broadcast_to(
-            jnp.zeros((), p.dtype) if v is None else jnp.asarray(v, p.dtype), jnp.shape(p)),
-        masks, params, values, is_leaf=_is_none)
+        return _mask_map(lambda m, p: jnp.zeros((), p.dtype), masks, params)
+
+    def leaf(m, p, v):
+        if m is None:
+            return None
+        v = jnp.zeros((), p.dtype) if v is None else jnp.asarray(v, p.dtype)
+        try:
+            fits = np.broadcast_shapes(v.shape, jnp.shape(p)) == jnp.shape(p)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(must_be("MaskUpdate.values", f"arrays broadcastable to their "
+                                     f"leaf's shape {jnp.shape(p)}", f"shape {v.shape}",
+                                     raw=True))
+        return v
+
+    return jax.tree.map(leaf, masks, params, values, is_leaf=_is_none)
