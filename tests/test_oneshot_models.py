@@ -12,6 +12,7 @@ from scipy.special import erf
 from sparsejax import masks
 from sparsejax.models import (
     BertConfig,
+    MiniLM,
     WordPiece,
     available,
     embed,
@@ -129,6 +130,20 @@ def test_wordpiece_tokenizer():
         tok("hello")
     with pytest.raises(ValueError, match=r"\[UNK\]"):
         WordPiece(["a", "b"])
+
+
+def test_minilm_call_pads_each_sorted_batch_to_the_multiple(tiny):
+    t, params, _, _ = tiny
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c"] + [f"w{i}" for i in range(33)]
+    model = MiniLM(params, TINY, WordPiece(vocab))
+    texts = ["a b c a b c a", "a", "b c", "c a b"]  # 9, 3, 4 and 5 tokens with [CLS] / [SEP]
+    ids, mask = model.tokenizer(texts)
+    want = numpy_embed(t, ids, mask, TINY)  # one batch padded to the longest
+    # batches of 2 sorted by length ([3, 4] then [5, 9] tokens) padded to 4: widths 4 and 12
+    got = model(texts, batch_size=2, pad_to_multiple_of=4)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        model(texts, pad_to_multiple_of=0)
 
 
 def test_split_sentences_is_a_deterministic_partition():
