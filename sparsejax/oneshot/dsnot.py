@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -88,7 +89,7 @@ def dsnot_prune(
     pow_of_var = check_float(pow_of_var, "pow_of_var", minimum=0.0)
     guard, same_sign = check_bool(guard, "guard"), check_bool(same_sign, "same_sign")
     if not guard:
-        stats = LayerStats(stats.count, stats.sum, stats.sumsq, None)
+        stats = dataclasses.replace(stats, gram=None)
     return _dsnot_layer(w, mask, stats, jnp.asarray(update_threshold, jnp.float32),
                         jnp.asarray(pow_of_var, jnp.float32), m, max_cycles, bool(same_sign),
                         axis)

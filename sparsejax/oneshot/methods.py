@@ -92,7 +92,7 @@ def wanda_prune(
     w, axis = check_weight(w, axis)
     stats = check_stats(stats, w, axis)
     sparsity, n, m = check_pattern(sparsity, n, m, w, axis)
-    return _wanda(w, stats.sumsq, _traced(sparsity), n, m, axis)
+    return _wanda(w, stats.norms, _traced(sparsity), n, m, axis)
 
 
 def _traced(sparsity: float | None) -> jax.Array:
@@ -109,8 +109,8 @@ def _magnitude(w, sparsity, n, m, axis) -> Pruned:
 
 
 @partial(jax.jit, static_argnums=(3, 4, 5))
-def _wanda(w, sumsq, sparsity, n, m, axis) -> Pruned:
-    score = _scores.wanda(w, norms=jnp.sqrt(sumsq), axis=axis)  # LayerStats.norms
+def _wanda(w, norms, sparsity, n, m, axis) -> Pruned:
+    score = _scores.wanda(w, norms=norms, axis=axis)
     return _keep_highest(w, score, sparsity, n, m, axis, axis)
 
 
