@@ -149,8 +149,10 @@ def test_vertical_slash_mask_is_lazy_and_exact(coverage):
     assert np.all(brute[kinds == 2] == 2)
     if coverage == "minference":  # the kernel evaluates the lazy predicate inside its tiles
         vv = jnp.asarray(np.random.default_rng(1).normal(size=(1, 2, 48, 16)), jnp.float32)
-        got = attention(q, k, vv, mask, backend="xla")
-        ref = attention(q, k, vv, BlockMask.from_dense(tokens, 16, 16), backend="reference")
+        # each side one compiled program (eager, every op of the tiled path compiled on its own)
+        got = jax.jit(lambda q, k, v: attention(q, k, v, mask, backend="xla"))(q, k, vv)
+        dense_mask = BlockMask.from_dense(tokens, 16, 16)
+        ref = jax.jit(lambda q, k, v: attention(q, k, v, dense_mask, backend="reference"))(q, k, vv)
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
     else:
         flex = P.flexprefill_mask(q, k, min_budget=8, approximation_size=16, coverage=coverage,

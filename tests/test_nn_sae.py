@@ -66,9 +66,13 @@ def test_eqx_module_step_matches_functional():
     assert int(state.step) == 1
     np.testing.assert_allclose(jnp.linalg.norm(new.params["W_dec"], axis=1), 1.0, rtol=1e-5)
     # the same step through the functional core
-    grads = jax.grad(lambda p: S.sae_loss(p, x, cfg, S.init_state(cfg))[0])(model.params)
-    upd, _ = tx.update(grads, tx.init(model.params), model.params)
-    ref = S.normalize_decoder(optax.apply_updates(model.params, upd))
+    @jax.jit  # one compiled program (eager, every op of the step compiled on its own)
+    def reference(params):
+        grads = jax.grad(lambda p: S.sae_loss(p, x, cfg, S.init_state(cfg))[0])(params)
+        upd, _ = tx.update(grads, tx.init(params), params)
+        return S.normalize_decoder(optax.apply_updates(params, upd))
+
+    ref = reference(model.params)
     for name in ref:
         np.testing.assert_allclose(new.params[name], ref[name], rtol=1e-5, atol=1e-6)
 
