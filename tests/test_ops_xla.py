@@ -53,6 +53,12 @@ def block_mask(kind: str, r: int = R, c: int = C, seed: int = 0) -> np.ndarray:
     return out
 
 
+def normal(seed: int, shape) -> jax.Array:
+    """Standard-normal float32 test data drawn with NumPy (``jax.random.normal`` compiles a
+    program for every new shape: ~0.1 s each, 30 calls in this file)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
 def random_bsr(kind: str, shape=(M, K), bs=BS, dtype=jnp.float32, seed: int = 0) -> BlockSparse:
     x = jax.random.normal(jax.random.PRNGKey(seed), shape).astype(dtype)
     mask = block_mask(kind, shape[0] // bs[0], shape[1] // bs[1], seed)
@@ -78,8 +84,8 @@ CASES = [(kind, jnp.float32) for kind in KINDS] + [("one", jnp.bfloat16), ("50%"
 @pytest.mark.parametrize("kind, dtype", CASES)
 def test_products_match_reference(backend, kind, dtype):
     a = random_bsr(kind, dtype=dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (K, N)).astype(dtype)
-    x = jax.random.normal(jax.random.PRNGKey(2), (N, M)).astype(dtype)
+    b = normal(1, (K, N)).astype(dtype)
+    x = normal(2, (N, M)).astype(dtype)
     dense = np.asarray(a.to_dense(), np.float32)
 
     got = jax.jit(lambda a, b: run(ops.bsr_matmul, backend, a, b))(a, b)
@@ -93,7 +99,7 @@ def test_products_match_reference(backend, kind, dtype):
                                **tol(dtype))
 
     # sddmm: (x.T [M, N]) @ (c [N, K]) sampled at a's blocks
-    c = jax.random.normal(jax.random.PRNGKey(3), (N, K)).astype(dtype)
+    c = normal(3, (N, K)).astype(dtype)
     s = jax.jit(lambda u, v, a: run(ops.sddmm, backend, u, v, a))(x.T, c, a)
     full = np.asarray(x, np.float32).T @ np.asarray(c, np.float32)
     keep = np.kron(np.asarray(a.block_mask()), np.ones(BS)).astype(bool)
@@ -106,28 +112,28 @@ def test_products_match_reference(backend, kind, dtype):
 def test_matmul_operators_vector_and_batch_axes(backend):
     a = random_bsr("50%")
     dense = np.asarray(a.to_dense())
-    v = jax.random.normal(jax.random.PRNGKey(4), (K,))
+    v = normal(4, (K,))
     np.testing.assert_allclose(run(ops.bsr_matmul, backend, a, v), dense @ np.asarray(v),
                                rtol=1e-5, atol=1e-4)
-    x = jax.random.normal(jax.random.PRNGKey(5), (2, 3, M))
+    x = normal(5, (2, 3, M))
     np.testing.assert_allclose(run(ops.dense_bsr_matmul, backend, x, a),
                                np.asarray(x) @ dense, rtol=1e-5, atol=1e-4)
     if backend == "xla":  # operators dispatch with backend="auto" (= xla on CPU)
         np.testing.assert_allclose(x @ a, np.asarray(x) @ dense, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(np.asarray(x) @ a, np.asarray(x) @ dense, rtol=1e-5,
                                    atol=1e-4)
-        b = jax.random.normal(jax.random.PRNGKey(6), (K, 5))
+        b = normal(6, (K, 5))
         np.testing.assert_allclose(a @ b, dense @ np.asarray(b), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vmap_over_dense_and_sparse_operands(backend):
     a = random_bsr("50%")
-    bs = jax.random.normal(jax.random.PRNGKey(7), (3, K, N))
+    bs = normal(7, (3, K, N))
     got = jax.vmap(lambda b: run(ops.bsr_matmul, backend, a, b))(bs)
     np.testing.assert_allclose(got, np.asarray(a.to_dense()) @ np.asarray(bs), rtol=1e-5,
                                atol=1e-4)
-    xs = jax.random.normal(jax.random.PRNGKey(8), (2, 4, M))
+    xs = normal(8, (2, 4, M))
     stack = jnp.stack([random_bsr("50%", seed=s).to_dense() for s in (0, 1)])
     masks = jnp.stack([jnp.asarray(block_mask("50%", seed=s)) for s in (0, 1)])
     a2 = jax.vmap(lambda x, m: BlockSparse.from_dense(x, BS, m, max_blocks_per_row=C))(stack,
@@ -148,8 +154,8 @@ def _masked_ref_grads(fn, dense, mask, *args):
 def test_gradients_match_reference(backend, kind):
     a = random_bsr(kind)
     mask = np.asarray(a.block_mask())
-    b = jax.random.normal(jax.random.PRNGKey(1), (K, N))
-    x = jax.random.normal(jax.random.PRNGKey(2), (N, M))
+    b = normal(1, (K, N))
+    x = normal(2, (N, M))
 
     def loss_sd(data, b):
         return jnp.sum(jnp.tanh(run(ops.bsr_matmul, backend, a.replace(data=data), b)) ** 2)
@@ -172,8 +178,8 @@ def test_gradients_match_reference(backend, kind):
 
 def test_sddmm_gradient_and_allow_int():
     a = random_bsr("50%")
-    u = jax.random.normal(jax.random.PRNGKey(1), (M, N))
-    v = jax.random.normal(jax.random.PRNGKey(2), (N, K))
+    u = normal(1, (M, N))
+    v = normal(2, (N, K))
     keep = np.kron(np.asarray(a.block_mask()), np.ones(BS))
 
     def loss(u, v):
@@ -190,9 +196,9 @@ def test_sddmm_gradient_and_allow_int():
 
 def test_check_grads_xla():
     a = random_bsr("50%", shape=(16, 32), bs=(8, 16))
-    b = jax.random.normal(jax.random.PRNGKey(1), (32, 3))
-    x = jax.random.normal(jax.random.PRNGKey(2), (3, 16))
-    u = jax.random.normal(jax.random.PRNGKey(3), (16, 3))
+    b = normal(1, (32, 3))
+    x = normal(2, (3, 16))
+    u = normal(3, (16, 3))
     kw = dict(order=1, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-2)
     # each function jitted: check_grads evaluates it at several points of one shape (one compile
     # instead of one per primitive and call); the VJP checked is the same
@@ -212,8 +218,8 @@ def test_check_grads_xla():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 8), (0, 4)])
 def test_nm_products_match_reference(backend, dtype, n, m):
-    w = jax.random.normal(jax.random.PRNGKey(0), (K, N)).astype(dtype)
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, K)).astype(dtype)
+    w = normal(0, (K, N)).astype(dtype)
+    x = normal(1, (2, 5, K)).astype(dtype)
     flax_w = NMSparse.from_dense(w, n, m, axis=0)  # [in, out], grouped along the reduction
     ref = np.asarray(x, np.float32) @ np.asarray(flax_w.to_dense(), np.float32)
     got = jax.jit(lambda x, w: ops.dense_nm_matmul(x, w, backend=backend))(x, flax_w)
@@ -227,8 +233,8 @@ def test_nm_products_match_reference(backend, dtype, n, m):
 
 
 def test_nm_gradient_vmap_and_operators():
-    w = NMSparse.from_dense(jax.random.normal(jax.random.PRNGKey(0), (K, N)), 2, 4, axis=0)
-    x = jax.random.normal(jax.random.PRNGKey(1), (6, K))
+    w = NMSparse.from_dense(normal(0, (K, N)), 2, 4, axis=0)
+    x = normal(1, (6, K))
 
     def loss(values, x):
         return jnp.sum(jnp.tanh(ops.dense_nm_matmul(x, NMSparse(values, w.indices, 2, 4, -2, K))))
@@ -243,16 +249,16 @@ def test_nm_gradient_vmap_and_operators():
                 (w.values,), order=1, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-2)
     np.testing.assert_allclose(x @ w, np.asarray(x) @ np.asarray(w.to_dense()), rtol=1e-5,
                                atol=1e-5)
-    wt = NMSparse.from_dense(jax.random.normal(jax.random.PRNGKey(2), (N, K)), 2, 4, axis=1)
+    wt = NMSparse.from_dense(normal(2, (N, K)), 2, 4, axis=1)
     np.testing.assert_allclose(wt @ x.T, np.asarray(wt.to_dense()) @ np.asarray(x.T), rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_allclose(wt @ x[0], np.asarray(wt.to_dense()) @ np.asarray(x[0]),
                                rtol=1e-5, atol=1e-5)
     # a weight grouped along its output axis is densified (same result)
-    w_out = NMSparse.from_dense(jax.random.normal(jax.random.PRNGKey(3), (K, N)), 2, 4, axis=1)
+    w_out = NMSparse.from_dense(normal(3, (K, N)), 2, 4, axis=1)
     np.testing.assert_allclose(x @ w_out, np.asarray(x) @ np.asarray(w_out.to_dense()),
                                rtol=1e-5, atol=1e-5)
-    xs = jax.random.normal(jax.random.PRNGKey(4), (3, 6, K))
+    xs = normal(4, (3, 6, K))
     got = jax.vmap(lambda x: x @ w)(xs)
     np.testing.assert_allclose(got, np.asarray(xs) @ np.asarray(w.to_dense()), rtol=1e-5,
                                atol=1e-5)
@@ -303,8 +309,8 @@ def test_pallas_dispatch_and_gradients(backend):
     bs = (16, 16)  # the Triton kernels need power-of-two blocks >= 16
     a = random_bsr("50%", shape=(32, 48), bs=bs)
     mask = np.kron(np.asarray(a.block_mask()), np.ones(bs))
-    b = jax.random.normal(jax.random.PRNGKey(1), (48, 16))
-    x = jax.random.normal(jax.random.PRNGKey(2), (16, 32))
+    b = normal(1, (48, 16))
+    x = normal(2, (16, 32))
     dense = np.asarray(a.to_dense())
     np.testing.assert_allclose(run(ops.bsr_matmul, backend, a, b), dense @ np.asarray(b),
                                rtol=1e-4, atol=1e-4)
@@ -327,8 +333,8 @@ def test_pallas_dispatch_and_gradients(backend):
 
 @pytest.mark.skipif("pallas_gpu" not in PALLAS, reason="no sparsejax.ops.pallas_gpu")
 def test_nm_pallas_gpu_dispatch_and_gradient():
-    w = NMSparse.from_dense(jax.random.normal(jax.random.PRNGKey(0), (64, 32)), 2, 4, axis=0)  # [in, out]
-    x = jax.random.normal(jax.random.PRNGKey(1), (16, 64))
+    w = NMSparse.from_dense(normal(0, (64, 32)), 2, 4, axis=0)  # [in, out]
+    x = normal(1, (16, 64))
     got = ops.dense_nm_matmul(x, w, backend="pallas_gpu", interpret=True)
     np.testing.assert_allclose(got, np.asarray(x) @ np.asarray(w.to_dense()), rtol=1e-4,
                                atol=1e-4)
@@ -350,8 +356,8 @@ def test_xla_block_loop_and_dense_fallback_agree():
 
     a = random_bsr("full")
     assert float(a.density) > xla.DENSE_FALLBACK_DENSITY
-    b = jax.random.normal(jax.random.PRNGKey(1), (K, N))
-    x = jax.random.normal(jax.random.PRNGKey(2), (N, M))
+    b = normal(1, (K, N))
+    x = normal(2, (N, M))
     dense = np.asarray(a.to_dense())
     np.testing.assert_allclose(xla._bsr_matmul_loop(a, b), dense @ np.asarray(b), rtol=1e-5,
                                atol=1e-4)
@@ -365,7 +371,7 @@ def test_xla_block_loop_and_dense_fallback_agree():
 def test_auto_on_gpu_falls_back_to_xla_for_untileable_blocks(monkeypatch):
     # pretend to be on a GPU: 8x16 blocks are rejected by the Triton kernels -> xla
     a = random_bsr("50%")
-    b = jax.random.normal(jax.random.PRNGKey(1), (K, N))
+    b = normal(1, (K, N))
     with pytest.raises(ValueError, match="power of two"):
         ops.bsr_matmul(a, b, backend="pallas_gpu", interpret=True)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
