@@ -35,11 +35,8 @@ def _dense(q, k, v, keep):
 
 def test_quest_keep_per_query_head(cache):
     q, k, v, _ = cache
-    # compiled (eager, every op compiled on its own; the eager path runs in test_attention_frontier)
-    keep = jax.jit(lambda q, k: decode.quest_keep(q, k, page_size=8, token_budget=32,
-                                                  share_pages=False))(q, k)
-    got = jax.jit(lambda q, k, v, keep: decode.attend_kept(q, k, v, keep, token_budget=32 + 8))(
-        q, k, v, keep)
+    keep = decode.quest_keep(q, k, page_size=8, token_budget=32, share_pages=False)
+    got = decode.attend_kept(q, k, v, keep, token_budget=32 + 8)
     np.testing.assert_allclose(got, _dense(q, k, v, keep), atol=1e-5, rtol=1e-5)
     # the full cache differs: the selection matters
     assert not np.allclose(got, _dense(q, k, v, jnp.ones_like(keep)), atol=1e-3)
