@@ -137,6 +137,20 @@ def fast_jit(fn: Callable | None = None, *, enabled: bool = True, level: int = 1
 _init_mlp = fast_jit(_init_mlp_params, static_argnums=(1, 2))
 
 
+def random_draw(kind: str, key: jax.Array, shape: tuple[int, ...], **kwargs: Any) -> jax.Array:
+    """``jax.random.<kind>(key, shape, **kwargs)`` compiled at XLA level 1 (`fast_jit`): the same
+    values as the eager call, whose sampler program compiles at the default level for every new
+    shape (about 1 s CPU against 0.25 s for a ``[2048, 256]`` uniform draw). Not inside ``jit``."""
+    return _draw(key, kind, tuple(shape), tuple(sorted(kwargs.items())))
+
+
+def _draw_values(key: jax.Array, kind: str, shape: tuple[int, ...], kwargs: tuple) -> jax.Array:
+    return getattr(jax.random, kind)(key, shape, **dict(kwargs))
+
+
+_draw = fast_jit(_draw_values, static_argnums=(1, 2, 3))
+
+
 @functools.lru_cache(maxsize=32)
 def _train_chunk(apply_fn: Callable, learning_rate: float, batch_size: int) -> Callable:
     """A compiled run of ``length`` Adam steps (`jax.lax.scan`) per (model, learning rate, batch
