@@ -1,4 +1,4 @@
-"""Run by tests/test_moe_parallel.py in a subprocess with 8 host devices (XLA_FLAGS).
+"""Run by tests/test_sharded_checks.py in a subprocess with 8 host devices (XLA_FLAGS).
 
 Every sharded layer is compared with the single-device layer (each group of ``T / n`` tokens
 routed separately) forward and backward (VJP w.r.t. x, logits and the experts), with one jit

@@ -202,20 +202,37 @@ def global_memory():
     return out
 
 
+def _restore_target(mesh):
+    """The sparse optimizer state's structure, shapes and dtypes (traced, not compiled: the
+    restoring group never runs the step), each leaf sharded like the parameter of its shape over
+    ``mesh`` (the shapes are distinct), scalars replicated."""
+    params, grads = problem()
+    tx, step = _optimizer("prune")
+    shapes = jax.eval_shape(lambda p, g: step(p, tx.init(p), g)[1], params, grads)
+    specs = jax.tree.leaves(SPECS, is_leaf=lambda s: isinstance(s, P))
+    by_shape = {np.shape(x): s for x, s in zip(jax.tree.leaves(params), specs, strict=True)}
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=NamedSharding(mesh, by_shape.get(x.shape, P()))), shapes)
+
+
 def checkpoint(directory, save):
-    """In every process: save the sparse optimizer state with Orbax (``save``), or restore it onto
-    this group's shardings; returns the gathered state."""
+    """In every process: save the sparse optimizer state with Orbax (``save``; restored onto the
+    state's own shardings), or restore it onto this group's shardings (`_restore_target`);
+    returns the gathered restored state."""
     import orbax.checkpoint as ocp
 
-    state = _opt_state(_placer(_mesh()))
+    mesh = _mesh()
     checkpointer = ocp.StandardCheckpointer()
     if save:
+        state = _opt_state(_placer(mesh))
         checkpointer.save(directory, state)
         checkpointer.wait_until_finished()
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    else:
+        target = _restore_target(mesh)
     restored = checkpointer.restore(directory, target)
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
     return gather(restored)
 

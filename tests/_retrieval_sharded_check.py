@@ -1,4 +1,4 @@
-"""Run by tests/test_retrieval_sharding.py in a subprocess with 8 host CPU devices.
+"""Run by tests/test_sharded_checks.py in a subprocess with 8 host CPU devices.
 
 Builds the same index on one device and split over 8 devices of a mesh axis, and checks that
 `search` (the same call) gives the same scores and ids, that the shards really sit on 8 devices,

@@ -1,4 +1,4 @@
-"""Run by tests/test_training_sharding.py in a subprocess with 8 host CPU devices.
+"""Run by tests/test_sharded_checks.py in a subprocess with 8 host CPU devices.
 
 Checks that, with params sharded over a `jax.sharding.Mesh`, the masks come out with their
 parameter's sharding, global top-k / ERK allocation work across shards, and one sharded training

@@ -77,10 +77,11 @@ def sparse_regression():
 _TESTS = __import__("pathlib").Path(__file__).resolve().parent
 
 
-def _run_script(name, devices=8, timeout=600):
-    """Run ``tests/<name>`` in a fresh CPU process with ``devices`` host devices (the rest of the
-    suite keeps one device) and assert it exits cleanly with ``OK`` as its last line (its stdout
-    and stderr tails are the failure message)."""
+def _run_script(*names, devices=8, timeout=600):
+    """Run the scripts ``tests/<name>`` one after the other in one fresh CPU process with
+    ``devices`` host devices (the rest of the suite keeps one device; one process pays the jax
+    import once for several checks) and assert it exits cleanly with each script's ``OK`` printed
+    (its stdout and stderr tails are the failure message; a failing script is named there)."""
     import subprocess
     import sys
 
@@ -89,16 +90,23 @@ def _run_script(name, devices=8, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=_xla_flags(os.environ.get("XLA_FLAGS", ""), devices),
                PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(_TESTS / name)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    runner = ("import runpy, sys\n"
+              "for path in sys.argv[1:]:\n"
+              "    print('== ' + path, flush=True)\n"
+              "    runpy.run_path(path, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", runner, *(str(_TESTS / n) for n in names)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.strip().endswith("OK"), proc.stdout[-2000:]
+    parts = proc.stdout.split("== ")[1:]
+    assert len(parts) == len(names), proc.stdout[-2000:]
+    for name, part in zip(names, parts, strict=True):  # each script ran to its own "OK"
+        assert part.startswith(str(_TESTS / name)) and part.strip().endswith("OK"), part[-2000:]
 
 
 @pytest.fixture
 def run_script():
-    """``run(name, devices=8, timeout=600)``: run the check script ``tests/<name>`` in a
-    subprocess with ``devices`` host CPU devices; it must print ``OK`` last. Multi-process
+    """``run(*names, devices=8, timeout=600)``: run the check scripts ``tests/<name>`` in one
+    subprocess with ``devices`` host CPU devices; each must print ``OK`` last. Multi-process
     checks use `sparsejax.testing.run_processes` instead."""
     return _run_script
 

@@ -194,9 +194,13 @@ def test_check_grads_xla():
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 16))
     u = jax.random.normal(jax.random.PRNGKey(3), (16, 3))
     kw = dict(order=1, modes=["rev"], atol=5e-2, rtol=5e-2, eps=1e-2)
-    check_grads(lambda d, b: ops.bsr_matmul(a.replace(data=d), b, backend="xla"), (a.data, b), **kw)
-    check_grads(lambda x, d: ops.dense_bsr_matmul(x, a.replace(data=d), backend="xla"), (x, a.data), **kw)
-    check_grads(lambda u, b: ops.sddmm(u, b.T, a, backend="xla").data, (u, b), **kw)
+    # each function jitted: check_grads evaluates it at several points of one shape (one compile
+    # instead of one per primitive and call); the VJP checked is the same
+    check_grads(jax.jit(lambda d, b: ops.bsr_matmul(a.replace(data=d), b, backend="xla")),
+                (a.data, b), **kw)
+    check_grads(jax.jit(lambda x, d: ops.dense_bsr_matmul(x, a.replace(data=d), backend="xla")),
+                (x, a.data), **kw)
+    check_grads(jax.jit(lambda u, b: ops.sddmm(u, b.T, a, backend="xla").data), (u, b), **kw)
 
 
 # ---------------------------------------------------------------------------------------------
