@@ -48,8 +48,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # so that `python benchmarks/masks.py` imports this checkout
-    sys.path.insert(0, str(ROOT))
+# this checkout (for `python benchmarks/masks.py`) and benchmarks/ (for `_timing` when the module
+# is loaded from a file, as tests/test_bench_masks.py does)
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
