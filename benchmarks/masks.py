@@ -50,9 +50,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # this checkout (for `python benchmarks/masks.py`) and benchmarks/ (for `_timing` when the module
 # is loaded from a file, as tests/test_bench_masks.py does)
-for _path in (ROOT, ROOT / "benchmarks"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:  # last: its module names shadow nothing
+    sys.path.append(str(ROOT / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
