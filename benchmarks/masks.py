@@ -48,8 +48,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # so that `python benchmarks/masks.py` imports this checkout
+# this checkout (for `python benchmarks/masks.py`) and benchmarks/ (for `_timing` when the module
+# is loaded from a file, as tests/test_bench_masks.py does)
+if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:  # last: its module names shadow nothing
+    sys.path.append(str(ROOT / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

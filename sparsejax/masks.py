@@ -87,35 +87,43 @@ _CHUNK = 1 << 16
 
 
 def _chunk_scan(fn, flat: jax.Array, init):
-    """Fold ``fn(carry, chunk, start)`` over consecutive ``_CHUNK``-long slices of a 1-D array.
+    """Fold ``fn(carry, chunk, fresh)`` over the ``ceil(size / _CHUNK)`` slices of ``_CHUNK``
+    consecutive entries of a 1-D array (one slice, the whole array, when it is no longer).
 
     XLA's CPU backend materializes the elementwise producer of a large reduction or scatter as one
     full-size buffer (a fresh 64 MB allocation for a 4096^2 float32 weight, page faults included);
-    slicing inside a loop keeps every intermediate chunk-sized. The tail (``size % _CHUNK``
-    entries) is one more call. Returns ``(carry, stacked per-chunk outputs, tail output)``.
+    slicing inside a loop keeps every intermediate chunk-sized. The last slice ends at the array's
+    end (`_slice_start`), overlapping the one before when ``size % _CHUNK != 0``: ``fresh`` then
+    flags the entries of a slice that no earlier slice holds (``None`` when every entry is fresh),
+    so ``fn`` is traced once, with no separate tail program. Returns ``(carry, stacked per-slice
+    outputs)``.
     """
     size = flat.shape[0]
-    n_full = size // _CHUNK
+    if size <= _CHUNK:
+        carry, y = fn(init, flat, None)
+        return carry, jax.tree.map(lambda a: a[None], y)
+    ragged = size % _CHUNK != 0
 
     def body(carry, i):
-        start = i * _CHUNK
-        return fn(carry, lax.dynamic_slice_in_dim(flat, start, _CHUNK), start)
+        start = _slice_start(i, size)
+        fresh = (start + jnp.arange(_CHUNK, dtype=jnp.int32) >= i * _CHUNK) if ragged else None
+        return fn(carry, lax.dynamic_slice_in_dim(flat, start, _CHUNK), fresh)
 
-    ys = None
-    if n_full:
-        carry, ys = lax.scan(body, init, jnp.arange(n_full, dtype=jnp.int32))
-    else:
-        carry = init
-    tail = None
-    if size > n_full * _CHUNK:
-        carry, tail = fn(carry, flat[n_full * _CHUNK:], jnp.int32(n_full * _CHUNK))
-    return carry, ys, tail
+    return lax.scan(body, init, jnp.arange(-(-size // _CHUNK), dtype=jnp.int32))
+
+
+def _slice_start(i: jax.Array, size: int) -> jax.Array:
+    """Start of `_chunk_scan`'s slice ``i`` of an array of ``size > _CHUNK`` entries."""
+    return jnp.minimum(i * _CHUNK, size - _CHUNK)
 
 
 def _histogram(flat: jax.Array, digit_of, nbins: int) -> jax.Array:
     """int32 counts of ``digit_of(chunk)`` over ``[0, nbins)``; the digit ``nbins`` is dropped."""
-    def add(hist, chunk, start):
-        return hist.at[digit_of(chunk)].add(1, mode="drop"), None
+    def add(hist, chunk, fresh):
+        digits = digit_of(chunk)
+        if fresh is not None:
+            digits = jnp.where(fresh, digits, nbins)
+        return hist.at[digits].add(1, mode="drop"), None
 
     return _chunk_scan(add, flat, jnp.zeros(nbins, jnp.int32))[0]
 
@@ -144,40 +152,37 @@ def _digit_select(hist: jax.Array, k: jax.Array):
 def _first_true_cut(flat: jax.Array, flag_of, count: jax.Array) -> jax.Array:
     """Flat position of the ``count``-th entry (``count >= 1``) with ``flag_of(entry)`` true.
 
-    Per-chunk counts in one pass, then per-row counts (rows of 1024) of the chunk holding it, then
-    a prefix count inside the row holding it: every intermediate is chunk-sized.
+    Per-slice counts in one `_chunk_scan` pass find the slice holding it; inside that slice its
+    position is the largest ``p`` with fewer than the remaining count of flagged entries before
+    ``p``, built bit by bit from the top (one compare-and-count pass over the slice per bit, as
+    `_kth_largest_key`): no prefix sums over the entries, every intermediate slice-sized.
     """
-    def per_chunk(carry, chunk, start):
-        return carry, jnp.sum(flag_of(chunk), dtype=jnp.int32)
+    size = flat.shape[0]
 
-    _, ys, tail = _chunk_scan(per_chunk, flat, None)
-    counts = jnp.concatenate([c for c in (ys, None if tail is None else tail[None])
-                              if c is not None])
+    def per_slice(carry, chunk, fresh):
+        flags = flag_of(chunk)
+        return carry, jnp.sum(flags if fresh is None else flags & fresh, dtype=jnp.int32)
+
+    counts = _chunk_scan(per_slice, flat, None)[1]
     cum = jnp.cumsum(counts)
     c = jnp.minimum(jnp.sum(cum < count), counts.shape[0] - 1).astype(jnp.int32)
     left = count - (cum[c] - counts[c])
-    start = c * _CHUNK
-    width = min(1024, _CHUNK)
-    n_full = flat.shape[0] // _CHUNK
+    if size <= _CHUNK:
+        start, chunk = jnp.int32(0), flat
+    else:
+        start = _slice_start(c, size)
+        chunk = lax.dynamic_slice_in_dim(flat, start, _CHUNK)
+    position = jnp.arange(chunk.shape[0], dtype=jnp.int32)
+    # only entries from slice c's own range count (the last slice overlaps the one before)
+    flags = flag_of(chunk) & (start + position >= c * _CHUNK)
+    nbits = max(chunk.shape[0] - 1, 1).bit_length()
 
-    def locate(chunk):
-        rows = jnp.pad(chunk, (0, -chunk.shape[0] % width)).reshape(-1, width)
-        flags = flag_of(rows) & (jnp.arange(rows.size).reshape(rows.shape) < chunk.shape[0])
-        per_row = jnp.sum(flags, axis=1, dtype=jnp.int32)
-        rcum = jnp.cumsum(per_row)
-        r = jnp.minimum(jnp.sum(rcum < left), rows.shape[0] - 1).astype(jnp.int32)
-        row_left = left - (rcum[r] - per_row[r])
-        local = jnp.cumsum(lax.dynamic_index_in_dim(flags, r, keepdims=False).astype(jnp.int32))
-        return r * width + jnp.argmax(local >= row_left).astype(jnp.int32)
+    def body(i, p):
+        candidate = p | (1 << (nbits - 1 - i))
+        before = jnp.sum(flags & (position < candidate), dtype=jnp.int32)
+        return jnp.where(before < left, candidate, p)
 
-    if n_full == 0:
-        return locate(flat)
-    offset = locate(lax.dynamic_slice_in_dim(flat, jnp.minimum(start, (n_full - 1) * _CHUNK),
-                                            _CHUNK))
-    if flat.shape[0] == n_full * _CHUNK:
-        return start + offset
-    return lax.cond(c < n_full, lambda: start + offset,
-                    lambda: n_full * _CHUNK + locate(flat[n_full * _CHUNK:]))
+    return start + lax.fori_loop(0, nbits, body, jnp.int32(0))
 
 
 _SORT_BELOW = 1 << 14

@@ -283,6 +283,17 @@ def test_topk_sort_and_radix_paths_agree_with_stable_argsort(n):
 
 
 
+@pytest.mark.parametrize("n", [2 * masks._CHUNK, 2 * masks._CHUNK + 777])
+def test_topk_tie_cut_in_every_slice(n):
+    """All scores tied: the mask is the first ``k`` positions, so the tie cut lands where ``k``
+    says: in the first chunk, in a middle chunk, in the part of the last histogram slice that
+    overlaps the chunk before it (a ragged size), and in the last slice's own entries."""
+    x = jnp.zeros(n, jnp.float32)
+    for k in (3, masks._CHUNK + 5, masks._CHUNK + 800, n - 100):
+        got = np.asarray(masks.topk(x, k))
+        assert got.sum() == k and got[:k].all(), k
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_topk_bitwise_threshold_equals_sort_threshold(dtype, monkeypatch):
     """The bitwise search of the k-th largest key (mid-sized arrays) keeps exactly what the sort

@@ -12,7 +12,7 @@ from sparsejax.attention import (
     sliding_window_mask,
 )
 from sparsejax.demo._table import print_table
-from sparsejax.demo.context import DemoContext, median_time
+from sparsejax.demo.context import DemoContext, median_time, random_draw
 
 
 def run(ctx: DemoContext) -> dict:
@@ -25,9 +25,9 @@ def run(ctx: DemoContext) -> dict:
     seq, heads, dim = (256, 2, 32) if ctx.quick else (1024, 4, 64)
     block = 64 if ctx.quick else 128
     kq, kk, kv = jax.random.split(ctx.next_key(), 3)
-    q = jax.random.normal(kq, (1, heads, seq, dim))
-    k = jax.random.normal(kk, (1, heads, seq, dim))
-    v = jax.random.normal(kv, (1, heads, seq, dim))
+    q = random_draw("normal", kq, (1, heads, seq, dim))
+    k = random_draw("normal", kk, (1, heads, seq, dim))
+    v = random_draw("normal", kv, (1, heads, seq, dim))
     geo = dict(block_q=block, block_kv=block)
     patterns = {
         "causal": causal_mask(seq, **geo),

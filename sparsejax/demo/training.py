@@ -20,7 +20,14 @@ import optax
 import sparsejax as sj
 from sparsejax import training as T
 from sparsejax.demo._table import print_table
-from sparsejax.demo.context import DemoContext, accuracy, fast_jit, init_mlp, mlp_apply
+from sparsejax.demo.context import (
+    DemoContext,
+    accuracy,
+    fast_jit,
+    init_mlp,
+    mlp_apply,
+    random_draw,
+)
 
 METHODS = ("dense", "gradual magnitude 90%", "RigL 90% (ERK)", "2:4 SR-STE")
 
@@ -100,7 +107,7 @@ def train_method(name: str, x_train, y_train, x_test, y_test, *, steps: int, key
     run_chunk = fast_jit(run_chunk, enabled=fast_compile)
     eval_every = eval_every or max(1, steps // 20)
     n = x_train.shape[0]
-    idx_all = jax.random.randint(k_data, (steps, min(batch_size, n)), 0, n)
+    idx_all = random_draw("randint", k_data, (steps, min(batch_size, n)), minval=0, maxval=n)
     curve = []
     bar = tqdm(total=steps, desc=name, disable=not progress, leave=False)
     # compiled scans of `eval_every` steps between evaluations (one compile, plus a shorter tail)

@@ -10,6 +10,7 @@ OMP) on the whitened columns ``L^T W`` and maps the dictionary back, ``D = L^{-T
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -114,18 +115,37 @@ def cospadi(
         )
     check_int(n_atoms, "n_atoms", minimum=1)
     check_int(nnz_per_column, "nnz_per_column", minimum=1, maximum=n_atoms)
-    dtype = jnp.promote_types(weight.dtype, jnp.float32)
-    w = weight.astype(dtype)
-    x = calibration_inputs.astype(dtype)
-    chol = _whitener(x, damp) if whiten else jnp.eye(d_in, dtype=dtype)
-    w_white = chol.T @ w  # columns are the signals
+    params = d_in * n_atoms + d_out * nnz_per_column
+    rank = max(0, min(params // (d_in + d_out), min(d_in, d_out)))
+    chol, w_white = _whitened(weight, calibration_inputs, damp, whiten=whiten)
     d_white, codes_t = ksvd(w_white.T, n_atoms, key=key, k=nnz_per_column, n_iter=n_iter)
-    # map back: D = L^{-T} D'
+    dictionary, codes, errors = _finish(weight, calibration_inputs, damp, chol, d_white, codes_t,
+                                        rank=rank)
+    err, svd_err, wsvd_err = (float(e) for e in errors)
+    return CoSpaDiResult(dictionary.astype(weight.dtype), codes.astype(weight.dtype),
+                         float(d_in * d_out / params), err, int(rank), svd_err, wsvd_err)
+
+
+def _as_float(weight, calibration_inputs):
+    dtype = jnp.promote_types(weight.dtype, jnp.float32)
+    return weight.astype(dtype), calibration_inputs.astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("whiten",))
+def _whitened(weight, calibration_inputs, damp, *, whiten):
+    """``(L, L^T W)``: the whitening factor (the identity without ``whiten``) and the signals."""
+    w, x = _as_float(weight, calibration_inputs)
+    chol = _whitener(x, damp) if whiten else jnp.eye(w.shape[0], dtype=w.dtype)
+    return chol, chol.T @ w  # columns are the signals
+
+
+@functools.partial(jax.jit, static_argnames=("rank",))
+def _finish(weight, calibration_inputs, damp, chol, d_white, codes_t, *, rank):
+    """The dictionary mapped back (``D = L^{-T} D'``), the codes and the three output errors."""
+    w, x = _as_float(weight, calibration_inputs)
     dictionary = jax.scipy.linalg.solve_triangular(chol.T, d_white, lower=False)
     codes = codes_t.T
-    params = d_in * n_atoms + d_out * nnz_per_column
     err = output_error(w, dictionary @ codes, x)
-    rank = max(0, min(params // (d_in + d_out), min(d_in, d_out)))
     if rank > 0:
         u, v = truncated_svd(w, rank)
         svd_err = output_error(w, u @ v, x)
@@ -134,8 +154,5 @@ def cospadi(
         uw = jax.scipy.linalg.solve_triangular(l_full.T, uw, lower=False)
         wsvd_err = output_error(w, uw @ vw, x)
     else:
-        svd_err = wsvd_err = jnp.asarray(1.0)
-    return CoSpaDiResult(
-        dictionary.astype(weight.dtype), codes.astype(weight.dtype),
-        float(d_in * d_out / params), float(err), int(rank), float(svd_err), float(wsvd_err),
-    )
+        svd_err = wsvd_err = jnp.ones((), w.dtype)
+    return dictionary, codes, (err, svd_err, wsvd_err)
