@@ -120,7 +120,7 @@ def cospadi(
     chol, w_white = _whitened(weight, calibration_inputs, damp, whiten=whiten)
     d_white, codes_t = ksvd(w_white.T, n_atoms, key=key, k=nnz_per_column, n_iter=n_iter)
     dictionary, codes, errors = _finish(weight, calibration_inputs, damp, chol, d_white, codes_t,
-                                        rank=rank)
+                                        rank=rank, whiten=whiten)
     err, svd_err, wsvd_err = (float(e) for e in errors)
     return CoSpaDiResult(dictionary.astype(weight.dtype), codes.astype(weight.dtype),
                          float(d_in * d_out / params), err, int(rank), svd_err, wsvd_err)
@@ -139,8 +139,8 @@ def _whitened(weight, calibration_inputs, damp, *, whiten):
     return chol, chol.T @ w  # columns are the signals
 
 
-@functools.partial(jax.jit, static_argnames=("rank",))
-def _finish(weight, calibration_inputs, damp, chol, d_white, codes_t, *, rank):
+@functools.partial(jax.jit, static_argnames=("rank", "whiten"))
+def _finish(weight, calibration_inputs, damp, chol, d_white, codes_t, *, rank, whiten):
     """The dictionary mapped back (``D = L^{-T} D'``), the codes and the three output errors."""
     w, x = _as_float(weight, calibration_inputs)
     dictionary = jax.scipy.linalg.solve_triangular(chol.T, d_white, lower=False)
@@ -149,7 +149,7 @@ def _finish(weight, calibration_inputs, damp, chol, d_white, codes_t, *, rank):
     if rank > 0:
         u, v = truncated_svd(w, rank)
         svd_err = output_error(w, u @ v, x)
-        l_full = _whitener(x, damp)
+        l_full = chol if whiten else _whitener(x, damp)  # the whitened SVD's factor
         uw, vw = truncated_svd(l_full.T @ w, rank)
         uw = jax.scipy.linalg.solve_triangular(l_full.T, uw, lower=False)
         wsvd_err = output_error(w, uw @ vw, x)
