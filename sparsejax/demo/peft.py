@@ -48,32 +48,29 @@ def _lora_apply(params: Any, lora: dict) -> Any:
             for n, layer in params.items()}
 
 
-def _method(name: str, steps: int, density: float) -> tuple[Any, Any, Any]:
-    """``(init(base, key) -> trainable, to_params(base, trainable), optimizer)`` of one method;
-    ``init`` is ``None`` for DSEE (its GreBsmo split runs eagerly, in numpy)."""
+def _size(trainable: Any) -> int:
+    return sum(int(a.size) for a in jax.tree.leaves(trainable))
+
+
+def _method(name: str, steps: int, density: float) -> tuple[Any, Any, Any, Any]:
+    """``(init(base, key) -> trainable, to_params(base, trainable), optimizer, count(trainable)
+    -> trainable values)`` of one method; ``init`` is ``None`` for DSEE (its GreBsmo split runs
+    eagerly, in numpy)."""
     if name == "full fine-tune":
-        return (lambda b, k: b), (lambda b, t: t), optax.adam(1e-3)
+        return (lambda b, k: b), (lambda b, t: t), optax.adam(1e-3), _size
     if name == "LoRA r=2":
-        return _lora_init, (lambda b, t: _lora_apply(b, t)), optax.adam(1e-2)
+        return _lora_init, (lambda b, t: _lora_apply(b, t)), optax.adam(1e-2), _size
     if name.startswith("DSEE"):
-        return None, peft.dsee.apply, peft.dsee.train(optax.adam(1e-2))
+        return (None, peft.dsee.apply, peft.dsee.train(optax.adam(1e-2)),
+                peft.dsee.trainable_count)
     if name.startswith("PST"):
         return ((lambda b, k: peft.pst.init(b, key=k, weight_rank=1, mask_rank=1)),
-                (lambda b, t, s=PST_SPARSITY: peft.pst.apply(b, t, s)), optax.adam(1e-2))
+                (lambda b, t, s=PST_SPARSITY: peft.pst.apply(b, t, s)), optax.adam(1e-2),
+                peft.pst.trainable_count)
     tx = (peft.train_delta(optax.adam(1e-2)) if name == "sparse delta" else
           peft.spiel(optax.adam(1e-2), total_steps=steps, reselect_every=max(4, steps // 6),
                      accumulate_steps=2))
-    return (lambda b, k: peft.sparse_delta(b, density, key=k)), peft.apply, tx
-
-
-def _trainable_count(name: str, trainable: Any) -> int:
-    if name.startswith("DSEE"):
-        return peft.dsee.trainable_count(trainable)
-    if name.startswith("PST"):
-        return peft.pst.trainable_count(trainable)
-    if name in ("sparse delta", "SpIEL"):
-        return peft.delta_size(trainable)
-    return sum(int(a.size) for a in jax.tree.leaves(trainable))
+    return (lambda b, k: peft.sparse_delta(b, density, key=k)), peft.apply, tx, peft.delta_size
 
 
 def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: int,
@@ -85,7 +82,7 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
     the compile is nearly all of the cost (SpIEL's drop-and-grow, PST's scores)."""
     base = ctx.params
     k_init, k_data = jax.random.split(key)
-    init, to_params, tx = _method(name, steps, density)
+    init, to_params, tx, count = _method(name, steps, density)
     sparse = name in ("sparse delta", "SpIEL") or name.startswith("DSEE")
     schedule = peft.pst.schedule(steps, PST_SPARSITY)
 
@@ -120,7 +117,7 @@ def _finetune(name: str, ctx: DemoContext, x: jax.Array, y: jax.Array, steps: in
     n, b = x.shape[0], min(128, x.shape[0])
     batches = np.stack([rng.choice(n, b, replace=False) for _ in range(steps)])
     params, trainable = program(base, start, x[batches], y[batches])
-    return params, _trainable_count(name, trainable)
+    return params, count(trainable)
 
 
 def run(ctx: DemoContext) -> dict:
