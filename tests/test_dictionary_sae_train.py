@@ -79,3 +79,26 @@ def test_demo_stage_quick():
     import json
 
     json.dumps(out)
+
+
+def test_train_sae_again_compiles_nothing_and_repeats_exactly():
+    """A second call with the same config, rate and shapes reuses the compiled chunk runner, the
+    initial states and the Weiszfeld loop (it recompiled the runner on every call)."""
+    from _compiles import count_compiles
+
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(300, 16)), jnp.float32)
+    cfg = S.SAEConfig(16, 32, activation="topk", k=4)
+
+    def run():
+        return S.train_sae(jax.random.PRNGKey(1), x, cfg, steps=7, batch_size=64,
+                           steps_per_call=3, learning_rate=1e-3, progress=False)
+
+    first = run()
+    with count_compiles() as compiled:
+        second = run()
+        median = S.geometric_median(x)
+    assert compiled == []
+    for name in first.params:
+        np.testing.assert_array_equal(second.params[name], first.params[name])
+    np.testing.assert_array_equal(second.history["loss"], first.history["loss"])
+    np.testing.assert_array_equal(median, S.geometric_median(x))

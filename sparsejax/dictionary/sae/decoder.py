@@ -10,6 +10,7 @@ unit norm (`normalize_decoder`). The decoder is ``W_dec [d_sae, d_out]``: one ro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -152,20 +153,28 @@ def geometric_median(
     eps = check_float(eps, "eps", minimum=0.0, exclusive_minimum=True)
     maxiter = check_int(maxiter, "maxiter", minimum=0)
     ftol = check_float(ftol, "ftol", minimum=0.0)
+    if weights is not None:
+        weights = check_float_array(jnp.asarray(weights), "weights", min_ndim=1)
+        if weights.shape != (points.shape[0],):
+            raise ValueError(f"`weights` must have shape ({points.shape[0]},); got {weights.shape}")
     dtype = points.dtype
     p = points.astype(jnp.promote_types(dtype, jnp.float32))
-    if weights is None:
-        w = jnp.ones((p.shape[0],), p.dtype)
-    else:
-        w = check_float_array(jnp.asarray(weights), "weights", min_ndim=1).astype(p.dtype)
-        if w.shape != (p.shape[0],):
-            raise ValueError(f"`weights` must have shape ({p.shape[0]},); got {w.shape}")
+    w = jnp.ones((p.shape[0],), p.dtype) if weights is None else weights.astype(p.dtype)
+    median0 = _weighted_mean(p, w)
+    median = _weiszfeld(p, w, median0, _objective(median0, p, w), eps=eps, maxiter=maxiter,
+                        ftol=ftol)
+    return median.astype(dtype)
 
-    def wavg(weights):
-        return jnp.sum(p * (weights / jnp.sum(weights))[:, None], axis=0)
 
-    median0 = wavg(w)
-    obj0 = _objective(median0, p, w)
+def _weighted_mean(p, weights):
+    return jnp.sum(p * (weights / jnp.sum(weights))[:, None], axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("eps", "maxiter", "ftol"))
+def _weiszfeld(p, w, median0, obj0, *, eps, maxiter, ftol):
+    """`geometric_median`'s Weiszfeld loop from the weighted mean ``median0`` (objective ``obj0``):
+    the ``while_loop`` is compiled once per shape and options (an eager ``while_loop`` over a fresh
+    closure compiles on every call); ``median0`` stays eager, so the rounding is the eager one."""
 
     def cond(carry):
         i, _, obj, prev = carry
@@ -174,8 +183,8 @@ def geometric_median(
     def body(carry):
         i, median, obj, _ = carry
         norms = jnp.linalg.norm(p - median, axis=-1)
-        median = wavg(w / jnp.maximum(norms, eps))
+        median = _weighted_mean(p, w / jnp.maximum(norms, eps))
         return i + 1, median, _objective(median, p, w), obj
 
     _, median, _, _ = jax.lax.while_loop(cond, body, (0, median0, obj0, obj0))
-    return median.astype(dtype)
+    return median

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -29,6 +30,7 @@ from sparsejax.dictionary.sae.functional import (
     init_state,
     sae_loss,
 )
+from sparsejax.oneshot.driver import cached_step
 
 __all__ = ["TrainResult", "make_train_step", "train_sae"]
 
@@ -71,6 +73,18 @@ def make_train_step(config: SAEConfig, optimizer: optax.GradientTransformation, 
     return jax.jit(step) if jit else step
 
 
+@functools.lru_cache(maxsize=32)  # the same optimizer object for the same rate: runners are reused
+def _default_optimizer(learning_rate: float, normalize: bool) -> optax.GradientTransformation:
+    return _with_parallel_removal(optax.adam(learning_rate), normalize)
+
+
+@functools.lru_cache(maxsize=32)
+def _with_parallel_removal(base: optax.GradientTransformation, normalize: bool
+                           ) -> optax.GradientTransformation:
+    return optax.chain(remove_decoder_parallel_grads(), base) if normalize else base
+
+
+@functools.lru_cache(maxsize=32)  # one compiled runner per (config, optimizer) across calls
 def _make_chunk_runner(config: SAEConfig, optimizer: optax.GradientTransformation):
     step = make_train_step(config, optimizer, jit=False)
 
@@ -88,6 +102,19 @@ def _make_chunk_runner(config: SAEConfig, optimizer: optax.GradientTransformatio
         return params, opt_state, sae_state, metrics
 
     return run
+
+
+@functools.partial(jax.jit, static_argnames=("config", "optimizer"))
+def _fresh_states(params, *, config, optimizer):
+    """The optimiser state and the `.SAEState` of a new run, in one compiled call."""
+    return optimizer.init(params), init_state(config)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _next_order(key, n):
+    """The next key and a fresh permutation of ``range(n)`` (one epoch's row order)."""
+    key, sub = jax.random.split(key)
+    return key, jax.random.permutation(sub, n)
 
 
 def train_sae(
@@ -164,9 +191,13 @@ def train_sae(
 
     n = data.shape[0]
     batch = min(batch_size, n)
+    if optimizer is None:
+        opt = _default_optimizer(learning_rate, config.normalize_decoder)
+    else:
+        opt = cached_step(_with_parallel_removal, optimizer, config.normalize_decoder)
     key, k_init = jax.random.split(key)
     tgt = data if targets is None else targets
-    if params is None:
+    if params is None:  # eager, as its rounding always was (a jit would fuse the reductions)
         if b_dec_init == "geometric_median":
             b_dec = geometric_median(tgt[: min(n, 4096)])
         elif b_dec_init == "mean":
@@ -174,12 +205,8 @@ def train_sae(
         else:
             b_dec = None
         params = init_sae(k_init, config, b_dec=b_dec, dtype=data.dtype)
-    base = optimizer if optimizer is not None else optax.adam(learning_rate)
-    opt = optax.chain(remove_decoder_parallel_grads(), base) if config.normalize_decoder else base
-    opt_state = opt.init(params)
-    state = init_state(config)
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    run = _make_chunk_runner(config, opt)
+    opt_state, state = _fresh_states(params, config=config, optimizer=opt)
+    run = cached_step(_make_chunk_runner, config, opt)
     per_epoch = n // batch
     chunk = min(steps, steps_per_call)
     buffer = np.zeros((0,), np.int64)
@@ -189,8 +216,8 @@ def train_sae(
     while done < steps:
         size = min(chunk, steps - done)
         while buffer.size < size * batch:
-            key, sub = jax.random.split(key)
-            perm = np.asarray(jax.random.permutation(sub, n))[: per_epoch * batch]
+            key, perm = _next_order(key, n)
+            perm = np.asarray(perm)[: per_epoch * batch]
             buffer = np.concatenate([buffer, perm])
         idx = jnp.asarray(buffer[: size * batch].reshape(size, batch), jnp.int32)
         buffer = buffer[size * batch:]
