@@ -115,3 +115,22 @@ def test_sbl_rejects_nan_and_empty_data():
         sbl(jnp.zeros((0, 8)), jnp.zeros((0,)))
     with pytest.raises(ValueError, match="at least one sample"):
         sbl(jnp.zeros((5, 0)), jnp.zeros((5,)))
+
+
+def test_sbl_again_compiles_nothing_and_repeats_exactly():
+    """A second call with the same shapes and options reuses the compiled ARD loop (single problem:
+    the unchunked path) and the compiled chunked solve (it recompiled both on every call)."""
+    from _compiles import count_compiles
+
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(12, 20)), jnp.float32)
+    y = x[:, :2] @ jnp.asarray([1.0, -2.0])
+    ys = jnp.stack([y, 2 * y, -y])
+    a, b = x[:4, :5], x[4:7, :4]
+    first = [sbl(x, y), sbl(x, ys), kron_sbl(a, b, y)]
+    with count_compiles() as compiled:
+        second = [sbl(x, y), sbl(x, ys), kron_sbl(a, b, y)]
+    assert compiled == []
+    for r1, r2 in zip(first, second):
+        for f1, f2 in zip(r1, r2):
+            np.testing.assert_array_equal(f2, f1)

@@ -20,6 +20,7 @@ channel of IRS-MIMO estimation), never forming the ``(na nb) x (da db)`` matrix.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -142,10 +143,19 @@ def _posterior(op, y, alpha, lam, keep):
 
 
 def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
+    carry = _sbl_loop(op, y, _initial_alpha(y), max_iter, tol, threshold, a1, a2, l1, l2)
+    return _sbl_result(op, y, *carry)
+
+
+def _initial_alpha(y):
+    eps = np.finfo(np.float64).eps
+    return (1.0 / (jnp.var(y) + eps)).astype(y.dtype)
+
+
+def _sbl_loop(op, y, alpha0, max_iter, tol, threshold, a1, a2, l1, l2):
+    """The ARD iterations from ``alpha0``: ``(iterations, coef, alpha, lambda, keep)``."""
     n, d = op.shape
     dtype = y.dtype
-    eps = np.finfo(np.float64).eps
-    alpha0 = (1.0 / (jnp.var(y) + eps)).astype(dtype)
     zeros = jnp.zeros(d, dtype)
     init = (jnp.int32(0), zeros, zeros, alpha0, jnp.ones(d, dtype), jnp.ones(d, bool),
             jnp.bool_(False))
@@ -167,6 +177,10 @@ def _sbl_one(op, y, max_iter, tol, threshold, a1, a2, l1, l2):
         return it + 1, coef, coef, alpha.astype(dtype), lam, keep, done
 
     it, coef, _, alpha, lam, keep, _ = lax.while_loop(cond, body, init)
+    return it, coef, alpha, lam, keep
+
+
+def _sbl_result(op, y, it, coef, alpha, lam, keep):
     final, _ = _posterior(op, y, alpha, lam, keep)
     coef = jnp.where(jnp.any(keep), final, coef)
     return SBLResult(coef, alpha, lam, keep, it)
@@ -213,35 +227,67 @@ def _run(make_op, factors, targets, n, max_iter, tol, prune_threshold, hyper, ch
     dtype = jnp.result_type(targets, *factors)
     factors = [f.astype(dtype) for f in factors]
     y = targets.astype(dtype).reshape(-1, n)
+    flat = tuple(f.reshape(-1, *f.shape[-2:]) if f.ndim > 2 else f for f in factors)
+    static = dict(make_op=make_op, max_iter=max_iter, tol=tol, prune_threshold=prune_threshold,
+                  hyper=tuple(hyper))
+    c = _chunk(chunk_size)
+    if c is None or c >= y.shape[0]:
+        # One vmap, eager around the compiled loop (its rounding as it always was: a jit would
+        # fuse the initial variance and the final solve with their neighbours)
+        axes = _batch_axes(flat)
+        alpha0 = jax.vmap(_initial_alpha)(y)
+        carry = _solve_loop(flat, y, alpha0, **static)
+        out = jax.vmap(lambda y_i, it, coef, alpha, lam, keep, *fs: _sbl_result(
+            make_op(*fs), y_i, it, coef, alpha, lam, keep),
+            in_axes=(0, 0, 0, 0, 0, 0, *axes))(y, *carry, *flat)
+    else:
+        out = _solve_chunks(flat, y, chunk=c, **static)
+    return jax.tree.map(lambda z: z.reshape(*batch, *z.shape[1:]), out)
 
+
+def _batch_axes(flat):
+    return tuple(0 if f.ndim > 2 else None for f in flat)
+
+
+@functools.partial(jax.jit, static_argnames=("make_op", "max_iter", "tol", "prune_threshold",
+                                             "hyper"))
+def _solve_loop(flat, y, alpha0, *, make_op, max_iter, tol, prune_threshold, hyper):
+    """The vmapped ARD loop of `_run`'s unchunked path, compiled once per shapes and options (an
+    eager vmap of a fresh closure recompiled its ``while_loop`` on every call)."""
+    def loop(y_i, alpha_i, *fs):
+        return _sbl_loop(make_op(*fs), y_i, alpha_i, max_iter, tol, prune_threshold, *hyper)
+
+    return jax.vmap(loop, in_axes=(0, 0, *_batch_axes(flat)))(y, alpha0, *flat)
+
+
+@functools.partial(jax.jit, static_argnames=("make_op", "max_iter", "tol", "prune_threshold",
+                                             "hyper", "chunk"))
+def _solve_chunks(flat, y, *, make_op, max_iter, tol, prune_threshold, hyper, chunk):
+    """`_run`'s chunked path: ``vmap`` over chunks of ``chunk`` problems, the chunks in sequence
+    (``lax.map``), so each chunk's ``while_loop`` stops at its own slowest problem; one compiled
+    program per shapes and options."""
     def one(y_i, *fs):
         return _sbl_one(make_op(*fs), y_i, max_iter, tol, prune_threshold, *hyper)
 
-    flat = [f.reshape(-1, *f.shape[-2:]) if f.ndim > 2 else f for f in factors]
-    batched = [f.ndim > 2 for f in factors]
-    solve = jax.vmap(one, in_axes=(0, *(0 if b else None for b in batched)))
+    batched = [f.ndim > 2 for f in flat]
+    solve = jax.vmap(one, in_axes=(0, *_batch_axes(flat)))
     problems = y.shape[0]
-    c = _chunk(chunk_size)
-    if c is None or c >= problems:
-        out = solve(y, *flat)
-    else:  # each chunk's while_loop stops at its own slowest problem
-        pad = -problems % c
+    pad = -problems % chunk
 
-        def chunks(a):
-            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
-            return a.reshape(-1, c, *a.shape[1:])
+    def chunks(a):
+        a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]) if pad else a
+        return a.reshape(-1, chunk, *a.shape[1:])
 
-        per = [chunks(f) for f, b in zip(flat, batched) if b]
-        shared = [f for f, b in zip(flat, batched) if not b]
+    per = [chunks(f) for f, b in zip(flat, batched) if b]
+    shared = [f for f, b in zip(flat, batched) if not b]
 
-        def run_chunk(args):
-            y_c, *per_c = args
-            it_per, it_shared = iter(per_c), iter(shared)
-            return solve(y_c, *(next(it_per) if b else next(it_shared) for b in batched))
+    def run_chunk(args):
+        y_c, *per_c = args
+        it_per, it_shared = iter(per_c), iter(shared)
+        return solve(y_c, *(next(it_per) if b else next(it_shared) for b in batched))
 
-        out = lax.map(run_chunk, (chunks(y), *per))
-        out = jax.tree.map(lambda z: z.reshape(-1, *z.shape[2:])[:problems], out)
-    return jax.tree.map(lambda z: z.reshape(*batch, *z.shape[1:]), out)
+    out = lax.map(run_chunk, (chunks(y), *per))
+    return jax.tree.map(lambda z: z.reshape(-1, *z.shape[2:])[:problems], out)
 
 
 def sbl(
