@@ -582,9 +582,13 @@ def test_batch_topk_threshold_state_and_inference():
     pre = np.asarray(_pre(params, x1, cfg))
     np.testing.assert_allclose(_encode(params, x1, cfg, threshold=t),
                                np.where(pre > float(t), np.maximum(pre, 0), 0), rtol=1e-6)
-    # inference is per token: one row alone gives the same codes as in the batch
-    np.testing.assert_allclose(_encode(params, x1[:1], cfg, threshold=t),
-                               _encode(params, x1, cfg, threshold=t)[:1])
+    # inference is per token: one row alone fires the same latents as in the batch, with the
+    # same codes up to the matmul's rounding (XLA's CPU dot of one row and of 16 rows may differ by
+    # an ulp: an exact comparison failed for 194 of 200 random x1 at the suite's XLA flags)
+    alone = np.asarray(_encode(params, x1[:1], cfg, threshold=t))
+    in_batch = np.asarray(_encode(params, x1, cfg, threshold=t)[:1])
+    np.testing.assert_array_equal(alone != 0, in_batch != 0)
+    np.testing.assert_allclose(alone, in_batch, rtol=1e-6)
     with pytest.raises(ValueError, match="threshold is only used"):
         _encode(params, x1, S.SAEConfig(8, 32), threshold=t)
 
