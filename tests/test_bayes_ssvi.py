@@ -395,3 +395,30 @@ def test_equinox_ssvi_module_imports_no_flax():
             elif isinstance(node, ast.Import):
                 imported.update(a.name for a in node.names)
         assert not {m for m in imported if m.startswith(("flax", "sparsejax.nn"))}, imported
+
+
+def test_eager_subspace_update_again_compiles_nothing_and_matches_jit():
+    """Called eagerly a second time (as `SSVILinear.update_subspace` calls it) the update reuses its
+    compiled ``lax.cond`` (it recompiled on every call), at an update step and between updates, and
+    agrees bit for bit with the update inside a user's jit."""
+    from _compiles import count_compiles
+
+    rng = np.random.default_rng(11)
+    params = {"w": jnp.asarray(rng.normal(size=(12, 6)), jnp.float32), "b": jnp.zeros(6)}
+    post = B.init_posterior(jax.random.key(4), params, sparsity=0.75)
+    grads = {"w": jnp.asarray(rng.normal(size=(12, 6)), jnp.float32), "b": jnp.ones(6)}
+
+    def update(step):
+        return B.subspace_update(post, grads, step, end_step=20, update_every=2)
+
+    first = [update(4), update(5)]
+    with count_compiles() as compiled:
+        second = [update(4), update(5)]
+    assert compiled == []
+    jitted = [jax.jit(update)(4), jax.jit(update)(5)]
+    for a, b, c in zip(first, second, jitted):
+        for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(c)):
+            np.testing.assert_array_equal(y, x)
+            np.testing.assert_array_equal(z, x)
+    assert not np.array_equal(first[0].mask["w"], post.mask["w"])  # step 4 updates the subspace
+    np.testing.assert_array_equal(first[1].mask["w"], post.mask["w"])  # step 5 does not

@@ -20,6 +20,7 @@ update step (`is_update_step`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -196,15 +197,32 @@ def subspace_update(
     sched = schedule(update_every, end_step, drop_fraction)
     scores = grow_scores(posterior, grads, grow, key)
     mu_leaves, treedef = jax.tree.flatten(posterior.mu, is_leaf=_is_none)
-    rho_leaves = treedef.flatten_up_to(posterior.rho)
-    mask_leaves = treedef.flatten_up_to(posterior.mask)
-    step = jnp.asarray(step, jnp.int32)
+    leaves = (tuple(mu_leaves), tuple(treedef.flatten_up_to(posterior.rho)),
+              tuple(treedef.flatten_up_to(posterior.mask)))
+    try:  # a traced drop_fraction (inside a user's jit) or an unhashable criterion cannot be static
+        hash((sched, fn))
+        update = _update_leaves
+    except TypeError:
+        update = _update_leaves.__wrapped__  # traced into the caller's program, as before
+    new_mu, new_rho, new_mask = update(*leaves, tuple(scores), jnp.asarray(step, jnp.int32),
+                                       sched=sched, criterion=fn, regrow_dropped=regrow_dropped)
+    return Posterior(jax.tree.unflatten(treedef, new_mu), jax.tree.unflatten(treedef, new_rho),
+                     jax.tree.unflatten(treedef, new_mask))
+
+
+@functools.partial(jax.jit, static_argnames=("sched", "criterion", "regrow_dropped"))
+def _update_leaves(mu_leaves, rho_leaves, mask_leaves, scores, step, *, sched, criterion,
+                   regrow_dropped):
+    """`subspace_update` on checked, flattened leaves: the ``lax.cond`` on the step, compiled once
+    per structure, shapes and options (an eager ``lax.cond`` over fresh closures recompiled on
+    every call); returns the ``(mu, rho, mask)`` leaves."""
+    posterior = Posterior(list(mu_leaves), list(rho_leaves), list(mask_leaves))
 
     def do_update(_):
         out = []
         for mu, rho, m, upd in zip(mu_leaves, rho_leaves, mask_leaves,
-                                   new_masks(posterior, scores, sched.fraction(step), fn,
-                                             regrow_dropped)):
+                                   new_masks(posterior, list(scores), sched.fraction(step),
+                                             criterion, regrow_dropped)):
             if m is None:
                 out.append((mu, rho, m))
                 continue
@@ -218,6 +236,4 @@ def subspace_update(
     def keep(_):
         return tuple(zip(mu_leaves, rho_leaves, mask_leaves))
 
-    new_mu, new_rho, new_mask = zip(*lax.cond(is_update_step(sched, step), do_update, keep, None))
-    return Posterior(jax.tree.unflatten(treedef, new_mu), jax.tree.unflatten(treedef, new_rho),
-                     jax.tree.unflatten(treedef, new_mask))
+    return tuple(zip(*lax.cond(is_update_step(sched, step), do_update, keep, None)))

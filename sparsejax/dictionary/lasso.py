@@ -312,9 +312,14 @@ def lista_apply(
     b = signals @ params["encoder"]
     thresholds = params["threshold"]
     z = soft_threshold(b, thresholds[0])
+    return _lista_layers(b, z, params["lateral"], thresholds[1:])
 
+
+@jax.jit
+def _lista_layers(b, z, lateral, thresholds):
+    """`lista_apply`'s layers after the first: one ``lax.scan``, compiled once per shapes (an eager
+    scan over a fresh closure recompiled on every call)."""
     def layer(z, theta):
-        return soft_threshold(b + z @ params["lateral"], theta), None
+        return soft_threshold(b + z @ lateral, theta), None
 
-    z, _ = jax.lax.scan(layer, z, thresholds[1:])
-    return z
+    return jax.lax.scan(layer, z, thresholds)[0]
