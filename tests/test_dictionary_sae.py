@@ -664,3 +664,23 @@ def test_activation_errors():
         S.underutilised_mask(jnp.ones(8), fraction=2.0)
     with pytest.raises(ValueError, match="`grad` must have the shape of `w`"):
         S.remove_parallel_component(jnp.zeros((3, 2)), jnp.zeros((2, 3)))
+
+
+def test_eager_auxk_loss_again_compiles_nothing():
+    """An eager `sae_loss` of a TopK SAE (AuxK on) reuses its compiled ``lax.cond`` on a second call
+    (it recompiled on every call), with and without dead latents, and repeats exactly."""
+    from _compiles import count_compiles
+
+    cfg = S.SAEConfig(8, 32, activation="topk", k=4)
+    params = _init(jax.random.PRNGKey(1), cfg)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(16, 8)), jnp.float32)
+    fresh = S.init_state(cfg)
+    dead = fresh._replace(tokens_since_fired=jnp.where(jnp.arange(32) < 12, 10**8, 0)
+                          .astype(jnp.int32))
+    first = [S.sae_loss(params, x, cfg, s)[0] for s in (fresh, dead)]
+    with count_compiles() as compiled:
+        second = [S.sae_loss(params, x, cfg, s)[0] for s in (fresh, dead)]
+    assert compiled == []
+    assert float(first[1]) > float(first[0])  # the dead latents add the AuxK term
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(b, a)

@@ -14,6 +14,8 @@ are used. ``e`` is held constant (stop-gradient).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -85,7 +87,15 @@ def auxk_loss(
     n_dead = jnp.sum(dead_mask)
     dtype = jnp.promote_types(pre.dtype, jnp.float32)
     scale = jnp.minimum(n_dead / k_aux, 1.0).astype(dtype)
-    # skipped entirely (lax.cond) while no latent is dead
+    return _scaled_aux(n_dead, scale, pre, residual, w_dec, dead_mask, k_aux=k_aux, signed=signed,
+                       dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("k_aux", "signed", "dtype"))
+def _scaled_aux(n_dead, scale, pre, residual, w_dec, dead_mask, *, k_aux, signed, dtype):
+    """`auxk_loss`'s ``scale * reconstruction``, skipped entirely (``lax.cond``) while no latent is
+    dead; compiled once per shapes and options (an eager ``lax.cond`` over fresh closures
+    recompiled on every call)."""
     return jax.lax.cond(
         n_dead > 0,
         lambda: (scale * _aux_reconstruction(pre, residual, w_dec, dead_mask, k_aux,
