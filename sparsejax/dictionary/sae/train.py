@@ -30,7 +30,6 @@ from sparsejax.dictionary.sae.functional import (
     init_state,
     sae_loss,
 )
-from sparsejax.oneshot.driver import cached_step
 
 __all__ = ["TrainResult", "make_train_step", "train_sae"]
 
@@ -104,10 +103,10 @@ def _make_chunk_runner(config: SAEConfig, optimizer: optax.GradientTransformatio
     return run
 
 
-@functools.partial(jax.jit, static_argnames=("config", "optimizer"))
-def _fresh_states(params, *, config, optimizer):
-    """The optimiser state and the `.SAEState` of a new run, in one compiled call."""
-    return optimizer.init(params), init_state(config)
+@functools.lru_cache(maxsize=32)
+def _make_fresh_states(config: SAEConfig, optimizer: optax.GradientTransformation):
+    """``params -> (optimiser state, SAEState)`` of a new run, one compiled call."""
+    return jax.jit(lambda params: (optimizer.init(params), init_state(config)))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -164,6 +163,8 @@ def train_sae(
     """
     from tqdm.auto import tqdm
 
+    from sparsejax.oneshot.driver import cached_step  # (not at import: oneshot is heavy)
+
     if not isinstance(config, SAEConfig):
         raise TypeError(f"`config` must be an SAEConfig; got {type(config).__name__}")
     data = check_float_array(jnp.asarray(data), "data", min_ndim=2)
@@ -205,7 +206,7 @@ def train_sae(
         else:
             b_dec = None
         params = init_sae(k_init, config, b_dec=b_dec, dtype=data.dtype)
-    opt_state, state = _fresh_states(params, config=config, optimizer=opt)
+    opt_state, state = cached_step(_make_fresh_states, config, opt)(params)
     run = cached_step(_make_chunk_runner, config, opt)
     per_epoch = n // batch
     chunk = min(steps, steps_per_call)
