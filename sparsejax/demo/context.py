@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -113,6 +113,14 @@ def median_time(fn: Callable, *args, repeats: int = 5) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def interleaved_rounds(timers: Sequence[Callable[[], float]], repeats: int) -> np.ndarray:
+    """``[repeats, len(timers)]`` seconds: ``repeats`` rounds that each call every timer once, in
+    order (round-robin, so load drift on a shared machine hits every timed program alike). Each
+    timer runs its own (already compiled) program and returns the seconds it measured."""
+    return np.asarray([[timer() for timer in timers] for _ in range(repeats)],
+                      dtype=np.float64).reshape(repeats, len(timers))
 
 
 def fast_jit(fn: Callable | None = None, *, enabled: bool = True, level: int = 1,
