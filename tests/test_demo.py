@@ -53,9 +53,27 @@ def test_fast_jit_sets_the_level_unless_xla_flags_do(monkeypatch):
     assert seen[-1]["compiler_options"]["xla_backend_optimization_level"] == 1
     # XLA accepts the options (an unknown one raises at compile) and computes the same
     assert float(f(jnp.ones(3))[0]) == float(jnp.sin(1.0) * 2.0)
-    context.fast_jit(level=0)(lambda x: x)  # the level passes through (not compiled here)
-    assert seen[-1]["compiler_options"]["xla_backend_optimization_level"] == 0
+    h = context.fast_jit(level=0)(lambda x: jnp.sin(x) * 2.0)
+    options = seen[-1]["compiler_options"]
+    assert options["xla_backend_optimization_level"] == 0
+    # level 0 adds the fusion-emitter and codegen-split options where this XLA knows them
+    assert ({k: v for k, v in options.items() if k in context._LEVEL0_OPTIONS}
+            == context._level0_options())
+    assert float(h(jnp.ones(3))[0]) == float(jnp.sin(1.0) * 2.0)
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
     g = context.fast_jit(static_argnames="n")(lambda x, n: x * n)
     assert "compiler_options" not in seen[-1] and seen[-1]["static_argnames"] == "n"
     assert float(g(jnp.ones(2), n=3)[0]) == 3.0
+
+
+def test_fast_jit_level0_drops_options_this_xla_does_not_know(monkeypatch):
+    from sparsejax.demo import context
+
+    monkeypatch.setattr(context, "_LEVEL0_OPTIONS", {"xla_no_such_option_for_the_test": True})
+    context._level0_options.cache_clear()
+    try:
+        assert context._level0_options() == {}
+    finally:
+        monkeypatch.undo()
+        context._level0_options.cache_clear()
+    assert context._level0_options() == context._LEVEL0_OPTIONS

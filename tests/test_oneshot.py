@@ -227,6 +227,44 @@ def test_dsnot_matches_loop_reference_and_keeps_pattern(data, m, same_sign):
         assert bool(masks.satisfies_nm(~got, 2, 4, axis=0))
 
 
+@pytest.mark.parametrize("max_cycles, threshold, most_swaps", [(50, 0.0, 3), (2, 0.0, 2),
+                                                               (1, 0.0, 1), (50, 6.0, 2)])
+def test_dsnot_unstructured_same_sign_matches_the_loop_on_ties(max_cycles, threshold, most_swaps):
+    """The unstructured same-sign cycle runs as fixed orders (`_dsnot_in_order`): the loop's
+    picks exactly, on small integers (exact arithmetic) with inputs of equal statistics (every
+    score tied with others: the lower index must win, as in the loop), rows swapping up to three
+    times, the cycle limit and the threshold."""
+    rng = np.random.default_rng(1)
+    w = (rng.integers(1, 4, (12, 10)) * rng.choice([-1, 1], (12, 10))).astype(np.float32)
+    base = rng.integers(-1, 4, 64).astype(np.float32)
+    x = np.stack([rng.permutation(base) for _ in range(12)], 1)  # equal mean, variance, norm
+    x[:, 0] = 0.0  # a dead input: zero mean and variance
+    stats = LayerStats.from_inputs(jnp.asarray(x))
+    start = jnp.asarray((w < 0) | (rng.random(w.shape) < 0.25))  # large same-sign errors
+    _, got = dsnot_prune(w, stats, start, max_cycles=max_cycles, update_threshold=threshold,
+                         guard=False, axis=0)
+    want = dsnot_reference(w.T, np.asarray(stats.mean, np.float64),
+                           np.asarray(stats.var, np.float64), np.asarray(stats.norms, np.float64),
+                           np.asarray(start).T, max_cycles=max_cycles, threshold=threshold)
+    np.testing.assert_array_equal(np.asarray(got), want.T)
+    swaps = (np.asarray(got) & ~np.asarray(start)).sum(axis=0)
+    assert swaps.max() == most_swaps and (swaps.min() == 0) == (threshold > 0)
+
+
+def test_dsnot_argmax_order_ranks_floats_as_argmax():
+    from sparsejax.oneshot.dsnot import _argmax_order
+
+    x = jnp.array([-jnp.inf, -2.5, -0.0, 0.0, 1e-30, 3.0, jnp.inf, jnp.nan, -1.0, -jnp.nan, 0.0,
+                   -1e-30, 3.0], jnp.float32)
+    assert np.signbit(np.asarray(x)[9])  # a NaN with the sign bit set ranks as high too
+    keys, x = np.asarray(_argmax_order(x)), np.asarray(x)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # argmax as jnp.argmax ranks floats: first NaN, else first maximum
+        sub = rng.permutation(len(x))[:rng.integers(1, len(x) + 1)]
+        assert np.argmax(x[sub]) == np.argmax(keys[sub]), x[sub]
+    assert int(jnp.argmax(x)) == np.argmax(x) == np.argmax(keys) == 7
+
+
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2 ** 16), sparsity=st.sampled_from([0.3, 0.5, 0.7]),
        start=st.sampled_from(["wanda", "magnitude", "sparsegpt"]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -115,6 +115,14 @@ def median_time(fn: Callable, *args, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
+def interleaved_rounds(timers: Sequence[Callable[[], float]], repeats: int) -> np.ndarray:
+    """``[repeats, len(timers)]`` seconds: ``repeats`` rounds that each call every timer once, in
+    order (round-robin, so load drift on a shared machine hits every timed program alike). Each
+    timer runs its own (already compiled) program and returns the seconds it measured."""
+    return np.asarray([[timer() for timer in timers] for _ in range(repeats)],
+                      dtype=np.float64).reshape(repeats, len(timers))
+
+
 def fast_jit(fn: Callable | None = None, *, enabled: bool = True, level: int = 1,
              **kwargs: Any) -> Callable:
     """``jax.jit`` for the demo's long training programs (scans of many steps), compiled at XLA's
@@ -123,15 +131,37 @@ def fast_jit(fn: Callable | None = None, *, enabled: bool = True, level: int = 1
     per step; level 0 would make the step ~12x slower). ``level=0`` is for programs whose compile
     is nearly all of their cost (the peft stage's 100-step fine-tunes of the small MLP: SpIEL's
     drop-and-grow step 8.1 s -> 2.8 s of compile, the 100 steps a fraction of a second either
-    way). Unchanged when ``XLA_FLAGS`` already sets a level (the test suite's fast-compile flags).
+    way); it also turns off XLA's CPU fusion emitters and the split of LLVM's codegen into parallel
+    parts (`_LEVEL0_OPTIONS`, as the test suite's flags do: the six peft fine-tunes 14.1 -> 8.3-9.0
+    s CPU, the same values bit for bit) where this XLA knows those options. Unchanged when
+    ``XLA_FLAGS`` already sets a level (the test suite's fast-compile flags).
     ``enabled=False``: plain ``jax.jit`` (the shared training helpers' ``fast_compile`` switch).
     Usable as ``@fast_jit`` or ``fast_jit(static_argnames=..., level=...)``."""
     if fn is None:
         return functools.partial(fast_jit, enabled=enabled, level=level, **kwargs)
     if enabled and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
         kwargs["compiler_options"] = {"xla_backend_optimization_level": level,
-                                      "xla_llvm_disable_expensive_passes": True}
+                                      "xla_llvm_disable_expensive_passes": True,
+                                      **(_level0_options() if level == 0 else {})}
     return jax.jit(fn, **kwargs)
+
+
+_LEVEL0_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
+"""XLA options of `fast_jit`'s level 0 beyond the level: at that level the CPU fusion emitters and
+the parallel codegen split cost more compile than they buy (the test suite's ``XLA_FLAGS`` set the
+same)."""
+
+
+@functools.cache
+def _level0_options() -> dict[str, Any]:
+    """`_LEVEL0_OPTIONS` if this XLA knows them (an unknown compiler option fails the compile: one
+    tiny probe program per process), else none."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_LEVEL0_OPTIONS).lower(
+            jax.ShapeDtypeStruct((), jnp.float32)).compile()
+    except Exception:  # an older XLA without one of the options
+        return {}
+    return dict(_LEVEL0_OPTIONS)
 
 
 _init_mlp = fast_jit(_init_mlp_params, static_argnums=(1, 2))

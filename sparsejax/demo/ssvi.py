@@ -20,7 +20,13 @@ import optax
 
 from sparsejax import bayes as B
 from sparsejax.demo._table import print_table
-from sparsejax.demo.context import DemoContext, fast_jit, init_mlp, load_digits_split
+from sparsejax.demo.context import (
+    DemoContext,
+    fast_jit,
+    init_mlp,
+    interleaved_rounds,
+    load_digits_split,
+)
 from sparsejax.training import masks_of
 
 __all__ = ["bnn_apply", "compare", "evaluate_bnn", "plot", "print_rows", "run", "train_bnn"]
@@ -218,9 +224,9 @@ def compare(key: jax.Array, *, steps: int, density: float = 0.1, data: tuple | N
         rows.append({"model": name, "sparsity": sparsity, **metrics, "weights": params,
                      "flops_per_step": flops["sparse"],
                      "final_loss": float(np.mean(result["losses"][-20:]))})
-    # step times: the two trained models' chunks rerun in interleaved rounds (load drift hits
-    # both alike); the ratio is the median of the per-round ratios
-    times = np.asarray([[timer() for timer in timers] for _ in range(repeats)]).reshape(-1, 2)
+    # step times: the two trained models' chunks rerun in interleaved rounds; the ratio is the
+    # median of the per-round ratios
+    times = interleaved_rounds(timers, repeats)
     dense = rows[0]
     for i, r in enumerate(rows):
         r["flops_ratio"] = r["flops_per_step"] / dense["flops_per_step"]

@@ -9,6 +9,7 @@ table of test accuracy, realised sparsity of the kernels and step time against t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from sparsejax.demo.context import (
     accuracy,
     fast_jit,
     init_mlp,
+    interleaved_rounds,
     mlp_apply,
     random_draw,
 )
@@ -129,19 +131,20 @@ def train_method(name: str, x_train, y_train, x_test, y_test, *, steps: int, key
 
 def time_steps(runs: list[dict], repeats: int) -> list[float]:
     """Seconds per step of each run: the median over ``repeats`` more runs of its compiled
-    training chunk (the program that trained it: no second compile) from its final state, divided
-    by the chunk's length; the runs interleaved round-robin (so load changes on a shared machine
-    hit every method alike)."""
+    training chunk (the program that trained it: no second compile) from its latest state, divided
+    by the chunk's length; the runs interleaved round-robin (`interleaved_rounds`)."""
     timers = [list(r["_timer"]) for r in runs]
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(repeats):
-        for i, (chunk, params, state, idx) in enumerate(timers):
-            t0 = time.perf_counter()
-            params, state, _ = chunk(params, state, idx)
-            jax.block_until_ready((params, state))
-            times[i].append((time.perf_counter() - t0) / idx.shape[0])
-            timers[i][1:3] = [params, state]
-    return [float(np.median(t)) for t in times]
+
+    def rerun(i: int) -> float:
+        chunk, params, state, idx = timers[i]
+        t0 = time.perf_counter()
+        params, state, _ = chunk(params, state, idx)
+        jax.block_until_ready((params, state))
+        timers[i][1:3] = [params, state]
+        return (time.perf_counter() - t0) / idx.shape[0]
+
+    times = interleaved_rounds([functools.partial(rerun, i) for i in range(len(runs))], repeats)
+    return [float(np.median(times[:, i])) for i in range(len(runs))]
 
 
 def run(ctx: DemoContext) -> dict:
@@ -152,7 +155,7 @@ def run(ctx: DemoContext) -> dict:
                          eval_every=max(1, ctx.steps // (4 if ctx.quick else 20)),
                          fast_compile=True)
             for name in METHODS]
-    repeats = 3 if ctx.quick else 5
+    repeats = 3  # interleaved rounds; 5 cost ~1 s more and gave no steadier ratio on the shared CPU
     for r, seconds in zip(rows, time_steps(rows, repeats)):
         r.pop("_timer")
         r["step_seconds"] = seconds

@@ -173,10 +173,57 @@ def _dsnot(w, keep0, mean, var, norms, gram, threshold, power, m, max_cycles, sa
         keep = keep.at[row, g].set(keep[row, g] | update).at[row, p].set(keep[row, p] & ~update)
         return cycle + 1, keep, jnp.where(update, e_after, e), update
 
-    init = (jnp.int32(0), keep0, e0, jnp.ones(rows, bool))
-    _, keep, _, _ = lax.while_loop(cond, body, init)
+    if m is None and same_sign and max_cycles > 0:
+        keep = _dsnot_in_order(metric, grow_score, wanda, keep0, e0, threshold, max_cycles)
+    else:
+        init = (jnp.int32(0), keep0, e0, jnp.ones(rows, bool))
+        _, keep, _, _ = lax.while_loop(cond, body, init)
     if gram is not None:
         worse = (_row_errors(jnp.where(keep, 0.0, w), gram)
                  > _row_errors(jnp.where(keep0, 0.0, w), gram))
         keep = jnp.where(worse[:, None], keep0, keep)
     return keep
+
+
+def _argmax_order(x: jax.Array) -> jax.Array:
+    """int32 keys of float32 ``x`` ordered as `jnp.argmax` ranks the floats: ``NaN`` above
+    everything, ``-0.0`` equal to ``0.0``."""
+    bits = lax.bitcast_convert_type(x + jnp.float32(0.0), jnp.int32)  # -0.0 + 0.0 = +0.0
+    key = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)  # negatives: reversed order
+    return jnp.where(jnp.isnan(x), jnp.iinfo(jnp.int32).max, key)
+
+
+def _dsnot_in_order(metric, grow_score, wanda, keep0, e0, threshold, max_cycles):
+    """The unstructured ``same_sign`` cycle of `_dsnot` without rescanning the layer every cycle.
+
+    There a row's error keeps the sign of ``e0`` while the row is active, so the set it grows from
+    (pruned-at-start weights whose contribution has that sign) and the set it prunes from only
+    lose the weights already swapped: each cycle's argmax is the next entry of one fixed order.
+    Both orders come from one ``lax.top_k`` each (ties by lower index, as argmax; `_argmax_order`),
+    and the cycles run as a scan over the rows' scalars, the same arithmetic in the same order, so
+    the mask is the one of the cycle-by-cycle loop."""
+    rows, cols = metric.shape
+    k = min(max_cycles, cols)  # a row cannot grow more than cols weights
+    sign0 = jnp.sign(e0)
+    low = jnp.iinfo(jnp.int32).min
+    growable = ~keep0 & (jnp.sign(metric) == sign0[:, None])
+    grow_key = jnp.where((e0 > 0)[:, None], grow_score, -grow_score)
+    g_key, g_idx = lax.top_k(jnp.where(growable, _argmax_order(grow_key), low), k)
+    prunable = keep0 & (jnp.sign(metric) == -sign0[:, None])
+    p_key, p_idx = lax.top_k(jnp.where(prunable, _argmax_order(-wanda), low), k)
+    row = jnp.arange(rows)
+
+    def cycle(carry, t):
+        e, active, swaps = carry
+        g, p = g_idx[:, t], p_idx[:, t]
+        e_after = e + metric[row, p] - metric[row, g]
+        update = (active & (g_key[:, t] > low) & (p_key[:, t] > low) & (jnp.abs(e) > threshold)
+                  & (jnp.sign(e_after) == sign0))
+        return (jnp.where(update, e_after, e), update, swaps + update), None
+
+    (_, _, swaps), _ = lax.scan(cycle, (e0, jnp.ones(rows, bool), jnp.zeros(rows, jnp.int32)),
+                                jnp.arange(k))
+    done = (jnp.arange(k)[None, :] < swaps[:, None]).astype(jnp.int32)  # the swaps made, a prefix
+    grown = jnp.zeros((rows, cols), jnp.int32).at[row[:, None], g_idx].add(done) > 0
+    pruned = jnp.zeros((rows, cols), jnp.int32).at[row[:, None], p_idx].add(done) > 0
+    return (keep0 | grown) & ~pruned

@@ -175,8 +175,10 @@ def sparsegpt_prune(
         check_divisible(block_size, m, "block_size", "m")  # N:M groups never straddle blocks
     damp = check_float(damp, "damp", minimum=0.0)
     dtype = jnp.promote_types(w.dtype, jnp.float32)  # float32 (float64 kept under x64)
-    new, keep, ok = _sparsegpt_layer(w, stats.gram, _traced(sparsity), jnp.asarray(damp, dtype),
-                                     n, m, min(block_size, w.shape[axis]), axis)
+    # the factor is one program per Gram size, shared by the layer shapes with that many inputs
+    u, dead = _factor(stats.gram, jnp.asarray(damp, dtype))
+    new, keep, ok = _sparsegpt_layer(w, u, dead, _traced(sparsity), n, m,
+                                     min(block_size, w.shape[axis]), axis)
     if is_concrete(ok) and not bool(ok):
         raise ValueError(must_be("stats.gram", f"positive definite after damping (damp={damp}; use "
                                  "damp > 0 or more calibration tokens)", "a singular or non-finite "
@@ -185,11 +187,11 @@ def sparsegpt_prune(
 
 
 @partial(jax.jit, static_argnums=(4, 5, 6, 7))
-def _sparsegpt_layer(w, gram, sparsity, damp, n, m, bs, axis):
-    """`_sparsegpt` on the ``[out, in]`` rows of ``w`` in its promoted dtype, back in ``w``'s
+def _sparsegpt_layer(w, u, dead, sparsity, n, m, bs, axis):
+    """`_sparsegpt` on the ``[out, in]`` rows of ``w`` in the factor's dtype, back in ``w``'s
     layout and dtype: one program per layer shape."""
-    rows = to_rows(w, axis).astype(damp.dtype)
-    new, keep, ok = _sparsegpt(rows, gram.astype(damp.dtype), sparsity, damp, n, m, bs)
+    rows = to_rows(w, axis).astype(u.dtype)
+    new, keep, ok = _sparsegpt(rows, u, dead, sparsity, n, m, bs)
     back = (lambda a: a.T) if axis == 0 else (lambda a: a)
     return back(new).astype(w.dtype), back(keep), ok
 
@@ -214,23 +216,40 @@ def hessian_inverse_factor(gram: jax.Array, damp: jax.Array) -> tuple[jax.Array,
 
 
 def _lower_inverse(lower: jax.Array) -> jax.Array:
-    """Inverse of a lower-triangular matrix by 2x2 blocks (matmuls; triangular solves at the
-    leaves): ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``."""
-    n = lower.shape[0]
+    """Inverse of lower-triangular matrices ``[..., n, n]`` by 2x2 blocks (matmuls; triangular
+    solves at the leaves): ``[[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]``.
+
+    Equal halves are stacked and inverted by one call, so each level of the recursion is one
+    batched solve or matmul (a 1536 x 1536 factor: one solve of 8 blocks of 192 instead of 8
+    solves; the same values, a smaller program to compile)."""
+    n = lower.shape[-1]
     if n <= 256:
-        eye = jnp.eye(n, dtype=lower.dtype)
+        eye = jnp.broadcast_to(jnp.eye(n, dtype=lower.dtype), lower.shape)
         return jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
     k = n // 2
-    a_inv, d_inv = _lower_inverse(lower[:k, :k]), _lower_inverse(lower[k:, k:])
-    c = -jnp.matmul(d_inv, jnp.matmul(lower[k:, :k], a_inv, precision=lax.Precision.HIGHEST),
+    a, c, d = lower[..., :k, :k], lower[..., k:, :k], lower[..., k:, k:]
+    if 2 * k == n:
+        a_inv, d_inv = _lower_inverse(jnp.stack([a, d]))
+    else:
+        a_inv, d_inv = _lower_inverse(a), _lower_inverse(d)
+    c = -jnp.matmul(d_inv, jnp.matmul(c, a_inv, precision=lax.Precision.HIGHEST),
                     precision=lax.Precision.HIGHEST)
-    return jnp.block([[a_inv, jnp.zeros((k, n - k), lower.dtype)], [c, d_inv]])
+    zeros = jnp.zeros((*a_inv.shape[:-1], n - k), lower.dtype)
+    return jnp.concatenate([jnp.concatenate([a_inv, zeros], -1),
+                            jnp.concatenate([c, d_inv], -1)], -2)
+
+
+@jax.jit
+def _factor(gram, damp):
+    """`hessian_inverse_factor` of ``gram`` in ``damp``'s dtype: one program per Gram size."""
+    return hessian_inverse_factor(gram.astype(damp.dtype), damp)
 
 
 @partial(jax.jit, static_argnums=(4, 5, 6))
-def _sparsegpt(w, gram, sparsity, damp, n, m, bs):
+def _sparsegpt(w, u, dead, sparsity, n, m, bs):
+    """The column sweep of ``w`` (``[out, in]``) with the factor ``u`` and dead-input flags of
+    `hessian_inverse_factor`: ``(pruned rows, mask, u finite)``."""
     rows, cols = w.shape
-    u, dead = hessian_inverse_factor(gram, damp)
     ok = jnp.all(jnp.isfinite(u))
     w = jnp.where(dead[None, :], 0.0, w)
     nblocks = -(-cols // bs)
