@@ -23,10 +23,15 @@ KNOWN_FAILING: dict[str, str] = {}
 """Pages (relative paths) whose blocks do not run yet, with the reason; cleared by their owners."""
 
 SLOW = {
-    "docs/oneshot.md": "loads MiniLM and runs SparseGPT on it",
-    "docs/layers.md": "trains and converts layers (164 s at load ~20 on 2 cores)",
-    "docs/getting-started.md": "trains the digits MLP four times (102 s at load ~20)",
-    "docs/concepts.md": "many jitted mask computations (95 s at load ~20)",
+    # seconds in one run of the whole suite at load ~8 on 2 cores (about half that when quiet)
+    "docs/oneshot.md": "loads MiniLM and runs SparseGPT on it (50 s)",
+    "docs/dictionary.md": "OMP, lasso, dictionary learning, semi-NMF, CoSpaDi, BSC (16 s)",
+    "docs/peft.md": "SpIEL, S2FT, DSEE and PST fine-tunes (10 s)",
+    "docs/bayes.md": "SSVI posteriors, subspace updates and training (9 s)",
+    "docs/layers.md": "trains and converts layers (8 s)",
+    "docs/attention.md": "the kernel, static, variable-length and learned patterns (8 s)",
+    "docs/activation.md": "the kernel, TEAL/CATS, R-Sparse, Griffin, Deja Vu (7 s)",
+    "docs/getting-started.md": "trains the digits MLP four times (6 s)",
 }
 """Pages that take more than a few seconds, run only without ``-m 'not slow'``."""
 

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from sparsejax._checks import must_be
+from sparsejax._jitcache import cached_step
 from sparsejax.oneshot._layer import AXIS_HELP
 from sparsejax.oneshot.driver import (
     PyTree,
@@ -22,7 +23,6 @@ from sparsejax.oneshot.driver import (
     _replace,
     _split,
     _tapped_inputs,
-    cached_step,
     check_calibration,
     check_counted,
 )

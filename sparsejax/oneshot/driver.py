@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsejax._checks import must_be
+from sparsejax._jitcache import cached_step
 from sparsejax.oneshot._layer import AXIS_HELP, check_axis
 from sparsejax.oneshot.dsnot import dsnot_prune
 from sparsejax.oneshot.methods import magnitude_prune, sparsegpt_prune, wanda_prune
@@ -237,15 +238,6 @@ def _calibrate(params, forward_fn, batches, group, features, gram) -> dict[str, 
     for batch in batches:
         stats = step(arrays, batch, stats)
     return stats
-
-
-def cached_step(factory: Callable, *key: Any) -> Callable:
-    """``factory(*key)`` from its ``lru_cache``, or built afresh where ``key`` is unhashable (a
-    non-array leaf such as a list in the params' static part: compiled without the cache)."""
-    try:
-        return factory(*key)
-    except TypeError:
-        return factory.__wrapped__(*key)
 
 
 @functools.lru_cache(maxsize=64)  # reuse the compiled pass across calls with the same forward_fn

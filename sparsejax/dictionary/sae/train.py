@@ -17,6 +17,7 @@ from sparsejax._checks import (
     check_float_array,
     check_int,
 )
+from sparsejax._jitcache import cached_step
 from sparsejax.dictionary.sae.decoder import (
     geometric_median,
     normalize_decoder,
@@ -162,8 +163,6 @@ def train_sae(
         `TrainResult` ``(params, state, history)``.
     """
     from tqdm.auto import tqdm
-
-    from sparsejax.oneshot.driver import cached_step  # (not at import: oneshot is heavy)
 
     if not isinstance(config, SAEConfig):
         raise TypeError(f"`config` must be an SAEConfig; got {type(config).__name__}")
