@@ -164,6 +164,12 @@ def test_dynamic_mask_is_a_pytree_through_jit():
         hash(m)
     out = jax.jit(lambda mm: mm.to_dense())(m)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(dense))
+    np.testing.assert_array_equal(np.asarray(m.to_dense()), np.asarray(dense))  # eager
+    both = m & causal_mask(20, 24, block_q=8, block_kv=8)  # dynamic & static, eager vs jit
+    want = np.asarray(dense) & np.tril(np.ones((20, 24), bool))
+    np.testing.assert_array_equal(np.asarray(both.to_dense()), np.broadcast_to(want, (1, 2, 20, 24)))
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda mm: mm.to_dense())(both)),
+                                  np.asarray(both.to_dense()))
     leaves = jax.tree_util.tree_leaves(m)
     assert len(leaves) == 2  # block map + dense token mask
 

@@ -626,13 +626,24 @@ jax.tree_util.register_dataclass(
 
 
 def _to_dense(mask: BlockMask) -> Array:
+    if mask.is_static:
+        return _dense_of(mask, np)
+    # one compiled program per mask structure for an eager call, instead of op by op
+    return _dense_of_jit(mask)
+
+
+def _dense_of(mask: BlockMask, xp) -> Array:
     bm, hm = mask.block_map.shape[:2]
-    xp = np if mask.is_static else jnp
     tok = _evaluate(mask.predicate, bm, hm, mask.seq_q, mask.seq_kv, xp=xp)
     blocks = xp.asarray(mask.block_map)
     blocks = xp.repeat(xp.repeat(blocks, mask.block_q, axis=2), mask.block_kv, axis=3)
     blocks = blocks[:, :, : mask.seq_q, : mask.seq_kv]
     return (blocks == FULL) | ((blocks == PARTIAL) & tok)
+
+
+@jax.jit
+def _dense_of_jit(mask: BlockMask) -> Array:
+    return _dense_of(mask, jnp)
 
 
 def _evaluate(
