@@ -22,6 +22,7 @@ Everything here works on NumPy arrays (static metadata, computed once without co
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -90,14 +91,21 @@ def pack_indices(
         raise ValueError(f"`keep` must have at least one axis; got shape {keep.shape}.")
     if pad not in ("last", "zero"):
         raise ValueError(f"`pad` must be 'last' or 'zero'; got {pad!r}.")
-    xp = _xp(keep)
-    total = keep.sum(-1).astype(xp.int32)
     if width is None:
         if not is_concrete(keep):
             raise ValueError("`width` must be given when `keep` is traced (under jit/vmap/grad): "
                              "it is a static array dimension.")
-        width = max(1, int(np.max(np.asarray(total), initial=0)))
+        width = max(1, int(np.max(np.asarray(keep).sum(-1), initial=0)))
     width = check_int(width, "width", minimum=0)
+    if isinstance(keep, np.ndarray):
+        return _pack_indices(keep, width, pad, np)
+    # one compiled program per (shape, width, pad) for an eager call, instead of op by op
+    return _pack_indices_jit(keep, width=width, pad=pad)
+
+
+def _pack_indices(keep: ArrayLike, width: int, pad: str, xp) -> tuple[ArrayLike, ArrayLike]:
+    """`pack_indices` after validation (``xp``: NumPy or jax.numpy)."""
+    total = keep.sum(-1).astype(xp.int32)
     counts = xp.minimum(total, width).astype(xp.int32)
     order = _kept_first(keep, xp).astype(xp.int32)
     n = keep.shape[-1]
@@ -111,6 +119,11 @@ def pack_indices(
     last = xp.take_along_axis(order, xp.maximum(counts - 1, 0)[..., None], axis=-1)
     last = xp.where(counts[..., None] > 0, last, 0)
     return xp.where(valid, order, last).astype(xp.int32), counts
+
+
+@functools.partial(jax.jit, static_argnames=("width", "pad"))
+def _pack_indices_jit(keep: Array, *, width: int, pad: str) -> tuple[Array, Array]:
+    return _pack_indices(keep, width, pad, jnp)
 
 
 def slot_mask(counts: Int[Array, "*lead"], width: int) -> Bool[Array, "*lead width"]:
@@ -253,9 +266,21 @@ def pack_blocks(
         raise ValueError(f"`kinds` must have keep's shape {tuple(keep.shape)}; "
                          f"got {tuple(kinds.shape)}.")
     xp = _xp(keep, kinds)
+    if xp is np:
+        return BlockIndex(indices, counts, _slot_kinds(kinds, indices, counts, np))
+    return BlockIndex(indices, counts, _slot_kinds_jit(kinds, indices, counts))
+
+
+def _slot_kinds(kinds: ArrayLike, indices: ArrayLike, counts: ArrayLike, xp) -> ArrayLike:
+    """``int8 [..., R, S]``: the kind of each packed slot, `EMPTY` at padding slots."""
     slot_kinds = xp.take_along_axis(xp.asarray(kinds), indices, axis=-1)
     slot_kinds = xp.where(slot_mask(counts, indices.shape[-1]), slot_kinds, EMPTY)
-    return BlockIndex(indices, counts, slot_kinds.astype(xp.int8))
+    return slot_kinds.astype(xp.int8)
+
+
+@jax.jit
+def _slot_kinds_jit(kinds: Array, indices: Array, counts: Array) -> Array:
+    return _slot_kinds(kinds, indices, counts, jnp)
 
 
 def pack_block_map(block_map: Int[Array, "*lead R C"], width: int | None = None) -> BlockIndex:

@@ -84,6 +84,11 @@ def test_keep_to_indices():
     np.testing.assert_array_equal(valid, [[True, True, True], [True, False, False]])
     idx, valid = decode.keep_to_indices(keep, 6)
     assert idx.shape == (2, 6) and int(valid.sum()) == 4
+    jidx, jvalid = jax.jit(lambda kp: decode.keep_to_indices(kp, 6))(keep)  # eager == jit
+    np.testing.assert_array_equal(jidx, idx)
+    np.testing.assert_array_equal(jvalid, valid)
+    with pytest.raises(TypeError, match="`keep` must be a bool"):
+        decode.keep_to_indices(jnp.ones((2, 4)), 3)
 
 
 def test_errors(cache):

@@ -164,6 +164,21 @@ def test_dynamic_mask_is_a_pytree_through_jit():
         hash(m)
     out = jax.jit(lambda mm: mm.to_dense())(m)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(dense))
+    np.testing.assert_array_equal(np.asarray(m.to_dense()), np.asarray(dense))  # eager
+    eager = BlockMask.from_dense(dense, 8, 8)  # eager jax: the same block map as under jit
+    np.testing.assert_array_equal(np.asarray(eager.block_map), np.asarray(m.block_map))
+    np.testing.assert_array_equal(eager.block_map, BlockMask.from_dense(np.asarray(dense), 8, 8).block_map)
+    sel = jnp.asarray(np.random.default_rng(1).random((1, 2, 3, 3)) < 0.5)
+    for tok in (None, FunctionPredicate(lambda b, h, q, kv: (q + kv) % 2 == 0)):
+        e = BlockMask.from_blocks(sel, 8, 8, 20, 24, tok)
+        j = jax.jit(lambda s_, t_=tok: BlockMask.from_blocks(s_, 8, 8, 20, 24, t_))(sel)
+        np.testing.assert_array_equal(np.asarray(e.block_map), np.asarray(j.block_map))
+        np.testing.assert_array_equal(np.asarray(e.to_dense()), np.asarray(j.to_dense()))
+    both = m & causal_mask(20, 24, block_q=8, block_kv=8)  # dynamic & static, eager vs jit
+    want = np.asarray(dense) & np.tril(np.ones((20, 24), bool))
+    np.testing.assert_array_equal(np.asarray(both.to_dense()), np.broadcast_to(want, (1, 2, 20, 24)))
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda mm: mm.to_dense())(both)),
+                                  np.asarray(both.to_dense()))
     leaves = jax.tree_util.tree_leaves(m)
     assert len(leaves) == 2  # block map + dense token mask
 

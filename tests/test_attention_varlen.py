@@ -104,3 +104,21 @@ def test_errors():
         segment_mask(np.zeros(8, np.int32))
     with pytest.raises(ValueError, match="kv_segment_ids"):
         segment_mask(np.zeros((2, 8), np.int32), np.zeros((3, 8), np.int32))
+
+
+def test_dynamic_varlen_maps_eager_equal_jit_and_static():
+    """jax ids/lengths build the block map in one jitted program; eager, under jit and from
+    NumPy (the static path) give the same map."""
+    lens, qlens = np.array([5, 40, 17]), np.array([40, 9, 33])
+    ids = np.repeat(np.arange(4), [7, 13, 1, 19])[None].repeat(2, 0)
+    ids[1] = np.sort(ids[1] * 3 % 5)
+    for build, args in (
+        (lambda a, b: padding_mask(a, 40, 36, q_lengths=b, block_q=8, block_kv=16).block_map,
+         (lens, qlens)),
+        (lambda a, b: segment_mask(a, b, block_q=8, block_kv=16).block_map, (ids, ids[:, :36])),
+    ):
+        static = build(*args)
+        assert isinstance(static, np.ndarray)
+        jargs = [jnp.asarray(a) for a in args]
+        np.testing.assert_array_equal(np.asarray(build(*jargs)), static)
+        np.testing.assert_array_equal(np.asarray(jax.jit(build)(*jargs)), static)

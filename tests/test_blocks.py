@@ -44,6 +44,10 @@ def test_pack_indices_matches_reference_numpy_and_jax(pad, width):
     jidx, jcounts = jax.jit(lambda k: pack_indices(k, width, pad=pad))(jnp.asarray(keep))
     np.testing.assert_array_equal(jidx, ref_idx)
     np.testing.assert_array_equal(jcounts, ref_counts)
+    eidx, ecounts = pack_indices(jnp.asarray(keep), width, pad=pad)  # eager jax: one program
+    assert isinstance(eidx, jax.Array)
+    np.testing.assert_array_equal(eidx, ref_idx)
+    np.testing.assert_array_equal(ecounts, ref_counts)
     np.testing.assert_array_equal(slot_mask(counts, width), np.arange(width) < ref_counts[..., None])
 
 
@@ -77,6 +81,10 @@ def test_pack_blocks_kinds_and_inverse():
     out = jax.jit(lambda m: pack_block_map(m, 4))(jnp.asarray(block_map))
     assert isinstance(out, BlockIndex)
     for a, b in zip(out, info):
+        np.testing.assert_array_equal(a, b)
+    eager = pack_block_map(jnp.asarray(block_map))  # eager jax, width from the data
+    assert isinstance(eager.kinds, jax.Array) and eager.width == 4
+    for a, b in zip(eager, info):
         np.testing.assert_array_equal(a, b)
     plain = pack_blocks(block_map != EMPTY)
     assert plain.kinds is None and plain.width == 4

@@ -153,6 +153,23 @@ def test_load_balancing_loss_formula(problem):
                                rtol=1e-4)
     with pytest.raises(ValueError, match="expert_index"):
         moe.load_balancing_loss(logits, jnp.zeros((T + 1, 1), int))
+    with pytest.raises(ValueError, match=r"values in \[0, 8\]"):  # checked eagerly, on the host
+        moe.load_balancing_loss(jnp.zeros((3, 4)), jnp.array([[0], [8], [2]]))
+
+
+def test_routing_statistics_eager_equal_jit(problem):
+    """The Routing statistics, dispatch tensors and z-loss are one jitted program each: an eager
+    call gives exactly what the same call traced inside a user's jit gives."""
+    *_, logits = problem
+    r = moe.top_k_routing(logits, 2, capacity_factor=1.0)
+
+    def stats(r, logits):
+        return (r.expert_load(), r.dropped_fraction(), r.unrouted_fraction(), r.gates(),
+                *moe.dispatch_tensors(r), moe.router_z_loss(logits))
+
+    for a, b in zip(stats(r, logits), jax.jit(stats)(r, logits)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_router_z_loss_formula(problem):

@@ -40,6 +40,7 @@ that know their budget pass it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Any
 
@@ -222,6 +223,17 @@ padding slots.
 
 def _combine_maps(a: ArrayLike, b: ArrayLike, op: str) -> ArrayLike:
     xp = _xp(a, b)
+    if xp is np:
+        return _combine_maps_xp(a, b, op, np)
+    return _combine_maps_jit(a, b, op)  # one program for an eager call, not one per op
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _combine_maps_jit(a: Array, b: Array, op: str) -> Array:
+    return _combine_maps_xp(a, b, op, jnp)
+
+
+def _combine_maps_xp(a: ArrayLike, b: ArrayLike, op: str, xp) -> ArrayLike:
     if op == "or":  # FULL if either FULL, EMPTY if both EMPTY, else PARTIAL
         out = xp.where(
             (a == FULL) | (b == FULL), FULL, xp.where((a == EMPTY) & (b == EMPTY), EMPTY, PARTIAL)
@@ -231,6 +243,34 @@ def _combine_maps(a: ArrayLike, b: ArrayLike, op: str) -> ArrayLike:
             (a == EMPTY) | (b == EMPTY), EMPTY, xp.where((a == FULL) & (b == FULL), FULL, PARTIAL)
         )
     return out.astype(xp.int8)
+
+
+def _select_kind(block_bool: ArrayLike, kind: int) -> ArrayLike:
+    """``int8``: ``kind`` where ``block_bool``, `EMPTY` elsewhere (NumPy in, NumPy out)."""
+    if isinstance(block_bool, np.ndarray):
+        return np.where(block_bool, kind, EMPTY).astype(np.int8)
+    return _select_kind_jit(block_bool, kind)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _select_kind_jit(block_bool: Array, kind: int) -> Array:
+    return jnp.where(block_bool, kind, EMPTY).astype(jnp.int8)
+
+
+def _classify_blocks(token_mask: ArrayLike, block_q: int, block_kv: int, xp) -> ArrayLike:
+    """``int8[Bm, Hm, nq, nk]`` block kinds of a token mask, over its in-range tokens."""
+    bm, hm, lq, lk = token_mask.shape
+    nq, nk = _cdiv(lq, block_q), _cdiv(lk, block_kv)
+    pads = [(0, 0), (0, 0), (0, nq * block_q - lq), (0, nk * block_kv - lk)]
+    shape6 = (bm, hm, nq, block_q, nk, block_kv)
+    any_ = xp.pad(token_mask, pads, constant_values=False).reshape(shape6).any(axis=(3, 5))
+    all_ = xp.pad(token_mask, pads, constant_values=True).reshape(shape6).all(axis=(3, 5))
+    return xp.where(all_, FULL, xp.where(any_, PARTIAL, EMPTY)).astype(xp.int8)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _classify_blocks_jit(token_mask: Array, block_q: int, block_kv: int) -> Array:
+    return _classify_blocks(token_mask, block_q, block_kv, jnp)
 
 
 def _leaves_static(tree: Any) -> bool:
@@ -315,7 +355,7 @@ class BlockMask:
         xp = _xp(block_map)
         block_map = block_map.astype(xp.int8) if xp is np else jnp.asarray(block_map, jnp.int8)
         if _is_concrete(block_map):
-            exact = int(np.asarray(block_map != EMPTY).sum(-1).max(initial=0))
+            exact = int((np.asarray(block_map) != EMPTY).sum(-1).max(initial=0))  # on the host
             max_kv_blocks = exact if max_kv_blocks is None else min(int(max_kv_blocks), exact)
         elif max_kv_blocks is None:
             max_kv_blocks = nk
@@ -357,14 +397,11 @@ class BlockMask:
                 f"token_mask must have 2 or 4 dims ([B|1, H|1, seq_q, seq_kv]), got shape "
                 f"{token_mask.shape}"
             )
-        xp = _xp(token_mask)
-        bm, hm, lq, lk = token_mask.shape
-        nq, nk = _cdiv(lq, block_q), _cdiv(lk, block_kv)
-        pads = [(0, 0), (0, 0), (0, nq * block_q - lq), (0, nk * block_kv - lk)]
-        shape6 = (bm, hm, nq, block_q, nk, block_kv)
-        any_ = xp.pad(token_mask, pads, constant_values=False).reshape(shape6).any(axis=(3, 5))
-        all_ = xp.pad(token_mask, pads, constant_values=True).reshape(shape6).all(axis=(3, 5))
-        block_map = xp.where(all_, FULL, xp.where(any_, PARTIAL, EMPTY)).astype(xp.int8)
+        _, _, lq, lk = token_mask.shape
+        if isinstance(token_mask, np.ndarray):
+            block_map = _classify_blocks(token_mask, block_q, block_kv, np)
+        else:  # one program for an eager call, not one per op
+            block_map = _classify_blocks_jit(token_mask, block_q, block_kv)
         return cls.create(
             block_map,
             DenseTokens(token_mask),
@@ -414,13 +451,12 @@ class BlockMask:
             raise ValueError(
                 f"block_bool must have 4 dims [B|1, H|1, nq, nk], got shape {block_bool.shape}"
             )
-        xp = _xp(block_bool)
         lookup = BlockLookup(block_bool, block_q, block_kv)
         if token_mask is None:
-            block_map = xp.where(block_bool, FULL, EMPTY).astype(xp.int8)
+            block_map = _select_kind(block_bool, FULL)
             pred: TokenPredicate = lookup
         elif isinstance(token_mask, TokenPredicate):
-            block_map = xp.where(block_bool, PARTIAL, EMPTY).astype(xp.int8)
+            block_map = _select_kind(block_bool, PARTIAL)
             pred = lookup & token_mask
         else:
             dense = cls.from_dense(token_mask, block_q, block_kv)
@@ -626,13 +662,24 @@ jax.tree_util.register_dataclass(
 
 
 def _to_dense(mask: BlockMask) -> Array:
+    if mask.is_static:
+        return _dense_of(mask, np)
+    # one compiled program per mask structure for an eager call, instead of op by op
+    return _dense_of_jit(mask)
+
+
+def _dense_of(mask: BlockMask, xp) -> Array:
     bm, hm = mask.block_map.shape[:2]
-    xp = np if mask.is_static else jnp
     tok = _evaluate(mask.predicate, bm, hm, mask.seq_q, mask.seq_kv, xp=xp)
     blocks = xp.asarray(mask.block_map)
     blocks = xp.repeat(xp.repeat(blocks, mask.block_q, axis=2), mask.block_kv, axis=3)
     blocks = blocks[:, :, : mask.seq_q, : mask.seq_kv]
     return (blocks == FULL) | ((blocks == PARTIAL) & tok)
+
+
+@jax.jit
+def _dense_of_jit(mask: BlockMask) -> Array:
+    return _dense_of(mask, jnp)
 
 
 def _evaluate(

@@ -163,7 +163,15 @@ def _hidden(h1: Array, h3: Array | None, activation: Callable[[Array], Array]) -
 
 
 def dispatch_tensors(routing: Routing) -> tuple[Array, Array]:
-    """One-hot ``dispatch [T, E, C]`` (bool) and ``combine [T, E, C]`` (float) tensors."""
+    """One-hot ``dispatch [T, E, C]`` (bool) and ``combine [T, E, C]`` (float) tensors.
+
+    One jitted program (an eager call compiles once per shape, not once per op).
+    """
+    return _dispatch_tensors(routing)
+
+
+@jax.jit
+def _dispatch_tensors(routing: Routing) -> tuple[Array, Array]:
     t, k = routing.num_tokens, routing.slots
     shape = (t, routing.num_experts, routing.capacity)
     tok = jnp.broadcast_to(jnp.arange(t)[:, None], (t, k))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from sparsejax._checks import is_concrete, must_be
@@ -41,11 +42,13 @@ def load_balancing_loss(logits: Float[Array, "T E"],
             or not jnp.issubdtype(expert_index.dtype, jnp.integer)):
         raise ValueError(must_be("expert_index", f"an integer array of shape [T, k] with "
                                  f"T = {t}", expert_index))
-    if is_concrete(expert_index) and expert_index.size and (
-            int(expert_index.min()) < 0 or int(expert_index.max()) >= e):
-        raise ValueError(must_be("expert_index", f"in [0, {e}) (the logits' expert axis)",
-                                 f"values in [{int(expert_index.min())}, "
-                                 f"{int(expert_index.max())}]", raw=True))
+    if is_concrete(expert_index) and expert_index.size:
+        host = np.asarray(expert_index)  # checked on the host: no program compiled
+        lo, hi = int(host.min()), int(host.max())
+        if lo < 0 or hi >= e:
+            raise ValueError(must_be("expert_index", f"in [0, {e}) (the logits' expert axis)",
+                                     f"values in [{lo}, {hi}]", raw=True))
+    # not jitted as one program: XLA's fused sums move the loss by an ulp against the eager value
     return _balance(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), expert_index)
 
 
@@ -70,6 +73,10 @@ def router_z_loss(logits: Float[Array, "T E"]) -> Float[Array, ""]:
     Returns:
         Scalar float32 loss.
     """
-    logits = _check_logits(logits)
+    return _z_loss(_check_logits(logits))
+
+
+@jax.jit
+def _z_loss(logits: Array) -> Array:
     log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
     return jnp.mean(log_z ** 2)

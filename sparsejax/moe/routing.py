@@ -92,23 +92,47 @@ class Routing:
 
     def expert_load(self) -> Int[Array, " E"]:
         """Kept slots per expert (tokens each expert computes)."""
-        return jnp.zeros(self.num_experts, jnp.int32).at[self.expert_index.reshape(-1)].add(
-            self.kept.reshape(-1).astype(jnp.int32))
+        return _expert_load(self)
 
     def dropped_fraction(self) -> Float[Array, ""]:
         """Fraction of slots not computed (capacity overflow for `top_k_routing`; ``0`` when
         dropless). For `expert_choice_routing` use `unrouted_fraction`."""
-        return jnp.mean((~self.kept).astype(jnp.float32))
+        return _dropped_fraction(self)
 
     def unrouted_fraction(self) -> Float[Array, ""]:
         """Fraction of tokens that no expert computes (they only pass the residual path)."""
-        return jnp.mean((~jnp.any(self.kept, axis=1)).astype(jnp.float32))
+        return _unrouted_fraction(self)
 
     def gates(self) -> Float[Array, "T E"]:
         """The dense ``[T, E]`` combine matrix (sum of the slot weights per expert)."""
-        t = jnp.arange(self.num_tokens)[:, None]
-        return jnp.zeros((self.num_tokens, self.num_experts), self.combine_weights.dtype).at[
-            t, self.expert_index].add(self.combine_weights)
+        return _gates(self)
+
+
+# The statistics of a `Routing`, one jitted program each (an eager call compiles once per shape
+# instead of once per op; under the caller's jit they inline).
+
+
+@jax.jit
+def _expert_load(r: Routing) -> Array:
+    return jnp.zeros(r.num_experts, jnp.int32).at[r.expert_index.reshape(-1)].add(
+        r.kept.reshape(-1).astype(jnp.int32))
+
+
+@jax.jit
+def _dropped_fraction(r: Routing) -> Array:
+    return jnp.mean((~r.kept).astype(jnp.float32))
+
+
+@jax.jit
+def _unrouted_fraction(r: Routing) -> Array:
+    return jnp.mean((~jnp.any(r.kept, axis=1)).astype(jnp.float32))
+
+
+@jax.jit
+def _gates(r: Routing) -> Array:
+    t = jnp.arange(r.num_tokens)[:, None]
+    return jnp.zeros((r.num_tokens, r.num_experts), r.combine_weights.dtype).at[
+        t, r.expert_index].add(r.combine_weights)
 
 
 def _check_logits(logits: Any, name: str = "logits") -> Array:

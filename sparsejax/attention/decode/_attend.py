@@ -32,7 +32,12 @@ def keep_to_indices(
         ``(indices, valid)``: int32 ``[..., size]`` (padding 0) and bool ``[..., size]``.
     """
     size = check_int(size, "size", minimum=1)
-    idx, counts = pack_indices(jnp.asarray(keep), size, pad="zero")
+    return _keep_to_indices(jnp.asarray(keep), size)  # one program for an eager call
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _keep_to_indices(keep: Array, size: int) -> tuple[Array, Array]:
+    idx, counts = pack_indices(keep, size, pad="zero")
     return idx, slot_mask(counts, size)
 
 
