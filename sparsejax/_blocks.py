@@ -47,6 +47,31 @@ def _xp(*arrays: Any):
     return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
 
 
+def numpy_or_jit(*, static_argnums: tuple[int, ...] = ()):
+    """Decorator for ``fn(*args, xp=...)`` written once for NumPy and jax.numpy.
+
+    When every array leaf of the non-static arguments is a NumPy array it runs with ``xp=np`` on
+    the host (static metadata: nothing compiled); otherwise as one jitted program with
+    ``xp=jnp``, so an eager call compiles once per shapes instead of once per op (under the
+    caller's jit it inlines). ``static_argnums`` are the positional arguments that are Python
+    values (sizes, names).
+    """
+
+    def wrap(fn):
+        jitted = jax.jit(functools.partial(fn, xp=jnp), static_argnums=static_argnums)
+
+        @functools.wraps(fn)
+        def call(*args):
+            dynamic = [a for i, a in enumerate(args) if i not in static_argnums]
+            if all(isinstance(x, np.ndarray) for x in jax.tree_util.tree_leaves(dynamic)):
+                return fn(*args, xp=np)
+            return jitted(*args)
+
+        return call
+
+    return wrap
+
+
 def _kept_first(keep: ArrayLike, xp) -> ArrayLike:
     """Each row's kept positions first, ascending (the slots past the row's count are filler).
 
@@ -97,13 +122,11 @@ def pack_indices(
                              "it is a static array dimension.")
         width = max(1, int(np.max(np.asarray(keep).sum(-1), initial=0)))
     width = check_int(width, "width", minimum=0)
-    if isinstance(keep, np.ndarray):
-        return _pack_indices(keep, width, pad, np)
-    # one compiled program per (shape, width, pad) for an eager call, instead of op by op
-    return _pack_indices_jit(keep, width=width, pad=pad)
+    return _pack_indices(keep, width, pad)
 
 
-def _pack_indices(keep: ArrayLike, width: int, pad: str, xp) -> tuple[ArrayLike, ArrayLike]:
+@numpy_or_jit(static_argnums=(1, 2))
+def _pack_indices(keep: ArrayLike, width: int, pad: str, *, xp) -> tuple[ArrayLike, ArrayLike]:
     """`pack_indices` after validation (``xp``: NumPy or jax.numpy)."""
     total = keep.sum(-1).astype(xp.int32)
     counts = xp.minimum(total, width).astype(xp.int32)
@@ -119,11 +142,6 @@ def _pack_indices(keep: ArrayLike, width: int, pad: str, xp) -> tuple[ArrayLike,
     last = xp.take_along_axis(order, xp.maximum(counts - 1, 0)[..., None], axis=-1)
     last = xp.where(counts[..., None] > 0, last, 0)
     return xp.where(valid, order, last).astype(xp.int32), counts
-
-
-@functools.partial(jax.jit, static_argnames=("width", "pad"))
-def _pack_indices_jit(keep: Array, *, width: int, pad: str) -> tuple[Array, Array]:
-    return _pack_indices(keep, width, pad, jnp)
 
 
 def slot_mask(counts: Int[Array, "*lead"], width: int) -> Bool[Array, "*lead width"]:
@@ -265,22 +283,15 @@ def pack_blocks(
     if tuple(kinds.shape) != tuple(keep.shape):
         raise ValueError(f"`kinds` must have keep's shape {tuple(keep.shape)}; "
                          f"got {tuple(kinds.shape)}.")
-    xp = _xp(keep, kinds)
-    if xp is np:
-        return BlockIndex(indices, counts, _slot_kinds(kinds, indices, counts, np))
-    return BlockIndex(indices, counts, _slot_kinds_jit(kinds, indices, counts))
+    return BlockIndex(indices, counts, _slot_kinds(kinds, indices, counts))
 
 
-def _slot_kinds(kinds: ArrayLike, indices: ArrayLike, counts: ArrayLike, xp) -> ArrayLike:
+@numpy_or_jit()
+def _slot_kinds(kinds: ArrayLike, indices: ArrayLike, counts: ArrayLike, *, xp) -> ArrayLike:
     """``int8 [..., R, S]``: the kind of each packed slot, `EMPTY` at padding slots."""
     slot_kinds = xp.take_along_axis(xp.asarray(kinds), indices, axis=-1)
     slot_kinds = xp.where(slot_mask(counts, indices.shape[-1]), slot_kinds, EMPTY)
     return slot_kinds.astype(xp.int8)
-
-
-@jax.jit
-def _slot_kinds_jit(kinds: Array, indices: Array, counts: Array) -> Array:
-    return _slot_kinds(kinds, indices, counts, jnp)
 
 
 def pack_block_map(block_map: Int[Array, "*lead R C"], width: int | None = None) -> BlockIndex:

@@ -40,7 +40,6 @@ that know their budget pass it).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from typing import Any
 
@@ -49,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool
 
-from sparsejax._blocks import EMPTY, FULL, PARTIAL, BlockIndex, pack_block_map
+from sparsejax._blocks import EMPTY, FULL, PARTIAL, BlockIndex, numpy_or_jit, pack_block_map
 from sparsejax._checks import check_positive_int
 
 ArrayLike = Any  # np.ndarray | jax.Array
@@ -221,19 +220,8 @@ padding slots.
 # -------------------------------------------------------------------------------------------------
 
 
-def _combine_maps(a: ArrayLike, b: ArrayLike, op: str) -> ArrayLike:
-    xp = _xp(a, b)
-    if xp is np:
-        return _combine_maps_xp(a, b, op, np)
-    return _combine_maps_jit(a, b, op)  # one program for an eager call, not one per op
-
-
-@functools.partial(jax.jit, static_argnums=2)
-def _combine_maps_jit(a: Array, b: Array, op: str) -> Array:
-    return _combine_maps_xp(a, b, op, jnp)
-
-
-def _combine_maps_xp(a: ArrayLike, b: ArrayLike, op: str, xp) -> ArrayLike:
+@numpy_or_jit(static_argnums=(2,))
+def _combine_maps(a: ArrayLike, b: ArrayLike, op: str, *, xp) -> ArrayLike:
     if op == "or":  # FULL if either FULL, EMPTY if both EMPTY, else PARTIAL
         out = xp.where(
             (a == FULL) | (b == FULL), FULL, xp.where((a == EMPTY) & (b == EMPTY), EMPTY, PARTIAL)
@@ -245,19 +233,14 @@ def _combine_maps_xp(a: ArrayLike, b: ArrayLike, op: str, xp) -> ArrayLike:
     return out.astype(xp.int8)
 
 
-def _select_kind(block_bool: ArrayLike, kind: int) -> ArrayLike:
+@numpy_or_jit(static_argnums=(1,))
+def _select_kind(block_bool: ArrayLike, kind: int, *, xp) -> ArrayLike:
     """``int8``: ``kind`` where ``block_bool``, `EMPTY` elsewhere (NumPy in, NumPy out)."""
-    if isinstance(block_bool, np.ndarray):
-        return np.where(block_bool, kind, EMPTY).astype(np.int8)
-    return _select_kind_jit(block_bool, kind)
+    return xp.where(block_bool, kind, EMPTY).astype(xp.int8)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _select_kind_jit(block_bool: Array, kind: int) -> Array:
-    return jnp.where(block_bool, kind, EMPTY).astype(jnp.int8)
-
-
-def _classify_blocks(token_mask: ArrayLike, block_q: int, block_kv: int, xp) -> ArrayLike:
+@numpy_or_jit(static_argnums=(1, 2))
+def _classify_blocks(token_mask: ArrayLike, block_q: int, block_kv: int, *, xp) -> ArrayLike:
     """``int8[Bm, Hm, nq, nk]`` block kinds of a token mask, over its in-range tokens."""
     bm, hm, lq, lk = token_mask.shape
     nq, nk = _cdiv(lq, block_q), _cdiv(lk, block_kv)
@@ -266,11 +249,6 @@ def _classify_blocks(token_mask: ArrayLike, block_q: int, block_kv: int, xp) -> 
     any_ = xp.pad(token_mask, pads, constant_values=False).reshape(shape6).any(axis=(3, 5))
     all_ = xp.pad(token_mask, pads, constant_values=True).reshape(shape6).all(axis=(3, 5))
     return xp.where(all_, FULL, xp.where(any_, PARTIAL, EMPTY)).astype(xp.int8)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _classify_blocks_jit(token_mask: Array, block_q: int, block_kv: int) -> Array:
-    return _classify_blocks(token_mask, block_q, block_kv, jnp)
 
 
 def _leaves_static(tree: Any) -> bool:
@@ -398,10 +376,7 @@ class BlockMask:
                 f"{token_mask.shape}"
             )
         _, _, lq, lk = token_mask.shape
-        if isinstance(token_mask, np.ndarray):
-            block_map = _classify_blocks(token_mask, block_q, block_kv, np)
-        else:  # one program for an eager call, not one per op
-            block_map = _classify_blocks_jit(token_mask, block_q, block_kv)
+        block_map = _classify_blocks(token_mask, block_q, block_kv)
         return cls.create(
             block_map,
             DenseTokens(token_mask),
@@ -661,25 +636,14 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _to_dense(mask: BlockMask) -> Array:
-    if mask.is_static:
-        return _dense_of(mask, np)
-    # one compiled program per mask structure for an eager call, instead of op by op
-    return _dense_of_jit(mask)
-
-
-def _dense_of(mask: BlockMask, xp) -> Array:
+@numpy_or_jit()
+def _to_dense(mask: BlockMask, *, xp) -> Array:
     bm, hm = mask.block_map.shape[:2]
     tok = _evaluate(mask.predicate, bm, hm, mask.seq_q, mask.seq_kv, xp=xp)
     blocks = xp.asarray(mask.block_map)
     blocks = xp.repeat(xp.repeat(blocks, mask.block_q, axis=2), mask.block_kv, axis=3)
     blocks = blocks[:, :, : mask.seq_q, : mask.seq_kv]
     return (blocks == FULL) | ((blocks == PARTIAL) & tok)
-
-
-@jax.jit
-def _dense_of_jit(mask: BlockMask) -> Array:
-    return _dense_of(mask, jnp)
 
 
 def _evaluate(

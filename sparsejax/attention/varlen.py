@@ -12,14 +12,12 @@ Their semantics follow ``jax.nn.dot_product_attention``'s ``query_seq_lengths`` 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
+from sparsejax._blocks import numpy_or_jit
 from sparsejax._checks import check_int
 from sparsejax.attention.mask import (
     EMPTY,
@@ -122,13 +120,8 @@ def padding_mask(
                 f"`q_lengths` must have the shape of kv_lengths {kv_lengths.shape}; got "
                 f"{q_lengths.shape}."
             )
-    static = all(isinstance(x, np.ndarray) for x in (kv_lengths, q_lengths) if x is not None)
-    if static:
-        block_map = _padding_map(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv, np)
-    else:  # one program for an eager call, not one per op
-        block_map = _padding_map_jit(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv)
     return BlockMask.create(
-        block_map,
+        _padding_map(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv),
         Lengths(kv_lengths, q_lengths),
         seq_q=seq_q,
         seq_kv=seq_kv,
@@ -137,7 +130,8 @@ def padding_mask(
     )
 
 
-def _padding_map(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv, xp):
+@numpy_or_jit(static_argnums=(2, 3, 4, 5))
+def _padding_map(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv, *, xp):
     """``int8[B, 1, nq, nk]`` block kinds of `padding_mask` (``xp``: NumPy or jax.numpy)."""
     ks, ke = _ranges(seq_kv, block_kv, xp)
     kvl = xp.asarray(kv_lengths)[:, None, None, None]
@@ -155,11 +149,6 @@ def _padding_map(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv, xp):
     if xp is np:
         block_map = np.ascontiguousarray(block_map)
     return block_map
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def _padding_map_jit(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv):
-    return _padding_map(kv_lengths, q_lengths, seq_q, seq_kv, block_q, block_kv, jnp)
 
 
 def _block_min_max(ids, block: int, xp):
@@ -200,12 +189,8 @@ def segment_mask(
         raise ValueError(
             f"`kv_segment_ids` must have batch {q_ids.shape[0]}; got shape {kv_ids.shape}."
         )
-    if isinstance(q_ids, np.ndarray) and isinstance(kv_ids, np.ndarray):
-        block_map = _segment_map(q_ids, kv_ids, block_q, block_kv, np)
-    else:  # one program for an eager call, not one per op
-        block_map = _segment_map_jit(q_ids, kv_ids, block_q, block_kv)
     return BlockMask.create(
-        block_map,
+        _segment_map(q_ids, kv_ids, block_q, block_kv),
         SameSegment(q_ids, kv_ids),
         seq_q=q_ids.shape[1],
         seq_kv=kv_ids.shape[1],
@@ -214,7 +199,8 @@ def segment_mask(
     )
 
 
-def _segment_map(q_ids, kv_ids, block_q, block_kv, xp):
+@numpy_or_jit(static_argnums=(2, 3))
+def _segment_map(q_ids, kv_ids, block_q, block_kv, *, xp):
     """``int8[B, 1, nq, nk]`` block kinds of `segment_mask` (``xp``: NumPy or jax.numpy)."""
     qmin, qmax = _block_min_max(xp.asarray(q_ids), block_q, xp)
     kmin, kmax = _block_min_max(xp.asarray(kv_ids), block_kv, xp)
@@ -223,8 +209,3 @@ def _segment_map(q_ids, kv_ids, block_q, block_kv, xp):
     empty = (qmax < kmin) | (kmax < qmin)
     full = (qmin == qmax) & (kmin == kmax) & (qmin == kmin)
     return xp.where(full, FULL, xp.where(empty, EMPTY, PARTIAL)).astype(xp.int8)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _segment_map_jit(q_ids, kv_ids, block_q, block_kv):
-    return _segment_map(q_ids, kv_ids, block_q, block_kv, jnp)
